@@ -1,0 +1,41 @@
+"""ase-mlipal: latent-space uncertainty and active learning for MACE in ASE.
+
+The public API is re-exported here. ``mace`` is imported first on purpose:
+e3nn 0.4.4 only imports with torch >= 2.6 after mace has set
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``. That setting makes any later
+``torch.load`` without ``weights_only=`` unpickle arbitrary code, so every
+load in this package passes ``weights_only`` explicitly.
+"""
+
+import mace  # noqa: F401  (must precede any e3nn import)
+
+from .calculator import MLIPALCalculator
+from .calibration import CalibrationReport, calibration_report, fit_scale
+from .features import ActivationFeatures, get_feature_map
+from .model import (
+    ModelLoadError,
+    build_mace,
+    load_model,
+    model_elements,
+    model_hash,
+    save_model,
+)
+from .posterior import FeaturePosterior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationFeatures",
+    "CalibrationReport",
+    "FeaturePosterior",
+    "MLIPALCalculator",
+    "ModelLoadError",
+    "build_mace",
+    "calibration_report",
+    "fit_scale",
+    "get_feature_map",
+    "load_model",
+    "model_elements",
+    "model_hash",
+    "save_model",
+]

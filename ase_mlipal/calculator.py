@@ -1,0 +1,231 @@
+"""MLIPALCalculator: MACE energies, forces and stress with latent-space uncertainty."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+from tqdm.auto import tqdm
+
+from .calibration import CalibrationReport, calibration_report, fit_scale
+from .features import Features, get_feature_map
+from .frames import read_labels
+from .inference import BatchMaker, forward
+from .model import ModelSpec, load_model, model_hash
+from .posterior import FeaturePosterior
+
+
+class MLIPALCalculator(Calculator):
+    """ASE calculator over a pretrained MACE that also reports its own uncertainty.
+
+    Energies, forces and stress are those of the MACE model (identical to
+    ``mace.calculators.MACECalculator`` on the same model). The uncertainty
+    comes from the model's latent features of the same forward pass, through
+    two feature-space posteriors (:class:`~ase_mlipal.FeaturePosterior`):
+
+    * a structure-level posterior on ``phi(x) = sum_i psi_i``, the posterior
+      of the energy as a linear function of the features. It gives
+      ``energy_uncertainty`` (eV) and, for the per-atom energies
+      ``w . psi_i`` of the same linear model, ``energies_uncertainty`` (eV);
+    * an atom-level posterior on the atomic features ``psi_i`` of all atoms
+      of the references, which measures how new each atomic environment is.
+      It gives ``forces_uncertainty`` (eV/A): the standard deviation of each
+      Cartesian force component of each atom, shape ``(N,)``.
+
+    ``uncertainty`` is the single number a trigger should watch: the largest
+    per-atom force uncertainty, ``max(forces_uncertainty)`` (eV/A).
+
+    Units: until :meth:`calibrate` has been run on labelled frames (or a
+    calibrated posterior loaded), the uncertainties are raw posterior
+    standard deviations without physical units; they rank structures but
+    are not eV. ``calc.calibrated`` says which.
+
+    Args:
+        model: anything :func:`~ase_mlipal.load_model` accepts; ``"default"``
+            is the model shipped with the package.
+        kernel: feature map name (``"activation"``).
+        regularization: ``lambda`` of both posteriors (prior precision).
+        device, dtype, trust: passed to :func:`~ase_mlipal.load_model`.
+        head: model head for multi-head models.
+        batch_size: structures per forward pass in :meth:`add_reference`
+            and :meth:`calibrate`.
+    """
+
+    implemented_properties = [
+        "energy", "free_energy", "energies", "forces", "stress",
+        "energy_uncertainty", "energies_uncertainty", "forces_uncertainty", "uncertainty",
+    ]
+
+    def __init__(
+        self,
+        model: ModelSpec = "default",
+        kernel: str = "activation",
+        regularization: float = 1e-2,
+        device: str = "cpu",
+        dtype: str = "float64",
+        trust: bool = False,
+        head: Optional[str] = None,
+        batch_size: int = 16,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model = load_model(model, device=device, dtype=dtype, trust=trust)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.model_hash = model_hash(self.model)
+        self.kernel = kernel
+        self.feature_map = get_feature_map(kernel, self.model)
+        self.batch_maker = BatchMaker(self.model, head=head)
+        self.batch_size = int(batch_size)
+        self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
+        self.atom_posterior = FeaturePosterior(self.feature_map.dim, regularization)
+        self.calibrated = False
+
+    # -- ASE interface -------------------------------------------------------
+
+    def calculate(self, atoms: Optional[Atoms] = None, properties=("energy",), system_changes=all_changes):
+        """Run one forward pass and fill ``self.results``."""
+        super().calculate(atoms, properties, system_changes)
+        periodic = bool(self.atoms.pbc.any())
+        batch = self.batch_maker.batch([self.atoms])
+        out = forward(self.model, batch, compute_force=True, compute_stress=periodic)
+        features = self.feature_map(out)
+        self.results = {
+            "energy": float(out["energy"][0]),
+            "free_energy": float(out["energy"][0]),
+            "energies": out["node_energy"].detach().cpu().numpy().copy(),
+            "forces": out["forces"].detach().cpu().numpy().copy(),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().numpy())
+        self.results.update(self._uncertainties(features))
+
+    def _uncertainties(self, features: Features) -> dict:
+        forces_std = self.atom_posterior.std(features.atom)
+        return {
+            "energy_uncertainty": float(self.energy_posterior.std(features.structure)[0]),
+            "energies_uncertainty": self.energy_posterior.std(features.atom),
+            "forces_uncertainty": forces_std,
+            "uncertainty": float(forces_std.max()),
+        }
+
+    # -- reference set -------------------------------------------------------
+
+    def features(self, images: Iterable[Atoms], progress: Optional[bool] = None) -> list[Features]:
+        """Features of ``images``, one :class:`Features` per batch (no forces computed)."""
+        images = list(images)
+        out = []
+        with torch.no_grad(), tqdm(total=len(images), desc="features", disable=_no_bar(progress)) as bar:
+            for chunk, batch in self.batch_maker.batches(images, self.batch_size):
+                out.append(self.feature_map(forward(self.model, batch, compute_force=False)))
+                bar.update(len(chunk))
+        return out
+
+    def add_reference(self, images: Union[Atoms, Sequence[Atoms]], progress: Optional[bool] = None) -> "MLIPALCalculator":
+        """Condition both posteriors on ``images`` (labels are not needed).
+
+        After this, structures like these get low uncertainty. Returns self.
+        """
+        if isinstance(images, Atoms):
+            images = [images]
+        for features in self.features(images, progress):
+            self.energy_posterior.add(features.structure)
+            self.atom_posterior.add(features.atom)
+        self.reset()
+        return self
+
+    # -- calibration -------------------------------------------------------
+
+    def calibrate(
+        self,
+        images: Sequence[Atoms],
+        fit: bool = True,
+        energy_key: str = "energy",
+        forces_key: str = "forces",
+        progress: Optional[bool] = None,
+    ) -> dict[str, CalibrationReport]:
+        """Fit the energy and force variance scales on labelled frames and report.
+
+        Reference labels are read with :func:`ase_mlipal.frames.read_labels`.
+        With ``fit=True`` the scales ``s^2`` are fitted by maximum likelihood
+        on the model's residuals (energy: per structure; forces: per
+        Cartesian component) and the report is on the same frames; with
+        ``fit=False`` the current scales are only evaluated (use it on a
+        held-out set).
+
+        Returns:
+            ``{"energy": CalibrationReport, "forces": CalibrationReport}``.
+        """
+        images = list(images)
+        if not images:
+            raise ValueError("calibrate needs at least one labelled frame")
+        labels = [read_labels(atoms, energy_key, forces_key) for atoms in images]
+        e_res, e_var, f_res, f_var = [], [], [], []
+        done = 0
+        with tqdm(total=len(images), desc="calibrate", disable=_no_bar(progress)) as bar:
+            for chunk, batch in self.batch_maker.batches(images, self.batch_size):
+                out = forward(self.model, batch, compute_force=True)
+                features = self.feature_map(out)
+                ref = labels[done:done + len(chunk)]
+                done += len(chunk)
+                energy = out["energy"].detach().cpu().numpy()
+                forces = out["forces"].detach().cpu().numpy()
+                e_res.append(energy - np.array([e for e, _ in ref]))
+                e_var.append(self.energy_posterior.quadratic_form(features.structure))
+                f_res.append(forces - np.concatenate([f for _, f in ref]))
+                f_var.append(np.repeat(self.atom_posterior.quadratic_form(features.atom), 3))
+                bar.update(len(chunk))
+        e_res, e_var = np.concatenate(e_res), np.concatenate(e_var)
+        f_res, f_var = np.concatenate(f_res).ravel(), np.concatenate(f_var)
+        if fit:
+            self.energy_posterior.scale = fit_scale(e_res, e_var)
+            self.atom_posterior.scale = fit_scale(f_res, f_var)
+            self.calibrated = True
+            self.reset()
+        return {
+            "energy": calibration_report(e_res, np.sqrt(self.energy_posterior.scale * e_var), self.energy_posterior.scale),
+            "forces": calibration_report(f_res, np.sqrt(self.atom_posterior.scale * f_var), self.atom_posterior.scale),
+        }
+
+    # -- persistence -------------------------------------------------------
+
+    def save_posterior(self, path: Union[str, os.PathLike]) -> None:
+        """Write both posteriors, their scales and the model's identity to ``.npz``."""
+        arrays = {"model_hash": np.array(self.model_hash), "kernel": np.array(self.kernel),
+                  "calibrated": np.array(self.calibrated)}
+        for prefix, posterior in (("energy_", self.energy_posterior), ("atom_", self.atom_posterior)):
+            arrays.update({prefix + key: value for key, value in posterior.state().items()})
+        np.savez(path, **arrays)
+
+    def load_posterior(self, path: Union[str, os.PathLike]) -> "MLIPALCalculator":
+        """Read a posterior written by :meth:`save_posterior` for this very model.
+
+        Raises:
+            ValueError: the file was built on another model or kernel.
+        """
+        with np.load(path, allow_pickle=False) as data:
+            arrays = dict(data)
+        if str(arrays["model_hash"]) != self.model_hash:
+            raise ValueError(
+                f"{path} was built on model {str(arrays['model_hash'])[:12]}, but this calculator "
+                f"runs model {self.model_hash[:12]}. Rebuild it with calc.add_reference(...)."
+            )
+        if str(arrays["kernel"]) != self.kernel:
+            raise ValueError(f"{path} holds a {arrays['kernel']} posterior, this calculator uses {self.kernel}")
+        split = {prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+                 for prefix in ("energy_", "atom_")}
+        self.energy_posterior = FeaturePosterior.from_state(split["energy_"])
+        self.atom_posterior = FeaturePosterior.from_state(split["atom_"])
+        self.calibrated = bool(arrays["calibrated"])
+        self.reset()
+        return self
+
+
+def _no_bar(progress: Optional[bool]) -> Optional[bool]:
+    """tqdm's ``disable``: None shows a bar only on a terminal."""
+    return None if progress is None else not progress

@@ -1,0 +1,49 @@
+"""Reading reference labels (energy, forces) stored on ``ase.Atoms``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+
+def read_labels(
+    atoms: Atoms,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+) -> tuple[float, np.ndarray]:
+    """Reference energy (eV) and forces (eV/A) of a labelled frame.
+
+    Looks first at a stored single-point result (``atoms.calc``, as written by
+    ``ase.io.read`` of an extxyz or ase.db file), then at
+    ``atoms.info[energy_key]`` and ``atoms.arrays[forces_key]``. A live
+    calculator is never run.
+
+    Raises:
+        ValueError: the frame carries no reference energy or forces.
+    """
+    energy, forces = _from_singlepoint(atoms)
+    if energy is None:
+        energy = atoms.info.get(energy_key)
+    if forces is None:
+        forces = atoms.arrays.get(forces_key)
+    if energy is None or forces is None:
+        missing = [name for name, value in (("energy", energy), ("forces", forces)) if value is None]
+        raise ValueError(
+            f"Frame {atoms.get_chemical_formula()} has no reference {' or '.join(missing)}. "
+            f"Store labels as a SinglePointCalculator on atoms.calc, or in "
+            f"atoms.info[{energy_key!r}] and atoms.arrays[{forces_key!r}]."
+        )
+    forces = np.asarray(forces, dtype=float)
+    if forces.shape != (len(atoms), 3):
+        raise ValueError(f"reference forces have shape {forces.shape}, expected {(len(atoms), 3)}")
+    return float(energy), forces
+
+
+def _from_singlepoint(atoms: Atoms) -> tuple[Optional[float], Optional[np.ndarray]]:
+    calc = atoms.calc
+    if not isinstance(calc, SinglePointCalculator):
+        return None, None
+    return calc.results.get("energy"), calc.results.get("forces")

@@ -1,0 +1,137 @@
+"""Turn ASE structures into mace-torch batches and run one forward pass.
+
+Everything a feature map or the calculator needs (energy, per-atom energy,
+forces, stress, node features, graph index) comes out of a single call of
+the model, :func:`forward`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import chemical_symbols
+from mace import data as mace_data
+from mace.tools import torch_geometric, torch_tools
+from mace.tools.utils import AtomicNumberTable
+
+# The same keys mace's own calculator reads, so models with charge or spin
+# embeddings see the same inputs.
+_KEYS = mace_data.KeySpecification(
+    info_keys={"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"},
+    arrays_keys={"charges": "Qs"},
+)
+
+
+def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
+    """Raise ``ValueError`` with an actionable message if ``atoms`` can't be evaluated.
+
+    Catches an empty structure, non-finite positions or cell, and elements
+    the model was not trained on (named, with the indices of the atoms).
+    """
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise ValueError("The structure has no atoms: nothing to evaluate.")
+    if not np.all(np.isfinite(atoms.positions)):
+        bad = np.where(~np.isfinite(atoms.positions).all(axis=1))[0]
+        raise ValueError(
+            f"Atoms {bad.tolist()[:10]} have NaN or infinite positions; the structure "
+            "probably blew up in a previous step. Restart from the last good frame."
+        )
+    if atoms.pbc.any() and not np.all(np.isfinite(atoms.cell.array)):
+        raise ValueError("The cell has NaN or infinite entries.")
+    if atoms.pbc.any() and abs(atoms.cell.volume) < 1e-8:
+        raise ValueError(
+            f"The structure is periodic along {atoms.pbc.tolist()} but its cell has zero "
+            "volume. Set a cell (atoms.set_cell) or switch periodicity off (atoms.pbc = False)."
+        )
+    known = set(int(z) for z in elements)
+    unknown = sorted(set(int(z) for z in atoms.numbers) - known)
+    if unknown:
+        names = [chemical_symbols[z] for z in unknown]
+        where = np.where(np.isin(atoms.numbers, unknown))[0]
+        raise ValueError(
+            f"The model does not know element(s) {names} (atoms {where.tolist()[:10]}); "
+            f"it was trained on {[chemical_symbols[z] for z in sorted(known)]}. Use a model "
+            "that covers these elements, or fine-tune one on data that contains them."
+        )
+
+
+class BatchMaker:
+    """Converts ``ase.Atoms`` into mace ``Batch`` objects for one model.
+
+    Args:
+        model: the MACE model (its elements, cutoff and heads are read).
+        head: model head to evaluate; the only one, or the one named
+            ``default``, when not given.
+    """
+
+    def __init__(self, model: torch.nn.Module, head: Optional[str] = None):
+        self.elements = [int(z) for z in model.atomic_numbers]
+        self.z_table = AtomicNumberTable(self.elements)
+        self.r_max = float(model.r_max)
+        self.heads = list(getattr(model, "heads", None) or ["Default"])
+        self.head = head or _pick_head(self.heads)
+        if self.head not in self.heads:
+            raise ValueError(f"head {self.head!r} not in the model's heads {self.heads}")
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+
+    def graph(self, atoms: Atoms) -> mace_data.AtomicData:
+        """One structure as mace ``AtomicData`` (checked first)."""
+        check_atoms(atoms, self.elements)
+        with torch_tools.default_dtype(self.dtype):
+            config = mace_data.config_from_atoms(atoms, key_specification=_KEYS, head_name=self.head)
+            return mace_data.AtomicData.from_config(
+                config, z_table=self.z_table, cutoff=self.r_max, heads=self.heads
+            )
+
+    def batch(self, images: Sequence[Atoms]) -> torch_geometric.Batch:
+        """Several structures as one batch on the model's device."""
+        graphs = [self.graph(atoms) for atoms in images]
+        return torch_geometric.Batch.from_data_list(graphs).to(self.device)
+
+    def batches(self, images: Iterable[Atoms], batch_size: int) -> Iterator[tuple[list[Atoms], torch_geometric.Batch]]:
+        """Yield ``(images, batch)`` pairs of at most ``batch_size`` structures."""
+        chunk: list[Atoms] = []
+        for atoms in images:
+            chunk.append(atoms)
+            if len(chunk) == batch_size:
+                yield chunk, self.batch(chunk)
+                chunk = []
+        if chunk:
+            yield chunk, self.batch(chunk)
+
+
+def forward(
+    model: torch.nn.Module,
+    batch: torch_geometric.Batch,
+    compute_force: bool = True,
+    compute_stress: bool = False,
+    training: bool = False,
+) -> dict[str, Optional[torch.Tensor]]:
+    """One forward pass of a MACE model on ``batch``.
+
+    Returns mace's output dictionary (``energy``, ``node_energy``, ``forces``,
+    ``stress``, ``node_feats``, ...) plus ``batch`` and ``ptr`` (which atoms
+    belong to which structure). ``training=True`` keeps the graph of the
+    forces so they can be differentiated again (needed by force kernels).
+    """
+    data = batch.to_dict()
+    out = model(data, training=training, compute_force=compute_force, compute_stress=compute_stress)
+    out = dict(out)
+    out["batch"] = data["batch"]
+    out["ptr"] = data["ptr"]
+    return out
+
+
+def _pick_head(heads: list[str]) -> str:
+    if len(heads) == 1:
+        return heads[0]
+    named = [h for h in heads if h.lower() == "default"]
+    if not named:
+        raise ValueError(f"The model has heads {heads}; choose one with head=...")
+    return named[0]
