@@ -96,8 +96,8 @@ class MLIPALCalculator(Calculator):
         out = forward(self.model, batch, compute_force=True, compute_stress=periodic)
         features = self.feature_map(out)
         self.results = {
-            "energy": float(out["energy"][0]),
-            "free_energy": float(out["energy"][0]),
+            "energy": float(out["energy"][0].detach()),
+            "free_energy": float(out["energy"][0].detach()),
             "energies": out["node_energy"].detach().cpu().numpy().copy(),
             "forces": out["forces"].detach().cpu().numpy().copy(),
         }

@@ -71,7 +71,8 @@ def calibration_report(residuals: np.ndarray, std: np.ndarray, scale: float = 1.
     if np.any(s <= 0):
         raise ValueError("standard deviations must be positive")
     z = np.abs(r) / s
-    rho = stats.spearmanr(s, np.abs(r)).statistic if r.size > 2 else float("nan")
+    informative = r.size > 2 and np.ptp(s) > 0 and np.ptp(np.abs(r)) > 0
+    rho = stats.spearmanr(s, np.abs(r)).statistic if informative else float("nan")
     nll = float(np.mean(0.5 * np.log(2 * np.pi * s**2) + 0.5 * z**2))
     return CalibrationReport(
         n=int(r.size),

@@ -236,6 +236,11 @@ def _load_file(path: Path, trust: bool) -> torch.nn.Module:
         raise ModelLoadError(f"Model file {path} does not exist. Check the path.")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a directory, not a model file.")
+    if not _is_torch_file(path):
+        raise ModelLoadError(
+            f"{path} is not a PyTorch model file (it is neither a torch zip archive nor "
+            "a pickle). It may be corrupt or of another format: copy it again or rebuild it."
+        )
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -252,6 +257,14 @@ def _load_file(path: Path, trust: bool) -> torch.nn.Module:
         "is a training checkpoint or a state dict, load it into its model and "
         "write it with ase_mlipal.save_model."
     )
+
+
+def _is_torch_file(path: Path) -> bool:
+    """True for torch's zip format or a legacy pickle (protocol byte 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _load_pickled_module(path: Path, trust: bool, cause: Exception) -> torch.nn.Module:

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny MACE built in seconds and a few small structures."""
+
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+
+import ase_mlipal
+
+warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised 2-layer MACE for H, C, N, O (float64).
+
+    Non-zero E0s and shift so that energy bookkeeping is exercised.
+    """
+    return ase_mlipal.build_mace(
+        ["H", "C", "N", "O"], channels=8, max_ell=1, r_max=4.0, mlp_channels=8,
+        radial_mlp=(16,), atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0], shift=0.1, scale=0.5, seed=1,
+    )
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    return ase_mlipal.MLIPALCalculator(model=tiny_model)
+
+
+@pytest.fixture()
+def ethanol():
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+def rattled(atoms: Atoms, n: int, stdev: float = 0.05, seed: int = 0) -> list[Atoms]:
+    """``n`` copies of ``atoms`` with Gaussian noise on the positions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        copy = atoms.copy()
+        copy.positions += rng.normal(scale=stdev, size=copy.positions.shape)
+        out.append(copy)
+    return out

@@ -1,0 +1,232 @@
+import copy
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.singlepoint import SinglePointCalculator
+from mace.calculators import MACECalculator
+from scipy.spatial.transform import Rotation
+
+from ase_mlipal import MLIPALCalculator
+
+from .conftest import rattled
+
+UNCERTAINTIES = ("energy_uncertainty", "energies_uncertainty", "forces_uncertainty", "uncertainty")
+
+
+def mace_reference(model, atoms):
+    atoms = atoms.copy()
+    atoms.calc = MACECalculator(models=copy.deepcopy(model), default_dtype="float64")
+    return atoms
+
+
+def results(calc, atoms):
+    atoms = atoms.copy()
+    atoms.calc = calc
+    atoms.get_forces()
+    return dict(calc.results)
+
+
+def test_energy_forces_agree_with_mace_calculator(tiny_model, ethanol):
+    ours = ethanol.copy()
+    ours.calc = MLIPALCalculator(model=tiny_model)
+    ref = mace_reference(tiny_model, ethanol)
+    assert ours.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    assert ours.get_potential_energy(force_consistent=True) == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(ours.get_forces(), ref.get_forces(), atol=1e-6)
+    np.testing.assert_allclose(ours.get_potential_energies(), ref.get_potential_energies(), atol=1e-6)
+    assert ours.get_potential_energies().sum() == pytest.approx(ours.get_potential_energy(), abs=1e-8)
+
+
+def test_periodic_stress_agrees_with_mace_calculator(tiny_model):
+    cell = bulk("C", "diamond", a=3.6, cubic=True).repeat(2)
+    cell.rattle(0.05, seed=0)
+    ours = cell.copy()
+    ours.calc = MLIPALCalculator(model=tiny_model)
+    ref = mace_reference(tiny_model, cell)
+    assert ours.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(ours.get_stress(), ref.get_stress(), atol=1e-6)
+    np.testing.assert_allclose(ours.get_forces(), ref.get_forces(), atol=1e-6)
+
+
+def test_molecule_has_no_stress(calc, ethanol):
+    ethanol.calc = calc
+    with pytest.raises(PropertyNotImplementedError):
+        ethanol.get_stress()
+
+
+def test_forces_are_minus_the_energy_gradient(calc, ethanol):
+    ethanol.calc = calc
+    forces = ethanol.get_forces()
+    h = 1e-5
+    for i, axis in [(0, 0), (2, 1), (5, 2), (8, 0)]:
+        energies = []
+        for sign in (1, -1):
+            moved = ethanol.copy()
+            moved.positions[i, axis] += sign * h
+            moved.calc = calc
+            energies.append(moved.get_potential_energy())
+        assert forces[i, axis] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-6)
+
+
+def test_energy_and_uncertainty_are_invariant(calc, ethanol):
+    calc.add_reference(rattled(ethanol, 5, seed=1))
+    base = results(calc, ethanol)
+
+    rotated = ethanol.copy()
+    rotation = Rotation.from_euler("xyz", [0.3, -1.1, 2.0])
+    rotated.positions = rotation.apply(rotated.positions)
+    moved = ethanol.copy()
+    moved.positions += [1.5, -3.0, 7.0]
+    order = np.random.default_rng(0).permutation(len(ethanol))
+    permuted = ethanol[order]
+
+    for other, forces_map in [(rotated, rotation.apply), (moved, None), (permuted, None)]:
+        got = results(calc, other)
+        assert got["energy"] == pytest.approx(base["energy"], abs=1e-8)
+        assert got["energy_uncertainty"] == pytest.approx(base["energy_uncertainty"], rel=1e-6)
+        assert got["uncertainty"] == pytest.approx(base["uncertainty"], rel=1e-6)
+    got = results(calc, permuted)
+    np.testing.assert_allclose(got["forces_uncertainty"], base["forces_uncertainty"][order], rtol=1e-6)
+    np.testing.assert_allclose(got["energies_uncertainty"], base["energies_uncertainty"][order], rtol=1e-6)
+    np.testing.assert_allclose(got["forces"], base["forces"][order], atol=1e-8)
+    got = results(calc, rotated)
+    np.testing.assert_allclose(got["forces"], rotation.apply(base["forces"]), atol=1e-8)
+    np.testing.assert_allclose(got["forces_uncertainty"], base["forces_uncertainty"], rtol=1e-6)
+
+
+def test_uncertainty_shapes_and_the_trigger_scalar(calc, ethanol):
+    got = results(calc, ethanol)
+    assert got["forces_uncertainty"].shape == (len(ethanol),)
+    assert got["energies_uncertainty"].shape == (len(ethanol),)
+    assert got["uncertainty"] == pytest.approx(got["forces_uncertainty"].max())
+    assert all(np.all(np.asarray(got[k]) > 0) for k in UNCERTAINTIES)
+
+
+def test_one_forward_pass_per_call(calc, ethanol):
+    calls = []
+    calc.model.register_forward_hook(lambda *args: calls.append(1))
+    ethanol.calc = calc
+    ethanol.get_potential_energy()
+    ethanol.get_forces()
+    ethanol.get_potential_energies()
+    calc.get_property("uncertainty", ethanol)
+    calc.get_property("forces_uncertainty", ethanol)
+    assert len(calls) == 1
+
+
+def test_variance_drops_for_added_structure_and_barely_moves_far_away(calc):
+    water, far = molecule("H2O"), molecule("N2")  # N2 shares no element with water
+    before = {name: results(calc, a) for name, a in [("water", water), ("far", far)]}
+    calc.add_reference([water])
+    after = {name: results(calc, a) for name, a in [("water", water), ("far", far)]}
+    assert after["water"]["energy_uncertainty"] < 0.15 * before["water"]["energy_uncertainty"]
+    assert after["water"]["uncertainty"] < 0.15 * before["water"]["uncertainty"]
+    assert after["far"]["energy_uncertainty"] > 0.95 * before["far"]["energy_uncertainty"]
+    assert after["far"]["uncertainty"] > 0.8 * before["far"]["uncertainty"]
+    assert calc.energy_posterior.n_added == 1 and calc.atom_posterior.n_added == len(water)
+
+
+def test_adding_references_invalidates_cached_results(calc, ethanol):
+    ethanol.calc = calc
+    ethanol.get_forces()
+    before = calc.get_property("uncertainty", ethanol)
+    calc.add_reference(ethanol)
+    assert calc.get_property("uncertainty", ethanol) < before
+
+
+def label_with_noise(calc, images, s2_energy, s2_forces, seed=0):
+    """Frames labelled model + Gaussian noise whose variance is s^2 times the raw variance."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for atoms in images:
+        got = results(calc, atoms)
+        # raw variances: calc is uncalibrated, so its std are raw
+        e = got["energy"] + rng.normal(scale=np.sqrt(s2_energy) * got["energy_uncertainty"])
+        sigma_f = np.sqrt(s2_forces) * got["forces_uncertainty"][:, None]
+        f = got["forces"] + rng.normal(size=(len(atoms), 3)) * sigma_f
+        labelled = atoms.copy()
+        labelled.calc = SinglePointCalculator(labelled, energy=e, forces=f)
+        out.append(labelled)
+    return out
+
+
+def test_calibration_recovers_a_known_scale(calc, ethanol):
+    calc.add_reference(rattled(ethanol, 10, seed=1))
+    frames = label_with_noise(calc, rattled(ethanol, 300, stdev=0.08, seed=2), 4.0, 0.25)
+    report = calc.calibrate(frames)
+    assert calc.calibrated
+    assert calc.energy_posterior.scale == pytest.approx(4.0, rel=0.25)
+    assert calc.atom_posterior.scale == pytest.approx(0.25, rel=0.1)
+    assert report["forces"].coverage_1sigma == pytest.approx(0.683, abs=0.03)
+    assert report["energy"].coverage_2sigma == pytest.approx(0.954, abs=0.05)
+
+    # held-out frames labelled by the same process: fit=False keeps the scale and reports
+    uncalibrated = MLIPALCalculator(model=calc.model).add_reference(rattled(ethanol, 10, seed=1))
+    held_out = label_with_noise(uncalibrated, rattled(ethanol, 100, stdev=0.08, seed=5), 4.0, 0.25, seed=1)
+    scale_before = calc.atom_posterior.scale
+    check = calc.calibrate(held_out, fit=False)
+    assert calc.atom_posterior.scale == scale_before
+    assert check["forces"].coverage_1sigma == pytest.approx(0.683, abs=0.05)
+    assert check["forces"].miscalibration_area < 0.05
+
+
+def test_calibrate_reads_labels_from_info_and_arrays(calc, ethanol):
+    frames = []
+    for atoms in rattled(ethanol, 5, seed=4):
+        got = results(calc, atoms)
+        atoms.info["energy"] = got["energy"] + 0.01
+        atoms.arrays["forces"] = got["forces"] + 0.01
+        frames.append(atoms)
+    report = calc.calibrate(frames)
+    assert report["energy"].rmse == pytest.approx(0.01)
+    assert report["forces"].rmse == pytest.approx(0.01)
+
+
+def test_calibrate_refuses_unlabelled_frames(calc, ethanol):
+    with pytest.raises(ValueError, match="no reference"):
+        calc.calibrate([ethanol])
+
+
+def test_posterior_saves_and_refuses_another_model(calc, tiny_model, ethanol, tmp_path):
+    from ase_mlipal import build_mace
+
+    calc.add_reference(rattled(ethanol, 3))
+    calc.energy_posterior.scale = 2.5
+    calc.save_posterior(tmp_path / "post.npz")
+    fresh = MLIPALCalculator(model=tiny_model).load_posterior(tmp_path / "post.npz")
+    assert results(fresh, ethanol)["energy_uncertainty"] == pytest.approx(results(calc, ethanol)["energy_uncertainty"])
+    other = MLIPALCalculator(model=build_mace(["H", "C", "N", "O"], channels=8, r_max=4.0, seed=99))
+    with pytest.raises(ValueError, match="another model|was built on model"):
+        other.load_posterior(tmp_path / "post.npz")
+
+
+def test_unknown_element_is_named(calc):
+    with pytest.raises(ValueError, match=r"\['Si'\]"):
+        results(calc, Atoms("SiH4", positions=np.random.default_rng(0).normal(size=(5, 3))))
+
+
+def test_empty_structure_is_refused(calc):
+    with pytest.raises(ValueError, match="no atoms"):
+        results(calc, Atoms())
+
+
+def test_nan_positions_are_refused(calc, ethanol):
+    ethanol.positions[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN.*\[3\]|\[3\].*NaN"):
+        results(calc, ethanol)
+
+
+def test_periodic_without_cell_is_refused(calc):
+    with pytest.raises(ValueError, match="zero volume"):
+        results(calc, Atoms("H2O", positions=[[0, 0, 0], [0.9, 0, 0], [0, 0.9, 0]], pbc=True))
+
+
+def test_atom_with_no_neighbours_has_a_defined_answer(calc):
+    lonely = Atoms("OH", positions=[[0, 0, 0], [20.0, 0, 0]])
+    got = results(calc, lonely)
+    assert np.isfinite(got["energy"])
+    np.testing.assert_allclose(got["forces"], 0.0, atol=1e-12)
+    assert np.all(np.isfinite(got["forces_uncertainty"])) and got["uncertainty"] > 0
