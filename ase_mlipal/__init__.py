@@ -7,7 +7,13 @@ e3nn 0.4.4 only imports with torch >= 2.6 after mace has set
 load in this package passes ``weights_only`` explicitly.
 """
 
-import mace  # noqa: F401  (must precede any e3nn import)
+import warnings
+
+with warnings.catch_warnings():
+    # e3nn's own constants load triggers torch's notice about that variable
+    warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
+    import mace  # noqa: F401  (must precede any e3nn import)
+    from e3nn import o3  # noqa: F401
 
 from .calculator import MLIPALCalculator
 from .calibration import CalibrationReport, calibration_report, fit_scale
