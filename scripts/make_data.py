@@ -1,0 +1,386 @@
+"""Generate the GFN2-xTB data sets: near-equilibrium pretraining set and reactive benchmark set.
+
+    python scripts/make_data.py                       # writes benchmarks/data/*.xyz.gz
+    python scripts/make_data.py --workers 2 --out DIR
+
+Pretraining set (``pretrain.xyz.gz``): every closed-shell H/C/N/O molecule
+of ASE's g2 collection, relaxed with xTB, then Langevin MD at 300, 550 and
+800 K plus small random displacements. Frames whose bond graph differs from
+the relaxed molecule are dropped (no reactive events). Split by molecule:
+all frames of a molecule (hence of each of its trajectories) are in one of
+train / valid / test. ``info``: ``molecule``, ``trajectory``, ``split``.
+
+Reactive set (``reactive.xyz.gz``): six reactions with a climbing-image NEB
+on xTB (two ring openings, three unimolecular decompositions, one
+isomerisation) and two 3000 K MD runs where bonds break. NEB frames are
+points along the converged path with thermal noise. Splits: ``test``
+covers each path uniformly; ``pool`` is drawn mostly away from the
+transition state (TS-region frames kept with probability 0.1, as in real
+candidate pools); ``initial`` is a few frames near the minima. ``info``:
+``reaction``, ``kind``, ``image`` (nearest NEB image, or MD step),
+``path_s`` (0..1 along the path), ``ts_region``, ``split``.
+
+Every frame is labelled with energy and forces (eV, eV/A); frames whose SCF
+failed at every electronic temperature are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from ase import Atoms, units  # noqa: E402
+from ase.build import molecule  # noqa: E402
+from ase.constraints import FixBondLengths  # noqa: E402
+from ase.collections import g2  # noqa: E402
+from ase.io import write  # noqa: E402
+from ase.md.langevin import Langevin  # noqa: E402
+from ase.mep import NEB  # noqa: E402
+from ase.neighborlist import natural_cutoffs, neighbor_list  # noqa: E402
+from ase.optimize import BFGS, FIRE  # noqa: E402
+
+from ase_mlipal.reference import LabelStats, RobustXTB, xtb_label  # noqa: E402
+
+ELEMENTS = set("HCNO")
+MD_TEMPERATURES = (300.0, 550.0, 800.0)
+MD_STEPS, MD_EVERY, MD_SKIP = 640, 12, 40          # 50 frames per trajectory
+N_DISPLACED, DISPLACEMENT = 30, 0.04              # random displacements, A
+SPLIT_FRACTIONS = {"test": 0.1, "valid": 0.1}    # of the molecules
+
+NEB_REACTIONS = {
+    # name: (kind, reactant, [product fragments])
+    # cyclobutene's sp3-sp3 bond (atoms 2-3 in g2's order) is pulled apart to
+    # reach s-cis butadiene, the product of the conrotatory opening
+    "cyclobutene_ring_opening": ("ring_opening", "cyclobutene", ("stretch", 2, 3)),
+    "oxirane_to_acetaldehyde": ("ring_opening", "CH2OCH2", ["CH3CHO"]),
+    "formic_acid_to_CO_H2O": ("decomposition", "HCOOH", ["CO", "H2O"]),
+    "formic_acid_to_CO2_H2": ("decomposition", "HCOOH", ["CO2", "H2"]),
+    "formaldehyde_to_CO_H2": ("decomposition", "H2CO", ["CO", "H2"]),
+    "HCN_to_HNC": ("isomerisation", "HCN", ["HNC"]),
+}
+HOT_MD = {"nitromethane_3000K": "CH3NO2", "ethanol_3000K": "CH3CH2OH"}
+N_TEST, N_POOL, N_INITIAL = 150, 330, 5            # frames per NEB reaction
+HOT_MD_STEPS, HOT_MD_EVERY = 1500, 6               # 250 frames per hot MD
+PATH_NOISE = 0.04                                  # A, thermal noise on path points
+TS_HALF_WIDTH, TS_KEEP_IN_POOL = 0.15, 0.1
+
+
+def seed_of(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+# -- pretraining set ----------------------------------------------------------
+
+
+def closed_shell_hcno() -> list[str]:
+    names = []
+    for name in g2.names:
+        atoms = molecule(name)
+        if not set(atoms.get_chemical_symbols()) <= ELEMENTS:
+            continue
+        if abs(atoms.get_initial_magnetic_moments().sum()) > 1e-6 or atoms.numbers.sum() % 2:
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def bond_graph(atoms: Atoms) -> frozenset:
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
+    return frozenset((a, b) for a, b in zip(i, j) if a < b)
+
+
+def relaxed(atoms: Atoms, hold: tuple = ()) -> Atoms:
+    """xTB minimum near ``atoms``; ``hold=(i, j)`` keeps that distance fixed."""
+    atoms = atoms.copy()
+    atoms.set_constraint(FixBondLengths([tuple(hold)]) if hold else None)
+    atoms.calc = RobustXTB()
+    BFGS(atoms, logfile=None).run(fmax=0.02, steps=300)
+    atoms.set_constraint()
+    return atoms
+
+
+def molecule_frames(name: str) -> tuple[list[Atoms], dict]:
+    """MD and displaced frames of one molecule; (frames, counts)."""
+    rng = np.random.default_rng(seed_of(name))
+    start = relaxed(molecule(name))
+    bonds = bond_graph(start)
+    frames, dropped, stats = [], 0, LabelStats()
+
+    def keep(frame: Atoms, trajectory: str, labelled: Atoms | None) -> None:
+        nonlocal dropped
+        if labelled is None:
+            return
+        if bond_graph(frame) != bonds:
+            dropped += 1
+            return
+        labelled.info.update(molecule=name, trajectory=trajectory)
+        frames.append(labelled)
+
+    for temperature in MD_TEMPERATURES:
+        atoms = start.copy()
+        atoms.calc = driver = RobustXTB()
+        atoms.set_momenta(np.zeros_like(atoms.positions))
+        dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
+        trajectory = f"{name}/md{temperature:.0f}K"
+
+        def sample(atoms=atoms, trajectory=trajectory):
+            if dyn.nsteps >= MD_SKIP:
+                keep(atoms, trajectory, xtb_label(atoms, stats, calculators=driver.calculators))
+
+        dyn.attach(sample, interval=MD_EVERY)
+        try:
+            dyn.run(MD_STEPS)
+        except RuntimeError:  # xTB failed at every temperature: end this trajectory
+            stats.errors.append(f"{trajectory} stopped at step {dyn.nsteps}")
+    for _ in range(N_DISPLACED):
+        frame = start.copy()
+        frame.positions += rng.normal(scale=DISPLACEMENT, size=frame.positions.shape)
+        keep(frame, f"{name}/displaced", xtb_label(frame, stats))
+    return frames, {"dropped_bond_change": dropped, "skipped_scf": stats.skipped, "retried": stats.retried}
+
+
+def split_molecules(names: list[str], seed: int = 0) -> dict[str, str]:
+    order = list(np.random.default_rng(seed).permutation(names))
+    n_test = max(1, round(SPLIT_FRACTIONS["test"] * len(names)))
+    n_valid = max(1, round(SPLIT_FRACTIONS["valid"] * len(names)))
+    split = {name: "train" for name in order}
+    split.update({name: "test" for name in order[:n_test]})
+    split.update({name: "valid" for name in order[n_test:n_test + n_valid]})
+    return split
+
+
+# -- reactive set -------------------------------------------------------------
+
+
+def build(name: str) -> Atoms:
+    if name == "HNC":
+        return Atoms("CNH", positions=[[0, 0, 0], [0, 0, 1.17], [0, 0, 2.17]])
+    return molecule(name)
+
+
+def fragments(names: list[str], gap: float = 3.0) -> Atoms:
+    """Product fragments side by side along x, ``gap`` A apart."""
+    out = Atoms()
+    for name in names:
+        part = build(name)
+        part.positions -= part.positions.mean(axis=0)
+        if len(out):
+            part.positions[:, 0] += out.positions[:, 0].max() - part.positions[:, 0].min() + gap
+        out += part
+    return out
+
+
+def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """RMSD after optimal rotation of each b[k] onto a (both centred); b is (K, N, 3)."""
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=1, keepdims=True)
+    h = np.einsum("kni,nj->kij", b, a)
+    u, s, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(np.einsum("kij,kjl->kil", u, vt)))
+    s[:, -1] *= d
+    msd = (np.sum(a**2) + np.sum(b**2, axis=(1, 2)) - 2 * s.sum(axis=1)) / len(a)
+    return np.sqrt(np.maximum(msd, 0.0))
+
+
+def stretched(atoms: Atoms, i: int, j: int, by: float = 1.5) -> Atoms:
+    """Pull the bonded groups of atoms i and j apart along i-j by ``by`` A in all."""
+    out = atoms.copy()
+    out.calc = None
+    graph = bond_graph(atoms) - {(min(i, j), max(i, j))}
+    direction = (atoms.positions[j] - atoms.positions[i]) / atoms.get_distance(i, j)
+    for atom, sign in ((i, -1), (j, 1)):
+        group = {atom} | {b for a, b in graph if a == atom} | {a for a, b in graph if b == atom}
+        group = [k for k in group if atoms.numbers[k] == 1 or k == atom]  # the atom and its H
+        out.positions[group] += sign * 0.5 * by * direction
+    return out
+
+
+def adjacency(atoms: Atoms) -> np.ndarray:
+    matrix = np.zeros((len(atoms), len(atoms)), dtype=bool)
+    for a, b in bond_graph(atoms):
+        matrix[a, b] = matrix[b, a] = True
+    return matrix
+
+
+def map_product(reactant: Atoms, product: Atoms) -> Atoms:
+    """Reorder ``product`` so atom i corresponds to reactant atom i.
+
+    Among all permutations within each element, keep those that change the
+    fewest bonds (the chemically shortest reaction), then the one of
+    smallest RMSD after optimal superposition (least motion).
+    """
+    symbols = reactant.get_chemical_symbols()
+    if sorted(symbols) != sorted(product.get_chemical_symbols()):
+        raise ValueError("reactant and product have different atoms")
+    groups = {s: [i for i, x in enumerate(symbols) if x == s] for s in dict.fromkeys(symbols)}
+    sources = {s: [i for i, x in enumerate(product.get_chemical_symbols()) if x == s] for s in groups}
+    candidates = []
+    for choice in itertools.product(*(itertools.permutations(sources[s]) for s in groups)):
+        order = np.empty(len(reactant), dtype=int)
+        for s, perm in zip(groups, choice):
+            order[groups[s]] = perm
+        candidates.append(order)
+    candidates = np.array(candidates)
+    r_adj, p_adj = adjacency(reactant), adjacency(product)
+    changed = np.array([np.sum(r_adj != p_adj[np.ix_(order, order)]) for order in candidates])
+    candidates = candidates[changed == changed.min()]
+    rmsd = kabsch_rmsd(reactant.positions, product.positions[candidates])
+    return product[candidates[int(np.argmin(rmsd))]]
+
+
+def neb_path(reactant: Atoms, product: Atoms, n_images: int = 11) -> list[Atoms]:
+    images = [reactant] + [reactant.copy() for _ in range(n_images - 2)] + [product]
+    for image in images:
+        image.calc = RobustXTB()
+    neb = NEB(images, climb=False, method="improvedtangent")
+    neb.interpolate("idpp")
+    rng = np.random.default_rng(0)
+    for image in images[1:-1]:  # break symmetry (a linear HCN would pass H through C-N)
+        image.positions += rng.normal(scale=0.05, size=image.positions.shape)
+    neb.climb = False  # relax the band first, then let the top image climb
+    FIRE(neb, logfile=None).run(fmax=0.3, steps=800)
+    neb.climb = True
+    converged = FIRE(neb, logfile=None).run(fmax=0.05, steps=1200)
+    return images, bool(converged)
+
+
+def path_coordinates(images: list[Atoms]) -> np.ndarray:
+    steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
+    s = np.concatenate([[0.0], np.cumsum(steps)])
+    return s / s[-1]
+
+
+def point_on_path(images: list[Atoms], s_images: np.ndarray, s: float) -> tuple[Atoms, int]:
+    k = min(int(np.searchsorted(s_images, s, side="right")) - 1, len(images) - 2)
+    t = (s - s_images[k]) / (s_images[k + 1] - s_images[k])
+    frame = images[0].copy()
+    frame.calc = None
+    frame.positions = (1 - t) * images[k].positions + t * images[k + 1].positions
+    return frame, int(round(k + t))
+
+
+def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
+    kind, reactant_name, product_names = NEB_REACTIONS[name]
+    rng = np.random.default_rng(seed_of(name))
+    reactant = relaxed(build(reactant_name))
+    if product_names[0] == "stretch":
+        product = relaxed(relaxed(stretched(reactant, *product_names[1:]), hold=product_names[1:]))
+    else:
+        product = relaxed(map_product(reactant, fragments(product_names)))
+    images, converged = neb_path(reactant, product)
+    energies = [image.get_potential_energy() for image in images]
+    s_images = path_coordinates(images)
+    s_ts = float(s_images[int(np.argmax(energies))])
+    stats, frames = LabelStats(), []
+
+    def add(s: float, split: str) -> None:
+        frame, image = point_on_path(images, s_images, s)
+        frame.positions += rng.normal(scale=PATH_NOISE, size=frame.positions.shape)
+        labelled = xtb_label(frame, stats)
+        if labelled is not None:
+            labelled.info.update(reaction=name, kind=kind, image=image, path_s=float(s),
+                                 ts_region=bool(abs(s - s_ts) < TS_HALF_WIDTH), split=split)
+            frames.append(labelled)
+
+    for s in rng.uniform(0, 1, N_TEST):
+        add(s, "test")
+    n_pool = 0
+    while n_pool < N_POOL:
+        s = rng.uniform(0, 1)
+        if abs(s - s_ts) >= TS_HALF_WIDTH or rng.uniform() < TS_KEEP_IN_POOL:
+            add(s, "pool")
+            n_pool += 1
+    for s in rng.uniform(0, 0.08, N_INITIAL // 2 + 1).tolist() + rng.uniform(0.92, 1, N_INITIAL // 2).tolist():
+        add(s, "initial")
+    info = {"barrier_eV": float(max(energies) - energies[0]), "reaction_energy_eV": float(energies[-1] - energies[0]),
+            "neb_converged": converged, "s_ts": s_ts,
+            "skipped_scf": stats.skipped, "retried": stats.retried}
+    return frames, info
+
+
+def hot_md(name: str) -> tuple[list[Atoms], dict]:
+    rng = np.random.default_rng(seed_of(name))
+    atoms = relaxed(molecule(HOT_MD[name]))
+    bonds = bond_graph(atoms)
+    atoms.calc = driver = RobustXTB()
+    dyn = Langevin(atoms, 0.25 * units.fs, temperature_K=3000, friction=0.02, fixcm=False, rng=rng)
+    stats, frames = LabelStats(), []
+
+    def sample():
+        labelled = xtb_label(atoms, stats, calculators=driver.calculators)
+        if labelled is None:
+            return
+        broken = bond_graph(atoms) != bonds
+        split = "test" if rng.uniform() < 0.3 else ("pool" if broken or rng.uniform() < 0.9 else "initial")
+        labelled.info.update(reaction=name, kind="hot_md", image=int(dyn.nsteps), path_s=dyn.nsteps / HOT_MD_STEPS,
+                             ts_region=bool(broken), split=split)
+        frames.append(labelled)
+
+    dyn.attach(sample, interval=HOT_MD_EVERY)
+    try:
+        dyn.run(HOT_MD_STEPS)
+    except RuntimeError:
+        stats.errors.append(f"{name} stopped at step {dyn.nsteps}")
+    changed = sum(f.info["ts_region"] for f in frames)
+    return frames, {"frames_with_changed_bonds": int(changed), "skipped_scf": stats.skipped}
+
+
+def _run(task):
+    kind, name = task
+    fn = {"molecule": molecule_frames, "neb": neb_reaction, "hot": hot_md}[kind]
+    return kind, name, fn(name)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "benchmarks" / "data")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    names = closed_shell_hcno()
+    split = split_molecules(names)
+    tasks = ([("neb", n) for n in NEB_REACTIONS] + [("hot", n) for n in HOT_MD]
+             + [("molecule", n) for n in names])
+    results = {}
+    with ProcessPoolExecutor(args.workers) as pool:
+        from tqdm import tqdm
+
+        for kind, name, value in tqdm(pool.map(_run, tasks), total=len(tasks), desc="xTB data"):
+            results[(kind, name)] = value
+
+    pretrain, reactive, summary = [], [], {"molecules": {}, "reactions": {}}
+    for name in names:
+        frames, counts = results[("molecule", name)]
+        for frame in frames:
+            frame.info["split"] = split[name]
+        pretrain += frames
+        summary["molecules"][name] = {"split": split[name], "frames": len(frames), **counts}
+    for kind, name in tasks:
+        if kind != "molecule":
+            frames, info = results[(kind, name)]
+            reactive += frames
+            summary["reactions"][name] = {"frames": len(frames), **info}
+    write(args.out / "pretrain.xyz.gz", pretrain, format="extxyz")
+    write(args.out / "reactive.xyz.gz", reactive, format="extxyz")
+    summary["pretrain_frames"] = {s: sum(f.info["split"] == s for f in pretrain) for s in ("train", "valid", "test")}
+    summary["reactive_frames"] = {s: sum(f.info["split"] == s for f in reactive) for s in ("pool", "test", "initial")}
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: summary[k] for k in ("pretrain_frames", "reactive_frames", "seconds")}, indent=1))
+    for name, info in summary["reactions"].items():
+        print(f"  {name:<28} {info}")
+
+
+if __name__ == "__main__":
+    main()
