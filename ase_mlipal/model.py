@@ -22,7 +22,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -33,6 +32,8 @@ from e3nn import o3
 from mace import modules
 from mace.tools.scripts_utils import extract_config_mace_model
 from mace.tools.torch_tools import default_dtype
+
+from .storage import atomic_torch_save
 
 FORMAT_NAME = "ase-mlipal-model"
 FORMAT_VERSION = 1
@@ -162,17 +163,7 @@ def save_model(model: torch.nn.Module, path: Union[str, os.PathLike]) -> Path:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "hash": model_hash(model),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_torch_save(record, path)
 
 
 def model_hash(model: torch.nn.Module) -> str:

@@ -1,0 +1,188 @@
+"""Train a MACE on labelled frames with mace-torch's data pipeline and loss.
+
+Used by the pretraining script and by fine-tuning: mace's
+``config_from_atoms`` / ``AtomicData`` / ``DataLoader`` feed
+``WeightedEnergyForcesLoss``; the loop adds early stopping on the
+validation loss, restoring the best weights, and an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase import Atoms
+from mace import data as mace_data
+from mace import modules
+from mace.tools import torch_geometric, torch_tools
+from mace.tools.utils import AtomicNumberTable
+from tqdm.auto import tqdm
+
+from .frames import read_labels
+from .storage import atomic_torch_save
+
+_LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "REF_energy"}, arrays_keys={"forces": "REF_forces"})
+
+
+def frames_to_configs(frames: Sequence[Atoms], head: str = "Default") -> list:
+    """mace ``Configuration`` objects carrying each frame's reference labels."""
+    configs = []
+    for atoms in frames:
+        energy, forces = read_labels(atoms)
+        plain = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        plain.info["REF_energy"] = energy
+        plain.arrays["REF_forces"] = forces
+        configs.append(mace_data.config_from_atoms(plain, key_specification=_LABEL_KEYS, head_name=head))
+    return configs
+
+
+def data_loader(
+    frames: Sequence[Atoms],
+    model: torch.nn.Module,
+    batch_size: int = 16,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> torch_geometric.dataloader.DataLoader:
+    """A mace ``DataLoader`` over labelled ``frames`` for ``model``'s elements and cutoff."""
+    z_table = AtomicNumberTable([int(z) for z in model.atomic_numbers])
+    heads = list(getattr(model, "heads", None) or ["Default"])
+    dtype = next(model.parameters()).dtype
+    with torch_tools.default_dtype(dtype):
+        dataset = [
+            mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=float(model.r_max), heads=heads)
+            for config in frames_to_configs(frames, head=heads[0])
+        ]
+    generator = torch.Generator().manual_seed(seed)
+    return torch_geometric.dataloader.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def dataset_statistics(frames: Sequence[Atoms], elements: Sequence[int], r_max: float) -> dict:
+    """Data-dependent MACE arguments: E0s (least squares), neighbours, energy shift/scale.
+
+    Uses mace's ``compute_average_E0s``, ``compute_avg_num_neighbors`` and
+    ``compute_mean_rms_energy_forces`` (the ``rms_forces_scaling`` of mace's
+    training script).
+    """
+    z_table = AtomicNumberTable(sorted(int(z) for z in elements))
+    configs = frames_to_configs(frames)
+    e0s = mace_data.compute_average_E0s(configs, z_table)
+    atomic_energies = np.array([e0s[z] for z in z_table.zs])
+    dataset = [mace_data.AtomicData.from_config(c, z_table=z_table, cutoff=r_max, heads=["Default"]) for c in configs]
+    loader = torch_geometric.dataloader.DataLoader(dataset, batch_size=64, shuffle=False)
+    mean, rms = modules.scaling_classes["rms_forces_scaling"](loader, atomic_energies)
+    return {
+        "atomic_energies": atomic_energies.tolist(),
+        "avg_num_neighbors": float(modules.compute_avg_num_neighbors(loader)),
+        "shift": float(np.asarray(mean).ravel()[0]),
+        "scale": float(np.asarray(rms).ravel()[0]),
+    }
+
+
+def evaluate(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32) -> dict[str, float]:
+    """Energy and force errors of ``model`` on labelled ``frames``.
+
+    Returns ``energy_mae_per_atom`` (meV/atom), ``energy_rmse_per_atom``
+    (meV/atom), ``forces_mae`` and ``forces_rmse`` (eV/A, per component).
+    """
+    e_err, f_err = [], []
+    for batch in data_loader(frames, model, batch_size=batch_size):
+        out = model(batch.to_dict(), training=False, compute_force=True)
+        n_atoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+        e_err.append(((out["energy"] - batch.energy) / n_atoms).detach().cpu().numpy())
+        f_err.append((out["forces"] - batch.forces).detach().cpu().numpy().ravel())
+    e, f = np.concatenate(e_err), np.concatenate(f_err)
+    return {
+        "energy_mae_per_atom": 1e3 * float(np.mean(np.abs(e))),
+        "energy_rmse_per_atom": 1e3 * float(np.sqrt(np.mean(e**2))),
+        "forces_mae": float(np.mean(np.abs(f))),
+        "forces_rmse": float(np.sqrt(np.mean(f**2))),
+    }
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: one row per epoch and the epoch whose weights were kept."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def train(
+    model: torch.nn.Module,
+    train_frames: Sequence[Atoms],
+    valid_frames: Sequence[Atoms],
+    *,
+    epochs: int = 100,
+    batch_size: int = 16,
+    lr: float = 1e-2,
+    energy_weight: float = 1.0,
+    forces_weight: float = 10.0,
+    patience: int = 20,
+    max_seconds: Optional[float] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    seed: int = 0,
+    progress: Optional[bool] = None,
+) -> TrainResult:
+    """Train ``model`` in place with mace's ``WeightedEnergyForcesLoss``.
+
+    AMSGrad Adam with the learning rate reduced on plateaus; after each
+    epoch the validation loss decides the best weights, which are restored
+    at the end; training stops after ``patience`` epochs without
+    improvement or after ``max_seconds``. With ``checkpoint`` the best
+    weights and the history are written atomically after every epoch.
+    """
+    if not train_frames or not valid_frames:
+        raise ValueError("train needs at least one training and one validation frame")
+    torch.manual_seed(seed)
+    train_loader = data_loader(train_frames, model, batch_size, shuffle=True, seed=seed)
+    valid_loader = data_loader(valid_frames, model, batch_size)
+    loss_fn = modules.WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=max(1, patience // 4))
+    result, best_loss, best_state = TrainResult(), float("inf"), copy.deepcopy(model.state_dict())
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc="training", disable=None if progress is None else not progress)
+    for epoch in bar:
+        model.train()
+        train_loss = 0.0
+        for batch in train_loader:
+            optimizer.zero_grad()
+            out = model(batch.to_dict(), training=True, compute_force=True)
+            loss = loss_fn(batch, out)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            train_loss += float(loss.detach()) * batch.num_graphs
+        model.eval()
+        valid_loss = sum(float(loss_fn(b, model(b.to_dict(), training=False)).detach()) * b.num_graphs
+                         for b in valid_loader) / len(valid_frames)
+        scheduler.step(valid_loss)
+        row = {"epoch": epoch, "train_loss": train_loss / len(train_frames), "valid_loss": valid_loss,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        result.history.append(row)
+        if valid_loss < best_loss:
+            best_loss, result.best_epoch = valid_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(train=f"{row['train_loss']:.4g}", valid=f"{valid_loss:.4g}", best=result.best_epoch)
+        if checkpoint is not None:
+            atomic_torch_save({"state_dict": best_state, "history": result.history, "best_epoch": result.best_epoch},
+                         Path(checkpoint))
+        if epoch - result.best_epoch >= patience or (max_seconds and row["seconds"] > max_seconds):
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
