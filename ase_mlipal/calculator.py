@@ -16,7 +16,7 @@ from .calibration import CalibrationReport, calibration_report, fit_scale
 from .features import Features, get_feature_map
 from .frames import read_labels
 from .inference import BatchMaker, forward
-from .model import ModelSpec, load_model, model_hash
+from .model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
 from .posterior import FeaturePosterior
 
 
@@ -52,6 +52,10 @@ class MLIPALCalculator(Calculator):
         regularization: ``lambda`` of both posteriors (prior precision).
         device, dtype, trust: passed to :func:`~ase_mlipal.load_model`.
         head: model head for multi-head models.
+        posterior: ``"auto"`` starts from the shipped, calibrated posterior
+            of the pretraining data when ``model="default"`` and
+            ``kernel="activation"`` (otherwise empty); ``None`` always starts
+            empty; a path loads a file written by :meth:`save_posterior`.
         batch_size: structures per forward pass in :meth:`add_reference`
             and :meth:`calibrate`.
     """
@@ -70,6 +74,7 @@ class MLIPALCalculator(Calculator):
         dtype: str = "float64",
         trust: bool = False,
         head: Optional[str] = None,
+        posterior: Union[str, os.PathLike, None] = "auto",
         batch_size: int = 16,
         **kwargs,
     ):
@@ -85,6 +90,11 @@ class MLIPALCalculator(Calculator):
         self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
         self.atom_posterior = FeaturePosterior(self.feature_map.dim, regularization)
         self.calibrated = False
+        if posterior == "auto":
+            use_shipped = isinstance(model, str) and model == "default" and kernel == "activation"
+            posterior = DEFAULT_POSTERIOR_PATH if use_shipped and DEFAULT_POSTERIOR_PATH.exists() else None
+        if posterior is not None:
+            self.load_posterior(posterior)
 
     # -- ASE interface -------------------------------------------------------
 

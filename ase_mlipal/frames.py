@@ -1,12 +1,17 @@
-"""Reading reference labels (energy, forces) stored on ``ase.Atoms``."""
+"""Reading labelled frames: files of structures and the labels stored on ``ase.Atoms``."""
 
 from __future__ import annotations
 
-from typing import Optional
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read
 
 
 def read_labels(
@@ -47,3 +52,17 @@ def _from_singlepoint(atoms: Atoms) -> tuple[Optional[float], Optional[np.ndarra
     if not isinstance(calc, SinglePointCalculator):
         return None, None
     return calc.results.get("energy"), calc.results.get("forces")
+
+
+def read_frames(path: Union[str, os.PathLike], index: str = ":") -> list[Atoms]:
+    """All frames of an extxyz (optionally ``.gz``) or any ASE-readable file.
+
+    A gzipped extxyz is decompressed in memory first: ASE's reader seeks
+    backwards, which on a gzip stream re-reads the file from the start each
+    time (minutes instead of seconds for 10,000 frames).
+    """
+    path = Path(path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt") as handle:
+            return read(io.StringIO(handle.read()), index=index, format="extxyz")
+    return read(path, index=index)

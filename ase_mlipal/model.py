@@ -37,7 +37,9 @@ from .storage import atomic_torch_save
 
 FORMAT_NAME = "ase-mlipal-model"
 FORMAT_VERSION = 1
-DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "default.pt"
+DEFAULT_DIR = Path(__file__).parent / "data"
+DEFAULT_MODEL_PATH = DEFAULT_DIR / "default.pt"
+DEFAULT_POSTERIOR_PATH = DEFAULT_DIR / "default_posterior.npz"
 
 ModelSpec = Union[torch.nn.Module, str, os.PathLike]
 

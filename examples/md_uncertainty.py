@@ -1,4 +1,4 @@
-"""Langevin MD with MLIPALCalculator: energy, its uncertainty and the worst atom's force uncertainty.
+"""Langevin MD with MLIPALCalculator: energy, forces and their uncertainties as it runs.
 
     python examples/md_uncertainty.py                 # the shipped default model
     python examples/md_uncertainty.py --model my.pt   # any model load_model accepts
@@ -64,11 +64,12 @@ def main() -> None:
     def report() -> None:
         r = calc.results
         worst = int(np.argmax(r["forces_uncertainty"]))
-        print(f"{dyn.nsteps:6d} {r['energy']:14.4f} {r['energy_uncertainty']:12.4f} "
+        fmax = np.linalg.norm(r["forces"], axis=1).max()
+        print(f"{dyn.nsteps:6d} {r['energy']:14.4f} {r['energy_uncertainty']:10.4f} {fmax:10.3f} "
               f"{r['uncertainty']:12.4f}   {atoms[worst].symbol}{worst}")
 
     print(f"Langevin MD of {args.molecule} at {args.temperature:.0f} K{units_note}")
-    print(f"{'step':>6} {'E (eV)':>14} {'sigma_E':>12} {'max sigma_F':>12}   worst atom")
+    print(f"{'step':>6} {'E (eV)':>14} {'sigma_E':>10} {'max |F|':>10} {'max sigma_F':>12}   worst atom")
     dyn.attach(report, interval=args.every)
     dyn.run(args.steps)
 

@@ -6,9 +6,10 @@
 Pretraining set (``pretrain.xyz.gz``): every closed-shell H/C/N/O molecule
 of ASE's g2 collection, relaxed with xTB, then Langevin MD at 300, 550 and
 800 K plus small random displacements. Frames whose bond graph differs from
-the relaxed molecule are dropped (no reactive events). Split by molecule:
-all frames of a molecule (hence of each of its trajectories) are in one of
-train / valid / test. ``info``: ``molecule``, ``trajectory``, ``split``.
+the relaxed molecule are dropped (no reactive events). Split by molecule and
+by trajectory (see ``assign_splits``): whole molecules and whole
+trajectories go to test or valid, so no frame of a test trajectory is in
+train. ``info``: ``molecule``, ``trajectory``, ``split``.
 
 Reactive set (``reactive.xyz.gz``): six reactions with a climbing-image NEB
 on xTB (a ring opening, four unimolecular decompositions, one
@@ -56,7 +57,8 @@ ELEMENTS = set("HCNO")
 MD_TEMPERATURES = (300.0, 550.0, 800.0)
 MD_STEPS, MD_EVERY, MD_SKIP = 640, 12, 40          # 50 frames per trajectory
 N_DISPLACED, DISPLACEMENT = 30, 0.04              # random displacements, A
-SPLIT_FRACTIONS = {"test": 0.1, "valid": 0.1}    # of the molecules
+HELD_OUT_MOLECULES = 0.1                          # fraction of molecules wholly in test
+TEST_TRAJECTORIES, VALID_TRAJECTORIES = 0.1, 0.1  # fractions of the other trajectories
 
 NEB_REACTIONS = {
     # name: (kind, reactant, [product fragments])
@@ -65,11 +67,12 @@ NEB_REACTIONS = {
     "formic_acid_to_CO2_H2": ("decomposition", "HCOOH", ["CO2", "H2"]),
     "formaldehyde_to_CO_H2": ("decomposition", "H2CO", ["CO", "H2"]),
     "ethanol_to_ethylene_H2O": ("decomposition", "CH3CH2OH", ["C2H4", "H2O"]),
-    "HCN_to_HNC": ("isomerisation", "HCN", ["HNC"]),
+    "methanol_to_formaldehyde_H2": ("decomposition", "CH3OH", ["H2CO", "H2"]),
+    "acetaldehyde_to_CH4_CO": ("decomposition", "CH3CHO", ["CH4", "CO"]),
 }
-HOT_MD = {"nitromethane_3000K": "CH3NO2", "ethanol_3000K": "CH3CH2OH"}
+HOT_MD = {"methyl_nitrite_3000K": "CH3ONO", "ethanol_3000K": "CH3CH2OH"}
 N_TEST, N_POOL, N_INITIAL = 150, 330, 5            # frames per NEB reaction
-HOT_MD_STEPS, HOT_MD_EVERY = 1500, 6               # 250 frames per hot MD
+HOT_MD_STEPS, HOT_MD_EVERY = 3000, 8               # 375 frames per hot MD (750 fs)
 PATH_NOISE = 0.04                                  # A, thermal noise on path points
 TS_HALF_WIDTH, TS_KEEP_IN_POOL = 0.15, 0.1
 
@@ -148,14 +151,28 @@ def molecule_frames(name: str) -> tuple[list[Atoms], dict]:
     return frames, {"dropped_bond_change": dropped, "skipped_scf": stats.skipped, "retried": stats.retried}
 
 
-def split_molecules(names: list[str], seed: int = 0) -> dict[str, str]:
-    order = list(np.random.default_rng(seed).permutation(names))
-    n_test = max(1, round(SPLIT_FRACTIONS["test"] * len(names)))
-    n_valid = max(1, round(SPLIT_FRACTIONS["valid"] * len(names)))
-    split = {name: "train" for name in order}
-    split.update({name: "test" for name in order[:n_test]})
-    split.update({name: "valid" for name in order[n_test:n_test + n_valid]})
-    return split
+def assign_splits(frames: list[Atoms], seed: int = 0) -> None:
+    """Set ``info["split"]`` by molecule and by trajectory, never by frame.
+
+    A few whole molecules (of five or more atoms, so no single exotic
+    species such as ozone decides the score) are test molecules; of the
+    other molecules' trajectories, a tenth go to test and a tenth to valid.
+    """
+    rng = np.random.default_rng(seed)
+    molecules = sorted({f.info["molecule"] for f in frames})
+    sizes = {f.info["molecule"]: len(f) for f in frames}
+    candidates = [m for m in molecules if sizes[m] >= 5]
+    held_out = set(rng.choice(candidates, size=round(HELD_OUT_MOLECULES * len(molecules)), replace=False))
+    split = {}
+    for trajectory in sorted({f.info["trajectory"] for f in frames}):
+        if trajectory.split("/")[0] in held_out:
+            split[trajectory] = "test"
+        else:
+            u = rng.uniform()
+            split[trajectory] = ("test" if u < TEST_TRAJECTORIES else
+                                 "valid" if u < TEST_TRAJECTORIES + VALID_TRAJECTORIES else "train")
+    for frame in frames:
+        frame.info["split"] = split[frame.info["trajectory"]]
 
 
 # -- reactive set -------------------------------------------------------------
@@ -231,10 +248,8 @@ def neb_optimise(images: list[Atoms]) -> bool:
     rng = np.random.default_rng(0)
     for image in images[1:-1]:  # break symmetry (a linear HCN would pass H through C-N)
         image.positions += rng.normal(scale=0.05, size=image.positions.shape)
-    neb = NEB(images, climb=False, method="improvedtangent")
-    FIRE(neb, logfile=None).run(fmax=0.3, steps=800)  # relax the band, then let the top climb
-    neb.climb = True
-    return bool(FIRE(neb, logfile=None).run(fmax=0.05, steps=1200))
+    neb = NEB(images, climb=True, method="improvedtangent")
+    return bool(FIRE(neb, logfile=None).run(fmax=0.05, steps=1500))
 
 
 def path_coordinates(images: list[Atoms]) -> np.ndarray:
@@ -258,11 +273,13 @@ def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
     reactant = relaxed(build(reactant_name))
     product = relaxed(map_product(reactant, fragments(product_names)))
     images = [reactant] + [reactant.copy() for _ in range(9)] + [product]
-    NEB(images).interpolate("idpp")
+    NEB(images, method="improvedtangent").interpolate("idpp")
     try:
         converged = neb_optimise(images)
     except RuntimeError as error:  # xTB failed on an image at every temperature
-        return [], {"failed": str(error)}
+        return [], {"dropped": str(error)}
+    if not converged:
+        return [], {"dropped": "NEB not converged to fmax 0.05 eV/A in 1500 FIRE steps"}
     energies = [image.get_potential_energy() for image in images]
     s_images = path_coordinates(images)
     s_ts = float(s_images[int(np.argmax(energies))])
@@ -330,14 +347,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "benchmarks" / "data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", choices=("pretrain", "reactive"), help="make one of the two sets")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     names = closed_shell_hcno()
-    split = split_molecules(names)
-    tasks = ([("neb", n) for n in NEB_REACTIONS] + [("hot", n) for n in HOT_MD]
-             + [("molecule", n) for n in names])
+    tasks = []
+    if args.only != "pretrain":
+        tasks += [("neb", n) for n in NEB_REACTIONS] + [("hot", n) for n in HOT_MD]
+    if args.only != "reactive":
+        tasks += [("molecule", n) for n in names]
     results = {}
     with ProcessPoolExecutor(args.workers) as pool:
         from tqdm import tqdm
@@ -345,26 +365,34 @@ def main():
         for kind, name, value in tqdm(pool.map(_run, tasks), total=len(tasks), desc="xTB data"):
             results[(kind, name)] = value
 
-    pretrain, reactive, summary = [], [], {"molecules": {}, "reactions": {}}
-    for name in names:
-        frames, counts = results[("molecule", name)]
-        for frame in frames:
-            frame.info["split"] = split[name]
-        pretrain += frames
-        summary["molecules"][name] = {"split": split[name], "frames": len(frames), **counts}
-    for kind, name in tasks:
-        if kind != "molecule":
-            frames, info = results[(kind, name)]
-            reactive += frames
-            summary["reactions"][name] = {"frames": len(frames), **info}
-    write(args.out / "pretrain.xyz.gz", pretrain, format="extxyz")
-    write(args.out / "reactive.xyz.gz", reactive, format="extxyz")
-    summary["pretrain_frames"] = {s: sum(f.info["split"] == s for f in pretrain) for s in ("train", "valid", "test")}
-    summary["reactive_frames"] = {s: sum(f.info["split"] == s for f in reactive) for s in ("pool", "test", "initial")}
-    summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary_path = args.out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() and args.only else {}
+    if args.only != "reactive":
+        pretrain = []
+        summary["molecules"] = {}
+        for name in names:
+            frames, counts = results[("molecule", name)]
+            pretrain += frames
+            summary["molecules"][name] = {"frames": len(frames), **counts}
+        assign_splits(pretrain)
+        write(args.out / "pretrain.xyz.gz", pretrain, format="extxyz")
+        summary["pretrain_frames"] = {s: sum(f.info["split"] == s for f in pretrain) for s in ("train", "valid", "test")}
+        summary["pretrain_seconds"] = round(time.perf_counter() - start, 1)
+    if args.only != "pretrain":
+        reactive = []
+        summary["reactions"] = {}
+        for kind, name in tasks:
+            if kind != "molecule":
+                frames, info = results[(kind, name)]
+                reactive += frames
+                summary["reactions"][name] = {"frames": len(frames), **info}
+        write(args.out / "reactive.xyz.gz", reactive, format="extxyz")
+        summary["reactive_frames"] = {s: sum(f.info["split"] == s for f in reactive) for s in ("pool", "test", "initial")}
+        summary["reactive_seconds"] = round(time.perf_counter() - start, 1)
+    summary.pop("seconds", None)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: summary[k] for k in ("pretrain_frames", "reactive_frames", "seconds")}, indent=1))
-    for name, info in summary["reactions"].items():
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("molecules", "reactions")}, indent=1))
+    for name, info in summary.get("reactions", {}).items():
         print(f"  {name:<28} {info}")
 
 
