@@ -18,6 +18,7 @@ with warnings.catch_warnings():
 from .calculator import MLIPALCalculator
 from .calibration import CalibrationReport, calibration_report, fit_scale
 from .features import ActivationFeatures, get_feature_map
+from .frames import read_frames, read_labels
 from .model import (
     ModelLoadError,
     build_mace,
@@ -27,6 +28,8 @@ from .model import (
     save_model,
 )
 from .posterior import FeaturePosterior
+from .reference import RobustXTB, xtb_calculator, xtb_label
+from .training import evaluate, train
 
 __version__ = "0.1.0"
 
@@ -36,12 +39,19 @@ __all__ = [
     "FeaturePosterior",
     "MLIPALCalculator",
     "ModelLoadError",
+    "RobustXTB",
     "build_mace",
     "calibration_report",
+    "evaluate",
     "fit_scale",
     "get_feature_map",
     "load_model",
     "model_elements",
     "model_hash",
+    "read_frames",
+    "read_labels",
     "save_model",
+    "train",
+    "xtb_calculator",
+    "xtb_label",
 ]
