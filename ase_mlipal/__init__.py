@@ -29,6 +29,7 @@ from .model import (
 )
 from .posterior import FeaturePosterior
 from .reference import RobustXTB, xtb_calculator, xtb_label
+from .store import FrameStore
 from .training import evaluate, train
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "ActivationFeatures",
     "CalibrationReport",
     "FeaturePosterior",
+    "FrameStore",
     "MLIPALCalculator",
     "ModelLoadError",
     "RobustXTB",

@@ -1,0 +1,127 @@
+"""FrameStore: the frames active learning flags, labels and trains on, in an ASE database.
+
+Every frame is one row of an ``ase.db`` database (an SQLite file by
+default, any ase.db URL such as PostgreSQL at scale). Its key-value pair
+``status`` is ``flagged``, ``labelled`` or ``failed``, so the command line
+``ase db frames.db status=flagged`` lists the frames waiting for a label.
+Rows also record the uncertainty that flagged them, where they came from
+(``source``: md / neb / pool, ``step``, ``image``, ``run_id``) and the
+hash of the model that flagged them.
+
+Each write is one database transaction (SQLite's atomic commit), so a
+crash leaves a row either fully written or absent; a frame already stored
+(same atoms and positions, to 1e-6 A) is not stored again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterator, Optional, Union
+
+import ase.db
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+STATUSES = ("flagged", "labelled", "failed")
+
+
+def fingerprint(atoms: Atoms) -> str:
+    """Identity of a frame: numbers, positions (rounded to 1e-6 A), cell and pbc."""
+    digest = hashlib.sha1()
+    digest.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    digest.update(np.round(atoms.positions, 6).tobytes())
+    digest.update(np.round(atoms.cell.array, 6).tobytes())
+    digest.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    return digest.hexdigest()
+
+
+class FrameStore:
+    """Frames flagged for labelling, their labels and their failures.
+
+    Args:
+        path_or_url: an ``.db`` file path (created if missing) or any URL
+            ``ase.db.connect`` accepts.
+    """
+
+    def __init__(self, path_or_url: Union[str, os.PathLike]):
+        self.path_or_url = str(path_or_url)
+        self.db = ase.db.connect(self.path_or_url)
+
+    def add_flagged(
+        self,
+        atoms: Atoms,
+        source: str,
+        uncertainty: Optional[float] = None,
+        step: Optional[int] = None,
+        image: Optional[int] = None,
+        run_id: Optional[str] = None,
+        model_hash: Optional[str] = None,
+        per_atom: Optional[dict[str, np.ndarray]] = None,
+    ) -> tuple[int, bool]:
+        """Store ``atoms`` as flagged; returns ``(row id, newly added)``.
+
+        A frame already in the store (any status) is not added again: its
+        existing id is returned with ``False``. ``per_atom`` arrays (e.g.
+        force uncertainties) go into the row's data.
+        """
+        key = fingerprint(atoms)
+        with self.db:
+            existing = self._id_of(key)
+            if existing is not None:
+                return existing, False
+            pairs = {"status": "flagged", "source": source, "fingerprint": key}
+            optional = {"uncertainty": uncertainty, "step": step, "image": image,
+                        "run_id": run_id, "model_hash": model_hash}
+            pairs.update({k: _plain(v) for k, v in optional.items() if v is not None})
+            plain = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            data = {k: np.asarray(v) for k, v in (per_atom or {}).items()}
+            return self.db.write(plain, key_value_pairs=pairs, data=data or None), True
+
+    def mark_labelled(self, row_id: int, energy: float, forces: np.ndarray, reference: str = "") -> None:
+        """Attach the reference energy (eV) and forces (eV/A) to a row and mark it labelled."""
+        atoms = self.db.get_atoms(id=row_id)
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)) or not np.isfinite(energy):
+            raise ValueError(f"row {row_id}: labels must be finite, forces of shape {(len(atoms), 3)}")
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=forces)
+        self.db.update(row_id, atoms=atoms, status="labelled", reference=reference)
+
+    def mark_failed(self, row_id: int, error: str) -> None:
+        """Mark a row failed, keeping the (first line of the) error message."""
+        message = (error.strip().splitlines() or ["unknown error"])[0][:500]
+        self.db.update(row_id, status="failed", error=message)
+
+    def rows(self, status: Optional[str] = None) -> Iterator:
+        """ase.db rows, all or of one status, in insertion order."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+        return self.db.select(status=status) if status else self.db.select()
+
+    def frames(self, status: str) -> list[Atoms]:
+        """The frames of one status as ``Atoms`` (labelled ones carry their labels)."""
+        out = []
+        for row in self.rows(status):
+            atoms = row.toatoms(add_additional_information=False)
+            atoms.info.update(row.key_value_pairs)
+            atoms.info["store_id"] = row.id
+            out.append(atoms)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Number of rows of each status."""
+        return {status: self.db.count(status=status) for status in STATUSES}
+
+    def __len__(self) -> int:
+        return self.db.count()
+
+    def _id_of(self, key: str) -> Optional[int]:
+        for row in self.db.select(fingerprint=key, limit=1):
+            return row.id
+        return None
+
+
+def _plain(value):
+    """numpy scalars to Python scalars (ase.db key-value pairs need them)."""
+    return value.item() if isinstance(value, np.generic) else value

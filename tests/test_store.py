@@ -1,0 +1,88 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from ase_mlipal.frames import read_labels
+from ase_mlipal.store import FrameStore
+
+from .conftest import rattled
+
+
+def test_flag_label_fail_round_trip(tmp_path):
+    store = FrameStore(tmp_path / "frames.db")
+    frames = rattled(molecule("H2O"), 3)
+    ids = [store.add_flagged(f, source="md", uncertainty=0.3 + i, step=10 * i, run_id="r1",
+                             model_hash="abc", per_atom={"forces_uncertainty": np.arange(3.0)})[0]
+           for i, f in enumerate(frames)]
+    assert store.counts() == {"flagged": 3, "labelled": 0, "failed": 0}
+    store.mark_labelled(ids[0], -10.5, np.ones((3, 3)), reference="xtb")
+    store.mark_failed(ids[1], "SCF not converged\ntraceback ...")
+    assert store.counts() == {"flagged": 1, "labelled": 1, "failed": 1}
+
+    (labelled,) = store.frames("labelled")
+    energy, forces = read_labels(labelled)
+    assert energy == -10.5 and np.all(forces == 1.0)
+    np.testing.assert_allclose(labelled.positions, frames[0].positions)
+    assert labelled.info["source"] == "md" and labelled.info["step"] == 0 and labelled.info["model_hash"] == "abc"
+    (failed,) = store.rows("failed")
+    assert failed.error == "SCF not converged"
+    np.testing.assert_allclose(store.db.get(id=ids[2]).data["forces_uncertainty"], np.arange(3.0))
+
+
+def test_the_same_frame_is_not_stored_twice(tmp_path):
+    store = FrameStore(tmp_path / "frames.db")
+    water = molecule("H2O")
+    first, new = store.add_flagged(water, source="md")
+    again, new_again = store.add_flagged(water.copy(), source="neb")
+    assert new and not new_again and first == again and len(store) == 1
+    moved = water.copy()
+    moved.positions[0, 0] += 1e-3
+    assert store.add_flagged(moved, source="md")[1]
+
+
+def test_bad_labels_and_status_are_refused(tmp_path):
+    store = FrameStore(tmp_path / "frames.db")
+    row_id, _ = store.add_flagged(molecule("H2O"), source="md")
+    with pytest.raises(ValueError):
+        store.mark_labelled(row_id, float("nan"), np.zeros((3, 3)))
+    with pytest.raises(ValueError):
+        store.mark_labelled(row_id, 1.0, np.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        list(store.rows("pending"))
+    assert store.counts()["flagged"] == 1
+
+
+def test_store_survives_a_kill_mid_write(tmp_path):
+    path = tmp_path / "frames.db"
+    writer = textwrap.dedent(f"""
+        import numpy as np
+        from ase.build import molecule
+        from ase_mlipal.store import FrameStore
+        store = FrameStore({str(path)!r})
+        rng = np.random.default_rng(0)
+        for i in range(100000):
+            atoms = molecule("CH4")
+            atoms.positions += rng.normal(scale=0.05, size=(5, 3))
+            row, _ = store.add_flagged(atoms, source="md", step=i)
+            store.mark_labelled(row, -1.0 * i, np.zeros((5, 3)))
+            if i == 5:
+                print("ready", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # mace may print notices first
+        if line.strip() == "ready":
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = FrameStore(path)
+    counts = store.counts()
+    assert counts["labelled"] >= 6 and counts["flagged"] <= 1 and counts["failed"] == 0
+    for atoms in store.frames("labelled"):  # every labelled row is complete
+        energy, forces = read_labels(atoms)
+        assert energy == -1.0 * atoms.info["step"] and forces.shape == (5, 3)
