@@ -19,6 +19,7 @@ from .calculator import MLIPALCalculator
 from .calibration import CalibrationReport, calibration_report, fit_scale
 from .features import ActivationFeatures, get_feature_map
 from .frames import read_frames, read_labels
+from .labelling import LabelReport, label
 from .model import (
     ModelLoadError,
     build_mace,
@@ -39,6 +40,7 @@ __all__ = [
     "CalibrationReport",
     "FeaturePosterior",
     "FrameStore",
+    "LabelReport",
     "MLIPALCalculator",
     "ModelLoadError",
     "RobustXTB",
@@ -47,6 +49,7 @@ __all__ = [
     "evaluate",
     "fit_scale",
     "get_feature_map",
+    "label",
     "load_model",
     "model_elements",
     "model_hash",
