@@ -31,6 +31,7 @@ from .model import (
 from .posterior import FeaturePosterior
 from .reference import RobustXTB, xtb_calculator, xtb_label
 from .store import FrameStore
+from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
 from .training import evaluate, train
 
 __version__ = "0.1.0"
@@ -44,6 +45,8 @@ __all__ = [
     "MLIPALCalculator",
     "ModelLoadError",
     "RobustXTB",
+    "UncertaintyLimitExceeded",
+    "UncertaintyTrigger",
     "build_mace",
     "calibration_report",
     "evaluate",

@@ -136,16 +136,20 @@ class MLIPALCalculator(Calculator):
                 bar.update(len(chunk))
         return out
 
-    def add_reference(self, images: Union[Atoms, Sequence[Atoms]], progress: Optional[bool] = None) -> "MLIPALCalculator":
+    def add_reference(
+        self, images: Union[Atoms, Sequence[Atoms]], weight: float = 1.0, progress: Optional[bool] = None,
+    ) -> "MLIPALCalculator":
         """Condition both posteriors on ``images`` (labels are not needed).
 
-        After this, structures like these get low uncertainty. Returns self.
+        After this, structures like these get low uncertainty. ``weight``
+        counts each image as that many observations (see
+        :meth:`FeaturePosterior.add`). Returns self.
         """
         if isinstance(images, Atoms):
             images = [images]
         for features in self.features(images, progress):
-            self.energy_posterior.add(features.structure)
-            self.atom_posterior.add(features.atom)
+            self.energy_posterior.add(features.structure, weight)
+            self.atom_posterior.add(features.atom, weight)
         self.reset()
         return self
 

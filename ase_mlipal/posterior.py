@@ -47,14 +47,17 @@ class FeaturePosterior:
         # Upper-triangular R with A = R^T R.
         self.factor = np.sqrt(self.regularization) * np.eye(self.dim)
 
-    def add(self, features: np.ndarray) -> "FeaturePosterior":
+    def add(self, features: np.ndarray, weight: float = 1.0) -> "FeaturePosterior":
         """Condition on ``features`` (``(k, p)``): a rank-k update of the factor.
 
         Uses LAPACK's triangular-pentagonal QR (``tpqrt``) on ``[R; V]``,
         ``O(k p^2)`` work: the new ``R`` satisfies
-        ``R'^T R' = R^T R + V^T V``.
+        ``R'^T R' = R^T R + V^T V``. ``weight`` counts each row as that many
+        observations (``V = sqrt(weight) * features``).
         """
-        features = self._check(features)
+        if not weight > 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        features = self._check(features) * np.sqrt(weight)
         for start in range(0, len(features), self.chunk_size):
             block = np.array(features[start:start + self.chunk_size], dtype=np.float64, order="F")
             r, _, _, info = dtpqrt(0, min(self.dim, len(block)), self.factor, block)

@@ -75,3 +75,13 @@ def test_bad_construction_raises():
         FeaturePosterior(3, regularization=0.0)
     with pytest.raises(ValueError):
         FeaturePosterior(0)
+
+
+def test_weighted_add_equals_repeated_add():
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(3, 4))
+    weighted = FeaturePosterior(4, 0.2).add(data, weight=3.0)
+    repeated = FeaturePosterior(4, 0.2).add(np.vstack([data, data, data]))
+    np.testing.assert_allclose(weighted.precision(), repeated.precision(), rtol=1e-10)
+    with pytest.raises(ValueError):
+        weighted.add(data, weight=0.0)

@@ -1,0 +1,143 @@
+"""UncertaintyTrigger: an ASE observer that flags the frames the model is unsure of.
+
+Attach it to any ASE MD integrator or optimiser::
+
+    trigger = UncertaintyTrigger(calc, store, threshold=0.15, atoms=atoms)
+    dyn.attach(trigger, interval=5)
+
+At each call it reads the uncertainty the calculator computed for the
+current step (no extra model call). Above the threshold the frame goes to
+the :class:`~ase_mlipal.store.FrameStore` as ``flagged`` and its features
+enter the calculator's posterior at once, labels or not, so the same event
+is not flagged again and again.
+
+Why a flagged frame enters with a weight: the calibrated scale ``s^2``
+treats each reference frame as one observation as noisy as the pretrained
+model's residuals, so one more such observation barely lowers a frame's
+variance (``q -> q / (1 + q)`` for its raw variance ``q``). A flagged frame
+is about to get a reference label, a far more precise observation, so it
+enters with the weight ``w`` that brings its own uncertainty down to
+``settle`` times the threshold: ``q / (1 + w q) = q_target``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from ase import Atoms
+
+from .calculator import MLIPALCalculator
+from .store import FrameStore
+
+
+class UncertaintyLimitExceeded(RuntimeError):
+    """Raised by the trigger to stop the dynamics when the hard limit is passed."""
+
+
+class UncertaintyTrigger:
+    """Flag frames whose uncertainty passes a threshold.
+
+    Args:
+        calc: the :class:`MLIPALCalculator` driving the dynamics.
+        store: where flagged frames are written.
+        threshold: in calibrated units: eV/A for ``quantity="forces"`` (the
+            largest per-atom force uncertainty, ``calc.results["uncertainty"]``)
+            or eV/atom for ``quantity="energy"`` (energy uncertainty per atom).
+        quantity: ``"forces"`` or ``"energy"``.
+        mode: ``"absolute"`` (threshold as given) or ``"relative"`` (a
+            multiple of the median uncertainty over ``reference`` frames).
+        reference: frames that define the typical uncertainty (relative mode).
+        hard_limit: above this (same units as the effective threshold) the
+            frame is flagged and :class:`UncertaintyLimitExceeded` stops the
+            dynamics.
+        callback: called as ``callback(atoms, value)`` for each flagged frame.
+        atoms: the structure the dynamics moves (ASE calls observers without
+            arguments).
+        source, run_id: provenance written with each flagged frame.
+        settle: a flagged frame enters the posterior with the weight that
+            brings its own uncertainty to ``settle * threshold``.
+    """
+
+    def __init__(
+        self,
+        calc: MLIPALCalculator,
+        store: FrameStore,
+        threshold: float,
+        quantity: str = "forces",
+        mode: str = "absolute",
+        reference: Optional[Sequence[Atoms]] = None,
+        hard_limit: Optional[float] = None,
+        callback: Optional[Callable[[Atoms, float], None]] = None,
+        atoms: Optional[Atoms] = None,
+        source: str = "md",
+        run_id: Optional[str] = None,
+        settle: float = 0.5,
+    ):
+        if quantity not in ("forces", "energy"):
+            raise ValueError(f"quantity must be 'forces' or 'energy', not {quantity!r}")
+        if mode not in ("absolute", "relative"):
+            raise ValueError(f"mode must be 'absolute' or 'relative', not {mode!r}")
+        if not threshold > 0:
+            raise ValueError("threshold must be positive")
+        self.calc, self.store, self.quantity = calc, store, quantity
+        self.atoms, self.source, self.run_id = atoms, source, run_id
+        self.callback = callback
+        if not 0 < settle < 1:
+            raise ValueError("settle must be between 0 and 1")
+        self.settle = settle
+        self.typical = 1.0
+        if mode == "relative":
+            if not reference:
+                raise ValueError("mode='relative' needs reference frames to define the typical uncertainty")
+            self.typical = float(np.median([self.score(frame) for frame in reference]))
+        self.threshold = threshold * self.typical
+        self.hard_limit = None if hard_limit is None else hard_limit * self.typical
+        self.nsteps = 0
+        self.flagged: list[tuple[int, float]] = []  # (call number, value)
+
+    def score(self, atoms: Atoms) -> float:
+        """The uncertainty the trigger compares with its threshold."""
+        if atoms.calc is not self.calc:
+            atoms = atoms.copy()
+            atoms.calc = self.calc
+        if self.quantity == "forces":
+            return float(self.calc.get_property("uncertainty", atoms))
+        return float(self.calc.get_property("energy_uncertainty", atoms)) / len(atoms)
+
+    def __call__(self, atoms: Optional[Atoms] = None, step: Optional[int] = None) -> bool:
+        """Check the current frame; returns True if it was flagged."""
+        atoms = atoms if atoms is not None else self.atoms
+        if atoms is None:
+            raise ValueError("give the trigger the atoms: UncertaintyTrigger(..., atoms=atoms)")
+        step = self.nsteps if step is None else step
+        self.nsteps += 1
+        value = self.score(atoms)
+        if value <= self.threshold:
+            return False
+        self._flag(atoms, value, step)
+        if self.hard_limit is not None and value > self.hard_limit:
+            raise UncertaintyLimitExceeded(
+                f"uncertainty {value:.3g} passed the hard limit {self.hard_limit:.3g} at step {step}; "
+                f"the frame is stored in {self.store.path_or_url}")
+        return True
+
+    def _weight(self, value: float, n_atoms: int) -> float:
+        """Observation weight that settles a frame of uncertainty ``value`` at ``settle * threshold``."""
+        if self.quantity == "forces":
+            scale, per = self.calc.atom_posterior.scale, 1.0
+        else:
+            scale, per = self.calc.energy_posterior.scale, float(n_atoms)
+        q = (value * per) ** 2 / scale
+        q_target = (self.settle * self.threshold * per) ** 2 / scale
+        return max(1.0, (q / q_target - 1.0) / q)
+
+    def _flag(self, atoms: Atoms, value: float, step: int) -> None:
+        results = self.calc.results
+        per_atom = {k: results[k] for k in ("forces_uncertainty", "energies_uncertainty") if k in results}
+        self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, run_id=self.run_id,
+                               model_hash=self.calc.model_hash, per_atom=per_atom)
+        self.calc.add_reference([atoms.copy()], weight=self._weight(value, len(atoms)), progress=False)
+        self.flagged.append((step, value))
+        if self.callback is not None:
+            self.callback(atoms, value)

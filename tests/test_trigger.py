@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from ase import units
+from ase.build import molecule
+from ase.md.verlet import VelocityVerlet
+
+from ase_mlipal import MLIPALCalculator
+from ase_mlipal.store import FrameStore
+from ase_mlipal.trigger import UncertaintyLimitExceeded, UncertaintyTrigger
+
+from .conftest import rattled
+
+
+@pytest.fixture()
+def setup(tiny_model, tmp_path):
+    calc = MLIPALCalculator(model=tiny_model)
+    known = molecule("CH3OH")
+    calc.add_reference(rattled(known, 20, stdev=0.02, seed=0))
+    return calc, FrameStore(tmp_path / "frames.db"), known
+
+
+def test_flags_the_new_event_once_and_not_the_known_one(setup):
+    calc, store, known = setup
+    novel = molecule("CH3CH2OH")
+    threshold = 0.5 * calc.get_property("uncertainty", novel.copy())
+    trigger = UncertaintyTrigger(calc, store, threshold=threshold)
+    assert calc.get_property("uncertainty", known.copy()) < threshold
+    frames = rattled(known, 5, stdev=0.01, seed=1) + rattled(novel, 10, stdev=0.002, seed=2)
+    for frame in frames:
+        frame.calc = calc
+        trigger(frame)
+    assert len(trigger.flagged) == 1 and trigger.flagged[0][0] == 5  # the first ethanol frame only
+    (row,) = store.rows("flagged")
+    assert row.formula == "C2H6O" and row.step == 5 and row.model_hash == calc.model_hash
+    assert row.data["forces_uncertainty"].shape == (9,)
+
+
+def test_relative_mode_hard_limit_and_callback(setup):
+    calc, store, known = setup
+    seen = []
+    trigger = UncertaintyTrigger(calc, store, threshold=3.0, mode="relative", hard_limit=5.0,
+                                 reference=rattled(known, 5, stdev=0.02, seed=3),
+                                 callback=lambda atoms, value: seen.append(value))
+    assert trigger.threshold == pytest.approx(3.0 * trigger.typical)
+    far = molecule("C6H6")
+    far.calc = calc
+    assert calc.get_property("uncertainty", far) > trigger.hard_limit
+    with pytest.raises(UncertaintyLimitExceeded, match="hard limit"):
+        trigger(far)
+    assert len(seen) == 1 and store.counts()["flagged"] == 1  # flagged before stopping
+
+
+def test_watches_ase_dynamics_as_an_observer(setup):
+    calc, store, known = setup
+    atoms = known.copy()
+    atoms.calc = calc
+    atoms.set_momenta(np.random.default_rng(0).normal(scale=0.3, size=(len(atoms), 3)))
+    trigger = UncertaintyTrigger(calc, store, threshold=calc.get_property("uncertainty", atoms) * 1.5,
+                                 atoms=atoms, source="md", run_id="test")
+    dyn = VelocityVerlet(atoms, 0.5 * units.fs)
+    dyn.attach(trigger, interval=2)
+    dyn.run(30)
+    assert trigger.nsteps == 16
+    assert store.counts()["flagged"] == len(trigger.flagged)
+    assert all(row.run_id == "test" and row.source == "md" for row in store.rows())
+
+
+def test_bad_arguments_are_refused(setup):
+    calc, store, _ = setup
+    with pytest.raises(ValueError):
+        UncertaintyTrigger(calc, store, threshold=0.1, mode="relative")
+    with pytest.raises(ValueError):
+        UncertaintyTrigger(calc, store, threshold=-1)
+    with pytest.raises(ValueError):
+        UncertaintyTrigger(calc, store, threshold=1, quantity="stress")
+
+
+def test_a_flagged_frame_settles_below_the_threshold(setup):
+    calc, store, _ = setup
+    novel = molecule("CH3CH2OH")
+    novel.calc = calc
+    before = calc.get_property("uncertainty", novel)
+    trigger = UncertaintyTrigger(calc, store, threshold=0.3 * before, settle=0.5)
+    assert trigger(novel)
+    after = calc.get_property("uncertainty", novel)
+    assert after <= 0.5 * trigger.threshold * 1.0001
