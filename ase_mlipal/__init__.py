@@ -18,6 +18,7 @@ with warnings.catch_warnings():
 from .calculator import MLIPALCalculator
 from .calibration import CalibrationReport, calibration_report, fit_scale
 from .features import ActivationFeatures, get_feature_map
+from .finetune import finetune
 from .frames import read_frames, read_labels
 from .labelling import LabelReport, label
 from .model import (
@@ -50,6 +51,7 @@ __all__ = [
     "build_mace",
     "calibration_report",
     "evaluate",
+    "finetune",
     "fit_scale",
     "get_feature_map",
     "label",

@@ -1,0 +1,74 @@
+"""Fine-tune a pretrained MACE on newly labelled frames, replaying pretraining data."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .frames import read_frames
+from .model import DEFAULT_DIR, ModelSpec, load_model
+from .training import TrainResult, train
+
+DEFAULT_REPLAY_PATH = DEFAULT_DIR / "default_replay.xyz.gz"
+
+
+def finetune(
+    model: ModelSpec,
+    frames: Sequence[Atoms],
+    replay: Union[Sequence[Atoms], str, None] = "default",
+    replay_ratio: float = 1.0,
+    valid_fraction: float = 0.2,
+    epochs: int = 50,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    patience: int = 10,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    seed: int = 0,
+    progress: Optional[bool] = None,
+    **train_kwargs,
+) -> tuple[torch.nn.Module, TrainResult, list[Atoms]]:
+    """Start from ``model``'s weights and train on labelled ``frames`` with replay.
+
+    Args:
+        model: anything :func:`~ase_mlipal.load_model` accepts (copied; the
+            original is untouched).
+        frames: newly labelled frames (energy and forces readable by
+            :func:`~ase_mlipal.read_labels`).
+        replay: frames of the pretraining data mixed into training so the
+            model does not forget; ``"default"`` is the sample shipped with
+            the default model, a path is read with :func:`read_frames`.
+        replay_ratio: replay frames per new frame (at most all of them).
+        valid_fraction: share of the new frames held out for early stopping
+            and, afterwards, for recalibrating the uncertainty.
+        checkpoint: path for an atomic checkpoint after every epoch.
+
+    Returns:
+        ``(fine-tuned model, training record, held-out new frames)``.
+    """
+    frames = list(frames)
+    if len(frames) < 2:
+        raise ValueError("fine-tuning needs at least two labelled frames (one to validate)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frames))
+    n_valid = max(1, int(round(valid_fraction * len(frames))))
+    valid = [frames[i] for i in order[:n_valid]]
+    new_train = [frames[i] for i in order[n_valid:]]
+    replay_frames = _replay(replay)
+    n_replay = min(len(replay_frames), int(round(replay_ratio * len(new_train))))
+    replayed = [replay_frames[i] for i in rng.choice(len(replay_frames), n_replay, replace=False)] if n_replay else []
+    tuned = load_model(model)
+    result = train(tuned, new_train + replayed, valid, epochs=epochs, lr=lr, batch_size=batch_size,
+                   patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, **train_kwargs)
+    return tuned, result, valid
+
+
+def _replay(replay: Union[Sequence[Atoms], str, None]) -> list[Atoms]:
+    if replay is None:
+        return []
+    if isinstance(replay, (str, os.PathLike)):
+        return read_frames(DEFAULT_REPLAY_PATH if replay == "default" else replay)
+    return list(replay)

@@ -1,0 +1,45 @@
+import pytest
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+
+import ase_mlipal
+from ase_mlipal.finetune import finetune
+from ase_mlipal.training import evaluate
+
+from .conftest import rattled
+
+
+def labelled_by(model, frames):
+    calc = ase_mlipal.MLIPALCalculator(model=model)
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        out.append(atoms)
+    return out
+
+
+def test_finetuning_lowers_the_error_on_its_frames_and_keeps_the_original(tiny_model):
+    teacher = ase_mlipal.build_mace(["H", "C", "N", "O"], channels=8, max_ell=1, r_max=4.0, mlp_channels=8,
+                                    radial_mlp=(16,), seed=5, scale=0.3,
+                                    atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0])  # same E0s
+    new = labelled_by(teacher, rattled(molecule("CH3OH"), 30, stdev=0.08, seed=7))
+    replay = labelled_by(tiny_model, rattled(molecule("H2O"), 10, seed=8))
+    hash_before = ase_mlipal.model_hash(tiny_model)
+    before = evaluate(tiny_model, new)
+    tuned, result, held_out = finetune(tiny_model, new, replay=replay, epochs=12, lr=5e-3, progress=False)
+    assert len(held_out) == 6
+    assert evaluate(tuned, held_out)["forces_mae"] < 0.6 * evaluate(tiny_model, held_out)["forces_mae"]
+    assert evaluate(tuned, new)["forces_mae"] < before["forces_mae"]
+    assert ase_mlipal.model_hash(tiny_model) == hash_before
+    assert result.best_epoch >= 0
+
+
+def test_default_replay_sample_is_shipped_and_needs_two_frames(tiny_model):
+    from ase_mlipal.finetune import _replay
+
+    assert len(_replay("default")) == 300
+    with pytest.raises(ValueError, match="two labelled frames"):
+        finetune(tiny_model, [])
