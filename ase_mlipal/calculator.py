@@ -79,22 +79,47 @@ class MLIPALCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.model = load_model(model, device=device, dtype=dtype, trust=trust)
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-        self.model_hash = model_hash(self.model)
         self.kernel = kernel
-        self.feature_map = get_feature_map(kernel, self.model)
-        self.batch_maker = BatchMaker(self.model, head=head)
+        self.regularization = regularization
         self.batch_size = int(batch_size)
-        self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
-        self.atom_posterior = FeaturePosterior(self.feature_map.dim, regularization)
-        self.calibrated = False
+        self._use_model(load_model(model, device=device, dtype=dtype, trust=trust), head)
         if posterior == "auto":
             use_shipped = isinstance(model, str) and model == "default" and kernel == "activation"
             posterior = DEFAULT_POSTERIOR_PATH if use_shipped and DEFAULT_POSTERIOR_PATH.exists() else None
         if posterior is not None:
             self.load_posterior(posterior)
+
+    def _use_model(self, model: torch.nn.Module, head: Optional[str] = None) -> None:
+        """Make ``model`` the calculator's model, with empty, uncalibrated posteriors."""
+        self.model = model
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.model_hash = model_hash(self.model)
+        self.feature_map = get_feature_map(self.kernel, self.model)
+        self.batch_maker = BatchMaker(self.model, head=head)
+        self.energy_posterior = FeaturePosterior(self.feature_map.dim, self.regularization)
+        self.atom_posterior = FeaturePosterior(self.feature_map.dim, self.regularization)
+        self.calibrated = False
+        self.reset()
+
+    def set_model(
+        self,
+        model: ModelSpec,
+        references: Sequence[Atoms],
+        calibration: Optional[Sequence[Atoms]] = None,
+        progress: Optional[bool] = None,
+    ) -> Optional[dict[str, CalibrationReport]]:
+        """Swap in another model (e.g. after fine-tuning) and rebuild the posterior.
+
+        The features of ``references`` are recomputed with the new model;
+        with labelled ``calibration`` frames (held out from its training)
+        the scales are refitted and the report returned.
+        """
+        device = next(self.model.parameters()).device
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self._use_model(load_model(model, device=str(device), dtype=dtype), self.batch_maker.head)
+        self.add_reference(references, progress=progress)
+        return self.calibrate(calibration, progress=progress) if calibration else None
 
     # -- ASE interface -------------------------------------------------------
 

@@ -230,3 +230,23 @@ def test_atom_with_no_neighbours_has_a_defined_answer(calc):
     assert np.isfinite(got["energy"])
     np.testing.assert_allclose(got["forces"], 0.0, atol=1e-12)
     assert np.all(np.isfinite(got["forces_uncertainty"])) and got["uncertainty"] > 0
+
+
+def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
+    from ase_mlipal import build_mace
+
+    calc.add_reference(rattled(ethanol, 4, seed=1))
+    old_hash = calc.model_hash
+    other = build_mace(["H", "C", "N", "O"], channels=8, r_max=4.0, seed=42,
+                       atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0])
+    labelled = []
+    for atoms in rattled(ethanol, 6, seed=2):
+        got = results(calc, atoms)
+        atoms.calc = SinglePointCalculator(atoms, energy=got["energy"] + 0.05, forces=got["forces"])
+        labelled.append(atoms)
+    report = calc.set_model(other, references=rattled(ethanol, 3, seed=3), calibration=labelled)
+    assert calc.model_hash != old_hash and calc.calibrated
+    assert calc.energy_posterior.n_added == 3 and set(report) == {"energy", "forces"}
+    fresh = ethanol.copy()
+    fresh.calc = MACECalculator(models=copy.deepcopy(other), default_dtype="float64")
+    assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
