@@ -13,10 +13,11 @@ import io
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
+
+from .labelling import reference_label
 
 DEFAULT_ELECTRONIC_TEMPERATURES = (300.0, 1000.0, 3000.0)
 
@@ -38,11 +39,6 @@ class LabelStats:
     retried: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
-
-    def merge(self, other: "LabelStats") -> "LabelStats":
-        """Sum of two counts."""
-        return LabelStats(self.labelled + other.labelled, self.retried + other.retried,
-                          self.skipped + other.skipped, self.errors + other.errors)
 
 
 def xtb_label(
@@ -83,17 +79,11 @@ def xtb_label(
 def _try_xtb(atoms: Atoms, temperature: float, calc: Optional[Calculator] = None):
     """(energy, forces) or an error message; ``calc`` may be reused between calls."""
     calc = calc if calc is not None else xtb_calculator(temperature)
-    work = atoms.copy()
-    work.calc = calc
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            energy = work.get_potential_energy()
-            forces = work.get_forces()
+            return reference_label(atoms, calc, retries=0)
     except Exception as exc:  # tblite raises several types on SCF failure
         return f"{type(exc).__name__}: {exc}"
-    if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
-        return "non-finite energy or forces"
-    return float(energy), np.array(forces)
 
 
 class RobustXTB(Calculator):
