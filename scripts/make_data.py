@@ -43,13 +43,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from ase import Atoms, units  # noqa: E402
 from ase.build import molecule  # noqa: E402
-from ase.constraints import FixBondLengths  # noqa: E402
 from ase.collections import g2  # noqa: E402
 from ase.io import write  # noqa: E402
 from ase.md.langevin import Langevin  # noqa: E402
 from ase.mep import NEB  # noqa: E402
 from ase.neighborlist import natural_cutoffs, neighbor_list  # noqa: E402
 from ase.optimize import BFGS, FIRE  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from ase_mlipal.reference import LabelStats, RobustXTB, xtb_label  # noqa: E402
 
@@ -101,13 +101,11 @@ def bond_graph(atoms: Atoms) -> frozenset:
     return frozenset((a, b) for a, b in zip(i, j) if a < b)
 
 
-def relaxed(atoms: Atoms, hold: tuple = ()) -> Atoms:
-    """xTB minimum near ``atoms``; ``hold=(i, j)`` keeps that distance fixed."""
+def relaxed(atoms: Atoms) -> Atoms:
+    """xTB minimum near ``atoms``."""
     atoms = atoms.copy()
-    atoms.set_constraint(FixBondLengths([tuple(hold)]) if hold else None)
     atoms.calc = RobustXTB()
     BFGS(atoms, logfile=None).run(fmax=0.02, steps=300)
-    atoms.set_constraint()
     return atoms
 
 
@@ -178,17 +176,11 @@ def assign_splits(frames: list[Atoms], seed: int = 0) -> None:
 # -- reactive set -------------------------------------------------------------
 
 
-def build(name: str) -> Atoms:
-    if name == "HNC":
-        return Atoms("CNH", positions=[[0, 0, 0], [0, 0, 1.17], [0, 0, 2.17]])
-    return molecule(name)
-
-
 def fragments(names: list[str], gap: float = 3.0) -> Atoms:
     """Product fragments side by side along x, ``gap`` A apart."""
     out = Atoms()
     for name in names:
-        part = build(name)
+        part = molecule(name)
         part.positions -= part.positions.mean(axis=0)
         if len(out):
             part.positions[:, 0] += out.positions[:, 0].max() - part.positions[:, 0].min() + gap
@@ -270,7 +262,7 @@ def point_on_path(images: list[Atoms], s_images: np.ndarray, s: float) -> tuple[
 def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
     kind, reactant_name, product_names = NEB_REACTIONS[name]
     rng = np.random.default_rng(seed_of(name))
-    reactant = relaxed(build(reactant_name))
+    reactant = relaxed(molecule(reactant_name))
     product = relaxed(map_product(reactant, fragments(product_names)))
     images = [reactant] + [reactant.copy() for _ in range(9)] + [product]
     NEB(images, method="improvedtangent").interpolate("idpp")
@@ -360,8 +352,6 @@ def main():
         tasks += [("molecule", n) for n in names]
     results = {}
     with ProcessPoolExecutor(args.workers) as pool:
-        from tqdm import tqdm
-
         for kind, name, value in tqdm(pool.map(_run, tasks), total=len(tasks), desc="xTB data"):
             results[(kind, name)] = value
 
@@ -389,7 +379,6 @@ def main():
         write(args.out / "reactive.xyz.gz", reactive, format="extxyz")
         summary["reactive_frames"] = {s: sum(f.info["split"] == s for f in reactive) for s in ("pool", "test", "initial")}
         summary["reactive_seconds"] = round(time.perf_counter() - start, 1)
-    summary.pop("seconds", None)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("molecules", "reactions")}, indent=1))
     for name, info in summary.get("reactions", {}).items():
