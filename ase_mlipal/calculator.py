@@ -130,6 +130,7 @@ class MLIPALCalculator(Calculator):
         batch = self.batch_maker.batch([self.atoms])
         out = forward(self.model, batch, compute_force=True, compute_stress=periodic)
         features = self.feature_map(out)
+        self.last_features = features
         self.results = {
             "energy": float(out["energy"][0].detach()),
             "free_energy": float(out["energy"][0].detach()),
@@ -139,6 +140,11 @@ class MLIPALCalculator(Calculator):
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().numpy())
         self.results.update(self._uncertainties(features))
+
+    def reset(self) -> None:
+        """Forget the last results (and the features they came from)."""
+        super().reset()
+        self.last_features: Optional[Features] = None
 
     def _uncertainties(self, features: Features) -> dict:
         forces_std = self.atom_posterior.std(features.atom)
@@ -173,10 +179,18 @@ class MLIPALCalculator(Calculator):
         if isinstance(images, Atoms):
             images = [images]
         for features in self.features(images, progress):
-            self.energy_posterior.add(features.structure, weight)
-            self.atom_posterior.add(features.atom, weight)
-        self.reset()
+            self.add_features(features, weight)
         return self
+
+    def add_features(self, features: Features, weight: float = 1.0) -> None:
+        """Condition both posteriors on already computed features.
+
+        ``calc.add_features(calc.last_features)`` adds the structure of the
+        last calculation without running the model again.
+        """
+        self.energy_posterior.add(features.structure, weight)
+        self.atom_posterior.add(features.atom, weight)
+        self.reset()
 
     # -- calibration -------------------------------------------------------
 

@@ -137,7 +137,8 @@ class UncertaintyTrigger:
         per_atom = {k: results[k] for k in ("forces_uncertainty", "energies_uncertainty") if k in results}
         self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, run_id=self.run_id,
                                model_hash=self.calc.model_hash, per_atom=per_atom)
-        self.calc.add_reference([atoms.copy()], weight=self._weight(value, len(atoms)), progress=False)
+        # score() has just evaluated these atoms: reuse the features of that pass
+        self.calc.add_features(self.calc.last_features, weight=self._weight(value, len(atoms)))
         self.flagged.append((step, value))
         if self.callback is not None:
             self.callback(atoms, value)

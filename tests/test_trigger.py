@@ -81,6 +81,10 @@ def test_a_flagged_frame_settles_below_the_threshold(setup):
     novel.calc = calc
     before = calc.get_property("uncertainty", novel)
     trigger = UncertaintyTrigger(calc, store, threshold=0.3 * before, settle=0.5)
+    calls = []
+    hook = calc.model.register_forward_hook(lambda *args: calls.append(1))
     assert trigger(novel)
+    assert not calls  # flagging reuses the features of the step's own forward pass
+    hook.remove()
     after = calc.get_property("uncertainty", novel)
     assert after <= 0.5 * trigger.threshold * 1.0001
