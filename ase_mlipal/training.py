@@ -12,7 +12,6 @@ import copy
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -42,6 +41,13 @@ def frames_to_configs(frames: Sequence[Atoms], head: str = "Default") -> list:
     return configs
 
 
+def _graphs(configs: list, zs: Sequence[int], r_max: float, heads: list[str]) -> list:
+    """mace ``AtomicData`` graphs of ``configs``."""
+    z_table = AtomicNumberTable(list(zs))
+    return [mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=heads)
+            for config in configs]
+
+
 def data_loader(
     frames: Sequence[Atoms],
     model: torch.nn.Module,
@@ -50,14 +56,10 @@ def data_loader(
     seed: int = 0,
 ) -> torch_geometric.dataloader.DataLoader:
     """A mace ``DataLoader`` over labelled ``frames`` for ``model``'s elements and cutoff."""
-    z_table = AtomicNumberTable([int(z) for z in model.atomic_numbers])
     heads = list(getattr(model, "heads", None) or ["Default"])
-    dtype = next(model.parameters()).dtype
-    with torch_tools.default_dtype(dtype):
-        dataset = [
-            mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=float(model.r_max), heads=heads)
-            for config in frames_to_configs(frames, head=heads[0])
-        ]
+    with torch_tools.default_dtype(next(model.parameters()).dtype):
+        configs = frames_to_configs(frames, head=heads[0])
+        dataset = _graphs(configs, [int(z) for z in model.atomic_numbers], float(model.r_max), heads)
     generator = torch.Generator().manual_seed(seed)
     return torch_geometric.dataloader.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -69,12 +71,11 @@ def dataset_statistics(frames: Sequence[Atoms], elements: Sequence[int], r_max: 
     ``compute_mean_rms_energy_forces`` (the ``rms_forces_scaling`` of mace's
     training script).
     """
-    z_table = AtomicNumberTable(sorted(int(z) for z in elements))
+    zs = sorted(int(z) for z in elements)
     configs = frames_to_configs(frames)
-    e0s = mace_data.compute_average_E0s(configs, z_table)
-    atomic_energies = np.array([e0s[z] for z in z_table.zs])
-    dataset = [mace_data.AtomicData.from_config(c, z_table=z_table, cutoff=r_max, heads=["Default"]) for c in configs]
-    loader = torch_geometric.dataloader.DataLoader(dataset, batch_size=64, shuffle=False)
+    e0s = mace_data.compute_average_E0s(configs, AtomicNumberTable(zs))
+    atomic_energies = np.array([e0s[z] for z in zs])
+    loader = torch_geometric.dataloader.DataLoader(_graphs(configs, zs, r_max, ["Default"]), batch_size=64)
     mean, rms = modules.scaling_classes["rms_forces_scaling"](loader, atomic_energies)
     return {
         "atomic_energies": atomic_energies.tolist(),
@@ -176,7 +177,7 @@ def train(
         bar.set_postfix(train=f"{row['train_loss']:.4g}", valid=f"{valid_loss:.4g}", best=result.best_epoch)
         if checkpoint is not None:
             atomic_torch_save({"state_dict": best_state, "history": result.history, "best_epoch": result.best_epoch},
-                         Path(checkpoint))
+                              checkpoint)
         if epoch - result.best_epoch >= patience or (max_seconds and row["seconds"] > max_seconds):
             result.stopped_early = True
             break
