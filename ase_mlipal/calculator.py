@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Iterable, Optional, Sequence, Union
 
@@ -139,14 +140,28 @@ class MLIPALCalculator(Calculator):
         }
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().numpy())
-        self.results.update(self._uncertainties(features))
+        self.results.update(self.uncertainty_from(features))
+
+    def share(self) -> "MLIPALCalculator":
+        """A calculator on this one's model and posteriors with its own result cache.
+
+        Give one to each image of an NEB: every image then keeps its own
+        results (ASE evaluates an unchanged image only once) while flags
+        and references added through any of them reach all. A later
+        :meth:`set_model` or :meth:`load_posterior` on this calculator is
+        not seen by earlier shares; make new ones.
+        """
+        view = copy.copy(self)
+        view.reset()
+        return view
 
     def reset(self) -> None:
         """Forget the last results (and the features they came from)."""
         super().reset()
         self.last_features: Optional[Features] = None
 
-    def _uncertainties(self, features: Features) -> dict:
+    def uncertainty_from(self, features: Features) -> dict:
+        """The uncertainty results (see the class docstring) of one structure's features."""
         forces_std = self.atom_posterior.std(features.atom)
         return {
             "energy_uncertainty": float(self.energy_posterior.std(features.structure)[0]),
@@ -159,13 +174,23 @@ class MLIPALCalculator(Calculator):
 
     def features(self, images: Iterable[Atoms], progress: Optional[bool] = None) -> list[Features]:
         """Features of ``images``, one :class:`Features` per batch (no forces computed)."""
+        return self.predict(images, progress)[1]
+
+    def predict(self, images: Iterable[Atoms], progress: Optional[bool] = None) -> tuple[np.ndarray, list[Features]]:
+        """Energies (eV) and features of ``images`` in batched passes without forces.
+
+        Returns the energies, shape ``(n_images,)``, and one :class:`Features`
+        per batch (``[f for b in batches for f in b.split()]`` gives one per image).
+        """
         images = list(images)
-        out = []
+        energies, features = [], []
         with torch.no_grad(), tqdm(total=len(images), desc="features", disable=_no_bar(progress)) as bar:
             for chunk, batch in self.batch_maker.batches(images, self.batch_size):
-                out.append(self.feature_map(forward(self.model, batch, compute_force=False)))
+                out = forward(self.model, batch, compute_force=False)
+                energies.append(out["energy"].detach().cpu().numpy())
+                features.append(self.feature_map(out))
                 bar.update(len(chunk))
-        return out
+        return np.concatenate(energies) if energies else np.zeros(0), features
 
     def add_reference(
         self, images: Union[Atoms, Sequence[Atoms]], weight: float = 1.0, progress: Optional[bool] = None,
@@ -248,12 +273,15 @@ class MLIPALCalculator(Calculator):
     # -- persistence -------------------------------------------------------
 
     def save_posterior(self, path: Union[str, os.PathLike]) -> None:
-        """Write both posteriors, their scales and the model's identity to ``.npz``."""
+        """Write both posteriors, their scales and the model's identity to ``.npz`` (atomically)."""
         arrays = {"model_hash": np.array(self.model_hash), "kernel": np.array(self.kernel),
                   "calibrated": np.array(self.calibrated)}
         for prefix, posterior in (("energy_", self.energy_posterior), ("atom_", self.atom_posterior)):
             arrays.update({prefix + key: value for key, value in posterior.state().items()})
-        np.savez(path, **arrays)
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "wb") as handle:  # written aside, then renamed: never half a file
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
 
     def load_posterior(self, path: Union[str, os.PathLike]) -> "MLIPALCalculator":
         """Read a posterior written by :meth:`save_posterior` for this very model.

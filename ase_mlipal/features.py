@@ -35,6 +35,11 @@ class Features:
         """Atom-level features of each structure, as a list."""
         return [self.atom[a:b] for a, b in zip(self.ptr[:-1], self.ptr[1:])]
 
+    def split(self) -> list["Features"]:
+        """One :class:`Features` per structure of the batch."""
+        return [Features(atom=atom, structure=self.structure[s:s + 1], ptr=np.array([0, len(atom)]))
+                for s, atom in enumerate(self.split_atoms())]
+
 
 class ActivationFeatures:
     """Activation kernel of seed 000: invariant hidden features of a pretrained MACE.

@@ -2,15 +2,23 @@
 
 The reference runs on any ``concurrent.futures.Executor`` (a process pool
 by default; a ``dask.distributed`` Client's ``get_executor()`` on a
-cluster). Only this process writes to the store, one transaction per
+cluster). The default pool starts its workers from a fork server, not by
+forking this process: a fork taken after torch has started its OpenMP
+threads can hang in OpenMP-parallel references such as tblite. So a
+calculator factory must be importable (defined at module level in an
+importable module) and a script must keep its work under
+``if __name__ == "__main__":``, as for any spawned process; otherwise pass
+``executor=ThreadPoolExecutor()``. Only this process writes to the store, one transaction per
 frame, so a run killed at any moment loses nothing: labelled frames stay
 labelled and are never computed again, the rest stay flagged.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -60,7 +68,7 @@ def label(
     if not rows:
         return report
     own_executor = executor is None
-    executor = executor or ProcessPoolExecutor(max_workers=min(len(rows), os.cpu_count() or 1))
+    executor = executor or process_pool(min(len(rows), os.cpu_count() or 1))
     try:
         futures = {executor.submit(reference_label, row.toatoms(), reference, retries): row.id for row in rows}
         disable = None if progress is None else not progress
@@ -68,6 +76,11 @@ def label(
             row_id = futures[future]
             try:
                 energy, forces = future.result()
+            except BrokenProcessPool as error:
+                raise RuntimeError(
+                    "a reference worker process died; the frames not yet labelled stay flagged. Out of memory? "
+                    "Or a script using the default process pool without its work under "
+                    "`if __name__ == \"__main__\":`; guard it, or pass executor=ThreadPoolExecutor()") from error
             except Exception as error:  # the reference failed on every attempt
                 store.mark_failed(row_id, f"{type(error).__name__}: {error}")
                 report.failed += 1
@@ -78,6 +91,21 @@ def label(
         if own_executor:
             executor.shutdown(cancel_futures=True)
     return report
+
+
+def process_pool(max_workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers do not inherit this process's OpenMP state.
+
+    Workers fork from a fork server that has imported this module once, so
+    they start in milliseconds after the first pool; "spawn" where there is
+    no fork server (Windows).
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
 
 
 def reference_label(atoms: Atoms, reference: Reference, retries: int = 1) -> tuple[float, np.ndarray]:

@@ -6,7 +6,19 @@ Attach it to any ASE MD integrator or optimiser::
     dyn.attach(trigger, interval=5)
 
 At each call it reads the uncertainty the calculator computed for the
-current step (no extra model call). Above the threshold the frame goes to
+current step (no extra model call). It watches a nudged elastic band the
+same way, through the band's optimiser::
+
+    for image in images:
+        image.calc = calc.share()  # same model and posterior, a result cache per image
+    neb = NEB(images, climb=True)
+    trigger = UncertaintyTrigger(calc, store, threshold=0.15, atoms=neb, source="neb")
+    FIRE(neb).attach(trigger, interval=5)
+
+For a band it scores every interior image in one batched pass without
+forces, the climbing image first and then the others from the highest
+energy down; each image flagged enters the posterior before the next is
+scored, so a flag on the saddle also covers the neighbours it explains. Above the threshold the frame goes to
 the :class:`~ase_mlipal.store.FrameStore` as ``flagged`` and its features
 enter the calculator's posterior at once, labels or not, so the same event
 is not flagged again and again.
@@ -22,12 +34,14 @@ enters with the weight ``w`` that brings its own uncertainty down to
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
+from ase.mep.neb import BaseNEB
 
 from .calculator import MLIPALCalculator
+from .features import Features
 from .store import FrameStore
 
 
@@ -53,7 +67,7 @@ class UncertaintyTrigger:
             dynamics.
         callback: called as ``callback(atoms, value)`` for each flagged frame.
         atoms: the structure the dynamics moves (ASE calls observers without
-            arguments).
+            arguments), or an ``ase.mep.NEB`` whose images all use ``calc``.
         source, run_id: provenance written with each flagged frame.
         settle: a flagged frame enters the posterior with the weight that
             brings its own uncertainty to ``settle * threshold``.
@@ -95,32 +109,80 @@ class UncertaintyTrigger:
         self.hard_limit = None if hard_limit is None else hard_limit * self.typical
         self.nsteps = 0
         self.flagged: list[tuple[int, float]] = []  # (call number, value)
+        self.band_values: Optional[np.ndarray] = None  # per interior image, at the last band check
+        self.last_value: Optional[float] = None  # largest value of the last check
+
+    def value_of(self, uncertainties: dict, n_atoms: int) -> float:
+        """The number compared with the threshold, from a calculator's uncertainty results."""
+        if self.quantity == "forces":
+            return float(uncertainties["uncertainty"])
+        return float(uncertainties["energy_uncertainty"]) / n_atoms
 
     def score(self, atoms: Atoms) -> float:
         """The uncertainty the trigger compares with its threshold."""
         if atoms.calc is not self.calc:
             atoms = atoms.copy()
             atoms.calc = self.calc
-        if self.quantity == "forces":
-            return float(self.calc.get_property("uncertainty", atoms))
-        return float(self.calc.get_property("energy_uncertainty", atoms)) / len(atoms)
+        self.calc.get_property("uncertainty", atoms)
+        return self.value_of(self.calc.results, len(atoms))
 
-    def __call__(self, atoms: Optional[Atoms] = None, step: Optional[int] = None) -> bool:
-        """Check the current frame; returns True if it was flagged."""
+    def __call__(self, atoms: Union[Atoms, BaseNEB, None] = None, step: Optional[int] = None) -> bool:
+        """Check the current frame (or band); returns True if anything was flagged."""
         atoms = atoms if atoms is not None else self.atoms
         if atoms is None:
             raise ValueError("give the trigger the atoms: UncertaintyTrigger(..., atoms=atoms)")
         step = self.nsteps if step is None else step
         self.nsteps += 1
-        value = self.score(atoms)
-        if value <= self.threshold:
-            return False
-        self._flag(atoms, value, step)
-        if self.hard_limit is not None and value > self.hard_limit:
+        if isinstance(atoms, BaseNEB):
+            values = self._check_band(atoms, step)
+        else:
+            value = self.score(atoms)
+            values = [value]
+            if value > self.threshold:
+                results = self.calc.results
+                # score() has just evaluated these atoms: reuse the features of that pass
+                self._flag(atoms, value, step, self.calc.last_features, results)
+        self.last_value = max(values)
+        flagged = self.last_value > self.threshold
+        if self.hard_limit is not None and self.last_value > self.hard_limit:
             raise UncertaintyLimitExceeded(
-                f"uncertainty {value:.3g} passed the hard limit {self.hard_limit:.3g} at step {step}; "
+                f"uncertainty {self.last_value:.3g} passed the hard limit {self.hard_limit:.3g} at step {step}; "
                 f"the frame is stored in {self.store.path_or_url}")
-        return True
+        return flagged
+
+    def _check_band(self, neb: BaseNEB, step: int) -> list[float]:
+        """Score the interior images, climbing image and highest energies first; flag as needed."""
+        interior = neb.images[1:-1]
+        energies, batches = self.calc.predict(interior)
+        features = [f for batch in batches for f in batch.split()]
+        order = list(np.argsort(-energies))
+        climbing = int(np.argmax(energies))
+        if getattr(neb, "climb", False):
+            order.remove(climbing)
+            order.insert(0, climbing)
+        values = np.zeros(len(interior))
+        for k in order:
+            uncertainties = self.calc.uncertainty_from(features[k])
+            values[k] = self.value_of(uncertainties, len(interior[k]))
+            if values[k] > self.threshold:
+                self._flag(interior[k], values[k], step, features[k], uncertainties, image=k + 1)
+        self.band_values = values
+        return values.tolist()
+
+    def absorb(self, images: Sequence[Atoms]) -> None:
+        """Enter frames into the posterior as if this trigger had flagged them.
+
+        Frames above the threshold enter with the settling weight (see the
+        module docstring), the others with weight 1. Use it to carry
+        flagged and labelled frames over to a rebuilt posterior.
+        """
+        if not images:
+            return
+        _, batches = self.calc.predict(images)
+        for atoms, features in zip(images, [f for batch in batches for f in batch.split()]):
+            value = self.value_of(self.calc.uncertainty_from(features), len(atoms))
+            weight = self._weight(value, len(atoms)) if value > self.threshold else 1.0
+            self.calc.add_features(features, weight=weight)
 
     def _weight(self, value: float, n_atoms: int) -> float:
         """Observation weight that settles a frame of uncertainty ``value`` at ``settle * threshold``."""
@@ -132,13 +194,12 @@ class UncertaintyTrigger:
         q_target = (self.settle * self.threshold * per) ** 2 / scale
         return max(1.0, (q / q_target - 1.0) / q)
 
-    def _flag(self, atoms: Atoms, value: float, step: int) -> None:
-        results = self.calc.results
-        per_atom = {k: results[k] for k in ("forces_uncertainty", "energies_uncertainty") if k in results}
-        self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, run_id=self.run_id,
-                               model_hash=self.calc.model_hash, per_atom=per_atom)
-        # score() has just evaluated these atoms: reuse the features of that pass
-        self.calc.add_features(self.calc.last_features, weight=self._weight(value, len(atoms)))
+    def _flag(self, atoms: Atoms, value: float, step: int, features: Features, uncertainties: dict,
+              image: Optional[int] = None) -> None:
+        per_atom = {k: uncertainties[k] for k in ("forces_uncertainty", "energies_uncertainty")}
+        self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, image=image,
+                               run_id=self.run_id, model_hash=self.calc.model_hash, per_atom=per_atom)
+        self.calc.add_features(features, weight=self._weight(value, len(atoms)))
         self.flagged.append((step, value))
         if self.callback is not None:
             self.callback(atoms, value)

@@ -1,0 +1,213 @@
+"""Reaction paths with uncertainty, and NEB refined by active learning.
+
+:func:`path_profile` gives the energy profile of a band with the
+uncertainty of every energy *difference* to the first image, taken from
+the structure-level posterior: for the linear model ``E = w . phi``,
+``var(E_i - E_0) = s^2 (phi_i - phi_0)^T A^{-1} (phi_i - phi_0)``. Errors
+the two ends share cancel, as they do in the barrier itself.
+
+:class:`NEBLearner` repeats: run the NEB with the trigger watching it,
+label the flagged images, fine-tune, swap the model in, until a whole NEB
+run flags nothing or the round limit is reached.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from ase import Atoms
+from ase.mep import NEB
+from ase.optimize import FIRE
+from ase.optimize.optimize import Optimizer
+
+from .calculator import MLIPALCalculator
+from .labelling import Reference
+from .model import DEFAULT_DIR, load_model
+from .retrain import RoundRecord, default_references, learning_round
+from .store import FrameStore
+from .trigger import UncertaintyTrigger
+
+
+DEMO_REACTION_PATH = DEFAULT_DIR / "demo_reaction.xyz"
+
+
+@dataclass
+class PathProfile:
+    """Energy profile of a band of images.
+
+    Attributes:
+        label: a name for plots and tables.
+        s: reaction coordinate, cumulative distance between images (A).
+        energy: predicted energy relative to the first image (eV).
+        energy_std: 1-sigma uncertainty of each ``energy`` (eV; 0 at the first image).
+        uncertainty: the trigger's quantity per image (largest force uncertainty, eV/A).
+        barrier, barrier_std: ``max(energy)`` and its 1-sigma uncertainty (eV).
+        reference_energy: reference energies relative to the first image (eV), if known.
+    """
+
+    label: str
+    s: np.ndarray
+    energy: np.ndarray
+    energy_std: np.ndarray
+    uncertainty: np.ndarray
+    barrier: float
+    barrier_std: float
+    reference_energy: Optional[np.ndarray] = None
+
+
+def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
+    """Cumulative distance along the band (A), 0 at the first image."""
+    steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "") -> PathProfile:
+    """Predicted energies of ``images`` with the uncertainty of each difference to the first."""
+    images = list(images)
+    energies, batches = calc.predict(images)
+    features = [f for batch in batches for f in batch.split()]
+    delta = np.concatenate([f.structure for f in features]) - features[0].structure
+    energy_std = calc.energy_posterior.std(delta)
+    energy_std[0] = 0.0
+    uncertainty = np.array([calc.uncertainty_from(f)["uncertainty"] for f in features])
+    relative = energies - energies[0]
+    top = int(np.argmax(relative))
+    return PathProfile(label, reaction_coordinate(images), relative, energy_std, uncertainty,
+                       barrier=float(relative[top]), barrier_std=float(energy_std[top]))
+
+
+@dataclass
+class NEBRound:
+    """One NEB run of :class:`NEBLearner` and the learning that followed it."""
+
+    round: int
+    profile: PathProfile
+    converged: bool
+    steps: int
+    n_flagged: int
+    learning: Optional[RoundRecord] = None
+
+
+@dataclass
+class NEBReport:
+    """Outcome of :meth:`NEBLearner.run`: the rounds and the final band."""
+
+    rounds: list[NEBRound] = field(default_factory=list)
+    images: list[Atoms] = field(default_factory=list)
+    confident: bool = False
+
+    @property
+    def barrier(self) -> tuple[float, float]:
+        """Barrier of the last round and its 1-sigma uncertainty (eV)."""
+        last = self.rounds[-1].profile
+        return last.barrier, last.barrier_std
+
+    def table(self) -> str:
+        """One line per round: barrier, its uncertainty, largest image uncertainty, flags."""
+        lines = ["round  barrier (eV)   max image unc.  flagged  NEB converged"]
+        for r in self.rounds:
+            p = r.profile
+            lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {p.uncertainty.max():14.3f}"
+                         f"  {r.n_flagged:7d}  {str(r.converged):>13}")
+        return "\n".join(lines)
+
+
+class NEBLearner:
+    """NEB, label the uncertain images, fine-tune, repeat until the band is confident.
+
+    Every image of ``images`` (endpoints included) gets a
+    :meth:`~MLIPALCalculator.share` of ``calc``. Each round
+    relaxes the band (climbing image) from where the last round left it,
+    with an :class:`UncertaintyTrigger` watching every ``interval`` steps.
+    If the round flagged nothing, the learner stops; otherwise the flagged
+    images are labelled with ``reference``, the pretrained model is
+    fine-tuned on all labelled frames and swapped in
+    (:func:`~ase_mlipal.retrain.learning_round`), and the next round starts.
+
+    Args:
+        calc: calculator with the pretrained model and its posterior.
+        reference: ASE calculator or zero-argument factory (e.g. ``xtb_calculator``).
+        store: frame store for flagged and labelled images.
+        images: the initial band, endpoints included (e.g. IDPP-interpolated).
+        threshold: trigger threshold (eV/A, largest per-atom force uncertainty).
+        max_rounds: NEB runs at most.
+        fmax, steps: NEB convergence criterion (eV/A) and step limit per round.
+        interval: trigger interval in optimiser steps.
+        references: frames that define "known" after each swap
+            (default: the replay sample shipped with the default model).
+        finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`.
+        optimizer: ASE optimiser class for the band.
+        climb, method: passed to ``ase.mep.NEB``.
+        run_id: provenance of the flagged frames in the store.
+        checkpoint: fine-tuning checkpoint path.
+    """
+
+    def __init__(
+        self,
+        calc: MLIPALCalculator,
+        reference: Reference,
+        store: FrameStore,
+        images: Sequence[Atoms],
+        threshold: float,
+        max_rounds: int = 4,
+        fmax: float = 0.05,
+        steps: int = 300,
+        interval: int = 5,
+        references: Optional[Sequence[Atoms]] = None,
+        executor: Optional[Executor] = None,
+        finetune_options: Optional[dict] = None,
+        optimizer: Callable[..., Optimizer] = FIRE,
+        climb: bool = True,
+        method: str = "improvedtangent",
+        run_id: str = "neb",
+        checkpoint: Union[str, os.PathLike, None] = None,
+        progress: Optional[bool] = None,
+    ):
+        if len(images) < 3:
+            raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
+        self.calc, self.reference, self.store = calc, reference, store
+        self.images = [image.copy() for image in images]
+        self.threshold, self.max_rounds, self.fmax, self.steps = threshold, max_rounds, fmax, steps
+        self.interval, self.executor, self.finetune_options = interval, executor, finetune_options
+        self.references = list(references) if references is not None else default_references()
+        self.optimizer, self.climb, self.method, self.run_id = optimizer, climb, method, run_id
+        self.checkpoint, self.progress = checkpoint, progress
+        self.pretrained = load_model(calc.model)
+
+    def run(self) -> NEBReport:
+        """Run rounds until one flags nothing or ``max_rounds``; returns the report."""
+        report = NEBReport()
+        for number in range(self.max_rounds):
+            trigger = UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",
+                                         run_id=f"{self.run_id}-round{number}")
+            converged, steps = self.relax(trigger)
+            neb_round = NEBRound(number, path_profile(self.calc, self.images, label=f"round {number}"),
+                                 converged, steps, n_flagged=len(trigger.flagged))
+            report.rounds.append(neb_round)
+            if not trigger.flagged:
+                report.confident = True
+                break
+            if number + 1 < self.max_rounds:
+                neb_round.learning = learning_round(
+                    number, self.calc, self.pretrained, self.store, self.reference, trigger, self.references,
+                    executor=self.executor, finetune_options=self.finetune_options,
+                    checkpoint=self.checkpoint, progress=self.progress)
+        report.images = [image.copy() for image in self.images]
+        return report
+
+    def relax(self, trigger: UncertaintyTrigger) -> tuple[bool, int]:
+        """One NEB relaxation of the current band with ``trigger`` attached; (converged, steps)."""
+        for image in self.images:
+            image.calc = self.calc.share()
+        neb = NEB(self.images, climb=self.climb, method=self.method)
+        trigger.atoms = neb
+        optimizer = self.optimizer(neb, logfile=None)
+        optimizer.attach(trigger, interval=self.interval)
+        converged = bool(optimizer.run(fmax=self.fmax, steps=self.steps))
+        if optimizer.nsteps % self.interval:  # the final band is always checked
+            trigger(neb, step=optimizer.nsteps)
+        return converged, int(optimizer.nsteps)

@@ -1,0 +1,141 @@
+"""Figures for active-learning runs: uncertainty traces and NEB energy profiles.
+
+Each function builds its own ``matplotlib.figure.Figure`` and writes a PNG,
+so no pyplot state or interactive backend is involved (safe on headless
+machines and in worker processes).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+
+PathLike = Union[str, os.PathLike]
+Flagged = Union[Sequence[float], Sequence[tuple[float, float]]]
+
+_DPI = 120
+
+
+def plot_uncertainty_trace(
+    steps: Sequence[float],
+    values: Sequence[float],
+    threshold: float,
+    path: PathLike,
+    flagged_steps: Flagged = (),
+    ylabel: str = "max force uncertainty (eV/Å)",
+    title: Optional[str] = None,
+) -> pathlib.Path:
+    """Plot an uncertainty trace against step, with its threshold and flagged frames.
+
+    Args:
+        steps, values: the MD / optimiser steps and the uncertainty at each.
+        threshold: drawn as a horizontal dashed line.
+        path: where the PNG is written (parent folders are created).
+        flagged_steps: steps whose frames were flagged, marked in red. Each
+            item is a step (its value is looked up in ``steps``/``values``)
+            or a ``(step, value)`` pair, drawn at that value.
+        ylabel, title: axis label and optional title.
+
+    Returns the path written. Raises ``ValueError`` on empty input,
+    mismatched lengths, or a bare flagged step that is not in ``steps``.
+    """
+    steps_arr = np.asarray(steps, dtype=float).ravel()
+    values_arr = np.asarray(values, dtype=float).ravel()
+    if steps_arr.size == 0 or values_arr.size == 0:
+        raise ValueError("steps and values must not be empty")
+    if steps_arr.size != values_arr.size:
+        raise ValueError(f"steps ({steps_arr.size}) and values ({values_arr.size}) differ in length")
+    flagged = _flagged_points(flagged_steps, steps_arr, values_arr)
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    ax.plot(steps_arr, values_arr, color="tab:blue", linewidth=1.2, label="uncertainty")
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1.0, label=f"threshold ({threshold:g})")
+    if flagged.size:
+        ax.plot(flagged[:, 0], flagged[:, 1], linestyle="none", marker="o", color="red",
+                markersize=6, label=f"flagged ({len(flagged)})", zorder=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def plot_neb_profiles(profiles: Sequence[Any], path: PathLike, title: Optional[str] = None) -> pathlib.Path:
+    """Plot NEB energy profiles, with ±2σ bands and reference energies where given.
+
+    Args:
+        profiles: objects with ``label`` (str), ``s`` (reaction coordinate,
+            Å, cumulative image distance), ``energy`` (eV relative to the
+            first image), ``energy_std`` (eV, 1σ, or ``None``) and optionally
+            ``reference_energy`` (eV, e.g. xTB on the same images, or
+            ``None``), drawn as hollow markers of the profile's colour.
+        path: where the PNG is written (parent folders are created).
+        title: optional title.
+
+    Returns the path written. Raises ``ValueError`` on no profiles or
+    arrays whose lengths differ from ``s``.
+    """
+    if len(profiles) == 0:
+        raise ValueError("no profiles to plot")
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    for profile in profiles:
+        label = str(profile.label)
+        s = np.asarray(profile.s, dtype=float).ravel()
+        energy = _same_length(profile.energy, s, label, "energy")
+        std = getattr(profile, "energy_std", None)
+        reference = getattr(profile, "reference_energy", None)
+        if s.size == 0:
+            raise ValueError(f"profile {label!r} is empty")
+        (line,) = ax.plot(s, energy, marker="o", markersize=5, linewidth=1.5, label=label)
+        color = line.get_color()
+        if std is not None:
+            std = _same_length(std, s, label, "energy_std")
+            ax.fill_between(s, energy - 2 * std, energy + 2 * std, color=color, alpha=0.2, linewidth=0)
+        if reference is not None:
+            reference = _same_length(reference, s, label, "reference_energy")
+            ax.plot(s, reference, linestyle="none", marker="o", markersize=8, color=color,
+                    markerfacecolor="none", markeredgecolor=color, markeredgewidth=1.5, label=f"{label} (reference)")
+    ax.set_xlabel("reaction coordinate (Å)")
+    ax.set_ylabel("energy (eV)")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def _flagged_points(flagged: Flagged, steps: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(n, 2) array of (step, value) for each flagged item (a step or a pair)."""
+    points = []
+    for item in flagged:
+        if np.ndim(item) == 0:
+            matches = np.flatnonzero(steps == float(item))
+            if matches.size == 0:
+                raise ValueError(f"flagged step {item} is not in steps; give it as a (step, value) pair")
+            points.append((float(item), values[matches[0]]))
+        elif np.shape(item) == (2,):
+            points.append((float(item[0]), float(item[1])))
+        else:
+            raise ValueError(f"flagged item {item!r} is neither a step nor a (step, value) pair")
+    return np.asarray(points, dtype=float).reshape(-1, 2)
+
+
+def _same_length(array: Any, s: np.ndarray, label: str, name: str) -> np.ndarray:
+    out = np.asarray(array, dtype=float).ravel()
+    if out.size != s.size:
+        raise ValueError(f"profile {label!r}: {name} has {out.size} values but s has {s.size}")
+    return out
+
+
+def _save(fig: Figure, path: PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI, format="png")
+    return path

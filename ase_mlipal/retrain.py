@@ -1,0 +1,79 @@
+"""One learning round: label the flagged frames, fine-tune, swap the model in.
+
+Shared by :class:`~ase_mlipal.OnTheFlyLearner` and
+:class:`~ase_mlipal.NEBLearner`. Each round fine-tunes the *pretrained*
+model on every frame labelled so far (plus the replay sample), rather
+than continuing from the last round's model: the result depends only on
+the labelled set and the seed, errors do not compound from round to
+round, and a run resumed after a crash rebuilds exactly the same model.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from ase import Atoms
+
+from .calculator import MLIPALCalculator
+from .calibration import CalibrationReport
+from .finetune import DEFAULT_REPLAY_PATH, finetune
+from .frames import read_frames
+from .labelling import LabelReport, Reference, label
+from .store import FrameStore
+from .training import TrainResult
+from .trigger import UncertaintyTrigger
+
+
+@dataclass
+class RoundRecord:
+    """What one learning round did."""
+
+    round: int
+    labelled: LabelReport
+    n_train_frames: int
+    train: Optional[TrainResult] = None
+    calibration: Optional[dict[str, CalibrationReport]] = None
+    model_hash: str = ""
+
+
+def default_references() -> list[Atoms]:
+    """Frames that define "known" after a model swap: the shipped replay sample."""
+    return read_frames(DEFAULT_REPLAY_PATH)
+
+
+def learning_round(
+    number: int,
+    calc: MLIPALCalculator,
+    pretrained: torch.nn.Module,
+    store: FrameStore,
+    reference: Reference,
+    trigger: UncertaintyTrigger,
+    references: Sequence[Atoms],
+    executor: Optional[Executor] = None,
+    finetune_options: Optional[dict] = None,
+    checkpoint: Union[str, os.PathLike, None] = None,
+    progress: Optional[bool] = None,
+) -> RoundRecord:
+    """Label ``store``'s flagged frames, fine-tune ``pretrained`` on all labelled ones, swap it into ``calc``.
+
+    After the swap the posterior holds the features of ``references``
+    under the new model, is recalibrated on the labelled frames held out
+    from fine-tuning, and absorbs every labelled and failed frame through
+    ``trigger`` (so nothing already handled is flagged again). With fewer
+    than two labelled frames nothing is trained and the model is kept.
+    """
+    labelled = label(store, reference, executor=executor, progress=progress)
+    frames = store.frames("labelled")
+    record = RoundRecord(number, labelled, len(frames), model_hash=calc.model_hash)
+    if len(frames) < 2:
+        return record
+    options = dict(finetune_options or {})
+    model, record.train, held_out = finetune(pretrained, frames, checkpoint=checkpoint, progress=progress, **options)
+    record.calibration = calc.set_model(model, references, calibration=held_out, progress=progress)
+    trigger.absorb(frames + store.frames("failed"))
+    record.model_hash = calc.model_hash
+    return record

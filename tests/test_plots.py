@@ -1,0 +1,78 @@
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from ase_mlipal.plots import plot_neb_profiles, plot_uncertainty_trace
+
+
+@dataclass
+class Profile:
+    label: str
+    s: np.ndarray
+    energy: np.ndarray
+    energy_std: Optional[np.ndarray] = None
+    reference_energy: Optional[np.ndarray] = None
+
+
+@dataclass
+class BareProfile:  # no reference_energy attribute at all
+    label: str
+    s: np.ndarray
+    energy: np.ndarray
+    energy_std: Optional[np.ndarray]
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+
+
+def test_uncertainty_trace_writes_a_png(tmp_path):
+    steps = np.arange(50)
+    values = 0.05 + 0.1 * np.abs(np.sin(steps / 7))
+    out = plot_uncertainty_trace(steps, values, 0.12, tmp_path / "trace.png", flagged_steps=[10, 11], title="MD")
+    assert out == tmp_path / "trace.png"
+    assert_png(out)
+
+    # (step, value) pairs, also for steps outside the trace; a nested output folder is created
+    out = plot_uncertainty_trace(list(steps), list(values), 0.12, str(tmp_path / "sub" / "pairs.png"),
+                                 flagged_steps=[(10, 0.2), (60, 0.3)])
+    assert_png(out)
+    assert_png(plot_uncertainty_trace([0], [0.1], 0.2, tmp_path / "single.png"))
+
+
+def test_uncertainty_trace_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        plot_uncertainty_trace([], [], 0.1, tmp_path / "a.png")
+    with pytest.raises(ValueError, match="length"):
+        plot_uncertainty_trace([0, 1, 2], [0.1, 0.2], 0.1, tmp_path / "b.png")
+    with pytest.raises(ValueError, match="not in steps"):
+        plot_uncertainty_trace([0, 1], [0.1, 0.2], 0.1, tmp_path / "c.png", flagged_steps=[5])
+    assert not any(tmp_path.iterdir())
+
+
+def test_neb_profiles_with_and_without_std_and_reference(tmp_path):
+    s = np.linspace(0.0, 3.0, 7)
+    energy = 0.8 * np.sin(np.pi * s / 3.0)
+    profiles = [
+        Profile("MACE", s, energy, energy_std=np.full(7, 0.05), reference_energy=energy + 0.02),
+        Profile("MACE (fine-tuned)", s, energy * 0.9, energy_std=np.full(7, 0.02)),
+        Profile("no std", s, energy * 1.1),
+        BareProfile("bare", s, energy * 1.2, energy_std=None),
+    ]
+    out = plot_neb_profiles(profiles, tmp_path / "neb.png", title="NEB")
+    assert out == tmp_path / "neb.png"
+    assert_png(out)
+    assert_png(plot_neb_profiles([BareProfile("only", s, energy, np.full(7, 0.01))], tmp_path / "one.png"))
+
+
+def test_neb_profiles_reject_bad_input(tmp_path):
+    s = np.linspace(0.0, 1.0, 5)
+    with pytest.raises(ValueError, match="no profiles"):
+        plot_neb_profiles([], tmp_path / "a.png")
+    with pytest.raises(ValueError, match="energy_std"):
+        plot_neb_profiles([Profile("x", s, np.zeros(5), energy_std=np.zeros(4))], tmp_path / "b.png")
+    with pytest.raises(ValueError, match="reference_energy"):
+        plot_neb_profiles([Profile("x", s, np.zeros(5), reference_energy=np.zeros(6))], tmp_path / "c.png")
