@@ -21,6 +21,7 @@ from .features import ActivationFeatures, get_feature_map
 from .finetune import finetune
 from .frames import read_frames, read_labels
 from .labelling import LabelReport, label
+from .learner import OnTheFlyLearner
 from .model import (
     ModelLoadError,
     build_mace,
@@ -29,6 +30,7 @@ from .model import (
     model_hash,
     save_model,
 )
+from .neb import NEBLearner, PathProfile, path_profile
 from .posterior import FeaturePosterior
 from .reference import RobustXTB, xtb_calculator, xtb_label
 from .store import FrameStore
@@ -45,6 +47,9 @@ __all__ = [
     "LabelReport",
     "MLIPALCalculator",
     "ModelLoadError",
+    "NEBLearner",
+    "OnTheFlyLearner",
+    "PathProfile",
     "RobustXTB",
     "UncertaintyLimitExceeded",
     "UncertaintyTrigger",
@@ -58,6 +63,7 @@ __all__ = [
     "load_model",
     "model_elements",
     "model_hash",
+    "path_profile",
     "read_frames",
     "read_labels",
     "save_model",

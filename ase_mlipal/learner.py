@@ -51,7 +51,7 @@ STATE_FILE = "state.json"
 
 def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = 0.01) -> Dynamics:
     """The default dynamics: Langevin at ``temperature_K``."""
-    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction)
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction, fixcm=False)
 
 
 @dataclass

@@ -15,13 +15,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from ase import Atoms
 
 from .calculator import MLIPALCalculator
 from .calibration import CalibrationReport
 from .finetune import DEFAULT_REPLAY_PATH, finetune
-from .frames import read_frames
+from .frames import read_frames, read_labels
 from .labelling import LabelReport, Reference, label
 from .store import FrameStore
 from .training import TrainResult
@@ -61,10 +62,14 @@ def learning_round(
     """Label ``store``'s flagged frames, fine-tune ``pretrained`` on all labelled ones, swap it into ``calc``.
 
     After the swap the posterior holds the features of ``references``
-    under the new model, is recalibrated on the labelled frames held out
-    from fine-tuning, and absorbs every labelled and failed frame through
-    ``trigger`` (so nothing already handled is flagged again). With fewer
-    than two labelled frames nothing is trained and the model is kept.
+    under the new model and absorbs every labelled and failed frame
+    through ``trigger`` (so nothing already handled is flagged again).
+    The scales are refitted on the labelled frames held out from
+    fine-tuning pooled with as many labelled ``references``: held-out new
+    frames alone are few and all from the region the model knows least,
+    and a scale fitted on them alone would inflate the uncertainty of the
+    pretraining domain the model still covers. With fewer than two
+    labelled frames nothing is trained and the model is kept.
     """
     labelled = label(store, reference, executor=executor, progress=progress)
     frames = store.frames("labelled")
@@ -73,7 +78,21 @@ def learning_round(
         return record
     options = dict(finetune_options or {})
     model, record.train, held_out = finetune(pretrained, frames, checkpoint=checkpoint, progress=progress, **options)
-    record.calibration = calc.set_model(model, references, calibration=held_out, progress=progress)
+    calibration = held_out + _labelled_sample(references, len(held_out), seed=number)
+    record.calibration = calc.set_model(model, references, calibration=calibration, progress=progress)
     trigger.absorb(frames + store.frames("failed"))
     record.model_hash = calc.model_hash
     return record
+
+
+def _labelled_sample(frames: Sequence[Atoms], n: int, seed: int) -> list[Atoms]:
+    """Up to ``n`` frames of ``frames`` that carry reference labels, drawn at random."""
+    labelled = []
+    for atoms in frames:
+        try:
+            read_labels(atoms)
+        except ValueError:
+            continue
+        labelled.append(atoms)
+    rng = np.random.default_rng(seed)
+    return [labelled[i] for i in rng.permutation(len(labelled))[:n]]

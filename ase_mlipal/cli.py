@@ -1,0 +1,257 @@
+"""The ``mlipal`` command line: MD and NEB with uncertainty, on-the-fly learning, the demo.
+
+    mlipal md ethanol.xyz --steps 2000 --threshold 0.15 --plot md.png
+    mlipal neb initial.xyz final.xyz --images 9 --plot neb.png
+    mlipal learn run.toml
+    mlipal demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ase import Atoms
+from ase.io import Trajectory, read, write
+
+REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT")}
+
+
+def reference_factory(name: str) -> Callable:
+    """A reference calculator factory: ``xtb``, ``emt`` or ``package.module:Callable``."""
+    module, _, attribute = name.partition(":")
+    if name in REFERENCES:
+        module, attribute = REFERENCES[name]
+    elif not attribute:
+        raise SystemExit(f"reference {name!r}: use one of {sorted(REFERENCES)} or 'package.module:Callable'")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SystemExit(f"reference {name!r} cannot be imported: {error}") from None
+
+
+def _calculator(model: str, trust: bool = False):
+    from .calculator import MLIPALCalculator
+    from .model import ModelLoadError
+
+    try:
+        return MLIPALCalculator(model=model, trust=trust)
+    except (ModelLoadError, FileNotFoundError) as error:
+        raise SystemExit(f"cannot load model {model!r}: {error}") from None
+
+
+def _read(path: str, index=-1):
+    try:
+        return read(path, index)
+    except FileNotFoundError:
+        raise SystemExit(f"no such file: {path}") from None
+    except Exception as error:  # ASE raises many kinds for unreadable files
+        raise SystemExit(f"cannot read a structure from {path}: {error}") from None
+
+
+def band(initial: Atoms, final: Atoms, n_images: int) -> list[Atoms]:
+    """``n_images`` images from ``initial`` to ``final``, IDPP-interpolated."""
+    from ase.mep import NEB
+
+    if n_images < 3:
+        raise SystemExit("a band needs at least 3 images")
+    images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
+    NEB(images, method="improvedtangent").interpolate("idpp")
+    return images
+
+
+def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
+           timestep: float, trajectory: Optional[str] = None, run_id: str = "md"):
+    """Langevin MD watched by a trigger; returns ``(trigger, [(step, value)])``."""
+    from tqdm.auto import tqdm
+
+    from .learner import langevin
+    from .trigger import UncertaintyTrigger
+
+    atoms.calc = calc
+    trigger = UncertaintyTrigger(calc, store, threshold, atoms=atoms, source="md", run_id=run_id)
+    dyn = langevin(atoms, temperature, timestep)
+    if trajectory:
+        dyn.attach(Trajectory(trajectory, "w", atoms))
+    trace = []
+    with tqdm(total=steps, desc="MD") as bar:
+        while dyn.nsteps < steps:
+            advance = min(interval, steps - dyn.nsteps)
+            dyn.run(advance)
+            bar.update(advance)
+            trigger(atoms, step=dyn.nsteps)
+            trace.append((dyn.nsteps, trigger.last_value))
+    return trigger, trace
+
+
+def cmd_md(args: argparse.Namespace) -> None:
+    from .plots import plot_uncertainty_trace
+    from .store import FrameStore
+
+    store = FrameStore(args.db)
+    trigger, trace = run_md(_read(args.structure), _calculator(args.model, args.trust), store, args.threshold,
+                            args.steps, args.interval, args.temperature, args.timestep, args.trajectory)
+    print(f"{len(trigger.flagged)} frames flagged above {args.threshold} eV/A; {args.db}: {store.counts()}")
+    if args.plot:
+        steps, values = zip(*trace)
+        plot_uncertainty_trace(steps, values, args.threshold, args.plot, flagged_steps=trigger.flagged)
+        print(f"plot: {args.plot}")
+
+
+def cmd_neb(args: argparse.Namespace) -> None:
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    from .neb import path_profile
+    from .plots import plot_neb_profiles
+    from .store import FrameStore
+    from .trigger import UncertaintyTrigger
+
+    calc = _calculator(args.model, args.trust)
+    images = band(_read(args.initial), _read(args.final), args.images)
+    for image in images:
+        image.calc = calc.share()
+    neb = NEB(images, climb=True, method="improvedtangent")
+    trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, atoms=neb, source="neb")
+    optimizer = FIRE(neb, logfile="-" if args.verbose else None)
+    optimizer.attach(trigger, interval=args.interval)
+    converged = optimizer.run(fmax=args.fmax, steps=args.steps)
+    profile = path_profile(calc, images, label="NEB")
+    print(f"NEB {'converged' if converged else 'NOT converged'} after {optimizer.nsteps} steps; "
+          f"barrier {profile.barrier:.3f} ± {profile.barrier_std:.3f} eV; "
+          f"{len(trigger.flagged)} images flagged into {args.db}")
+    if args.output:
+        write(args.output, images)
+    if args.plot:
+        plot_neb_profiles([profile], args.plot)
+        print(f"plot: {args.plot}")
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
+    from .learner import OnTheFlyLearner, langevin
+    from .neb import NEBLearner
+    from .plots import plot_neb_profiles, plot_uncertainty_trace
+    from .store import FrameStore
+
+    config = tomllib.loads(Path(args.config).read_text())
+    kind = config.get("kind", "md")
+    workdir = Path(config.get("workdir", Path(args.config).stem))
+    calc = _calculator(config.get("model", "default"), config.get("trust", False))
+    reference = reference_factory(config.get("reference", "xtb"))
+    finetune_options = config.get("finetune", {})
+    if kind == "md":
+        md = config.get("md", {})
+        learner = OnTheFlyLearner(
+            _read(config["structure"]), calc, reference, workdir, config["threshold"],
+            steps=md.get("steps", 1000), interval=md.get("interval", 5), batch_size=config.get("batch_size", 8),
+            max_rounds=config.get("max_rounds"), finetune_options=finetune_options,
+            dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
+        report = learner.run()
+        print(f"{report.steps} MD steps, {len(report.rounds)} learning rounds; store: {report.counts}")
+        steps, values = zip(*report.trace) if report.trace else ((), ())
+        if steps:
+            plot_uncertainty_trace(steps, values, learner.trigger.threshold, workdir / "uncertainty.png",
+                                   flagged_steps=report.flagged_steps)
+    elif kind == "neb":
+        neb = config.get("neb", {})
+        workdir.mkdir(parents=True, exist_ok=True)
+        images = band(_read(config["initial"]), _read(config["final"]), neb.get("images", 7))
+        learner = NEBLearner(calc, reference, FrameStore(workdir / "frames.db"), images, config["threshold"],
+                             max_rounds=config.get("max_rounds", 4), fmax=neb.get("fmax", 0.05),
+                             steps=neb.get("steps", 300), finetune_options=finetune_options)
+        report = learner.run()
+        print(report.table())
+        plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")
+        write(workdir / "band.xyz", report.images)
+    else:
+        raise SystemExit(f"kind must be 'md' or 'neb', not {kind!r}")
+    print(f"results in {workdir}/")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_rounds=args.rounds)
+
+
+LEARN_HELP = """TOML file, e.g.:
+
+    kind = "md"            # or "neb"
+    model = "default"
+    reference = "xtb"      # xtb, emt or package.module:Factory
+    threshold = 0.15       # eV/A, largest per-atom force uncertainty
+    structure = "ethanol.xyz"      # md; for neb: initial = "...", final = "..."
+    workdir = "run1"
+    batch_size = 8
+    max_rounds = 5
+    [md]
+    steps = 2000
+    temperature = 600
+    [neb]
+    images = 7
+    [finetune]
+    epochs = 150
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="mlipal", description=__doc__.splitlines()[0])
+    sub = main.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="default", help="model file, foundation name or 'default'")
+        p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
+        p.add_argument("--threshold", type=float, default=0.15, help="trigger threshold, eV/A (default 0.15)")
+        p.add_argument("--db", default="frames.db", help="frame store (ase.db path or URL)")
+        p.add_argument("--interval", type=int, default=5, help="trigger every N steps")
+        p.add_argument("--steps", type=int, default=1000)
+        p.add_argument("--plot", help="write a PNG here")
+
+    md = sub.add_parser("md", help="Langevin MD with uncertainty; flags frames for labelling")
+    md.add_argument("structure")
+    md.add_argument("--temperature", type=float, default=300.0, help="K")
+    md.add_argument("--timestep", type=float, default=0.5, help="fs")
+    md.add_argument("--trajectory", help="ASE .traj to write")
+    common(md)
+    md.set_defaults(func=cmd_md)
+
+    neb = sub.add_parser("neb", help="climbing-image NEB with per-image uncertainty")
+    neb.add_argument("initial")
+    neb.add_argument("final")
+    neb.add_argument("--images", type=int, default=7, help="images including the endpoints")
+    neb.add_argument("--fmax", type=float, default=0.05, help="eV/A")
+    neb.add_argument("-o", "--output", help="write the final band here")
+    neb.add_argument("-v", "--verbose", action="store_true", help="log the optimiser")
+    common(neb)
+    neb.set_defaults(func=cmd_neb, steps=300)
+
+    learn = sub.add_parser("learn", help="on-the-fly learning from a config file",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LEARN_HELP)
+    learn.add_argument("config")
+    learn.set_defaults(func=cmd_learn)
+
+    demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (a few minutes)")
+    demo.add_argument("--workdir", default="mlipal-demo")
+    demo.add_argument("--images", type=int, default=7)
+    demo.add_argument("--threshold", type=float, default=0.12)
+    demo.add_argument("--rounds", type=int, default=4)
+    demo.set_defaults(func=cmd_demo)
+    return main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the ``mlipal`` console script."""
+    args = parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+        warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
+        args.func(args)
+
+
+if __name__ == "__main__":
+    main()

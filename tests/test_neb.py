@@ -1,0 +1,92 @@
+"""NEB: the trigger on a band, path profiles with uncertainty, NEBLearner rounds."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.mep import NEB
+from ase.optimize import FIRE
+
+from ase_mlipal import FrameStore, MLIPALCalculator, NEBLearner, path_profile
+from ase_mlipal.cli import band
+from ase_mlipal.trigger import UncertaintyTrigger
+
+from .conftest import rattled
+
+
+def formaldehyde_band(n_images=5):
+    """H2CO -> CO + H2, IDPP-interpolated (no relaxation: the tiny model is not physical anyway)."""
+    reactant = molecule("H2CO")
+    product = reactant.copy()
+    product.positions[2:] = [[0.0, 0.37, -2.6], [0.0, -0.37, -2.6]]  # the two H leave as H2
+    return band(reactant, product, n_images)
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    calc = MLIPALCalculator(model=tiny_model)
+    calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+    return calc
+
+
+def test_band_check_takes_the_climbing_image_first_then_by_energy(calc, tmp_path):
+    images = formaldehyde_band(7)
+    for image in images:
+        image.calc = calc.share()
+    neb = NEB(images, climb=True, method="improvedtangent")
+    energies, _ = calc.predict(images[1:-1])
+    trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "f.db"), threshold=1e-6, atoms=neb, source="neb")
+    assert trigger()  # every interior image is above a tiny threshold
+    flagged_images = [row.image for row in trigger.store.rows("flagged")]
+    assert flagged_images == list(1 + np.argsort(-energies))  # highest energy (the climber) first
+    assert trigger.band_values.shape == (5,)
+    assert all(row.source == "neb" and row.step == 0 for row in trigger.store.rows())
+
+
+def test_a_flag_at_the_top_covers_near_identical_neighbours(calc, tmp_path):
+    top = formaldehyde_band(7)[3]
+    images = [top.copy()] + rattled(top, 5, stdev=1e-4, seed=1) + [top.copy()]
+    neb = NEB(images, climb=True, method="improvedtangent")
+    value = max(v["uncertainty"] for v in map(calc.uncertainty_from,
+                                               [f for b in calc.features(images[1:-1]) for f in b.split()]))
+    trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "f.db"), threshold=0.5 * value, atoms=neb)
+    trigger()
+    assert len(trigger.flagged) == 1  # the first flag settles the others below the threshold
+    assert trigger.band_values.max() > trigger.threshold >= np.sort(trigger.band_values)[-2]
+
+
+def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc):
+    images = formaldehyde_band(5)
+    profile = path_profile(calc, images)
+    energies = np.array([calc.get_potential_energy(image.copy()) for image in images])
+    np.testing.assert_allclose(profile.energy, energies - energies[0], atol=1e-8)
+    phi = np.concatenate([f.structure for b in calc.features(images) for f in b.split()])
+    delta = phi - phi[0]
+    covariance = calc.energy_posterior.scale * np.linalg.inv(calc.energy_posterior.precision())
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", delta, covariance, delta))
+    np.testing.assert_allclose(profile.energy_std, expected, rtol=1e-6, atol=1e-10)
+    top = int(np.argmax(profile.energy))
+    assert profile.barrier == pytest.approx(profile.energy[top])
+    assert profile.barrier_std == pytest.approx(expected[top])
+    assert profile.s[0] == 0 and np.all(np.diff(profile.s) > 0)
+
+
+def test_neb_learner_labels_flagged_images_and_swaps_the_model(calc, tmp_path):
+    pytest.importorskip("tblite")
+    import ase_mlipal
+
+    store = FrameStore(tmp_path / "f.db")
+    learner = NEBLearner(calc, ase_mlipal.xtb_calculator, store, formaldehyde_band(5), threshold=1e-6,
+                         max_rounds=2, steps=4, interval=2, references=rattled(molecule("H2CO"), 4, seed=2),
+                         finetune_options={"epochs": 2, "replay": None}, optimizer=FIRE, progress=False)
+    pretrained_hash = calc.model_hash
+    report = learner.run()
+    assert len(report.rounds) == 2 and not report.confident  # a tiny threshold is never satisfied
+    first = report.rounds[0]
+    assert first.n_flagged >= 3 and first.learning.labelled.labelled == first.n_flagged
+    assert first.learning.model_hash == calc.model_hash != pretrained_hash
+    assert report.rounds[1].learning is None  # no learning after the last NEB
+    assert {row.source for row in store.rows()} == {"neb"}
+    assert all(1 <= row.image <= 3 for row in store.rows())
+    assert len(report.table().splitlines()) == 3
+    barrier, std = report.barrier
+    assert np.isfinite(barrier) and std > 0
