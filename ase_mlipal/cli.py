@@ -18,6 +18,8 @@ from typing import Callable, Optional, Sequence
 from ase import Atoms
 from ase.io import Trajectory, read, write
 
+from .neb import band
+
 REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT")}
 
 
@@ -51,17 +53,6 @@ def _read(path: str, index=-1):
         raise SystemExit(f"no such file: {path}") from None
     except Exception as error:  # ASE raises many kinds for unreadable files
         raise SystemExit(f"cannot read a structure from {path}: {error}") from None
-
-
-def band(initial: Atoms, final: Atoms, n_images: int) -> list[Atoms]:
-    """``n_images`` images from ``initial`` to ``final``, IDPP-interpolated."""
-    from ase.mep import NEB
-
-    if n_images < 3:
-        raise SystemExit("a band needs at least 3 images")
-    images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
-    NEB(images, method="improvedtangent").interpolate("idpp")
-    return images
 
 
 def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
@@ -237,9 +228,9 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (a few minutes)")
     demo.add_argument("--workdir", default="mlipal-demo")
-    demo.add_argument("--images", type=int, default=7)
-    demo.add_argument("--threshold", type=float, default=0.12)
-    demo.add_argument("--rounds", type=int, default=4)
+    demo.add_argument("--images", type=int, default=9)
+    demo.add_argument("--threshold", type=float, default=0.12, help="eV/A")
+    demo.add_argument("--rounds", type=int, default=4, help="NEB runs at most")
     demo.set_defaults(func=cmd_demo)
     return main
 
@@ -250,7 +241,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
         warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
-        args.func(args)
+        try:
+            args.func(args)
+        except ValueError as error:  # bad input the user can fix: say it without a traceback
+            raise SystemExit(f"mlipal {args.command}: {error}") from None
 
 
 if __name__ == "__main__":

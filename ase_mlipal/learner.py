@@ -180,7 +180,8 @@ class OnTheFlyLearner:
         self.atoms.calc = self.calc
         dyn = self.dynamics(self.atoms)
         step = self.state["step"]
-        with tqdm(total=self.steps, initial=step, desc="MD", disable=_no_bar(self.progress)) as bar:
+        disable = None if self.progress is None else not self.progress
+        with tqdm(total=self.steps, initial=step, desc="MD", disable=disable) as bar:
             while step < self.steps:
                 advance = min(self.interval, self.steps - step)
                 dyn.run(advance)
@@ -221,7 +222,3 @@ class OnTheFlyLearner:
                           n_trained=record.n_train_frames)
         self._write_state()
         self.atoms.calc = self.calc  # results of the old model are gone
-
-
-def _no_bar(progress: Optional[bool]) -> Optional[bool]:
-    return None if progress is None else not progress

@@ -65,6 +65,17 @@ def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(steps)])
 
 
+def band(initial: Atoms, final: Atoms, n_images: int) -> list[Atoms]:
+    """``n_images`` images from ``initial`` to ``final`` (included), IDPP-interpolated."""
+    if n_images < 3:
+        raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
+    images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
+    for image in images:
+        image.calc = None
+    NEB(images, method="improvedtangent").interpolate("idpp")
+    return images
+
+
 def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "") -> PathProfile:
     """Predicted energies of ``images`` with the uncertainty of each difference to the first."""
     images = list(images)
@@ -127,6 +138,9 @@ class NEBLearner:
     images are labelled with ``reference``, the pretrained model is
     fine-tuned on all labelled frames and swapped in
     (:func:`~ase_mlipal.retrain.learning_round`), and the next round starts.
+    The two endpoints go to the store with the first flags
+    (``label_endpoints``): the barrier and the reaction energy are
+    differences to them, and the trigger never sees them move.
 
     Args:
         calc: calculator with the pretrained model and its posterior.
@@ -144,6 +158,7 @@ class NEBLearner:
         climb, method: passed to ``ase.mep.NEB``.
         run_id: provenance of the flagged frames in the store.
         checkpoint: fine-tuning checkpoint path.
+        label_endpoints: label the endpoints in the first learning round.
     """
 
     def __init__(
@@ -165,6 +180,7 @@ class NEBLearner:
         method: str = "improvedtangent",
         run_id: str = "neb",
         checkpoint: Union[str, os.PathLike, None] = None,
+        label_endpoints: bool = True,
         progress: Optional[bool] = None,
     ):
         if len(images) < 3:
@@ -175,7 +191,7 @@ class NEBLearner:
         self.interval, self.executor, self.finetune_options = interval, executor, finetune_options
         self.references = list(references) if references is not None else default_references()
         self.optimizer, self.climb, self.method, self.run_id = optimizer, climb, method, run_id
-        self.checkpoint, self.progress = checkpoint, progress
+        self.checkpoint, self.label_endpoints, self.progress = checkpoint, label_endpoints, progress
         self.pretrained = load_model(calc.model)
 
     def run(self) -> NEBReport:
@@ -192,6 +208,9 @@ class NEBLearner:
                 report.confident = True
                 break
             if number + 1 < self.max_rounds:
+                if self.label_endpoints:
+                    for k in (0, len(self.images) - 1):
+                        self.store.add_flagged(self.images[k], source="neb", image=k, run_id=trigger.run_id)
                 neb_round.learning = learning_round(
                     number, self.calc, self.pretrained, self.store, self.reference, trigger, self.references,
                     executor=self.executor, finetune_options=self.finetune_options,

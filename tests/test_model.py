@@ -1,7 +1,5 @@
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from ase.build import molecule

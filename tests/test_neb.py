@@ -7,7 +7,7 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 from ase_mlipal import FrameStore, MLIPALCalculator, NEBLearner, path_profile
-from ase_mlipal.cli import band
+from ase_mlipal.neb import band
 from ase_mlipal.trigger import UncertaintyTrigger
 
 from .conftest import rattled
@@ -82,11 +82,12 @@ def test_neb_learner_labels_flagged_images_and_swaps_the_model(calc, tmp_path):
     report = learner.run()
     assert len(report.rounds) == 2 and not report.confident  # a tiny threshold is never satisfied
     first = report.rounds[0]
-    assert first.n_flagged >= 3 and first.learning.labelled.labelled == first.n_flagged
+    assert first.n_flagged >= 3 and first.learning.labelled.labelled == first.n_flagged + 2  # + the endpoints
     assert first.learning.model_hash == calc.model_hash != pretrained_hash
     assert report.rounds[1].learning is None  # no learning after the last NEB
     assert {row.source for row in store.rows()} == {"neb"}
-    assert all(1 <= row.image <= 3 for row in store.rows())
+    images = sorted(row.image for row in store.rows())
+    assert images[0] == 0 and images[-1] == 4 and all(1 <= k <= 3 for k in images[1:-1])
     assert len(report.table().splitlines()) == 3
     barrier, std = report.barrier
     assert np.isfinite(barrier) and std > 0

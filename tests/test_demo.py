@@ -1,0 +1,21 @@
+"""`mlipal demo` pipeline, on a tiny budget (checks the pipeline, not the numbers)."""
+
+import numpy as np
+import pytest
+
+from ase_mlipal import FrameStore
+from ase_mlipal.demo import run_demo
+
+
+def test_demo_runs_the_loop_and_scores_before_and_after(tmp_path, capsys):
+    pytest.importorskip("tblite")
+    scores = run_demo(tmp_path, n_images=4, threshold=0.05, max_rounds=2, steps=3,
+                      finetune_options={"epochs": 2, "replay_ratio": 1})
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out and "xTB NEB barrier 3.124" in out
+    for score in scores.values():
+        assert np.isfinite([score.force_mae, score.barrier, score.barrier_error, score.reaction_energy_error]).all()
+    assert scores["before"].force_mae != scores["after"].force_mae  # the model was swapped
+    counts = FrameStore(tmp_path / "frames.db").counts()
+    assert counts["labelled"] >= 3  # the endpoints and at least one flagged image
+    assert (tmp_path / "neb.png").read_bytes()[:4] == b"\x89PNG"
