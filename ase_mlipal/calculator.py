@@ -180,7 +180,7 @@ class MLIPALCalculator(Calculator):
         """Energies (eV) and features of ``images`` in batched passes without forces.
 
         Returns the energies, shape ``(n_images,)``, and one :class:`Features`
-        per batch (``[f for b in batches for f in b.split()]`` gives one per image).
+        per batch (:func:`~ase_mlipal.features.per_structure` gives one per image).
         """
         images = list(images)
         energies, features = [], []

@@ -41,6 +41,11 @@ class Features:
                 for s, atom in enumerate(self.split_atoms())]
 
 
+def per_structure(batches: list[Features]) -> list[Features]:
+    """One :class:`Features` per structure from a list of batch features."""
+    return [f for batch in batches for f in batch.split()]
+
+
 class ActivationFeatures:
     """Activation kernel of seed 000: invariant hidden features of a pretrained MACE.
 

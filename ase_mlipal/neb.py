@@ -25,6 +25,7 @@ from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
 
 from .calculator import MLIPALCalculator
+from .features import per_structure
 from .labelling import Reference
 from .model import DEFAULT_DIR, load_model
 from .retrain import RoundRecord, default_references, learning_round
@@ -80,7 +81,7 @@ def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "
     """Predicted energies of ``images`` with the uncertainty of each difference to the first."""
     images = list(images)
     energies, batches = calc.predict(images)
-    features = [f for batch in batches for f in batch.split()]
+    features = per_structure(batches)
     delta = np.concatenate([f.structure for f in features]) - features[0].structure
     energy_std = calc.energy_posterior.std(delta)
     energy_std[0] = 0.0

@@ -18,7 +18,9 @@ same way, through the band's optimiser::
 For a band it scores every interior image in one batched pass without
 forces, the climbing image first and then the others from the highest
 energy down; each image flagged enters the posterior before the next is
-scored, so a flag on the saddle also covers the neighbours it explains. Above the threshold the frame goes to
+scored, so a flag on the saddle also covers the neighbours it explains.
+
+Above the threshold the frame goes to
 the :class:`~ase_mlipal.store.FrameStore` as ``flagged`` and its features
 enter the calculator's posterior at once, labels or not, so the same event
 is not flagged again and again.
@@ -41,7 +43,7 @@ from ase import Atoms
 from ase.mep.neb import BaseNEB
 
 from .calculator import MLIPALCalculator
-from .features import Features
+from .features import Features, per_structure
 from .store import FrameStore
 
 
@@ -154,7 +156,7 @@ class UncertaintyTrigger:
         """Score the interior images, climbing image and highest energies first; flag as needed."""
         interior = neb.images[1:-1]
         energies, batches = self.calc.predict(interior)
-        features = [f for batch in batches for f in batch.split()]
+        features = per_structure(batches)
         order = list(np.argsort(-energies))
         climbing = int(np.argmax(energies))
         if getattr(neb, "climb", False):
@@ -179,7 +181,7 @@ class UncertaintyTrigger:
         if not images:
             return
         _, batches = self.calc.predict(images)
-        for atoms, features in zip(images, [f for batch in batches for f in batch.split()]):
+        for atoms, features in zip(images, per_structure(batches)):
             value = self.value_of(self.calc.uncertainty_from(features), len(atoms))
             weight = self._weight(value, len(atoms)) if value > self.threshold else 1.0
             self.calc.add_features(features, weight=weight)

@@ -7,6 +7,7 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 from ase_mlipal import FrameStore, MLIPALCalculator, NEBLearner, path_profile
+from ase_mlipal.features import per_structure
 from ase_mlipal.neb import band
 from ase_mlipal.trigger import UncertaintyTrigger
 
@@ -46,8 +47,7 @@ def test_a_flag_at_the_top_covers_near_identical_neighbours(calc, tmp_path):
     top = formaldehyde_band(7)[3]
     images = [top.copy()] + rattled(top, 5, stdev=1e-4, seed=1) + [top.copy()]
     neb = NEB(images, climb=True, method="improvedtangent")
-    value = max(v["uncertainty"] for v in map(calc.uncertainty_from,
-                                               [f for b in calc.features(images[1:-1]) for f in b.split()]))
+    value = max(calc.uncertainty_from(f)["uncertainty"] for f in per_structure(calc.features(images[1:-1])))
     trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "f.db"), threshold=0.5 * value, atoms=neb)
     trigger()
     assert len(trigger.flagged) == 1  # the first flag settles the others below the threshold
@@ -59,7 +59,7 @@ def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc
     profile = path_profile(calc, images)
     energies = np.array([calc.get_potential_energy(image.copy()) for image in images])
     np.testing.assert_allclose(profile.energy, energies - energies[0], atol=1e-8)
-    phi = np.concatenate([f.structure for b in calc.features(images) for f in b.split()])
+    phi = np.concatenate([f.structure for f in per_structure(calc.features(images))])
     delta = phi - phi[0]
     covariance = calc.energy_posterior.scale * np.linalg.inv(calc.energy_posterior.precision())
     expected = np.sqrt(np.einsum("ij,jk,ik->i", delta, covariance, delta))
