@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.mep import NEB
 from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
+from tqdm.auto import tqdm
 
 from .calculator import MLIPALCalculator
 from .features import per_structure
@@ -227,7 +228,10 @@ class NEBLearner:
         trigger.atoms = neb
         optimizer = self.optimizer(neb, logfile=None)
         optimizer.attach(trigger, interval=self.interval)
-        converged = bool(optimizer.run(fmax=self.fmax, steps=self.steps))
+        disable = None if self.progress is None else not self.progress
+        with tqdm(total=self.steps, desc=f"NEB {trigger.run_id}", disable=disable) as bar:
+            optimizer.attach(lambda: bar.update(1) if optimizer.nsteps else None)
+            converged = bool(optimizer.run(fmax=self.fmax, steps=self.steps))
         if optimizer.nsteps % self.interval:  # the final band is always checked
             trigger(neb, step=optimizer.nsteps)
         return converged, int(optimizer.nsteps)
