@@ -33,6 +33,7 @@ from .model import (
 from .neb import NEBLearner, PathProfile, path_profile
 from .posterior import FeaturePosterior
 from .reference import RobustXTB, xtb_calculator, xtb_label
+from .selection import select
 from .store import FrameStore
 from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
 from .training import evaluate, train
@@ -67,6 +68,7 @@ __all__ = [
     "read_frames",
     "read_labels",
     "save_model",
+    "select",
     "train",
     "xtb_calculator",
     "xtb_label",
