@@ -1,0 +1,74 @@
+"""Random sketches of parameter gradients, for the NTK kernels.
+
+A foundation MACE has millions of parameters, so a dense random projection
+``p x P`` would cost ``p`` times the model's memory. :class:`CountSketch`
+(Charikar et al.; Clarkson and Woodruff) needs one bucket index and one sign
+per parameter instead: ``S g = sum_j s_j g_j e_{h(j)}``. It is unbiased,
+``E[<S a, S b>] = <a, b>``, with variance at most ``2 <a,a><b,b> / p``, so
+inner products (the NTK) are kept to within about ``sqrt(2/p)`` of the
+norms. The hash is drawn from a seeded generator: the same seed gives the
+same sketch on any machine.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class CountSketch:
+    """Project vectors of length ``n_in`` to ``dim`` dimensions.
+
+    Args:
+        n_in: input length (e.g. the number of model parameters).
+        dim: output dimension ``p``.
+        seed: the sketch is a function of ``(n_in, dim, seed)`` only.
+    """
+
+    def __init__(self, n_in: int, dim: int, seed: int = 0):
+        if n_in < 1 or dim < 1:
+            raise ValueError("n_in and dim must be positive")
+        generator = torch.Generator().manual_seed(seed)
+        self.n_in, self.dim, self.seed = n_in, dim, seed
+        self.bucket = torch.randint(dim, (n_in,), generator=generator, dtype=torch.int64).to(torch.int32)
+        self.sign = (torch.randint(2, (n_in,), generator=generator, dtype=torch.int64) * 2 - 1).to(torch.int8)
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Sketch of each row of ``vectors`` (``(k, n_in)`` or ``(n_in,)``)."""
+        single = vectors.dim() == 1
+        rows = vectors.reshape(1, -1) if single else vectors
+        if rows.shape[1] != self.n_in:
+            raise ValueError(f"expected vectors of length {self.n_in}, got {rows.shape[1]}")
+        out = torch.zeros(rows.shape[0], self.dim, dtype=rows.dtype, device=rows.device)
+        out.index_add_(1, self.bucket.to(rows.device, torch.int64), rows * self.sign.to(rows.device, rows.dtype))
+        return out[0] if single else out
+
+    def nbytes(self) -> int:
+        """Memory held by the sketch (bytes)."""
+        return self.bucket.numel() * self.bucket.element_size() + self.sign.numel() * self.sign.element_size()
+
+
+def energy_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    """``d E_s / d theta`` for every structure ``s`` of a mace batch, flattened: ``(n_structures, P)``.
+
+    One backward pass per structure (``retain_graph``); ``batch`` comes
+    from :class:`ase_mlipal.inference.BatchMaker`.
+    """
+    from .inference import forward
+
+    with torch.enable_grad():
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        try:
+            energy = forward(model, batch, compute_force=False)["energy"]
+            rows = []
+            for s in range(len(energy)):
+                grads = torch.autograd.grad(energy[s], parameters, retain_graph=s + 1 < len(energy),
+                                            allow_unused=True)
+                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                       for g, p in zip(grads, parameters)]))
+        finally:
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+    return torch.stack(rows).detach()
