@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -19,6 +20,7 @@ from .frames import read_labels
 from .inference import BatchMaker, forward
 from .model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
 from .posterior import FeaturePosterior
+from .storage import atomic_write
 
 
 class MLIPALCalculator(Calculator):
@@ -278,10 +280,7 @@ class MLIPALCalculator(Calculator):
                   "calibrated": np.array(self.calibrated)}
         for prefix, posterior in (("energy_", self.energy_posterior), ("atom_", self.atom_posterior)):
             arrays.update({prefix + key: value for key, value in posterior.state().items()})
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "wb") as handle:  # written aside, then renamed: never half a file
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: _savez(tmp, arrays))
 
     def load_posterior(self, path: Union[str, os.PathLike]) -> "MLIPALCalculator":
         """Read a posterior written by :meth:`save_posterior` for this very model.
@@ -305,6 +304,12 @@ class MLIPALCalculator(Calculator):
         self.calibrated = bool(arrays["calibrated"])
         self.reset()
         return self
+
+
+def _savez(path: Path, arrays: dict) -> None:
+    """``np.savez`` to exactly ``path`` (given a name, numpy would append ``.npz``)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def _no_bar(progress: Optional[bool]) -> Optional[bool]:

@@ -43,6 +43,7 @@ from .calculator import MLIPALCalculator
 from .labelling import Reference
 from .model import load_model, save_model
 from .retrain import RoundRecord, default_references, learning_round
+from .storage import atomic_write
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
 
@@ -134,14 +135,11 @@ class OnTheFlyLearner:
         return self.workdir / name
 
     def _write_state(self) -> None:
-        tmp = self._path(STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self._path(STATE_FILE))
+        text = json.dumps(self.state, indent=1)
+        atomic_write(self._path(STATE_FILE), lambda tmp: tmp.write_text(text))
 
     def _checkpoint_md(self, step: int) -> None:
-        tmp = self._path("md.tmp.traj")
-        write(tmp, self.atoms, format="traj")
-        os.replace(tmp, self._path("md.traj"))
+        atomic_write(self._path("md.traj"), lambda tmp: write(tmp, self.atoms, format="traj"))
         self.state["step"] = step
         self._write_state()
 
