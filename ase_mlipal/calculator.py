@@ -12,7 +12,6 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
-from tqdm.auto import tqdm
 
 from .calibration import CalibrationReport, calibration_report, fit_scale
 from .features import Features, get_feature_map
@@ -20,6 +19,7 @@ from .frames import read_labels
 from .inference import BatchMaker, forward
 from .model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
 from .posterior import FeaturePosterior
+from .progress import progress_bar
 from .storage import atomic_write
 
 
@@ -186,7 +186,7 @@ class MLIPALCalculator(Calculator):
         """
         images = list(images)
         energies, features = [], []
-        with torch.no_grad(), tqdm(total=len(images), desc="features", disable=_no_bar(progress)) as bar:
+        with torch.no_grad(), progress_bar(total=len(images), progress=progress, desc="features") as bar:
             for chunk, batch in self.batch_maker.batches(images, self.batch_size):
                 out = forward(self.model, batch, compute_force=False)
                 energies.append(out["energy"].detach().cpu().numpy())
@@ -247,7 +247,7 @@ class MLIPALCalculator(Calculator):
         labels = [read_labels(atoms, energy_key, forces_key) for atoms in images]
         e_res, e_var, f_res, f_var = [], [], [], []
         done = 0
-        with tqdm(total=len(images), desc="calibrate", disable=_no_bar(progress)) as bar:
+        with progress_bar(total=len(images), progress=progress, desc="calibrate") as bar:
             for chunk, batch in self.batch_maker.batches(images, self.batch_size):
                 out = forward(self.model, batch, compute_force=True)
                 features = self.feature_map(out)
@@ -311,7 +311,3 @@ def _savez(path: Path, arrays: dict) -> None:
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
 
-
-def _no_bar(progress: Optional[bool]) -> Optional[bool]:
-    """tqdm's ``disable``: None shows a bar only on a terminal."""
-    return None if progress is None else not progress

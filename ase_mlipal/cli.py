@@ -58,9 +58,8 @@ def _read(path: str, index=-1):
 def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
            timestep: float, trajectory: Optional[str] = None, run_id: str = "md"):
     """Langevin MD watched by a trigger; returns ``(trigger, [(step, value)])``."""
-    from tqdm.auto import tqdm
-
     from .learner import langevin
+    from .progress import progress_bar
     from .trigger import UncertaintyTrigger
 
     atoms.calc = calc
@@ -69,7 +68,7 @@ def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: in
     if trajectory:
         dyn.attach(Trajectory(trajectory, "w", atoms))
     trace = []
-    with tqdm(total=steps, desc="MD") as bar:
+    with progress_bar(total=steps, desc="MD") as bar:
         while dyn.nsteps < steps:
             advance = min(interval, steps - dyn.nsteps)
             dyn.run(advance)

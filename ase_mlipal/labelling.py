@@ -25,8 +25,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
-from tqdm.auto import tqdm
 
+from .progress import progress_bar
 from .store import FrameStore
 
 Reference = Union[BaseCalculator, Callable[[], BaseCalculator]]
@@ -71,8 +71,7 @@ def label(
     executor = executor or process_pool(min(len(rows), os.cpu_count() or 1))
     try:
         futures = {executor.submit(reference_label, row.toatoms(), reference, retries): row.id for row in rows}
-        disable = None if progress is None else not progress
-        for future in tqdm(as_completed(futures), total=len(futures), desc="labelling", disable=disable):
+        for future in progress_bar(as_completed(futures), progress, total=len(futures), desc="labelling"):
             row_id = futures[future]
             try:
                 energy, forces = future.result()

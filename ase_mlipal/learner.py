@@ -37,11 +37,11 @@ from ase import Atoms, units
 from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.optimize.optimize import Dynamics
-from tqdm.auto import tqdm
 
 from .calculator import MLIPALCalculator
 from .labelling import Reference
 from .model import load_model, save_model
+from .progress import progress_bar
 from .retrain import RoundRecord, default_references, learning_round
 from .storage import atomic_write
 from .store import FrameStore
@@ -178,8 +178,7 @@ class OnTheFlyLearner:
         self.atoms.calc = self.calc
         dyn = self.dynamics(self.atoms)
         step = self.state["step"]
-        disable = None if self.progress is None else not self.progress
-        with tqdm(total=self.steps, initial=step, desc="MD", disable=disable) as bar:
+        with progress_bar(progress=self.progress, total=self.steps, initial=step, desc="MD") as bar:
             while step < self.steps:
                 advance = min(self.interval, self.steps - step)
                 dyn.run(advance)

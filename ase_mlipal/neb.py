@@ -23,12 +23,12 @@ from ase import Atoms
 from ase.mep import NEB
 from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
-from tqdm.auto import tqdm
 
 from .calculator import MLIPALCalculator
 from .features import per_structure
 from .labelling import Reference
 from .model import DEFAULT_DIR, load_model
+from .progress import progress_bar
 from .retrain import RoundRecord, default_references, learning_round
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
@@ -228,8 +228,7 @@ class NEBLearner:
         trigger.atoms = neb
         optimizer = self.optimizer(neb, logfile=None)
         optimizer.attach(trigger, interval=self.interval)
-        disable = None if self.progress is None else not self.progress
-        with tqdm(total=self.steps, desc=f"NEB {trigger.run_id}", disable=disable) as bar:
+        with progress_bar(progress=self.progress, total=self.steps, desc=f"NEB {trigger.run_id}") as bar:
             optimizer.attach(lambda: bar.update(1) if optimizer.nsteps else None)
             converged = bool(optimizer.run(fmax=self.fmax, steps=self.steps))
         if optimizer.nsteps % self.interval:  # the final band is always checked

@@ -31,10 +31,10 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 from ase import Atoms
 from ase.io import iread
-from tqdm.auto import tqdm
 
 from .calculator import MLIPALCalculator
 from .features import per_structure
+from .progress import progress_bar
 
 METHODS = ("maxdet", "lcmd", "maxdist", "random")
 Pool = Union[Sequence[Atoms], str, os.PathLike]
@@ -52,8 +52,7 @@ def pool_features(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 1024,
                   progress: Optional[bool] = None) -> np.ndarray:
     """Structure features ``phi`` of every pool structure, ``(n, p)``, one chunk at a time."""
     rows = []
-    disable = None if progress is None else not progress
-    with tqdm(desc="pool features", unit="structures", disable=disable) as bar:
+    with progress_bar(progress=progress, desc="pool features", unit="structures") as bar:
         for chunk in stream(pool, chunk_size):
             rows.extend(f.structure[0] for f in per_structure(calc.features(chunk)))
             bar.update(len(chunk))

@@ -21,9 +21,9 @@ from mace import data as mace_data
 from mace import modules
 from mace.tools import torch_geometric, torch_tools
 from mace.tools.utils import AtomicNumberTable
-from tqdm.auto import tqdm
 
 from .frames import read_labels
+from .progress import progress_bar
 from .storage import atomic_torch_save
 
 _LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "REF_energy"}, arrays_keys={"forces": "REF_forces"})
@@ -152,7 +152,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=max(1, patience // 4))
     result, best_loss, best_state = TrainResult(), float("inf"), copy.deepcopy(model.state_dict())
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc="training", disable=None if progress is None else not progress)
+    bar = progress_bar(range(epochs), progress, desc="training")
     for epoch in bar:
         model.train()
         train_loss = 0.0
