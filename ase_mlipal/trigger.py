@@ -16,8 +16,8 @@ same way, through the band's optimiser::
     FIRE(neb).attach(trigger, interval=5)
 
 For a band it scores every interior image in one batched pass without
-forces, the climbing image first and then the others from the highest
-energy down; each image flagged enters the posterior before the next is
+forces, from the highest energy down (so the climbing image, ASE's highest
+interior image, first); each image flagged enters the posterior before the next is
 scored, so a flag on the saddle also covers the neighbours it explains.
 
 Above the threshold the frame goes to
@@ -153,17 +153,12 @@ class UncertaintyTrigger:
         return flagged
 
     def _check_band(self, neb: BaseNEB, step: int) -> list[float]:
-        """Score the interior images, climbing image and highest energies first; flag as needed."""
+        """Score the interior images from the highest energy down (the climbing image first); flag as needed."""
         interior = neb.images[1:-1]
         energies, batches = self.calc.predict(interior)
         features = per_structure(batches)
-        order = list(np.argsort(-energies))
-        climbing = int(np.argmax(energies))
-        if getattr(neb, "climb", False):
-            order.remove(climbing)
-            order.insert(0, climbing)
         values = np.zeros(len(interior))
-        for k in order:
+        for k in np.argsort(-energies):  # ASE's climbing image is the highest interior image
             uncertainties = self.calc.uncertainty_from(features[k])
             values[k] = self.value_of(uncertainties, len(interior[k]))
             if values[k] > self.threshold:
