@@ -24,6 +24,7 @@ from .neb import DEMO_REACTION_PATH, NEBLearner, PathProfile, band, reaction_coo
 from .plots import plot_neb_profiles
 from .reference import RobustXTB
 from .store import FrameStore
+from .training import evaluate
 
 
 @dataclass
@@ -35,15 +36,6 @@ class DemoScore:
     barrier_std: float
     barrier_error: float  # eV, model NEB barrier - xTB NEB barrier
     reaction_energy_error: float  # eV, model - xTB, on the endpoints
-
-
-def force_mae(calc: MLIPALCalculator, frames) -> float:
-    """Mean absolute force error (eV/A) of ``calc`` on labelled ``frames``."""
-    errors = []
-    for atoms in frames:
-        _, reference = read_labels(atoms)
-        errors.append(np.abs(calc.get_property("forces", atoms.copy()) - reference))
-    return float(np.mean(np.concatenate(errors)))
 
 
 # Fine-tuning for a handful of new frames: more replay against forgetting the
@@ -64,18 +56,18 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.12, max_roun
     xtb_barrier = float(xtb_energy.max() - xtb_energy[0])
     print(f"formic acid -> CO2 + H2: xTB NEB barrier {xtb_barrier:.3f} eV ({len(path)} images, GFN2-xTB)")
     calc = MLIPALCalculator()
-    before_mae = force_mae(calc, path)
+    before_mae = evaluate(calc.model, path)["forces_mae"]
     images = band(path[0], path[-1], n_images)
     learner = NEBLearner(calc, RobustXTB, FrameStore(workdir / "frames.db"), images, threshold,
-                         max_rounds=max_rounds, steps=steps, fmax=fmax, finetune_options=finetune_options or DEMO_FINETUNE,
-                         checkpoint=workdir / "finetune.ckpt")
+                         max_rounds=max_rounds, steps=steps, fmax=fmax,
+                         finetune_options=finetune_options or DEMO_FINETUNE, checkpoint=workdir / "finetune.ckpt")
     report = learner.run()
     first, last = report.rounds[0].profile, report.rounds[-1].profile
     xtb_reaction = float(xtb_energy[-1] - xtb_energy[0])
     scores = {
         "before": DemoScore(before_mae, first.barrier, first.barrier_std, first.barrier - xtb_barrier,
                             first.energy[-1] - xtb_reaction),
-        "after": DemoScore(force_mae(calc, path), last.barrier, last.barrier_std, last.barrier - xtb_barrier,
+        "after": DemoScore(evaluate(calc.model, path)["forces_mae"], last.barrier, last.barrier_std, last.barrier - xtb_barrier,
                            last.energy[-1] - xtb_reaction),
     }
     reference = PathProfile("xTB", reaction_coordinate(path), xtb_energy - xtb_energy[0], np.zeros(len(path)),
