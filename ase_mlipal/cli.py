@@ -93,25 +93,18 @@ def cmd_md(args: argparse.Namespace) -> None:
 
 
 def cmd_neb(args: argparse.Namespace) -> None:
-    from ase.mep import NEB
-    from ase.optimize import FIRE
-
-    from .neb import path_profile
+    from .neb import path_profile, relax_band
     from .plots import plot_neb_profiles
     from .store import FrameStore
     from .trigger import UncertaintyTrigger
 
     calc = _calculator(args.model, args.trust)
     images = band(_read(args.initial), _read(args.final), args.images)
-    for image in images:
-        image.calc = calc.share()
-    neb = NEB(images, climb=True, method="improvedtangent")
-    trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, atoms=neb, source="neb")
-    optimizer = FIRE(neb, logfile="-" if args.verbose else None)
-    optimizer.attach(trigger, interval=args.interval)
-    converged = optimizer.run(fmax=args.fmax, steps=args.steps)
+    trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, source="neb")
+    converged, steps = relax_band(images, calc, trigger, fmax=args.fmax, steps=args.steps, interval=args.interval,
+                                  logfile="-" if args.verbose else None)
     profile = path_profile(calc, images, label="NEB")
-    print(f"NEB {'converged' if converged else 'NOT converged'} after {optimizer.nsteps} steps; "
+    print(f"NEB {'converged' if converged else 'NOT converged'} after {steps} steps; "
           f"barrier {profile.barrier:.3f} ± {profile.barrier_std:.3f} eV; "
           f"{len(trigger.flagged)} images flagged into {args.db}")
     if args.output:

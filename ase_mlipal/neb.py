@@ -222,15 +222,38 @@ class NEBLearner:
 
     def relax(self, trigger: UncertaintyTrigger) -> tuple[bool, int]:
         """One NEB relaxation of the current band with ``trigger`` attached; (converged, steps)."""
-        for image in self.images:
-            image.calc = self.calc.share()
-        neb = NEB(self.images, climb=self.climb, method=self.method)
-        trigger.atoms = neb
-        optimizer = self.optimizer(neb, logfile=None)
-        optimizer.attach(trigger, interval=self.interval)
-        with progress_bar(progress=self.progress, total=self.steps, desc=f"NEB {trigger.run_id}") as bar:
-            optimizer.attach(lambda: bar.update(1) if optimizer.nsteps else None)
-            converged = bool(optimizer.run(fmax=self.fmax, steps=self.steps))
-        if optimizer.nsteps % self.interval:  # the final band is always checked
-            trigger(neb, step=optimizer.nsteps)
-        return converged, int(optimizer.nsteps)
+        return relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
+                          interval=self.interval, optimizer=self.optimizer, climb=self.climb, method=self.method,
+                          progress=self.progress)
+
+
+def relax_band(
+    images: Sequence[Atoms],
+    calc: MLIPALCalculator,
+    trigger: UncertaintyTrigger,
+    fmax: float = 0.05,
+    steps: int = 300,
+    interval: int = 5,
+    optimizer: Callable[..., Optimizer] = FIRE,
+    climb: bool = True,
+    method: str = "improvedtangent",
+    logfile: Optional[str] = None,
+    progress: Optional[bool] = None,
+) -> tuple[bool, int]:
+    """Relax ``images`` in place by NEB on ``calc`` with ``trigger`` watching; ``(converged, steps)``.
+
+    Each image gets a :meth:`~MLIPALCalculator.share` of ``calc``; the
+    trigger checks the band every ``interval`` steps and once more at the end.
+    """
+    for image in images:
+        image.calc = calc.share()
+    neb = NEB(list(images), climb=climb, method=method)
+    trigger.atoms = neb
+    dyn = optimizer(neb, logfile=logfile)
+    dyn.attach(trigger, interval=interval)
+    with progress_bar(progress=progress, total=steps, desc=f"NEB {trigger.run_id or ''}".strip()) as bar:
+        dyn.attach(lambda: bar.update(1) if dyn.nsteps else None)
+        converged = bool(dyn.run(fmax=fmax, steps=steps))
+    if dyn.nsteps % interval:  # the final band is always checked
+        trigger(neb, step=dyn.nsteps)
+    return converged, int(dyn.nsteps)
