@@ -134,9 +134,10 @@ class MLIPALCalculator(Calculator):
         out = forward(self.model, batch, compute_force=True, compute_stress=periodic)
         features = self.feature_map(out)
         self.last_features = features
+        energy = float(out["energy"][0].detach())
         self.results = {
-            "energy": float(out["energy"][0].detach()),
-            "free_energy": float(out["energy"][0].detach()),
+            "energy": energy,
+            "free_energy": energy,
             "energies": out["node_energy"].detach().cpu().numpy().copy(),
             "forces": out["forces"].detach().cpu().numpy().copy(),
         }

@@ -76,8 +76,8 @@ def learning_round(
     record = RoundRecord(number, labelled, len(frames), model_hash=calc.model_hash)
     if len(frames) < 2:
         return record
-    options = dict(finetune_options or {})
-    model, record.train, held_out = finetune(pretrained, frames, checkpoint=checkpoint, progress=progress, **options)
+    model, record.train, held_out = finetune(pretrained, frames, checkpoint=checkpoint, progress=progress,
+                                             **(finetune_options or {}))
     calibration = held_out + _labelled_sample(references, len(held_out), seed=number)
     record.calibration = calc.set_model(model, references, calibration=calibration, progress=progress)
     trigger.absorb(frames + store.frames("failed"))
