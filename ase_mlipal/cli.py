@@ -235,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
         try:
             args.func(args)
-        except ValueError as error:  # bad input the user can fix: say it without a traceback
+        except (ValueError, ImportError) as error:  # bad input or a missing extra: say it without a traceback
             raise SystemExit(f"mlipal {args.command}: {error}") from None
 
 

@@ -22,7 +22,7 @@ from .calculator import MLIPALCalculator
 from .frames import read_labels
 from .neb import DEMO_REACTION_PATH, NEBLearner, PathProfile, band, reaction_coordinate
 from .plots import plot_neb_profiles
-from .reference import RobustXTB
+from .reference import RobustXTB, xtb_calculator
 from .store import FrameStore
 from .training import evaluate
 
@@ -47,7 +47,13 @@ DEMO_FINETUNE = {"replay_ratio": 3, "energy_weight": 10.0, "valid_fraction": 0.1
 
 def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.12, max_rounds: int = 4,
              steps: int = 300, fmax: float = 0.1, finetune_options: Optional[dict] = None) -> dict:
-    """Run the demo in ``workdir`` (its store replaced), print the before/after table; returns the scores."""
+    """Run the demo in ``workdir`` (its store replaced), print the before/after table; returns the scores.
+
+    Raises:
+        ImportError: tblite (GFN2-xTB, the reference) is not installed; checked
+            first, so the run does not go on to mark every frame failed.
+    """
+    xtb_calculator()
     start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "frames.db").unlink(missing_ok=True)

@@ -19,3 +19,14 @@ def test_demo_runs_the_loop_and_scores_before_and_after(tmp_path, capsys):
     counts = FrameStore(tmp_path / "frames.db").counts()
     assert counts["labelled"] >= 3  # the endpoints and at least one flagged image
     assert (tmp_path / "neb.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_without_xtb_stops_before_doing_anything(tmp_path, monkeypatch):
+    import sys
+
+    from ase_mlipal.cli import main
+
+    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
+    with pytest.raises(SystemExit, match=r"mlipal demo: .*pip install 'ase-mlipal\[xtb\]'"):
+        main(["demo", "--workdir", str(tmp_path / "demo")])
+    assert not (tmp_path / "demo").exists()
