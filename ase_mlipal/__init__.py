@@ -17,7 +17,9 @@ with warnings.catch_warnings():
 
 from .calculator import MLIPALCalculator
 from .calibration import CalibrationReport, calibration_report, fit_scale
-from .features import ActivationFeatures, get_feature_map
+from .committee import CommitteeFeatures, train_committee
+from .features import ActivationFeatures, FixedFeatures
+from .kernels import FEATURE_MAPS, get_feature_map
 from .finetune import finetune
 from .frames import read_frames, read_labels
 from .labelling import LabelReport, label
@@ -28,8 +30,10 @@ from .model import (
     load_model,
     model_elements,
     model_hash,
+    random_like,
     save_model,
 )
+from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
 from .neb import NEBLearner, PathProfile, path_profile
 from .posterior import FeaturePosterior
 from .reference import RobustXTB, xtb_calculator, xtb_label
@@ -42,6 +46,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationFeatures",
+    "CommitteeFeatures",
+    "EnergyForceNTKFeatures",
+    "FEATURE_MAPS",
+    "FixedFeatures",
+    "ForceNTKFeatures",
+    "NTKFeatures",
     "CalibrationReport",
     "FeaturePosterior",
     "FrameStore",
@@ -65,11 +75,13 @@ __all__ = [
     "model_elements",
     "model_hash",
     "path_profile",
+    "random_like",
     "read_frames",
     "read_labels",
     "save_model",
     "select",
     "train",
+    "train_committee",
     "xtb_calculator",
     "xtb_label",
 ]

@@ -14,9 +14,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .calibration import CalibrationReport, calibration_report, fit_scale
-from .features import Features, get_feature_map
+from .features import Features
 from .frames import read_labels
-from .inference import BatchMaker, forward
+from .inference import BatchMaker
+from .kernels import get_feature_map
 from .model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
 from .posterior import FeaturePosterior
 from .progress import progress_bar
@@ -51,7 +52,13 @@ class MLIPALCalculator(Calculator):
     Args:
         model: anything :func:`~ase_mlipal.load_model` accepts; ``"default"``
             is the model shipped with the package.
-        kernel: feature map name (``"activation"``).
+        kernel: feature map name (:mod:`ase_mlipal.kernels`): ``"activation"``
+            (default), ``"ntk"``, ``"force_ntk"``, ``"ef_ntk"``, ``"fixed"``
+            or ``"committee"``. With ``ntk`` the per-atom force uncertainty
+            comes from the activation rows and ``energies_uncertainty`` is
+            not given; the force kernels estimate it from the force NTK.
+        kernel_options: options of the feature map, e.g. ``{"dim": 1024}``
+            for the NTKs or ``{"members": [...]}`` for ``committee``.
         regularization: ``lambda`` of both posteriors (prior precision).
         device, dtype, trust: passed to :func:`~ase_mlipal.load_model`.
         head: model head for multi-head models.
@@ -72,6 +79,7 @@ class MLIPALCalculator(Calculator):
         self,
         model: ModelSpec = "default",
         kernel: str = "activation",
+        kernel_options: Optional[dict] = None,
         regularization: float = 1e-2,
         device: str = "cpu",
         dtype: str = "float64",
@@ -83,6 +91,7 @@ class MLIPALCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         self.kernel = kernel
+        self.kernel_options = dict(kernel_options or {})
         self.regularization = regularization
         self.batch_size = int(batch_size)
         self._use_model(load_model(model, device=device, dtype=dtype, trust=trust), head)
@@ -98,12 +107,16 @@ class MLIPALCalculator(Calculator):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.model_hash = model_hash(self.model)
-        self.feature_map = get_feature_map(self.kernel, self.model)
+        self.feature_map = get_feature_map(self.kernel, self.model, self.kernel_options)
         self.batch_maker = BatchMaker(self.model, head=head)
-        self.energy_posterior = FeaturePosterior(self.feature_map.dim, self.regularization)
-        self.atom_posterior = FeaturePosterior(self.feature_map.dim, self.regularization)
+        regularization = self.feature_map.prior_precision or self.regularization
+        self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
+        self.atom_posterior = FeaturePosterior(self.feature_map.force_dim, regularization)
         self.calibrated = False
         self.reset()
+
+    def _batch_size(self) -> int:
+        return min(self.batch_size, self.feature_map.max_batch or self.batch_size)
 
     def set_model(
         self,
@@ -131,8 +144,8 @@ class MLIPALCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.any())
         batch = self.batch_maker.batch([self.atoms])
-        out = forward(self.model, batch, compute_force=True, compute_stress=periodic)
-        features = self.feature_map(out)
+        out, features = self.feature_map.evaluate(batch, compute_force=True, compute_stress=periodic,
+                                                  force_posterior=self.atom_posterior)
         self.last_features = features
         energy = float(out["energy"][0].detach())
         self.results = {
@@ -165,13 +178,21 @@ class MLIPALCalculator(Calculator):
 
     def uncertainty_from(self, features: Features) -> dict:
         """The uncertainty results (see the class docstring) of one structure's features."""
-        forces_std = self.atom_posterior.std(features.atom)
-        return {
+        forces_std = np.sqrt(self.atom_posterior.scale * self.force_variance(features))
+        results = {
             "energy_uncertainty": float(self.energy_posterior.std(features.structure)[0]),
-            "energies_uncertainty": self.energy_posterior.std(features.atom),
             "forces_uncertainty": forces_std,
             "uncertainty": float(forces_std.max()),
         }
+        if self.feature_map.atoms_in_energy_space:
+            results["energies_uncertainty"] = self.energy_posterior.std(features.atom)
+        return results
+
+    def force_variance(self, features: Features) -> np.ndarray:
+        """Raw (unscaled) variance per force component of each atom, ``(n_atoms,)``."""
+        if features.force_variance is not None:
+            return features.force_variance
+        return self.atom_posterior.quadratic_form(features.atom)
 
     # -- reference set -------------------------------------------------------
 
@@ -187,11 +208,12 @@ class MLIPALCalculator(Calculator):
         """
         images = list(images)
         energies, features = [], []
-        with torch.no_grad(), progress_bar(total=len(images), progress=progress, desc="features") as bar:
-            for chunk, batch in self.batch_maker.batches(images, self.batch_size):
-                out = forward(self.model, batch, compute_force=False)
+        with progress_bar(total=len(images), progress=progress, desc="features") as bar:
+            for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
+                out, batch_features = self.feature_map.evaluate(batch, compute_force=False,
+                                                                force_posterior=self.atom_posterior)
                 energies.append(out["energy"].detach().cpu().numpy())
-                features.append(self.feature_map(out))
+                features.append(batch_features)
                 bar.update(len(chunk))
         return np.concatenate(energies) if energies else np.zeros(0), features
 
@@ -216,8 +238,9 @@ class MLIPALCalculator(Calculator):
         ``calc.add_features(calc.last_features)`` adds the structure of the
         last calculation without running the model again.
         """
-        self.energy_posterior.add(features.structure, weight)
-        self.atom_posterior.add(features.atom, weight)
+        energy_rows, force_rows = self.feature_map.conditioning(features)
+        self.energy_posterior.add(energy_rows, weight)
+        self.atom_posterior.add(force_rows, weight)
         self.reset()
 
     # -- calibration -------------------------------------------------------
@@ -249,9 +272,9 @@ class MLIPALCalculator(Calculator):
         e_res, e_var, f_res, f_var = [], [], [], []
         done = 0
         with progress_bar(total=len(images), progress=progress, desc="calibrate") as bar:
-            for chunk, batch in self.batch_maker.batches(images, self.batch_size):
-                out = forward(self.model, batch, compute_force=True)
-                features = self.feature_map(out)
+            for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
+                out, features = self.feature_map.evaluate(batch, compute_force=True,
+                                                          force_posterior=self.atom_posterior)
                 ref = labels[done:done + len(chunk)]
                 done += len(chunk)
                 energy = out["energy"].detach().cpu().numpy()
@@ -259,7 +282,7 @@ class MLIPALCalculator(Calculator):
                 e_res.append(energy - np.array([e for e, _ in ref]))
                 e_var.append(self.energy_posterior.quadratic_form(features.structure))
                 f_res.append(forces - np.concatenate([f for _, f in ref]))
-                f_var.append(np.repeat(self.atom_posterior.quadratic_form(features.atom), 3))
+                f_var.append(np.repeat(self.force_variance(features), 3))
                 bar.update(len(chunk))
         e_res, e_var = np.concatenate(e_res), np.concatenate(e_var)
         f_res, f_var = np.concatenate(f_res).ravel(), np.concatenate(f_var)

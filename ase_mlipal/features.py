@@ -1,19 +1,36 @@
-"""Feature maps: from one MACE forward pass to per-atom and per-structure features.
+"""Feature maps: from a MACE forward pass to per-atom and per-structure features.
 
-A feature map turns the output of :func:`ase_mlipal.inference.forward` into
-atom-level features ``psi_i`` (one row per atom) and structure-level
-features ``phi(x)`` (one row per structure). Kernels are inner products of
-these features; the posterior never needs anything else.
+A feature map (a *kernel* by name, see :mod:`ase_mlipal.kernels`) is bound
+to one model and has:
+
+* ``name``; ``dim``, the width of the structure (energy) features;
+  ``force_dim``, the width of the rows of the force posterior;
+* ``evaluate(batch, compute_force, compute_stress, force_posterior)``:
+  runs the model on a mace batch and returns ``(output, Features)``, where
+  ``output`` holds ``energy``, ``node_energy``, ``forces`` and ``stress``
+  as :func:`ase_mlipal.inference.forward` does;
+* ``conditioning(features)``: the rows ``(energy_rows, force_rows)`` that
+  condition the calculator's two posteriors on these structures;
+* ``atoms_in_energy_space``: whether ``Features.atom`` lives in the same
+  space as ``Features.structure`` (then per-atom energies get a variance);
+* ``prior_precision``: ``None``, or a ``lambda`` the kernel fixes itself;
+* ``max_batch``: ``None``, or the most structures ``evaluate`` takes at once.
+
+Kernels are inner products of features; the posterior needs nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 from e3nn import o3
 from mace.modules.utils import extract_invariant
+
+from .inference import forward
+from .model import random_like
 
 
 @dataclass
@@ -21,15 +38,23 @@ class Features:
     """Features of a batch of structures.
 
     Attributes:
-        atom: ``(n_atoms, p)`` atom-level features of every atom of the batch.
-        structure: ``(n_structures, p)`` structure-level features.
+        atom: ``(n_atoms, q)`` atom-level rows of every atom of the batch
+            (the rows of the force posterior), or ``None`` for the force
+            kernels, whose per-atom variance comes in ``force_variance``.
+        structure: ``(n_structures, p)`` structure-level (energy) features.
         ptr: ``(n_structures + 1,)`` offsets: structure ``s`` owns atom rows
             ``ptr[s]:ptr[s+1]``.
+        probes: ``(n_structures, m, p)`` force-probe features (force kernels).
+        force_variance: ``(n_atoms,)`` raw force variance per Cartesian
+            component of each atom, estimated against the force posterior
+            the features were computed with (force kernels).
     """
 
-    atom: np.ndarray
+    atom: Optional[np.ndarray]
     structure: np.ndarray
     ptr: np.ndarray
+    probes: Optional[np.ndarray] = None
+    force_variance: Optional[np.ndarray] = None
 
     def split_atoms(self) -> list[np.ndarray]:
         """Atom-level features of each structure, as a list."""
@@ -37,13 +62,26 @@ class Features:
 
     def split(self) -> list["Features"]:
         """One :class:`Features` per structure of the batch."""
-        return [Features(atom=atom, structure=self.structure[s:s + 1], ptr=np.array([0, len(atom)]))
-                for s, atom in enumerate(self.split_atoms())]
+        out = []
+        for s, (a, b) in enumerate(zip(self.ptr[:-1], self.ptr[1:])):
+            out.append(Features(
+                atom=None if self.atom is None else self.atom[a:b],
+                structure=self.structure[s:s + 1],
+                ptr=np.array([0, b - a]),
+                probes=None if self.probes is None else self.probes[s:s + 1],
+                force_variance=None if self.force_variance is None else self.force_variance[a:b],
+            ))
+        return out
 
 
 def per_structure(batches: list[Features]) -> list[Features]:
     """One :class:`Features` per structure from a list of batch features."""
     return [f for batch in batches for f in batch.split()]
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A detached float64 numpy copy."""
+    return tensor.detach().cpu().numpy().astype(np.float64)
 
 
 class ActivationFeatures:
@@ -57,37 +95,59 @@ class ActivationFeatures:
     """
 
     name = "activation"
-    needs_forces_graph = False
+    atoms_in_energy_space = True
+    prior_precision = None
+    max_batch = None
 
     def __init__(self, model: torch.nn.Module):
+        self.model = model
         irreps = o3.Irreps(str(model.products[0].linear.irreps_out))
         self.l_max = irreps.lmax
         self.num_invariant = irreps.dim // (self.l_max + 1) ** 2
         self.num_layers = int(model.num_interactions)
-        self.dim = self.num_invariant * self.num_layers
+        self.dim = self.force_dim = self.num_invariant * self.num_layers
 
-    def __call__(self, output: dict) -> Features:
+    def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
+                 force_posterior=None) -> tuple[dict, Features]:
+        """One forward pass; the features come from its node features."""
+        with torch.set_grad_enabled(compute_force or compute_stress):
+            out = forward(self.model, batch, compute_force=compute_force, compute_stress=compute_stress)
+        return out, self.from_output(out)
+
+    def from_output(self, output: dict) -> Features:
         """Features from the output of :func:`ase_mlipal.inference.forward`."""
-        node_feats = output["node_feats"].detach()
-        psi = extract_invariant(node_feats, self.num_layers, self.num_invariant, self.l_max)
-        batch = output["batch"]
-        n_structures = len(output["ptr"]) - 1
-        phi = torch.zeros(n_structures, psi.shape[1], dtype=psi.dtype, device=psi.device)
-        phi.index_add_(0, batch, psi)
-        return Features(
-            atom=psi.cpu().numpy().astype(np.float64),
-            structure=phi.cpu().numpy().astype(np.float64),
-            ptr=output["ptr"].cpu().numpy(),
-        )
+        psi = extract_invariant(output["node_feats"].detach(), self.num_layers, self.num_invariant, self.l_max)
+        phi = torch.zeros(len(output["ptr"]) - 1, psi.shape[1], dtype=psi.dtype, device=psi.device)
+        phi.index_add_(0, output["batch"], psi)
+        return Features(atom=to_numpy(psi), structure=to_numpy(phi), ptr=output["ptr"].cpu().numpy())
+
+    def conditioning(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Structure rows condition the energy posterior, atom rows the force posterior."""
+        return features.structure, features.atom
 
 
-FEATURE_MAPS = {"activation": ActivationFeatures}
+class FixedFeatures(ActivationFeatures):
+    """Fixed-descriptor baseline: activation features of the same architecture at random initialisation.
 
+    Energies and forces still come from the calculator's model; the
+    features come from a copy of its architecture with freshly drawn
+    weights (:func:`ase_mlipal.model.random_like`, seeded), which
+    isolates what pretraining adds to the latent space.
+    """
 
-def get_feature_map(name: str, model: torch.nn.Module):
-    """The feature map called ``name`` for ``model`` (see ``FEATURE_MAPS``)."""
-    try:
-        cls = FEATURE_MAPS[name]
-    except KeyError:
-        raise ValueError(f"Unknown kernel {name!r}; available: {sorted(FEATURE_MAPS)}") from None
-    return cls(model)
+    name = "fixed"
+
+    def __init__(self, model: torch.nn.Module, seed: int = 0):
+        super().__init__(model)
+        self.seed = seed
+        self.random_model = random_like(model, seed)
+        for parameter in self.random_model.parameters():
+            parameter.requires_grad_(False)
+
+    def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
+                 force_posterior=None) -> tuple[dict, Features]:
+        with torch.set_grad_enabled(compute_force or compute_stress):
+            out = forward(self.model, batch, compute_force=compute_force, compute_stress=compute_stress)
+        with torch.no_grad():
+            random_out = forward(self.random_model, batch, compute_force=False)
+        return out, self.from_output(random_out)

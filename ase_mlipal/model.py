@@ -22,6 +22,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -183,6 +184,25 @@ def model_hash(model: torch.nn.Module) -> str:
         digest.update(str(tuple(t.shape)).encode())
         digest.update(t.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def random_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The same MACE architecture at random initialisation, drawn from ``seed``.
+
+    Rebuilt from ``model``'s constructor arguments (mace's
+    ``extract_config_mace_model``), so E0s, scale and shift are kept and
+    only the learned weights are new. Same dtype and device as ``model``.
+    """
+    config = extract_config_mace_model(model)
+    if "error" in config:
+        raise TypeError(f"cannot rebuild {type(model).__name__}: {config['error']}")
+    parameter = next(model.parameters())
+    with torch.random.fork_rng(devices=[]), default_dtype(str(parameter.dtype).removeprefix("torch.")), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        torch.manual_seed(seed)
+        fresh = type(model)(**config)
+    return fresh.to(parameter.device).eval()
 
 
 def model_elements(model: torch.nn.Module) -> list[int]:

@@ -99,6 +99,18 @@ class FeaturePosterior:
         """Square root of :meth:`variance`."""
         return np.sqrt(self.variance(features))
 
+    def samples(self, noise: np.ndarray) -> np.ndarray:
+        """Draws from ``N(0, A^{-1})``, one per row of standard normal ``noise`` (``(k, p)``).
+
+        ``z = R^{-1} e`` with ``A = R^T R``, so ``E[z z^T] = A^{-1}`` and, for
+        any feature ``g``, ``E[(g . z)^2] = g^T A^{-1} g`` (the raw variance).
+        Fixed noise makes the draws a deterministic function of the posterior.
+        """
+        noise = self._check(noise)
+        upper = torch.from_numpy(self.factor)
+        z = torch.linalg.solve_triangular(upper, torch.from_numpy(noise).T, upper=True)
+        return z.T.numpy()
+
     def precision(self) -> np.ndarray:
         """The ``p x p`` matrix ``A`` (for inspection and tests)."""
         return self.factor.T @ self.factor

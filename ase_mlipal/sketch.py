@@ -44,6 +44,10 @@ class CountSketch:
         out.index_add_(1, self.bucket.to(rows.device, torch.int64), rows * self.sign.to(rows.device, rows.dtype))
         return out[0] if single else out
 
+    def transpose(self, rows: torch.Tensor) -> torch.Tensor:
+        """``S^T u`` for each row ``u`` of ``rows`` (``(k, dim)``): ``(k, n_in)``."""
+        return rows[:, self.bucket.to(rows.device, torch.int64)] * self.sign.to(rows.device, rows.dtype)
+
     def nbytes(self) -> int:
         """Memory held by the sketch (bytes)."""
         return self.bucket.numel() * self.bucket.element_size() + self.sign.numel() * self.sign.element_size()
@@ -66,6 +70,31 @@ def energy_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.n
             for s in range(len(energy)):
                 grads = torch.autograd.grad(energy[s], parameters, retain_graph=s + 1 < len(energy),
                                             allow_unused=True)
+                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                       for g, p in zip(grads, parameters)]))
+        finally:
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+    return torch.stack(rows).detach()
+
+
+def force_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    """Exact ``d F_ia / d theta`` for every force component of a mace batch: ``(3 n_atoms, P)``.
+
+    One double backward per component (``3N`` in all): the reference the
+    probe estimates of :class:`ase_mlipal.ntk.ForceNTKFeatures` are tested
+    against. Rows are ordered atom by atom, ``x, y, z``.
+    """
+    from .inference import forward
+
+    with torch.enable_grad():
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        try:
+            forces = forward(model, batch, compute_force=True, training=True)["forces"].reshape(-1)
+            rows = []
+            for c in range(len(forces)):
+                grads = torch.autograd.grad(forces[c], parameters, retain_graph=True, allow_unused=True)
                 rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                        for g, p in zip(grads, parameters)]))
         finally:

@@ -1,0 +1,49 @@
+"""Kernels by name: the feature maps the calculator, the trigger and selection accept.
+
+=============  ===============================================================
+``activation`` invariant hidden features of the model (seed 000), the default
+``ntk``        sketched energy gradient w.r.t. the parameters (seed 000)
+``force_ntk``  sketched mixed derivatives of the forces, with probes (seed 001)
+``ef_ntk``     joint energy-force NTK (seed 001)
+``fixed``      activation features of the same architecture at random init
+``committee``  spread of K MACE models (needs ``members``)
+=============  ===============================================================
+
+``random`` is a selection method (:func:`ase_mlipal.select`), not a kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .committee import CommitteeFeatures
+from .features import ActivationFeatures, FixedFeatures
+from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
+
+FEATURE_MAPS = {
+    "activation": ActivationFeatures,
+    "ntk": NTKFeatures,
+    "force_ntk": ForceNTKFeatures,
+    "ef_ntk": EnergyForceNTKFeatures,
+    "fixed": FixedFeatures,
+    "committee": CommitteeFeatures,
+}
+
+
+def get_feature_map(name: str, model: torch.nn.Module, options: Optional[dict] = None):
+    """The feature map called ``name`` for ``model``; ``options`` go to its constructor.
+
+    For example ``{"dim": 1024, "seed": 1}`` for ``ntk``, ``{"probes": 8}``
+    for ``force_ntk``, ``{"seed": 3}`` for ``fixed`` and
+    ``{"members": [...]}`` for ``committee``.
+    """
+    try:
+        cls = FEATURE_MAPS[name]
+    except KeyError:
+        raise ValueError(f"Unknown kernel {name!r}; available: {sorted(FEATURE_MAPS)}") from None
+    try:
+        return cls(model, **(options or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad options for kernel {name!r}: {exc}") from None
