@@ -1,31 +1,40 @@
 """Batch selection from a candidate pool: MaxDet, LCMD, farthest point, random.
 
-The pool streams in chunks (a list of ``Atoms``, or any file ``ase.io.iread``
-reads, or an ase.db); each chunk goes through the model once and only its
-structure features ``phi`` (``n x p``) are kept. Selection then works on
-that ``n x p`` matrix and ``p x p`` matrices; nothing of size ``n x n`` is
-ever built.
+The pool streams in chunks (a list of ``Atoms``, any file ``ase.io.iread``
+reads, or an ase.db); each chunk goes through the model once, is scored by
+its posterior variance, and only the ``shortlist`` candidates of largest
+variance seen so far are kept (the chunked screening of seed 001). Memory
+is ``O((shortlist + chunk) k p + p^2)`` whatever the pool size; nothing of
+size ``N x N`` is ever built. The exact greedy step then runs on the
+shortlist:
 
 * ``maxdet``: greedy maximisation of ``log det(A + sum_S phi phi^T)``, where
-  ``A`` is the calculator's structure-level precision (``lambda I`` plus
-  its references) plus the labelled set: repeatedly the candidate of
-  largest posterior variance given everything known and the picks so far
-  (rank-1 Sherman-Morrison updates, O(n p) per pick).
+  ``A`` is the calculator's precision (``lambda I`` plus its references)
+  plus the labelled set: repeatedly the candidate of largest posterior
+  variance given everything known and the picks so far (rank-1
+  Sherman-Morrison updates, O(n p) per pick).
 * ``lcmd``: largest-cluster maximum distance (Holzmueller et al., bmdal):
   each candidate belongs to its nearest centre (labelled or picked); take
   the cluster with the largest sum of squared distances and pick its
   farthest member. Distances are Euclidean in feature space.
 * ``maxdist``: farthest-point sampling from the labelled set and the picks.
-* ``random``: uniform, for baselines.
+* ``random``: uniform, for baselines (no model call).
 
-``shortlist`` keeps only the candidates of largest posterior variance
-before the exact greedy step (the chunked screening of seed 001).
+A candidate is described by ``k`` rows: its structure feature (``k = 1``)
+for the energy kernels; for ``force_ntk`` its force-probe rows and for
+``ef_ntk`` its joint energy-force rows, scored against the force posterior.
+A multi-row candidate's variance is the sum over its rows (for the force
+probes, the Hutchinson estimate of its total force variance) and a pick
+adds all its rows; distances use the rows concatenated.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import Executor
 from itertools import islice
+from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -34,88 +43,216 @@ from ase.io import iread
 
 from .calculator import MLIPALCalculator
 from .features import per_structure
+from .model import ModelSpec
+from .ntk import ForceNTKFeatures
+from .posterior import FeaturePosterior
 from .progress import progress_bar
 
 METHODS = ("maxdet", "lcmd", "maxdist", "random")
 Pool = Union[Sequence[Atoms], str, os.PathLike]
+DB_SUFFIXES = (".db", ".json")
 
 
 def stream(pool: Pool, chunk_size: int) -> Iterator[list[Atoms]]:
-    """The pool in lists of at most ``chunk_size`` structures, read lazily from files."""
-    frames: Iterable[Atoms] = iread(os.fspath(pool), ":") if isinstance(pool, (str, os.PathLike)) else pool
+    """The pool in lists of at most ``chunk_size`` structures, read lazily from files or an ase.db."""
+    if isinstance(pool, (str, os.PathLike)):
+        path = os.fspath(pool)
+        if not Path(path).exists() and "://" not in path:
+            raise FileNotFoundError(f"candidate pool {path} does not exist")
+        frames: Iterable[Atoms] = _db_rows(path) if _is_db(path) else iread(path, ":")
+    else:
+        frames = pool
     frames = iter(frames)
     while chunk := list(islice(frames, chunk_size)):
         yield chunk
 
 
-def pool_features(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 1024,
-                  progress: Optional[bool] = None) -> np.ndarray:
-    """Structure features ``phi`` of every pool structure, ``(n, p)``, one chunk at a time."""
-    rows = []
+def _is_db(path: str) -> bool:
+    return path.endswith(DB_SUFFIXES) or "://" in path
+
+
+def _db_rows(path: str) -> Iterator[Atoms]:
+    import ase.db
+
+    with ase.db.connect(path) as db:
+        for row in db.select():
+            yield row.toatoms()
+
+
+def candidate_rows(calc: MLIPALCalculator, images: Sequence[Atoms]) -> np.ndarray:
+    """The ``(n, k, p)`` rows of each structure that selection works on (see the module docstring)."""
+    feature_map = calc.feature_map
+    if isinstance(feature_map, ForceNTKFeatures):
+        return np.stack([feature_map.conditioning(f)[1] for f in per_structure(calc.features(images))])
+    return np.stack([f.structure for f in per_structure(calc.features(images))])
+
+
+def selection_posterior(calc: MLIPALCalculator) -> FeaturePosterior:
+    """The calculator's posterior that candidate rows are scored against."""
+    return calc.atom_posterior if isinstance(calc.feature_map, ForceNTKFeatures) else calc.energy_posterior
+
+
+def pool_rows(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 256, executor: Optional[Executor] = None,
+              progress: Optional[bool] = None) -> Iterator[np.ndarray]:
+    """Candidate rows of the pool, chunk by chunk, in pool order.
+
+    With an ``executor`` (a process pool, a Dask client's executor, ...)
+    chunks are computed by its workers, a few at a time, so memory stays
+    bounded; the calculator is sent to the workers with each chunk.
+    """
     with progress_bar(progress=progress, desc="pool features", unit="structures") as bar:
+        if executor is None:
+            for chunk in stream(pool, chunk_size):
+                yield candidate_rows(calc, chunk)
+                bar.update(len(chunk))
+            return
+        pending: deque = deque()
         for chunk in stream(pool, chunk_size):
-            rows.extend(f.structure[0] for f in per_structure(calc.features(chunk)))
-            bar.update(len(chunk))
+            pending.append((len(chunk), executor.submit(candidate_rows, calc, chunk)))
+            if len(pending) >= 4:
+                size, future = pending.popleft()
+                yield future.result()
+                bar.update(size)
+        while pending:
+            size, future = pending.popleft()
+            yield future.result()
+            bar.update(size)
+
+
+def pool_features(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 256, progress: Optional[bool] = None) -> np.ndarray:
+    """All candidate rows of a (small) pool, ``(n, k, p)``; :func:`select` never holds them all."""
+    rows = list(pool_rows(calc, pool, chunk_size, progress=progress))
     if not rows:
         raise ValueError("the candidate pool is empty")
-    return np.asarray(rows)
+    return np.concatenate(rows)
+
+
+def screen(calc: MLIPALCalculator, pool: Pool, precision: np.ndarray, shortlist: Optional[int],
+           chunk_size: int = 256, executor: Optional[Executor] = None,
+           progress: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the pool, keep the ``shortlist`` candidates of largest variance.
+
+    Returns their pool indices (ascending) and rows ``(m, k, p)``. With
+    ``shortlist=None`` every candidate is kept.
+    """
+    posterior = _posterior(precision)
+    kept_index = np.zeros(0, dtype=np.int64)
+    kept_rows, kept_score = None, np.zeros(0)
+    seen = 0
+    for rows in pool_rows(calc, pool, chunk_size, executor, progress):
+        index = np.arange(seen, seen + len(rows))
+        seen += len(rows)
+        score = posterior.quadratic_form(rows.reshape(-1, rows.shape[-1])).reshape(len(rows), -1).sum(axis=1)
+        kept_index = np.concatenate([kept_index, index])
+        kept_rows = rows if kept_rows is None else np.concatenate([kept_rows, rows])
+        kept_score = np.concatenate([kept_score, score])
+        if shortlist is not None and len(kept_index) > shortlist:
+            keep = np.sort(np.argpartition(-kept_score, shortlist - 1)[:shortlist])
+            kept_index, kept_rows, kept_score = kept_index[keep], kept_rows[keep], kept_score[keep]
+    if kept_rows is None:
+        raise ValueError("the candidate pool is empty")
+    return kept_index, kept_rows
 
 
 def select(
     pool: Pool,
     n: int,
-    calc: MLIPALCalculator,
+    calc: Union[MLIPALCalculator, ModelSpec],
     method: str = "maxdet",
-    labelled: Optional[Sequence[Atoms]] = None,
-    shortlist: Optional[int] = None,
-    chunk_size: int = 1024,
+    kernel: str = "activation",
+    kernel_options: Optional[dict] = None,
+    labelled: Optional[Pool] = None,
+    shortlist: Optional[int] = 5000,
+    chunk_size: int = 256,
+    executor: Optional[Executor] = None,
     seed: int = 0,
     progress: Optional[bool] = None,
 ) -> np.ndarray:
     """Indices (into the pool, in pick order) of ``n`` informative structures.
 
     Args:
-        pool: candidates: a sequence of ``Atoms`` or a file path ``ase.io.iread`` reads.
+        pool: candidates: a sequence of ``Atoms``, a file ``ase.io.iread``
+            reads (extxyz, ...) or an ase.db (``.db`` file or URL).
         n: how many to pick.
-        calc: the calculator whose kernel (feature map) and regularisation are used.
-        method: one of ``maxdet``, ``lcmd``, ``maxdist``, ``random``.
+        calc: an :class:`MLIPALCalculator` (its kernel and posterior are
+            used) or a model (anything :func:`load_model` accepts), for
+            which a calculator with ``kernel`` and ``kernel_options`` and an
+            empty posterior is made.
+        method: ``maxdet``, ``lcmd``, ``maxdist`` or ``random``.
         labelled: structures already labelled (the selection avoids what they cover).
-        shortlist: keep only this many candidates of largest variance first.
+        shortlist: at most this many candidates of largest variance reach
+            the greedy step (``None``: all; memory then grows with the pool).
+        chunk_size: structures per chunk read and featurised at once.
+        executor: spreads the feature computation over its workers.
+        seed: for ``random``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    phi = pool_features(calc, pool, chunk_size, progress)
-    if not 0 < n <= len(phi):
-        raise ValueError(f"cannot pick {n} of a pool of {len(phi)}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     if method == "random":
-        return np.random.default_rng(seed).choice(len(phi), n, replace=False)
-    known = pool_features(calc, labelled, chunk_size, progress) if labelled else np.zeros((0, phi.shape[1]))
-    precision = calc.energy_posterior.precision() + known.T @ known
-    candidates = np.arange(len(phi))
-    if shortlist is not None and shortlist < len(phi):
-        variance = np.einsum("ij,ji->i", phi, np.linalg.solve(precision, phi.T))
-        candidates = np.sort(np.argsort(-variance)[:max(shortlist, n)])
+        size = sum(len(chunk) for chunk in stream(pool, chunk_size))
+        _check_size(n, size)
+        return np.random.default_rng(seed).choice(size, n, replace=False)
+    if not isinstance(calc, MLIPALCalculator):
+        calc = MLIPALCalculator(calc, kernel=kernel, kernel_options=kernel_options, posterior=None)
+    if isinstance(labelled, (list, tuple)) and not labelled:
+        labelled = None
+    known = None if labelled is None else pool_features(calc, labelled, chunk_size)
+    precision = selection_posterior(calc).precision()
+    if known is not None:
+        flat_known = known.reshape(-1, known.shape[-1])
+        precision = precision + flat_known.T @ flat_known
+    if shortlist is not None:
+        shortlist = max(int(shortlist), n)
+    index, rows = screen(calc, pool, precision, shortlist, chunk_size, executor, progress)
+    _check_size(n, len(index))
     if method == "maxdet":
-        picks = greedy_maxdet(phi[candidates], precision, n)
+        picks = greedy_maxdet(rows, precision, n)
     else:
-        picks = greedy_distance(phi[candidates], known, n, by_cluster=method == "lcmd")
-    return candidates[picks]
+        known_flat = np.zeros((0, rows[0].size)) if known is None else known.reshape(len(known), -1)
+        picks = greedy_distance(rows.reshape(len(rows), -1), known_flat, n, by_cluster=method == "lcmd")
+    return index[picks]
 
 
-def greedy_maxdet(phi: np.ndarray, precision: np.ndarray, n: int) -> np.ndarray:
-    """Greedy maximisation of ``log det(precision + sum_picks phi phi^T)``; row indices in pick order."""
+def pick(pool: Pool, indices: Sequence[int], chunk_size: int = 1024) -> list[Atoms]:
+    """The structures at ``indices`` of the pool, in the order of ``indices`` (one pass)."""
+    wanted = {int(i): k for k, i in enumerate(indices)}
+    found: dict[int, Atoms] = {}
+    seen = 0
+    for chunk in stream(pool, chunk_size):
+        for atoms in chunk:
+            if seen in wanted:
+                found[seen] = atoms
+            seen += 1
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise IndexError(f"pool has {seen} structures; indices {missing[:5]} are out of range")
+    return [found[int(i)] for i in indices]
+
+
+def greedy_maxdet(rows: np.ndarray, precision: np.ndarray, n: int) -> np.ndarray:
+    """Greedy maximisation of ``log det(precision + sum_picks rows rows^T)``; candidate indices in pick order.
+
+    ``rows`` is ``(m, p)`` (one row per candidate) or ``(m, k, p)``; with
+    several rows a candidate's score is the sum of their variances.
+    """
+    rows = rows[:, None, :] if rows.ndim == 2 else rows
+    m, k, p = rows.shape
+    flat = rows.reshape(m * k, p)
     a_inv = np.linalg.inv(precision)
-    variance = np.einsum("ij,jk,ik->i", phi, a_inv, phi)
-    picks = []
+    variance = np.einsum("ij,jk,ik->i", flat, a_inv, flat)
+    picks: list[int] = []
     for _ in range(n):
-        variance[picks] = -np.inf
-        k = int(np.argmax(variance))
-        picks.append(k)
-        u = a_inv @ phi[k]
-        c = phi @ u
-        denominator = 1.0 + c[k]
-        variance -= c**2 / denominator
-        a_inv -= np.outer(u, u) / denominator
+        score = variance.reshape(m, k).sum(axis=1)
+        score[picks] = -np.inf
+        best = int(np.argmax(score))
+        picks.append(best)
+        for row in rows[best]:
+            u = a_inv @ row
+            denominator = 1.0 + row @ u
+            variance -= (flat @ u) ** 2 / denominator
+            a_inv -= np.outer(u, u) / denominator
     return np.array(picks)
 
 
@@ -157,3 +294,17 @@ def greedy_distance(phi: np.ndarray, known: np.ndarray, n: int, by_cluster: bool
         closer = d_new < distance
         distance[closer], owner[closer] = d_new[closer], len(known) + len(picks) - 1
     return np.array(picks)
+
+
+def _posterior(precision: np.ndarray) -> FeaturePosterior:
+    """A posterior whose ``A`` is ``precision`` (for chunked variances)."""
+    posterior = FeaturePosterior(len(precision))
+    posterior.factor = np.linalg.cholesky(precision).T
+    return posterior
+
+
+def _check_size(n: int, size: int) -> None:
+    if size == 0:
+        raise ValueError("the candidate pool is empty")
+    if n > size:
+        raise ValueError(f"cannot pick {n} of a pool of {size}")

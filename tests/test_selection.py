@@ -6,7 +6,7 @@ from ase.build import molecule
 from ase.io import write
 
 from ase_mlipal import MLIPALCalculator
-from ase_mlipal.selection import greedy_distance, greedy_maxdet, pool_features, select
+from ase_mlipal.selection import greedy_distance, greedy_maxdet, pick, pool_features, screen, select
 
 from .conftest import rattled
 
@@ -76,3 +76,60 @@ def test_bad_requests_are_refused(setup):
         select(pool, 100, calc)
     with pytest.raises(ValueError, match="empty"):
         select([], 1, calc)
+
+
+def test_grouped_maxdet_follows_the_summed_variance_rule():
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(12, 3, 4))  # 12 candidates with 3 rows each
+    precision = 0.5 * np.eye(4)
+    picks = greedy_maxdet(rows, precision, 4)
+    a = precision.copy()
+    for k in picks:  # each pick has the largest trace(H A^-1 H^T) given the earlier picks
+        score = np.einsum("mkp,pq,mkq->m", rows, np.linalg.inv(a), rows)
+        score[[j for j in picks if j != k and list(picks).index(j) < list(picks).index(k)]] = -np.inf
+        assert score[k] == pytest.approx(score.max())
+        a += rows[k].T @ rows[k]
+
+
+def test_streamed_shortlist_keeps_the_largest_variances(setup):
+    calc, pool = setup
+    calc.add_reference(pool[:3])
+    precision = calc.energy_posterior.precision()
+    index, rows = screen(calc, pool, precision, shortlist=5, chunk_size=4)
+    variance = calc.energy_posterior.quadratic_form(pool_features(calc, pool)[:, 0])
+    assert sorted(index.tolist()) == sorted(np.argsort(-variance)[:5].tolist())
+    np.testing.assert_allclose(rows[:, 0], pool_features(calc, [pool[i] for i in index])[:, 0])
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "force_ntk", "ef_ntk", "fixed"])
+def test_every_kernel_selects_in_chunks_as_in_one_go(tiny_model, setup, kernel):
+    _, pool = setup
+    options = {"dim": 64} if "ntk" in kernel else {}
+    picks = select(pool, 3, tiny_model, kernel=kernel, kernel_options=options, labelled=pool[:2],
+                   chunk_size=len(pool), progress=False)
+    streamed = select(iter(pool), 3, tiny_model, kernel=kernel, kernel_options=options, labelled=pool[:2],
+                      chunk_size=5, progress=False)
+    assert len(set(picks.tolist())) == 3
+    assert streamed.tolist() == picks.tolist()
+
+
+def test_pools_from_an_ase_db_and_on_executors(setup, tmp_path):
+    import ase.db
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ase_mlipal.labelling import process_pool
+
+    calc, pool = setup
+    with ase.db.connect(tmp_path / "pool.db") as db:
+        for atoms in pool:
+            db.write(atoms)
+    serial = select(pool, 4, calc, method="lcmd", progress=False)
+    assert select(tmp_path / "pool.db", 4, calc, method="lcmd", progress=False).tolist() == serial.tolist()
+    with ThreadPoolExecutor(2) as threads:
+        assert select(pool, 4, calc, method="lcmd", chunk_size=3, executor=threads).tolist() == serial.tolist()
+    with process_pool(1) as processes:  # the calculator travels to the worker by pickle
+        assert select(pool, 4, calc, method="lcmd", chunk_size=5, executor=processes).tolist() == serial.tolist()
+    assert [a.positions.tolist() for a in pick(tmp_path / "pool.db", serial)] == \
+        [pool[i].positions.tolist() for i in serial]
+    with pytest.raises(FileNotFoundError):
+        select(tmp_path / "missing.xyz", 1, calc)
