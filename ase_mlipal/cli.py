@@ -3,13 +3,17 @@
     mlipal md ethanol.xyz --steps 2000 --threshold 0.15 --plot md.png
     mlipal neb initial.xyz final.xyz --images 9 --plot neb.png
     mlipal learn run.toml
+    mlipal select pool.xyz -n 50 --labelled train.xyz --kernel ntk --method lcmd -o picked.xyz
+    mlipal score pool.db --kernel activation            (or -o scores.csv)
     mlipal demo
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
+import json
 import tomllib
 import warnings
 from pathlib import Path
@@ -36,12 +40,12 @@ def reference_factory(name: str) -> Callable:
         raise SystemExit(f"reference {name!r} cannot be imported: {error}") from None
 
 
-def _calculator(model: str, trust: bool = False):
+def _calculator(model: str, trust: bool = False, kernel: str = "activation", options: Optional[dict] = None):
     from .calculator import MLIPALCalculator
     from .model import ModelLoadError
 
     try:
-        return MLIPALCalculator(model=model, trust=trust)
+        return MLIPALCalculator(model=model, trust=trust, kernel=kernel, kernel_options=options)
     except (ModelLoadError, FileNotFoundError) as error:
         raise SystemExit(f"cannot load model {model!r}: {error}") from None
 
@@ -182,6 +186,78 @@ LEARN_HELP = """TOML file, e.g.:
 """
 
 
+def _kernel_options(pairs: Sequence[str]) -> dict:
+    """``["dim=1024", "members=[\"a.model\"]"]`` -> options (values read as JSON where they parse)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--kernel-option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _pool_calculator(args: argparse.Namespace):
+    """The calculator of ``select``/``score``, conditioned on ``--labelled`` frames."""
+    calc = _calculator(args.model, args.trust, args.kernel, _kernel_options(args.kernel_option))
+    if getattr(args, "labelled", None) and args.command == "score":
+        calc.add_reference(_read(args.labelled, ":"), progress=True)
+    return calc
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from .labelling import process_pool
+    from .selection import pick, select
+
+    calc = _pool_calculator(args)
+    labelled = _read(args.labelled, ":") if args.labelled else None
+    options = dict(method=args.method, labelled=labelled, shortlist=args.shortlist or None,
+                   chunk_size=args.chunk_size, seed=args.seed, progress=True)
+    if args.workers > 1:
+        with process_pool(args.workers) as executor:
+            picks = select(args.pool, args.n, calc, executor=executor, **options)
+    else:
+        picks = select(args.pool, args.n, calc, **options)
+    chosen = pick(args.pool, picks)
+    for atoms, index in zip(chosen, picks):
+        atoms.info["pool_index"] = int(index)
+    write(args.output, chosen)
+    print(f"picked {len(chosen)} of the pool by {args.method} on the {args.kernel} kernel -> {args.output}")
+    print("pool indices:", " ".join(str(int(i)) for i in picks))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from .selection import is_database, score_pool
+
+    calc = _pool_calculator(args)
+    rows = score_pool(calc, args.pool, args.chunk_size, progress=True)
+    units = "eV" if calc.calibrated else "raw (uncalibrated)"
+    if args.output:
+        with open(args.output, "w", newline="") as handle:
+            writer = None
+            for row in rows:
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+        print(f"wrote per-structure uncertainties ({units}) to {args.output}")
+    elif is_database(args.pool):
+        import ase.db
+
+        results = list(rows)
+        with ase.db.connect(args.pool) as db:
+            ids = [row.id for row in db.select()]
+            for row_id, result in zip(ids, results):
+                db.update(row_id, energy_uncertainty=result["energy_uncertainty"],
+                          uncertainty=result["uncertainty"])
+        print(f"wrote energy_uncertainty and uncertainty ({units}) into {len(results)} rows of {args.pool}")
+    else:
+        raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="mlipal", description=__doc__.splitlines()[0])
     sub = main.add_subparsers(dest="command", required=True)
@@ -217,6 +293,33 @@ def parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LEARN_HELP)
     learn.add_argument("config")
     learn.set_defaults(func=cmd_learn)
+
+    def pool_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("pool", help="candidates: extxyz (any ASE format) or an ase.db")
+        p.add_argument("--model", default="default", help="model file, foundation name or 'default'")
+        p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
+        p.add_argument("--kernel", default="activation",
+                       choices=["activation", "ntk", "force_ntk", "ef_ntk", "fixed", "committee"])
+        p.add_argument("--kernel-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="feature-map option, e.g. dim=1024 (repeatable)")
+        p.add_argument("--labelled", help="structures already labelled (any ASE format)")
+        p.add_argument("--chunk-size", type=int, default=256, help="structures featurised at once")
+
+    select_ = sub.add_parser("select", help="pick informative structures from a candidate pool")
+    pool_options(select_)
+    select_.add_argument("-n", type=int, required=True, help="how many to pick")
+    select_.add_argument("--method", default="maxdet", choices=["maxdet", "lcmd", "maxdist", "random"])
+    select_.add_argument("--shortlist", type=int, default=5000,
+                         help="candidates of largest variance kept for the greedy step (0: all)")
+    select_.add_argument("--workers", type=int, default=1, help="processes computing features")
+    select_.add_argument("--seed", type=int, default=0, help="for --method random")
+    select_.add_argument("-o", "--output", default="picked.xyz")
+    select_.set_defaults(func=cmd_select)
+
+    score = sub.add_parser("score", help="per-structure uncertainties of a pool (CSV, or into an ase.db)")
+    pool_options(score)
+    score.add_argument("-o", "--output", help="CSV file; without it an ase.db pool is updated in place")
+    score.set_defaults(func=cmd_score)
 
     demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (a few minutes)")
     demo.add_argument("--workdir", default="mlipal-demo")

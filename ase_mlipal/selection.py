@@ -59,7 +59,7 @@ def stream(pool: Pool, chunk_size: int) -> Iterator[list[Atoms]]:
         path = os.fspath(pool)
         if not Path(path).exists() and "://" not in path:
             raise FileNotFoundError(f"candidate pool {path} does not exist")
-        frames: Iterable[Atoms] = _db_rows(path) if _is_db(path) else iread(path, ":")
+        frames: Iterable[Atoms] = _db_rows(path) if is_database(path) else iread(path, ":")
     else:
         frames = pool
     frames = iter(frames)
@@ -67,7 +67,7 @@ def stream(pool: Pool, chunk_size: int) -> Iterator[list[Atoms]]:
         yield chunk
 
 
-def _is_db(path: str) -> bool:
+def is_database(path: str) -> bool:
     return path.endswith(DB_SUFFIXES) or "://" in path
 
 
@@ -213,6 +213,27 @@ def select(
         known_flat = np.zeros((0, rows[0].size)) if known is None else known.reshape(len(known), -1)
         picks = greedy_distance(rows.reshape(len(rows), -1), known_flat, n, by_cluster=method == "lcmd")
     return index[picks]
+
+
+def score_pool(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 256,
+               progress: Optional[bool] = None) -> Iterator[dict]:
+    """Per-structure predictions and uncertainties of the pool, in pool order.
+
+    Yields ``{"index", "formula", "n_atoms", "energy", "energy_uncertainty",
+    "uncertainty"}`` per structure (no forces are computed; ``uncertainty``
+    is the largest per-atom force standard deviation, as in the calculator).
+    """
+    seen = 0
+    with progress_bar(progress=progress, desc="score", unit="structures") as bar:
+        for chunk in stream(pool, chunk_size):
+            energies, batches = calc.predict(chunk)
+            for atoms, energy, features in zip(chunk, energies, per_structure(batches)):
+                result = calc.uncertainty_from(features)
+                yield {"index": seen, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
+                       "energy": float(energy), "energy_uncertainty": result["energy_uncertainty"],
+                       "uncertainty": result["uncertainty"]}
+                seen += 1
+            bar.update(len(chunk))
 
 
 def pick(pool: Pool, indices: Sequence[int], chunk_size: int = 1024) -> list[Atoms]:

@@ -79,3 +79,48 @@ replay_ratio = 0
     store = FrameStore(tmp_path / "run" / "frames.db")
     assert store.counts()["labelled"] >= 2
     assert (tmp_path / "run" / "model_round1.pt").exists() and is_png(tmp_path / "run" / "uncertainty.png")
+
+
+def test_select_writes_the_picked_structures(model_file, tmp_path, capsys):
+    from ase.io import read
+
+    from .conftest import rattled
+
+    pool = rattled(molecule("CH3OH"), 8, seed=0) + rattled(molecule("C2H6"), 4, seed=1)
+    write(tmp_path / "pool.xyz", pool)
+    write(tmp_path / "train.xyz", pool[:3])
+    out = tmp_path / "picked.xyz"
+    main(["select", str(tmp_path / "pool.xyz"), "-n", "3", "--model", model_file, "--labelled",
+          str(tmp_path / "train.xyz"), "--kernel", "ntk", "--kernel-option", "dim=64", "--method", "lcmd",
+          "-o", str(out)])
+    picked = read(out, ":")
+    assert len(picked) == 3
+    for atoms in picked:  # each written structure is the pool's at its recorded index
+        assert atoms.positions == pytest.approx(pool[atoms.info["pool_index"]].positions, abs=1e-6)
+    assert "picked 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        main(["select", str(tmp_path / "pool.xyz"), "-n", "1", "--model", model_file, "--kernel-option", "dim"])
+
+
+def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path):
+    import csv
+
+    import ase.db
+
+    from .conftest import rattled
+
+    pool = rattled(molecule("CH3OH"), 5, seed=0)
+    write(tmp_path / "pool.xyz", pool)
+    main(["score", str(tmp_path / "pool.xyz"), "--model", model_file, "-o", str(tmp_path / "s.csv")])
+    with open(tmp_path / "s.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["index"]) for r in rows] == list(range(5)) and all(float(r["uncertainty"]) > 0 for r in rows)
+    with ase.db.connect(tmp_path / "pool.db") as db:
+        for atoms in pool:
+            db.write(atoms)
+    main(["score", str(tmp_path / "pool.db"), "--model", model_file, "--kernel", "fixed"])
+    with ase.db.connect(tmp_path / "pool.db") as db:
+        values = [row.uncertainty for row in db.select()]
+    assert len(values) == 5 and all(v > 0 for v in values)
+    with pytest.raises(SystemExit, match="-o"):
+        main(["score", str(tmp_path / "pool.xyz"), "--model", model_file])
