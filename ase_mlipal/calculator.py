@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -301,10 +302,15 @@ class MLIPALCalculator(Calculator):
     def save_posterior(self, path: Union[str, os.PathLike]) -> None:
         """Write both posteriors, their scales and the model's identity to ``.npz`` (atomically)."""
         arrays = {"model_hash": np.array(self.model_hash), "kernel": np.array(self.kernel),
-                  "calibrated": np.array(self.calibrated)}
+                  "kernel_options": np.array(self._scalar_options()), "calibrated": np.array(self.calibrated)}
         for prefix, posterior in (("energy_", self.energy_posterior), ("atom_", self.atom_posterior)):
             arrays.update({prefix + key: value for key, value in posterior.state().items()})
         atomic_write(path, lambda tmp: _savez(tmp, arrays))
+
+    def _scalar_options(self) -> str:
+        """The kernel options that fix the features (numbers and strings), as JSON."""
+        scalars = {k: v for k, v in self.kernel_options.items() if isinstance(v, (int, float, str, bool))}
+        return json.dumps(scalars, sort_keys=True)
 
     def load_posterior(self, path: Union[str, os.PathLike]) -> "MLIPALCalculator":
         """Read a posterior written by :meth:`save_posterior` for this very model.
@@ -321,6 +327,10 @@ class MLIPALCalculator(Calculator):
             )
         if str(arrays["kernel"]) != self.kernel:
             raise ValueError(f"{path} holds a {arrays['kernel']} posterior, this calculator uses {self.kernel}")
+        stored = str(arrays.get("kernel_options", "{}"))
+        if stored != self._scalar_options():
+            raise ValueError(f"{path} was built with kernel options {stored}, this calculator has "
+                             f"{self._scalar_options()}; use the same kernel_options or rebuild it")
         split = {prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
                  for prefix in ("energy_", "atom_")}
         self.energy_posterior = FeaturePosterior.from_state(split["energy_"])

@@ -180,3 +180,13 @@ def test_fixed_kernel_is_a_seeded_random_copy_of_the_architecture(tiny_model, et
     activation = MLIPALCalculator(model=tiny_model).features([ethanol])[0]
     assert fixed.structure.shape == activation.structure.shape
     assert not np.allclose(fixed.structure, activation.structure)
+
+
+def test_a_saved_ntk_posterior_needs_the_same_kernel_options(tiny_model, ethanol, tmp_path):
+    calc = MLIPALCalculator(model=tiny_model, kernel="ntk", kernel_options={"dim": 64, "seed": 1})
+    calc.add_reference([ethanol])
+    calc.save_posterior(tmp_path / "p.npz")
+    same = MLIPALCalculator(model=tiny_model, kernel="ntk", kernel_options={"dim": 64, "seed": 1}, posterior=tmp_path / "p.npz")
+    assert same.get_property("energy_uncertainty", ethanol) == pytest.approx(calc.get_property("energy_uncertainty", ethanol))
+    with pytest.raises(ValueError, match="kernel options"):
+        MLIPALCalculator(model=tiny_model, kernel="ntk", kernel_options={"dim": 64, "seed": 2}, posterior=tmp_path / "p.npz")
