@@ -20,7 +20,6 @@ and ``dE/dtheta`` come out of one backward pass.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from typing import Optional
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 
 from .features import ActivationFeatures, Features, to_numpy
 from .posterior import FeaturePosterior
-from .sketch import CountSketch
+from .sketch import CountSketch, flatten, tracking
 
 
 class NTKFeatures:
@@ -69,7 +68,7 @@ class NTKFeatures:
         """Energy, forces (and stress) and the sketched gradient of a batch of one structure."""
         if int(batch.num_graphs) != 1:
             raise ValueError(f"{self.name} evaluates one structure at a time (max_batch = 1)")
-        with _tracking(self.parameters), torch.enable_grad():
+        with tracking(self.parameters), torch.enable_grad():
             out, features = self._one(batch, compute_force, compute_stress, force_posterior)
         for key in ("energy", "node_energy"):
             out[key] = out[key].detach()
@@ -98,14 +97,9 @@ class NTKFeatures:
         coordinates = self._inputs(data, out, compute_force, compute_stress)
         grads = torch.autograd.grad(out["energy"].sum(), coordinates + self.parameters, allow_unused=True)
         _mechanics(out, data, grads[:len(coordinates)], compute_force, compute_stress)
-        phi = self.sketch(self._flatten(grads[len(coordinates):]).unsqueeze(0))
+        phi = self.sketch(flatten(grads[len(coordinates):], self.parameters).unsqueeze(0))
         atom = self.activation.from_output(out).atom
         return out, Features(atom=atom, structure=to_numpy(phi), ptr=np.array([0, len(atom)]))
-
-    def _flatten(self, grads) -> torch.Tensor:
-        """One ``(P,)`` vector; unused parameters give zeros."""
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                          for g, p in zip(grads, self.parameters)])
 
 
 class ForceNTKFeatures(NTKFeatures):
@@ -152,7 +146,7 @@ class ForceNTKFeatures(NTKFeatures):
         grads = torch.autograd.grad(out["energy"].sum(), coordinates + self.parameters,
                                     allow_unused=True, create_graph=True)
         _mechanics(out, data, grads[:len(coordinates)], True, compute_stress)
-        energy_gradient = self._flatten(grads[len(coordinates):])
+        energy_gradient = flatten(grads[len(coordinates):], self.parameters)
         forces = -grads[0]
         phi = self.sketch(energy_gradient.detach().unsqueeze(0))
         features = Features(atom=None, structure=to_numpy(phi), ptr=np.array([0, len(forces)]),
@@ -167,9 +161,7 @@ class ForceNTKFeatures(NTKFeatures):
         v = torch.randint(2, (self.probes,) + tuple(forces.shape), generator=generator).to(forces) * 2 - 1
         grads = torch.autograd.grad(forces, self.parameters, grad_outputs=v, is_grads_batched=True,
                                     retain_graph=True, allow_unused=True)
-        flat = torch.cat([(g if g is not None else torch.zeros((self.probes,) + p.shape, dtype=p.dtype))
-                          .reshape(self.probes, -1) for g, p in zip(grads, self.parameters)], dim=1)
-        return self.sketch(flat) / np.sqrt(self.probes)
+        return self.sketch(flatten(grads, self.parameters, batch=self.probes)) / np.sqrt(self.probes)
 
     def _force_variance(self, energy_gradient: torch.Tensor, positions: torch.Tensor,
                         posterior: FeaturePosterior) -> np.ndarray:
@@ -213,18 +205,6 @@ class EnergyForceNTKFeatures(ForceNTKFeatures):
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-@contextmanager
-def _tracking(parameters):
-    """Let autograd track ``parameters`` inside the block only."""
-    for parameter in parameters:
-        parameter.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for parameter in parameters:
-            parameter.requires_grad_(False)
 
 
 def _mechanics(out: dict, data: dict, grads, compute_force: bool, compute_stress: bool) -> None:

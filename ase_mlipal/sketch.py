@@ -12,7 +12,8 @@ same sketch on any machine.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Optional, Sequence
 
 import torch
 
@@ -53,6 +54,26 @@ class CountSketch:
         return self.bucket.numel() * self.bucket.element_size() + self.sign.numel() * self.sign.element_size()
 
 
+@contextmanager
+def tracking(parameters: Sequence[torch.nn.Parameter]):
+    """Let autograd track ``parameters`` inside the block only (the calculator keeps them frozen)."""
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+
+
+def flatten(grads: Sequence[Optional[torch.Tensor]], parameters: Sequence[torch.nn.Parameter],
+            batch: Optional[int] = None) -> torch.Tensor:
+    """Gradients as one ``(P,)`` vector, or ``(batch, P)`` for batched gradients; unused parameters give zeros."""
+    lead = () if batch is None else (batch,)
+    return torch.cat([(g if g is not None else torch.zeros(lead + p.shape, dtype=p.dtype, device=p.device))
+                      .reshape(lead + (-1,)) for g, p in zip(grads, parameters)], dim=-1)
+
+
 def energy_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     """``d E_s / d theta`` for every structure ``s`` of a mace batch, flattened: ``(n_structures, P)``.
 
@@ -61,20 +82,11 @@ def energy_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.n
     """
     from .inference import forward
 
-    with torch.enable_grad():
-        for parameter in parameters:
-            parameter.requires_grad_(True)
-        try:
-            energy = forward(model, batch, compute_force=False)["energy"]
-            rows = []
-            for s in range(len(energy)):
-                grads = torch.autograd.grad(energy[s], parameters, retain_graph=s + 1 < len(energy),
-                                            allow_unused=True)
-                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                       for g, p in zip(grads, parameters)]))
-        finally:
-            for parameter in parameters:
-                parameter.requires_grad_(False)
+    with tracking(parameters), torch.enable_grad():
+        energy = forward(model, batch, compute_force=False)["energy"]
+        rows = [flatten(torch.autograd.grad(energy[s], parameters, retain_graph=s + 1 < len(energy),
+                                            allow_unused=True), parameters)
+                for s in range(len(energy))]
     return torch.stack(rows).detach()
 
 
@@ -87,17 +99,8 @@ def force_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.nn
     """
     from .inference import forward
 
-    with torch.enable_grad():
-        for parameter in parameters:
-            parameter.requires_grad_(True)
-        try:
-            forces = forward(model, batch, compute_force=True, training=True)["forces"].reshape(-1)
-            rows = []
-            for c in range(len(forces)):
-                grads = torch.autograd.grad(forces[c], parameters, retain_graph=True, allow_unused=True)
-                rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                       for g, p in zip(grads, parameters)]))
-        finally:
-            for parameter in parameters:
-                parameter.requires_grad_(False)
+    with tracking(parameters), torch.enable_grad():
+        forces = forward(model, batch, compute_force=True, training=True)["forces"].reshape(-1)
+        rows = [flatten(torch.autograd.grad(forces[c], parameters, retain_graph=True, allow_unused=True), parameters)
+                for c in range(len(forces))]
     return torch.stack(rows).detach()
