@@ -198,21 +198,28 @@ class MLIPALCalculator(Calculator):
     # -- reference set -------------------------------------------------------
 
     def features(self, images: Iterable[Atoms], progress: Optional[bool] = None) -> list[Features]:
-        """Features of ``images``, one :class:`Features` per batch (no forces computed)."""
-        return self.predict(images, progress)[1]
+        """Features of ``images``, one :class:`Features` per batch (no forces computed).
 
-    def predict(self, images: Iterable[Atoms], progress: Optional[bool] = None) -> tuple[np.ndarray, list[Features]]:
+        Enough to condition or select on; the force kernels' per-atom
+        variance (posterior draws) is left out: use :meth:`predict` for
+        :meth:`uncertainty_from`.
+        """
+        return self.predict(images, progress, force_variance=False)[1]
+
+    def predict(self, images: Iterable[Atoms], progress: Optional[bool] = None,
+                force_variance: bool = True) -> tuple[np.ndarray, list[Features]]:
         """Energies (eV) and features of ``images`` in batched passes without forces.
 
         Returns the energies, shape ``(n_images,)``, and one :class:`Features`
         per batch (:func:`~ase_mlipal.features.per_structure` gives one per image).
+        ``force_variance=False`` skips the force kernels' posterior draws.
         """
         images = list(images)
         energies, features = [], []
         with progress_bar(total=len(images), progress=progress, desc="features") as bar:
             for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
-                out, batch_features = self.feature_map.evaluate(batch, compute_force=False,
-                                                                force_posterior=self.atom_posterior)
+                out, batch_features = self.feature_map.evaluate(
+                    batch, compute_force=False, force_posterior=self.atom_posterior if force_variance else None)
                 energies.append(out["energy"].detach().cpu().numpy())
                 features.append(batch_features)
                 bar.update(len(chunk))
