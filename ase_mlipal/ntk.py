@@ -142,7 +142,7 @@ class ForceNTKFeatures(NTKFeatures):
 
     def _one(self, single, compute_force, compute_stress, force_posterior):
         data, out = self._run(single, compute_stress)
-        coordinates = [data["positions"]] + ([out["displacement"]] if compute_stress else [])
+        coordinates = self._inputs(data, out, True, compute_stress)
         grads = torch.autograd.grad(out["energy"].sum(), coordinates + self.parameters,
                                     allow_unused=True, create_graph=True)
         _mechanics(out, data, grads[:len(coordinates)], True, compute_stress)
