@@ -110,9 +110,13 @@ class ActivationFeatures:
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
                  force_posterior=None) -> tuple[dict, Features]:
         """One forward pass; the features come from its node features."""
-        with torch.set_grad_enabled(compute_force or compute_stress):
-            out = forward(self.model, batch, compute_force=compute_force, compute_stress=compute_stress)
+        out = self._forward(batch, compute_force, compute_stress)
         return out, self.from_output(out)
+
+    def _forward(self, batch, compute_force: bool, compute_stress: bool) -> dict:
+        """The model's output; autograd only where forces or stress need it."""
+        with torch.set_grad_enabled(compute_force or compute_stress):
+            return forward(self.model, batch, compute_force=compute_force, compute_stress=compute_stress)
 
     def from_output(self, output: dict) -> Features:
         """Features from the output of :func:`ase_mlipal.inference.forward`."""
@@ -146,8 +150,7 @@ class FixedFeatures(ActivationFeatures):
 
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
                  force_posterior=None) -> tuple[dict, Features]:
-        with torch.set_grad_enabled(compute_force or compute_stress):
-            out = forward(self.model, batch, compute_force=compute_force, compute_stress=compute_stress)
+        out = self._forward(batch, compute_force, compute_stress)
         with torch.no_grad():
             random_out = forward(self.random_model, batch, compute_force=False)
         return out, self.from_output(random_out)
