@@ -146,7 +146,7 @@ class MLIPALCalculator(Calculator):
         periodic = bool(self.atoms.pbc.any())
         batch = self.batch_maker.batch([self.atoms])
         out, features = self.feature_map.evaluate(batch, compute_force=True, compute_stress=periodic,
-                                                  force_posterior=self.atom_posterior)
+                                                  force_posterior=self.atom_posterior, rows=False)
         self.last_features = features
         energy = float(out["energy"][0].detach())
         self.results = {
@@ -207,19 +207,22 @@ class MLIPALCalculator(Calculator):
         return self.predict(images, progress, force_variance=False)[1]
 
     def predict(self, images: Iterable[Atoms], progress: Optional[bool] = None,
-                force_variance: bool = True) -> tuple[np.ndarray, list[Features]]:
+                force_variance: bool = True, rows: bool = True) -> tuple[np.ndarray, list[Features]]:
         """Energies (eV) and features of ``images`` in batched passes without forces.
 
         Returns the energies, shape ``(n_images,)``, and one :class:`Features`
         per batch (:func:`~ase_mlipal.features.per_structure` gives one per image).
-        ``force_variance=False`` skips the force kernels' posterior draws.
+        ``force_variance=False`` skips the force kernels' posterior draws,
+        ``rows=False`` their conditioning rows (probes): then the features
+        serve :meth:`uncertainty_from` but not :meth:`add_features`.
         """
         images = list(images)
         energies, features = [], []
         with progress_bar(total=len(images), progress=progress, desc="features") as bar:
             for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
                 out, batch_features = self.feature_map.evaluate(
-                    batch, compute_force=False, force_posterior=self.atom_posterior if force_variance else None)
+                    batch, compute_force=False, force_posterior=self.atom_posterior if force_variance else None,
+                    rows=rows)
                 energies.append(out["energy"].detach().cpu().numpy())
                 features.append(batch_features)
                 bar.update(len(chunk))
@@ -244,7 +247,9 @@ class MLIPALCalculator(Calculator):
         """Condition both posteriors on already computed features.
 
         ``calc.add_features(calc.last_features)`` adds the structure of the
-        last calculation without running the model again.
+        last calculation without running the model again, except for the
+        force kernels, whose calculation skips the probe rows (they raise
+        ``ValueError``; use :meth:`add_reference`).
         """
         energy_rows, force_rows = self.feature_map.conditioning(features)
         self.energy_posterior.add(energy_rows, weight)
@@ -282,7 +287,7 @@ class MLIPALCalculator(Calculator):
         with progress_bar(total=len(images), progress=progress, desc="calibrate") as bar:
             for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
                 out, features = self.feature_map.evaluate(batch, compute_force=True,
-                                                          force_posterior=self.atom_posterior)
+                                                          force_posterior=self.atom_posterior, rows=False)
                 ref = labels[done:done + len(chunk)]
                 done += len(chunk)
                 energy = out["energy"].detach().cpu().numpy()

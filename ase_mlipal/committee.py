@@ -55,7 +55,7 @@ class CommitteeFeatures:
         self.force_dim = 3 * self.size
 
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
-                 force_posterior=None) -> tuple[dict, Features]:
+                 force_posterior=None, rows: bool = True) -> tuple[dict, Features]:
         """Each member once (with forces, which the per-atom spread needs)."""
         outs = [forward(m, batch, compute_force=True, compute_stress=compute_stress) for m in self.models]
         mean = {key: None if outs[0][key] is None else torch.stack([o[key].detach() for o in outs]).mean(0)

@@ -5,10 +5,12 @@ to one model and has:
 
 * ``name``; ``dim``, the width of the structure (energy) features;
   ``force_dim``, the width of the rows of the force posterior;
-* ``evaluate(batch, compute_force, compute_stress, force_posterior)``:
+* ``evaluate(batch, compute_force, compute_stress, force_posterior, rows)``:
   runs the model on a mace batch and returns ``(output, Features)``, where
   ``output`` holds ``energy``, ``node_energy``, ``forces`` and ``stress``
-  as :func:`ase_mlipal.inference.forward` does;
+  as :func:`ase_mlipal.inference.forward` does; ``rows=False`` says the
+  caller will not condition on these features, so a map whose conditioning
+  rows cost extra passes (the force kernels' probes) may leave them out;
 * ``conditioning(features)``: the rows ``(energy_rows, force_rows)`` that
   condition the calculator's two posteriors on these structures;
 * ``atoms_in_energy_space``: whether ``Features.atom`` lives in the same
@@ -108,7 +110,7 @@ class ActivationFeatures:
         self.dim = self.force_dim = self.num_invariant * self.num_layers
 
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
-                 force_posterior=None) -> tuple[dict, Features]:
+                 force_posterior=None, rows: bool = True) -> tuple[dict, Features]:
         """One forward pass; the features come from its node features."""
         out = self._forward(batch, compute_force, compute_stress)
         return out, self.from_output(out)
@@ -149,7 +151,7 @@ class FixedFeatures(ActivationFeatures):
             parameter.requires_grad_(False)
 
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
-                 force_posterior=None) -> tuple[dict, Features]:
+                 force_posterior=None, rows: bool = True) -> tuple[dict, Features]:
         out = self._forward(batch, compute_force, compute_stress)
         with torch.no_grad():
             random_out = forward(self.random_model, batch, compute_force=False)

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from .features import ActivationFeatures, Features, to_numpy
+from .inference import forward
 from .posterior import FeaturePosterior
-from .sketch import CountSketch, flatten, tracking
+from .sketch import CountSketch, flatten, shifted, tracking
 
 
 class NTKFeatures:
@@ -64,12 +65,12 @@ class NTKFeatures:
         self.force_dim = self.activation.dim
 
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
-                 force_posterior: Optional[FeaturePosterior] = None) -> tuple[dict, Features]:
+                 force_posterior: Optional[FeaturePosterior] = None, rows: bool = True) -> tuple[dict, Features]:
         """Energy, forces (and stress) and the sketched gradient of a batch of one structure."""
         if int(batch.num_graphs) != 1:
             raise ValueError(f"{self.name} evaluates one structure at a time (max_batch = 1)")
         with tracking(self.parameters), torch.enable_grad():
-            out, features = self._one(batch, compute_force, compute_stress, force_posterior)
+            out, features = self._one(batch, compute_force, compute_stress, rows)
         for key in ("energy", "node_energy"):
             out[key] = out[key].detach()
         return out, features
@@ -92,7 +93,7 @@ class NTKFeatures:
             coordinates.append(out["displacement"])
         return coordinates
 
-    def _one(self, single, compute_force, compute_stress, force_posterior):
+    def _one(self, single, compute_force: bool, compute_stress: bool, rows: bool):
         data, out = self._run(single, compute_stress)
         coordinates = self._inputs(data, out, compute_force, compute_stress)
         grads = torch.autograd.grad(out["energy"].sum(), coordinates + self.parameters, allow_unused=True)
@@ -106,21 +107,27 @@ class ForceNTKFeatures(NTKFeatures):
     """Force NTK (seed 001) with probes: force uncertainties from mixed derivatives.
 
     **Conditioning rows (probes).** Exact rows ``g_ia`` would cost ``3N``
-    backward passes. Instead, for ``m = probes`` Rademacher vectors ``v_k``
-    over the ``3N`` force components (fixed seed, so a structure always gets
-    the same probes), ``h_k = S d(v_k . F)/dtheta / sqrt(m)`` costs one
-    double backward each, and ``sum_k h_k h_k^T`` is an unbiased estimate
-    of ``G^T G`` (Hutchinson), exact as ``m -> infinity``. The probe rows
-    are random, so they are invariant to rotations and atom order in
-    distribution only; the uncertainties below are exactly invariant.
+    double backward passes. Instead, for ``m = probes`` Rademacher vectors
+    ``v_k`` over the ``3N`` force components (fixed seed, so a structure
+    always gets the same probes), ``h_k = S d(v_k . F)/dtheta / sqrt(m)``
+    costs one double backward each, and ``sum_k h_k h_k^T`` is an unbiased
+    estimate of ``G^T G`` (Hutchinson), exact as ``m -> infinity``. The
+    probe rows are random, so they are invariant to rotations and atom
+    order in distribution only; the uncertainties below are exactly
+    invariant. They are computed only when asked for (``rows=True``): a
+    calculator call, which only predicts, skips them.
 
     **Per-atom force variance.** ``g_ia^T A_F^{-1} g_ia`` for every atom
     from ``s = samples`` posterior draws ``z ~ N(0, A_F^{-1})``
-    (:meth:`FeaturePosterior.samples`, fixed noise): the linearised force
-    change ``J S^T z`` under each draw is one more backward pass for all
-    atoms at once, and ``mean_z (g_ia . z)^2`` estimates the variance with
-    relative error ``sqrt(2/s)``. It is reported per Cartesian component
-    (the mean over the atom's three components).
+    (:meth:`FeaturePosterior.samples`, fixed noise): ``g_ia . z`` is the
+    change of ``F_ia`` when the parameters move along ``u = S^T z``, which
+    one force evaluation at ``theta + eps u`` gives for all atoms at once
+    (forward difference, ``eps`` at the square root of the machine epsilon
+    relative to ``|theta|``: relative error about ``1e-7`` in float64).
+    ``mean_z (g_ia . z)^2`` estimates the variance with relative error
+    about ``sqrt(2/s)`` per component; it is reported per Cartesian
+    component (the mean over the atom's three components). Each draw costs
+    one force evaluation, so a call costs about ``1 + s`` of them.
 
     The energy posterior is conditioned on the energy NTK rows, as ``ntk``.
     """
@@ -136,43 +143,57 @@ class ForceNTKFeatures(NTKFeatures):
         self.force_dim = dim
         self.noise = np.random.default_rng(seed).standard_normal((samples, dim))
 
+    def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
+                 force_posterior: Optional[FeaturePosterior] = None, rows: bool = True) -> tuple[dict, Features]:
+        """As :meth:`NTKFeatures.evaluate`, plus probe rows and (given ``force_posterior``) per-atom variance."""
+        out, features = super().evaluate(batch, True, compute_stress, rows=rows)
+        if force_posterior is not None:
+            features.force_variance = self._force_variance(batch, out["forces"], force_posterior)
+        return out, features
+
     def conditioning(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """Energy posterior on the NTK rows, force posterior on the probe rows."""
-        return features.structure, features.probes.reshape(-1, self.dim)
+        return features.structure, self._probe_rows_of(features)
 
-    def _one(self, single, compute_force, compute_stress, force_posterior):
+    def _probe_rows_of(self, features: Features) -> np.ndarray:
+        if features.probes is None:
+            raise ValueError(f"these {self.name} features were computed without probe rows (a calculator call "
+                             "skips them); get features to condition on from calc.features(images) or use "
+                             "calc.add_reference(images)")
+        return features.probes.reshape(-1, self.dim)
+
+    def _one(self, single, compute_force: bool, compute_stress: bool, rows: bool):
         data, out = self._run(single, compute_stress)
         coordinates = self._inputs(data, out, True, compute_stress)
         grads = torch.autograd.grad(out["energy"].sum(), coordinates + self.parameters,
-                                    allow_unused=True, create_graph=True)
+                                    allow_unused=True, create_graph=rows)  # the probes differentiate again
         _mechanics(out, data, grads[:len(coordinates)], True, compute_stress)
-        energy_gradient = flatten(grads[len(coordinates):], self.parameters)
-        forces = -grads[0]
-        phi = self.sketch(energy_gradient.detach().unsqueeze(0))
-        features = Features(atom=None, structure=to_numpy(phi), ptr=np.array([0, len(forces)]),
-                            probes=to_numpy(self._probe_rows(forces))[None])
-        if force_posterior is not None:
-            features.force_variance = self._force_variance(energy_gradient, data["positions"], force_posterior)
-        return out, features
+        phi = self.sketch(flatten(grads[len(coordinates):], self.parameters).detach().unsqueeze(0))
+        probes = to_numpy(self._probe_rows(-grads[0]))[None] if rows else None
+        return out, Features(atom=None, structure=to_numpy(phi), ptr=np.array([0, len(out["forces"])]), probes=probes)
 
     def _probe_rows(self, forces: torch.Tensor) -> torch.Tensor:
-        """``S d(v_k . F)/dtheta / sqrt(m)`` for the ``m`` probes, ``(m, p)``."""
+        """``S d(v_k . F)/dtheta / sqrt(m)`` for the ``m`` probes, ``(m, p)``: one double backward each."""
         generator = torch.Generator().manual_seed(self.seed)
         v = torch.randint(2, (self.probes,) + tuple(forces.shape), generator=generator).to(forces) * 2 - 1
-        grads = torch.autograd.grad(forces, self.parameters, grad_outputs=v, is_grads_batched=True,
-                                    retain_graph=True, allow_unused=True)
-        return self.sketch(flatten(grads, self.parameters, batch=self.probes)) / np.sqrt(self.probes)
+        rows = [self.sketch(flatten(torch.autograd.grad(forces, self.parameters, grad_outputs=v_k, retain_graph=True,
+                                                        allow_unused=True), self.parameters).unsqueeze(0))
+                for v_k in v]
+        return torch.cat(rows) / np.sqrt(self.probes)
 
-    def _force_variance(self, energy_gradient: torch.Tensor, positions: torch.Tensor,
-                        posterior: FeaturePosterior) -> np.ndarray:
+    def _force_variance(self, batch, forces: torch.Tensor, posterior: FeaturePosterior) -> np.ndarray:
         """Per-atom raw force variance from posterior draws (see the class docstring)."""
-        z = torch.from_numpy(posterior.samples(self.noise)).to(energy_gradient)
-        directions = self.sketch.transpose(z)  # (s, P): S^T z
-        along = directions @ energy_gradient  # (s,): dE/dtheta . S^T z, still a function of positions
-        eye = torch.eye(self.samples, dtype=along.dtype)
-        (response,) = torch.autograd.grad(along, positions, grad_outputs=eye, is_grads_batched=True,
-                                          retain_graph=True)  # (s, N, 3): -J S^T z
-        return to_numpy((response ** 2).mean(dim=(0, 2)))
+        z = torch.from_numpy(posterior.samples(self.noise)).to(forces)
+        changes = torch.stack([self._force_change(batch, forces, u) for u in self.sketch.transpose(z)])
+        return to_numpy((changes ** 2).mean(dim=(0, 2)))
+
+    def _force_change(self, batch, forces: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """``dF/dtheta . direction`` for all atoms, by a forward difference in the parameters."""
+        scale = torch.sqrt(sum((p.detach() ** 2).sum() for p in self.parameters))
+        step = float(np.sqrt(torch.finfo(forces.dtype).eps) * max(float(scale), 1.0) / float(direction.norm()))
+        with shifted(self.parameters, step * direction), torch.enable_grad():
+            moved = forward(self.model, batch, compute_force=True)["forces"].detach()
+        return (moved - forces) / step
 
 
 class EnergyForceNTKFeatures(ForceNTKFeatures):
@@ -200,7 +221,7 @@ class EnergyForceNTKFeatures(ForceNTKFeatures):
 
     def conditioning(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """The joint rows ``[phi; w h_1 .. w h_m]`` for both posteriors."""
-        rows = np.concatenate([features.structure, self.force_weight * features.probes.reshape(-1, self.dim)])
+        rows = np.concatenate([features.structure, self.force_weight * self._probe_rows_of(features)])
         return rows, rows
 
 

@@ -66,6 +66,21 @@ def tracking(parameters: Sequence[torch.nn.Parameter]):
             parameter.requires_grad_(False)
 
 
+@contextmanager
+def shifted(parameters: Sequence[torch.nn.Parameter], vector: torch.Tensor):
+    """Parameters moved by the flat ``vector`` inside the block, restored bit for bit after it."""
+    saved = [parameter.detach().clone() for parameter in parameters]
+    with torch.no_grad():
+        for parameter, step in zip(parameters, vector.split([p.numel() for p in parameters])):
+            parameter.add_(step.view_as(parameter))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for parameter, original in zip(parameters, saved):
+                parameter.copy_(original)
+
+
 def flatten(grads: Sequence[Optional[torch.Tensor]], parameters: Sequence[torch.nn.Parameter],
             batch: Optional[int] = None) -> torch.Tensor:
     """Gradients as one ``(P,)`` vector, or ``(batch, P)`` for batched gradients; unused parameters give zeros."""

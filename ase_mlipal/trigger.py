@@ -43,7 +43,7 @@ from ase import Atoms
 from ase.mep.neb import BaseNEB
 
 from .calculator import MLIPALCalculator
-from .features import Features, per_structure
+from .features import per_structure
 from .store import FrameStore
 
 
@@ -141,9 +141,7 @@ class UncertaintyTrigger:
             value = self.score(atoms)
             values = [value]
             if value > self.threshold:
-                results = self.calc.results
-                # score() has just evaluated these atoms: reuse the features of that pass
-                self._flag(atoms, value, step, self.calc.last_features, results)
+                self._flag(atoms, value, step, self.calc.results)
         self.last_value = max(values)
         flagged = self.last_value > self.threshold
         if self.hard_limit is not None and self.last_value > self.hard_limit:
@@ -155,14 +153,14 @@ class UncertaintyTrigger:
     def _check_band(self, neb: BaseNEB, step: int) -> list[float]:
         """Score the interior images from the highest energy down (the climbing image first); flag as needed."""
         interior = neb.images[1:-1]
-        energies, batches = self.calc.predict(interior)
+        energies, batches = self.calc.predict(interior, rows=False)
         features = per_structure(batches)
         values = np.zeros(len(interior))
         for k in np.argsort(-energies):  # ASE's climbing image is the highest interior image
             uncertainties = self.calc.uncertainty_from(features[k])
             values[k] = self.value_of(uncertainties, len(interior[k]))
             if values[k] > self.threshold:
-                self._flag(interior[k], values[k], step, features[k], uncertainties, image=k + 1)
+                self._flag(interior[k], values[k], step, uncertainties, image=k + 1)
         self.band_values = values
         return values.tolist()
 
@@ -191,12 +189,12 @@ class UncertaintyTrigger:
         q_target = (self.settle * self.threshold * per) ** 2 / scale
         return max(1.0, (q / q_target - 1.0) / q)
 
-    def _flag(self, atoms: Atoms, value: float, step: int, features: Features, uncertainties: dict,
-              image: Optional[int] = None) -> None:
+    def _flag(self, atoms: Atoms, value: float, step: int, uncertainties: dict, image: Optional[int] = None) -> None:
+        """Store the frame and condition the posterior on it (a pass with conditioning rows: flags are rare)."""
         per_atom = {k: uncertainties[k] for k in ("forces_uncertainty", "energies_uncertainty")}
         self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, image=image,
                                run_id=self.run_id, model_hash=self.calc.model_hash, per_atom=per_atom)
-        self.calc.add_features(features, weight=self._weight(value, len(atoms)))
+        self.calc.add_reference(atoms, weight=self._weight(value, len(atoms)), progress=False)
         self.flagged.append((step, value))
         if self.callback is not None:
             self.callback(atoms, value)

@@ -168,6 +168,32 @@ def test_sampled_force_variance_converges_to_the_exact_one(tiny_model, exact_for
     assert errors[2000] < 0.15  # 3 sigma of sqrt(2 / 2000) per component, averaged over 3
 
 
+def test_force_variance_draws_are_the_exact_mixed_derivative_along_each_draw(tiny_model, exact_force_rows):
+    """The forward difference in the parameters gives ``g_ia . z`` for each draw ``z`` to ~1e-7."""
+    g, batch = exact_force_rows
+    posterior = FeaturePosterior(32, regularization=1e-2).add(np.random.default_rng(0).normal(size=(20, 32)))
+    feature_map = ForceNTKFeatures(tiny_model, dim=32, seed=1, samples=3)
+    before = [p.clone() for p in tiny_model.parameters()]
+    estimate = feature_map.evaluate(batch, compute_force=True, force_posterior=posterior, rows=False)[1]
+    draws = posterior.samples(feature_map.noise)  # (3, p)
+    exact = ((g @ draws.T) ** 2).mean(axis=1).reshape(-1, 3).mean(axis=1)
+    np.testing.assert_allclose(estimate.force_variance, exact, rtol=1e-5)
+    assert estimate.probes is None  # rows=False skips the probes
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))  # restored bit for bit
+
+
+@pytest.mark.parametrize("kernel", ["force_ntk", "ef_ntk"])
+def test_a_calculation_skips_the_probe_rows_and_says_how_to_condition(tiny_model, member, ethanol, kernel):
+    calc = make(tiny_model, member, kernel)
+    atoms = ethanol.copy()
+    atoms.calc = calc
+    before = calc.get_property("uncertainty", atoms)
+    with pytest.raises(ValueError, match="add_reference"):
+        calc.add_features(calc.last_features)
+    calc.add_reference(atoms)
+    assert calc.get_property("uncertainty", atoms) < before
+
+
 def test_fixed_kernel_is_a_seeded_random_copy_of_the_architecture(tiny_model, ethanol):
     first, again, other = (random_like(tiny_model, seed) for seed in (0, 0, 1))
     assert type(first) is type(tiny_model)
