@@ -1,0 +1,63 @@
+"""The active-learning benchmark's pipeline on a tiny budget (the numbers are not checked, the bookkeeping is)."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ase import Atoms
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "active_learning.py"
+STRATEGIES = ["random", "committee", "fixed", "activation", "ntk", "force_ntk", "ef_ntk"]
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("active_learning", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_labels_to_reach_interpolates_between_rounds(benchmark):
+    curve = [{"labels": 10, "e": 4.0}, {"labels": 20, "e": 2.0}, {"labels": 30, "e": 1.0}]
+    assert benchmark.labels_to_reach(curve, "e", 1.5) == pytest.approx(25.0)
+    assert benchmark.labels_to_reach(curve, "e", 5.0) == 10.0
+    assert math.isinf(benchmark.labels_to_reach(curve, "e", 0.5))
+
+
+def test_the_shifted_pool_lacks_the_transition_states_of_half_the_reactions(benchmark):
+    pool = [Atoms("H2", info={"reaction": f"r{k % 4}", "ts_region": k % 2 == 0}) for k in range(16)]
+    kept = benchmark.shifted(pool, seed=3)
+    dropped = {pool[i].info["reaction"] for i in set(range(16)) - set(kept.tolist())}
+    assert len(dropped) == 2  # half of the 4 reactions
+    assert all(pool[i].info["ts_region"] for i in set(range(16)) - set(kept.tolist()))
+    assert {pool[i].info["reaction"] for i in kept if pool[i].info["ts_region"]}.isdisjoint(dropped)
+
+
+def test_smoke_run_writes_curves_calibration_plots_and_table(benchmark, tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--workers", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "active_learning.json").read_text())
+    runs = {(r["scenario"], r["strategy"]): r for r in results["runs"]}
+    assert set(runs) == {(scenario, s) for scenario in ("full", "shifted") for s in STRATEGIES}
+    batch = results["config"]["batch"]
+    for run in runs.values():
+        labels = [point["labels"] for point in run["curve"]]
+        assert labels == [results["config"]["initial"] + k * batch for k in range(results["config"]["rounds"] + 1)]
+        assert len(set(run["picked"])) == len(run["picked"])  # never the same structure twice
+        assert all(point["energy_mae"] > 0 and point["forces_mae"] > 0 for point in run["curve"])
+    pool = benchmark.reactive_splits(results["config"]["limit"])["pool"]
+    kept = set(benchmark.shifted(pool, 0).tolist())
+    assert all(set(runs[("shifted", s)]["picked"]) <= kept for s in STRATEGIES)
+    first = {run["curve"][0]["energy_mae"] for run in runs.values()}
+    assert len(first) == 1  # every strategy starts from the same round-0 model
+    assert set(results["calibration"]) == {"activation", "ntk", "force_ntk", "ef_ntk"}
+    for name in ("active_learning_curves.png", "active_learning_calibration.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "active_learning.md").read_text()
+    assert all(f"| {s} |" in table for s in STRATEGIES)
