@@ -5,6 +5,7 @@
     mlipal learn run.toml
     mlipal select pool.xyz -n 50 --labelled train.xyz --kernel ntk --method lcmd -o picked.xyz
     mlipal score pool.db --kernel activation            (or -o scores.csv)
+    mlipal compare default finetuned.pt frames.xyz --plot frfe.png
     mlipal demo
 """
 
@@ -258,6 +259,27 @@ def cmd_score(args: argparse.Namespace) -> None:
         raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .analysis import atom_latents, compare, layer_latents, plot_comparison
+    from .model import ModelLoadError, load_model
+
+    frames = _read(args.data, ":")
+    latents = {}
+    for label, spec in (("A", args.model_a), ("B", args.model_b)):
+        try:
+            model = load_model(spec, trust=args.trust)
+        except (ModelLoadError, FileNotFoundError) as error:
+            raise SystemExit(f"cannot load model {spec!r}: {error}") from None
+        features = atom_latents(model, frames)
+        if args.layers:
+            latents.update({f"{label} {name}": x for name, x in layer_latents(features, model).items()})
+        else:
+            latents[label] = features
+    comparison = compare(latents, n_local_points=args.n_local, max_atoms=args.max_atoms, seed=args.seed)
+    print(f"A = {args.model_a}\nB = {args.model_b}\n{comparison}")
+    print(f"heat maps -> {plot_comparison(comparison, args.plot)}")
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="mlipal", description=__doc__.splitlines()[0])
     sub = main.add_subparsers(dest="command", required=True)
@@ -299,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="default", help="model file, foundation name or 'default'")
         p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
         p.add_argument("--kernel", default="activation",
-                       choices=["activation", "ntk", "force_ntk", "ef_ntk", "fixed", "committee"])
+                       choices=["activation", "ntk", "force_ntk", "ef_ntk", "fixed", "committee", "cumulant"])
         p.add_argument("--kernel-option", action="append", default=[], metavar="KEY=VALUE",
                        help="feature-map option, e.g. dim=1024 (repeatable)")
         p.add_argument("--labelled", help="structures already labelled (any ASE format)")
@@ -320,6 +342,19 @@ def parser() -> argparse.ArgumentParser:
     pool_options(score)
     score.add_argument("-o", "--output", help="CSV file; without it an ase.db pool is updated in place")
     score.set_defaults(func=cmd_score)
+
+    compare_ = sub.add_parser("compare", help="GFRE/LFRE between the latent features of two models, both ways")
+    compare_.add_argument("model_a", help="model file, foundation name or 'default'")
+    compare_.add_argument("model_b")
+    compare_.add_argument("data", help="structures whose atoms are compared (any ASE format)")
+    compare_.add_argument("--layers", action="store_true", help="compare each interaction layer separately")
+    compare_.add_argument("--n-local", type=int, default=50, help="neighbours per local fit (LFRE)")
+    compare_.add_argument("--max-atoms", type=int, default=1000,
+                          help="atoms subsampled for the fits (the LFRE costs a ridge fit per atom)")
+    compare_.add_argument("--seed", type=int, default=0)
+    compare_.add_argument("--trust", action="store_true", help="allow loading pickled model files")
+    compare_.add_argument("--plot", default="reconstruction.png", help="heat map PNG")
+    compare_.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (a few minutes)")
     demo.add_argument("--workdir", default="mlipal-demo")

@@ -7,6 +7,7 @@
 ``ef_ntk``     joint energy-force NTK (seed 001)
 ``fixed``      activation features of the same architecture at random init
 ``committee``  spread of K MACE models (needs ``members``)
+``cumulant``   cumulants of the activation features over a structure's atoms (seed 002)
 =============  ===============================================================
 
 ``random`` is a selection method (:func:`ase_mlipal.select`), not a kernel.
@@ -19,6 +20,7 @@ from typing import Optional
 import torch
 
 from .committee import CommitteeFeatures
+from .cumulant import CumulantFeatures
 from .features import ActivationFeatures, FixedFeatures
 from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
 
@@ -29,6 +31,7 @@ FEATURE_MAPS = {
     "ef_ntk": EnergyForceNTKFeatures,
     "fixed": FixedFeatures,
     "committee": CommitteeFeatures,
+    "cumulant": CumulantFeatures,
 }
 
 
@@ -37,7 +40,8 @@ def get_feature_map(name: str, model: torch.nn.Module, options: Optional[dict] =
 
     For example ``{"dim": 1024, "seed": 1}`` for ``ntk``, ``{"probes": 8}``
     for ``force_ntk``, ``{"seed": 3}`` for ``fixed`` and
-    ``{"members": [...]}`` for ``committee``.
+    ``{"members": [...]}`` for ``committee`` and ``{"order": 4}`` for
+    ``cumulant``.
     """
     try:
         cls = FEATURE_MAPS[name]

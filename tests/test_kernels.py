@@ -13,7 +13,7 @@ from ase_mlipal.sketch import energy_gradients, force_gradients
 
 from .conftest import rattled
 
-KERNELS = ["activation", "ntk", "force_ntk", "ef_ntk", "fixed", "committee"]
+KERNELS = ["activation", "ntk", "force_ntk", "ef_ntk", "fixed", "committee", "cumulant"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_uncertainty_is_invariant_to_rotation_translation_and_atom_order(tiny_mo
         np.testing.assert_allclose(b.structure, a.structure, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel", ["ntk", "force_ntk", "ef_ntk", "fixed"])
+@pytest.mark.parametrize("kernel", ["ntk", "force_ntk", "ef_ntk", "fixed", "cumulant"])
 def test_uncertainty_drops_where_references_are_added(tiny_model, member, ethanol, kernel):
     calc = make(tiny_model, member, kernel)
     before = properties(calc, ethanol, ["energy_uncertainty", "uncertainty"])
