@@ -36,6 +36,7 @@ from .model import (
 from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
 from .neb import NEBLearner, PathProfile, path_profile
 from .posterior import FeaturePosterior
+from .prototypes import PrototypeAlignment
 from .reference import RobustXTB, xtb_calculator, xtb_label
 from .selection import select
 from .store import FrameStore
@@ -54,6 +55,7 @@ __all__ = [
     "NTKFeatures",
     "CalibrationReport",
     "FeaturePosterior",
+    "PrototypeAlignment",
     "FrameStore",
     "LabelReport",
     "MLIPALCalculator",

@@ -11,6 +11,7 @@ from ase import Atoms
 
 from .frames import read_frames
 from .model import DEFAULT_DIR, ModelSpec, load_model
+from .prototypes import PrototypeAlignment
 from .training import TrainResult, train
 
 DEFAULT_REPLAY_PATH = DEFAULT_DIR / "default_replay.xyz.gz"
@@ -29,6 +30,7 @@ def finetune(
     checkpoint: Optional[Union[str, os.PathLike]] = None,
     seed: int = 0,
     progress: Optional[bool] = None,
+    alignment: Optional[PrototypeAlignment] = None,
     **train_kwargs,
 ) -> tuple[torch.nn.Module, TrainResult, list[Atoms]]:
     """Start from ``model``'s weights and train on labelled ``frames`` with replay.
@@ -45,6 +47,8 @@ def finetune(
         valid_fraction: share of the new frames held out for early stopping
             and, afterwards, for recalibrating the uncertainty.
         checkpoint: path for an atomic checkpoint after every epoch.
+        alignment: a fitted :class:`~ase_mlipal.prototypes.PrototypeAlignment`
+            (seed 003) whose term is added to the training loss.
         epochs, lr, patience: a few labelled frames make few optimiser
             steps per epoch, hence the many epochs; on the reactive
             benchmark lr 1e-2 lowered the path force error most of 1e-3,
@@ -66,7 +70,8 @@ def finetune(
     replayed = [replay_frames[i] for i in rng.choice(len(replay_frames), n_replay, replace=False)] if n_replay else []
     tuned = load_model(model)
     result = train(tuned, new_train + replayed, valid, epochs=epochs, lr=lr, batch_size=batch_size,
-                   patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, **train_kwargs)
+                   patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment,
+                   **train_kwargs)
     return tuned, result, valid
 
 

@@ -12,7 +12,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -131,6 +131,7 @@ def train(
     checkpoint: Optional[Union[str, os.PathLike]] = None,
     seed: int = 0,
     progress: Optional[bool] = None,
+    extra_loss: Optional[Callable] = None,
 ) -> TrainResult:
     """Train ``model`` in place with mace's ``WeightedEnergyForcesLoss``.
 
@@ -139,6 +140,9 @@ def train(
     at the end; training stops after ``patience`` epochs without
     improvement or after ``max_seconds``. With ``checkpoint`` the best
     weights and the history are written atomically after every epoch.
+    ``extra_loss(batch, output)``, if given, is added to the training loss
+    (e.g. :class:`~ase_mlipal.prototypes.PrototypeAlignment`); validation
+    uses the plain loss.
     """
     if not train_frames or not valid_frames:
         raise ValueError("train needs at least one training and one validation frame")
@@ -160,6 +164,8 @@ def train(
             optimizer.zero_grad()
             out = model(batch.to_dict(), training=True, compute_force=True)
             loss = loss_fn(batch, out)
+            if extra_loss is not None:
+                loss = loss + extra_loss(batch, out)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
