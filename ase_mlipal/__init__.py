@@ -20,6 +20,7 @@ from .calibration import CalibrationReport, calibration_report, fit_scale
 from .committee import CommitteeFeatures, train_committee
 from .features import ActivationFeatures, FixedFeatures
 from .kernels import FEATURE_MAPS, get_feature_map
+from .distill import distill
 from .finetune import finetune
 from .frames import read_frames, read_labels
 from .labelling import LabelReport, label
@@ -69,6 +70,7 @@ __all__ = [
     "build_mace",
     "calibration_report",
     "evaluate",
+    "distill",
     "finetune",
     "fit_scale",
     "get_feature_map",

@@ -55,11 +55,17 @@ def data_loader(
     shuffle: bool = False,
     seed: int = 0,
 ) -> torch_geometric.dataloader.DataLoader:
-    """A mace ``DataLoader`` over labelled ``frames`` for ``model``'s elements and cutoff."""
+    """A mace ``DataLoader`` over labelled ``frames`` for ``model``'s elements and cutoff.
+
+    Each batch carries ``frame_number``, the positions in ``frames`` of its
+    structures, so an ``extra_loss`` can look up per-frame targets.
+    """
     heads = list(getattr(model, "heads", None) or ["Default"])
     with torch_tools.default_dtype(next(model.parameters()).dtype):
         configs = frames_to_configs(frames, head=heads[0])
         dataset = _graphs(configs, [int(z) for z in model.atomic_numbers], float(model.r_max), heads)
+    for index, graph in enumerate(dataset):  # batches say which frames they hold (batch.frame_number)
+        graph.frame_number = torch.tensor([index])
     generator = torch.Generator().manual_seed(seed)
     return torch_geometric.dataloader.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
