@@ -1,17 +1,17 @@
 """Pool-based active learning on the reactive benchmark: labels needed, calibration, candidate-pool shift.
 
-    python benchmarks/active_learning.py [--seeds 0 1 2] [--rounds 5] [--batch 16] [--workers 2]
+    python benchmarks/active_learning.py [--seeds 0 1 2] [--rounds 4] [--batch 16] [--workers 2]
                                          [--strategies random committee ...] [--out benchmarks/results]
     python benchmarks/active_learning.py --smoke --out /tmp/al   # tiny budget: checks the pipeline only
 
 Protocol (one command gives the JSON, the PNGs and the README table):
 
-* Data: ``benchmarks/data/reactive.xyz.gz`` (GFN2-xTB labels), less the
-  unphysical interpolated frames (:func:`physical`): candidate
-  pool (``split=pool``), test set (full reaction paths, ``split=test``) and
-  near-minimum frames (``split=initial``). Seed ``s`` draws the initial
-  labelled set (``--initial`` frames of the ``initial`` split), the same
-  for every strategy at that seed, and fine-tunes with seed ``s``.
+* Data: the reactive set (``benchmarks/reactive.py``: GFN2-xTB labels,
+  less the unphysical interpolated frames): candidate pool, test set (full
+  reaction paths) and near-minimum frames (``split=initial``). Seed ``s``
+  draws the initial labelled set (``--initial`` frames of the ``initial``
+  split), the same for every strategy at that seed, and fine-tunes with
+  seed ``s``.
 * Each round picks ``--batch`` structures from the unlabelled pool, and the
   pretrained default model is fine-tuned **from its pretrained weights**
   on everything labelled so far (with the default replay sample). Starting
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -52,9 +51,8 @@ import ase_mlipal  # first: imports mace before e3nn
 
 import numpy as np
 import torch
+from reactive import reactive_splits
 
-DATA = Path(__file__).parent / "data" / "reactive.xyz.gz"
-CACHE = Path(tempfile.gettempdir()) / "mlipal_reactive_all.traj"
 STRATEGIES = ["random", "committee", "fixed", "activation", "ntk", "force_ntk", "ef_ntk"]
 KERNELS = ["fixed", "activation", "ntk", "force_ntk", "ef_ntk"]
 CALIBRATED = ["activation", "ntk", "force_ntk", "ef_ntk"]
@@ -62,42 +60,6 @@ SCENARIOS = ["full", "shifted"]
 
 
 # -- data ----------------------------------------------------------------------
-
-
-def reactive_splits(limit: dict | None = None) -> dict[str, list]:
-    """``pool``, ``test`` and ``initial`` frames of the reactive set.
-
-    The whole set is cached as .traj (the extxyz parses slowly); a smoke
-    run (``limit``) reads every tenth frame only.
-    """
-    from ase.io import read, write
-
-    if limit:
-        frames = read(DATA, "::10")
-    else:
-        if not CACHE.exists():
-            write(CACHE, read(DATA, ":"))
-        frames = read(CACHE, ":")
-    frames = [a for a in frames if physical(a)]
-    splits = {name: [a for a in frames if a.info.get("split") == name] for name in ("pool", "test", "initial")}
-    if limit:  # smoke runs: an evenly spread subset
-        splits = {name: subset(part, limit[name]) for name, part in splits.items()}
-    return splits
-
-
-def physical(atoms, min_distance: float = 0.6, max_force: float = 50.0) -> bool:
-    """False for interpolated frames that pass atoms through each other (xTB forces there reach 4000 eV/A).
-
-    About 4% of the reactive set (51 frames with two atoms closer than
-    0.6 A, ~100 more with a force component above 50 eV/A); left in, a
-    handful of them decide every MAE.
-    """
-    distances = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
-    return bool(distances.min() >= min_distance and np.abs(atoms.get_forces()).max() <= max_force)
-
-
-def subset(frames: list, size: int) -> list:
-    return [frames[i] for i in np.linspace(0, len(frames) - 1, min(size, len(frames))).astype(int)]
 
 
 def shifted(pool: list, seed: int) -> np.ndarray:

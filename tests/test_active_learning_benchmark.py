@@ -16,6 +16,7 @@ STRATEGIES = ["random", "committee", "fixed", "activation", "ntk", "force_ntk", 
 
 @pytest.fixture(scope="module")
 def benchmark():
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling reactive.py
     spec = importlib.util.spec_from_file_location("active_learning", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
