@@ -16,7 +16,9 @@ distillation only). Printed, in one process:
 * force and energy MAE against the GFN2-xTB references of the test split,
   and student / teacher force MAE (target <= 1.2);
 * NVE MD (velocity Verlet, 0.5 fs, 300 K start) on a test molecule: energy
-  drift of each model, in meV/atom/ps.
+  drift of each model, in meV/atom/ps;
+* GFRE/LFRE among the atom features of the pretrained default, the teacher
+  and the students on the test atoms (seed 002), with a heat map.
 """
 
 from __future__ import annotations
@@ -132,6 +134,15 @@ def main() -> None:
           f"cluster: {len(big)} atoms (64 ethanols)")
     print("units: ms per ASE call; E MAE meV/atom; F MAE eV/A; drift meV/atom/ps; excursion meV/atom. "
           f"Targets: speed-up >= 3, F/teacher <= 1.2. Total {time.perf_counter() - started:.0f} s")
+    from ase_mlipal.analysis import atom_latents, compare, plot_comparison
+
+    latents = {"pretrained": atom_latents(ase_mlipal.load_model("default"), test),
+               **{name: atom_latents(model, test) for name, model in models.items()}}
+    comparison = compare(latents, n_local_points=50, max_atoms=1000)
+    print(comparison)
+    results["reconstruction"] = {"names": comparison.names, "gfre": comparison.gfre.tolist(),
+                                 "lfre": comparison.lfre.tolist(), "n_atoms": comparison.n_atoms}
+    plot_comparison(comparison, Path(args.out).with_name("distill_reconstruction.png"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
 
