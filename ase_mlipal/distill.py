@@ -118,8 +118,9 @@ def distill(
     Args:
         teacher: the model to distil (anything :func:`load_model` accepts).
         frames: structures of the chemistry the student is for (no labels needed).
-        student_config: :func:`build_mace` sizes of the student (default: 8
-            channels, ``max_ell=1``, one interaction: several times faster).
+        student_config: :func:`build_mace` sizes of the student (default: 32
+            channels, ``max_ell=1``, one interaction, radial MLP (32,): about
+            6x faster than the shipped default on a 576-atom cluster).
             Elements, cutoff, E0s, scale and shift follow the teacher/data.
         hessian_rows_per_structure: ``s``, rows drawn per structure (seeded).
         hessian_weight: ``w_H``; 0 gives plain energy-force distillation.
@@ -137,7 +138,7 @@ def distill(
     n_valid = max(1, int(round(valid_fraction * len(labelled))))
     valid, train_frames = [labelled[i] for i in order[:n_valid]], [labelled[i] for i in order[n_valid:]]
     elements = [int(z) for z in teacher.atomic_numbers]
-    config = {"channels": 8, "max_ell": 1, "num_interactions": 1, "mlp_channels": 8, "radial_mlp": (16,)}
+    config = {"channels": 32, "max_ell": 1, "num_interactions": 1, "mlp_channels": 16, "radial_mlp": (32,)}
     config.update(student_config or {})
     config.setdefault("r_max", float(teacher.r_max))
     statistics = dataset_statistics(train_frames, elements, config["r_max"])
