@@ -26,7 +26,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from .inference import BatchMaker, forward
 from .model import ModelSpec, build_mace, load_model
 from .progress import progress_bar
-from .training import TrainResult, dataset_statistics, train
+from .training import TrainResult, dataset_statistics, split_frames, train
 
 
 @dataclass
@@ -134,9 +134,7 @@ def distill(
     if len(frames) < 2:
         raise ValueError("distillation needs at least two frames (one to validate)")
     labelled = _teacher_labels(teacher, frames, progress)
-    order = np.random.default_rng(seed).permutation(len(labelled))
-    n_valid = max(1, int(round(valid_fraction * len(labelled))))
-    valid, train_frames = [labelled[i] for i in order[:n_valid]], [labelled[i] for i in order[n_valid:]]
+    train_frames, valid = split_frames(labelled, valid_fraction, np.random.default_rng(seed))
     elements = [int(z) for z in teacher.atomic_numbers]
     config = {"channels": 32, "max_ell": 1, "num_interactions": 1, "mlp_channels": 16, "radial_mlp": (32,)}
     config.update(student_config or {})

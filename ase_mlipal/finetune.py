@@ -12,7 +12,7 @@ from ase import Atoms
 from .frames import read_frames
 from .model import DEFAULT_DIR, ModelSpec, load_model
 from .prototypes import PrototypeAlignment
-from .training import TrainResult, train
+from .training import TrainResult, split_frames, train
 
 DEFAULT_REPLAY_PATH = DEFAULT_DIR / "default_replay.xyz.gz"
 
@@ -61,10 +61,7 @@ def finetune(
     if len(frames) < 2:
         raise ValueError("fine-tuning needs at least two labelled frames (one to validate)")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frames))
-    n_valid = max(1, int(round(valid_fraction * len(frames))))
-    valid = [frames[i] for i in order[:n_valid]]
-    new_train = [frames[i] for i in order[n_valid:]]
+    new_train, valid = split_frames(frames, valid_fraction, rng)
     replay_frames = _replay(replay)
     n_replay = min(len(replay_frames), int(round(replay_ratio * len(new_train))))
     replayed = [replay_frames[i] for i in rng.choice(len(replay_frames), n_replay, replace=False)] if n_replay else []

@@ -184,13 +184,13 @@ class ForceNTKFeatures(NTKFeatures):
     def _force_variance(self, batch, forces: torch.Tensor, posterior: FeaturePosterior) -> np.ndarray:
         """Per-atom raw force variance from posterior draws (see the class docstring)."""
         z = torch.from_numpy(posterior.samples(self.noise)).to(forces)
-        changes = torch.stack([self._force_change(batch, forces, u) for u in self.sketch.transpose(z)])
+        scale = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in self.parameters)))  # |theta|, once per call
+        changes = torch.stack([self._force_change(batch, forces, u, scale) for u in self.sketch.transpose(z)])
         return to_numpy((changes ** 2).mean(dim=(0, 2)))
 
-    def _force_change(self, batch, forces: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """``dF/dtheta . direction`` for all atoms, by a forward difference in the parameters."""
-        scale = torch.sqrt(sum((p.detach() ** 2).sum() for p in self.parameters))
-        step = float(np.sqrt(torch.finfo(forces.dtype).eps) * max(float(scale), 1.0) / float(direction.norm()))
+    def _force_change(self, batch, forces: torch.Tensor, direction: torch.Tensor, scale: float) -> torch.Tensor:
+        """``dF/dtheta . direction`` for all atoms, by a forward difference in the parameters (``scale = |theta|``)."""
+        step = float(np.sqrt(torch.finfo(forces.dtype).eps) * max(scale, 1.0) / float(direction.norm()))
         with shifted(self.parameters, step * direction), torch.enable_grad():
             moved = forward(self.model, batch, compute_force=True)["forces"].detach()
         return (moved - forces) / step

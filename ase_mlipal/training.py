@@ -70,6 +70,14 @@ def data_loader(
     return torch_geometric.dataloader.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+def split_frames(frames: Sequence[Atoms], valid_fraction: float,
+                 rng: np.random.Generator) -> tuple[list[Atoms], list[Atoms]]:
+    """``(train, valid)``: a random ``valid_fraction`` (at least one frame) held out, drawn with ``rng``."""
+    order = rng.permutation(len(frames))
+    n_valid = max(1, int(round(valid_fraction * len(frames))))
+    return [frames[i] for i in order[n_valid:]], [frames[i] for i in order[:n_valid]]
+
+
 def dataset_statistics(frames: Sequence[Atoms], elements: Sequence[int], r_max: float) -> dict:
     """Data-dependent MACE arguments: E0s (least squares), neighbours, energy shift/scale.
 
