@@ -43,3 +43,17 @@ def test_default_replay_sample_is_shipped_and_needs_two_frames(tiny_model):
     assert len(_replay("default")) == 300
     with pytest.raises(ValueError, match="two labelled frames"):
         finetune(tiny_model, [])
+
+
+def test_loss_weights_steer_the_fit_between_energies_and_forces(tiny_model):
+    teacher = ase_mlipal.build_mace(["H", "C", "N", "O"], channels=8, max_ell=1, r_max=4.0, mlp_channels=8,
+                                    radial_mlp=(16,), seed=5, scale=0.3,
+                                    atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0])
+    new = labelled_by(teacher, rattled(molecule("CH3OH"), 20, stdev=0.08, seed=7))
+    errors = {}
+    for name, weights in {"energy": (1000.0, 0.01), "forces": (0.0, 10.0)}.items():
+        tuned, _, _ = finetune(tiny_model, new, replay=None, epochs=10, lr=5e-3, energy_weight=weights[0],
+                               forces_weight=weights[1], progress=False)
+        errors[name] = evaluate(tuned, new)
+    assert errors["energy"]["energy_mae_per_atom"] < errors["forces"]["energy_mae_per_atom"]
+    assert errors["forces"]["forces_mae"] < errors["energy"]["forces_mae"]
