@@ -117,7 +117,10 @@ def distill(
 
     Args:
         teacher: the model to distil (anything :func:`load_model` accepts).
-        frames: structures of the chemistry the student is for (no labels needed).
+        frames: structures of the chemistry the student is for (no labels
+            needed; the teacher labels them, so use many: on the reactive
+            benchmark 1600 structures brought the student's forces within
+            1.14x of the teacher's error, 400 only within 1.38x).
         student_config: :func:`build_mace` sizes of the student (default: 32
             channels, ``max_ell=1``, one interaction, radial MLP (32,): about
             6x faster than the shipped default on a 576-atom cluster).
