@@ -328,7 +328,7 @@ def plot_curves(summary: dict, path: Path) -> None:
                 ax.plot(c["labels"], mean, marker="o", ms=3, label=strategy)
                 ax.fill_between(c["labels"], mean - std, mean + std, alpha=0.15)
             if key in summary[scenario]["targets"]:
-                ax.axhline(summary[scenario]["targets"][key], color="k", ls=":", lw=1, label="target (random, full)")
+                ax.axhline(summary[scenario]["targets"][key], color="k", ls=":", lw=1, label="target (random's final)")
             ax.set(xlabel="labelled structures", ylabel=f"test {key.replace('_', ' ')} ({unit})",
                    title=f"{scenario} pool")
             ax.set_yscale("log")
