@@ -74,8 +74,8 @@ def finetune(
     replayed = [replay_frames[i] for i in rng.choice(len(replay_frames), n_replay, replace=False)] if n_replay else []
     tuned = load_model(model)
     result = train(tuned, new_train + replayed, valid, epochs=epochs, lr=lr, batch_size=batch_size,
-                   energy_weight=energy_weight, forces_weight=forces_weight, patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment,
-                   **train_kwargs)
+                   energy_weight=energy_weight, forces_weight=forces_weight, patience=patience,
+                   checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment, **train_kwargs)
     return tuned, result, valid
 
 
