@@ -7,6 +7,7 @@ the model, :func:`forward`.
 
 from __future__ import annotations
 
+import threading
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from ase.data import chemical_symbols
 from mace import data as mace_data
 from mace.tools import torch_geometric, torch_tools
 from mace.tools.utils import AtomicNumberTable
+
+_DEFAULT_DTYPE_LOCK = threading.Lock()  # guards torch's global default dtype while a graph is built
 
 # The same keys mace's own calculator reads, so models with charge or spin
 # embeddings see the same inputs.
@@ -83,7 +86,9 @@ class BatchMaker:
     def graph(self, atoms: Atoms) -> mace_data.AtomicData:
         """One structure as mace ``AtomicData`` (checked first)."""
         check_atoms(atoms, self.elements)
-        with torch_tools.default_dtype(self.dtype):
+        # mace builds graphs in torch's global default dtype; the lock keeps a
+        # thread from restoring it while another thread is building.
+        with _DEFAULT_DTYPE_LOCK, torch_tools.default_dtype(self.dtype):
             config = mace_data.config_from_atoms(atoms, key_specification=_KEYS, head_name=self.head)
             return mace_data.AtomicData.from_config(
                 config, z_table=self.z_table, cutoff=self.r_max, heads=self.heads

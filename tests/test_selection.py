@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 from ase.io import write
 
@@ -133,3 +134,17 @@ def test_pools_from_an_ase_db_and_on_executors(setup, tmp_path):
         [pool[i].positions.tolist() for i in serial]
     with pytest.raises(FileNotFoundError):
         select(tmp_path / "missing.xyz", 1, calc)
+
+
+def test_graphs_built_on_threads_keep_the_model_dtype(tiny_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ase_mlipal.inference import BatchMaker
+
+    maker = BatchMaker(tiny_model)
+    before = torch.get_default_dtype()
+    assert maker.dtype != before  # otherwise a lost dtype would go unnoticed
+    with ThreadPoolExecutor(4) as threads:
+        graphs = list(threads.map(maker.graph, [molecule("CH3OH")] * 400))
+    assert all(g.positions.dtype == maker.dtype for g in graphs)
+    assert torch.get_default_dtype() == before
