@@ -8,6 +8,7 @@ the model, :func:`forward`.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -18,7 +19,19 @@ from mace import data as mace_data
 from mace.tools import torch_geometric, torch_tools
 from mace.tools.utils import AtomicNumberTable
 
-_DEFAULT_DTYPE_LOCK = threading.Lock()  # guards torch's global default dtype while a graph is built
+_DEFAULT_DTYPE_LOCK = threading.RLock()
+
+
+@contextmanager
+def graph_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """mace's ``default_dtype(dtype)``, held under a process-wide lock.
+
+    mace builds graphs in torch's global default dtype; without the lock one
+    thread could restore it while another thread is still building.
+    """
+    with _DEFAULT_DTYPE_LOCK, torch_tools.default_dtype(dtype):
+        yield
+
 
 # The same keys mace's own calculator reads, so models with charge or spin
 # embeddings see the same inputs.
@@ -86,9 +99,7 @@ class BatchMaker:
     def graph(self, atoms: Atoms) -> mace_data.AtomicData:
         """One structure as mace ``AtomicData`` (checked first)."""
         check_atoms(atoms, self.elements)
-        # mace builds graphs in torch's global default dtype; the lock keeps a
-        # thread from restoring it while another thread is building.
-        with _DEFAULT_DTYPE_LOCK, torch_tools.default_dtype(self.dtype):
+        with graph_dtype(self.dtype):
             config = mace_data.config_from_atoms(atoms, key_specification=_KEYS, head_name=self.head)
             return mace_data.AtomicData.from_config(
                 config, z_table=self.z_table, cutoff=self.r_max, heads=self.heads

@@ -19,10 +19,11 @@ import torch
 from ase import Atoms
 from mace import data as mace_data
 from mace import modules
-from mace.tools import torch_geometric, torch_tools
+from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
 
 from .frames import read_labels
+from .inference import graph_dtype
 from .progress import progress_bar
 from .storage import atomic_torch_save
 
@@ -61,7 +62,7 @@ def data_loader(
     structures, so an ``extra_loss`` can look up per-frame targets.
     """
     heads = list(getattr(model, "heads", None) or ["Default"])
-    with torch_tools.default_dtype(next(model.parameters()).dtype):
+    with graph_dtype(next(model.parameters()).dtype):
         configs = frames_to_configs(frames, head=heads[0])
         dataset = _graphs(configs, [int(z) for z in model.atomic_numbers], float(model.r_max), heads)
     for index, graph in enumerate(dataset):  # batches say which frames they hold (batch.frame_number)

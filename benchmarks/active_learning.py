@@ -491,13 +491,7 @@ def main() -> None:
         r.pop("state_dict", None)
     results = {"config": cfg, "seeds": args.seeds, "runs": runs, "summary": summary, "calibration": report,
                "seconds": time.perf_counter() - started}
-    (out / "active_learning.json").write_text(json.dumps(results, indent=1, default=float))
-    plot_curves(summary, out / "active_learning_curves.png")
-    if report:
-        plot_calibration(report, out / "active_learning_calibration.png")
-    markdown = table(summary, report)
-    (out / "active_learning.md").write_text(markdown)
-    print(markdown)
+    write_report(results, out)
     print(f"total {time.perf_counter() - started:.0f} s; results in {out}")
 
 
@@ -506,6 +500,11 @@ def report_again(path: Path, out: Path) -> None:
     results = json.loads(path.read_text())
     strategies = list(dict.fromkeys(r["strategy"] for r in results["runs"]))
     results["summary"] = summarise(results["runs"], strategies, results["seeds"])
+    write_report(results, out)
+
+
+def write_report(results: dict, out: Path) -> None:
+    """The JSON, the PNGs and the markdown table of a run's ``results``; prints the table."""
     (out / "active_learning.json").write_text(json.dumps(results, indent=1, default=float))
     plot_curves(results["summary"], out / "active_learning_curves.png")
     if results["calibration"]:
