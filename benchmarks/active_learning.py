@@ -1,6 +1,6 @@
 """Pool-based active learning on the reactive benchmark: labels needed, calibration, candidate-pool shift.
 
-    python benchmarks/active_learning.py [--seeds 0 1 2] [--rounds 4] [--batch 20] [--workers 2]
+    python benchmarks/active_learning.py [--seeds 0 1 2] [--batches 20 30 45 65] [--workers 2]
                                          [--strategies random committee ...] [--out benchmarks/results]
     python benchmarks/active_learning.py --smoke --out /tmp/al   # tiny budget: checks the pipeline only
 
@@ -12,7 +12,9 @@ Protocol (one command gives the JSON, the PNGs and the README table):
   draws the initial labelled set (``--initial`` frames of the ``initial``
   split), the same for every strategy at that seed, and fine-tunes with
   seed ``s``.
-* Each round picks ``--batch`` structures from the unlabelled pool, and the
+* Round ``k`` picks ``--batches[k]`` structures from the unlabelled pool
+  (growing batches: labels 40, 60, 90, 135, 200 spread the rounds evenly
+  on the log scale on which learning curves are read), and the
   pretrained default model is fine-tuned **from its pretrained weights**
   on everything labelled so far (with the default replay sample). Starting
   from the same weights each round makes a round's error a function of its
@@ -30,6 +32,9 @@ Protocol (one command gives the JSON, the PNGs and the README table):
   ``random`` draws uniformly.
 * Errors after every round on the test set: energy MAE (meV/atom), force
   MAE (eV/A).
+* Converged: a strategy's curve counts as converged when the change of
+  its mean error over the last round is within the spread over seeds of
+  its final error (the last labels no longer buy a resolvable gain).
 * Labels needed: the target is the error random acquisition reaches with
   its full budget (mean over seeds), as in the seeds; a strategy needs the
   labels at which its curve (linear between rounds) first reaches it.
@@ -148,9 +153,10 @@ def run(task: dict) -> dict:
     picked: list[int] = []
     curve = [task["round0"]["point"]]
     start = time.perf_counter()
-    for _ in range(cfg["rounds"]):
+    for batch in cfg["batches"]:
         labelled = data["initial_frames"] + [data["pool"][i] for i in picked]
-        new = acquire(strategy, cfg, task, model, pretrained, labelled, np.setdiff1d(available, picked), picked, rng)
+        new = acquire(strategy, batch, cfg, task, model, pretrained, labelled, np.setdiff1d(available, picked),
+                      picked, rng)
         picked.extend(int(i) for i in new)
         labelled = data["initial_frames"] + [data["pool"][i] for i in picked]
         model, _, _ = ase_mlipal.finetune(pretrained, labelled, seed=seed, progress=False, **cfg["finetune"])
@@ -162,20 +168,20 @@ def run(task: dict) -> dict:
     return result
 
 
-def acquire(strategy: str, cfg: dict, task: dict, model, pretrained, labelled: list, candidates: np.ndarray,
-            picked: list, rng) -> np.ndarray:
-    """Pool indices of the next batch."""
+def acquire(strategy: str, batch: int, cfg: dict, task: dict, model, pretrained, labelled: list,
+            candidates: np.ndarray, picked: list, rng) -> np.ndarray:
+    """Pool indices of the next ``batch`` structures."""
     if strategy == "random":
-        return rng.choice(candidates, cfg["batch"], replace=False)
+        return rng.choice(candidates, batch, replace=False)
     if strategy == "committee":
         members = [ase_mlipal.finetune(pretrained, labelled, seed=task["seed"] + k, progress=False,
                                        **cfg["finetune"])[0] for k in range(1, cfg["committee"])]
-        return committee_picks([model] + members, task["data"]["pool"], candidates, cfg["batch"])
+        return committee_picks([model] + members, task["data"]["pool"], candidates, batch)
     pool_rows, initial_rows = task["rows"][strategy], task["initial_rows"][strategy]
     stacked = np.concatenate([initial_rows, pool_rows[picked], pool_rows]) if picked else \
         np.concatenate([initial_rows, pool_rows])
     offset = len(stacked) - len(pool_rows)
-    return maxdet(stacked, np.arange(offset), candidates + offset, cfg["batch"], cfg["regularization"]) - offset
+    return maxdet(stacked, np.arange(offset), candidates + offset, batch, cfg["regularization"]) - offset
 
 
 def _point(model, data: dict, picked: list, start: float) -> dict:
@@ -207,8 +213,8 @@ def summarise(runs: list, strategies: list, seeds: list) -> dict:
         by = {(r["strategy"], r["seed"]): r["curve"] for r in runs if r["scenario"] == scenario}
         if not by:
             continue
-        out = summary[scenario] = {"curves": {}, "targets": {}, "labels_needed": {}, "reduction": {},
-                                   "final_vs_random": {}}
+        out = summary[scenario] = {"curves": {}, "converged": {}, "targets": {}, "labels_needed": {},
+                                   "reduction": {}, "final_vs_random": {}}
         for strategy in strategies:
             curves = [by[(strategy, s)] for s in seeds if (strategy, s) in by]
             out["curves"][strategy] = {
@@ -216,6 +222,8 @@ def summarise(runs: list, strategies: list, seeds: list) -> dict:
                 **{f"{key}_{stat}": getattr(np, stat)([[c[key] for c in curve] for curve in curves], axis=0).tolist()
                    for key in ("energy_mae", "forces_mae") for stat in ("mean", "std")}}
         for key in ("energy_mae", "forces_mae"):
+            out["converged"][key] = {st: converged(c[f"{key}_mean"], c[f"{key}_std"])
+                                     for st, c in out["curves"].items()}
             if "random" not in out["curves"]:
                 continue
             out["final_vs_random"][key] = {st: _final_change(by, st, seeds, key) for st in strategies}
@@ -231,6 +239,12 @@ def summarise(runs: list, strategies: list, seeds: list) -> dict:
                 out["reduction"][key][baseline] = {
                     st: _reduction(needed[st], needed[baseline]) for st in strategies}
     return summary
+
+
+def converged(mean: list, std: list) -> dict:
+    """The last round's change of the mean error against the seed spread of the final error."""
+    change = mean[-1] - mean[-2]
+    return {"last_change": change, "spread": std[-1], "converged": bool(abs(change) <= std[-1])}
 
 
 def _final_change(by: dict, strategy: str, seeds: list, key: str) -> dict:
@@ -331,6 +345,7 @@ def plot_curves(summary: dict, path: Path) -> None:
                 ax.axhline(summary[scenario]["targets"][key], color="k", ls=":", lw=1, label="target (random's final)")
             ax.set(xlabel="labelled structures", ylabel=f"test {key.replace('_', ' ')} ({unit})",
                    title=f"{scenario} pool")
+            ax.set_xscale("log")
             ax.set_yscale("log")
         row[0].legend(fontsize=8)
     fig.tight_layout()
@@ -363,12 +378,14 @@ def table(summary: dict, report: dict) -> str:
     lines = []
     for scenario, out in summary.items():
         lines += [f"**{scenario} pool.** Final test errors (mean ± std over seeds; in brackets the change of the "
-                  "mean over the last round), their change against random's at the same seed, and acquired labels "
-                  "to reach the target (random's final error), with the reduction against random and committee:",
+                  "mean over the last round), their change against random's at the same seed, acquired labels "
+                  "to reach the target (random's final error) with the reduction against random and committee, "
+                  "and whether the curve has converged (last round's change within the seed spread):",
                   "",
                   "| strategy | E MAE (meV/atom) | F MAE (eV/A) | E, F vs random at equal budget "
-                  "| E: labels / vs random / vs committee | F: labels / vs random / vs committee |",
-                  "|---|---|---|---|---|---|"]
+                  "| E: labels / vs random / vs committee | F: labels / vs random / vs committee "
+                  "| converged E / F |",
+                  "|---|---|---|---|---|---|---|"]
         for strategy, c in out["curves"].items():
             cells = [strategy,
                      f"{c['energy_mae_mean'][-1]:.2f} ± {c['energy_mae_std'][-1]:.2f} "
@@ -385,6 +402,8 @@ def table(summary: dict, report: dict) -> str:
                     r = out["reduction"].get(key, {}).get(baseline, {}).get(strategy)
                     text += " / " + (f"{r['mean']:+.0f}% ± {r['std']:.0f}" if r and r["mean"] is not None else "–")
                 cells.append(text)
+            cells.append(" / ".join("yes" if out["converged"][k][strategy]["converged"] else "no"
+                                    for k in ("energy_mae", "forces_mae")))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if report:
@@ -406,12 +425,12 @@ def table(summary: dict, report: dict) -> str:
 
 def config(args) -> dict:
     if args.smoke:
-        return {"model": args.model, "rounds": 1, "batch": 3, "initial": 6, "committee": 2, "regularization": 1e-2,
+        return {"model": args.model, "batches": [2, 3], "initial": 6, "committee": 2, "regularization": 1e-2,
                 "limit": {"pool": 24, "test": 12, "initial": 8},
                 "finetune": {"epochs": 2, "patience": 2, "replay_ratio": 0.5},
                 "kernel_options": {"ntk": {"dim": 64}, "force_ntk": {"dim": 64, "probes": 2, "samples": 2},
                                    "ef_ntk": {"dim": 64, "probes": 2, "samples": 2}}}
-    return {"model": args.model, "rounds": args.rounds, "batch": args.batch, "initial": args.initial, "committee": 4,
+    return {"model": args.model, "batches": args.batches, "initial": args.initial, "committee": 4,
             "regularization": 1e-2, "limit": None,
             "finetune": {"epochs": args.epochs, "patience": args.patience, "replay_ratio": 1.0,
                          "energy_weight": args.energy_weight},
@@ -423,8 +442,8 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
     parser.add_argument("--scenarios", nargs="+", default=SCENARIOS, choices=SCENARIOS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--batches", type=int, nargs="+", default=[20, 30, 45, 65],
+                        help="structures acquired in each round (one round per number)")
     parser.add_argument("--initial", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=10)
@@ -466,6 +485,7 @@ def main() -> None:
                     "rows": {k: v[:n_pool] for k, v in rows.items() if k == strategy},
                     "initial_rows": {k: v[n_pool:][initial_index] for k, v in rows.items() if k == strategy},
                     "keep_model": strategy == "random" and scenario == "full" and seed == args.seeds[0]})
+    tasks.sort(key=lambda task: task["strategy"] != "committee")  # the longest chains first: no idle tail
     runs = []
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ase import Atoms
 
@@ -30,6 +31,13 @@ def test_labels_to_reach_interpolates_between_rounds(benchmark):
     assert math.isinf(benchmark.labels_to_reach(curve, "e", 0.5))
 
 
+def test_a_curve_is_converged_when_its_last_gain_is_within_the_seed_spread(benchmark):
+    assert benchmark.converged([0.30, 0.25, 0.24], [0.03, 0.02, 0.02])["converged"]
+    assert not benchmark.converged([0.30, 0.25, 0.20], [0.03, 0.02, 0.02])["converged"]
+    assert not benchmark.converged([0.30, 0.20, 0.25], [0.03, 0.02, 0.02])["converged"]  # rising again: unstable
+    assert benchmark.converged([0.30, 0.25, 0.20], [0.03, 0.02, 0.02])["last_change"] == pytest.approx(-0.05)
+
+
 def test_the_shifted_pool_lacks_the_transition_states_of_half_the_reactions(benchmark):
     pool = [Atoms("H2", info={"reaction": f"r{k % 4}", "ts_region": k % 2 == 0}) for k in range(16)]
     kept = benchmark.shifted(pool, seed=3)
@@ -46,10 +54,9 @@ def test_smoke_run_writes_curves_calibration_plots_and_table(benchmark, tmp_path
     results = json.loads((tmp_path / "active_learning.json").read_text())
     runs = {(r["scenario"], r["strategy"]): r for r in results["runs"]}
     assert set(runs) == {(scenario, s) for scenario in ("full", "shifted") for s in STRATEGIES}
-    batch = results["config"]["batch"]
+    expected = np.cumsum([results["config"]["initial"]] + results["config"]["batches"]).tolist()
     for run in runs.values():
-        labels = [point["labels"] for point in run["curve"]]
-        assert labels == [results["config"]["initial"] + k * batch for k in range(results["config"]["rounds"] + 1)]
+        assert [point["labels"] for point in run["curve"]] == expected  # one point per round, growing batches
         assert len(set(run["picked"])) == len(run["picked"])  # never the same structure twice
         assert all(point["energy_mae"] > 0 and point["forces_mae"] > 0 for point in run["curve"])
     pool = benchmark.reactive_splits(results["config"]["limit"])["pool"]
