@@ -452,13 +452,15 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: checks the pipeline, not the numbers")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--from-json", help="redo the summary, plots and table of a finished run's JSON")
+    parser.add_argument("--from-json", nargs="+", metavar="JSON",
+                        help="redo the summary, plots and table of finished runs (several: runs of other seeds "
+                             "with the same settings, merged)")
     args = parser.parse_args()
     cfg = config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
-        return report_again(Path(args.from_json), out)
+        return report_again([Path(path) for path in args.from_json], out)
     started = time.perf_counter()
 
     splits = reactive_splits(cfg["limit"])
@@ -515,12 +517,27 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f} s; results in {out}")
 
 
-def report_again(path: Path, out: Path) -> None:
-    """Summary, plots and table of a finished run, from its JSON (no training)."""
-    results = json.loads(path.read_text())
+def report_again(paths: list[Path], out: Path) -> None:
+    """Summary, plots and table of finished runs, from their JSONs (no training)."""
+    results = merge([json.loads(path.read_text()) for path in paths])
     strategies = list(dict.fromkeys(r["strategy"] for r in results["runs"]))
     results["summary"] = summarise(results["runs"], strategies, results["seeds"])
     write_report(results, out)
+
+
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of disjoint seeds with the same settings; calibration from the first that has one."""
+    first = parts[0]
+    for part in parts[1:]:
+        if part["config"] != first["config"]:
+            raise ValueError("runs with different settings cannot be merged: "
+                             f"{part['config']} against {first['config']}")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs share seeds ({seeds}): each seed may be counted once")
+    return {**first, "seeds": seeds, "runs": [run for part in parts for run in part["runs"]],
+            "calibration": next((part["calibration"] for part in parts if part["calibration"]), {}),
+            "seconds": sum(part["seconds"] for part in parts)}
 
 
 def write_report(results: dict, out: Path) -> None:

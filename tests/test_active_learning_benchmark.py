@@ -38,6 +38,21 @@ def test_a_curve_is_converged_when_its_last_gain_is_within_the_seed_spread(bench
     assert benchmark.converged([0.30, 0.25, 0.20], [0.03, 0.02, 0.02])["last_change"] == pytest.approx(-0.05)
 
 
+def test_runs_of_other_seeds_merge_and_overlapping_or_different_runs_do_not(benchmark):
+    def part(seeds, epochs=40, calibration=None):
+        runs = [{"strategy": "random", "seed": s, "scenario": "full", "curve": []} for s in seeds]
+        return {"config": {"epochs": epochs}, "seeds": seeds, "runs": runs, "calibration": calibration or {},
+                "seconds": 10.0}
+
+    merged = benchmark.merge([part([0, 1], calibration={"ntk": 1}), part([2])])
+    assert merged["seeds"] == [0, 1, 2] and [r["seed"] for r in merged["runs"]] == [0, 1, 2]
+    assert merged["calibration"] == {"ntk": 1} and merged["seconds"] == 20.0
+    with pytest.raises(ValueError, match="share seeds"):
+        benchmark.merge([part([0, 1]), part([1])])
+    with pytest.raises(ValueError, match="different settings"):
+        benchmark.merge([part([0]), part([1], epochs=20)])
+
+
 def test_the_shifted_pool_lacks_the_transition_states_of_half_the_reactions(benchmark):
     pool = [Atoms("H2", info={"reaction": f"r{k % 4}", "ts_region": k % 2 == 0}) for k in range(16)]
     kept = benchmark.shifted(pool, seed=3)
