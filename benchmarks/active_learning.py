@@ -3,6 +3,10 @@
     python benchmarks/active_learning.py [--seeds 0 1 2] [--batches 20 30 45 65] [--workers 2]
                                          [--strategies random committee ...] [--out benchmarks/results]
     python benchmarks/active_learning.py --smoke --out /tmp/al   # tiny budget: checks the pipeline only
+    # more seeds later, merged into one report:
+    python benchmarks/active_learning.py --seeds 3 4 --no-calibration --out /tmp/more
+    python benchmarks/active_learning.py --from-json benchmarks/results/active_learning.json \
+        /tmp/more/active_learning.json
 
 Protocol (one command gives the JSON, the PNGs and the README table):
 
@@ -450,6 +454,9 @@ def main() -> None:
     parser.add_argument("--energy-weight", type=float, default=100.0, help="finetune's energy loss weight")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default="default")
+    parser.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=True,
+                        help="the calibration study on the first seed's random run (--no-calibration for runs "
+                             "of extra seeds to merge with --from-json)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: checks the pipeline, not the numbers")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--from-json", nargs="+", metavar="JSON",
@@ -486,7 +493,8 @@ def main() -> None:
                     "available": available.tolist(), "initial_index": initial_index.tolist(),
                     "rows": {k: v[:n_pool] for k, v in rows.items() if k == strategy},
                     "initial_rows": {k: v[n_pool:][initial_index] for k, v in rows.items() if k == strategy},
-                    "keep_model": strategy == "random" and scenario == "full" and seed == args.seeds[0]})
+                    "keep_model": args.calibration and strategy == "random" and scenario == "full"
+                                  and seed == args.seeds[0]})
     tasks.sort(key=lambda task: task["strategy"] != "committee")  # the longest chains first: no idle tail
     runs = []
     context = multiprocessing.get_context("forkserver")
