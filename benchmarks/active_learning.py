@@ -336,6 +336,7 @@ def plot_curves(summary: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullLocator
 
     scenarios = [s for s in SCENARIOS if s in summary]
     fig, axes = plt.subplots(len(scenarios), 2, figsize=(11, 4.2 * len(scenarios)), squeeze=False)
@@ -351,6 +352,10 @@ def plot_curves(summary: dict, path: Path) -> None:
                    title=f"{scenario} pool")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.set_xticks(c["labels"], [str(n) for n in c["labels"]])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -528,7 +533,7 @@ def main() -> None:
 def report_again(paths: list[Path], out: Path) -> None:
     """Summary, plots and table of finished runs, from their JSONs (no training)."""
     results = merge([json.loads(path.read_text()) for path in paths])
-    strategies = list(dict.fromkeys(r["strategy"] for r in results["runs"]))
+    strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in results["runs"])]
     results["summary"] = summarise(results["runs"], strategies, results["seeds"])
     write_report(results, out)
 
