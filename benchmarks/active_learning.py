@@ -352,7 +352,8 @@ def plot_curves(summary: dict, path: Path) -> None:
                    title=f"{scenario} pool")
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xticks(c["labels"], [str(n) for n in c["labels"]])
+            labels = next(iter(summary[scenario]["curves"].values()))["labels"]  # the same rounds for all
+            ax.set_xticks(labels, [str(n) for n in labels])
             ax.xaxis.set_minor_locator(NullLocator())
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
@@ -396,11 +397,10 @@ def table(summary: dict, report: dict) -> str:
                   "| converged E / F |",
                   "|---|---|---|---|---|---|---|"]
         for strategy, c in out["curves"].items():
+            last = {k: out["converged"][k][strategy]["last_change"] for k in ("energy_mae", "forces_mae")}
             cells = [strategy,
-                     f"{c['energy_mae_mean'][-1]:.2f} ± {c['energy_mae_std'][-1]:.2f} "
-                     f"({c['energy_mae_mean'][-1] - c['energy_mae_mean'][-2]:+.2f})",
-                     f"{c['forces_mae_mean'][-1]:.3f} ± {c['forces_mae_std'][-1]:.3f} "
-                     f"({c['forces_mae_mean'][-1] - c['forces_mae_mean'][-2]:+.3f})",
+                     f"{c['energy_mae_mean'][-1]:.2f} ± {c['energy_mae_std'][-1]:.2f} ({last['energy_mae']:+.2f})",
+                     f"{c['forces_mae_mean'][-1]:.3f} ± {c['forces_mae_std'][-1]:.3f} ({last['forces_mae']:+.3f})",
                      " / ".join(f"{f['mean']:+.0f}% ± {f['std']:.0f}" for f in
                                 (out["final_vs_random"][k][strategy] for k in ("energy_mae", "forces_mae")))]
             for key in ("energy_mae", "forces_mae"):
