@@ -10,7 +10,10 @@ hash of the model that flagged them.
 
 Each write is one database transaction (SQLite's atomic commit), so a
 crash leaves a row either fully written or absent; a frame already stored
-(same atoms and positions, to 1e-6 A) is not stored again.
+(same atoms and positions, to 1e-6 A) is not stored again. A new SQLite
+file gets its tables under ase.db's own write lock (``frames.db.lock``),
+so processes that open the same new store at once (a learner and
+``mlipal status``) do not both create them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ase.db
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.db.sqlite import SQLite3Database
 
 STATUSES = ("flagged", "labelled", "failed")
 
@@ -47,7 +51,7 @@ class FrameStore:
 
     def __init__(self, path_or_url: Union[str, os.PathLike]):
         self.path_or_url = str(path_or_url)
-        self.db = ase.db.connect(self.path_or_url)
+        self.db = _connect(self.path_or_url)
 
     def add_flagged(
         self,
@@ -120,6 +124,20 @@ class FrameStore:
         for row in self.db.select(fingerprint=key, limit=1):
             return row.id
         return None
+
+
+def _connect(path_or_url: str):
+    """``ase.db.connect``, creating a new SQLite file's tables under ase.db's write lock.
+
+    ase.db creates the tables of a new file in several statements, not one
+    transaction: two processes opening it at once both try, and one fails
+    (``table systems already exists``) or reads a half-made schema.
+    """
+    db = ase.db.connect(path_or_url)
+    if isinstance(db, SQLite3Database) and db.lock is not None:
+        with db.lock:
+            db.count()  # creates the tables if the file has none
+    return db
 
 
 def _plain(value):

@@ -86,3 +86,22 @@ def test_store_survives_a_kill_mid_write(tmp_path):
     for atoms in store.frames("labelled"):  # every labelled row is complete
         energy, forces = read_labels(atoms)
         assert energy == -1.0 * atoms.info["step"] and forces.shape == (5, 3)
+
+
+def _open_and_count(path):
+    try:
+        FrameStore(path).counts()
+        return None
+    except Exception as error:  # reported back to the test
+        return repr(error)
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    # a learner and `mlipal status` may open a store that does not exist yet at the same moment
+    import multiprocessing
+
+    paths = [tmp_path / f"new{trial}.db" for trial in range(12) for _ in range(6)]
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        errors = [e for e in pool.map(_open_and_count, paths, chunksize=1) if e]
+    assert errors == []
+    assert all(FrameStore(path).counts() == {"flagged": 0, "labelled": 0, "failed": 0} for path in set(paths))
