@@ -39,6 +39,11 @@ Protocol (one command gives the JSON, the PNGs and the README table):
 * Converged: a strategy's curve counts as converged when the change of
   its mean error over the last round is within the spread over seeds of
   its final error (the last labels no longer buy a resolvable gain).
+* All labelled: per seed and pool, the same fine-tune on the initial set
+  and every candidate of the pool (2373 frames; the shifted pool's share
+  of them), the error the curves would end at if the pool were exhausted.
+  How far a strategy's last round is above it says how far from
+  converged it is.
 * Labels needed: the target is the error random acquisition reaches with
   its full budget (mean over seeds), as in the seeds; a strategy needs the
   labels at which its curve (linear between rounds) first reaches it.
@@ -172,6 +177,18 @@ def run(task: dict) -> dict:
     return result
 
 
+def all_labelled(task: dict) -> dict:
+    """The reference at the end of every curve: fine-tuned on the initial set and the whole available pool."""
+    torch.set_num_threads(1)
+    cfg, data = task["config"], task["data"]
+    start = time.perf_counter()
+    frames = data["initial_frames"] + [data["pool"][i] for i in task["available"]]
+    model, _, _ = ase_mlipal.finetune(ase_mlipal.load_model(cfg["model"]), frames, seed=task["seed"],
+                                      progress=False, **cfg["finetune"])
+    point = _point(model, data, task["available"], start)
+    return {"seed": task["seed"], "scenario": task["scenario"], **point}
+
+
 def acquire(strategy: str, batch: int, cfg: dict, task: dict, model, pretrained, labelled: list,
             candidates: np.ndarray, picked: list, rng) -> np.ndarray:
     """Pool indices of the next ``batch`` structures."""
@@ -210,8 +227,11 @@ def labels_to_reach(curve: list, key: str, target: float) -> float:
     return float("inf")
 
 
-def summarise(runs: list, strategies: list, seeds: list) -> dict:
-    """Per scenario: mean/std curves, targets, labels needed and reductions against random and committee."""
+def summarise(runs: list, strategies: list, seeds: list, references: list = ()) -> dict:
+    """Per scenario: mean/std curves, targets, labels needed and reductions against random and committee.
+
+    ``references`` are the all-labelled results (``all_labelled``), summarised as mean and std over seeds.
+    """
     summary = {}
     for scenario in SCENARIOS:
         by = {(r["strategy"], r["seed"]): r["curve"] for r in runs if r["scenario"] == scenario}
@@ -219,6 +239,11 @@ def summarise(runs: list, strategies: list, seeds: list) -> dict:
             continue
         out = summary[scenario] = {"curves": {}, "converged": {}, "targets": {}, "labels_needed": {},
                                    "reduction": {}, "final_vs_random": {}}
+        ends = [r for r in references if r["scenario"] == scenario]
+        if ends:
+            out["all_labelled"] = {"labels": [r["labels"] for r in ends], "seeds": [r["seed"] for r in ends],
+                                   **{f"{key}_{stat}": float(getattr(np, stat)([r[key] for r in ends]))
+                                      for key in ("energy_mae", "forces_mae") for stat in ("mean", "std")}}
         for strategy in strategies:
             curves = [by[(strategy, s)] for s in seeds if (strategy, s) in by]
             out["curves"][strategy] = {
@@ -348,6 +373,9 @@ def plot_curves(summary: dict, path: Path) -> None:
                 ax.fill_between(c["labels"], mean - std, mean + std, alpha=0.15)
             if key in summary[scenario]["targets"]:
                 ax.axhline(summary[scenario]["targets"][key], color="k", ls=":", lw=1, label="target (random's final)")
+            if "all_labelled" in summary[scenario]:
+                ax.axhline(summary[scenario]["all_labelled"][f"{key}_mean"], color="0.4", ls="--", lw=1,
+                           label="whole pool labelled")
             ax.set(xlabel="labelled structures", ylabel=f"test {key.replace('_', ' ')} ({unit})",
                    title=f"{scenario} pool")
             ax.set_xscale("log")
@@ -414,6 +442,11 @@ def table(summary: dict, report: dict) -> str:
             cells.append(" / ".join("yes" if out["converged"][k][strategy]["converged"] else "no"
                                     for k in ("energy_mae", "forces_mae")))
             lines.append("| " + " | ".join(cells) + " |")
+        if "all_labelled" in out:
+            end = out["all_labelled"]
+            lines.append(f"| whole pool labelled ({min(end['labels'])}-{max(end['labels'])} frames, "
+                         f"{len(end['seeds'])} seeds) | {end['energy_mae_mean']:.2f} ± {end['energy_mae_std']:.2f} "
+                         f"| {end['forces_mae_mean']:.3f} ± {end['forces_mae_std']:.3f} | | | | |")
         lines.append("")
     if report:
         lines += ["**Calibration** (test half, scale fitted on the other half; pretrained / random-initialised "
@@ -448,7 +481,8 @@ def config(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    parser.add_argument("--strategies", nargs="*", default=STRATEGIES, choices=STRATEGIES,
+                        help="none: only the whole-pool references (to merge with --from-json)")
     parser.add_argument("--scenarios", nargs="+", default=SCENARIOS, choices=SCENARIOS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[20, 30, 45, 65],
@@ -462,6 +496,8 @@ def main() -> None:
     parser.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=True,
                         help="the calibration study on the first seed's random run (--no-calibration for runs "
                              "of extra seeds to merge with --from-json)")
+    parser.add_argument("--all-labelled", action=argparse.BooleanOptionalAction, default=True,
+                        help="the reference fine-tuned on the whole pool, per seed and pool")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: checks the pipeline, not the numbers")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--from-json", nargs="+", metavar="JSON",
@@ -483,7 +519,7 @@ def main() -> None:
     n_pool = len(splits["pool"])
     print(f"kernel rows: {time.perf_counter() - started:.0f} s", flush=True)
 
-    tasks, firsts = [], []
+    tasks, firsts, references = [], [], []
     for seed in args.seeds:
         initial_index = np.sort(np.random.default_rng(seed).choice(len(splits["initial"]), cfg["initial"],
                                                                    replace=False))
@@ -492,6 +528,9 @@ def main() -> None:
         firsts.append({"config": cfg, "data": data, "seed": seed})
         for scenario in args.scenarios:
             available = np.arange(n_pool) if scenario == "full" else shifted(splits["pool"], seed)
+            if args.all_labelled:
+                references.append({"config": cfg, "data": data, "seed": seed, "scenario": scenario,
+                                   "available": available.tolist()})
             for strategy in args.strategies:
                 tasks.append({
                     "config": cfg, "data": data, "strategy": strategy, "seed": seed, "scenario": scenario,
@@ -501,9 +540,10 @@ def main() -> None:
                     "keep_model": args.calibration and strategy == "random" and scenario == "full"
                                   and seed == args.seeds[0]})
     tasks.sort(key=lambda task: task["strategy"] != "committee")  # the longest chains first: no idle tail
-    runs = []
+    runs, ends = [], []
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        ends_done = pool.map(all_labelled, references)  # the longest tasks: queued first
         round0 = {r["seed"]: r for r in _as_done(pool, first_round, firsts)}
         print(f"round 0: {time.perf_counter() - started:.0f} s elapsed", flush=True)
         for task in tasks:
@@ -514,8 +554,12 @@ def main() -> None:
                   f"E {curve[-1]['energy_mae']:.2f} meV/atom, F {curve[-1]['forces_mae']:.4f} eV/A "
                   f"({curve[-1]['seconds']:.0f} s; {time.perf_counter() - started:.0f} s elapsed)", flush=True)
             runs.append(result)
+        for end in ends_done:
+            print(f"{end['scenario']:<8} whole pool seed {end['seed']}: E {end['energy_mae']:.2f} meV/atom, "
+                  f"F {end['forces_mae']:.4f} eV/A ({end['seconds']:.0f} s)", flush=True)
+            ends.append(end)
 
-    summary = summarise(runs, args.strategies, args.seeds)
+    summary = summarise(runs, args.strategies, args.seeds, ends)
     report = {}
     kept = [r for r in runs if "state_dict" in r]
     if kept:
@@ -524,8 +568,8 @@ def main() -> None:
         report = calibration(cfg, {"test": splits["test"]}, k.pop("state_dict"), labelled)
     for r in runs:
         r.pop("state_dict", None)
-    results = {"config": cfg, "seeds": args.seeds, "runs": runs, "summary": summary, "calibration": report,
-               "seconds": time.perf_counter() - started}
+    results = {"config": cfg, "seeds": args.seeds, "runs": runs, "all_labelled": ends, "summary": summary,
+               "calibration": report, "seconds": time.perf_counter() - started}
     write_report(results, out)
     print(f"total {time.perf_counter() - started:.0f} s; results in {out}")
 
@@ -534,21 +578,28 @@ def report_again(paths: list[Path], out: Path) -> None:
     """Summary, plots and table of finished runs, from their JSONs (no training)."""
     results = merge([json.loads(path.read_text()) for path in paths])
     strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in results["runs"])]
-    results["summary"] = summarise(results["runs"], strategies, results["seeds"])
+    results["summary"] = summarise(results["runs"], strategies, results["seeds"], results["all_labelled"])
     write_report(results, out)
 
 
 def merge(parts: list[dict]) -> dict:
-    """One result from runs of disjoint seeds with the same settings; calibration from the first that has one."""
+    """One result from parts with the same settings that share no run (strategy, seed and pool) and no
+    whole-pool reference (seed and pool); calibration from the first part that has one."""
     first = parts[0]
     for part in parts[1:]:
         if part["config"] != first["config"]:
             raise ValueError("runs with different settings cannot be merged: "
                              f"{part['config']} against {first['config']}")
-    seeds = [seed for part in parts for seed in part["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"the runs share seeds ({seeds}): each seed may be counted once")
-    return {**first, "seeds": seeds, "runs": [run for part in parts for run in part["runs"]],
+    runs = [run for part in parts for run in part["runs"]]
+    ends = [end for part in parts for end in part.get("all_labelled", [])]
+    for name, items, fields in (("runs", runs, ("strategy", "seed", "scenario")),
+                                ("whole-pool references", ends, ("seed", "scenario"))):
+        keys = [tuple(item[f] for f in fields) for item in items]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"the parts share {name} ({sorted(k for k in set(keys) if keys.count(k) > 1)}): "
+                             "each may be counted once")
+    seeds = sorted({seed for part in parts for seed in part["seeds"]})
+    return {**first, "seeds": seeds, "runs": runs, "all_labelled": ends,
             "calibration": next((part["calibration"] for part in parts if part["calibration"]), {}),
             "seconds": sum(part["seconds"] for part in parts)}
 

@@ -38,17 +38,22 @@ def test_a_curve_is_converged_when_its_last_gain_is_within_the_seed_spread(bench
     assert benchmark.converged([0.30, 0.25, 0.20], [0.03, 0.02, 0.02])["last_change"] == pytest.approx(-0.05)
 
 
-def test_runs_of_other_seeds_merge_and_overlapping_or_different_runs_do_not(benchmark):
-    def part(seeds, epochs=40, calibration=None):
-        runs = [{"strategy": "random", "seed": s, "scenario": "full", "curve": []} for s in seeds]
+def test_parts_without_shared_runs_merge_and_overlapping_or_different_ones_do_not(benchmark):
+    def part(seeds, epochs=40, calibration=None, strategy="random", ends=()):
+        runs = [{"strategy": strategy, "seed": s, "scenario": "full", "curve": []} for s in seeds if strategy]
         return {"config": {"epochs": epochs}, "seeds": seeds, "runs": runs, "calibration": calibration or {},
-                "seconds": 10.0}
+                "seconds": 10.0, "all_labelled": [{"seed": s, "scenario": "full"} for s in ends]}
 
     merged = benchmark.merge([part([0, 1], calibration={"ntk": 1}), part([2])])
     assert merged["seeds"] == [0, 1, 2] and [r["seed"] for r in merged["runs"]] == [0, 1, 2]
     assert merged["calibration"] == {"ntk": 1} and merged["seconds"] == 20.0
-    with pytest.raises(ValueError, match="share seeds"):
+    # the whole-pool references of the same seeds, run on their own, join the runs
+    merged = benchmark.merge([part([0, 1]), part([0, 1], strategy=None, ends=[0, 1])])
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2 and len(merged["all_labelled"]) == 2
+    with pytest.raises(ValueError, match="share runs"):
         benchmark.merge([part([0, 1]), part([1])])
+    with pytest.raises(ValueError, match="share whole-pool references"):
+        benchmark.merge([part([0], ends=[0]), part([1], ends=[0])])
     with pytest.raises(ValueError, match="different settings"):
         benchmark.merge([part([0]), part([1], epochs=20)])
 
@@ -77,6 +82,10 @@ def test_smoke_run_writes_curves_calibration_plots_and_table(benchmark, tmp_path
     pool = benchmark.reactive_splits(results["config"]["limit"])["pool"]
     kept = set(benchmark.shifted(pool, 0).tolist())
     assert all(set(runs[("shifted", s)]["picked"]) <= kept for s in STRATEGIES)
+    n_initial, n_pool = results["config"]["initial"], len(pool)
+    ends = {end["scenario"]: end for end in results["all_labelled"]}
+    assert ends["full"]["labels"] == n_initial + n_pool and ends["shifted"]["labels"] == n_initial + len(kept)
+    assert "whole pool labelled" in (tmp_path / "active_learning.md").read_text()
     first = {run["curve"][0]["energy_mae"] for run in runs.values()}
     assert len(first) == 1  # every strategy starts from the same round-0 model
     assert set(results["calibration"]) == {"activation", "ntk", "force_ntk", "ef_ntk"}
