@@ -444,8 +444,10 @@ def table(summary: dict, report: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if "all_labelled" in out:
             end = out["all_labelled"]
-            lines.append(f"| whole pool labelled ({min(end['labels'])}-{max(end['labels'])} frames, "
-                         f"{len(end['seeds'])} seeds) | {end['energy_mae_mean']:.2f} ± {end['energy_mae_std']:.2f} "
+            sizes = sorted(set(end["labels"]))
+            frames = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+            lines.append(f"| whole pool labelled ({frames} frames, {len(end['seeds'])} seeds) "
+                         f"| {end['energy_mae_mean']:.2f} ± {end['energy_mae_std']:.2f} "
                          f"| {end['forces_mae_mean']:.3f} ± {end['forces_mae_std']:.3f} | | | | |")
         lines.append("")
     if report:
