@@ -142,11 +142,8 @@ def committee_picks(models: list, pool: list, candidates: np.ndarray, n: int) ->
 def first_round(task: dict) -> dict:
     """Round 0 of a seed: fine-tuned on the initial set only, the same for every strategy and scenario."""
     torch.set_num_threads(1)
-    cfg, data, seed = task["config"], task["data"], task["seed"]
-    start = time.perf_counter()
-    model, _, _ = ase_mlipal.finetune(ase_mlipal.load_model(cfg["model"]), data["initial_frames"], seed=seed,
-                                      progress=False, **cfg["finetune"])
-    return {"seed": seed, "state_dict": model.state_dict(), "point": _point(model, data, [], start)}
+    model, point = _fine_tuned(task["config"], task["data"], [], task["seed"])
+    return {"seed": task["seed"], "state_dict": model.state_dict(), "point": point}
 
 
 def run(task: dict) -> dict:
@@ -180,13 +177,17 @@ def run(task: dict) -> dict:
 def all_labelled(task: dict) -> dict:
     """The reference at the end of every curve: fine-tuned on the initial set and the whole available pool."""
     torch.set_num_threads(1)
-    cfg, data = task["config"], task["data"]
-    start = time.perf_counter()
-    frames = data["initial_frames"] + [data["pool"][i] for i in task["available"]]
-    model, _, _ = ase_mlipal.finetune(ase_mlipal.load_model(cfg["model"]), frames, seed=task["seed"],
-                                      progress=False, **cfg["finetune"])
-    point = _point(model, data, task["available"], start)
+    _, point = _fine_tuned(task["config"], task["data"], task["available"], task["seed"])
     return {"seed": task["seed"], "scenario": task["scenario"], **point}
+
+
+def _fine_tuned(cfg: dict, data: dict, picked: list, seed: int):
+    """The pretrained model fine-tuned on the initial set and the ``picked`` pool frames, and its test errors."""
+    start = time.perf_counter()
+    frames = data["initial_frames"] + [data["pool"][i] for i in picked]
+    model, _, _ = ase_mlipal.finetune(ase_mlipal.load_model(cfg["model"]), frames, seed=seed, progress=False,
+                                      **cfg["finetune"])
+    return model, _point(model, data, picked, start)
 
 
 def acquire(strategy: str, batch: int, cfg: dict, task: dict, model, pretrained, labelled: list,
