@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Hashable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,8 +15,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .calibration import CalibrationReport, calibration_report, fit_scale
-from .features import Features
+from .calibration import CalibrationReport, calibration_report, fit_recalibration
+from .features import Features, per_structure
 from .frames import read_labels
 from .inference import BatchMaker
 from .kernels import get_feature_map
@@ -48,7 +49,15 @@ class MLIPALCalculator(Calculator):
     Units: until :meth:`calibrate` has been run on labelled frames (or a
     calibrated posterior loaded), the uncertainties are raw posterior
     standard deviations without physical units; they rank structures but
-    are not eV. ``calc.calibrated`` says which.
+    are not eV. ``calc.calibrated`` says which. Calibration maps a raw
+    variance ``q`` to ``scale * q**exponent + floor * n`` (a
+    :class:`~ase_mlipal.calibration.Recalibration` per posterior; ``n`` is
+    the number of atoms for the total energy, 1 for a force component).
+
+    ``typical`` holds the median uncertainty of in-distribution frames
+    (``{"forces": eV/A, "energy": eV/atom}``, see :meth:`fit_typical`);
+    the shipped posterior carries it, so a relative trigger threshold works
+    out of the box.
 
     Args:
         model: anything :func:`~ase_mlipal.load_model` accepts; ``"default"``
@@ -114,6 +123,7 @@ class MLIPALCalculator(Calculator):
         self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
         self.atom_posterior = FeaturePosterior(self.feature_map.force_dim, regularization)
         self.calibrated = False
+        self.typical: Optional[dict[str, float]] = None
         self.reset()
 
     def _batch_size(self) -> int:
@@ -130,13 +140,20 @@ class MLIPALCalculator(Calculator):
 
         The features of ``references`` are recomputed with the new model;
         with labelled ``calibration`` frames (held out from its training)
-        the scales are refitted and the report returned.
+        the scales are refitted and the report returned: the exponent and
+        floor of the old calibration are kept and only the scale is fitted
+        (``"scale"``), since a round holds out few frames. ``typical``
+        is cleared (it belonged to the old model).
         """
         device = next(self.model.parameters()).device
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        shapes = (self.energy_posterior.calibration, self.atom_posterior.calibration)
         self._use_model(load_model(model, device=str(device), dtype=dtype), self.batch_maker.head)
         self.add_reference(references, progress=progress)
-        return self.calibrate(calibration, progress=progress) if calibration else None
+        if not calibration:
+            return None
+        self.energy_posterior.calibration, self.atom_posterior.calibration = shapes
+        return self.calibrate(calibration, energy_method="scale", forces_method="scale", progress=progress)
 
     # -- ASE interface -------------------------------------------------------
 
@@ -179,9 +196,10 @@ class MLIPALCalculator(Calculator):
 
     def uncertainty_from(self, features: Features) -> dict:
         """The uncertainty results (see the class docstring) of one structure's features."""
-        forces_std = np.sqrt(self.atom_posterior.scale * self.force_variance(features))
+        forces_std = np.sqrt(self.atom_posterior.calibration.variance(self.force_variance(features)))
+        n_atoms = int(features.ptr[1] - features.ptr[0])
         results = {
-            "energy_uncertainty": float(self.energy_posterior.std(features.structure)[0]),
+            "energy_uncertainty": float(self.energy_posterior.std(features.structure, n_atoms)[0]),
             "forces_uncertainty": forces_std,
             "uncertainty": float(forces_std.max()),
         }
@@ -264,16 +282,34 @@ class MLIPALCalculator(Calculator):
         fit: bool = True,
         energy_key: str = "energy",
         forces_key: str = "forces",
+        energy_method: str = "power",
+        forces_method: str = "linear",
+        groups: Optional[Sequence[Hashable]] = None,
         progress: Optional[bool] = None,
     ) -> dict[str, CalibrationReport]:
-        """Fit the energy and force variance scales on labelled frames and report.
+        """Fit the energy and force calibrations on labelled frames and report.
 
         Reference labels are read with :func:`ase_mlipal.frames.read_labels`.
-        With ``fit=True`` the scales ``s^2`` are fitted by maximum likelihood
-        on the model's residuals (energy: per structure; forces: per
+        With ``fit=True`` a :class:`~ase_mlipal.calibration.Recalibration` is
+        fitted to each posterior by maximum likelihood on the model's
+        residuals (energy: per structure, floor per atom; forces: per
         Cartesian component) and the report is on the same frames; with
-        ``fit=False`` the current scales are only evaluated (use it on a
+        ``fit=False`` the current calibration is only evaluated (use it on a
         held-out set).
+
+        Args:
+            energy_method, forces_method: ``"power"`` (scale, exponent and
+                error floor), ``"linear"`` (a plain scale) or ``"scale"``
+                (refit the scale, keep the current exponent and floor: for
+                a few frames). The defaults are what transferred best to
+                reactions held out of the calibration
+                (``benchmarks/calibration.py``): a power law with a floor per
+                atom for the energy, a plain scale for the forces.
+            groups: one label per image (e.g. its reaction or molecule);
+                each group then weighs the same in the fit. Calibrate on
+                frames like those you will predict, reactive ones included:
+                a calibration fitted near equilibrium alone is overconfident
+                on bond breaking.
 
         Returns:
             ``{"energy": CalibrationReport, "forces": CalibrationReport}``.
@@ -281,33 +317,70 @@ class MLIPALCalculator(Calculator):
         images = list(images)
         if not images:
             raise ValueError("calibrate needs at least one labelled frame")
+        if groups is not None and len(groups) != len(images):
+            raise ValueError(f"groups has {len(groups)} labels for {len(images)} images; give one per image")
+        res = self.residuals(images, energy_key, forces_key, progress)
+        e_res, e_var, n_atoms = res.energy, res.energy_raw, res.n_atoms.astype(float)
+        f_res, f_var = res.forces.ravel(), np.repeat(res.forces_raw, 3)
+        if fit:
+            atom_groups = None if groups is None else np.repeat(np.asarray(groups, dtype=object), 3 * res.n_atoms)
+            self.energy_posterior.calibration = fit_recalibration(
+                e_res, e_var, n_atoms, groups, energy_method, shape=self.energy_posterior.calibration)
+            self.atom_posterior.calibration = fit_recalibration(
+                f_res, f_var, None, atom_groups, forces_method, shape=self.atom_posterior.calibration)
+            self.calibrated = True
+            self.reset()
+        e_std = np.sqrt(self.energy_posterior.calibration.variance(e_var, n_atoms))
+        f_std = np.sqrt(self.atom_posterior.calibration.variance(f_var))
+        return {
+            "energy": calibration_report(e_res, e_std, self.energy_posterior.scale),
+            "forces": calibration_report(f_res, f_std, self.atom_posterior.scale),
+        }
+
+    def residuals(self, images: Sequence[Atoms], energy_key: str = "energy", forces_key: str = "forces",
+                  progress: Optional[bool] = None) -> "Residuals":
+        """The model's errors on labelled ``images`` beside the raw (uncalibrated) posterior variances.
+
+        What :meth:`calibrate` fits; labels are read with
+        :func:`ase_mlipal.frames.read_labels`.
+        """
         labels = [read_labels(atoms, energy_key, forces_key) for atoms in images]
-        e_res, e_var, f_res, f_var = [], [], [], []
+        e_res, e_var, f_res, f_var, n_atoms = [], [], [], [], []
         done = 0
-        with progress_bar(total=len(images), progress=progress, desc="calibrate") as bar:
+        with progress_bar(total=len(images), progress=progress, desc="residuals") as bar:
             for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
                 out, features = self.feature_map.evaluate(batch, compute_force=True,
                                                           force_posterior=self.atom_posterior, rows=False)
                 ref = labels[done:done + len(chunk)]
                 done += len(chunk)
-                energy = out["energy"].detach().cpu().numpy()
-                forces = out["forces"].detach().cpu().numpy()
-                e_res.append(energy - np.array([e for e, _ in ref]))
+                e_res.append(out["energy"].detach().cpu().numpy() - np.array([e for e, _ in ref]))
                 e_var.append(self.energy_posterior.quadratic_form(features.structure))
-                f_res.append(forces - np.concatenate([f for _, f in ref]))
-                f_var.append(np.repeat(self.force_variance(features), 3))
+                f_res.append(out["forces"].detach().cpu().numpy() - np.concatenate([f for _, f in ref]))
+                f_var.append(self.force_variance(features))
+                n_atoms.append(np.diff(features.ptr))
                 bar.update(len(chunk))
-        e_res, e_var = np.concatenate(e_res), np.concatenate(e_var)
-        f_res, f_var = np.concatenate(f_res).ravel(), np.concatenate(f_var)
-        if fit:
-            self.energy_posterior.scale = fit_scale(e_res, e_var)
-            self.atom_posterior.scale = fit_scale(f_res, f_var)
-            self.calibrated = True
-            self.reset()
-        return {
-            "energy": calibration_report(e_res, np.sqrt(self.energy_posterior.scale * e_var), self.energy_posterior.scale),
-            "forces": calibration_report(f_res, np.sqrt(self.atom_posterior.scale * f_var), self.atom_posterior.scale),
-        }
+        return Residuals(np.concatenate(e_res), np.concatenate(e_var), np.concatenate(f_res),
+                         np.concatenate(f_var), np.concatenate(n_atoms).astype(int))
+
+    def fit_typical(self, images: Sequence[Atoms], progress: Optional[bool] = None) -> dict[str, float]:
+        """Set :attr:`typical` to the median uncertainty over ``images`` (labels not needed) and return it.
+
+        ``"forces"``: the median of each frame's largest force uncertainty
+        (eV/A, what a forces trigger watches); ``"energy"``: the median
+        energy uncertainty per atom (eV/atom). Use frames like the training
+        data; a relative trigger threshold is a multiple of these.
+        """
+        images = list(images)
+        if not images:
+            raise ValueError("fit_typical needs at least one frame")
+        _, batches = self.predict(images, progress)
+        forces, energy = [], []
+        for atoms, features in zip(images, per_structure(batches)):
+            values = self.uncertainty_from(features)
+            forces.append(values["uncertainty"])
+            energy.append(values["energy_uncertainty"] / len(atoms))
+        self.typical = {"forces": float(np.median(forces)), "energy": float(np.median(energy))}
+        return dict(self.typical)
 
     # -- persistence -------------------------------------------------------
 
@@ -315,6 +388,8 @@ class MLIPALCalculator(Calculator):
         """Write both posteriors, their scales and the model's identity to ``.npz`` (atomically)."""
         arrays = {"model_hash": np.array(self.model_hash), "kernel": np.array(self.kernel),
                   "kernel_options": np.array(self._scalar_options()), "calibrated": np.array(self.calibrated)}
+        if self.typical is not None:
+            arrays.update({f"typical_{key}": np.array(value) for key, value in self.typical.items()})
         for prefix, posterior in (("energy_", self.energy_posterior), ("atom_", self.atom_posterior)):
             arrays.update({prefix + key: value for key, value in posterior.state().items()})
         atomic_write(path, lambda tmp: _savez(tmp, arrays))
@@ -345,11 +420,38 @@ class MLIPALCalculator(Calculator):
                              f"{self._scalar_options()}; use the same kernel_options or rebuild it")
         split = {prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
                  for prefix in ("energy_", "atom_")}
+        dims = (split["energy_"]["factor"].shape[0], split["atom_"]["factor"].shape[0])
+        if dims != (self.feature_map.dim, self.feature_map.force_dim):
+            raise ValueError(f"{path} holds {dims[0]}/{dims[1]}-dimensional posteriors, but this calculator's "
+                             f"{self.kernel} features are {self.feature_map.dim}/{self.feature_map.force_dim}-"
+                             "dimensional (an older file or other kernel options); rebuild it with "
+                             "calc.add_reference(...) and calc.calibrate(...)")
         self.energy_posterior = FeaturePosterior.from_state(split["energy_"])
         self.atom_posterior = FeaturePosterior.from_state(split["atom_"])
         self.calibrated = bool(arrays["calibrated"])
+        typical = {key[len("typical_"):]: float(value) for key, value in arrays.items() if key.startswith("typical_")}
+        self.typical = typical or None
         self.reset()
         return self
+
+
+@dataclass
+class Residuals:
+    """Errors of a model on labelled frames and the raw posterior variances beside them.
+
+    Attributes:
+        energy: ``(n_frames,)`` predicted minus reference energy (eV).
+        energy_raw: ``(n_frames,)`` raw variance of the energy posterior.
+        forces: ``(n_atoms_total, 3)`` predicted minus reference forces (eV/A).
+        forces_raw: ``(n_atoms_total,)`` raw variance per force component of each atom.
+        n_atoms: ``(n_frames,)`` atoms per frame (frame ``k`` owns the next ``n_atoms[k]`` force rows).
+    """
+
+    energy: np.ndarray
+    energy_raw: np.ndarray
+    forces: np.ndarray
+    forces_raw: np.ndarray
+    n_atoms: np.ndarray
 
 
 def _savez(path: Path, arrays: dict) -> None:

@@ -71,7 +71,7 @@ class CumulantFeatures(ActivationFeatures):
     atoms_in_energy_space = False
 
     def __init__(self, model: torch.nn.Module, order: int = 3):
-        super().__init__(model)
+        super().__init__(model, by_element=False)  # the cumulants summarise the plain features
         if not 1 <= int(order) <= 8:
             raise ValueError(f"order must be between 1 and 8, got {order}")
         self.order = int(order)

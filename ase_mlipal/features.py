@@ -86,14 +86,41 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(np.float64)
 
 
+MAX_ELEMENT_BLOCKS = 10  # models with more elements (foundation models) share one block
+
+
+def element_blocks(psi: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
+    """``(n, E * q)`` rows: atom ``i``'s ``psi_i`` in the block of its element, zeros elsewhere.
+
+    ``node_attrs`` is mace's one-hot ``(n, E)`` over the model's elements.
+    The inner product of two such rows is ``delta(z_i, z_j) psi_i . psi_j``.
+    """
+    return (node_attrs.to(psi.dtype)[:, :, None] * psi[:, None, :]).reshape(len(psi), -1)
+
+
 class ActivationFeatures:
-    """Activation kernel of seed 000: invariant hidden features of a pretrained MACE.
+    """Activation kernel: invariant hidden features of a pretrained MACE.
 
     ``psi_i`` concatenates the invariant (l=0) node features of atom ``i``
-    from every interaction layer (what the readouts see). MACE's energy is a
-    sum of atomic energies, so the structure feature is ``phi(x) = sum_i psi_i``
-    and ``k(x, x') = phi(x) . phi(x')``. The features come out of the forward
-    pass that gives the energy, so they cost no extra model call.
+    from every interaction layer (what the readouts see), as in
+    "Pretrained Model Representations as Acquisition Signals for Active
+    Learning of MLIPs" (Varga-Umbrich et al.). MACE's energy is a sum of
+    atomic energies, so the structure feature is
+    ``phi(x) = sum_i psi_i`` and ``k(x, x') = phi(x) . phi(x')``. The
+    features come out of the forward pass that gives the energy, so they
+    cost no extra model call.
+
+    ``by_element`` (the default) puts each ``psi_i`` in a block of its own
+    element, so the kernel between atoms is ``delta(z_i, z_j) psi_i . psi_j``
+    and ``phi(x)`` stacks one sum per element: an environment is then judged
+    against environments of the same element only. Measured with reactions
+    held out of the calibration (``benchmarks/calibration.py``), this ranks
+    force errors better and separates bond breaking from near-equilibrium
+    frames more (median raw force variance 3.4x that of the validation split
+    against 2.4x with one shared block), so the calibrated uncertainty is
+    both sharper in distribution and wide enough on reactions. Models with
+    more than ``MAX_ELEMENT_BLOCKS`` elements use one shared block (E blocks
+    of a foundation model's width would not fit in memory).
     """
 
     name = "activation"
@@ -101,13 +128,16 @@ class ActivationFeatures:
     prior_precision = None
     max_batch = None
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, by_element: bool = True):
         self.model = model
         irreps = o3.Irreps(str(model.products[0].linear.irreps_out))
         self.l_max = irreps.lmax
         self.num_invariant = irreps.dim // (self.l_max + 1) ** 2
         self.num_layers = int(model.num_interactions)
-        self.dim = self.force_dim = self.num_invariant * self.num_layers
+        n_elements = len(model.atomic_numbers)
+        self.by_element = bool(by_element) and n_elements <= MAX_ELEMENT_BLOCKS
+        blocks = n_elements if self.by_element else 1
+        self.dim = self.force_dim = blocks * self.num_invariant * self.num_layers
 
     def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
                  force_posterior=None, rows: bool = True) -> tuple[dict, Features]:
@@ -123,6 +153,8 @@ class ActivationFeatures:
     def from_output(self, output: dict) -> Features:
         """Features from the output of :func:`ase_mlipal.inference.forward`."""
         psi = extract_invariant(output["node_feats"].detach(), self.num_layers, self.num_invariant, self.l_max)
+        if self.by_element:
+            psi = element_blocks(psi, output["node_attrs"])
         phi = torch.zeros(len(output["ptr"]) - 1, psi.shape[1], dtype=psi.dtype, device=psi.device)
         phi.index_add_(0, output["batch"], psi)
         return Features(atom=to_numpy(psi), structure=to_numpy(phi), ptr=output["ptr"].cpu().numpy())
@@ -143,8 +175,8 @@ class FixedFeatures(ActivationFeatures):
 
     name = "fixed"
 
-    def __init__(self, model: torch.nn.Module, seed: int = 0):
-        super().__init__(model)
+    def __init__(self, model: torch.nn.Module, seed: int = 0, by_element: bool = True):
+        super().__init__(model, by_element)
         self.seed = seed
         self.random_model = random_like(model, seed)
         for parameter in self.random_model.parameters():

@@ -133,7 +133,8 @@ def forward(
 
     Returns mace's output dictionary (``energy``, ``node_energy``, ``forces``,
     ``stress``, ``node_feats``, ...) plus ``batch`` and ``ptr`` (which atoms
-    belong to which structure). ``training=True`` keeps the graph of the
+    belong to which structure) and ``node_attrs`` (each atom's element, one-hot
+    over the model's elements). ``training=True`` keeps the graph of the
     forces so they can be differentiated again (needed by force kernels).
     """
     data = batch.to_dict()
@@ -141,6 +142,7 @@ def forward(
     out = dict(out)
     out["batch"] = data["batch"]
     out["ptr"] = data["ptr"]
+    out["node_attrs"] = data["node_attrs"]
     return out
 
 

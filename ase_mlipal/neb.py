@@ -47,7 +47,8 @@ class PathProfile:
         energy: predicted energy relative to the first image (eV).
         energy_std: 1-sigma uncertainty of each ``energy`` (eV; 0 at the first image).
         uncertainty: the trigger's quantity per image (largest force uncertainty, eV/A).
-        barrier, barrier_std: ``max(energy)`` and its 1-sigma uncertainty (eV).
+        barrier, barrier_std: ``max(energy)`` and its 1-sigma uncertainty (eV; the
+            spread of the maximum over posterior draws of the profile).
         reference_energy: reference energies relative to the first image (eV), if known.
     """
 
@@ -78,19 +79,45 @@ def band(initial: Atoms, final: Atoms, n_images: int) -> list[Atoms]:
     return images
 
 
-def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "") -> PathProfile:
-    """Predicted energies of ``images`` with the uncertainty of each difference to the first."""
+def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "",
+                 draws: int = 4096, seed: int = 0) -> PathProfile:
+    """Predicted energies of ``images`` with the uncertainty of each difference to the first.
+
+    ``energy_std`` is the calibrated posterior std of each ``E_i - E_0``.
+    The barrier is the highest of those energies, so its uncertainty is
+    that of a maximum: ``barrier_std`` is the spread of ``max_i`` over
+    ``draws`` joint posterior draws of the whole profile (correlated through
+    the features, each image's marginal std its ``energy_std``). An image
+    just below the top but far less certain widens it, where the std of the
+    top image alone would not.
+    """
     images = list(images)
     energies, batches = calc.predict(images)
     features = per_structure(batches)
     delta = np.concatenate([f.structure for f in features]) - features[0].structure
-    energy_std = calc.energy_posterior.std(delta)
+    posterior = calc.energy_posterior
+    raw = posterior.quadratic_form(delta)
+    energy_std = np.sqrt(posterior.calibration.variance(raw, len(images[0])))
     energy_std[0] = 0.0
     uncertainty = np.array([calc.uncertainty_from(f)["uncertainty"] for f in features])
     relative = energies - energies[0]
     top = int(np.argmax(relative))
     return PathProfile(label, reaction_coordinate(images), relative, energy_std, uncertainty,
-                       barrier=float(relative[top]), barrier_std=float(energy_std[top]))
+                       barrier=float(relative[top]),
+                       barrier_std=_std_of_maximum(posterior, delta, relative, raw, energy_std, draws, seed))
+
+
+def _std_of_maximum(posterior, delta: np.ndarray, mean: np.ndarray, raw: np.ndarray, std: np.ndarray,
+                    draws: int, seed: int) -> float:
+    """Std of ``max_i E_i`` over joint draws ``E_i = mean_i + c_i delta_i . z``, ``z ~ N(0, A^-1)``.
+
+    ``c_i = std_i / sqrt(raw_i)`` rescales each image's raw draw to its
+    calibrated std; with the plain scale every ``c_i = s``.
+    """
+    noise = np.random.default_rng(seed).standard_normal((draws, posterior.dim))
+    draws_raw = delta @ posterior.samples(noise).T  # (images, draws), variance raw_i
+    factor = np.divide(std, np.sqrt(raw), out=np.zeros_like(std), where=raw > 0)
+    return float(np.std(np.max(mean[:, None] + factor[:, None] * draws_raw, axis=0)))
 
 
 @dataclass

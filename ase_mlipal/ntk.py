@@ -84,7 +84,7 @@ class NTKFeatures:
     def _run(self, single, compute_stress: bool) -> tuple[dict, dict]:
         data = single.to_dict()
         out = dict(self.model(data, training=False, compute_force=False, compute_displacement=compute_stress))
-        out["batch"], out["ptr"] = data["batch"], data["ptr"]
+        out["batch"], out["ptr"], out["node_attrs"] = data["batch"], data["ptr"], data["node_attrs"]
         return data, out
 
     def _inputs(self, data: dict, out: dict, compute_force: bool, compute_stress: bool) -> list[torch.Tensor]:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy.linalg.lapack import dtpqrt
 
+from .calibration import Recalibration
+
 
 class FeaturePosterior:
     """Posterior variance over ``p``-dimensional features, updated incrementally.
@@ -29,7 +31,9 @@ class FeaturePosterior:
         regularization: ``lambda``, the prior precision (in squared feature
             units). Smaller values trust the references more.
         scale: ``s^2``, the variance scale; 1 gives raw (unit-free)
-            variances, calibration fits it to put them in physical units.
+            variances. Calibration replaces it by a fitted
+            :class:`~ase_mlipal.calibration.Recalibration` (``calibration``),
+            which puts them in physical units.
         chunk_size: rows processed at once by :meth:`add` and
             :meth:`variance` (memory ``O(chunk_size * p + p^2)``).
     """
@@ -41,7 +45,7 @@ class FeaturePosterior:
             raise ValueError(f"regularization must be positive, got {regularization}")
         self.dim = int(dim)
         self.regularization = float(regularization)
-        self.scale = float(scale)
+        self.calibration = Recalibration(scale=float(scale))
         self.chunk_size = int(chunk_size)
         self.n_added = 0
         # Upper-triangular R with A = R^T R.
@@ -86,18 +90,28 @@ class FeaturePosterior:
             out[start:start + len(block)] = (z * z).sum(dim=0).numpy()
         return out
 
-    def variance(self, features: np.ndarray) -> np.ndarray:
-        """Posterior variance ``s^2 phi^T A^{-1} phi`` of each row of ``features``.
+    @property
+    def scale(self) -> float:
+        """``s^2``, the factor on the raw variance (``calibration.scale``)."""
+        return self.calibration.scale
 
-        Equal to ``(s^2 / lambda) [k(x,x) - k_xR (K_RR + lambda I)^{-1} k_Rx]``,
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.calibration = Recalibration(scale=float(value))
+
+    def variance(self, features: np.ndarray, size=1.0) -> np.ndarray:
+        """Calibrated variance of each row of ``features``: ``calibration.variance(q, size)``.
+
+        With the plain scale (the default) this is ``s^2 phi^T A^{-1} phi``,
+        equal to ``(s^2 / lambda) [k(x,x) - k_xR (K_RR + lambda I)^{-1} k_Rx]``,
         the Gaussian-process posterior with the linear kernel on the same
-        references.
+        references. ``size`` is the floor's size (atoms of each structure).
         """
-        return self.scale * self.quadratic_form(features)
+        return self.calibration.variance(self.quadratic_form(features), size)
 
-    def std(self, features: np.ndarray) -> np.ndarray:
+    def std(self, features: np.ndarray, size=1.0) -> np.ndarray:
         """Square root of :meth:`variance`."""
-        return np.sqrt(self.variance(features))
+        return np.sqrt(self.variance(features, size))
 
     def samples(self, noise: np.ndarray) -> np.ndarray:
         """Draws from ``N(0, A^{-1})``, one per row of standard normal ``noise`` (``(k, p)``).
@@ -120,7 +134,9 @@ class FeaturePosterior:
         return {
             "factor": self.factor,
             "regularization": np.array(self.regularization),
-            "scale": np.array(self.scale),
+            "scale": np.array(self.calibration.scale),
+            "exponent": np.array(self.calibration.exponent),
+            "floor": np.array(self.calibration.floor),
             "n_added": np.array(self.n_added),
             "chunk_size": np.array(self.chunk_size),
         }
@@ -130,6 +146,8 @@ class FeaturePosterior:
         """Rebuild a posterior from :meth:`state`."""
         factor = np.asarray(state["factor"], dtype=np.float64)
         post = cls(factor.shape[0], float(state["regularization"]), float(state["scale"]), int(state["chunk_size"]))
+        post.calibration = Recalibration(float(state["scale"]), float(state.get("exponent", 1.0)),
+                                         float(state.get("floor", 0.0)))
         post.factor = factor
         post.n_added = int(state["n_added"])
         return post
@@ -154,4 +172,4 @@ class FeaturePosterior:
 
     def __repr__(self) -> str:
         return (f"FeaturePosterior(dim={self.dim}, regularization={self.regularization:g}, "
-                f"scale={self.scale:g}, n_added={self.n_added})")
+                f"calibration={self.calibration}, n_added={self.n_added})")

@@ -44,6 +44,7 @@ from ase.mep.neb import BaseNEB
 
 from .calculator import MLIPALCalculator
 from .features import per_structure
+from .frames import read_labels
 from .store import FrameStore
 
 
@@ -62,7 +63,9 @@ class UncertaintyTrigger:
             or eV/atom for ``quantity="energy"`` (energy uncertainty per atom).
         quantity: ``"forces"`` or ``"energy"``.
         mode: ``"absolute"`` (threshold as given) or ``"relative"`` (a
-            multiple of the median uncertainty over ``reference`` frames).
+            multiple of the typical uncertainty: the median over
+            ``reference`` frames, or, without them, the calculator's
+            ``typical``, which the shipped default posterior carries).
         reference: frames that define the typical uncertainty (relative mode).
         hard_limit: above this (same units as the effective threshold) the
             frame is flagged and :class:`UncertaintyLimitExceeded` stops the
@@ -104,15 +107,23 @@ class UncertaintyTrigger:
         self.settle = settle
         self.typical = 1.0
         if mode == "relative":
-            if not reference:
-                raise ValueError("mode='relative' needs reference frames to define the typical uncertainty")
-            self.typical = float(np.median([self.score(frame) for frame in reference]))
+            self.typical = self._typical(reference)
         self.threshold = threshold * self.typical
         self.hard_limit = None if hard_limit is None else hard_limit * self.typical
         self.nsteps = 0
         self.flagged: list[tuple[int, float]] = []  # (call number, value)
         self.band_values: Optional[np.ndarray] = None  # per interior image, at the last band check
         self.last_value: Optional[float] = None  # largest value of the last check
+
+    def _typical(self, reference: Optional[Sequence[Atoms]]) -> float:
+        """The typical value a relative threshold multiplies: from ``reference`` or the calculator."""
+        if reference:
+            return float(np.median([self.score(frame) for frame in reference]))
+        if self.calc.typical is not None:
+            return float(self.calc.typical[self.quantity])
+        raise ValueError("mode='relative' needs reference frames to define the typical uncertainty: pass "
+                         "reference=[...] (frames like the training data), or run calc.fit_typical(frames) "
+                         "once; the shipped default posterior carries its own")
 
     def value_of(self, uncertainties: dict, n_atoms: int) -> float:
         """The number compared with the threshold, from a calculator's uncertainty results."""
@@ -164,29 +175,61 @@ class UncertaintyTrigger:
         self.band_values = values
         return values.tolist()
 
-    def absorb(self, images: Sequence[Atoms]) -> None:
+    def absorb(self, images: Sequence[Atoms], floors: Optional[Sequence[Optional[float]]] = None) -> None:
         """Enter frames into the posterior as if this trigger had flagged them.
 
         Frames above the threshold enter with the settling weight (see the
         module docstring), the others with weight 1. Use it to carry
         flagged and labelled frames over to a rebuilt posterior.
+        ``floors`` (one per image, trigger units, ``None`` for none) bounds
+        how far a frame may settle: after fine-tuning, pass the new model's
+        residual on each labelled frame (:func:`residual_floor`), so no
+        frame ends less uncertain than the model's fit to it justifies.
         """
         if not images:
             return
+        if floors is not None and len(floors) != len(images):
+            raise ValueError(f"got {len(floors)} floors for {len(images)} images")
         _, batches = self.calc.predict(images)
-        for atoms, features in zip(images, per_structure(batches)):
+        for k, (atoms, features) in enumerate(zip(images, per_structure(batches))):
             value = self.value_of(self.calc.uncertainty_from(features), len(atoms))
-            weight = self._weight(value, len(atoms)) if value > self.threshold else 1.0
+            target = self.settle * self.threshold
+            if floors is not None and floors[k] is not None:
+                target = max(target, float(floors[k]))
+            weight = self._weight(value, len(atoms), target) if value > max(target, self.threshold) else 1.0
             self.calc.add_features(features, weight=weight)
 
-    def _weight(self, value: float, n_atoms: int) -> float:
-        """Observation weight that settles a frame of uncertainty ``value`` at ``settle * threshold``."""
+    def residual_floor(self, atoms: Atoms) -> float:
+        """Half the calculator's largest error on a labelled frame, in the trigger's units.
+
+        Forces: half the largest force-component error (eV/A); energy: half
+        the energy error per atom (eV/atom). A frame whose uncertainty stays
+        at or above it keeps the error inside two sigma.
+        """
+        energy, forces = read_labels(atoms)
+        probe = atoms.copy()
+        probe.calc = self.calc
         if self.quantity == "forces":
-            scale, per = self.calc.atom_posterior.scale, 1.0
+            return 0.5 * float(np.abs(probe.get_forces() - forces).max())
+        return 0.5 * abs(probe.get_potential_energy() - energy) / len(atoms)
+
+    def _weight(self, value: float, n_atoms: int, target: Optional[float] = None) -> float:
+        """Observation weight that settles a frame of uncertainty ``value`` at ``target``.
+
+        ``target`` defaults to ``settle * threshold``; raw variances come
+        from inverting the posterior's calibration, so the weight holds for
+        a power law and a floor as for a plain scale.
+        """
+        target = self.settle * self.threshold if target is None else target
+        if self.quantity == "forces":
+            calibration, per, size = self.calc.atom_posterior.calibration, 1.0, 1.0
         else:
-            scale, per = self.calc.energy_posterior.scale, float(n_atoms)
-        q = (value * per) ** 2 / scale
-        q_target = (self.settle * self.threshold * per) ** 2 / scale
+            calibration, per, size = self.calc.energy_posterior.calibration, float(n_atoms), float(n_atoms)
+        q = calibration.raw_for((value * per) ** 2, size)
+        q_target = calibration.raw_for((target * per) ** 2, size)
+        if q <= 0:
+            return 1.0
+        q_target = max(q_target, 1e-3 * q)  # below the floor: settle as far as the floor allows
         return max(1.0, (q / q_target - 1.0) / q)
 
     def _flag(self, atoms: Atoms, value: float, step: int, uncertainties: dict, image: Optional[int] = None) -> None:

@@ -259,9 +259,9 @@ def point_on_path(images: list[Atoms], s_images: np.ndarray, s: float) -> tuple[
     return frame, int(round(k + t))
 
 
-def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
-    kind, reactant_name, product_names = NEB_REACTIONS[name]
-    rng = np.random.default_rng(seed_of(name))
+def converged_band(name: str) -> tuple[list[Atoms], str]:
+    """The climbing-image NEB of reaction ``name`` on xTB (11 images), or ``([], why it was dropped)``."""
+    _, reactant_name, product_names = NEB_REACTIONS[name]
     reactant = relaxed(molecule(reactant_name))
     product = relaxed(map_product(reactant, fragments(product_names)))
     images = [reactant] + [reactant.copy() for _ in range(9)] + [product]
@@ -269,9 +269,33 @@ def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
     try:
         converged = neb_optimise(images)
     except RuntimeError as error:  # xTB failed on an image at every temperature
-        return [], {"dropped": str(error)}
+        return [], str(error)
     if not converged:
-        return [], {"dropped": "NEB not converged to fmax 0.05 eV/A in 1500 FIRE steps"}
+        return [], "NEB not converged to fmax 0.05 eV/A in 1500 FIRE steps"
+    return images, ""
+
+
+def neb_band(name: str) -> tuple[list[Atoms], dict]:
+    """The converged band itself, each image labelled (``info``: ``reaction``, ``image``, ``path_s``)."""
+    images, dropped = converged_band(name)
+    if not images:
+        return [], {"dropped": dropped}
+    s_images = path_coordinates(images)
+    frames = []
+    for k, image in enumerate(images):
+        labelled = xtb_label(image, LabelStats())
+        labelled.info.update(reaction=name, image=k, path_s=float(s_images[k]))
+        frames.append(labelled)
+    return frames, {}
+
+
+def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
+    kind = NEB_REACTIONS[name][0]
+    rng = np.random.default_rng(seed_of(name))
+    images, dropped = converged_band(name)
+    if not images:
+        return [], {"dropped": dropped}
+    converged = True
     energies = [image.get_potential_energy() for image in images]
     s_images = path_coordinates(images)
     s_ts = float(s_images[int(np.argmax(energies))])
@@ -331,7 +355,7 @@ def hot_md(name: str) -> tuple[list[Atoms], dict]:
 
 def _run(task):
     kind, name = task
-    fn = {"molecule": molecule_frames, "neb": neb_reaction, "hot": hot_md}[kind]
+    fn = {"molecule": molecule_frames, "neb": neb_reaction, "hot": hot_md, "band": neb_band}[kind]
     return kind, name, fn(name)
 
 
@@ -339,16 +363,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "benchmarks" / "data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--only", choices=("pretrain", "reactive"), help="make one of the two sets")
+    parser.add_argument("--only", choices=("pretrain", "reactive", "bands"),
+                        help="make one of the sets (bands: the converged NEB bands alone)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     names = closed_shell_hcno()
     tasks = []
-    if args.only != "pretrain":
+    if args.only in (None, "reactive"):
         tasks += [("neb", n) for n in NEB_REACTIONS] + [("hot", n) for n in HOT_MD]
-    if args.only != "reactive":
+    if args.only in (None, "bands"):
+        tasks += [("band", n) for n in NEB_REACTIONS]
+    if args.only in (None, "pretrain"):
         tasks += [("molecule", n) for n in names]
     results = {}
     with ProcessPoolExecutor(args.workers) as pool:
@@ -357,7 +384,7 @@ def main():
 
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and args.only else {}
-    if args.only != "reactive":
+    if args.only in (None, "pretrain"):
         pretrain = []
         summary["molecules"] = {}
         for name in names:
@@ -368,11 +395,15 @@ def main():
         write(args.out / "pretrain.xyz.gz", pretrain, format="extxyz")
         summary["pretrain_frames"] = {s: sum(f.info["split"] == s for f in pretrain) for s in ("train", "valid", "test")}
         summary["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-    if args.only != "pretrain":
+    if args.only in (None, "bands"):
+        bands = [f for kind, name in tasks if kind == "band" for f in results[(kind, name)][0]]
+        write(args.out / "reactive_bands.xyz.gz", bands, format="extxyz")
+        summary["bands"] = sorted({f.info["reaction"] for f in bands})
+    if args.only in (None, "reactive"):
         reactive = []
         summary["reactions"] = {}
         for kind, name in tasks:
-            if kind != "molecule":
+            if kind in ("neb", "hot"):
                 frames, info = results[(kind, name)]
                 reactive += frames
                 summary["reactions"][name] = {"frames": len(frames), **info}

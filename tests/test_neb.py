@@ -66,7 +66,10 @@ def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc
     np.testing.assert_allclose(profile.energy_std, expected, rtol=1e-6, atol=1e-10)
     top = int(np.argmax(profile.energy))
     assert profile.barrier == pytest.approx(profile.energy[top])
-    assert profile.barrier_std == pytest.approx(expected[top])
+    # the std of a maximum of jointly Gaussian energies: at least the top image's when it dominates
+    cov = np.einsum("ij,jk,lk->il", delta, covariance, delta)
+    draws = np.random.default_rng(1).multivariate_normal(profile.energy, cov, size=20000, method="eigh")
+    assert profile.barrier_std == pytest.approx(np.std(draws.max(axis=1)), rel=0.1, abs=1e-6)
     assert profile.s[0] == 0 and np.all(np.diff(profile.s) > 0)
 
 
