@@ -32,7 +32,7 @@ def atom_latents(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: in
     frames = list(frames)
     if not frames:
         raise ValueError("need at least one structure")
-    feature_map = ActivationFeatures(model)
+    feature_map = ActivationFeatures(model, by_element=False)  # the plain latent, one column per channel
     maker = BatchMaker(model)
     rows = []
     for _, batch in maker.batches(frames, batch_size):

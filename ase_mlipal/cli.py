@@ -1,6 +1,6 @@
 """The ``mlipal`` command line: MD and NEB with uncertainty, on-the-fly learning, the demo.
 
-    mlipal md ethanol.xyz --steps 2000 --threshold 0.15 --plot md.png
+    mlipal md ethanol.xyz --steps 2000 --threshold 0.5 --plot md.png
     mlipal neb initial.xyz final.xyz --images 9 --plot neb.png
     mlipal learn run.toml
     mlipal select pool.xyz -n 50 --labelled train.xyz --kernel ntk --method lcmd -o picked.xyz
@@ -172,7 +172,7 @@ LEARN_HELP = """TOML file, e.g.:
     kind = "md"            # or "neb"
     model = "default"
     reference = "xtb"      # xtb, emt or package.module:Factory
-    threshold = 0.15       # eV/A, largest per-atom force uncertainty
+    threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.3 near equilibrium)
     structure = "ethanol.xyz"      # md; for neb: initial = "...", final = "..."
     workdir = "run1"
     batch_size = 8
@@ -287,7 +287,8 @@ def parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="default", help="model file, foundation name or 'default'")
         p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
-        p.add_argument("--threshold", type=float, default=0.15, help="trigger threshold, eV/A (default 0.15)")
+        p.add_argument("--threshold", type=float, default=0.5,
+                       help="trigger threshold, eV/A (default 0.5: the default model is about 0.3 near equilibrium)")
         p.add_argument("--db", default="frames.db", help="frame store (ase.db path or URL)")
         p.add_argument("--interval", type=int, default=5, help="trigger every N steps")
         p.add_argument("--steps", type=int, default=1000)
@@ -359,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (a few minutes)")
     demo.add_argument("--workdir", default="mlipal-demo")
     demo.add_argument("--images", type=int, default=9)
-    demo.add_argument("--threshold", type=float, default=0.12, help="eV/A")
+    demo.add_argument("--threshold", type=float, default=0.5, help="eV/A (default 0.5)")
     demo.add_argument("--rounds", type=int, default=4, help="NEB runs at most")
     demo.set_defaults(func=cmd_demo)
     return main

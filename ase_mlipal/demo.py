@@ -45,7 +45,7 @@ DEMO_FINETUNE = {"replay_ratio": 3, "energy_weight": 10.0, "valid_fraction": 0.1
                  "patience": 100}
 
 
-def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.12, max_rounds: int = 4,
+def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_rounds: int = 4,
              steps: int = 300, fmax: float = 0.1, finetune_options: Optional[dict] = None) -> dict:
     """Run the demo in ``workdir`` (its store replaced), print the before/after table; returns the scores.
 

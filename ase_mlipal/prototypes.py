@@ -55,7 +55,7 @@ class PrototypeAlignment:
         self.model = copy.deepcopy(model).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self.features = ActivationFeatures(self.model)
+        self.features = ActivationFeatures(self.model, by_element=False)  # the plain latent the prototypes cluster
         psi, energy, numbers = [], [], []
         for chunk, batch in BatchMaker(self.model).batches(source, batch_size):
             out, features = self.features.evaluate(batch, compute_force=False)

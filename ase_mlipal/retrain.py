@@ -64,9 +64,9 @@ def learning_round(
     After the swap the posterior holds the features of ``references``
     under the new model and absorbs every labelled and failed frame
     through ``trigger`` (so nothing already handled is flagged again); a
-    labelled frame settles no lower than the new model's error on it
-    (:meth:`UncertaintyTrigger.residual_floor`), so one the fine-tune did
-    not fit stays uncertain.
+    labelled frame settles no lower than the new model's errors on it, in
+    forces and energy (:meth:`UncertaintyTrigger.residual_floors`), so one
+    the fine-tune did not fit stays uncertain.
     The scales are refitted on the labelled frames held out from
     fine-tuning pooled with as many labelled ``references``: held-out new
     frames alone are few and all from the region the model knows least,
@@ -84,7 +84,7 @@ def learning_round(
     calibration = held_out + _labelled_sample(references, len(held_out), seed=number)
     record.calibration = calc.set_model(model, references, calibration=calibration, progress=progress)
     failed = store.frames("failed")
-    floors = [trigger.residual_floor(atoms) for atoms in frames] + [None] * len(failed)
+    floors = [trigger.residual_floors(atoms) for atoms in frames] + [None] * len(failed)
     trigger.absorb(frames + failed, floors=floors)
     record.model_hash = calc.model_hash
     return record

@@ -2,8 +2,20 @@
 
 Attach it to any ASE MD integrator or optimiser::
 
-    trigger = UncertaintyTrigger(calc, store, threshold=0.15, atoms=atoms)
+    trigger = UncertaintyTrigger(calc, store, threshold=4.0, mode="relative", atoms=atoms)
     dyn.attach(trigger, interval=5)
+
+What a threshold means: on the shipped default the force uncertainty is
+the standard deviation of each force component, calibrated so that on
+reactions held out of its calibration about 94% of force components lie
+within 2 sigma (88% in transition-state regions, 94% on near-equilibrium
+molecules it never saw; ``benchmarks/calibration.py``). Near equilibrium
+the largest per-atom uncertainty of a frame is typically 0.28 eV/A (the
+median over the validation split, ``calc.typical``); bond breaking gives
+several times that. ``mode="relative"`` takes the threshold as a multiple
+of that typical value, so ``threshold=4.0`` flags frames four times less
+certain than the training data; an absolute threshold (eV/A) below about
+0.3 eV/A flags ordinary thermal frames of the default.
 
 At each call it reads the uncertainty the calculator computed for the
 current step (no extra model call). It watches a nudged elastic band the
@@ -31,11 +43,18 @@ model's residuals, so one more such observation barely lowers a frame's
 variance (``q -> q / (1 + q)`` for its raw variance ``q``). A flagged frame
 is about to get a reference label, a far more precise observation, so it
 enters with the weight ``w`` that brings its own uncertainty down to
-``settle`` times the threshold: ``q / (1 + w q) = q_target``.
+``settle`` times the threshold: ``q / (1 + w q) = q_target``, with ``q``
+read through the inverse of the posterior's calibration. That is a
+bookkeeping device against flagging one event again and again, not a
+claim of accuracy: after fine-tuning, :meth:`UncertaintyTrigger.absorb`
+settles each labelled frame no lower than the new model's error on it
+(its ``floors``; weights found by bisection on trial posteriors, so a
+frame's atoms lowering each other's variance is accounted for).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -127,9 +146,7 @@ class UncertaintyTrigger:
 
     def value_of(self, uncertainties: dict, n_atoms: int) -> float:
         """The number compared with the threshold, from a calculator's uncertainty results."""
-        if self.quantity == "forces":
-            return float(uncertainties["uncertainty"])
-        return float(uncertainties["energy_uncertainty"]) / n_atoms
+        return _value(uncertainties, n_atoms, self.quantity)
 
     def score(self, atoms: Atoms) -> float:
         """The uncertainty the trigger compares with its threshold."""
@@ -175,16 +192,21 @@ class UncertaintyTrigger:
         self.band_values = values
         return values.tolist()
 
-    def absorb(self, images: Sequence[Atoms], floors: Optional[Sequence[Optional[float]]] = None) -> None:
+    def absorb(self, images: Sequence[Atoms], floors: Optional[Sequence[Optional[dict]]] = None) -> None:
         """Enter frames into the posterior as if this trigger had flagged them.
 
         Frames above the threshold enter with the settling weight (see the
         module docstring), the others with weight 1. Use it to carry
         flagged and labelled frames over to a rebuilt posterior.
-        ``floors`` (one per image, trigger units, ``None`` for none) bounds
-        how far a frame may settle: after fine-tuning, pass the new model's
-        residual on each labelled frame (:func:`residual_floor`), so no
-        frame ends less uncertain than the model's fit to it justifies.
+
+        ``floors`` (one per image: ``None``, or ``{"forces": eV/A, "energy":
+        eV/atom}`` as :meth:`residual_floors` gives) bounds how far a frame
+        may settle, in each quantity: after fine-tuning, pass the new model's
+        errors on the labelled frames, so no frame ends less uncertain, in
+        its forces or its energy, than the model's fit to it justifies. With
+        floors the weight is the largest one that keeps every bound (it may
+        fall below 1, down to about zero for a frame already below its
+        floor), found by bisection on trial posteriors.
         """
         if not images:
             return
@@ -193,25 +215,72 @@ class UncertaintyTrigger:
         _, batches = self.calc.predict(images)
         for k, (atoms, features) in enumerate(zip(images, per_structure(batches))):
             value = self.value_of(self.calc.uncertainty_from(features), len(atoms))
-            target = self.settle * self.threshold
-            if floors is not None and floors[k] is not None:
-                target = max(target, float(floors[k]))
-            weight = self._weight(value, len(atoms), target) if value > max(target, self.threshold) else 1.0
+            bounds = None if floors is None else floors[k]
+            if bounds:
+                weight = self._bounded_weight(features, len(atoms), value, bounds)
+            else:
+                weight = self._weight(value, len(atoms)) if value > self.threshold else 1.0
             self.calc.add_features(features, weight=weight)
 
-    def residual_floor(self, atoms: Atoms) -> float:
-        """Half the calculator's largest error on a labelled frame, in the trigger's units.
+    def residual_floors(self, atoms: Atoms) -> dict[str, float]:
+        """Half the calculator's errors on a labelled frame: ``{"forces": eV/A, "energy": eV/atom}``.
 
-        Forces: half the largest force-component error (eV/A); energy: half
-        the energy error per atom (eV/atom). A frame whose uncertainty stays
-        at or above it keeps the error inside two sigma.
+        Forces: half the largest force-component error; energy: half the
+        energy error per atom. An uncertainty at or above them keeps the
+        error inside two sigma.
         """
         energy, forces = read_labels(atoms)
         probe = atoms.copy()
         probe.calc = self.calc
-        if self.quantity == "forces":
-            return 0.5 * float(np.abs(probe.get_forces() - forces).max())
-        return 0.5 * abs(probe.get_potential_energy() - energy) / len(atoms)
+        return {"forces": 0.5 * float(np.abs(probe.get_forces() - forces).max()),
+                "energy": 0.5 * abs(probe.get_potential_energy() - energy) / len(atoms)}
+
+    def _bounded_weight(self, features, n_atoms: int, value: float, bounds: dict) -> float:
+        """The largest weight that settles the frame at the threshold's target and keeps every bound."""
+        weights = []
+        for quantity in ("forces", "energy"):
+            target = bounds.get(quantity)
+            if quantity == self.quantity:
+                if value <= self.threshold:
+                    target = 0.0 if target is None else target  # not flagged: weight 1 unless a bound says less
+                    weights.append(1.0 if target <= 0 else min(1.0, self._bisect(features, n_atoms, quantity, target)))
+                    continue
+                target = max(self.settle * self.threshold, target or 0.0)
+            if target is None or target <= 0:
+                continue
+            if features.force_variance is not None and quantity == "forces":
+                weights.append(self._weight(value, n_atoms, target))  # force kernels: the closed form
+            else:
+                weights.append(self._bisect(features, n_atoms, quantity, target))
+        return min(weights) if weights else 1.0
+
+    def _bisect(self, features, n_atoms: int, quantity: str, target: float) -> float:
+        """The weight after which the frame's ``quantity`` value is ``target`` (trial posteriors).
+
+        The closed form of :meth:`_weight` treats the frame as one direction;
+        its atoms' rows also lower each other's variance, so it overshoots.
+        """
+        low, high = -25.0, 25.0  # log weights
+        if self._value_after(features, n_atoms, float(np.exp(high)), quantity) > target:
+            return float(np.exp(high))
+        for _ in range(40):
+            middle = 0.5 * (low + high)
+            if self._value_after(features, n_atoms, float(np.exp(middle)), quantity) > target:
+                low = middle
+            else:
+                high = middle
+        return float(np.exp(low))
+
+    def _value_after(self, features, n_atoms: int, weight: float, quantity: str) -> float:
+        """The frame's ``quantity`` value were it added with ``weight`` (to copies of the posteriors)."""
+        energy_rows, force_rows = self.calc.feature_map.conditioning(features)
+        saved = self.calc.energy_posterior, self.calc.atom_posterior
+        try:
+            self.calc.energy_posterior = copy.deepcopy(saved[0]).add(energy_rows, weight)
+            self.calc.atom_posterior = copy.deepcopy(saved[1]).add(force_rows, weight)
+            return _value(self.calc.uncertainty_from(features), n_atoms, quantity)
+        finally:
+            self.calc.energy_posterior, self.calc.atom_posterior = saved
 
     def _weight(self, value: float, n_atoms: int, target: Optional[float] = None) -> float:
         """Observation weight that settles a frame of uncertainty ``value`` at ``target``.
@@ -241,3 +310,10 @@ class UncertaintyTrigger:
         self.flagged.append((step, value))
         if self.callback is not None:
             self.callback(atoms, value)
+
+
+def _value(uncertainties: dict, n_atoms: int, quantity: str) -> float:
+    """Largest force uncertainty (eV/A) or energy uncertainty per atom (eV/atom)."""
+    if quantity == "forces":
+        return float(uncertainties["uncertainty"])
+    return float(uncertainties["energy_uncertainty"]) / n_atoms

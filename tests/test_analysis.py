@@ -42,7 +42,7 @@ def test_cumulant_descriptor_takes_signed_roots_structure_by_structure():
 
 
 def test_cumulant_kernel_of_order_one_is_the_mean_activation(tiny_model, ethanol):
-    activation = MLIPALCalculator(model=tiny_model, posterior=None)
+    activation = MLIPALCalculator(model=tiny_model, kernel_options={"by_element": False}, posterior=None)
     first = MLIPALCalculator(model=tiny_model, kernel="cumulant", kernel_options={"order": 1}, posterior=None)
     third = MLIPALCalculator(model=tiny_model, kernel="cumulant", kernel_options={"order": 3}, posterior=None)
     (a,), (b,), (c,) = (calc.features([ethanol])[0].structure for calc in (activation, first, third))

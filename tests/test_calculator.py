@@ -250,3 +250,39 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
     fresh = ethanol.copy()
     fresh.calc = MACECalculator(models=copy.deepcopy(other), default_dtype="float64")
     assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
+
+
+def test_posterior_of_other_features_is_refused_with_a_clear_message(tiny_model, ethanol, tmp_path):
+    plain = MLIPALCalculator(model=tiny_model, kernel_options={"by_element": False}).add_reference([ethanol])
+    plain.save_posterior(tmp_path / "plain.npz")
+    blocked = MLIPALCalculator(model=tiny_model)
+    with pytest.raises(ValueError, match="kernel options"):
+        blocked.load_posterior(tmp_path / "plain.npz")
+
+
+def test_calibration_and_typical_survive_a_save(calc, ethanol, tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ase_mlipal.calibration import Recalibration
+
+    calc.add_reference([ethanol])
+    calc.energy_posterior.calibration = Recalibration(2.0, 1.5, 0.01)
+    calc.atom_posterior.calibration = Recalibration(3.0)
+    calc.typical = {"forces": 0.2, "energy": 0.01}
+    calc.save_posterior(tmp_path / "p.npz")
+    other = MLIPALCalculator(model=calc.model, posterior=tmp_path / "p.npz")
+    assert other.energy_posterior.calibration == Recalibration(2.0, 1.5, 0.01)
+    assert other.atom_posterior.calibration == Recalibration(3.0)
+    assert other.typical == {"forces": 0.2, "energy": 0.01}
+    probe = ethanol.copy()
+    probe.calc = other
+    q = other.energy_posterior.quadratic_form(other.features([ethanol])[0].structure)[0]
+    assert other.get_property("energy_uncertainty", probe) == pytest.approx(np.sqrt(2.0 * q**1.5 + 0.01 * len(ethanol)))
+    frames = []
+    for k in range(4):
+        frame = ethanol.copy()
+        frame.positions += 0.01 * k
+        frame.calc = SinglePointCalculator(frame, energy=0.1 * k, forces=np.zeros((len(frame), 3)))
+        frames.append(frame)
+    with pytest.raises(ValueError, match="one per image"):
+        other.calibrate(frames, groups=["a"])

@@ -39,7 +39,8 @@ def test_default_model_loads_safely_and_matches_its_record(record):
     assert float(model.r_max) == hyper["r_max"]
     assert int(model.num_interactions) == hyper["num_interactions"]
     assert ase_mlipal.model_elements(model) == record["elements"] == [1, 6, 7, 8]
-    assert ase_mlipal.ActivationFeatures(model).dim == hyper["channels"] * hyper["num_interactions"]
+    assert ase_mlipal.ActivationFeatures(model, by_element=False).dim == hyper["channels"] * hyper["num_interactions"]
+    assert ase_mlipal.MLIPALCalculator().feature_map.dim == 4 * hyper["channels"] * hyper["num_interactions"]
     shipped = sum(p.stat().st_size for p in DEFAULT_DIR.iterdir() if p.is_file())
     assert shipped < 5e6
 
@@ -56,6 +57,11 @@ def test_default_calculator_is_calibrated_on_the_shipped_posterior(record):
     assert calc.calibrated
     assert calc.energy_posterior.n_added == record["data"]["n_train"]
     assert calc.model_hash == record["model_hash"]
+    shipped = record["posterior"]
+    assert calc.energy_posterior.calibration.as_dict() == shipped["energy"]
+    assert calc.atom_posterior.calibration.as_dict() == shipped["forces"]
+    assert calc.typical == shipped["typical"]
+    assert "pretraining valid" in shipped["groups"] and len(shipped["groups"]) == 9  # and the 8 reactions
 
 
 def test_pretraining_splits_do_not_overlap(pretrain, record):

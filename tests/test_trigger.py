@@ -67,7 +67,7 @@ def test_watches_ase_dynamics_as_an_observer(setup):
 
 def test_bad_arguments_are_refused(setup):
     calc, store, _ = setup
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fit_typical"):  # a custom model has no typical uncertainty
         UncertaintyTrigger(calc, store, threshold=0.1, mode="relative")
     with pytest.raises(ValueError):
         UncertaintyTrigger(calc, store, threshold=-1)
@@ -88,3 +88,66 @@ def test_a_flagged_frame_settles_below_the_threshold(setup):
     hook.remove()
     after = calc.get_property("uncertainty", novel)
     assert after <= 0.5 * trigger.threshold * 1.0001
+
+
+@pytest.mark.parametrize("quantity", ["forces", "energy"])
+def test_relative_trigger_on_the_default_needs_no_reference_frames(tmp_path, quantity):
+    calc = MLIPALCalculator()  # the shipped default carries the typical uncertainty of its validation split
+    assert set(calc.typical) == {"forces", "energy"}
+    trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "frames.db"), threshold=4.0, mode="relative",
+                                 quantity=quantity)
+    assert trigger.threshold == pytest.approx(4.0 * calc.typical[quantity])
+    familiar, strained = molecule("CH3CH2OH"), molecule("CH3CH2OH")
+    strained.rattle(0.2, seed=1)
+    ratios = []
+    for atoms in (familiar, strained):
+        atoms.calc = calc
+        ratios.append(trigger.score(atoms) / calc.typical[quantity])
+        trigger(atoms)
+    assert ratios[0] < 4.0 < ratios[1]  # about 1x and 9x the typical uncertainty
+    assert [step for step, _ in trigger.flagged] == [1]
+
+
+def test_fit_typical_is_the_median_of_the_trigger_values(setup):
+    calc, store, known = setup
+    frames = rattled(known, 7, stdev=0.05, seed=4)
+    typical = calc.fit_typical(frames)
+    trigger = UncertaintyTrigger(calc, store, threshold=1.0)
+    assert typical["forces"] == pytest.approx(np.median([trigger.score(f) for f in frames]), rel=1e-9)
+    relative = UncertaintyTrigger(calc, store, threshold=2.0, mode="relative")
+    assert relative.threshold == pytest.approx(2.0 * typical["forces"])
+
+
+def test_absorbed_frame_settles_no_lower_than_its_floor(setup):
+    calc, store, _ = setup
+    novel = molecule("CH3CH2OH")
+    novel.calc = calc
+    before = calc.get_property("uncertainty", novel)
+    trigger = UncertaintyTrigger(calc, store, threshold=0.3 * before, settle=0.5)
+    energy_before = calc.get_property("energy_uncertainty", novel.copy()) / len(novel)
+    floors = {"forces": 0.8 * before, "energy": 0.9 * energy_before}  # e.g. the fine-tuned model's errors
+    trigger.absorb([novel.copy()], floors=[floors])
+    after = calc.get_property("uncertainty", novel.copy())
+    energy_after = calc.get_property("energy_uncertainty", novel.copy()) / len(novel)
+    assert after < before and energy_after < energy_before  # the frame entered
+    assert after >= floors["forces"] * 0.999 and energy_after >= floors["energy"] * 0.999  # and kept both bounds
+    assert min(after / floors["forces"], energy_after / floors["energy"]) < 1.001  # the binding one is met
+    with pytest.raises(ValueError, match="floors"):
+        trigger.absorb([novel.copy()], floors=[floors, floors])
+
+
+def test_residual_floors_are_half_the_largest_errors(setup):
+    calc, store, known = setup
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frame = known.copy()
+    frame.calc = calc
+    forces = frame.get_forces().copy()
+    labelled = known.copy()
+    shifted = forces.copy()
+    shifted[2, 1] += 0.6
+    labelled.calc = SinglePointCalculator(labelled, energy=frame.get_potential_energy() + 1.2, forces=shifted)
+    trigger = UncertaintyTrigger(calc, store, threshold=1.0)
+    floors = trigger.residual_floors(labelled)
+    assert floors["forces"] == pytest.approx(0.3, abs=1e-9)
+    assert floors["energy"] == pytest.approx(0.6 / len(known), abs=1e-9)

@@ -1,0 +1,214 @@
+"""Is the uncertainty still honest after learning? Force and barrier coverage round by round, reactions held out.
+
+    python benchmarks/calibration_learning.py [--reactions NAME ...] [--rounds 2] [--labels 8]
+        [--out benchmarks/results/calibration_learning.json]
+    python benchmarks/calibration_learning.py --merge PART.json ... --out benchmarks/results/calibration_learning.json
+
+For each NEB reaction r of the reactive set (held out of the calibration,
+as in ``benchmarks/calibration.py``):
+
+* round 0: the shipped default conditioned on its training frames,
+  calibrated on the validation split and the *other* reactions;
+* each learning round: the ``--labels`` pool frames of r the posterior is
+  least sure of (MaxDet on the current posterior, as a trigger flags the
+  most uncertain frame and conditions on it) get their xTB labels; then the
+  steps of :func:`ase_mlipal.retrain.learning_round`: fine-tune the
+  pretrained model on every frame labelled so far (with replay), swap it in
+  with ``set_model`` (scale refitted on the frames held out of the
+  fine-tune plus as many replay frames), absorb the labelled frames through
+  a relative trigger (4x the typical uncertainty).
+
+Absorption is measured three ways on the same fine-tuned model: ``floors``
+(the package: a labelled frame settles no lower than the new model's
+errors on it, forces and energy, weights found by bisection), ``settle``
+(before: every frame above the threshold settles at half of it, whatever
+the model's fit) and ``weight 1`` (each labelled frame one observation).
+After each round: 2-sigma coverage of the force components on r's test
+frames (all, and the transition-state region) and whether the xTB barrier
+of r's band is inside ``path_profile``'s barrier +- 2 sigma.
+
+One reaction, two rounds: about 3 minutes on 2 cores. Run reactions in
+parts and merge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import ase_mlipal  # first: imports mace before e3nn
+
+import numpy as np
+import torch
+from reactive import physical
+
+from ase_mlipal.calibration import calibration_report
+from ase_mlipal.features import per_structure
+from ase_mlipal.finetune import finetune
+from ase_mlipal.frames import read_frames, read_labels
+from ase_mlipal.retrain import _labelled_sample, default_references
+from ase_mlipal.store import FrameStore
+from ase_mlipal.trigger import UncertaintyTrigger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from build_posterior import calibration_frames  # noqa: E402
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "benchmarks" / "data"
+RELATIVE_THRESHOLD = 4.0
+VARIANTS = ("floors", "settle", "weight 1")
+
+
+def scores(calc, test: list, ts: list, band: list) -> dict:
+    """Force coverage on the test frames (all, TS region) and the barrier check on the band."""
+    out = {}
+    for name, frames in (("forces", test), ("forces_ts", ts)):
+        res = calc.residuals(frames, progress=False)
+        std = np.sqrt(calc.atom_posterior.calibration.variance(np.repeat(res.forces_raw, 3)))
+        out[name] = calibration_report(res.forces.ravel(), std).as_dict()
+    profile = ase_mlipal.path_profile(calc, band)
+    reference = np.array([read_labels(a)[0] for a in band])
+    error = profile.barrier - float(np.max(reference - reference[0]))
+    out["barrier"] = {"error": error, "std": profile.barrier_std, "covered_2sigma": bool(abs(error) < 2 * profile.barrier_std)}
+    return out
+
+
+def fine_tuned(pretrained, labelled: list, number: int, path: Path):
+    """``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``."""
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        held_out = [labelled[i] for i in cached["held_out"]]
+        return ase_mlipal.load_model(path.with_suffix(".model.pt")), held_out, cached["seconds"]
+    start = time.perf_counter()
+    model, _, held_out = finetune(pretrained, labelled, progress=False, seed=number)
+    seconds = round(time.perf_counter() - start, 1)
+    ase_mlipal.save_model(model, path.with_suffix(".model.pt"))
+    index = [next(i for i, a in enumerate(labelled) if a is h or np.array_equal(a.positions, h.positions))
+             for h in held_out]
+    torch.save({"held_out": index, "seconds": seconds}, path)
+    return model, held_out, seconds
+
+
+def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds: int, labels: int, workdir: Path,
+                 cache: Path) -> dict:
+    others = [a for a in reactive if a.info["reaction"] != reaction]
+    frames, groups = calibration_frames(valid, others)
+    calc = ase_mlipal.MLIPALCalculator()
+    calc.calibrate(frames, groups=groups, progress=False)
+    typical = calc.typical
+    pretrained = ase_mlipal.load_model("default")
+    references = default_references()
+    mine = [a for a in reactive if a.info["reaction"] == reaction]
+    pool = [a for a in mine if a.info["split"] == "pool"]
+    test = [a for a in mine if a.info["split"] == "test"]
+    ts = [a for a in test if a.info["ts_region"]]
+    record = {"reaction": reaction, "rounds": [{"round": 0, "labels": 0, **scores(calc, test, ts, band)}]}
+    variants = {"floors": calc}
+    labelled_idx: list[int] = []
+    for number in range(1, rounds + 1):
+        picks = ase_mlipal.select(pool, labels, variants["floors"], labelled=[pool[i] for i in labelled_idx] or None,
+                                  progress=False)
+        labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
+        labelled = [pool[i] for i in labelled_idx]
+        start = time.perf_counter()
+        model, held_out, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}.pt")
+        entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
+        for name in VARIANTS:
+            current = ase_mlipal.MLIPALCalculator(posterior=None)
+            current.energy_posterior.calibration = variants["floors"].energy_posterior.calibration
+            current.atom_posterior.calibration = variants["floors"].atom_posterior.calibration
+            calibration = held_out + _labelled_sample(references, len(held_out), seed=number)
+            current.set_model(model, references, calibration=calibration, progress=False)
+            current.typical = typical
+            trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
+                                         RELATIVE_THRESHOLD, mode="relative")
+            if name == "floors":
+                trigger.absorb(labelled, floors=[trigger.residual_floors(a) for a in labelled])
+            elif name == "settle":
+                trigger.absorb(labelled)
+            else:
+                for features in per_structure(current.predict(labelled)[1]):
+                    current.add_features(features, weight=1.0)
+            entry[name] = scores(current, test, ts, band)
+            if name == "floors":
+                variants["floors"] = current
+        record["rounds"].append(entry)
+        print(f"  {reaction} round {number}: {len(labelled)} labels, fine-tune {entry['finetune_seconds']} s", flush=True)
+    return record
+
+
+def summary(records: list[dict]) -> dict:
+    """Pooled-by-mean coverage and barriers covered, per round and variant."""
+    out = {}
+    n_rounds = min(len(r["rounds"]) for r in records)
+    for k in range(n_rounds):
+        variants = list(VARIANTS) if k else [None]
+        for name in variants:
+            rows = [r["rounds"][k][name] if name else r["rounds"][k] for r in records]
+            out[f"round {k}" + (f" ({name})" if name else "")] = {
+                "force_coverage_2sigma": float(np.mean([row["forces"]["coverage_2sigma"] for row in rows])),
+                "force_coverage_2sigma_ts": float(np.mean([row["forces_ts"]["coverage_2sigma"] for row in rows])),
+                "force_rmse": float(np.mean([row["forces"]["rmse"] for row in rows])),
+                "barriers_covered": int(sum(row["barrier"]["covered_2sigma"] for row in rows)),
+                "barrier_abs_error": float(np.median([abs(row["barrier"]["error"]) for row in rows])),
+                "reactions": len(rows),
+            }
+    return out
+
+
+def table(result: dict) -> str:
+    lines = ["| after | force cov 2s | TS cov 2s | force RMSE eV/A | barriers covered | median abs barrier error eV |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["summary"].items():
+        lines.append(f"| {name} | {row['force_coverage_2sigma']:.2f} | {row['force_coverage_2sigma_ts']:.2f} | "
+                     f"{row['force_rmse']:.3f} | {row['barriers_covered']}/{row['reactions']} | {row['barrier_abs_error']:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reactions", nargs="*", help="default: every reaction with a band")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--labels", type=int, default=8, help="frames labelled per round")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mlipal_calibration_learning",
+                        help="fine-tuned models are kept here, so a rerun only redoes the posteriors")
+    parser.add_argument("--merge", nargs="*", type=Path, help="merge these part files instead of running")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_learning.json")
+    args = parser.parse_args()
+    if args.merge:
+        records = [r for path in args.merge for r in json.loads(path.read_text())["reactions"]]
+        names = [r["reaction"] for r in records]
+        if len(set(names)) != len(names):
+            raise SystemExit(f"parts share reactions: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    else:
+        pretrain = read_frames(DATA / "pretrain.xyz.gz")
+        valid = [a for a in pretrain if a.info["split"] == "valid"]
+        reactive = [a for a in read_frames(DATA / "reactive.xyz.gz") if physical(a)]
+        bands = {}
+        for atoms in read_frames(DATA / "reactive_bands.xyz.gz"):
+            bands.setdefault(atoms.info["reaction"], []).append(atoms)
+        workdir = args.out.parent / "calibration_learning_stores"
+        workdir.mkdir(parents=True, exist_ok=True)
+        args.cache.mkdir(parents=True, exist_ok=True)
+        records = []
+        for reaction in args.reactions or sorted(bands):
+            records.append(run_reaction(reaction, valid, reactive, bands[reaction], args.rounds, args.labels, workdir,
+                                        args.cache))
+        for path in workdir.glob("*.db*"):
+            path.unlink()
+        workdir.rmdir()
+    result = {"settings": {"rounds": args.rounds, "labels": args.labels, "relative_threshold": RELATIVE_THRESHOLD},
+              "reactions": records, "summary": summary(records)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
