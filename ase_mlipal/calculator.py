@@ -68,7 +68,9 @@ class MLIPALCalculator(Calculator):
             comes from the activation rows and ``energies_uncertainty`` is
             not given; the force kernels estimate it from the force NTK.
         kernel_options: options of the feature map, e.g. ``{"dim": 1024}``
-            for the NTKs or ``{"members": [...]}`` for ``committee``.
+            for the NTKs, ``{"members": [...]}`` for ``committee``, or
+            ``{"by_element": False}`` for activation features in one shared
+            block instead of one block per element.
         regularization: ``lambda`` of both posteriors (prior precision).
         device, dtype, trust: passed to :func:`~ase_mlipal.load_model`.
         head: model head for multi-head models.
