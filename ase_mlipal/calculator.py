@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .calibration import CalibrationReport, calibration_report, fit_recalibration
+from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration
 from .features import Features, per_structure
 from .frames import read_labels
 from .inference import BatchMaker
@@ -136,6 +136,7 @@ class MLIPALCalculator(Calculator):
         model: ModelSpec,
         references: Sequence[Atoms],
         calibration: Optional[Sequence[Atoms]] = None,
+        prior_frames: float = 20.0,
         progress: Optional[bool] = None,
     ) -> Optional[dict[str, CalibrationReport]]:
         """Swap in another model (e.g. after fine-tuning) and rebuild the posterior.
@@ -144,8 +145,12 @@ class MLIPALCalculator(Calculator):
         with labelled ``calibration`` frames (held out from its training)
         the scales are refitted and the report returned: the exponent and
         floor of the old calibration are kept and only the scale is fitted
-        (``"scale"``), since a round holds out few frames. ``typical``
-        is cleared (it belonged to the old model).
+        (``"scale"``), since a round holds out few frames, and the fitted
+        scale is shrunk towards the old one in log space as if the old one
+        had been fitted on ``prior_frames`` frames (``n`` calibration frames
+        move it ``n / (n + prior_frames)`` of the way): three held-out frames
+        the new model happens to fit well must not make every uncertainty
+        small. ``typical`` is cleared (it belonged to the old model).
         """
         device = next(self.model.parameters()).device
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
@@ -155,7 +160,13 @@ class MLIPALCalculator(Calculator):
         if not calibration:
             return None
         self.energy_posterior.calibration, self.atom_posterior.calibration = shapes
-        return self.calibrate(calibration, energy_method="scale", forces_method="scale", progress=progress)
+        self.calibrate(calibration, energy_method="scale", forces_method="scale", progress=progress)
+        share = len(calibration) / (len(calibration) + prior_frames)
+        for posterior, old in zip((self.energy_posterior, self.atom_posterior), shapes):
+            fitted = posterior.calibration
+            scale = float(np.exp(share * np.log(fitted.scale) + (1 - share) * np.log(old.scale)))
+            posterior.calibration = Recalibration(scale, fitted.exponent, fitted.floor)
+        return self.calibrate(calibration, fit=False, progress=progress)
 
     # -- ASE interface -------------------------------------------------------
 

@@ -244,9 +244,19 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
         got = results(calc, atoms)
         atoms.calc = SinglePointCalculator(atoms, energy=got["energy"] + 0.05, forces=got["forces"])
         labelled.append(atoms)
+    calc.energy_posterior.scale = 2.0
     report = calc.set_model(other, references=rattled(ethanol, 3, seed=3), calibration=labelled)
     assert calc.model_hash != old_hash and calc.calibrated
     assert calc.energy_posterior.n_added == 3 and set(report) == {"energy", "forces"}
+    assert report["energy"].scale == calc.energy_posterior.scale  # the report is of the calibration in use
+    # the scale fitted on the 6 frames alone, and the shrunk one between it and the old 2.0
+    alone = MLIPALCalculator(model=other)
+    alone.add_reference(rattled(ethanol, 3, seed=3))
+    alone.energy_posterior.scale = 2.0
+    alone.calibrate(labelled, energy_method="scale", forces_method="scale")
+    share = 6 / (6 + 20)
+    expected = np.exp(share * np.log(alone.energy_posterior.scale) + (1 - share) * np.log(2.0))
+    assert calc.energy_posterior.scale == pytest.approx(expected, rel=1e-9)
     fresh = ethanol.copy()
     fresh.calc = MACECalculator(models=copy.deepcopy(other), default_dtype="float64")
     assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
