@@ -16,7 +16,7 @@ with warnings.catch_warnings():
     from e3nn import o3  # noqa: F401
 
 from .calculator import MLIPALCalculator
-from .calibration import CalibrationReport, calibration_report, fit_scale
+from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
 from .committee import CommitteeFeatures, train_committee
 from .features import ActivationFeatures, FixedFeatures
 from .kernels import FEATURE_MAPS, get_feature_map
@@ -68,10 +68,12 @@ __all__ = [
     "UncertaintyLimitExceeded",
     "UncertaintyTrigger",
     "build_mace",
+    "Recalibration",
     "calibration_report",
     "evaluate",
     "distill",
     "finetune",
+    "fit_recalibration",
     "fit_scale",
     "get_feature_map",
     "label",
