@@ -160,13 +160,14 @@ class MLIPALCalculator(Calculator):
         if not calibration:
             return None
         self.energy_posterior.calibration, self.atom_posterior.calibration = shapes
-        self.calibrate(calibration, energy_method="scale", forces_method="scale", progress=progress)
+        residuals = self.residuals(list(calibration), progress=progress)
+        self._fit_calibration(residuals, "scale", "scale", None)
         share = len(calibration) / (len(calibration) + prior_frames)
         for posterior, old in zip((self.energy_posterior, self.atom_posterior), shapes):
             fitted = posterior.calibration
             scale = float(np.exp(share * np.log(fitted.scale) + (1 - share) * np.log(old.scale)))
             posterior.calibration = Recalibration(scale, fitted.exponent, fitted.floor)
-        return self.calibrate(calibration, fit=False, progress=progress)
+        return self._calibration_reports(residuals)
 
     # -- ASE interface -------------------------------------------------------
 
@@ -332,22 +333,30 @@ class MLIPALCalculator(Calculator):
             raise ValueError("calibrate needs at least one labelled frame")
         if groups is not None and len(groups) != len(images):
             raise ValueError(f"groups has {len(groups)} labels for {len(images)} images; give one per image")
-        res = self.residuals(images, energy_key, forces_key, progress)
-        e_res, e_var, n_atoms = res.energy, res.energy_raw, res.n_atoms.astype(float)
-        f_res, f_var = res.forces.ravel(), np.repeat(res.forces_raw, 3)
+        residuals = self.residuals(images, energy_key, forces_key, progress)
         if fit:
-            atom_groups = None if groups is None else np.repeat(np.asarray(groups, dtype=object), 3 * res.n_atoms)
-            self.energy_posterior.calibration = fit_recalibration(
-                e_res, e_var, n_atoms, groups, energy_method, shape=self.energy_posterior.calibration)
-            self.atom_posterior.calibration = fit_recalibration(
-                f_res, f_var, None, atom_groups, forces_method, shape=self.atom_posterior.calibration)
-            self.calibrated = True
-            self.reset()
-        e_std = np.sqrt(self.energy_posterior.calibration.variance(e_var, n_atoms))
-        f_std = np.sqrt(self.atom_posterior.calibration.variance(f_var))
+            self._fit_calibration(residuals, energy_method, forces_method, groups)
+        return self._calibration_reports(residuals)
+
+    def _fit_calibration(self, res: "Residuals", energy_method: str, forces_method: str,
+                         groups: Optional[Sequence[Hashable]]) -> None:
+        """Fit both posteriors' calibrations to ``res`` (energy per structure, forces per component)."""
+        atom_groups = None if groups is None else np.repeat(np.asarray(groups, dtype=object), 3 * res.n_atoms)
+        self.energy_posterior.calibration = fit_recalibration(
+            res.energy, res.energy_raw, res.n_atoms, groups, energy_method, shape=self.energy_posterior.calibration)
+        self.atom_posterior.calibration = fit_recalibration(
+            res.forces.ravel(), np.repeat(res.forces_raw, 3), None, atom_groups, forces_method,
+            shape=self.atom_posterior.calibration)
+        self.calibrated = True
+        self.reset()
+
+    def _calibration_reports(self, res: "Residuals") -> dict[str, CalibrationReport]:
+        """The reports of the calibrations in use on ``res``."""
+        e_std = np.sqrt(self.energy_posterior.calibration.variance(res.energy_raw, res.n_atoms))
+        f_std = np.sqrt(self.atom_posterior.calibration.variance(np.repeat(res.forces_raw, 3)))
         return {
-            "energy": calibration_report(e_res, e_std, self.energy_posterior.scale),
-            "forces": calibration_report(f_res, f_std, self.atom_posterior.scale),
+            "energy": calibration_report(res.energy, e_std, self.energy_posterior.scale),
+            "forces": calibration_report(res.forces.ravel(), f_std, self.atom_posterior.scale),
         }
 
     def residuals(self, images: Sequence[Atoms], energy_key: str = "energy", forces_key: str = "forces",
