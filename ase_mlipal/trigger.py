@@ -237,22 +237,17 @@ class UncertaintyTrigger:
 
     def _bounded_weight(self, features, n_atoms: int, value: float, bounds: dict) -> float:
         """The largest weight that settles the frame at the threshold's target and keeps every bound."""
-        weights = []
-        for quantity in ("forces", "energy"):
-            target = bounds.get(quantity)
-            if quantity == self.quantity:
-                if value <= self.threshold:
-                    target = 0.0 if target is None else target  # not flagged: weight 1 unless a bound says less
-                    weights.append(1.0 if target <= 0 else min(1.0, self._bisect(features, n_atoms, quantity, target)))
-                    continue
-                target = max(self.settle * self.threshold, target or 0.0)
-            if target is None or target <= 0:
-                continue
-            if features.force_variance is not None and quantity == "forces":
+        targets = {quantity: bound for quantity, bound in bounds.items() if bound}
+        flagged = value > self.threshold
+        if flagged:
+            targets[self.quantity] = max(self.settle * self.threshold, targets.get(self.quantity, 0.0))
+        weights = [] if flagged else [1.0]  # not flagged: weight 1 unless a bound says less
+        for quantity, target in targets.items():
+            if quantity == "forces" == self.quantity and features.force_variance is not None:
                 weights.append(self._weight(value, n_atoms, target))  # force kernels: the closed form
             else:
                 weights.append(self._bisect(features, n_atoms, quantity, target))
-        return min(weights) if weights else 1.0
+        return min(weights, default=1.0)
 
     def _bisect(self, features, n_atoms: int, quantity: str, target: float) -> float:
         """The weight after which the frame's ``quantity`` value is ``target`` (trial posteriors).

@@ -19,6 +19,15 @@ def setup(tiny_model, tmp_path):
     return calc, FrameStore(tmp_path / "frames.db"), known
 
 
+def novel_frame_and_trigger(setup):
+    """An ethanol frame on the methanol-conditioned calculator, and a trigger at 0.3x its uncertainty."""
+    calc, store, _ = setup
+    novel = molecule("CH3CH2OH")
+    novel.calc = calc
+    before = calc.get_property("uncertainty", novel)
+    return calc, novel, before, UncertaintyTrigger(calc, store, threshold=0.3 * before, settle=0.5)
+
+
 def test_flags_the_new_event_once_and_not_the_known_one(setup):
     calc, store, known = setup
     novel = molecule("CH3CH2OH")
@@ -76,11 +85,7 @@ def test_bad_arguments_are_refused(setup):
 
 
 def test_a_flagged_frame_settles_below_the_threshold(setup):
-    calc, store, _ = setup
-    novel = molecule("CH3CH2OH")
-    novel.calc = calc
-    before = calc.get_property("uncertainty", novel)
-    trigger = UncertaintyTrigger(calc, store, threshold=0.3 * before, settle=0.5)
+    calc, novel, before, trigger = novel_frame_and_trigger(setup)
     calls = []
     hook = calc.model.register_forward_hook(lambda *args: calls.append(1))
     assert trigger(novel)
@@ -119,11 +124,7 @@ def test_fit_typical_is_the_median_of_the_trigger_values(setup):
 
 
 def test_absorbed_frame_settles_no_lower_than_its_floor(setup):
-    calc, store, _ = setup
-    novel = molecule("CH3CH2OH")
-    novel.calc = calc
-    before = calc.get_property("uncertainty", novel)
-    trigger = UncertaintyTrigger(calc, store, threshold=0.3 * before, settle=0.5)
+    calc, novel, before, trigger = novel_frame_and_trigger(setup)
     energy_before = calc.get_property("energy_uncertainty", novel.copy()) / len(novel)
     floors = {"forces": 0.8 * before, "energy": 0.9 * energy_before}  # e.g. the fine-tuned model's errors
     trigger.absorb([novel.copy()], floors=[floors])
