@@ -50,10 +50,10 @@ def test_learn_refuses_a_bad_config_and_reference(tmp_path, model_file):
     with pytest.raises(SystemExit, match="cannot be imported"):
         reference_factory("no.such.module:Calc")
     with pytest.raises(SystemExit, match="cannot read a structure"):
-        main(["md", str(config), "--model", model_file])
+        main(["md", str(config), "--model", model_file, "--db", str(tmp_path / "bad.db")])
     write(tmp_path / "start.xyz", molecule("CH3OH"))
     with pytest.raises(SystemExit, match="cannot load model"):
-        main(["md", str(tmp_path / "start.xyz"), "--model", str(tmp_path / "missing.pt")])
+        main(["md", str(tmp_path / "start.xyz"), "--model", str(tmp_path / "missing.pt"), "--db", str(tmp_path / "bad.db")])
 
 
 def test_learn_runs_an_md_learner_from_a_config(tmp_path, model_file):
