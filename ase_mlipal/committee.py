@@ -75,7 +75,7 @@ class CommitteeFeatures:
 def train_committee(model: ModelSpec, frames: Sequence[Atoms], size: int = 4, **finetune_options) -> list[torch.nn.Module]:
     """``size - 1`` models fine-tuned from ``model`` on ``frames`` with seeds 1, 2, ...
 
-    Each seed draws its own validation split, replay sample and batch
+    Each seed draws its own replay sample, validation frames and batch
     order (:func:`~ase_mlipal.finetune`). With ``model`` itself they form a
     committee of ``size``: pass the result as
     ``MLIPALCalculator(model, kernel="committee", kernel_options={"members": ...})``.

@@ -22,7 +22,8 @@ def finetune(
     frames: Sequence[Atoms],
     replay: Union[Sequence[Atoms], str, None] = "default",
     replay_ratio: float = 1.0,
-    valid_fraction: float = 0.2,
+    valid_fraction: float = 0.0,
+    valid: Optional[Sequence[Atoms]] = None,
     epochs: int = 200,
     lr: float = 1e-2,
     batch_size: int = 8,
@@ -46,8 +47,13 @@ def finetune(
             model does not forget; ``"default"`` is the sample shipped with
             the default model, a path is read with :func:`read_frames`.
         replay_ratio: replay frames per new frame (at most all of them).
-        valid_fraction: share of the new frames held out for early stopping
-            and, afterwards, for recalibrating the uncertainty.
+        valid_fraction: share of the new frames held out for early stopping.
+            The default 0 trains on every new frame (with a handful of labels
+            near a saddle, each one counts) and stops early on ``valid`` plus
+            as many replay frames not replayed as there are new frames
+            (at least 8).
+        valid: labelled frames for early stopping that are never trained on
+            (e.g. the checks a learner's model passed).
         checkpoint: path for an atomic checkpoint after every epoch.
         alignment: a fitted :class:`~ase_mlipal.prototypes.PrototypeAlignment`
             (seed 003) whose term is added to the training loss.
@@ -62,16 +68,24 @@ def finetune(
             benchmark (``python benchmarks/finetune_weights.py``).
 
     Returns:
-        ``(fine-tuned model, training record, held-out new frames)``.
+        ``(fine-tuned model, training record, validation frames)``: none of
+        the validation frames was trained on (they can recalibrate the
+        uncertainty).
     """
     frames = list(frames)
-    if len(frames) < 2:
-        raise ValueError("fine-tuning needs at least two labelled frames (one to validate)")
+    if not frames:
+        raise ValueError("fine-tuning needs at least one labelled frame")
     rng = np.random.default_rng(seed)
-    new_train, valid = split_frames(frames, valid_fraction, rng)
+    new_train, held_out = split_frames(frames, valid_fraction, rng) if valid_fraction > 0 else (frames, [])
     replay_frames = _replay(replay)
     n_replay = min(len(replay_frames), int(round(replay_ratio * len(new_train))))
-    replayed = [replay_frames[i] for i in rng.choice(len(replay_frames), n_replay, replace=False)] if n_replay else []
+    order = rng.permutation(len(replay_frames))
+    replayed = [replay_frames[i] for i in order[:n_replay]]
+    spare = [replay_frames[i] for i in order[n_replay:]]
+    valid = held_out + list(valid or []) + spare[:max(8, len(new_train))]
+    if not valid:
+        raise ValueError("no validation frames: pass valid=[...], a replay set larger than the replayed share, "
+                         "or valid_fraction > 0 with at least two frames")
     tuned = load_model(model)
     result = train(tuned, new_train + replayed, valid, epochs=epochs, lr=lr, batch_size=batch_size,
                    energy_weight=energy_weight, forces_weight=forces_weight, patience=patience,

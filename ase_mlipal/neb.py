@@ -20,12 +20,13 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
-from ase.mep import NEB
+from ase.mep import NEB, idpp_interpolate
 from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
 
 from .calculator import MLIPALCalculator
 from .features import per_structure
+from .guards import PhysicalGuard
 from .labelling import Reference
 from .model import DEFAULT_DIR, load_model
 from .progress import progress_bar
@@ -68,15 +69,49 @@ def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(steps)])
 
 
-def band(initial: Atoms, final: Atoms, n_images: int) -> list[Atoms]:
-    """``n_images`` images from ``initial`` to ``final`` (included), IDPP-interpolated."""
+def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Atoms]:
+    """``n_images`` images from ``initial`` to ``final`` (included), IDPP-interpolated.
+
+    IDPP starts from the straight line between the endpoints and cannot
+    leave a line of symmetry: for a linear molecule (HCN -> HNC) the moving
+    atom would pass through its neighbours. When an interior image has
+    overlapping atoms (:class:`~ase_mlipal.guards.PhysicalGuard`), the
+    straight-line images are displaced by a small seeded random amount
+    (0.1 A) perpendicular to the path before IDPP, up to three tries; a
+    band still overlapping raises ``ValueError``.
+    """
     if n_images < 3:
         raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
-    images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
-    for image in images:
-        image.calc = None
-    NEB(images, method="improvedtangent").interpolate("idpp")
-    return images
+    if len(initial) != len(final) or np.any(initial.numbers != final.numbers):
+        raise ValueError("the endpoints of a band must have the same atoms in the same order")
+    guard = PhysicalGuard([initial, final])
+    rng = np.random.default_rng(seed)
+    for attempt in range(4):
+        images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
+        for image in images:
+            image.calc = None
+        neb = NEB(images, method="improvedtangent")
+        neb.interpolate()
+        if attempt:
+            _displace_across_path(images, rng, 0.1)
+        idpp_interpolate(images, traj=None, log=None)
+        problems = [(k, guard.problem(image)) for k, image in enumerate(images[1:-1], start=1)]
+        problems = [(k, p) for k, p in problems if p]
+        if not problems:
+            return images
+    k, problem = problems[0]
+    raise ValueError(f"IDPP interpolation gives an unphysical image {k} ({problem}) even with the symmetry broken; "
+                     "pass a band of your own (e.g. with an intermediate image)")
+
+
+def _displace_across_path(images: Sequence[Atoms], rng: np.random.Generator, amplitude: float) -> None:
+    """Move interior images by random displacements (A) with the component along the path removed."""
+    tangent = (images[-1].positions - images[0].positions).ravel()
+    tangent /= max(np.linalg.norm(tangent), 1e-12)
+    for image in images[1:-1]:
+        step = rng.normal(scale=amplitude, size=image.positions.size)
+        step -= (step @ tangent) * tangent
+        image.positions = image.positions + step.reshape(-1, 3)
 
 
 def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "",

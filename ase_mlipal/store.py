@@ -2,8 +2,23 @@
 
 Every frame is one row of an ``ase.db`` database (an SQLite file by
 default, any ase.db URL such as PostgreSQL at scale). Its key-value pair
-``status`` is ``flagged``, ``labelled`` or ``failed``, so the command line
-``ase db frames.db status=flagged`` lists the frames waiting for a label.
+``status`` is one of
+
+``flagged``
+    waiting for a reference label;
+``labelled``
+    carries reference energy and forces; the training set of the next fine-tune;
+``verified``
+    labelled as a check of the model (a climbing image, an MD audit frame)
+    that the model passed: kept out of training, so it stays a fair test;
+``failed``
+    the reference failed (the error is kept);
+``unphysical``
+    stopped by a :class:`~ase_mlipal.guards.PhysicalGuard` (overlapping
+    atoms, a fragment the run did not start with); never labelled,
+
+so the command line ``ase db frames.db status=flagged`` lists the frames
+waiting for a label.
 Rows also record the uncertainty that flagged them, where they came from
 (``source``: md / neb / pool, ``step``, ``image``, ``run_id``) and the
 hash of the model that flagged them.
@@ -28,7 +43,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db.sqlite import SQLite3Database
 
-STATUSES = ("flagged", "labelled", "failed")
+STATUSES = ("flagged", "labelled", "verified", "failed", "unphysical")
 
 
 def fingerprint(atoms: Atoms) -> str:
@@ -70,16 +85,31 @@ class FrameStore:
         existing id is returned with ``False``. ``per_atom`` arrays (e.g.
         force uncertainties) go into the row's data.
         """
-        key = fingerprint(atoms)
+        return self._add(atoms, "flagged", source, uncertainty=uncertainty, step=step, image=image, run_id=run_id,
+                         model_hash=model_hash, per_atom=per_atom)
+
+    def add_unphysical(self, atoms: Atoms, source: str, reason: str, step: Optional[int] = None,
+                       image: Optional[int] = None, run_id: Optional[str] = None) -> tuple[int, bool]:
+        """Store a frame a physical guard stopped, with its reason (never labelled); ``(row id, newly added)``."""
+        return self._add(atoms, "unphysical", source, step=step, image=image, run_id=run_id, error=reason[:500],
+                         allow_nonfinite=True)
+
+    def _add(self, atoms: Atoms, status: str, source: str, per_atom: Optional[dict] = None,
+             allow_nonfinite: bool = False, **optional) -> tuple[int, bool]:
+        if not allow_nonfinite and not np.all(np.isfinite(atoms.positions)):
+            bad = np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1)).tolist()
+            raise ValueError(f"frame from {source} (step {optional.get('step')}, image {optional.get('image')}) "
+                             f"has non-finite positions for atoms {bad}; not stored. The dynamics blew up: "
+                             "check the timestep and the model on this structure")
+        plain = Atoms(numbers=atoms.numbers, positions=np.nan_to_num(atoms.positions, nan=0.0), cell=atoms.cell,
+                      pbc=atoms.pbc)
+        key = fingerprint(plain)
         with self.db:
             existing = self._id_of(key)
             if existing is not None:
                 return existing, False
-            pairs = {"status": "flagged", "source": source, "fingerprint": key}
-            optional = {"uncertainty": uncertainty, "step": step, "image": image,
-                        "run_id": run_id, "model_hash": model_hash}
+            pairs = {"status": status, "source": source, "fingerprint": key}
             pairs.update({k: _plain(v) for k, v in optional.items() if v is not None})
-            plain = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
             data = {k: np.asarray(v) for k, v in (per_atom or {}).items()}
             return self.db.write(plain, key_value_pairs=pairs, data=data or None), True
 
@@ -91,6 +121,10 @@ class FrameStore:
             raise ValueError(f"row {row_id}: labels must be finite, forces of shape {(len(atoms), 3)}")
         atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=forces)
         self.db.update(row_id, atoms=atoms, status="labelled", reference=reference)
+
+    def mark_verified(self, row_id: int) -> None:
+        """A labelled check the model passed: keep it out of training (status ``verified``)."""
+        self.db.update(row_id, status="verified")
 
     def mark_failed(self, row_id: int, error: str) -> None:
         """Mark a row failed, keeping the (first line of the) error message."""

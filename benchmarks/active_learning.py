@@ -472,13 +472,13 @@ def config(args) -> dict:
     if args.smoke:
         return {"model": args.model, "batches": [2, 3], "initial": 6, "committee": 2, "regularization": 1e-2,
                 "limit": {"pool": 24, "test": 12, "initial": 8},
-                "finetune": {"epochs": 2, "patience": 2, "replay_ratio": 0.5},
+                "finetune": {"epochs": 2, "patience": 2, "replay_ratio": 0.5, "valid_fraction": 0.2},
                 "kernel_options": {"ntk": {"dim": 64}, "force_ntk": {"dim": 64, "probes": 2, "samples": 2},
                                    "ef_ntk": {"dim": 64, "probes": 2, "samples": 2}}}
     return {"model": args.model, "batches": args.batches, "initial": args.initial, "committee": 4,
             "regularization": 1e-2, "limit": None,
             "finetune": {"epochs": args.epochs, "patience": args.patience, "replay_ratio": 1.0,
-                         "energy_weight": args.energy_weight},
+                         "energy_weight": args.energy_weight, "valid_fraction": 0.2},  # as the committed results
             "kernel_options": {"ntk": {}, "force_ntk": {}, "ef_ntk": {}}}
 
 

@@ -46,7 +46,7 @@ def test_prototypes_are_per_element_centres_with_their_mean_atomic_energy(tiny_m
 def test_alignment_pulls_atomic_energies_toward_the_prototypes(tiny_model, frames):
     source, target = frames
     # energy weight 1: the balance between the energy fit and the alignment term this test was sized for
-    options = dict(replay=None, epochs=15, patience=15, lr=1e-2, energy_weight=1.0, seed=0, progress=False)
+    options = dict(replay=None, valid_fraction=0.2, epochs=15, patience=15, lr=1e-2, energy_weight=1.0, seed=0, progress=False)
     plain, _, _ = finetune(tiny_model, target, **options)
     zero = PrototypeAlignment(weight=0.0).fit(tiny_model, source)
     unchanged, _, _ = finetune(tiny_model, target, alignment=zero, **options)

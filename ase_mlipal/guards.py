@@ -1,0 +1,134 @@
+"""Physical guards: stop a run whose frames have left chemistry, before a reference is asked to label them.
+
+A learner that follows a wrong model can drive a molecule apart, push two
+atoms onto each other or let a band run away; labelling such frames wastes
+reference calls and teaches the model a region nobody will simulate. A
+:class:`PhysicalGuard` is built from the structures that define the run
+(the endpoints of a band, the first MD frame) and checks:
+
+- **overlapping atoms**: a pair closer than ``min_distance_ratio`` times the
+  sum of their covalent radii (ASE's ``covalent_radii``);
+- **fragments** the defining structures do not have: the molecule graph
+  (bonds where a pair is within ``bond_ratio`` times the covalent sum) has
+  more connected components than the most fragmented defining structure;
+- for a band, its **length** (sum of image-to-image distances) beyond
+  ``max_length_ratio`` times the initial band's, and an image **energy**
+  more than ``max_energy`` eV above the lower endpoint.
+
+The defaults (0.5, 2.0, 3.0, 10 eV) are set wide of chemistry on purpose
+(an H-transfer saddle has its H ~1.3-1.5 A from both partners, well inside
+2 covalent sums; barriers of the reactions the project studies are below
+5 eV): a guard that stops a correct run costs more than one that waits.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.data import covalent_radii
+from scipy.sparse.csgraph import connected_components
+
+
+class UnphysicalFrame(RuntimeError):
+    """A frame or band left chemistry; ``atoms`` is the offending frame, ``where`` names it."""
+
+    def __init__(self, message: str, atoms: Optional[Atoms] = None, where: str = ""):
+        super().__init__(message)
+        self.atoms, self.where = atoms, where
+
+
+def pair_distances(atoms: Atoms) -> np.ndarray:
+    """All interatomic distances (A), minimum image in periodic directions; shape (N, N)."""
+    return atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+
+
+def count_fragments(atoms: Atoms, bond_ratio: float = 2.0) -> int:
+    """Connected components of the bond graph (a bond: distance < ``bond_ratio`` x covalent sum)."""
+    if len(atoms) < 2:
+        return len(atoms)
+    radii = covalent_radii[atoms.numbers]
+    bonded = pair_distances(atoms) < bond_ratio * (radii[:, None] + radii[None, :])
+    return int(connected_components(bonded, directed=False)[0])
+
+
+class PhysicalGuard:
+    """Checks that frames stay chemistry (see the module docstring).
+
+    Args:
+        references: the structures that define the run (band endpoints, the
+            first MD frame); a frame may have as many fragments as the most
+            fragmented of them.
+        min_distance_ratio: overlap when a pair is closer than this times its covalent sum.
+        bond_ratio: a bond when a pair is within this times its covalent sum.
+        max_length_ratio: band length allowed, relative to the first band checked.
+        max_energy: eV above the lower endpoint allowed for any band image.
+    """
+
+    def __init__(self, references: Sequence[Atoms], min_distance_ratio: float = 0.5, bond_ratio: float = 2.0,
+                 max_length_ratio: float = 3.0, max_energy: float = 10.0):
+        if not references:
+            raise ValueError("a PhysicalGuard needs at least one reference structure (endpoints, first frame)")
+        if not 0 < min_distance_ratio < bond_ratio:
+            raise ValueError("need 0 < min_distance_ratio < bond_ratio")
+        self.min_distance_ratio, self.bond_ratio = min_distance_ratio, bond_ratio
+        self.max_length_ratio, self.max_energy = max_length_ratio, max_energy
+        self.max_fragments = max(count_fragments(a, bond_ratio) for a in references)
+        self.initial_length: Optional[float] = None
+
+    def problem(self, atoms: Atoms) -> Optional[str]:
+        """What is unphysical about ``atoms`` (naming the atoms), or ``None``."""
+        positions = atoms.positions
+        if not np.all(np.isfinite(positions)):
+            bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+            return f"non-finite positions of atoms {bad.tolist()}"
+        radii = covalent_radii[atoms.numbers]
+        distances = pair_distances(atoms)
+        ratio = distances / (radii[:, None] + radii[None, :])
+        np.fill_diagonal(ratio, np.inf)
+        i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
+        if ratio[i, j] < self.min_distance_ratio:
+            return (f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {distances[i, j]:.2f} A apart, "
+                    f"less than {self.min_distance_ratio} of their covalent radii")
+        fragments = count_fragments(atoms, self.bond_ratio)
+        if fragments > self.max_fragments:
+            far = _least_bonded_atom(atoms, ratio)
+            return (f"{fragments} fragments where the defining structures have at most {self.max_fragments}; "
+                    f"atom {far} ({atoms[far].symbol}) is {np.min(distances[far][np.arange(len(atoms)) != far]):.2f} A "
+                    f"from its nearest neighbour")
+        return None
+
+    def check(self, atoms: Atoms, where: str) -> None:
+        """Raise :class:`UnphysicalFrame` naming ``where`` (e.g. "MD step 40") if ``atoms`` is unphysical."""
+        problem = self.problem(atoms)
+        if problem:
+            raise UnphysicalFrame(f"{where}: {problem}; the run is stopped and the frame is stored as 'unphysical', "
+                                  "not labelled", atoms=atoms, where=where)
+
+    def check_band(self, images: Sequence[Atoms], where: str, energies: Optional[np.ndarray] = None) -> None:
+        """Check every image of a band, its length and (given ``energies``, eV) its energy profile."""
+        for k, image in enumerate(images):
+            self.check(image, f"{where}, image {k}")
+        steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
+        length = float(np.sum(steps))
+        if self.initial_length is None:
+            self.initial_length = length
+        if length > self.max_length_ratio * self.initial_length:
+            longest = int(np.argmax(steps))
+            raise UnphysicalFrame(
+                f"{where}: the band is {length:.1f} A long, more than {self.max_length_ratio}x its initial "
+                f"{self.initial_length:.1f} A (longest step between images {longest} and {longest + 1}); stopped",
+                atoms=images[longest + 1], where=f"{where}, image {longest + 1}")
+        if energies is not None:
+            relative = np.asarray(energies) - min(energies[0], energies[-1])
+            top = int(np.argmax(relative))
+            if relative[top] > self.max_energy:
+                raise UnphysicalFrame(
+                    f"{where}: image {top} is {relative[top]:.1f} eV above the lower endpoint, more than "
+                    f"max_energy={self.max_energy} eV; stopped", atoms=images[top], where=f"{where}, image {top}")
+
+
+def _least_bonded_atom(atoms: Atoms, ratio: np.ndarray) -> int:
+    """The atom whose nearest neighbour is farthest, relative to covalent radii."""
+    return int(np.argmax(ratio.min(axis=1))) if len(atoms) > 1 else 0
