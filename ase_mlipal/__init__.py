@@ -35,7 +35,9 @@ from .model import (
     save_model,
 )
 from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
-from .neb import NEBLearner, PathProfile, path_profile
+from .guards import PhysicalGuard, UnphysicalFrame
+from .neb import NEBLearner, NEBReport
+from .paths import PathProfile, band, path_profile
 from .posterior import FeaturePosterior
 from .prototypes import PrototypeAlignment
 from .reference import RobustXTB, xtb_calculator, xtb_label
@@ -43,6 +45,7 @@ from .selection import select
 from .store import FrameStore
 from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
 from .training import evaluate, train
+from .verification import Check, ModelChoice
 
 __version__ = "0.1.0"
 
@@ -62,11 +65,17 @@ __all__ = [
     "MLIPALCalculator",
     "ModelLoadError",
     "NEBLearner",
+    "NEBReport",
+    "PhysicalGuard",
+    "UnphysicalFrame",
+    "band",
     "OnTheFlyLearner",
     "PathProfile",
     "RobustXTB",
     "UncertaintyLimitExceeded",
     "UncertaintyTrigger",
+    "Check",
+    "ModelChoice",
     "build_mace",
     "Recalibration",
     "calibration_report",

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 from ase import Atoms
 from ase.io import Trajectory, read, write
 
-from .neb import band
+from .paths import band
 
 REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT")}
 
@@ -124,7 +124,6 @@ def cmd_learn(args: argparse.Namespace) -> None:
     from .learner import OnTheFlyLearner, langevin
     from .neb import NEBLearner
     from .plots import plot_neb_profiles, plot_uncertainty_trace
-    from .store import FrameStore
 
     config = tomllib.loads(Path(args.config).read_text())
     kind = config.get("kind", "md")
@@ -147,10 +146,10 @@ def cmd_learn(args: argparse.Namespace) -> None:
                                    flagged_steps=report.flagged_steps)
     elif kind == "neb":
         neb = config.get("neb", {})
-        workdir.mkdir(parents=True, exist_ok=True)
         images = band(_read(config["initial"]), _read(config["final"]), neb.get("images", 7))
-        learner = NEBLearner(calc, reference, FrameStore(workdir / "frames.db"), images, config["threshold"],
+        learner = NEBLearner(calc, reference, workdir, images, config["threshold"],
                              max_rounds=config.get("max_rounds", 4), fmax=neb.get("fmax", 0.05),
+                             barrier_tolerance=neb.get("barrier_tolerance", 0.1),
                              steps=neb.get("steps", 300), finetune_options=finetune_options)
         report = learner.run()
         print(report.table())

@@ -70,7 +70,9 @@ def finetune(
     Returns:
         ``(fine-tuned model, training record, validation frames)``: none of
         the validation frames was trained on (they can recalibrate the
-        uncertainty).
+        uncertainty). With no frame to spare (``replay=None``, no ``valid``,
+        ``valid_fraction=0``) the training loss picks the epoch and the list
+        is empty.
     """
     frames = list(frames)
     if not frames:
@@ -83,11 +85,9 @@ def finetune(
     replayed = [replay_frames[i] for i in order[:n_replay]]
     spare = [replay_frames[i] for i in order[n_replay:]]
     valid = held_out + list(valid or []) + spare[:max(8, len(new_train))]
-    if not valid:
-        raise ValueError("no validation frames: pass valid=[...], a replay set larger than the replayed share, "
-                         "or valid_fraction > 0 with at least two frames")
     tuned = load_model(model)
-    result = train(tuned, new_train + replayed, valid, epochs=epochs, lr=lr, batch_size=batch_size,
+    # without any frame to spare (no replay, no valid), the training frames select the epoch
+    result = train(tuned, new_train + replayed, valid or new_train + replayed, epochs=epochs, lr=lr, batch_size=batch_size,
                    energy_weight=energy_weight, forces_weight=forces_weight, patience=patience,
                    checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment, **train_kwargs)
     return tuned, result, valid

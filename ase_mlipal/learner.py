@@ -1,53 +1,44 @@
-"""OnTheFlyLearner: molecular dynamics that stops to learn what it does not know.
+"""OnTheFlyLearner: molecular dynamics that stops to learn what it does not know, and audits what it does not flag.
 
 The learner runs MD with an :class:`~ase_mlipal.UncertaintyTrigger`; once
-``batch_size`` frames are flagged it pauses, labels them, fine-tunes,
-swaps the model in and resumes the same trajectory.
+``batch_size`` frames wait for a label it pauses, labels them, fine-tunes,
+swaps the model in if it is no worse on the checks so far and resumes the
+same trajectory (rounds, state and resume: :mod:`ase_mlipal.retrain`).
 
-Everything it needs to go on lives in ``workdir``:
+A quiet trigger is no proof: about one unflagged frame per
+``audit_interval`` steps, drawn at random, is labelled as an **audit** and
+checked against the model that drove the dynamics there
+(:func:`~ase_mlipal.verification.check_frame`). A failed audit is trained on
+like a flag; a passed one is kept out of training. The run ends
+``confident`` only if the final model had audits and passed them all.
 
-``frames.db``
-    the :class:`~ase_mlipal.FrameStore` (flagged, labelled, failed frames);
-``state.json``
-    step, round, current model file, posterior file, last store row absorbed;
-``md.traj``
-    positions and momenta at the last checkpoint;
-``model_round{k}.pt`` / ``posterior_round{k}.npz``
-    the model and posterior of each finished round.
-
-Every file is replaced atomically and ``state.json`` is written last, so
-a run killed at any moment (``kill -9`` included) restarts from the last
-checkpoint: labelled frames stay labelled and are never computed again
-(only a calculation still running at the kill is lost), frames flagged
-since the checkpoint stay in the store and are labelled next round, and a
-round whose fine-tuning was cut short is trained again from the same
-labelled set. Only the thermostat's random numbers differ after a resume.
+Files in ``workdir`` beyond :class:`~ase_mlipal.retrain.LearningRun`'s:
+``md.traj`` (positions and momenta at the last checkpoint). Only the
+thermostat's random numbers differ after a resume.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 from ase import Atoms, units
 from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.optimize.optimize import Dynamics
 
 from .calculator import MLIPALCalculator
-from .labelling import Reference
-from .model import load_model, save_model
+from .guards import PhysicalGuard, UnphysicalFrame
+from .labelling import Reference, label
 from .progress import progress_bar
-from .retrain import RoundRecord, default_references, learning_round
+from .retrain import LearningRun, RoundRecord
 from .storage import atomic_write
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-
-STATE_FILE = "state.json"
+from .verification import Check
 
 
 def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = 0.01) -> Dynamics:
@@ -57,18 +48,36 @@ def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.
 
 @dataclass
 class LearnReport:
-    """Outcome of :meth:`OnTheFlyLearner.run`."""
+    """Outcome of :meth:`OnTheFlyLearner.run`.
+
+    Attributes:
+        steps: MD steps done.
+        rounds: the learning rounds of this call.
+        trace: ``(step, trigger value)`` at every check.
+        flagged_steps: ``(step, value)`` of the flags.
+        counts: store rows per status.
+        resumed_from: the step a resumed run started at (0: a fresh run).
+        checks: every audit so far (force error and 2-sigma coverage of the
+            forces that drove the dynamics, step by step).
+        confident: the final model was audited and passed every audit.
+        stopped: why a physical guard stopped the run ("" if none did).
+        model_choice: one line per fine-tuned model, accepted or not and why.
+    """
 
     steps: int = 0
     rounds: list[RoundRecord] = field(default_factory=list)
-    trace: list[tuple[int, float]] = field(default_factory=list)  # (step, trigger value)
+    trace: list[tuple[int, float]] = field(default_factory=list)
     flagged_steps: list[tuple[int, float]] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     resumed_from: int = 0
+    checks: list[Check] = field(default_factory=list)
+    confident: bool = False
+    stopped: str = ""
+    model_choice: list = field(default_factory=list)
 
 
-class OnTheFlyLearner:
-    """Run MD, pause on a batch of uncertain frames, label, fine-tune, resume.
+class OnTheFlyLearner(LearningRun):
+    """Run MD, pause on a batch of uncertain (or failed audit) frames, label, fine-tune, resume.
 
     Args:
         atoms: the starting structure (ignored when ``workdir`` holds a run to resume).
@@ -81,15 +90,19 @@ class OnTheFlyLearner:
         steps: total MD steps.
         interval: trigger check every ``interval`` steps; also the MD
             checkpoint interval.
-        batch_size: flagged frames that make a learning round.
-        max_rounds: stop learning (MD and flagging go on) after this many rounds.
+        batch_size: frames waiting for a label (flags and failed audits) that make a round.
+        max_rounds: stop learning (MD, flagging and audits go on) after this many rounds.
+        audit_interval: on average one unflagged frame per this many steps is
+            audited (``None``: no audits, and the run is never ``confident``).
         dynamics: ``dynamics(atoms) -> ASE Dynamics``; Langevin at 300 K by default.
         quantity, mode, trigger_reference: passed to :class:`UncertaintyTrigger`.
-        references: frames that define "known" after a model swap
-            (default: the replay sample shipped with the default model).
-        executor: where reference calculations run (see :func:`~ase_mlipal.label`).
-        finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`.
+        guard: physical guard (default: one built from ``atoms``).
+        seed: seeds the audit draws (by step, so a resumed run draws the same).
+        store, references, executor, finetune_options, run_id, progress: see
+            :class:`~ase_mlipal.retrain.LearningRun`.
     """
+
+    kind = "md"
 
     def __init__(
         self,
@@ -102,73 +115,58 @@ class OnTheFlyLearner:
         interval: int = 5,
         batch_size: int = 8,
         max_rounds: Optional[int] = None,
+        audit_interval: Optional[int] = 200,
         dynamics: Callable[[Atoms], Dynamics] = langevin,
         quantity: str = "forces",
         mode: str = "absolute",
         trigger_reference: Optional[Sequence[Atoms]] = None,
+        guard: Optional[PhysicalGuard] = None,
+        store: Union[FrameStore, str, None] = None,
         references: Optional[Sequence[Atoms]] = None,
         executor: Optional[Executor] = None,
         finetune_options: Optional[dict] = None,
         run_id: str = "md",
+        seed: int = 0,
         progress: Optional[bool] = None,
     ):
         if steps < 0 or interval < 1 or batch_size < 1:
             raise ValueError("steps must be >= 0, interval and batch_size >= 1")
-        self.atoms, self.calc, self.reference = atoms.copy(), calc, reference
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.store = FrameStore(self.workdir / "frames.db")
+        if audit_interval is not None and audit_interval < interval:
+            raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
+        super().__init__(calc, reference, workdir, store=store, references=references, executor=executor,
+                         finetune_options=finetune_options, run_id=run_id, progress=progress)
+        self.atoms = atoms.copy()
         self.steps, self.interval, self.batch_size, self.max_rounds = steps, interval, batch_size, max_rounds
-        self.dynamics = dynamics
-        self.references = list(references) if references is not None else default_references()
-        self.executor, self.finetune_options = executor, finetune_options
-        self.run_id, self.progress = run_id, progress
-        self.pretrained = load_model(calc.model)
+        self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
+        self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
                                           reference=trigger_reference, source="md", run_id=run_id)
-        self.state = {"step": 0, "round": 0, "model": None, "posterior": None, "absorbed_row": 0,
-                      "n_trained": 0, "pretrained_hash": calc.model_hash}
+        self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="")
 
     # -- persistence -------------------------------------------------------
-
-    def _path(self, name: str) -> Path:
-        return self.workdir / name
-
-    def _write_state(self) -> None:
-        text = json.dumps(self.state, indent=1)
-        atomic_write(self._path(STATE_FILE), lambda tmp: tmp.write_text(text))
 
     def _checkpoint_md(self, step: int) -> None:
         atomic_write(self._path("md.traj"), lambda tmp: write(tmp, self.atoms, format="traj"))
         self.state["step"] = step
-        self._write_state()
+        self.write_state()
 
     def _resume(self) -> bool:
         """Load the state of an earlier run from ``workdir``; False if there is none."""
-        path = self._path(STATE_FILE)
-        if not path.exists():
+        if not self.read_state():
             return False
-        state = json.loads(path.read_text())
-        if state["pretrained_hash"] != self.calc.model_hash:
-            raise ValueError(f"{self.workdir} holds a run started from model {state['pretrained_hash'][:12]}; "
-                             f"this calculator runs {self.calc.model_hash[:12]}. Use another workdir.")
-        self.state = state
-        momenta_atoms = read(self._path("md.traj"))
-        self.atoms.set_positions(momenta_atoms.positions)
-        self.atoms.set_momenta(momenta_atoms.get_momenta())
-        if state["model"]:
-            self.calc.set_model(self._path(state["model"]), references=[])
-            self.calc.load_posterior(self._path(state["posterior"]))
+        saved = read(self._path("md.traj"))
+        self.atoms.set_positions(saved.positions)
+        self.atoms.set_momenta(saved.get_momenta())
         # frames flagged after the last round's posterior was saved
-        new = [a for s in ("flagged", "labelled", "failed") for a in self.store.frames(s)
-               if a.info["store_id"] > state["absorbed_row"]]
+        new = [a for s in ("flagged", "labelled", "verified", "failed") for a in self.store.frames(s)
+               if a.info["store_id"] > self.state["absorbed_row"]]
         self.trigger.absorb(new)
         return True
 
     # -- the loop ----------------------------------------------------------
 
     def run(self) -> LearnReport:
-        """Run (or resume) the MD to ``steps``; returns the report."""
+        """Run (or resume) the MD to ``steps``, then check the last audits; returns the report."""
         report = LearnReport()
         if self._resume():
             report.resumed_from = self.state["step"]
@@ -179,24 +177,56 @@ class OnTheFlyLearner:
         dyn = self.dynamics(self.atoms)
         step = self.state["step"]
         with progress_bar(progress=self.progress, total=self.steps, initial=step, desc="MD") as bar:
-            while step < self.steps:
+            while step < self.steps and not self.state["stopped"]:
                 advance = min(self.interval, self.steps - step)
                 dyn.run(advance)
                 step += advance
                 bar.update(advance)
-                self._check(step, report)
+                if not self._check(step, report):
+                    break
                 if self._round_due():
                     self._learn(report)
                 self._checkpoint_md(step)
-        report.steps = step
-        report.counts = self.store.counts()
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        self._check_audits()
+        self.write_state()
+        final = [c for c in self.checks if c.round == self.choice.round and c.kind == "audit"]
+        report.confident = bool(final) and all(c.passed for c in final) and not self.state["stopped"]
+        report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
+        report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
         return report
 
-    def _check(self, step: int, report: LearnReport) -> None:
+    def _check(self, step: int, report: LearnReport) -> bool:
+        """Guard, trigger and audit draw at ``step``; False if the guard stopped the run."""
+        try:
+            self.guard.check(self.atoms, f"MD step {step}")
+        except UnphysicalFrame as error:
+            self.store.add_unphysical(self.atoms, source="md", reason=str(error), step=step, run_id=self.run_id)
+            self.state["stopped"] = str(error)
+            return False
         flagged = self.trigger(self.atoms, step=step)
         report.trace.append((step, self.trigger.last_value))
         if flagged:
             report.flagged_steps.append((step, self.trigger.last_value))
+        elif self._audit_due(step):
+            self.store.add_flagged(self.atoms, source="audit", step=step, run_id=self.run_id,
+                                   uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
+        return True
+
+    def _audit_due(self, step: int) -> bool:
+        """Draw (by step, reproducibly) whether this unflagged check becomes an audit."""
+        if self.audit_interval is None:
+            return False
+        return bool(np.random.default_rng([self.seed, step]).random() < self.interval / self.audit_interval)
+
+    def _check_audits(self) -> None:
+        """Check every labelled audit drawn under the model in use and not checked yet."""
+        done = {c.store_id for c in self.checks}
+        for frame in self.store.frames("labelled") + self.store.frames("failed"):
+            info = frame.info
+            if info.get("source") == "audit" and info["store_id"] not in done \
+                    and info.get("model_hash") == self.calc.model_hash:
+                self.check(frame, self.choice.round, "audit")
 
     def _round_due(self) -> bool:
         """A batch is waiting: flagged frames plus labelled ones no model was trained on yet."""
@@ -207,15 +237,14 @@ class OnTheFlyLearner:
 
     def _learn(self, report: LearnReport) -> None:
         number = self.state["round"] + 1
-        record = learning_round(number, self.calc, self.pretrained, self.store, self.reference, self.trigger,
-                                self.references, executor=self.executor, finetune_options=self.finetune_options,
-                                checkpoint=self._path("finetune.ckpt"), progress=self.progress)
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        self._check_audits()  # before training: a passed audit stays out of it
+        record = self.learn(number, self.trigger)
         report.rounds.append(record)
-        model_file, posterior_file = f"model_round{number}.pt", f"posterior_round{number}.npz"
-        save_model(self.calc.model, self._path(model_file))
-        self.calc.save_posterior(self._path(posterior_file))
         last_row = max((row.id for row in self.store.rows()), default=0)
-        self.state.update(round=number, model=model_file, posterior=posterior_file, absorbed_row=last_row,
-                          n_trained=record.n_train_frames)
-        self._write_state()
+        if not record.accepted:  # the current posterior is kept: save it with this round's flags
+            self.calc.save_posterior(self._path(f"posterior_round{number}.npz"))
+            self.state["posterior"] = f"posterior_round{number}.npz"
+        self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames)
+        self.write_state()
         self.atoms.calc = self.calc  # results of the old model are gone

@@ -1,14 +1,10 @@
-"""Reaction paths with uncertainty, and NEB refined by active learning.
+"""NEB refined by active learning, until a reference check verifies the barrier.
 
-:func:`path_profile` gives the energy profile of a band with the
-uncertainty of every energy *difference* to the first image, taken from
-the structure-level posterior: for the linear model ``E = w . phi``,
-``var(E_i - E_0) = s^2 (phi_i - phi_0)^T A^{-1} (phi_i - phi_0)``. Errors
-the two ends share cancel, as they do in the barrier itself.
-
-:class:`NEBLearner` repeats: run the NEB with the trigger watching it,
-label the flagged images, fine-tune, swap the model in, until a whole NEB
-run flags nothing or the round limit is reached.
+:class:`NEBLearner` repeats: run the climbing-image NEB with the trigger
+watching it, check the climbing image against the reference, and stop
+only when the trigger was quiet *and* the check passed; otherwise label
+the flagged images (and a failed check), fine-tune, swap the model in if
+it is no worse on the checks so far, and run the band again.
 """
 
 from __future__ import annotations
@@ -20,273 +16,257 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
-from ase.mep import NEB, idpp_interpolate
+from ase.io import read, write
+from ase.mep import NEB
 from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
 
 from .calculator import MLIPALCalculator
-from .features import per_structure
-from .guards import PhysicalGuard
-from .labelling import Reference
-from .model import DEFAULT_DIR, load_model
+from .guards import PhysicalGuard, UnphysicalFrame
+from .labelling import LabelReport, Reference, label
+from .paths import DEMO_REACTION_PATH, PathProfile, band, path_profile, reaction_coordinate  # noqa: F401
 from .progress import progress_bar
-from .retrain import RoundRecord, default_references, learning_round
+from .retrain import LearningRun, RoundRecord
+from .storage import atomic_write
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-
-
-DEMO_REACTION_PATH = DEFAULT_DIR / "demo_reaction.xyz"
-
-
-@dataclass
-class PathProfile:
-    """Energy profile of a band of images.
-
-    Attributes:
-        label: a name for plots and tables.
-        s: reaction coordinate, cumulative distance between images (A).
-        energy: predicted energy relative to the first image (eV).
-        energy_std: 1-sigma uncertainty of each ``energy`` (eV; 0 at the first image).
-        uncertainty: the trigger's quantity per image (largest force uncertainty, eV/A).
-        barrier, barrier_std: ``max(energy)`` and its 1-sigma uncertainty (eV; the
-            spread of the maximum over posterior draws of the profile).
-        reference_energy: reference energies relative to the first image (eV), if known.
-    """
-
-    label: str
-    s: np.ndarray
-    energy: np.ndarray
-    energy_std: np.ndarray
-    uncertainty: np.ndarray
-    barrier: float
-    barrier_std: float
-    reference_energy: Optional[np.ndarray] = None
-
-
-def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
-    """Cumulative distance along the band (A), 0 at the first image."""
-    steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
-    return np.concatenate([[0.0], np.cumsum(steps)])
-
-
-def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Atoms]:
-    """``n_images`` images from ``initial`` to ``final`` (included), IDPP-interpolated.
-
-    IDPP starts from the straight line between the endpoints and cannot
-    leave a line of symmetry: for a linear molecule (HCN -> HNC) the moving
-    atom would pass through its neighbours. When an interior image has
-    overlapping atoms (:class:`~ase_mlipal.guards.PhysicalGuard`), the
-    straight-line images are displaced by a small seeded random amount
-    (0.1 A) perpendicular to the path before IDPP, up to three tries; a
-    band still overlapping raises ``ValueError``.
-    """
-    if n_images < 3:
-        raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
-    if len(initial) != len(final) or np.any(initial.numbers != final.numbers):
-        raise ValueError("the endpoints of a band must have the same atoms in the same order")
-    guard = PhysicalGuard([initial, final])
-    rng = np.random.default_rng(seed)
-    for attempt in range(4):
-        images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
-        for image in images:
-            image.calc = None
-        neb = NEB(images, method="improvedtangent")
-        neb.interpolate()
-        if attempt:
-            _displace_across_path(images, rng, 0.1)
-        idpp_interpolate(images, traj=None, log=None)
-        problems = [(k, guard.problem(image)) for k, image in enumerate(images[1:-1], start=1)]
-        problems = [(k, p) for k, p in problems if p]
-        if not problems:
-            return images
-    k, problem = problems[0]
-    raise ValueError(f"IDPP interpolation gives an unphysical image {k} ({problem}) even with the symmetry broken; "
-                     "pass a band of your own (e.g. with an intermediate image)")
-
-
-def _displace_across_path(images: Sequence[Atoms], rng: np.random.Generator, amplitude: float) -> None:
-    """Move interior images by random displacements (A) with the component along the path removed."""
-    tangent = (images[-1].positions - images[0].positions).ravel()
-    tangent /= max(np.linalg.norm(tangent), 1e-12)
-    for image in images[1:-1]:
-        step = rng.normal(scale=amplitude, size=image.positions.size)
-        step -= (step @ tangent) * tangent
-        image.positions = image.positions + step.reshape(-1, 3)
-
-
-def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "",
-                 draws: int = 4096, seed: int = 0) -> PathProfile:
-    """Predicted energies of ``images`` with the uncertainty of each difference to the first.
-
-    ``energy_std`` is the calibrated posterior std of each ``E_i - E_0``.
-    The barrier is the highest of those energies, so its uncertainty is
-    that of a maximum: ``barrier_std`` is the spread of ``max_i`` over
-    ``draws`` joint posterior draws of the whole profile (correlated through
-    the features, each image's marginal std its ``energy_std``). An image
-    just below the top but far less certain widens it, where the std of the
-    top image alone would not.
-    """
-    images = list(images)
-    energies, batches = calc.predict(images)
-    features = per_structure(batches)
-    delta = np.concatenate([f.structure for f in features]) - features[0].structure
-    posterior = calc.energy_posterior
-    raw = posterior.quadratic_form(delta)
-    energy_std = np.sqrt(posterior.calibration.variance(raw, len(images[0])))
-    energy_std[0] = 0.0
-    uncertainty = np.array([calc.uncertainty_from(f)["uncertainty"] for f in features])
-    relative = energies - energies[0]
-    top = int(np.argmax(relative))
-    return PathProfile(label, reaction_coordinate(images), relative, energy_std, uncertainty,
-                       barrier=float(relative[top]),
-                       barrier_std=_std_of_maximum(posterior, delta, relative, raw, energy_std, draws, seed))
-
-
-def _std_of_maximum(posterior, delta: np.ndarray, mean: np.ndarray, raw: np.ndarray, std: np.ndarray,
-                    draws: int, seed: int) -> float:
-    """Std of ``max_i E_i`` over joint draws ``E_i = mean_i + c_i delta_i . z``, ``z ~ N(0, A^-1)``.
-
-    ``c_i = std_i / sqrt(raw_i)`` rescales each image's raw draw to its
-    calibrated std; with the plain scale every ``c_i = s``.
-    """
-    noise = np.random.default_rng(seed).standard_normal((draws, posterior.dim))
-    draws_raw = delta @ posterior.samples(noise).T  # (images, draws), variance raw_i
-    factor = np.divide(std, np.sqrt(raw), out=np.zeros_like(std), where=raw > 0)
-    return float(np.std(np.max(mean[:, None] + factor[:, None] * draws_raw, axis=0)))
-
+from .verification import Check
 
 @dataclass
 class NEBRound:
-    """One NEB run of :class:`NEBLearner` and the learning that followed it."""
+    """One NEB run of :class:`NEBLearner`, its check and the learning that followed it.
+
+    Attributes:
+        round: the round of the model that ran the band (0: pretrained).
+        profile: the band's energy profile on that model.
+        converged, steps: the NEB optimiser's outcome.
+        n_flagged: images the trigger flagged.
+        check: the reference check of the climbing image (barrier error, predicted sigma).
+        learning: the learning round that followed (``None`` after the last band).
+    """
 
     round: int
     profile: PathProfile
     converged: bool
     steps: int
     n_flagged: int
+    check: Optional[Check] = None
     learning: Optional[RoundRecord] = None
+
+    def as_dict(self) -> dict:
+        learning = None if self.learning is None else {
+            "round": self.learning.round, "labelled": vars(self.learning.labelled),
+            "n_train_frames": self.learning.n_train_frames, "accepted": self.learning.accepted,
+            "reason": self.learning.reason, "model_hash": self.learning.model_hash}
+        return {"round": self.round, "profile": self.profile.as_dict(), "converged": self.converged,
+                "steps": self.steps, "n_flagged": self.n_flagged,
+                "check": None if self.check is None else self.check.as_dict(), "learning": learning}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NEBRound":
+        learning = data["learning"]
+        if learning is not None:
+            learning = RoundRecord(**{**learning, "labelled": LabelReport(**learning["labelled"])})
+        return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
+                   data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning)
 
 
 @dataclass
 class NEBReport:
-    """Outcome of :meth:`NEBLearner.run`: the rounds and the final band."""
+    """Outcome of :meth:`NEBLearner.run`.
+
+    Attributes:
+        rounds: one :class:`NEBRound` per band run.
+        images: the final band.
+        confident: the last band flagged nothing and its climbing-image
+            check passed (within 2 sigma and ``barrier_tolerance``).
+        stopped: why a physical guard stopped the run ("" if none did).
+        model_choice: one line per fine-tuned model, accepted or not and why.
+    """
 
     rounds: list[NEBRound] = field(default_factory=list)
     images: list[Atoms] = field(default_factory=list)
     confident: bool = False
+    stopped: str = ""
+    model_choice: list = field(default_factory=list)
 
     @property
     def barrier(self) -> tuple[float, float]:
-        """Barrier of the last round and its 1-sigma uncertainty (eV)."""
+        """Barrier of the last band and its 1-sigma uncertainty (eV)."""
         last = self.rounds[-1].profile
         return last.barrier, last.barrier_std
 
+    @property
+    def verified_barrier_error(self) -> Optional[float]:
+        """Model - reference barrier at the last band's climbing image (eV), if it was checked."""
+        check = self.rounds[-1].check if self.rounds else None
+        return None if check is None else check.energy_error
+
     def table(self) -> str:
-        """One line per round: barrier, its uncertainty, largest image uncertainty, flags."""
-        lines = ["round  barrier (eV)   max image unc.  flagged  NEB converged"]
+        """One line per band: barrier and sigma, the checked error, flags, model choice."""
+        lines = ["round  barrier (eV)   checked error  passed  flagged  NEB converged  next model"]
         for r in self.rounds:
-            p = r.profile
-            lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {p.uncertainty.max():14.3f}"
-                         f"  {r.n_flagged:7d}  {str(r.converged):>13}")
+            p, c = r.profile, r.check
+            checked = f"{c.energy_error:+13.3f}  {str(c.passed):>6}" if c else f"{'-':>13}  {'-':>6}"
+            nxt = "-" if r.learning is None else ("swapped in" if r.learning.accepted else "rejected")
+            lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
+                         f"  {str(r.converged):>13}  {nxt}")
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
         return "\n".join(lines)
 
 
-class NEBLearner:
-    """NEB, label the uncertain images, fine-tune, repeat until the band is confident.
+class NEBLearner(LearningRun):
+    """NEB, check, label the uncertain images, fine-tune, repeat until the barrier is verified.
 
     Every image of ``images`` (endpoints included) gets a
-    :meth:`~MLIPALCalculator.share` of ``calc``. Each round
-    relaxes the band (climbing image) from where the last round left it,
-    with an :class:`UncertaintyTrigger` watching every ``interval`` steps.
-    If the round flagged nothing, the learner stops; otherwise the flagged
-    images are labelled with ``reference``, the pretrained model is
-    fine-tuned on all labelled frames and swapped in
-    (:func:`~ase_mlipal.retrain.learning_round`), and the next round starts.
-    The two endpoints go to the store with the first flags
-    (``label_endpoints``): the barrier and the reaction energy are
-    differences to them, and the trigger never sees them move.
+    :meth:`~MLIPALCalculator.share` of ``calc``. Round ``k`` relaxes the
+    band (climbing image) on the model of round ``k`` (0: pretrained) from
+    where the last round left it, with an :class:`UncertaintyTrigger`
+    watching every ``interval`` steps and a
+    :class:`~ase_mlipal.guards.PhysicalGuard` every step. Then the
+    highest interior image is labelled and checked: its barrier (the
+    difference to the first endpoint, labelled in round 0 with the other
+    endpoint) must agree with the reference within 2 sigma and within
+    ``barrier_tolerance``, and its forces within 2 sigma
+    (:func:`~ase_mlipal.verification.check_frame`). The run is
+    ``confident`` when a band flagged nothing and its check passed. Else
+    the flagged images and a failed check are labelled, the pretrained
+    model is fine-tuned on all labelled frames and swapped in if it is no
+    worse on the checks so far (:meth:`LearningRun.learn`), and the next
+    band runs. A band that leaves chemistry stops the run (``report.stopped``);
+    its frame is stored as ``unphysical`` and not labelled.
+
+    State lives in ``workdir`` (see :mod:`ase_mlipal.retrain`, plus
+    ``band.traj``): run the same learner again to resume after a crash.
 
     Args:
         calc: calculator with the pretrained model and its posterior.
         reference: ASE calculator or zero-argument factory (e.g. ``xtb_calculator``).
-        store: frame store for flagged and labelled images.
-        images: the initial band, endpoints included (e.g. IDPP-interpolated).
+        workdir: where the run lives.
+        images: the initial band, endpoints included (e.g. :func:`band`).
         threshold: trigger threshold (eV/A, largest per-atom force uncertainty).
-        max_rounds: NEB runs at most.
+        max_rounds: learning rounds at most (bands run: up to ``max_rounds + 1``).
+        barrier_tolerance: largest barrier error (eV) a passing check may have.
         fmax, steps: NEB convergence criterion (eV/A) and step limit per round.
         interval: trigger interval in optimiser steps.
-        references: frames that define "known" after each swap
-            (default: the replay sample shipped with the default model).
-        finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`.
+        guard: the physical guard (default: one built from the endpoints).
         optimizer: ASE optimiser class for the band.
         climb, method: passed to ``ase.mep.NEB``.
-        run_id: provenance of the flagged frames in the store.
-        checkpoint: fine-tuning checkpoint path.
-        label_endpoints: label the endpoints in the first learning round.
+        store, references, executor, finetune_options, run_id, progress: see
+            :class:`~ase_mlipal.retrain.LearningRun`.
     """
+
+    kind = "neb"
 
     def __init__(
         self,
         calc: MLIPALCalculator,
         reference: Reference,
-        store: FrameStore,
+        workdir: Union[str, os.PathLike],
         images: Sequence[Atoms],
         threshold: float,
         max_rounds: int = 4,
+        barrier_tolerance: float = 0.1,
         fmax: float = 0.05,
         steps: int = 300,
         interval: int = 5,
+        store: Union[FrameStore, str, None] = None,
         references: Optional[Sequence[Atoms]] = None,
         executor: Optional[Executor] = None,
         finetune_options: Optional[dict] = None,
+        guard: Optional[PhysicalGuard] = None,
         optimizer: Callable[..., Optimizer] = FIRE,
         climb: bool = True,
         method: str = "improvedtangent",
         run_id: str = "neb",
-        checkpoint: Union[str, os.PathLike, None] = None,
-        label_endpoints: bool = True,
         progress: Optional[bool] = None,
     ):
         if len(images) < 3:
             raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
-        self.calc, self.reference, self.store = calc, reference, store
+        if max_rounds < 0 or not barrier_tolerance > 0:
+            raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
+        super().__init__(calc, reference, workdir, store=store, references=references, executor=executor,
+                         finetune_options=finetune_options, run_id=run_id, progress=progress)
         self.images = [image.copy() for image in images]
-        self.threshold, self.max_rounds, self.fmax, self.steps = threshold, max_rounds, fmax, steps
-        self.interval, self.executor, self.finetune_options = interval, executor, finetune_options
-        self.references = list(references) if references is not None else default_references()
-        self.optimizer, self.climb, self.method, self.run_id = optimizer, climb, method, run_id
-        self.checkpoint, self.label_endpoints, self.progress = checkpoint, label_endpoints, progress
-        self.pretrained = load_model(calc.model)
+        self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
+        self.fmax, self.steps, self.interval = fmax, steps, interval
+        self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
+        if self.guard.initial_length is None:
+            self.guard.initial_length = float(reaction_coordinate(self.images)[-1])
+        self.optimizer, self.climb, self.method = optimizer, climb, method
 
     def run(self) -> NEBReport:
-        """Run rounds until one flags nothing or ``max_rounds``; returns the report."""
-        report = NEBReport()
-        for number in range(self.max_rounds):
-            trigger = UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",
-                                         run_id=f"{self.run_id}-round{number}")
-            converged, steps = self.relax(trigger)
-            neb_round = NEBRound(number, path_profile(self.calc, self.images, label=f"round {number}"),
-                                 converged, steps, n_flagged=len(trigger.flagged))
-            report.rounds.append(neb_round)
-            if not trigger.flagged:
-                report.confident = True
+        """Run (or resume) bands until one is verified, a guard stops it or ``max_rounds``."""
+        if self.read_state():
+            positions = read(self._path("band.traj"), ":")
+            for image, saved in zip(self.images, positions):
+                image.positions = saved.positions
+        else:
+            self.state.update(rounds=[], confident=False, stopped="", anchor_id=None)
+            self._save_band()
+            self.write_state()
+        rounds = [NEBRound.from_dict(r) for r in self.state["rounds"]]
+        number = self.state["round"]
+        while not (self.state["confident"] or self.state["stopped"]) and number <= self.max_rounds:
+            neb_round = self._band_round(number)
+            if neb_round is None:
+                self.write_state()
                 break
-            if number + 1 < self.max_rounds:
-                if self.label_endpoints:
-                    for k in (0, len(self.images) - 1):
-                        self.store.add_flagged(self.images[k], source="neb", image=k, run_id=trigger.run_id)
-                neb_round.learning = learning_round(
-                    number, self.calc, self.pretrained, self.store, self.reference, trigger, self.references,
-                    executor=self.executor, finetune_options=self.finetune_options,
-                    checkpoint=self.checkpoint, progress=self.progress)
-        report.images = [image.copy() for image in self.images]
-        return report
+            rounds.append(neb_round)
+            done = self.state["confident"] or number == self.max_rounds
+            if not done:
+                neb_round.learning = self.learn(number + 1, self._trigger(number),
+                                                anchor=self.store.frame(self.state["anchor_id"]))
+            number += 1
+            self.calc.save_posterior(self._path(f"posterior_band{number}.npz"))
+            self.state.update(round=number, rounds=[r.as_dict() for r in rounds],
+                              posterior=f"posterior_band{number}.npz")
+            self._save_band()
+            self.write_state()
+        return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
+                         self.state["stopped"], list(self.choice.history))
 
-    def relax(self, trigger: UncertaintyTrigger) -> tuple[bool, int]:
-        """One NEB relaxation of the current band with ``trigger`` attached; (converged, steps)."""
-        return relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
-                          interval=self.interval, optimizer=self.optimizer, climb=self.climb, method=self.method,
-                          progress=self.progress)
+    def _trigger(self, number: int) -> UncertaintyTrigger:
+        return UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",
+                                  run_id=f"{self.run_id}-round{number}")
+
+    def _band_round(self, number: int) -> Optional[NEBRound]:
+        """Relax the band on the current model, label flags, endpoints and the climbing image, check it."""
+        trigger = self._trigger(number)
+        try:
+            converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
+                                          interval=self.interval, optimizer=self.optimizer, climb=self.climb,
+                                          method=self.method, guard=self.guard, where=f"round {number}",
+                                          progress=self.progress)
+        except UnphysicalFrame as error:
+            self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
+            self.state["stopped"] = str(error)
+            return None
+        profile = path_profile(self.calc, self.images, label=f"round {number}")
+        if self.state["anchor_id"] is None:
+            ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k, run_id=trigger.run_id)[0]
+                   for k in (0, len(self.images) - 1)]
+            self.state["anchor_id"] = ids[0]
+        top = 1 + int(np.argmax(profile.energy[1:-1]))
+        check_id, _ = self.store.add_flagged(self.images[top], source="verify", image=top, step=steps,
+                                             run_id=trigger.run_id, model_hash=self.calc.model_hash)
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        anchor = self.store.frame(self.state["anchor_id"])
+        if anchor.info["status"] == "failed":
+            self.state["stopped"] = (f"the reference failed on the first endpoint (store row {anchor.info['store_id']}: "
+                                     f"{anchor.info.get('error', '')}); no barrier can be verified")
+            return None
+        check = self.check(self.store.frame(check_id), number, "climbing_image", anchor=anchor,
+                           tolerance=self.barrier_tolerance)
+        self.state["confident"] = check.passed and not trigger.flagged
+        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check)
+
+    def _save_band(self) -> None:
+        images = [image.copy() for image in self.images]
+        for image in images:
+            image.calc = None
+        atomic_write(self._path("band.traj"), lambda tmp: write(tmp, images, format="traj"))
 
 
 def relax_band(
@@ -300,18 +280,26 @@ def relax_band(
     climb: bool = True,
     method: str = "improvedtangent",
     logfile: Optional[str] = None,
+    guard: Optional[PhysicalGuard] = None,
+    where: str = "",
     progress: Optional[bool] = None,
 ) -> tuple[bool, int]:
     """Relax ``images`` in place by NEB on ``calc`` with ``trigger`` watching; ``(converged, steps)``.
 
     Each image gets a :meth:`~MLIPALCalculator.share` of ``calc``; the
-    trigger checks the band every ``interval`` steps and once more at the end.
+    trigger checks the band every ``interval`` steps and once more at the
+    end. A ``guard`` checks the band at every step and raises
+    :class:`~ase_mlipal.guards.UnphysicalFrame` (naming ``where``, the
+    step and the image) when it leaves chemistry.
     """
     for image in images:
         image.calc = calc.share()
     neb = NEB(list(images), climb=climb, method=method)
     trigger.atoms = neb
     dyn = optimizer(neb, logfile=logfile)
+    if guard is not None:
+        dyn.attach(lambda: guard.check_band(neb.images, f"{where}, NEB step {dyn.nsteps}".lstrip(", "),
+                                            energies=getattr(neb, "energies", None)))
     dyn.attach(trigger, interval=interval)
     with progress_bar(progress=progress, total=steps, desc=f"NEB {trigger.run_id or ''}".strip()) as bar:
         dyn.attach(lambda: bar.update(1) if dyn.nsteps else None)

@@ -139,13 +139,11 @@ class FrameStore:
 
     def frames(self, status: str) -> list[Atoms]:
         """The frames of one status as ``Atoms`` (labelled ones carry their labels)."""
-        out = []
-        for row in self.rows(status):
-            atoms = row.toatoms(add_additional_information=False)
-            atoms.info.update(row.key_value_pairs)
-            atoms.info["store_id"] = row.id
-            out.append(atoms)
-        return out
+        return [_frame_of(row) for row in self.rows(status)]
+
+    def frame(self, row_id: int) -> Atoms:
+        """The frame of one row, as :meth:`frames` gives it."""
+        return _frame_of(self.db.get(id=row_id))
 
     def counts(self) -> dict[str, int]:
         """Number of rows of each status."""
@@ -172,6 +170,14 @@ def _connect(path_or_url: str):
         with db.lock:
             db.count()  # creates the tables if the file has none
     return db
+
+
+def _frame_of(row) -> Atoms:
+    """A row as ``Atoms`` with its key-value pairs and ``store_id`` in ``info`` (and its labels, if any)."""
+    atoms = row.toatoms(add_additional_information=False)
+    atoms.info.update(row.key_value_pairs)
+    atoms.info["store_id"] = row.id
+    return atoms
 
 
 def _plain(value):

@@ -100,19 +100,26 @@ def dataset_statistics(frames: Sequence[Atoms], elements: Sequence[int], r_max: 
     }
 
 
+def frame_errors(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32) -> tuple[np.ndarray, list]:
+    """Per frame: total energy error (eV, model - reference) and force errors (eV/A, shape (N_i, 3))."""
+    e_err, f_err = [], []
+    for batch in data_loader(frames, model, batch_size=batch_size):
+        out = model(batch.to_dict(), training=False, compute_force=True)
+        e_err.append((out["energy"] - batch.energy).detach().cpu().numpy())
+        forces = (out["forces"] - batch.forces).detach().cpu().numpy()
+        f_err.extend(np.split(forces, batch.ptr[1:-1].cpu().numpy()))
+    return np.concatenate(e_err), f_err
+
+
 def evaluate(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32) -> dict[str, float]:
     """Energy and force errors of ``model`` on labelled ``frames``.
 
     Returns ``energy_mae_per_atom`` (meV/atom), ``energy_rmse_per_atom``
     (meV/atom), ``forces_mae`` and ``forces_rmse`` (eV/A, per component).
     """
-    e_err, f_err = [], []
-    for batch in data_loader(frames, model, batch_size=batch_size):
-        out = model(batch.to_dict(), training=False, compute_force=True)
-        n_atoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
-        e_err.append(((out["energy"] - batch.energy) / n_atoms).detach().cpu().numpy())
-        f_err.append((out["forces"] - batch.forces).detach().cpu().numpy().ravel())
-    e, f = np.concatenate(e_err), np.concatenate(f_err)
+    energy, forces = frame_errors(model, frames, batch_size)
+    e = energy / np.array([len(a) for a in frames])
+    f = np.concatenate([x.ravel() for x in forces])
     return {
         "energy_mae_per_atom": 1e3 * float(np.mean(np.abs(e))),
         "energy_rmse_per_atom": 1e3 * float(np.sqrt(np.mean(e**2))),

@@ -73,24 +73,26 @@ def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc
     assert profile.s[0] == 0 and np.all(np.diff(profile.s) > 0)
 
 
-def test_neb_learner_labels_flagged_images_and_swaps_the_model(calc, tmp_path):
+def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_barrier(calc, tmp_path):
+    """The tiny random model is wrong by eVs: it must not end confident, whatever the trigger says."""
     pytest.importorskip("tblite")
     import ase_mlipal
 
-    store = FrameStore(tmp_path / "f.db")
-    learner = NEBLearner(calc, ase_mlipal.xtb_calculator, store, formaldehyde_band(5), threshold=1e-6,
-                         max_rounds=2, steps=4, interval=2, references=rattled(molecule("H2CO"), 4, seed=2),
+    learner = NEBLearner(calc, ase_mlipal.xtb_calculator, tmp_path / "run", formaldehyde_band(5), threshold=1e3,
+                         max_rounds=1, steps=4, interval=2, references=rattled(molecule("H2CO"), 4, seed=2),
                          finetune_options={"epochs": 2, "replay": None}, optimizer=FIRE, progress=False)
-    pretrained_hash = calc.model_hash
     report = learner.run()
-    assert report.confident == (report.rounds[-1].n_flagged == 0)
+    assert all(r.n_flagged == 0 for r in report.rounds)  # a threshold nothing passes: the trigger is quiet
+    assert not report.confident and len(report.rounds) == 2  # round 0 (pretrained) and round 1
     first = report.rounds[0]
-    assert first.n_flagged >= 3 and first.learning.labelled.labelled == first.n_flagged + 2  # + the endpoints
-    assert first.learning.model_hash == calc.model_hash != pretrained_hash
-    assert report.rounds[-1].learning is None  # none after a confident round or the last one
-    assert {row.source for row in store.rows()} == {"neb"}
-    images = sorted(row.image for row in store.rows())
-    assert images[0] == 0 and images[-1] == 4 and all(1 <= k <= 3 for k in images[1:-1])
+    assert first.check.kind == "climbing_image" and not first.check.passed
+    assert first.check.image == 1 + int(np.argmax(first.profile.energy[1:-1]))
+    assert abs(first.check.energy_error) > learner.barrier_tolerance
+    sources = sorted(row.source for row in learner.store.rows())
+    assert sources.count("endpoint") == 2 and sources.count("verify") >= 1
+    assert first.learning is not None and first.learning.n_train_frames >= 3  # endpoints + the failed check
+    assert report.rounds[-1].learning is None
+    assert report.verified_barrier_error == report.rounds[-1].check.energy_error
     assert len(report.table().splitlines()) == 1 + len(report.rounds)
     barrier, std = report.barrier
     assert np.isfinite(barrier) and std > 0

@@ -1,0 +1,150 @@
+"""Reaction paths with uncertainty: the initial band and the energy profile of a band.
+
+:func:`path_profile` gives the energy profile of a band with the
+uncertainty of every energy *difference* to the first image, taken from
+the structure-level posterior: for the linear model ``E = w . phi``,
+``var(E_i - E_0) = s^2 (phi_i - phi_0)^T A^{-1} (phi_i - phi_0)``. Errors
+the two ends share cancel, as they do in the barrier itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.mep import NEB, idpp_interpolate
+
+from .calculator import MLIPALCalculator
+from .features import per_structure
+from .guards import PhysicalGuard
+from .model import DEFAULT_DIR
+
+DEMO_REACTION_PATH = DEFAULT_DIR / "demo_reaction.xyz"
+
+
+@dataclass
+class PathProfile:
+    """Energy profile of a band of images.
+
+    Attributes:
+        label: a name for plots and tables.
+        s: reaction coordinate, cumulative distance between images (A).
+        energy: predicted energy relative to the first image (eV).
+        energy_std: 1-sigma uncertainty of each ``energy`` (eV; 0 at the first image).
+        uncertainty: the trigger's quantity per image (largest force uncertainty, eV/A).
+        barrier, barrier_std: ``max(energy)`` and its 1-sigma uncertainty (eV; the
+            spread of the maximum over posterior draws of the profile).
+        reference_energy: reference energies relative to the first image (eV), if known.
+    """
+
+    label: str
+    s: np.ndarray
+    energy: np.ndarray
+    energy_std: np.ndarray
+    uncertainty: np.ndarray
+    barrier: float
+    barrier_std: float
+    reference_energy: Optional[np.ndarray] = None
+
+    def as_dict(self) -> dict:
+        """Plain lists and floats (JSON)."""
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PathProfile":
+        arrays = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in data.items()}
+        return cls(**arrays)
+
+
+def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
+    """Cumulative distance along the band (A), 0 at the first image."""
+    steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Atoms]:
+    """``n_images`` images from ``initial`` to ``final`` (included), IDPP-interpolated.
+
+    IDPP starts from the straight line between the endpoints and cannot
+    leave a line of symmetry: for a linear molecule (HCN -> HNC) the moving
+    atom would pass through its neighbours. When an interior image has
+    overlapping atoms (:class:`~ase_mlipal.guards.PhysicalGuard`), the
+    straight-line images are displaced by a small seeded random amount
+    (0.1 A) perpendicular to the path before IDPP, up to three tries; a
+    band still overlapping raises ``ValueError``.
+    """
+    if n_images < 3:
+        raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
+    if len(initial) != len(final) or np.any(initial.numbers != final.numbers):
+        raise ValueError("the endpoints of a band must have the same atoms in the same order")
+    guard = PhysicalGuard([initial, final])
+    rng = np.random.default_rng(seed)
+    for attempt in range(4):
+        images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
+        for image in images:
+            image.calc = None
+        neb = NEB(images, method="improvedtangent")
+        neb.interpolate()
+        if attempt:
+            _displace_across_path(images, rng, 0.1)
+        idpp_interpolate(images, traj=None, log=None)
+        problems = [(k, guard.problem(image)) for k, image in enumerate(images[1:-1], start=1)]
+        problems = [(k, p) for k, p in problems if p]
+        if not problems:
+            return images
+    k, problem = problems[0]
+    raise ValueError(f"IDPP interpolation gives an unphysical image {k} ({problem}) even with the symmetry broken; "
+                     "pass a band of your own (e.g. with an intermediate image)")
+
+
+def _displace_across_path(images: Sequence[Atoms], rng: np.random.Generator, amplitude: float) -> None:
+    """Move interior images by random displacements (A) with the component along the path removed."""
+    tangent = (images[-1].positions - images[0].positions).ravel()
+    tangent /= max(np.linalg.norm(tangent), 1e-12)
+    for image in images[1:-1]:
+        step = rng.normal(scale=amplitude, size=image.positions.size)
+        step -= (step @ tangent) * tangent
+        image.positions = image.positions + step.reshape(-1, 3)
+
+
+def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "",
+                 draws: int = 4096, seed: int = 0) -> PathProfile:
+    """Predicted energies of ``images`` with the uncertainty of each difference to the first.
+
+    ``energy_std`` is the calibrated posterior std of each ``E_i - E_0``.
+    The barrier is the highest of those energies, so its uncertainty is
+    that of a maximum: ``barrier_std`` is the spread of ``max_i`` over
+    ``draws`` joint posterior draws of the whole profile (correlated through
+    the features, each image's marginal std its ``energy_std``). An image
+    just below the top but far less certain widens it, where the std of the
+    top image alone would not.
+    """
+    images = list(images)
+    energies, batches = calc.predict(images)
+    features = per_structure(batches)
+    delta = np.concatenate([f.structure for f in features]) - features[0].structure
+    posterior = calc.energy_posterior
+    raw = posterior.quadratic_form(delta)
+    energy_std = np.sqrt(posterior.calibration.variance(raw, len(images[0])))
+    energy_std[0] = 0.0
+    uncertainty = np.array([calc.uncertainty_from(f)["uncertainty"] for f in features])
+    relative = energies - energies[0]
+    top = int(np.argmax(relative))
+    return PathProfile(label, reaction_coordinate(images), relative, energy_std, uncertainty,
+                       barrier=float(relative[top]),
+                       barrier_std=_std_of_maximum(posterior, delta, relative, raw, energy_std, draws, seed))
+
+
+def _std_of_maximum(posterior, delta: np.ndarray, mean: np.ndarray, raw: np.ndarray, std: np.ndarray,
+                    draws: int, seed: int) -> float:
+    """Std of ``max_i E_i`` over joint draws ``E_i = mean_i + c_i delta_i . z``, ``z ~ N(0, A^-1)``.
+
+    ``c_i = std_i / sqrt(raw_i)`` rescales each image's raw draw to its
+    calibrated std; with the plain scale every ``c_i = s``.
+    """
+    noise = np.random.default_rng(seed).standard_normal((draws, posterior.dim))
+    draws_raw = delta @ posterior.samples(noise).T  # (images, draws), variance raw_i
+    factor = np.divide(std, np.sqrt(raw), out=np.zeros_like(std), where=raw > 0)
+    return float(np.std(np.max(mean[:, None] + factor[:, None] * draws_raw, axis=0)))
