@@ -8,9 +8,13 @@ reference calls and teaches the model a region nobody will simulate. A
 
 - **overlapping atoms**: a pair closer than ``min_distance_ratio`` times the
   sum of their covalent radii (ASE's ``covalent_radii``);
-- **fragments** the defining structures do not have: the molecule graph
-  (bonds where a pair is within ``bond_ratio`` times the covalent sum) has
-  more connected components than the most fragmented defining structure;
+- **fragments** the defining structures do not have: the frame's molecule
+  graph (bonds where a pair is within ``bond_ratio`` times the covalent sum)
+  has more connected components than the most fragmented defining
+  structure's, counted with ordinary chemical bonds (within 1.25 covalent
+  sums): products such as CO + H2 count as two, and a band on its way to
+  them may separate that far, but a frame counts as fragmented only once a
+  piece is beyond ``bond_ratio`` of everything else;
 - for a band, its **length** (sum of image-to-image distances) beyond
   ``max_length_ratio`` times the initial band's, and an image **energy**
   more than ``max_energy`` eV above the lower endpoint.
@@ -29,6 +33,9 @@ import numpy as np
 from ase import Atoms
 from ase.data import covalent_radii
 from scipy.sparse.csgraph import connected_components
+
+
+CHEMICAL_BOND_RATIO = 1.25  # a chemical bond: within 1.25 covalent sums (fragments of the defining structures)
 
 
 class UnphysicalFrame(RuntimeError):
@@ -74,7 +81,7 @@ class PhysicalGuard:
             raise ValueError("need 0 < min_distance_ratio < bond_ratio")
         self.min_distance_ratio, self.bond_ratio = min_distance_ratio, bond_ratio
         self.max_length_ratio, self.max_energy = max_length_ratio, max_energy
-        self.max_fragments = max(count_fragments(a, bond_ratio) for a in references)
+        self.max_fragments = max(count_fragments(a, CHEMICAL_BOND_RATIO) for a in references)
         self.initial_length: Optional[float] = None
 
     def problem(self, atoms: Atoms) -> Optional[str]:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ase_mlipal import FrameStore, save_model
@@ -48,10 +49,12 @@ learner = OnTheFlyLearner(
     start, calc, LoggedXTB, workdir, threshold=1.3, mode="relative", trigger_reference=known,
     steps=int(sys.argv[4]), interval=2, batch_size=3, references=known,
     dynamics=lambda atoms: langevin(atoms, temperature_K=800, timestep_fs=0.5, friction=0.05),
-    executor=ThreadPoolExecutor(1), finetune_options={"epochs": 4, "replay": None, "patience": 10},
+    executor=ThreadPoolExecutor(1), audit_interval=40,
+    guard=ase_mlipal.PhysicalGuard([start], min_distance_ratio=0.05, bond_ratio=20.0),
+    finetune_options={"epochs": 4, "replay": None, "patience": 10},
     progress=False)
 report = learner.run()
-print("ROUNDS", len(report.rounds), "STEPS", report.steps, "RESUMED", report.resumed_from)
+print("ROUNDS", len(report.rounds), "STEPS", report.steps, "RESUMED", report.resumed_from, "STOPPED", report.stopped)
 '''
 
 
@@ -62,6 +65,11 @@ def _start(tmp_path, model, steps):
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     args = [sys.executable, str(script), str(tmp_path / "work"), str(model), str(tmp_path / "log.txt"), str(steps)]
     return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _labelled(store):
+    """Row id -> reference energy of every labelled row (passed audits included)."""
+    return {row.id: row.energy for status in ("labelled", "verified") for row in store.rows(status)}
 
 
 def test_killed_learner_resumes_without_repeating_a_label(tiny_model, tmp_path):
@@ -76,7 +84,7 @@ def test_killed_learner_resumes_without_repeating_a_label(tiny_model, tmp_path):
     assert first.poll() is None, "the run ended before it could be killed:\n" + first.stdout.read()
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    before = {row.id: row.energy for row in FrameStore(db).rows("labelled")}
+    before = _labelled(FrameStore(db))
     step_at_kill = json.loads((tmp_path / "work" / "state.json").read_text())["step"]
     assert len(before) >= 3
 
@@ -86,9 +94,12 @@ def test_killed_learner_resumes_without_repeating_a_label(tiny_model, tmp_path):
     assert "STEPS 400" in out and f"RESUMED {step_at_kill}" in out
 
     store = FrameStore(db)
-    after = {row.id: row.energy for row in store.rows("labelled")}
+    after = _labelled(store)
     assert all(after.get(i) == e for i, e in before.items())  # nothing labelled was lost or changed
     calls = (tmp_path / "log.txt").read_text().split()
     assert len(calls) == len(set(calls)) == len(after)  # every label computed once
     state = json.loads((tmp_path / "work" / "state.json").read_text())
-    assert state["round"] >= 1 and (tmp_path / "work" / state["model"]).exists()
+    assert state["round"] >= 1 and (tmp_path / "work" / state["posterior"]).exists()
+    audits = [c for c in state["checks"] if c["kind"] == "audit"]
+    assert audits and all(np.isfinite(c["force_mae"]) for c in audits)  # unflagged frames were audited
+    assert {row.id for row in store.rows("verified")} <= {c["store_id"] for c in audits}

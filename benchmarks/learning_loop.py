@@ -1,0 +1,213 @@
+"""The verified learning loop on the project's six reactive NEBs, from their endpoints.
+
+For each reaction of ``benchmarks/data/reactive_bands.xyz.gz`` (xTB
+climbing-image NEBs, 11 images, fmax 0.05 eV/A): build a 9-image IDPP band
+between the xTB endpoints and run :class:`ase_mlipal.NEBLearner` on the
+shipped default model with GFN2-xTB labels (the settings of ``mlipal
+demo``). Per reaction: barrier error before (round 0, pretrained) and after
+learning against the reference NEB barrier, the verified error (model -
+xTB at the final climbing image) next to the predicted sigma, whether the
+reference barrier lies inside the final 2 sigma, labels (= reference
+calls), the reference calls of a direct xTB NEB from the same band to the
+same fmax, rounds, model choices, wall time.
+
+Run one reaction per process (they are independent; two at a time fit two
+cores) and merge::
+
+    python benchmarks/learning_loop.py --reaction formaldehyde_to_CO_H2
+    python benchmarks/learning_loop.py --merge      # results/learning_loop.{json,md,png}
+
+``python benchmarks/learning_loop.py`` runs all six, then merges.
+``--smoke`` runs a seconds-long version (the test suite's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+from ase.mep import NEB
+from ase.optimize import FIRE
+
+import ase_mlipal
+from ase_mlipal.demo import DEMO_FINETUNE
+from ase_mlipal.frames import read_labels
+from ase_mlipal.paths import PathProfile, band, reaction_coordinate
+from ase_mlipal.plots import plot_neb_profiles
+from ase_mlipal.reference import RobustXTB
+
+HERE = Path(__file__).resolve().parent
+BANDS = HERE / "data" / "reactive_bands.xyz.gz"
+RESULTS = HERE / "results"
+PARTS = RESULTS / "learning_loop"
+SETTINGS = {"images": 9, "threshold": 0.5, "max_rounds": 4, "steps": 300, "fmax": 0.1, "barrier_tolerance": 0.1,
+            "finetune": DEMO_FINETUNE}
+SMOKE = {"images": 5, "threshold": 0.5, "max_rounds": 1, "steps": 3, "fmax": 0.1, "barrier_tolerance": 0.1,
+         "finetune": {"epochs": 1, "replay_ratio": 1}}
+
+
+def reference_bands() -> dict[str, list]:
+    bands: dict[str, list] = {}
+    for atoms in read(BANDS, ":"):
+        bands.setdefault(atoms.info["reaction"], []).append(atoms)
+    return {name: sorted(images, key=lambda a: a.info["image"]) for name, images in bands.items()}
+
+
+def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) -> dict:
+    reference = reference_bands()[name]
+    energies = np.array([read_labels(a)[0] for a in reference])
+    ref_barrier = float(energies.max() - energies[0])
+    start = time.perf_counter()
+    calc = ase_mlipal.MLIPALCalculator()
+    images = band(reference[0], reference[-1], settings["images"])
+    learner = ase_mlipal.NEBLearner(calc, RobustXTB, workdir, images, settings["threshold"],
+                                    max_rounds=settings["max_rounds"], steps=settings["steps"],
+                                    fmax=settings["fmax"], barrier_tolerance=settings["barrier_tolerance"],
+                                    finetune_options=settings["finetune"], progress=False)
+    report = learner.run()
+    seconds = time.perf_counter() - start
+    counts = learner.store.counts()
+    rounds = [{"round": r.round, "barrier": r.profile.barrier, "barrier_std": r.profile.barrier_std,
+               "barrier_error": r.profile.barrier - ref_barrier, "n_flagged": r.n_flagged, "converged": r.converged,
+               "check": None if r.check is None else r.check.as_dict(),
+               "next_model": None if r.learning is None else ("accepted" if r.learning.accepted else "rejected"),
+               "profile": r.profile.as_dict()} for r in report.rounds]
+    first, last = report.rounds[0].profile, report.rounds[-1].profile
+    result = {
+        "reaction": name, "reference_barrier": ref_barrier,
+        "reference_profile": {"s": reaction_coordinate(reference).tolist(), "energy": (energies - energies[0]).tolist()},
+        "before": first.barrier - ref_barrier, "after": last.barrier - ref_barrier, "after_std": last.barrier_std,
+        "covered_2sigma": bool(abs(last.barrier - ref_barrier) <= 2 * last.barrier_std),
+        "verified_error": report.verified_barrier_error,
+        "verified_std": None if report.rounds[-1].check is None else report.rounds[-1].check.energy_std,
+        "confident": report.confident, "stopped": report.stopped, "rounds": rounds,
+        "labels": counts["labelled"] + counts["verified"], "failed": counts["failed"],
+        "unphysical": counts["unphysical"], "model_choice": report.model_choice, "seconds": seconds,
+        "settings": {k: v for k, v in settings.items()},
+    }
+    if direct:
+        result["direct_neb"] = direct_reference_calls(images, settings["fmax"])
+    return result
+
+
+def direct_reference_calls(images, fmax: float, max_steps: int = 1500) -> dict:
+    """Reference force calls of a plain xTB climbing-image NEB from ``images`` to ``fmax``."""
+    images = [image.copy() for image in images]
+    for image in images:
+        image.calc = RobustXTB()
+    neb = NEB(images, climb=True, method="improvedtangent")
+    dyn = FIRE(neb, logfile=None)
+    converged = bool(dyn.run(fmax=fmax, steps=max_steps))
+    return {"calls": (len(images) - 2) * (dyn.nsteps + 1), "steps": int(dyn.nsteps), "converged": converged}
+
+
+def merge(paths: list[Path]) -> dict:
+    parts = [json.loads(p.read_text()) for p in sorted(paths)]
+    before = np.array([abs(p["before"]) for p in parts])
+    after = np.array([abs(p["after"]) for p in parts])
+    summary = {
+        "reactions": [p["reaction"] for p in parts],
+        "median_abs_before": float(np.median(before)), "median_abs_after": float(np.median(after)),
+        "covered_2sigma": int(sum(p["covered_2sigma"] for p in parts)),
+        "worse_than_before": int(sum(a > b + 0.05 for a, b in zip(after, before))),
+        "confident": int(sum(p["confident"] for p in parts)),
+        "confident_and_within_tolerance": int(sum(p["confident"] and abs(p["after"]) <= 0.1 for p in parts)),
+        "max_labels": int(max(p["labels"] for p in parts)),
+        "parts": parts,
+    }
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
+             "",
+             "| reaction | before eV | after eV (1σ) | ref. in 2σ | verified error (1σ) | confident | labels | "
+             "direct NEB calls | bands | models rejected | min |",
+             "|---|---:|---:|:-:|---:|:-:|---:|---:|---:|---:|---:|"]
+    for p in summary["parts"]:
+        verified = "-" if p["verified_error"] is None else f"{p['verified_error']:+.2f} ({p['verified_std']:.2f})"
+        direct = p.get("direct_neb", {}).get("calls", "-")
+        rejected = sum(not c["accepted"] for c in p["model_choice"])
+        note = f" (stopped: {p['stopped'][:60]})" if p["stopped"] else ""
+        lines.append(f"| {p['reaction']}{note} | {p['before']:+.2f} | {p['after']:+.2f} ({p['after_std']:.2f}) | "
+                     f"{'yes' if p['covered_2sigma'] else 'no'} | {verified} | {'yes' if p['confident'] else 'no'} | "
+                     f"{p['labels']} | {direct} | {len(p['rounds'])} | {rejected} | {p['seconds'] / 60:.1f} |")
+    s = summary
+    lines += ["", f"Median |barrier error|: {s['median_abs_before']:.2f} eV before, {s['median_abs_after']:.2f} eV "
+              f"after (target <= 0.10); reference inside the final 2σ: {s['covered_2sigma']}/{len(s['parts'])}; "
+              f"worse than before (by > 0.05 eV): {s['worse_than_before']}; confident: {s['confident']} "
+              f"({s['confident_and_within_tolerance']} of them within 0.1 eV); most labels: {s['max_labels']} "
+              "(target <= 40)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    parts = summary["parts"]
+    fig, axes = plt.subplots(2, (len(parts) + 1) // 2, figsize=(4.2 * ((len(parts) + 1) // 2), 7), squeeze=False)
+    for ax, p in zip(axes.ravel(), parts):
+        ref = p["reference_profile"]
+        ax.plot(np.array(ref["s"]) / ref["s"][-1], ref["energy"], "k-", lw=2, label="xTB NEB")
+        for r in p["rounds"]:
+            prof = PathProfile.from_dict(r["profile"])
+            s = prof.s / max(prof.s[-1], 1e-9)
+            ax.errorbar(s, prof.energy, yerr=2 * prof.energy_std, marker="o", ms=3, capsize=2,
+                        label=f"round {r['round']}")
+        ax.set_title(p["reaction"], fontsize=9)
+        ax.set_xlabel("path (normalised)")
+        ax.set_ylabel("E - E(reactant) / eV")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reaction", help="run one reaction, write results/learning_loop/<reaction>.json")
+    parser.add_argument("--merge", action="store_true", help="merge the per-reaction JSON files")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run on one reaction (for tests)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    args = parser.parse_args()
+    out = args.out or RESULTS
+    parts = out / "learning_loop"
+    parts.mkdir(parents=True, exist_ok=True)
+    names = sorted(reference_bands())
+    if args.smoke:
+        names, settings = names[2:3], SMOKE
+    else:
+        settings = SETTINGS
+    if not args.merge:
+        for name in ([args.reaction] if args.reaction else names):
+            if name not in names:
+                sys.exit(f"unknown reaction {name!r}; choose from {', '.join(names)}")
+            workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_loop_{name}_"))
+            try:
+                result = run_reaction(name, settings, workdir, direct=not args.smoke)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            (parts / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+            print(f"{name}: before {result['before']:+.2f} eV, after {result['after']:+.2f} ± "
+                  f"{result['after_std']:.2f} eV, confident {result['confident']}, labels {result['labels']}, "
+                  f"{result['seconds']:.0f} s", flush=True)
+        if args.reaction:
+            return
+    summary = merge(list(parts.glob("*.json")))
+    (out / "learning_loop.json").write_text(json.dumps(summary, indent=1, default=float))
+    (out / "learning_loop.md").write_text(markdown(summary))
+    plot(summary, out / "learning_loop.png")
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
