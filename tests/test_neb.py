@@ -96,3 +96,115 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert len(report.table().splitlines()) == 1 + len(report.rounds)
     barrier, std = report.barrier
     assert np.isfinite(barrier) and std > 0
+
+
+class CountingReference:
+    """A reference that must not be called (counts calls, raises)."""
+
+    calls = 0
+
+    def __call__(self):
+        CountingReference.calls += 1
+        raise AssertionError("the reference was called on an unphysical band")
+
+
+def test_a_fragmenting_band_is_stopped_and_nothing_is_labelled(calc, tmp_path):
+    images = formaldehyde_band(5)
+    images[2].positions[2:] += [[0.0, 9.0, 0.0], [0.0, -9.0, 0.0]]  # CO + H + H: more than CO + H2
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
+                         steps=4, references=[], progress=False)
+    report = learner.run()
+    assert report.stopped.startswith("round 0, NEB step 0, image 2: 3 fragments")
+    assert "atom 2 (H)" in report.stopped and not report.confident and report.rounds == []
+    counts = learner.store.counts()
+    assert counts["unphysical"] == 1 and counts["labelled"] == counts["flagged"] == counts["verified"] == 0
+    row = next(learner.store.rows("unphysical"))
+    assert "3 fragments" in row.error and CountingReference.calls == 0
+    assert NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
+                      steps=4, references=[], progress=False).run().stopped == report.stopped  # resumed: stays stopped
+
+
+NEB_RUN = r'''
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize import FIRE
+import ase_mlipal
+from ase_mlipal.store import fingerprint
+from tests.conftest import rattled
+from tests.test_neb import formaldehyde_band
+
+workdir, model, log = sys.argv[1:4]
+
+
+class LoggedXTB(Calculator):
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        work = self.atoms.copy()
+        work.calc = ase_mlipal.xtb_calculator()
+        self.results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
+        with open(log, "a") as handle:
+            handle.write(fingerprint(self.atoms) + "\n")
+
+
+calc = ase_mlipal.MLIPALCalculator(model=model)
+calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+learner = ase_mlipal.NEBLearner(
+    calc, LoggedXTB, workdir, formaldehyde_band(5), threshold=1e-6, max_rounds=2, steps=4, interval=2,
+    references=rattled(molecule("H2CO"), 4, seed=2), executor=ThreadPoolExecutor(1),
+    guard=ase_mlipal.PhysicalGuard([molecule("H2CO")], min_distance_ratio=0.05, bond_ratio=50.0),
+    finetune_options={"epochs": 3, "replay": None}, optimizer=FIRE, progress=False)
+report = learner.run()
+print("BANDS", len(report.rounds), "CONFIDENT", report.confident, "STOPPED", report.stopped)
+'''
+
+
+def test_killed_neb_learner_resumes_without_losing_or_repeating_a_label(tiny_model, tmp_path):
+    pytest.importorskip("tblite")
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from ase_mlipal import save_model
+
+    model = save_model(tiny_model, tmp_path / "tiny.pt")
+    script = tmp_path / "run.py"
+    script.write_text(NEB_RUN)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    args = [sys.executable, str(script), str(tmp_path / "run"), str(model), str(tmp_path / "log.txt")]
+
+    def start():
+        return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = start()
+    state = tmp_path / "run" / "state.json"
+    deadline = time.time() + 180
+    while time.time() < deadline and first.poll() is None:  # kill once round 1's band is running
+        if state.exists() and json.loads(state.read_text())["round"] >= 1:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before it could be killed:\n" + first.stdout.read()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    store = FrameStore(tmp_path / "run" / "frames.db")
+    before = {row.id: row.energy for s in ("labelled", "verified") for row in store.rows(s)}
+    assert len(before) >= 3  # endpoints and the first check at least
+
+    second = start()
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert "BANDS 3" in out and "CONFIDENT False" in out  # round 0 restored from the state, 1 and 2 run
+    after = {row.id: row.energy for s in ("labelled", "verified") for row in store.rows(s)}
+    assert all(after.get(i) == e for i, e in before.items())  # nothing labelled was lost or changed
+    calls = (tmp_path / "log.txt").read_text().split()
+    assert len(calls) == len(set(calls)) == len(after)  # every label computed once
+    final = json.loads(state.read_text())
+    assert final["round"] == 3 and len(final["checks"]) == 3 and len(final["rounds"]) == 3

@@ -1,0 +1,66 @@
+"""PhysicalGuard: overlapping atoms, new fragments, runaway bands; band() off a line of symmetry."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+
+from ase_mlipal import PhysicalGuard, UnphysicalFrame, band
+
+
+def test_overlapping_atoms_are_named():
+    water = molecule("H2O")
+    guard = PhysicalGuard([water])
+    assert guard.problem(water) is None
+    squashed = water.copy()
+    squashed.positions[1] = squashed.positions[0] + [0.2, 0.0, 0.0]
+    with pytest.raises(UnphysicalFrame, match=r"MD step 7: atoms 0 \(O\) and 1 \(H\) are 0.20 A apart"):
+        guard.check(squashed, "MD step 7")
+
+
+def test_a_fragment_the_endpoints_lack_stops_but_their_own_fragments_do_not():
+    reactant = molecule("H2CO")
+    product = reactant.copy()
+    product.positions[2:] = [[0.0, 0.37, -3.5], [0.0, -0.37, -3.5]]  # CO + H2, well apart
+    guard = PhysicalGuard([reactant, product])
+    assert guard.max_fragments == 2
+    assert guard.problem(product) is None
+    lost = product.copy()
+    lost.positions[2] += [0.0, 8.0, 0.0]  # one H flies off: three fragments
+    assert "3 fragments" in guard.problem(lost) and "atom 2 (H)" in guard.problem(lost)
+    stretched = reactant.copy()  # a C-H bond at 1.6x its covalent sum is still one molecule
+    direction = stretched.positions[2] - stretched.positions[1]
+    stretched.positions[2] = stretched.positions[1] + 1.6 * 1.07 * direction / np.linalg.norm(direction)
+    assert PhysicalGuard([reactant]).problem(stretched) is None
+
+
+def test_runaway_band_length_and_energy_stop_the_band():
+    reactant = molecule("H2CO")
+    product = reactant.copy()
+    product.positions[2:] = [[0.0, 0.37, -3.5], [0.0, -0.37, -3.5]]
+    images = band(reactant, product, 5)
+    guard = PhysicalGuard([reactant, product])
+    guard.check_band(images, "round 0", energies=np.array([0.0, 1.0, 2.0, 1.0, -0.5]))
+    with pytest.raises(UnphysicalFrame, match="image 2 is 12.5 eV above the lower endpoint"):
+        guard.check_band(images, "round 1", energies=np.array([0.0, 1.0, 12.0, 1.0, -0.5]))
+    zigzag = [image.copy() for image in images]
+    for k, image in enumerate(zigzag[1:-1]):
+        image.positions += (-1) ** k * 4.0 * np.eye(3)[0]
+    loose = PhysicalGuard([reactant, product], min_distance_ratio=0.01, bond_ratio=100.0)  # length only
+    loose.check_band(images, "round 0")  # the first band sets the reference length
+    with pytest.raises(UnphysicalFrame, match=r"round 1: the band is .* long, more than 3.0x"):
+        loose.check_band(zigzag, "round 1")
+
+
+def test_band_of_a_linear_molecule_leaves_the_axis():
+    """HCN -> HNC: IDPP on the straight line would move H through C and N."""
+    hcn = Atoms("HCN", positions=[[-1.07, 0, 0], [0, 0, 0], [1.16, 0, 0]])
+    hnc = Atoms("HCN", positions=[[2.16, 0, 0], [0, 0, 0], [1.17, 0, 0]])
+    guard = PhysicalGuard([hcn, hnc])
+    straight = [hcn.copy() for _ in range(4)]
+    for k, image in enumerate(straight):
+        image.positions = hcn.positions + (k + 1) / 5 * (hnc.positions - hcn.positions)
+    assert any(guard.problem(image) for image in straight)  # the naive path overlaps
+    images = band(hcn, hnc, 9)
+    assert all(guard.problem(image) is None for image in images)
+    assert max(np.abs(image.positions[0, 1:]).max() for image in images) > 0.3  # H went round, off the axis
