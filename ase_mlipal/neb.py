@@ -42,7 +42,10 @@ class NEBRound:
         converged, steps: the NEB optimiser's outcome.
         n_flagged: images the trigger flagged.
         check: the reference check of the climbing image (barrier error, predicted sigma).
-        learning: the learning round that followed (``None`` after the last band).
+        learning: the learning that followed (``None`` after the last band; after a
+            rejected fine-tune, the last of the retries).
+        model_round: the round whose model ran the band (0: pretrained; it
+            lags ``round`` when fine-tunes were rejected).
     """
 
     round: int
@@ -52,6 +55,7 @@ class NEBRound:
     n_flagged: int
     check: Optional[Check] = None
     learning: Optional[RoundRecord] = None
+    model_round: int = 0
 
     def as_dict(self) -> dict:
         learning = None if self.learning is None else {
@@ -60,7 +64,8 @@ class NEBRound:
             "reason": self.learning.reason, "model_hash": self.learning.model_hash}
         return {"round": self.round, "profile": self.profile.as_dict(), "converged": self.converged,
                 "steps": self.steps, "n_flagged": self.n_flagged,
-                "check": None if self.check is None else self.check.as_dict(), "learning": learning}
+                "check": None if self.check is None else self.check.as_dict(), "learning": learning,
+                "model_round": self.model_round}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
@@ -68,7 +73,8 @@ class NEBRound:
         if learning is not None:
             learning = RoundRecord(**{**learning, "labelled": LabelReport(**learning["labelled"])})
         return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
-                   data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning)
+                   data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
+                   data.get("model_round", 0))
 
 
 @dataclass
@@ -82,6 +88,9 @@ class NEBReport:
             check passed (within 2 sigma and ``barrier_tolerance``).
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
+        final_round: index in ``rounds`` of the band the run ends on: the one
+            whose check erred least (``images`` is that band, the calculator
+            holds its model); ``None`` if no band was checked.
     """
 
     rounds: list[NEBRound] = field(default_factory=list)
@@ -89,17 +98,22 @@ class NEBReport:
     confident: bool = False
     stopped: str = ""
     model_choice: list = field(default_factory=list)
+    final_round: Optional[int] = None
+
+    @property
+    def final(self) -> NEBRound:
+        """The band the run ends on (see ``final_round``)."""
+        return self.rounds[-1 if self.final_round is None else self.final_round]
 
     @property
     def barrier(self) -> tuple[float, float]:
-        """Barrier of the last band and its 1-sigma uncertainty (eV)."""
-        last = self.rounds[-1].profile
-        return last.barrier, last.barrier_std
+        """Barrier of the final band and its 1-sigma uncertainty (eV)."""
+        return self.final.profile.barrier, self.final.profile.barrier_std
 
     @property
     def verified_barrier_error(self) -> Optional[float]:
-        """Model - reference barrier at the last band's climbing image (eV), if it was checked."""
-        check = self.rounds[-1].check if self.rounds else None
+        """Model - reference barrier at the final band's climbing image (eV), if it was checked."""
+        check = self.final.check if self.rounds else None
         return None if check is None else check.energy_error
 
     def table(self) -> str:
@@ -113,6 +127,8 @@ class NEBReport:
                          f"  {str(r.converged):>13}  {nxt}")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
+        if self.final_round is not None and self.final_round != len(self.rounds) - 1:
+            lines.append(f"final: the band of round {self.final.round} (its check erred least)")
         return "\n".join(lines)
 
 
@@ -214,18 +230,52 @@ class NEBLearner(LearningRun):
                 self.write_state()
                 break
             rounds.append(neb_round)
-            done = self.state["confident"] or number == self.max_rounds
-            if not done:
-                neb_round.learning = self.learn(number + 1, self._trigger(number),
-                                                anchor=self.store.frame(self.state["anchor_id"]))
-            number += 1
+            self._save_band(f"band_round{number}.traj")
             self.calc.save_posterior(self._path(f"posterior_band{number}.npz"))
+            while not self.state["confident"] and number < self.max_rounds:
+                # a rejected fine-tune leaves model and band as they were: train again (the seed is the
+                # round's) rather than rerun the same band and check
+                number += 1
+                neb_round.learning = self.learn(number, self._trigger(number),
+                                                anchor=self.store.frame(self.state["anchor_id"]))
+                if neb_round.learning.accepted:
+                    break
+            else:
+                number += 1
             self.state.update(round=number, rounds=[r.as_dict() for r in rounds],
-                              posterior=f"posterior_band{number}.npz")
+                              posterior=f"posterior_band{neb_round.round}.npz" if neb_round.learning is None
+                              or not neb_round.learning.accepted else self.state["posterior"])
             self._save_band()
             self.write_state()
+            if neb_round.learning is not None and not neb_round.learning.accepted:
+                break  # the last fine-tunes were all rejected: nothing new to run
+        best = self._best_verified(rounds)
         return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
-                         self.state["stopped"], list(self.choice.history))
+                         self.state["stopped"], list(self.choice.history), final_round=best)
+
+    def _best_verified(self, rounds: list[NEBRound]) -> Optional[int]:
+        """Index of the band whose climbing-image check erred least; its model and band are restored.
+
+        The last band is not always the best: a fine-tune that passed the
+        model choice can still give a band whose fresh check is worse (or a
+        band a guard stopped). The calculator and ``self.images`` end on the
+        best verified band, so a run never ends worse than its checks show.
+        """
+        checked = [k for k, r in enumerate(rounds) if r.check is not None and np.isfinite(r.check.energy_error)]
+        if not checked:
+            return None
+        if self.state["confident"]:
+            return len(rounds) - 1
+        best = min(checked, key=lambda k: (abs(rounds[k].check.energy_error), -k))
+        if best != len(rounds) - 1 or self.state["stopped"]:
+            model_round = rounds[best].model_round
+            model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")
+            self.calc.set_model(model, references=[])
+            self.calc.load_posterior(self._path(f"posterior_band{rounds[best].round}.npz"))
+            saved = read(self._path(f"band_round{rounds[best].round}.traj"), ":")
+            for image, band_image in zip(self.images, saved):
+                image.positions = band_image.positions
+        return best
 
     def _trigger(self, number: int) -> UncertaintyTrigger:
         return UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",
@@ -260,13 +310,13 @@ class NEBLearner(LearningRun):
         check = self.check(self.store.frame(check_id), number, "climbing_image", anchor=anchor,
                            tolerance=self.barrier_tolerance)
         self.state["confident"] = check.passed and not trigger.flagged
-        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check)
+        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round)
 
-    def _save_band(self) -> None:
+    def _save_band(self, name: str = "band.traj") -> None:
         images = [image.copy() for image in self.images]
         for image in images:
             image.calc = None
-        atomic_write(self._path("band.traj"), lambda tmp: write(tmp, images, format="traj"))
+        atomic_write(self._path(name), lambda tmp: write(tmp, images, format="traj"))
 
 
 def relax_band(

@@ -11,13 +11,20 @@ reference barrier lies inside the final 2 sigma, labels (= reference
 calls), the reference calls of a direct xTB NEB from the same band to the
 same fmax, rounds, model choices, wall time.
 
-Run one reaction per process (they are independent; two at a time fit two
-cores) and merge::
+The MD part runs :class:`ase_mlipal.OnTheFlyLearner` at 1200 K on the
+reactants of those reactions (xTB-relaxed, the first band image): the
+audited frames (about one unflagged frame per ``audit_interval`` steps, labelled
+with xTB) give the error of the forces that drove the dynamics, first vs
+last third of the run, and the 2-sigma coverage there.
+
+Run one reaction (or MD molecule) per process (they are independent; two
+at a time fit two cores) and merge::
 
     python benchmarks/learning_loop.py --reaction formaldehyde_to_CO_H2
+    python benchmarks/learning_loop.py --md formic_acid_to_CO2_H2
     python benchmarks/learning_loop.py --merge      # results/learning_loop.{json,md,png}
 
-``python benchmarks/learning_loop.py`` runs all six, then merges.
+``python benchmarks/learning_loop.py`` runs all six NEBs and the MD runs, then merges.
 ``--smoke`` runs a seconds-long version (the test suite's).
 """
 
@@ -79,15 +86,17 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) 
                "barrier_error": r.profile.barrier - ref_barrier, "n_flagged": r.n_flagged, "converged": r.converged,
                "check": None if r.check is None else r.check.as_dict(),
                "next_model": None if r.learning is None else ("accepted" if r.learning.accepted else "rejected"),
+               "model_round": r.model_round,
                "profile": r.profile.as_dict()} for r in report.rounds]
-    first, last = report.rounds[0].profile, report.rounds[-1].profile
+    first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     result = {
         "reaction": name, "reference_barrier": ref_barrier,
         "reference_profile": {"s": reaction_coordinate(reference).tolist(), "energy": (energies - energies[0]).tolist()},
         "before": first.barrier - ref_barrier, "after": last.barrier - ref_barrier, "after_std": last.barrier_std,
         "covered_2sigma": bool(abs(last.barrier - ref_barrier) <= 2 * last.barrier_std),
         "verified_error": report.verified_barrier_error,
-        "verified_std": None if report.rounds[-1].check is None else report.rounds[-1].check.energy_std,
+        "verified_std": None if report.final.check is None else report.final.check.energy_std,
+        "final_round": report.final.round, "last_band_error": report.rounds[-1].profile.barrier - ref_barrier,
         "confident": report.confident, "stopped": report.stopped, "rounds": rounds,
         "labels": counts["labelled"] + counts["verified"], "failed": counts["failed"],
         "unphysical": counts["unphysical"], "model_choice": report.model_choice, "seconds": seconds,
@@ -109,10 +118,48 @@ def direct_reference_calls(images, fmax: float, max_steps: int = 1500) -> dict:
     return {"calls": (len(images) - 2) * (dyn.nsteps + 1), "steps": int(dyn.nsteps), "converged": converged}
 
 
+MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "threshold": 0.5, "interval": 5,
+               "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": DEMO_FINETUNE}
+MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
+            "finetune": {"epochs": 1, "replay_ratio": 1}}
+MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
+
+
+def run_md(name: str, settings: dict, workdir: Path) -> dict:
+    """The MD learner from the reactant of reaction ``name``; the audits score the dynamics."""
+    from ase_mlipal.learner import langevin
+
+    start_atoms = reference_bands()[name][0]
+    start = time.perf_counter()
+    learner = ase_mlipal.OnTheFlyLearner(
+        start_atoms, ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, settings["threshold"],
+        steps=settings["steps"], interval=settings["interval"], batch_size=settings["batch_size"],
+        max_rounds=settings["max_rounds"], audit_interval=settings["audit_interval"],
+        dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"]),
+        finetune_options=settings["finetune"], progress=False)
+    report = learner.run()
+    audits = [c.as_dict() for c in report.checks if c.kind == "audit"]
+    thirds = {}
+    for label, low, high in (("first_third", 0, 1 / 3), ("last_third", 2 / 3, 1.01)):
+        chosen = [a for a in audits if low * settings["steps"] <= a["step"] < high * settings["steps"]]
+        thirds[label] = {"n": len(chosen),
+                         "force_mae": float(np.mean([a["force_mae"] for a in chosen])) if chosen else None,
+                         "coverage_2sigma": float(np.mean([a["force_coverage"] for a in chosen])) if chosen else None}
+    counts = report.counts
+    return {"molecule": name, "kind": "md", "steps": report.steps, "audits": audits, **thirds,
+            "coverage_2sigma": float(np.mean([a["force_coverage"] for a in audits])) if audits else None,
+            "labels": counts["labelled"] + counts["verified"], "rounds": len(report.rounds),
+            "rejected": sum(not c["accepted"] for c in report.model_choice), "confident": report.confident,
+            "stopped": report.stopped, "flags": len(report.flagged_steps), "seconds": time.perf_counter() - start,
+            "settings": settings}
+
+
 def merge(paths: list[Path]) -> dict:
-    parts = [json.loads(p.read_text()) for p in sorted(paths)]
-    before = np.array([abs(p["before"]) for p in parts])
-    after = np.array([abs(p["after"]) for p in parts])
+    loaded = [json.loads(p.read_text()) for p in sorted(paths)]
+    parts = [p for p in loaded if p.get("kind") != "md"]
+    md = [p for p in loaded if p.get("kind") == "md"]
+    before = np.array([abs(p["before"]) for p in parts]) if parts else np.zeros(1)
+    after = np.array([abs(p["after"]) for p in parts]) if parts else np.zeros(1)
     summary = {
         "reactions": [p["reaction"] for p in parts],
         "median_abs_before": float(np.median(before)), "median_abs_after": float(np.median(after)),
@@ -120,8 +167,8 @@ def merge(paths: list[Path]) -> dict:
         "worse_than_before": int(sum(a > b + 0.05 for a, b in zip(after, before))),
         "confident": int(sum(p["confident"] for p in parts)),
         "confident_and_within_tolerance": int(sum(p["confident"] and abs(p["after"]) <= 0.1 for p in parts)),
-        "max_labels": int(max(p["labels"] for p in parts)),
-        "parts": parts,
+        "max_labels": int(max(p["labels"] for p in parts)) if parts else 0,
+        "parts": parts, "md": md,
     }
     return summary
 
@@ -130,7 +177,7 @@ def markdown(summary: dict) -> str:
     lines = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
              "",
              "| reaction | before eV | after eV (1σ) | ref. in 2σ | verified error (1σ) | confident | labels | "
-             "direct NEB calls | bands | models rejected | min |",
+             "direct NEB calls | bands (final) | models rejected | min |",
              "|---|---:|---:|:-:|---:|:-:|---:|---:|---:|---:|---:|"]
     for p in summary["parts"]:
         verified = "-" if p["verified_error"] is None else f"{p['verified_error']:+.2f} ({p['verified_std']:.2f})"
@@ -139,13 +186,27 @@ def markdown(summary: dict) -> str:
         note = f" (stopped: {p['stopped'][:60]})" if p["stopped"] else ""
         lines.append(f"| {p['reaction']}{note} | {p['before']:+.2f} | {p['after']:+.2f} ({p['after_std']:.2f}) | "
                      f"{'yes' if p['covered_2sigma'] else 'no'} | {verified} | {'yes' if p['confident'] else 'no'} | "
-                     f"{p['labels']} | {direct} | {len(p['rounds'])} | {rejected} | {p['seconds'] / 60:.1f} |")
+                     f"{p['labels']} | {direct} | {len(p['rounds'])} ({p['final_round']}) | {rejected} | "
+                     f"{p['seconds'] / 60:.1f} |")
     s = summary
     lines += ["", f"Median |barrier error|: {s['median_abs_before']:.2f} eV before, {s['median_abs_after']:.2f} eV "
               f"after (target <= 0.10); reference inside the final 2σ: {s['covered_2sigma']}/{len(s['parts'])}; "
               f"worse than before (by > 0.05 eV): {s['worse_than_before']}; confident: {s['confident']} "
               f"({s['confident_and_within_tolerance']} of them within 0.1 eV); most labels: {s['max_labels']} "
               "(target <= 40)."]
+    if summary["md"]:
+        lines += ["", "MD learner (audited frames: the forces that drove the dynamics):", "",
+                  "| molecule | steps | audits | force MAE first / last third eV/A | 2σ coverage (last third) | "
+                  "labels | rounds (rejected) | flags | confident | min |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|"]
+        for m in summary["md"]:
+            f, l = m["first_third"], m["last_third"]
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {m['molecule']}{' (stopped)' if m['stopped'] else ''} | {m['steps']} | "
+                         f"{len(m['audits'])} | {fmt(f['force_mae'])} / {fmt(l['force_mae'])} | "
+                         f"{fmt(m['coverage_2sigma'])} ({fmt(l['coverage_2sigma'])}) | {m['labels']} | "
+                         f"{m['rounds']} ({m['rejected']}) | {m['flags']} | {'yes' if m['confident'] else 'no'} | "
+                         f"{m['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,6 +235,7 @@ def plot(summary: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reaction", help="run one reaction, write results/learning_loop/<reaction>.json")
+    parser.add_argument("--md", help="run the MD learner from this reaction's reactant, write md_<name>.json")
     parser.add_argument("--merge", action="store_true", help="merge the per-reaction JSON files")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run on one reaction (for tests)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
@@ -186,6 +248,18 @@ def main() -> None:
         names, settings = names[2:3], SMOKE
     else:
         settings = SETTINGS
+    if args.md or (not args.merge and not args.reaction):
+        for name in ([args.md] if args.md else MD_MOLECULES[:1] if args.smoke else MD_MOLECULES):
+            workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_md_{name}_"))
+            try:
+                result = run_md(name, MD_SMOKE if args.smoke else MD_SETTINGS, workdir)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            (parts / f"md_{name}.json").write_text(json.dumps(result, indent=1, default=float))
+            print(f"MD {name}: audits {len(result['audits'])}, last-third force MAE "
+                  f"{result['last_third']['force_mae']}, confident {result['confident']}", flush=True)
+        if args.md:
+            return
     if not args.merge:
         for name in ([args.reaction] if args.reaction else names):
             if name not in names:
@@ -204,7 +278,8 @@ def main() -> None:
     summary = merge(list(parts.glob("*.json")))
     (out / "learning_loop.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "learning_loop.md").write_text(markdown(summary))
-    plot(summary, out / "learning_loop.png")
+    if summary["parts"]:
+        plot(summary, out / "learning_loop.png")
     print(markdown(summary))
 
 

@@ -83,7 +83,9 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
                          finetune_options={"epochs": 2, "replay": None}, optimizer=FIRE, progress=False)
     report = learner.run()
     assert all(r.n_flagged == 0 for r in report.rounds)  # a threshold nothing passes: the trigger is quiet
-    assert not report.confident and len(report.rounds) == 2  # round 0 (pretrained) and round 1
+    assert not report.confident
+    accepted = [c["accepted"] for c in report.model_choice]
+    assert len(accepted) == 1 and len(report.rounds) == 1 + accepted[0]  # a rejected fine-tune reruns no band
     first = report.rounds[0]
     assert first.check.kind == "climbing_image" and not first.check.passed
     assert first.check.image == 1 + int(np.argmax(first.profile.energy[1:-1]))
@@ -91,8 +93,10 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     sources = sorted(row.source for row in learner.store.rows())
     assert sources.count("endpoint") == 2 and sources.count("verify") >= 1
     assert first.learning is not None and first.learning.n_train_frames >= 3  # endpoints + the failed check
-    assert report.rounds[-1].learning is None
-    assert report.verified_barrier_error == report.rounds[-1].check.energy_error
+    assert (report.rounds[-1].learning is None) == accepted[0]
+    errors = [abs(r.check.energy_error) for r in report.rounds]
+    assert report.final_round == int(np.argmin(errors))  # the run ends on its best verified band
+    assert report.verified_barrier_error == report.final.check.energy_error
     assert len(report.table().splitlines()) == 1 + len(report.rounds)
     barrier, std = report.barrier
     assert np.isfinite(barrier) and std > 0
