@@ -40,7 +40,8 @@ def test_runaway_band_length_and_energy_stop_the_band():
     product.positions[2:] = [[0.0, 0.37, -3.5], [0.0, -0.37, -3.5]]
     images = band(reactant, product, 5)
     guard = PhysicalGuard([reactant, product])
-    guard.check_band(images, "round 0", energies=np.array([0.0, 1.0, 2.0, 1.0, -0.5]))
+    guard.check_band(images, "round 0", energies=np.array([0.0, 1.0, 11.0, 1.0, -0.5]))  # starts high: allowed
+    guard.check_band(images, "round 0", energies=np.array([0.0, 1.0, 8.0, 1.0, -0.5]))
     with pytest.raises(UnphysicalFrame, match="image 2 is 12.5 eV above the lower endpoint"):
         guard.check_band(images, "round 1", energies=np.array([0.0, 1.0, 12.0, 1.0, -0.5]))
     zigzag = [image.copy() for image in images]
