@@ -137,9 +137,13 @@ def cmd_learn(args: argparse.Namespace) -> None:
             _read(config["structure"]), calc, reference, workdir, config["threshold"],
             steps=md.get("steps", 1000), interval=md.get("interval", 5), batch_size=config.get("batch_size", 8),
             max_rounds=config.get("max_rounds"), finetune_options=finetune_options,
+            audit_interval=md.get("audit_interval", 200),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
+        audits = [c for c in report.checks if c.kind == "audit"]
         print(f"{report.steps} MD steps, {len(report.rounds)} learning rounds; store: {report.counts}")
+        print(f"{len(audits)} audits, {sum(c.passed for c in audits)} passed; verified: {report.confident}"
+              + (f"; stopped: {report.stopped}" if report.stopped else ""))
         steps, values = zip(*report.trace) if report.trace else ((), ())
         if steps:
             plot_uncertainty_trace(steps, values, learner.trigger.threshold, workdir / "uncertainty.png",
@@ -153,6 +157,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              steps=neb.get("steps", 300), finetune_options=finetune_options)
         report = learner.run()
         print(report.table())
+        print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
+              f"checked error {report.verified_barrier_error})")
         plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")
         write(workdir / "band.xyz", report.images)
     else:
@@ -179,8 +185,10 @@ LEARN_HELP = """TOML file, e.g.:
     [md]
     steps = 2000
     temperature = 600
+    audit_interval = 200   # one unflagged frame per ~200 steps checked against the reference
     [neb]
     images = 7
+    barrier_tolerance = 0.1   # eV: the climbing-image check must agree this well
     [finetune]
     epochs = 150
 """
