@@ -66,7 +66,7 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_round
     learner = NEBLearner(calc, RobustXTB, workdir / "run", images, threshold, max_rounds=max_rounds, steps=steps,
                          fmax=fmax, finetune_options=finetune_options or DEMO_FINETUNE)
     report = learner.run()
-    first, last = report.rounds[0].profile, report.rounds[-1].profile
+    first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     xtb_reaction = float(xtb_energy[-1] - xtb_energy[0])
     scores = {
         "before": DemoScore(before_mae, first.barrier, first.barrier_std, first.barrier - xtb_barrier,

@@ -84,8 +84,9 @@ class NEBReport:
     Attributes:
         rounds: one :class:`NEBRound` per band run.
         images: the final band.
-        confident: the last band flagged nothing and its climbing-image
-            check passed (within 2 sigma and ``barrier_tolerance``).
+        confident: the last band converged, flagged nothing and its
+            climbing-image check passed (within 2 sigma and
+            ``barrier_tolerance``, a saddle of the reference).
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
@@ -144,9 +145,10 @@ class NEBLearner(LearningRun):
     highest interior image is labelled and checked: its barrier (the
     difference to the first endpoint, labelled in round 0 with the other
     endpoint) must agree with the reference within 2 sigma and within
-    ``barrier_tolerance``, and its forces within 2 sigma
-    (:func:`~ase_mlipal.verification.check_frame`). The run is
-    ``confident`` when a band flagged nothing and its check passed. Else
+    ``barrier_tolerance``, its forces within 2 sigma, and it must be a
+    saddle of the reference too (its climbing force small:
+    :func:`~ase_mlipal.verification.check_frame`). The run is ``confident``
+    when a band converged, flagged nothing and its check passed. Else
     the flagged images and a failed check are labelled, the pretrained
     model is fine-tuned on all labelled frames and swapped in if it is no
     worse on the checks so far (:meth:`LearningRun.learn`), and the next
@@ -307,9 +309,10 @@ class NEBLearner(LearningRun):
             self.state["stopped"] = (f"the reference failed on the first endpoint (store row {anchor.info['store_id']}: "
                                      f"{anchor.info.get('error', '')}); no barrier can be verified")
             return None
+        tangent = self.images[top + 1].positions - self.images[top - 1].positions
         check = self.check(self.store.frame(check_id), number, "climbing_image", anchor=anchor,
-                           tolerance=self.barrier_tolerance)
-        self.state["confident"] = check.passed and not trigger.flagged
+                           tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
+        self.state["confident"] = check.passed and not trigger.flagged and converged
         return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round)
 
     def _save_band(self, name: str = "band.traj") -> None:

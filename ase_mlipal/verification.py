@@ -51,6 +51,8 @@ class Check:
         passed: inside 2 sigma, the tolerance and ``MIN_FORCE_COVERAGE``.
         reason: why it failed ("" if it passed).
         step, image: where the frame came from.
+        saddle_force: for a climbing image, the largest per-atom norm (eV/A) of
+            the *reference's* climbing-image force ``F - 2 (F . t) t`` there.
     """
 
     round: int
@@ -64,13 +66,15 @@ class Check:
     reason: str = ""
     step: Optional[int] = None
     image: Optional[int] = None
+    saddle_force: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
-                tolerance: Optional[float] = None) -> Check:
+                tolerance: Optional[float] = None, tangent: Optional[np.ndarray] = None,
+                fmax: float = 0.05) -> Check:
     """Compare ``calc``'s prediction on the labelled ``frame`` with its labels.
 
     With ``anchor`` (a labelled frame, e.g. a band's first endpoint) the
@@ -78,6 +82,14 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     uncertainty that of the difference (:func:`~ase_mlipal.path_profile`);
     without, the total energy and ``energy_uncertainty``. ``tolerance``
     (eV) bounds the energy error on top of the 2-sigma test.
+
+    With the band's unit ``tangent`` (shape (N, 3)) at a climbing image the
+    frame must also be a saddle *of the reference*: a band can agree with
+    the reference at its top and still run over a higher pass than the
+    reference's. The model's climbing force there is below ``fmax`` (the
+    band converged), so the reference's may exceed it by the model's
+    force error, 2 sigma per component: atom ``i`` fails above
+    ``fmax + 2 sqrt(3) sigma_i``.
     """
     energy, forces = read_labels(frame)
     probe = frame.copy()
@@ -102,9 +114,20 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         reasons.append(f"energy error {error:+.3f} eV beyond the tolerance {tolerance} eV")
     if coverage < MIN_FORCE_COVERAGE:
         reasons.append(f"{1 - coverage:.0%} of force components outside 2 sigma")
+    saddle = None
+    if tangent is not None:
+        tangent = np.asarray(tangent, dtype=float) / np.linalg.norm(tangent)
+        climbing = forces - 2.0 * np.sum(forces * tangent) * tangent
+        norms = np.linalg.norm(climbing, axis=1)
+        saddle = float(norms.max())
+        allowed = fmax + 2.0 * np.sqrt(3.0) * sigma_f
+        worst = int(np.argmax(norms - allowed))
+        if norms[worst] > allowed[worst]:
+            reasons.append(f"not a saddle of the reference: its climbing force on atom {worst} is "
+                           f"{norms[worst]:.2f} eV/A (allowed {allowed[worst]:.2f})")
     return Check(number, kind, int(frame.info.get("store_id", -1)), error, std, float(force_error.mean()), coverage,
                  passed=not reasons, reason="; ".join(reasons), step=frame.info.get("step"),
-                 image=frame.info.get("image"))
+                 image=frame.info.get("image"), saddle_force=saddle)
 
 
 def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: Optional[Atoms] = None) -> float:

@@ -82,6 +82,10 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) 
     report = learner.run()
     seconds = time.perf_counter() - start
     counts = learner.store.counts()
+    if not report.rounds:  # a guard stopped the first band
+        return {"reaction": name, "reference_barrier": ref_barrier, "stopped": report.stopped, "rounds": [],
+                "labels": counts["labelled"] + counts["verified"], "unphysical": counts["unphysical"],
+                "seconds": seconds, "confident": False, "settings": settings}
     rounds = [{"round": r.round, "barrier": r.profile.barrier, "barrier_std": r.profile.barrier_std,
                "barrier_error": r.profile.barrier - ref_barrier, "n_flagged": r.n_flagged, "converged": r.converged,
                "check": None if r.check is None else r.check.as_dict(),
@@ -156,7 +160,8 @@ def run_md(name: str, settings: dict, workdir: Path) -> dict:
 
 def merge(paths: list[Path]) -> dict:
     loaded = [json.loads(p.read_text()) for p in sorted(paths)]
-    parts = [p for p in loaded if p.get("kind") != "md"]
+    stopped = [p for p in loaded if p.get("kind") != "md" and not p["rounds"]]
+    parts = [p for p in loaded if p.get("kind") != "md" and p["rounds"]]
     md = [p for p in loaded if p.get("kind") == "md"]
     before = np.array([abs(p["before"]) for p in parts]) if parts else np.zeros(1)
     after = np.array([abs(p["after"]) for p in parts]) if parts else np.zeros(1)
@@ -168,7 +173,7 @@ def merge(paths: list[Path]) -> dict:
         "confident": int(sum(p["confident"] for p in parts)),
         "confident_and_within_tolerance": int(sum(p["confident"] and abs(p["after"]) <= 0.1 for p in parts)),
         "max_labels": int(max(p["labels"] for p in parts)) if parts else 0,
-        "parts": parts, "md": md,
+        "parts": parts, "md": md, "stopped_before_a_band": stopped,
     }
     return summary
 
@@ -194,6 +199,8 @@ def markdown(summary: dict) -> str:
               f"worse than before (by > 0.05 eV): {s['worse_than_before']}; confident: {s['confident']} "
               f"({s['confident_and_within_tolerance']} of them within 0.1 eV); most labels: {s['max_labels']} "
               "(target <= 40)."]
+    for p in summary["stopped_before_a_band"]:
+        lines.append(f"\n{p['reaction']}: stopped before a band could be checked ({p['stopped']}).")
     if summary["md"]:
         lines += ["", "MD learner (audited frames: the forces that drove the dynamics):", "",
                   "| molecule | steps | audits | force MAE first / last third eV/A | 2σ coverage (last third) | "

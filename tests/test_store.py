@@ -20,10 +20,10 @@ def test_flag_label_fail_round_trip(tmp_path):
     ids = [store.add_flagged(f, source="md", uncertainty=0.3 + i, step=10 * i, run_id="r1",
                              model_hash="abc", per_atom={"forces_uncertainty": np.arange(3.0)})[0]
            for i, f in enumerate(frames)]
-    assert store.counts() == {"flagged": 3, "labelled": 0, "failed": 0}
+    assert store.counts() == {"flagged": 3, "labelled": 0, "verified": 0, "failed": 0, "unphysical": 0}
     store.mark_labelled(ids[0], -10.5, np.ones((3, 3)), reference="xtb")
     store.mark_failed(ids[1], "SCF not converged\ntraceback ...")
-    assert store.counts() == {"flagged": 1, "labelled": 1, "failed": 1}
+    assert store.counts() == {"flagged": 1, "labelled": 1, "verified": 0, "failed": 1, "unphysical": 0}
 
     (labelled,) = store.frames("labelled")
     energy, forces = read_labels(labelled)
@@ -104,4 +104,21 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
     with multiprocessing.get_context("fork").Pool(6) as pool:
         errors = [e for e in pool.map(_open_and_count, paths, chunksize=1) if e]
     assert errors == []
-    assert all(FrameStore(path).counts() == {"flagged": 0, "labelled": 0, "failed": 0} for path in set(paths))
+    assert all(sum(FrameStore(path).counts().values()) == 0 for path in set(paths))
+
+
+def test_verified_and_unphysical_rows_and_non_finite_positions(tmp_path):
+    store = FrameStore(tmp_path / "frames.db")
+    water = molecule("H2O")
+    row, _ = store.add_flagged(water, source="verify", image=3)
+    store.mark_labelled(row, -10.0, np.zeros((3, 3)))
+    store.mark_verified(row)
+    assert [a.info["store_id"] for a in store.frames("verified")] == [row] and not store.frames("labelled")
+    assert read_labels(store.frame(row))[0] == -10.0  # a passed check keeps its labels
+    broken = water.copy()
+    broken.positions[1] = np.nan
+    with pytest.raises(ValueError, match=r"image 4\) has non-finite positions for atoms \[1\]; not stored"):
+        store.add_flagged(broken, source="neb", image=4)
+    bad, new = store.add_unphysical(broken, source="md", reason="MD step 9: non-finite positions", step=9)
+    assert new and store.counts()["unphysical"] == 1 and store.counts()["flagged"] == 0
+    assert store.frame(bad).info["error"].startswith("MD step 9")

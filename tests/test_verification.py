@@ -72,3 +72,22 @@ def test_a_worse_model_is_rejected_and_a_better_one_accepted(tiny_model):
     energies = np.array([a.get_potential_energy() for a in frames])
     assert verification_error(tiny_model, frames[1:], anchor=frames[0]) == pytest.approx(0.0, abs=1e-8)
     assert np.ptp(energies) > 0
+
+
+def test_a_climbing_image_must_be_a_saddle_of_the_reference(calc, tiny_model):
+    anchor, frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 2, stdev=0.1, seed=4))
+    forces = frame.get_forces()
+    tangent = np.zeros_like(forces)
+    tangent[0, 2] = 1.0
+    check = check_frame(calc, frame, 0, "climbing_image", anchor=anchor, tangent=tangent, fmax=0.05)
+    climbing = forces.copy()
+    climbing[0, 2] *= -1.0  # F - 2 (F . t) t flips the force along the tangent
+    assert check.saddle_force == pytest.approx(np.linalg.norm(climbing, axis=1).max())
+    probe = frame.copy()
+    probe.calc = calc
+    probe.get_forces()
+    allowed = 0.05 + 2 * np.sqrt(3) * calc.results["forces_uncertainty"]
+    assert ("not a saddle" in check.reason) == bool(np.any(np.linalg.norm(climbing, axis=1) > allowed))
+    flat = frame.copy()  # the reference says: a stationary point (and the model agrees)
+    flat.calc = SinglePointCalculator(flat, energy=frame.get_potential_energy(), forces=np.zeros_like(forces))
+    assert check_frame(calc, flat, 0, "climbing_image", tangent=tangent).saddle_force == 0.0
