@@ -277,9 +277,12 @@ def main() -> None:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             (parts / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
-            print(f"{name}: before {result['before']:+.2f} eV, after {result['after']:+.2f} ± "
-                  f"{result['after_std']:.2f} eV, confident {result['confident']}, labels {result['labels']}, "
-                  f"{result['seconds']:.0f} s", flush=True)
+            if result["rounds"]:
+                print(f"{name}: before {result['before']:+.2f} eV, after {result['after']:+.2f} ± "
+                      f"{result['after_std']:.2f} eV, confident {result['confident']}, labels {result['labels']}, "
+                      f"{result['seconds']:.0f} s", flush=True)
+            else:
+                print(f"{name}: stopped before its first band was checked: {result['stopped']}", flush=True)
         if args.reaction:
             return
     summary = merge(list(parts.glob("*.json")))
