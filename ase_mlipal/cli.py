@@ -368,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="mlipal-demo")
     demo.add_argument("--images", type=int, default=9)
     demo.add_argument("--threshold", type=float, default=0.5, help="eV/A (default 0.5)")
-    demo.add_argument("--rounds", type=int, default=4, help="NEB runs at most")
+    demo.add_argument("--rounds", type=int, default=4, help="learning rounds at most (bands: one more)")
     demo.set_defaults(func=cmd_demo)
     return main
 
