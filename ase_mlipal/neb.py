@@ -244,12 +244,13 @@ class NEBLearner(LearningRun):
                     break
             else:
                 number += 1
-            self.state.update(round=number, rounds=[r.as_dict() for r in rounds],
-                              posterior=f"posterior_band{neb_round.round}.npz" if neb_round.learning is None
-                              or not neb_round.learning.accepted else self.state["posterior"])
+            rejected = neb_round.learning is not None and not neb_round.learning.accepted
+            if neb_round.learning is None or rejected:  # the model in use ran this band: resume on its posterior
+                self.state["posterior"] = f"posterior_band{neb_round.round}.npz"
+            self.state.update(round=number, rounds=[r.as_dict() for r in rounds])
             self._save_band()
             self.write_state()
-            if neb_round.learning is not None and not neb_round.learning.accepted:
+            if rejected:
                 break  # the last fine-tunes were all rejected: nothing new to run
         best = self._best_verified(rounds)
         return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
