@@ -234,6 +234,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_xlabel("path (normalised)")
         ax.set_ylabel("E - E(reactant) / eV")
         ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(parts):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
