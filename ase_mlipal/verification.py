@@ -26,6 +26,7 @@ from ase import Atoms
 
 from .calculator import MLIPALCalculator
 from .frames import read_labels
+from .paths import path_profile
 from .training import frame_errors
 
 # With calibrated 2-sigma intervals 95% of force components fall inside; a
@@ -97,8 +98,6 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     predicted_forces = probe.get_forces()
     sigma_f = calc.results["forces_uncertainty"]
     if anchor is not None:
-        from .neb import path_profile
-
         profile = path_profile(calc, [anchor, frame], draws=1)
         error = float(profile.energy[1] - (energy - read_labels(anchor)[0]))
         std = float(profile.energy_std[1])

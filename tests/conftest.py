@@ -8,6 +8,8 @@ from ase import Atoms
 from ase.build import molecule
 
 import ase_mlipal
+from ase.calculators.calculator import Calculator, all_changes
+from ase_mlipal.store import fingerprint
 
 warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
 
@@ -45,3 +47,21 @@ def rattled(atoms: Atoms, n: int, stdev: float = 0.05, seed: int = 0) -> list[At
         copy.positions += rng.normal(scale=stdev, size=copy.positions.shape)
         out.append(copy)
     return out
+
+
+class LoggedXTB(Calculator):
+    """GFN2-xTB that appends the fingerprint of every finished calculation to ``LoggedXTB.log``.
+
+    For the kill tests' subprocess scripts: set ``LoggedXTB.log`` to a path first.
+    """
+
+    implemented_properties = ["energy", "forces"]
+    log = None
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        work = self.atoms.copy()
+        work.calc = ase_mlipal.xtb_calculator()
+        self.results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
+        with open(self.log, "a") as handle:
+            handle.write(fingerprint(self.atoms) + "\n")

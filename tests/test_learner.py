@@ -19,27 +19,12 @@ RUN = r'''
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from ase.build import molecule
-from ase.calculators.calculator import Calculator, all_changes
 import ase_mlipal
 from ase_mlipal.learner import OnTheFlyLearner, langevin
-from ase_mlipal.store import fingerprint
-from tests.conftest import rattled
+from tests.conftest import LoggedXTB, rattled
 
 workdir, model, log = sys.argv[1:4]
-
-
-class LoggedXTB(Calculator):
-    """GFN2-xTB that appends the fingerprint of every finished calculation to the log."""
-    implemented_properties = ["energy", "forces"]
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        work = self.atoms.copy()
-        work.calc = ase_mlipal.xtb_calculator()
-        self.results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
-        with open(log, "a") as handle:
-            handle.write(fingerprint(self.atoms) + "\n")
-
+LoggedXTB.log = log
 
 start = molecule("CH3OH")
 calc = ase_mlipal.MLIPALCalculator(model=model)

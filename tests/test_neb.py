@@ -132,27 +132,13 @@ NEB_RUN = r'''
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from ase.build import molecule
-from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import FIRE
 import ase_mlipal
-from ase_mlipal.store import fingerprint
-from tests.conftest import rattled
+from tests.conftest import LoggedXTB, rattled
 from tests.test_neb import formaldehyde_band
 
 workdir, model, log = sys.argv[1:4]
-
-
-class LoggedXTB(Calculator):
-    implemented_properties = ["energy", "forces"]
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        work = self.atoms.copy()
-        work.calc = ase_mlipal.xtb_calculator()
-        self.results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
-        with open(log, "a") as handle:
-            handle.write(fingerprint(self.atoms) + "\n")
-
+LoggedXTB.log = log
 
 calc = ase_mlipal.MLIPALCalculator(model=model)
 calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
