@@ -2,50 +2,54 @@
 
 The public API is re-exported here. ``mace`` is imported first on purpose:
 e3nn 0.4.4 only imports with torch >= 2.6 after mace has set
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``. That setting makes any later
-``torch.load`` without ``weights_only=`` unpickle arbitrary code, so every
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``. That setting would make every later
+``torch.load`` without ``weights_only=`` unpickle arbitrary code, so it
+holds only while the package imports (:func:`~ase_mlipal.environment.torch_load_override`)
+and the variable is as it was once ``import ase_mlipal`` returns. Every
 load in this package passes ``weights_only`` explicitly.
 """
 
 import warnings
 
-with warnings.catch_warnings():
+from .environment import torch_load_override
+
+with torch_load_override(), warnings.catch_warnings():
     # e3nn's own constants load triggers torch's notice about that variable
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
     import mace  # noqa: F401  (must precede any e3nn import)
     from e3nn import o3  # noqa: F401
 
-from .calculator import MLIPALCalculator
-from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
-from .committee import CommitteeFeatures, train_committee
-from .features import ActivationFeatures, FixedFeatures
-from .kernels import FEATURE_MAPS, get_feature_map
-from .distill import distill
-from .finetune import finetune
-from .frames import read_frames, read_labels
-from .labelling import LabelReport, label
-from .learner import OnTheFlyLearner
-from .model import (
-    ModelLoadError,
-    build_mace,
-    load_model,
-    model_elements,
-    model_hash,
-    random_like,
-    save_model,
-)
-from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
-from .guards import PhysicalGuard, UnphysicalFrame
-from .neb import NEBLearner, NEBReport
-from .paths import PathProfile, band, path_profile
-from .posterior import FeaturePosterior
-from .prototypes import PrototypeAlignment
-from .reference import RobustXTB, xtb_calculator, xtb_label
-from .selection import select
-from .store import FrameStore
-from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
-from .training import evaluate, train
-from .verification import Check, ModelChoice
+    from .calculator import MLIPALCalculator
+    from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
+    from .committee import CommitteeFeatures, train_committee
+    from .features import ActivationFeatures, FixedFeatures
+    from .kernels import FEATURE_MAPS, get_feature_map
+    from .distill import distill
+    from .finetune import finetune
+    from .frames import read_frames, read_labels
+    from .labelling import LabelReport, label
+    from .learner import OnTheFlyLearner
+    from .model import (
+        ModelLoadError,
+        build_mace,
+        load_model,
+        model_elements,
+        model_hash,
+        random_like,
+        save_model,
+    )
+    from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
+    from .guards import PhysicalGuard, UnphysicalFrame
+    from .neb import NEBLearner, NEBReport
+    from .paths import PathProfile, band, path_profile
+    from .posterior import FeaturePosterior
+    from .prototypes import PrototypeAlignment
+    from .reference import RobustXTB, xtb_calculator, xtb_label
+    from .selection import select
+    from .store import FrameStore
+    from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
+    from .training import evaluate, train
+    from .verification import Check, ModelChoice
 
 __version__ = "0.1.0"
 

@@ -34,6 +34,7 @@ from mace import modules
 from mace.tools.scripts_utils import extract_config_mace_model
 from mace.tools.torch_tools import default_dtype
 
+from .environment import torch_load_override
 from .storage import atomic_torch_save
 
 FORMAT_NAME = "ase-mlipal-model"
@@ -226,7 +227,8 @@ def _load_default() -> torch.nn.Module:
 
 
 def _load_foundation(name: str, device: str) -> torch.nn.Module:
-    from mace.calculators import foundations_models
+    with torch_load_override():  # importing mace.calculators sets the variable again
+        from mace.calculators import foundations_models
 
     family, _, size = name.lower().partition(":")
     loaders = {"mp": foundations_models.mace_mp, "off": foundations_models.mace_off,
@@ -234,7 +236,8 @@ def _load_foundation(name: str, device: str) -> torch.nn.Module:
     loader = loaders[_FOUNDATION.match(name).group(1).lower()]
     kwargs = {"model": size} if size else {}
     try:
-        return loader(return_raw_model=True, device=device, default_dtype="float64", **kwargs)
+        with torch_load_override(unpickle=True):  # mace's own published, pickled weights
+            return loader(return_raw_model=True, device=device, default_dtype="float64", **kwargs)
     except Exception as exc:  # mace raises RuntimeError, ValueError, OSError...
         raise ModelLoadError(
             f"Could not obtain the foundation model {name!r} ({exc}). mace downloads "

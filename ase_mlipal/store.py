@@ -23,27 +23,39 @@ Rows also record the uncertainty that flagged them, where they came from
 (``source``: md / neb / pool, ``step``, ``image``, ``run_id``) and the
 hash of the model that flagged them.
 
-Each write is one database transaction (SQLite's atomic commit), so a
-crash leaves a row either fully written or absent; a frame already stored
-(same atoms and positions, to 1e-6 A) is not stored again. A new SQLite
-file gets its tables under ase.db's own write lock (``frames.db.lock``),
-so processes that open the same new store at once (a learner and
-``mlipal status``) do not both create them.
+Each write is one database transaction, so a crash leaves a row either
+fully written or absent, and a frame already stored (same atoms and
+positions, to 1e-6 A) is not stored again, also when several processes
+write at once. No lock file is used (ase.db's ``frames.db.lock`` outlives
+a killed writer and blocks every later one): SQLite's own locking, which
+the operating system releases when a process dies, serialises writers
+(``BEGIN IMMEDIATE``), and PostgreSQL a transaction-scoped advisory lock,
+which the server drops with a dead client's connection. Every wait is
+bounded (``timeout`` seconds) and ends in :class:`StoreBusy`, which names
+the store. SQLite's locks need a local file system (not NFS); for many
+learners on several machines, use a PostgreSQL URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
+from contextlib import contextmanager
 from typing import Iterator, Optional, Union
+from urllib.parse import parse_qs, urlsplit
 
 import ase.db
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.db.sqlite import SQLite3Database
 
 STATUSES = ("flagged", "labelled", "verified", "failed", "unphysical")
+_ADVISORY_LOCK = 0x6D6C6970616C  # "mlipal": the key of the store's PostgreSQL write lock
+
+
+class StoreBusy(TimeoutError):
+    """Another process held the store's write lock for longer than the store's ``timeout``."""
 
 
 def fingerprint(atoms: Atoms) -> str:
@@ -61,12 +73,21 @@ class FrameStore:
 
     Args:
         path_or_url: an ``.db`` file path (created if missing) or any URL
-            ``ase.db.connect`` accepts.
+            ``ase.db.connect`` accepts, e.g.
+            ``postgresql://user:password@host:5432/frames`` (needs
+            ``pip install ase-db-backends psycopg2-binary``).
+        timeout: seconds to wait for another process's write (and for a
+            PostgreSQL server to answer) before :class:`StoreBusy`.
     """
 
-    def __init__(self, path_or_url: Union[str, os.PathLike]):
+    def __init__(self, path_or_url: Union[str, os.PathLike], timeout: float = 60.0):
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         self.path_or_url = str(path_or_url)
-        self.db = _connect(self.path_or_url)
+        self.timeout = float(timeout)
+        self.db = _connect(self.path_or_url, self.timeout)
+        with self._transaction():
+            self.db.count()  # creates the tables of a new store, one process at a time
 
     def add_flagged(
         self,
@@ -104,7 +125,7 @@ class FrameStore:
         plain = Atoms(numbers=atoms.numbers, positions=np.nan_to_num(atoms.positions, nan=0.0), cell=atoms.cell,
                       pbc=atoms.pbc)
         key = fingerprint(plain)
-        with self.db:
+        with self._transaction():
             existing = self._id_of(key)
             if existing is not None:
                 return existing, False
@@ -120,16 +141,19 @@ class FrameStore:
         if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)) or not np.isfinite(energy):
             raise ValueError(f"row {row_id}: labels must be finite, forces of shape {(len(atoms), 3)}")
         atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=forces)
-        self.db.update(row_id, atoms=atoms, status="labelled", reference=reference)
+        with self._transaction():
+            self.db.update(row_id, atoms=atoms, status="labelled", reference=reference)
 
     def mark_verified(self, row_id: int) -> None:
         """A labelled check the model passed: keep it out of training (status ``verified``)."""
-        self.db.update(row_id, status="verified")
+        with self._transaction():
+            self.db.update(row_id, status="verified")
 
     def mark_failed(self, row_id: int, error: str) -> None:
         """Mark a row failed, keeping the (first line of the) error message."""
         message = (error.strip().splitlines() or ["unknown error"])[0][:500]
-        self.db.update(row_id, status="failed", error=message)
+        with self._transaction():
+            self.db.update(row_id, status="failed", error=message)
 
     def rows(self, status: Optional[str] = None) -> Iterator:
         """ase.db rows, all or of one status, in insertion order."""
@@ -152,24 +176,66 @@ class FrameStore:
     def __len__(self) -> int:
         return self.db.count()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction holding the store's write lock: committed whole, or rolled back whole.
+
+        ase.db's ``with db:`` does the same, but ase-db-backends' PostgreSQL
+        connection cannot roll back, so the connection is handled here.
+        """
+        db = self.db
+        db.change_count = 0
+        db.connection = db._connect()
+        raw = getattr(db.connection, "con", db.connection)  # psycopg2's connection under ase's wrapper
+        try:
+            cursor = raw.cursor()
+            if _is_postgresql(db):
+                cursor.execute(f"SET LOCAL lock_timeout = {int(self.timeout * 1000)}")
+                cursor.execute(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+            else:
+                cursor.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                cursor.execute("BEGIN IMMEDIATE")  # the write lock, before reading what to write
+            yield
+            raw.commit()
+        except Exception as error:
+            raw.rollback()
+            if _is_lock_timeout(error):
+                raise StoreBusy(
+                    f"the frame store {self.path_or_url} was locked by another writer for more than "
+                    f"{self.timeout:g} s. Is another learner or labeller writing a long transaction? "
+                    "Retry, or open the store with a larger timeout=") from error
+            raise
+        finally:
+            raw.close()
+            db.connection = None
+
     def _id_of(self, key: str) -> Optional[int]:
         for row in self.db.select(fingerprint=key, limit=1):
             return row.id
         return None
 
 
-def _connect(path_or_url: str):
-    """``ase.db.connect``, creating a new SQLite file's tables under ase.db's write lock.
+def _connect(path_or_url: str, timeout: float):
+    """``ase.db.connect`` without ase.db's lock file, its waits bounded by ``timeout`` seconds."""
+    if path_or_url.startswith(("postgresql://", "postgres://")):
+        if "connect_timeout" not in parse_qs(urlsplit(path_or_url).query):
+            path_or_url += ("&" if "?" in path_or_url else "?") + f"connect_timeout={max(1, round(timeout))}"
+        try:
+            return ase.db.connect(path_or_url, use_lock_file=False)
+        except ImportError as error:
+            raise ImportError("a PostgreSQL frame store needs `pip install ase-db-backends psycopg2-binary`") from error
+    return ase.db.connect(path_or_url, use_lock_file=False)
 
-    ase.db creates the tables of a new file in several statements, not one
-    transaction: two processes opening it at once both try, and one fails
-    (``table systems already exists``) or reads a half-made schema.
-    """
-    db = ase.db.connect(path_or_url)
-    if isinstance(db, SQLite3Database) and db.lock is not None:
-        with db.lock:
-            db.count()  # creates the tables if the file has none
-    return db
+
+def _is_postgresql(db) -> bool:
+    return getattr(db, "type", None) == "postgresql"
+
+
+def _is_lock_timeout(error: Exception) -> bool:
+    """SQLite's "database is locked" after its busy timeout, or PostgreSQL's lock_timeout."""
+    if isinstance(error, sqlite3.OperationalError):
+        return "locked" in str(error) or "busy" in str(error)
+    return getattr(error, "pgcode", None) == "55P03"  # lock_not_available
 
 
 def _frame_of(row) -> Atoms:

@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny MACE built in seconds and a few small structures."""
 
+import os
+import uuid
 import warnings
 
 import numpy as np
@@ -65,3 +67,27 @@ class LoggedXTB(Calculator):
         self.results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
         with open(self.log, "a") as handle:
             handle.write(fingerprint(self.atoms) + "\n")
+
+
+POSTGRES_VARIABLE = "MLIPAL_TEST_POSTGRES"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A new, empty frame store: an SQLite file, or a fresh database on the PostgreSQL server of
+    ``$MLIPAL_TEST_POSTGRES`` (``.ci/run`` starts one; skipped with a message where none is set)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "frames.db")
+        return
+    server = os.environ.get(POSTGRES_VARIABLE)
+    if not server:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_VARIABLE}=postgresql://user@host:port/db "
+                    "(.ci/run starts one with .ci/postgres.sh)")
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"mlipal_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield server.rsplit("/", 1)[0] + "/" + name
+    admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.close()
