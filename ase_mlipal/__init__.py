@@ -27,7 +27,8 @@ with torch_load_override(), warnings.catch_warnings():
     from .distill import distill
     from .finetune import finetune
     from .frames import read_frames, read_labels
-    from .labelling import LabelReport, label
+    from .dft import PySCF
+    from .labelling import LabelReport, ReferenceSetupError, label
     from .learner import OnTheFlyLearner
     from .model import (
         ModelLoadError,
@@ -46,7 +47,7 @@ with torch_load_override(), warnings.catch_warnings():
     from .prototypes import PrototypeAlignment
     from .reference import RobustXTB, xtb_calculator, xtb_label
     from .selection import select
-    from .store import FrameStore
+    from .store import FrameStore, StoreBusy
     from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
     from .training import evaluate, train
     from .verification import Check, ModelChoice
@@ -65,6 +66,9 @@ __all__ = [
     "FeaturePosterior",
     "PrototypeAlignment",
     "FrameStore",
+    "StoreBusy",
+    "PySCF",
+    "ReferenceSetupError",
     "LabelReport",
     "MLIPALCalculator",
     "ModelLoadError",

@@ -1,35 +1,50 @@
 """Label the flagged frames of a FrameStore with any ASE reference calculator.
 
-The reference runs on any ``concurrent.futures.Executor`` (a process pool
-by default; a ``dask.distributed`` Client's ``get_executor()`` on a
-cluster). The default pool starts its workers from a fork server, not by
-forking this process: a fork taken after torch has started its OpenMP
-threads can hang in OpenMP-parallel references such as tblite. So a
-calculator factory must be importable (defined at module level in an
-importable module) and a script must keep its work under
-``if __name__ == "__main__":``, as for any spawned process; otherwise pass
-``executor=ThreadPoolExecutor()``. Only this process writes to the store, one transaction per
-frame, so a run killed at any moment loses nothing: labelled frames stay
+The reference runs on any ``concurrent.futures.Executor``. The default is
+a thread pool: it works from a plain script, a notebook or a guarded
+script alike, and the references this package is used with spend their
+time outside Python's lock: an ASE calculator that runs an external
+program (a DFT code) waits on it, and tblite and PySCF compute in
+compiled code (``benchmarks/labelling_executors.py`` measures threads
+against processes). Each task gets its own copy of a calculator instance
+(or calls the factory), and a file-based calculator its own directory,
+so parallel frames never share state. A process pool
+(:func:`process_pool`, workers from a fork server, so the script must
+keep its work under ``if __name__ == "__main__":``) or a Dask cluster
+(``client.get_executor()``) are options for references that hold the
+lock. Only this process writes to the store, one transaction per frame,
+so a run killed at any moment loses nothing: labelled frames stay
 labelled and are never computed again, the rest stay flagged.
 """
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import BaseCalculator
+from ase.calculators.calculator import BaseCalculator, FileIOCalculator
+from ase.calculators.genericfileio import GenericFileIOCalculator
 
 from .progress import progress_bar
 from .store import FrameStore
 
 Reference = Union[BaseCalculator, Callable[[], BaseCalculator]]
+
+#: Errors of the reference's code or setup (a typo, a missing package), not of a frame: never retried,
+#: and they stop the batch with the frames left flagged.
+SETUP_ERRORS = (NameError, ImportError, AttributeError, TypeError, SyntaxError)
+
+
+class ReferenceSetupError(RuntimeError):
+    """The reference raised an error of its own code or setup; no frame was marked failed."""
 
 
 @dataclass
@@ -47,39 +62,54 @@ def label(
     retries: int = 1,
     max_frames: Optional[int] = None,
     progress: Optional[bool] = None,
+    timeout: Optional[float] = 3600.0,
 ) -> LabelReport:
     """Compute reference energies and forces for the flagged frames of ``store``.
 
     Args:
         store: the frame store; its ``flagged`` rows are labelled.
-        reference: an ASE calculator, or a picklable zero-argument factory
-            returning one (use a factory for calculators that cannot be
-            shared between processes, e.g. ``ase_mlipal.xtb_calculator``).
-        executor: where the calculations run; a process pool over all
-            cores when ``None``.
+        reference: an ASE calculator (each task computes on its own copy),
+            or a zero-argument factory returning one (e.g.
+            ``ase_mlipal.xtb_calculator``); picklable for a process pool.
+        executor: where the calculations run; a thread pool over all cores
+            when ``None``.
         retries: extra attempts for a frame whose calculation raised.
         max_frames: label at most this many frames (all when ``None``).
+        timeout: seconds to wait for the next frame to finish before
+            ``TimeoutError`` (the frames not labelled stay flagged);
+            ``None`` waits without bound.
 
     A frame whose calculation still raises is marked ``failed`` with the
-    error and the others go on.
+    error and the others go on. An error of the reference's own code or
+    setup (:data:`SETUP_ERRORS`, e.g. a ``NameError`` in a factory or a
+    missing package) would fail every frame the same way: it is raised
+    once as :class:`ReferenceSetupError` and no frame is marked failed.
     """
     rows = list(store.rows("flagged"))[:max_frames]
     report = LabelReport()
     if not rows:
         return report
     own_executor = executor is None
-    executor = executor or process_pool(min(len(rows), os.cpu_count() or 1))
+    executor = executor or ThreadPoolExecutor(min(len(rows), os.cpu_count() or 1), thread_name_prefix="label")
+    futures: dict[Future, int] = {}
     try:
-        futures = {executor.submit(reference_label, row.toatoms(), reference, retries): row.id for row in rows}
-        for future in progress_bar(as_completed(futures), progress, total=len(futures), desc="labelling"):
+        futures = {executor.submit(label_task, row.toatoms(), reference, retries, f"frame{row.id}"): row.id
+                   for row in rows}
+        for future in progress_bar(completed(futures, timeout), progress, total=len(futures), desc="labelling"):
             row_id = futures[future]
             try:
                 energy, forces = future.result()
             except BrokenProcessPool as error:
                 raise RuntimeError(
                     "a reference worker process died; the frames not yet labelled stay flagged. Out of memory? "
-                    "Or a script using the default process pool without its work under "
-                    "`if __name__ == \"__main__\":`; guard it, or pass executor=ThreadPoolExecutor()") from error
+                    "Or a script using a process pool without its work under `if __name__ == \"__main__\":`; "
+                    "guard it, or use the default executor (threads)") from error
+            except SETUP_ERRORS as error:
+                raise ReferenceSetupError(
+                    f"the reference {_name(reference)} raised {type(error).__name__}: {error} (frame {row_id}). "
+                    "That is an error in the reference's code or setup, not in the frame, and would fail every "
+                    f"frame: none was marked failed, {len(rows) - report.labelled - report.failed} stay flagged. "
+                    "Fix it and run label again") from error
             except Exception as error:  # the reference failed on every attempt
                 store.mark_failed(row_id, f"{type(error).__name__}: {error}")
                 report.failed += 1
@@ -87,9 +117,23 @@ def label(
             store.mark_labelled(row_id, energy, forces, reference=_name(reference))
             report.labelled += 1
     finally:
+        for future in futures:
+            future.cancel()
         if own_executor:
-            executor.shutdown(cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
     return report
+
+
+def completed(futures: Iterable[Future], timeout: Optional[float]) -> Iterator[Future]:
+    """Futures as they finish; ``TimeoutError`` if none finishes within ``timeout`` seconds of the last."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:
+            raise TimeoutError(
+                f"no reference calculation finished in {timeout:g} s; the {len(pending)} frames not yet "
+                "labelled stay flagged. A hung reference? For slow ones, pass a larger timeout= (or None)")
+        yield from done
 
 
 def process_pool(max_workers: int) -> ProcessPoolExecutor:
@@ -107,11 +151,23 @@ def process_pool(max_workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
 
 
+def label_task(atoms: Atoms, reference: Reference, retries: int = 1, directory: str = "label") -> tuple[float, np.ndarray]:
+    """:func:`reference_label` on a private reference: a copy of an instance, or the factory's;
+    a file-based calculator works in its own subdirectory ``directory`` (runs inside a worker)."""
+    def private() -> BaseCalculator:
+        calc = copy.deepcopy(reference) if isinstance(reference, BaseCalculator) else reference()
+        if isinstance(calc, (FileIOCalculator, GenericFileIOCalculator)):
+            calc.directory = str(Path(calc.directory) / directory)
+        return calc
+
+    return reference_label(atoms, private, retries)
+
+
 def reference_label(atoms: Atoms, reference: Reference, retries: int = 1) -> tuple[float, np.ndarray]:
-    """Energy and forces of ``atoms`` from ``reference`` (runs inside a worker).
+    """Energy and forces of ``atoms`` from ``reference`` (a calculator, used as is, or a factory).
 
     Raises the last error if all ``1 + retries`` attempts fail or give
-    non-finite results.
+    non-finite results; an error of :data:`SETUP_ERRORS` at once.
     """
     error: Exception = RuntimeError("no attempt made")
     for _ in range(1 + retries):
@@ -121,6 +177,8 @@ def reference_label(atoms: Atoms, reference: Reference, retries: int = 1) -> tup
         try:
             energy = float(work.get_potential_energy())
             forces = np.array(work.get_forces())
+        except SETUP_ERRORS:
+            raise
         except Exception as exc:
             error = exc
             continue
