@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable, Iterable, Optional, Sequence, Union
@@ -80,6 +81,26 @@ class MLIPALCalculator(Calculator):
             empty; a path loads a file written by :meth:`save_posterior`.
         batch_size: structures per forward pass in :meth:`add_reference`
             and :meth:`calibrate`.
+
+    Bad inputs get an error that names the problem and the atoms or file
+    (each case is a row of ``tests/test_bad_inputs.py``):
+
+    * structures (``calculate``, :meth:`add_reference`, :meth:`calibrate`):
+      not an ``Atoms`` (``TypeError``); no atoms; NaN or infinite
+      positions; a periodic cell with NaN entries or zero volume;
+      overlapping atoms (closer than 0.1 A); an element the model does not
+      know (``ValueError``);
+    * ``model=``: a missing file, a directory, a file that is not a
+      PyTorch file, a truncated or corrupt one, a pickled module without
+      ``trust=True``, plain data such as a state dict, a compiled
+      (TorchScript) model (:class:`~ase_mlipal.ModelLoadError`); an
+      object that is neither a module nor a path (``TypeError``);
+    * ``posterior=`` / :meth:`load_posterior`: a missing file
+      (``FileNotFoundError``); a truncated, corrupt or foreign file; a
+      posterior of another model, kernel or kernel options
+      (``ValueError``);
+    * :meth:`calibrate`: no frames, frames without reference labels, a
+      ``groups`` of the wrong length (``ValueError``).
     """
 
     implemented_properties = [
@@ -173,6 +194,8 @@ class MLIPALCalculator(Calculator):
 
     def calculate(self, atoms: Optional[Atoms] = None, properties=("energy",), system_changes=all_changes):
         """Run one forward pass and fill ``self.results``."""
+        if atoms is not None and not isinstance(atoms, Atoms):
+            raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.any())
         batch = self.batch_maker.batch([self.atoms])
@@ -425,10 +448,11 @@ class MLIPALCalculator(Calculator):
         """Read a posterior written by :meth:`save_posterior` for this very model.
 
         Raises:
-            ValueError: the file was built on another model or kernel.
+            FileNotFoundError: there is no such file.
+            ValueError: the file is not a readable posterior file (truncated,
+                corrupt, another format) or was built on another model or kernel.
         """
-        with np.load(path, allow_pickle=False) as data:
-            arrays = dict(data)
+        arrays = _read_posterior_file(path)
         if str(arrays["model_hash"]) != self.model_hash:
             raise ValueError(
                 f"{path} was built on model {str(arrays['model_hash'])[:12]}, but this calculator "
@@ -474,6 +498,28 @@ class Residuals:
     forces: np.ndarray
     forces_raw: np.ndarray
     n_atoms: np.ndarray
+
+
+POSTERIOR_KEYS = ("model_hash", "kernel", "calibrated", "energy_factor", "atom_factor")
+
+
+def _read_posterior_file(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
+    """The arrays of a file written by :meth:`MLIPALCalculator.save_posterior`, or a ``ValueError`` naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"posterior file {path} does not exist (write one with calc.save_posterior)")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with data:
+            arrays = dict(data)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable posterior file ({type(error).__name__}: {error}). It may be "
+                         "truncated or of another format: write it again with calc.save_posterior") from error
+    if any(key not in arrays for key in POSTERIOR_KEYS):
+        missing = [key for key in POSTERIOR_KEYS if key not in arrays]
+        raise ValueError(f"{path} is an .npz file but not a posterior written by save_posterior (no {missing})")
+    return arrays
 
 
 def _savez(path: Path, arrays: dict) -> None:

@@ -15,11 +15,15 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.neighborlist import neighbor_list
 from mace import data as mace_data
 from mace.tools import torch_geometric, torch_tools
 from mace.tools.utils import AtomicNumberTable
 
 _DEFAULT_DTYPE_LOCK = threading.RLock()
+
+#: Atoms closer than this (A) overlap: no chemistry, and undefined features at zero distance.
+OVERLAP_DISTANCE = 0.1
 
 
 @contextmanager
@@ -44,8 +48,10 @@ _KEYS = mace_data.KeySpecification(
 def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
     """Raise ``ValueError`` with an actionable message if ``atoms`` can't be evaluated.
 
-    Catches an empty structure, non-finite positions or cell, and elements
-    the model was not trained on (named, with the indices of the atoms).
+    Catches an empty structure, non-finite positions or cell, a periodic
+    cell of zero volume, overlapping atoms (closer than
+    :data:`OVERLAP_DISTANCE`) and elements the model was not trained on,
+    each named with the indices of the atoms.
     """
     if not isinstance(atoms, Atoms):
         raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
@@ -64,6 +70,15 @@ def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
             f"The structure is periodic along {atoms.pbc.tolist()} but its cell has zero "
             "volume. Set a cell (atoms.set_cell) or switch periodicity off (atoms.pbc = False)."
         )
+    overlapping = overlapping_pairs(atoms)
+    if overlapping:
+        i, j, distance = overlapping[0]
+        raise ValueError(
+            f"Atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {distance:.3f} A apart "
+            f"({len(overlapping)} pair(s) closer than {OVERLAP_DISTANCE} A: {[p[:2] for p in overlapping[:5]]}): "
+            "overlapping atoms, on which the model's features are undefined. Fix the structure "
+            "(a duplicated atom? a wrong unit?) or restart from the last good frame."
+        )
     known = set(int(z) for z in elements)
     unknown = sorted(set(int(z) for z in atoms.numbers) - known)
     if unknown:
@@ -74,6 +89,13 @@ def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
             f"it was trained on {[chemical_symbols[z] for z in sorted(known)]}. Use a model "
             "that covers these elements, or fine-tune one on data that contains them."
         )
+
+
+def overlapping_pairs(atoms: Atoms) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, distance)`` with ``i < j`` closer than :data:`OVERLAP_DISTANCE` (A), closest first."""
+    first, second, distance = neighbor_list("ijd", atoms, OVERLAP_DISTANCE)
+    pairs = sorted((float(d), int(i), int(j)) for i, j, d in zip(first, second, distance) if i < j)
+    return [(i, j, d) for d, i, j in pairs]
 
 
 class BatchMaker:

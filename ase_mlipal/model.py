@@ -257,6 +257,12 @@ def _load_file(path: Path, trust: bool) -> torch.nn.Module:
             f"{path} is not a PyTorch model file (it is neither a torch zip archive nor "
             "a pickle). It may be corrupt or of another format: copy it again or rebuild it."
         )
+    if _is_torchscript(path):
+        raise ModelLoadError(
+            f"{path} is a compiled (TorchScript) model. ase-mlipal reads its uncertainty from inside the "
+            "model's layers, which a compiled model does not expose: pass the uncompiled file instead "
+            "(mace_run_train writes NAME.model beside NAME_compiled.model; load it with trust=True)."
+        )
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -281,6 +287,14 @@ def _is_torch_file(path: Path) -> bool:
         return True
     with open(path, "rb") as handle:
         return handle.read(1) == b"\x80"
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``): a zip with compiled code and constants."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _load_pickled_module(path: Path, trust: bool, cause: Exception) -> torch.nn.Module:
