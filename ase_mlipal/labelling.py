@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExe
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 from ase import Atoms
@@ -72,7 +72,9 @@ def label(
             or a zero-argument factory returning one (e.g.
             ``ase_mlipal.xtb_calculator``); picklable for a process pool.
         executor: where the calculations run; a thread pool over all cores
-            when ``None``.
+            when ``None``. As many frames are in flight as it has workers
+            (``max_workers``; the cores for other executors), so a kill
+            loses at most those calculations.
         retries: extra attempts for a frame whose calculation raised.
         max_frames: label at most this many frames (all when ``None``).
         timeout: seconds to wait for the next frame to finish before
@@ -89,51 +91,63 @@ def label(
     report = LabelReport()
     if not rows:
         return report
+    workers = min(len(rows), os.cpu_count() or 1)
     own_executor = executor is None
-    executor = executor or ThreadPoolExecutor(min(len(rows), os.cpu_count() or 1), thread_name_prefix="label")
-    futures: dict[Future, int] = {}
+    executor = executor or ThreadPoolExecutor(workers, thread_name_prefix="label")
+    window = min(len(rows), getattr(executor, "_max_workers", None) or workers)
+    queue = iter(rows)
+    pending: dict[Future, int] = {}
+
+    def submit_next() -> None:
+        row = next(queue, None)
+        if row is not None:
+            pending[executor.submit(label_task, row.toatoms(), reference, retries, f"frame{row.id}")] = row.id
+
     try:
-        futures = {executor.submit(label_task, row.toatoms(), reference, retries, f"frame{row.id}"): row.id
-                   for row in rows}
-        for future in progress_bar(completed(futures, timeout), progress, total=len(futures), desc="labelling"):
-            row_id = futures[future]
-            try:
-                energy, forces = future.result()
-            except BrokenProcessPool as error:
-                raise RuntimeError(
-                    "a reference worker process died; the frames not yet labelled stay flagged. Out of memory? "
-                    "Or a script using a process pool without its work under `if __name__ == \"__main__\":`; "
-                    "guard it, or use the default executor (threads)") from error
-            except SETUP_ERRORS as error:
-                raise ReferenceSetupError(
-                    f"the reference {_name(reference)} raised {type(error).__name__}: {error} (frame {row_id}). "
-                    "That is an error in the reference's code or setup, not in the frame, and would fail every "
-                    f"frame: none was marked failed, {len(rows) - report.labelled - report.failed} stay flagged. "
-                    "Fix it and run label again") from error
-            except Exception as error:  # the reference failed on every attempt
-                store.mark_failed(row_id, f"{type(error).__name__}: {error}")
-                report.failed += 1
-                continue
-            store.mark_labelled(row_id, energy, forces, reference=_name(reference))
-            report.labelled += 1
+        for _ in range(window):  # as many in flight as there are workers: a kill loses at most those
+            submit_next()
+        with progress_bar(None, progress, total=len(rows), desc="labelling") as bar:
+            while pending:
+                done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError(
+                        f"no reference calculation finished in {timeout:g} s; the "
+                        f"{len(rows) - report.labelled - report.failed} frames not yet labelled stay flagged. "
+                        "A hung reference? For slow ones, pass a larger timeout= (or None)")
+                for future in done:
+                    _store_result(store, pending.pop(future), future, reference, report, len(rows))
+                    bar.update()
+                    submit_next()
     finally:
-        for future in futures:
+        for future in pending:
             future.cancel()
         if own_executor:
             executor.shutdown(wait=False, cancel_futures=True)
     return report
 
 
-def completed(futures: Iterable[Future], timeout: Optional[float]) -> Iterator[Future]:
-    """Futures as they finish; ``TimeoutError`` if none finishes within ``timeout`` seconds of the last."""
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-        if not done:
-            raise TimeoutError(
-                f"no reference calculation finished in {timeout:g} s; the {len(pending)} frames not yet "
-                "labelled stay flagged. A hung reference? For slow ones, pass a larger timeout= (or None)")
-        yield from done
+def _store_result(store: FrameStore, row_id: int, future: Future, reference: Reference, report: LabelReport,
+                  n_rows: int) -> None:
+    """Write one finished calculation to the store: labelled, or failed with its error."""
+    try:
+        energy, forces = future.result()
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            "a reference worker process died; the frames not yet labelled stay flagged. Out of memory? "
+            "Or a script using a process pool without its work under `if __name__ == \"__main__\":`; "
+            "guard it, or use the default executor (threads)") from error
+    except SETUP_ERRORS as error:
+        raise ReferenceSetupError(
+            f"the reference {_name(reference)} raised {type(error).__name__}: {error} (frame {row_id}). "
+            "That is an error in the reference's code or setup, not in the frame, and would fail every "
+            f"frame: none was marked failed, {n_rows - report.labelled - report.failed} stay flagged. "
+            "Fix it and run label again") from error
+    except Exception as error:  # the reference failed on every attempt
+        store.mark_failed(row_id, f"{type(error).__name__}: {error}")
+        report.failed += 1
+        return
+    store.mark_labelled(row_id, energy, forces, reference=_name(reference))
+    report.labelled += 1
 
 
 def process_pool(max_workers: int) -> ProcessPoolExecutor:
