@@ -17,7 +17,7 @@ def test_kills_into_store_writers_and_labelling_lose_and_duplicate_nothing(store
     assert writers["kills"] == 3 and writers["lost"] == 0 and writers["duplicates"] == 0 and writers["complete"]
     if store_url.startswith("postgresql"):
         return
-    labelling = label_campaign(2, rng, work, n=300)
+    labelling = label_campaign(2, rng, tmp_path, n=300)
     assert labelling["kills"] == 2 and labelling["lost"] == 0 and labelling["duplicates"] == 0
     assert labelling["complete"] and labelling["calculations"] >= 300
     # only frames in flight at a kill are computed again: at most one per worker per kill
