@@ -8,8 +8,6 @@ returning ``None``, so an unlabelled frame is never written as labelled.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -80,8 +78,9 @@ def _try_xtb(atoms: Atoms, temperature: float, calc: Optional[Calculator] = None
     """(energy, forces) or an error message; ``calc`` may be reused between calls."""
     calc = calc if calc is not None else xtb_calculator(temperature)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return reference_label(atoms, calc, retries=0)
+        # no contextlib.redirect_stdout: it swaps sys.stdout for the whole process, so under
+        # threaded labelling it swallowed the user's own prints (tblite is quiet at verbosity 0)
+        return reference_label(atoms, calc, retries=0)
     except Exception as exc:  # tblite raises several types on SCF failure
         return f"{type(exc).__name__}: {exc}"
 
