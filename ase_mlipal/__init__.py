@@ -43,6 +43,7 @@ with torch_load_override(), warnings.catch_warnings():
     from .guards import PhysicalGuard, UnphysicalFrame
     from .neb import NEBLearner, NEBReport
     from .paths import PathProfile, band, path_profile
+    from .transition_state import TransitionState, refine_ts
     from .posterior import FeaturePosterior
     from .prototypes import PrototypeAlignment
     from .reference import RobustXTB, xtb_calculator, xtb_label
@@ -77,6 +78,8 @@ __all__ = [
     "PhysicalGuard",
     "UnphysicalFrame",
     "band",
+    "refine_ts",
+    "TransitionState",
     "OnTheFlyLearner",
     "PathProfile",
     "RobustXTB",

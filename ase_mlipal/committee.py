@@ -76,7 +76,8 @@ def train_committee(model: ModelSpec, frames: Sequence[Atoms], size: int = 4, **
     """``size - 1`` models fine-tuned from ``model`` on ``frames`` with seeds 1, 2, ...
 
     Each seed draws its own replay sample, validation frames and batch
-    order (:func:`~ase_mlipal.finetune`). With ``model`` itself they form a
+    order (:func:`~ase_mlipal.finetune`; for a multi-head model give the
+    calculator's ``head=``). With ``model`` itself they form a
     committee of ``size``: pass the result as
     ``MLIPALCalculator(model, kernel="committee", kernel_options={"members": ...})``.
     """

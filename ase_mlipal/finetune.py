@@ -34,13 +34,15 @@ def finetune(
     seed: int = 0,
     progress: Optional[bool] = None,
     alignment: Optional[PrototypeAlignment] = None,
+    head: Optional[str] = None,
     **train_kwargs,
 ) -> tuple[torch.nn.Module, TrainResult, list[Atoms]]:
     """Start from ``model``'s weights and train on labelled ``frames`` with replay.
 
     Args:
         model: anything :func:`~ase_mlipal.load_model` accepts (copied; the
-            original is untouched).
+            original is untouched). A module is trained on its own device,
+            a file or name on the CPU.
         frames: newly labelled frames (energy and forces readable by
             :func:`~ase_mlipal.read_labels`).
         replay: frames of the pretraining data mixed into training so the
@@ -61,6 +63,10 @@ def finetune(
         checkpoint: path for an atomic checkpoint after every epoch.
         alignment: a fitted :class:`~ase_mlipal.prototypes.PrototypeAlignment`
             (seed 003) whose term is added to the training loss.
+        head: the head of a multi-head model to fit (its loss; the shared
+            layers and its readout learn). Default: the head the calculator
+            predicts, the only one or the one named ``default``; give a
+            calculator's ``calc.batch_maker.head`` to fine-tune what it runs.
         epochs, lr, patience: a few labelled frames make few optimiser
             steps per epoch, hence the many epochs; on the reactive
             benchmark lr 1e-2 lowered the path force error most of 1e-3,
@@ -89,11 +95,12 @@ def finetune(
     spare = [replay_frames[i] for i in order[n_replay:]]
     unseen = held_out + list(valid or []) + spare[:max(8, len(new_train))]
     monitored = unseen + (new_train if valid_fraction == 0 else [])
-    tuned = load_model(model)
+    device = str(next(model.parameters()).device) if isinstance(model, torch.nn.Module) else "cpu"
+    tuned = load_model(model, device=device)
     result = train(tuned, new_train + replayed, monitored, epochs=epochs, lr=lr,
                    batch_size=batch_size, energy_weight=energy_weight, forces_weight=forces_weight,
                    patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment,
-                   **train_kwargs)
+                   head=head, **train_kwargs)
     return tuned, result, unseen
 
 

@@ -111,10 +111,8 @@ class BatchMaker:
         self.elements = [int(z) for z in model.atomic_numbers]
         self.z_table = AtomicNumberTable(self.elements)
         self.r_max = float(model.r_max)
-        self.heads = list(getattr(model, "heads", None) or ["Default"])
-        self.head = head or _pick_head(self.heads)
-        if self.head not in self.heads:
-            raise ValueError(f"head {self.head!r} not in the model's heads {self.heads}")
+        self.heads = model_heads(model)
+        self.head = resolve_head(model, head)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
 
@@ -166,6 +164,25 @@ def forward(
     out["ptr"] = data["ptr"]
     out["node_attrs"] = data["node_attrs"]
     return out
+
+
+def model_heads(model: torch.nn.Module) -> list[str]:
+    """Names of ``model``'s heads (readouts, E0s, scale and shift of each), in the model's order."""
+    return list(getattr(model, "heads", None) or ["Default"])
+
+
+def resolve_head(model: torch.nn.Module, head: Optional[str] = None) -> str:
+    """The head of ``model`` to predict, train or score: the one rule of the package.
+
+    ``head`` if given (checked against the model's heads); otherwise the
+    only head, or the one named ``default`` (any case). A model with several
+    heads and none named so needs ``head``: ``ValueError``.
+    """
+    heads = model_heads(model)
+    chosen = head or _pick_head(heads)
+    if chosen not in heads:
+        raise ValueError(f"head {chosen!r} not in the model's heads {heads}")
+    return chosen
 
 
 def _pick_head(heads: list[str]) -> str:

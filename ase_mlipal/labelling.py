@@ -20,6 +20,7 @@ labelled and are never computed again, the rest stay flagged.
 from __future__ import annotations
 
 import copy
+import functools
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -205,4 +206,6 @@ def reference_label(atoms: Atoms, reference: Reference, retries: int = 1) -> tup
 def _name(reference: Reference) -> str:
     if isinstance(reference, BaseCalculator):
         return type(reference).__name__
+    if isinstance(reference, functools.partial):
+        return _name(reference.func)
     return getattr(reference, "__name__", type(reference).__name__)

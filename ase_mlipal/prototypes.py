@@ -87,7 +87,7 @@ class PrototypeAlignment:
             mine = numbers == z
             distance = ((psi[mine, None, :] - self.centres[int(z)][None]) ** 2).sum(axis=2)
             target[mine] = self.energies[int(z)][distance.argmin(axis=1)]
-        return torch.as_tensor(target, dtype=batch.positions.dtype)
+        return torch.as_tensor(target, dtype=batch.positions.dtype, device=batch.positions.device)
 
     def __call__(self, batch, out: dict) -> torch.Tensor:
         """``w * mean_i (eps_i - e_c(i))^2`` for a batch and the fine-tuned model's output on it."""

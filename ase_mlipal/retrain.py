@@ -92,7 +92,8 @@ class LearningRun:
         references: frames that define "known" after a model swap
             (default: the replay sample shipped with the default model).
         executor: where reference calculations run (see :func:`~ase_mlipal.label`).
-        finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`.
+        finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`
+            (its ``head`` is the calculator's, ``calc.batch_maker.head``).
         run_id: provenance of the frames this run stores.
         progress: progress bars (``None``: when on a terminal).
     """
@@ -111,8 +112,12 @@ class LearningRun:
         self.store = store if isinstance(store, FrameStore) else FrameStore(store)
         self.references = list(references) if references is not None else default_references()
         self.executor, self.finetune_options = executor, dict(finetune_options or {})
+        head = self.finetune_options.pop("head", calc.batch_maker.head)
+        if head != calc.batch_maker.head:
+            raise ValueError(f"finetune_options head {head!r} is not the head the calculator predicts "
+                             f"({calc.batch_maker.head!r}); make the calculator with head={head!r}")
         self.run_id, self.progress = run_id, progress
-        self.pretrained = load_model(calc.model)
+        self.pretrained = load_model(calc.model, device=str(next(calc.model.parameters()).device))
         self.choice = ModelChoice()
         self.checks: list[Check] = []
         self.state: dict = {"kind": self.kind, "round": 0, "model": None, "posterior": None,
@@ -199,10 +204,11 @@ class LearningRun:
             record.reason = "nothing labelled to train on"
             return record
         options = {"seed": number, **self.finetune_options}
+        head = self.calc.batch_maker.head
         model, record.train, valid = finetune(self.pretrained, frames, valid=self.store.frames("verified"),
                                               checkpoint=self._path("finetune.ckpt"), progress=self.progress,
-                                              **options)
-        record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor)
+                                              head=head, **options)
+        record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head)
         record.reason = self.choice.history[-1]["reason"]
         if record.accepted:
             record.calibration = self.calc.set_model(model, self.references, calibration=valid,

@@ -12,7 +12,7 @@ import copy
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
 
 from .frames import read_labels
-from .inference import graph_dtype
+from .inference import graph_dtype, model_heads, resolve_head
 from .progress import progress_bar
 from .storage import atomic_torch_save
 
@@ -55,15 +55,18 @@ def data_loader(
     batch_size: int = 16,
     shuffle: bool = False,
     seed: int = 0,
+    head: Optional[str] = None,
 ) -> torch_geometric.dataloader.DataLoader:
     """A mace ``DataLoader`` over labelled ``frames`` for ``model``'s elements and cutoff.
 
-    Each batch carries ``frame_number``, the positions in ``frames`` of its
+    The graphs are built on the CPU for ``head`` (default: the head the
+    calculator predicts, :func:`~ase_mlipal.inference.resolve_head`). Each
+    batch carries ``frame_number``, the positions in ``frames`` of its
     structures, so an ``extra_loss`` can look up per-frame targets.
     """
-    heads = list(getattr(model, "heads", None) or ["Default"])
+    heads = model_heads(model)
     with graph_dtype(next(model.parameters()).dtype):
-        configs = frames_to_configs(frames, head=heads[0])
+        configs = frames_to_configs(frames, head=resolve_head(model, head))
         dataset = _graphs(configs, [int(z) for z in model.atomic_numbers], float(model.r_max), heads)
     for index, graph in enumerate(dataset):  # batches say which frames they hold (batch.frame_number)
         graph.frame_number = torch.tensor([index])
@@ -100,10 +103,22 @@ def dataset_statistics(frames: Sequence[Atoms], elements: Sequence[int], r_max: 
     }
 
 
-def frame_errors(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32) -> tuple[np.ndarray, list]:
-    """Per frame: total energy error (eV, model - reference) and force errors (eV/A, shape (N_i, 3))."""
+def _on_device(loader: torch_geometric.dataloader.DataLoader,
+               model: torch.nn.Module) -> Iterator[torch_geometric.Batch]:
+    """The batches of ``loader`` moved to the device of ``model``'s parameters."""
+    device = next(model.parameters()).device
+    for batch in loader:
+        yield batch.to(device)
+
+
+def frame_errors(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32,
+                 head: Optional[str] = None) -> tuple[np.ndarray, list]:
+    """Per frame: total energy error (eV, model - reference) and force errors (eV/A, shape (N_i, 3)).
+
+    ``head``: the head scored (default: the calculator's rule, see :func:`data_loader`).
+    """
     e_err, f_err = [], []
-    for batch in data_loader(frames, model, batch_size=batch_size):
+    for batch in _on_device(data_loader(frames, model, batch_size=batch_size, head=head), model):
         out = model(batch.to_dict(), training=False, compute_force=True)
         e_err.append((out["energy"] - batch.energy).detach().cpu().numpy())
         forces = (out["forces"] - batch.forces).detach().cpu().numpy()
@@ -111,13 +126,14 @@ def frame_errors(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: in
     return np.concatenate(e_err), f_err
 
 
-def evaluate(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32) -> dict[str, float]:
-    """Energy and force errors of ``model`` on labelled ``frames``.
+def evaluate(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 32,
+             head: Optional[str] = None) -> dict[str, float]:
+    """Energy and force errors of ``model``'s ``head`` (default: see :func:`data_loader`) on labelled ``frames``.
 
     Returns ``energy_mae_per_atom`` (meV/atom), ``energy_rmse_per_atom``
     (meV/atom), ``forces_mae`` and ``forces_rmse`` (eV/A, per component).
     """
-    energy, forces = frame_errors(model, frames, batch_size)
+    energy, forces = frame_errors(model, frames, batch_size, head)
     e = energy / np.array([len(a) for a in frames])
     f = np.concatenate([x.ravel() for x in forces])
     return {
@@ -154,6 +170,7 @@ def train(
     seed: int = 0,
     progress: Optional[bool] = None,
     extra_loss: Optional[Callable] = None,
+    head: Optional[str] = None,
 ) -> TrainResult:
     """Train ``model`` in place with mace's ``WeightedEnergyForcesLoss``.
 
@@ -164,13 +181,16 @@ def train(
     weights and the history are written atomically after every epoch.
     ``extra_loss(batch, output)``, if given, is added to the training loss
     (e.g. :class:`~ase_mlipal.prototypes.PrototypeAlignment`); validation
-    uses the plain loss.
+    uses the plain loss. The loss is that of ``head`` (default: the head
+    the calculator predicts, see :func:`data_loader`): the shared layers
+    and that head's readout learn. Batches go to the device of the model's
+    parameters.
     """
     if not train_frames or not valid_frames:
         raise ValueError("train needs at least one training and one validation frame")
     torch.manual_seed(seed)
-    train_loader = data_loader(train_frames, model, batch_size, shuffle=True, seed=seed)
-    valid_loader = data_loader(valid_frames, model, batch_size)
+    train_loader = data_loader(train_frames, model, batch_size, shuffle=True, seed=seed, head=head)
+    valid_loader = data_loader(valid_frames, model, batch_size, head=head)
     loss_fn = modules.WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
@@ -182,7 +202,7 @@ def train(
     for epoch in bar:
         model.train()
         train_loss = 0.0
-        for batch in train_loader:
+        for batch in _on_device(train_loader, model):
             optimizer.zero_grad()
             out = model(batch.to_dict(), training=True, compute_force=True)
             loss = loss_fn(batch, out)
@@ -194,7 +214,7 @@ def train(
             train_loss += float(loss.detach()) * batch.num_graphs
         model.eval()
         valid_loss = sum(float(loss_fn(b, model(b.to_dict(), training=False)).detach()) * b.num_graphs
-                         for b in valid_loader) / len(valid_frames)
+                         for b in _on_device(valid_loader, model)) / len(valid_frames)
         scheduler.step(valid_loss)
         row = {"epoch": epoch, "train_loss": train_loss / len(train_frames), "valid_loss": valid_loss,
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}

@@ -41,7 +41,7 @@ class Check:
 
     Attributes:
         round: learning round of the model checked (0: pretrained).
-        kind: ``"climbing_image"`` or ``"audit"``.
+        kind: ``"climbing_image"``, ``"audit"`` or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
         store_id: the frame's row in the store.
         energy_error: eV, model - reference; for a climbing image the error
             of the barrier (the energy difference to the first endpoint),
@@ -129,20 +129,22 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
                  image=frame.info.get("image"), saddle_force=saddle)
 
 
-def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: Optional[Atoms] = None) -> float:
+def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: Optional[Atoms] = None,
+                       head: Optional[str] = None) -> float:
     """How far ``model`` is from the reference on ``frames``: the number :class:`ModelChoice` minimises.
 
     With ``anchor``: the mean absolute error of the energy differences to
     it (eV; for a band, the barriers the checks measured). Without: the
-    force MAE (eV/A; what drives MD).
+    force MAE (eV/A; what drives MD). ``head``: the head scored (default:
+    the calculator's rule, :func:`~ase_mlipal.inference.resolve_head`).
     """
     frames = list(frames)
     if not frames:
         return float("nan")
     if anchor is None:
-        _, forces = frame_errors(model, frames)
+        _, forces = frame_errors(model, frames, head=head)
         return float(np.mean(np.abs(np.concatenate([f.ravel() for f in forces]))))
-    energy, _ = frame_errors(model, [anchor] + frames)
+    energy, _ = frame_errors(model, [anchor] + frames, head=head)
     return float(np.mean(np.abs(energy[1:] - energy[0])))
 
 
@@ -164,18 +166,19 @@ class ModelChoice:
         self.history = [] if self.history is None else self.history
 
     def consider(self, number: int, current: torch.nn.Module, candidate: torch.nn.Module,
-                 frames: Sequence[Atoms], anchor: Optional[Atoms] = None) -> bool:
+                 frames: Sequence[Atoms], anchor: Optional[Atoms] = None, head: Optional[str] = None) -> bool:
         """Should ``candidate`` (round ``number``) replace ``current``? Records the decision.
 
         Both are scored on the same ``frames`` (the checks so far); with
         none, the candidate is taken. Ties go to the candidate (it has seen
-        more data).
+        more data). ``head``: the head both are scored on (the calculator's).
         """
         if not frames:
             self.history.append({"round": number, "accepted": True, "reason": "no checks yet"})
             self.round = number
             return True
-        old, new = verification_error(current, frames, anchor), verification_error(candidate, frames, anchor)
+        old = verification_error(current, frames, anchor, head)
+        new = verification_error(candidate, frames, anchor, head)
         accepted = bool(new <= old)
         reason = (f"error on {len(frames)} checks {new:.3f} <= {old:.3f} of round {self.round}" if accepted else
                   f"error on {len(frames)} checks {new:.3f} > {old:.3f} of round {self.round}: kept round {self.round}")

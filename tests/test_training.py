@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -49,3 +50,25 @@ def test_dataset_statistics_recover_atomic_energies(teacher_frames):
     stats = dataset_statistics(frames, [1, 6, 8], r_max=4.0)
     np.testing.assert_allclose(stats["atomic_energies"], [-13.0, -1030.0, -2040.0], atol=1e-6)
     assert stats["avg_num_neighbors"] > 0
+
+
+def test_train_and_evaluate_move_every_batch_to_the_models_device(teacher_frames, monkeypatch):
+    """Each batch goes through ``Batch.to(device)`` with the device of the model's parameters."""
+    from mace.tools import torch_geometric
+
+    moved = []
+    original = torch_geometric.Batch.to
+
+    def spy(batch, device, *args, **kwargs):
+        moved.append((torch.device(device), batch.num_graphs))
+        return original(batch, device, *args, **kwargs)
+
+    monkeypatch.setattr(torch_geometric.Batch, "to", spy)
+    student = ase_mlipal.build_mace(["H", "C", "O"], channels=8, r_max=4.0, seed=3)
+    device = next(student.parameters()).device
+    train_set, valid_set = teacher_frames[:6], teacher_frames[6:9]
+    train(student, train_set, valid_set, epochs=2, batch_size=4, patience=5, progress=False)
+    assert [n for _, n in moved] == [4, 2, 3] * 2  # per epoch: two training batches, one validation batch
+    evaluate(student, teacher_frames[:5], batch_size=4)
+    assert [n for _, n in moved[6:]] == [4, 1]
+    assert {d for d, _ in moved} == {device}
