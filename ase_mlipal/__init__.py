@@ -25,9 +25,9 @@ with torch_load_override(), warnings.catch_warnings():
     from .features import ActivationFeatures, FixedFeatures
     from .kernels import FEATURE_MAPS, get_feature_map
     from .distill import distill
-    from .finetune import finetune
+    from .finetune import finetune, rereference_energies, shift_energies
     from .frames import read_frames, read_labels
-    from .dft import PySCF
+    from .dft import PySCF, pyscf_calculator
     from .labelling import LabelReport, ReferenceSetupError, label
     from .learner import OnTheFlyLearner
     from .model import (
@@ -69,6 +69,9 @@ __all__ = [
     "FrameStore",
     "StoreBusy",
     "PySCF",
+    "pyscf_calculator",
+    "rereference_energies",
+    "shift_energies",
     "ReferenceSetupError",
     "LabelReport",
     "MLIPALCalculator",

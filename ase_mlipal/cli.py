@@ -2,6 +2,7 @@
 
     mlipal md ethanol.xyz --steps 2000 --threshold 0.5 --plot md.png
     mlipal neb initial.xyz final.xyz --images 9 --plot neb.png
+    mlipal ts band.xyz --reference xtb -o saddle.xyz    (Sella from the band's top image, needs .[ts])
     mlipal learn run.toml
     mlipal select pool.xyz -n 50 --labelled train.xyz --kernel ntk --method lcmd -o picked.xyz
     mlipal score pool.db --kernel activation            (or -o scores.csv)
@@ -25,7 +26,8 @@ from ase.io import Trajectory, read, write
 
 from .paths import band
 
-REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT")}
+REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT"),
+              "pyscf": ("ase_mlipal.dft", "PySCF")}
 
 
 def reference_factory(name: str) -> Callable:
@@ -117,6 +119,24 @@ def cmd_neb(args: argparse.Namespace) -> None:
     if args.plot:
         plot_neb_profiles([profile], args.plot)
         print(f"plot: {args.plot}")
+
+
+def cmd_ts(args: argparse.Namespace) -> None:
+    from .store import FrameStore
+    from .transition_state import refine_ts
+
+    images = _read(args.structure, ":")
+    start = images if len(images) > 1 else images[0]
+    reference = reference_factory(args.reference) if args.reference else None
+    store = FrameStore(args.db) if args.db and reference is not None else None
+    ts = refine_ts(_calculator(args.model, args.trust), start, reference=reference, fmax=args.fmax, steps=args.steps,
+                   vibrations=not args.no_vibrations, tolerance=args.tolerance, store=store, trajectory=args.trajectory)
+    print(ts.summary())
+    if ts.store_id is not None:
+        print(f"the labelled saddle is row {ts.store_id} of {args.db}: a learner trains on it next")
+    if args.output:
+        write(args.output, ts.atoms)
+        print(f"saddle: {args.output}")
 
 
 def cmd_learn(args: argparse.Namespace) -> None:
@@ -318,6 +338,20 @@ def parser() -> argparse.ArgumentParser:
     neb.add_argument("-v", "--verbose", action="store_true", help="log the optimiser")
     common(neb)
     neb.set_defaults(func=cmd_neb, steps=300)
+
+    ts = sub.add_parser("ts", help="refine a transition state with Sella from a band or an image; verify it")
+    ts.add_argument("structure", help="a band (several frames: starts from its highest interior image) or one image")
+    ts.add_argument("--model", default="default", help="model file, foundation name or 'default'")
+    ts.add_argument("--trust", action="store_true", help="allow loading pickled model files")
+    ts.add_argument("--reference", help="label and check the saddle: xtb, pyscf, emt or package.module:Callable")
+    ts.add_argument("--fmax", type=float, default=0.01, help="eV/A")
+    ts.add_argument("--steps", type=int, default=500, help="Sella steps at most")
+    ts.add_argument("--tolerance", type=float, help="largest accepted energy (barrier) error, eV")
+    ts.add_argument("--no-vibrations", action="store_true", help="skip the frequencies (6N model calls)")
+    ts.add_argument("--db", default="frames.db", help="frame store for a saddle that fails its check")
+    ts.add_argument("--trajectory", help="Sella's trajectory file")
+    ts.add_argument("-o", "--output", help="write the saddle here")
+    ts.set_defaults(func=cmd_ts)
 
     learn = sub.add_parser("learn", help="on-the-fly learning from a config file",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=LEARN_HELP)

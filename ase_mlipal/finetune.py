@@ -110,3 +110,57 @@ def _replay(replay: Union[Sequence[Atoms], str, None]) -> list[Atoms]:
     if isinstance(replay, (str, os.PathLike)):
         return read_frames(DEFAULT_REPLAY_PATH if replay == "default" else replay)
     return list(replay)
+
+
+def rereference_energies(model: torch.nn.Module, frames: Sequence[Atoms], head: Optional[str] = None) -> dict[int, float]:
+    """Move ``model``'s isolated-atom energies (E0s) to the level of theory of ``frames``, in place.
+
+    A model pretrained at one level of theory (GFN2-xTB for the shipped
+    default) is fine-tuned on labels of another (DFT) whose total energies
+    differ by thousands of eV, nearly additively per element. Before
+    fine-tuning, this fits per-element shifts ``d_z`` (eV) by least squares
+    to ``E_reference - E_model = sum_z n_z d_z`` over the labelled
+    ``frames`` (minimum norm: with one composition, as along one reaction,
+    only that composition's total is determined, which is all it needs) and
+    adds them to the E0s of ``head`` (default: the model's only or
+    ``Default`` head). Features, forces and uncertainties are unchanged.
+    Returns ``{atomic number: shift}``; shift replay frames of the old level
+    by the same amounts (:func:`shift_energies`) before mixing them in.
+    """
+    from .inference import resolve_head
+    from .training import frame_errors
+
+    zs = [int(z) for z in model.atomic_numbers]
+    if not frames:
+        raise ValueError("rereference_energies needs labelled frames of the new level of theory")
+    unknown = sorted({int(z) for a in frames for z in a.numbers} - set(zs))
+    if unknown:
+        raise ValueError(f"frames hold elements {unknown} the model does not know (it has {zs})")
+    energy_errors, _ = frame_errors(model, frames, head=head)  # model - reference, eV
+    gap = -energy_errors
+    counts = np.array([[np.sum(a.numbers == z) for z in zs] for a in frames], dtype=float)
+    shifts = np.linalg.lstsq(counts, gap, rcond=None)[0]
+    energies = model.atomic_energies_fn.atomic_energies
+    with torch.no_grad():
+        delta = torch.as_tensor(shifts, dtype=energies.dtype, device=energies.device)
+        if energies.dim() == 2:
+            energies[list(model.heads).index(resolve_head(model, head))] += delta
+        else:
+            energies += delta
+    return dict(zip(zs, shifts.tolist()))
+
+
+def shift_energies(frames: Sequence[Atoms], shifts: dict[int, float]) -> list[Atoms]:
+    """Copies of labelled ``frames`` with ``sum_i shifts[z_i]`` (eV) added to each energy; forces kept."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from .frames import read_labels
+
+    out = []
+    for atoms in frames:
+        energy, forces = read_labels(atoms)
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=energy + sum(shifts[int(z)] for z in atoms.numbers),
+                                          forces=forces)
+        out.append(copy)
+    return out

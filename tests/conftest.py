@@ -11,6 +11,7 @@ from ase.build import molecule
 
 import ase_mlipal
 from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase_mlipal.store import fingerprint
 
 warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
@@ -48,6 +49,19 @@ def rattled(atoms: Atoms, n: int, stdev: float = 0.05, seed: int = 0) -> list[At
         copy = atoms.copy()
         copy.positions += rng.normal(scale=stdev, size=copy.positions.shape)
         out.append(copy)
+    return out
+
+
+def labelled_by(model, frames: list[Atoms]) -> list[Atoms]:
+    """Copies of ``frames`` labelled by ``model``: energy and forces as a SinglePointCalculator."""
+    calc = ase_mlipal.MLIPALCalculator(model=model)
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        out.append(atoms)
     return out
 
 

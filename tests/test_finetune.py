@@ -1,24 +1,11 @@
 import pytest
 from ase.build import molecule
-from ase.calculators.singlepoint import SinglePointCalculator
 
 import ase_mlipal
 from ase_mlipal.finetune import finetune
 from ase_mlipal.training import evaluate
 
-from .conftest import rattled
-
-
-def labelled_by(model, frames):
-    calc = ase_mlipal.MLIPALCalculator(model=model)
-    out = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calc
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-        out.append(atoms)
-    return out
+from .conftest import labelled_by, rattled
 
 
 def test_finetuning_lowers_the_error_on_its_frames_and_keeps_the_original(tiny_model):
@@ -71,3 +58,30 @@ def test_loss_weights_steer_the_fit_between_energies_and_forces(tiny_model):
         errors[name] = evaluate(tuned, new)
     assert errors["energy"]["energy_mae_per_atom"] < errors["forces"]["energy_mae_per_atom"]
     assert errors["forces"]["forces_mae"] < errors["energy"]["forces_mae"]
+
+
+def test_rereference_recovers_per_element_offsets_and_keeps_forces(tiny_model):
+    import copy
+
+    import numpy as np
+
+    from ase_mlipal import read_labels, rereference_energies, shift_energies
+
+    offsets = {1: -2.5, 6: -950.0, 7: 40.0, 8: -1900.0}  # another level of theory, per element
+    frames = [f for name in ("CH4", "H2O", "CO2", "NH3", "CH3OH", "HCN")
+              for f in labelled_by(tiny_model, rattled(molecule(name), 2, seed=1))]
+    shifted = shift_energies(frames, offsets)
+    for before, after in zip(frames, shifted):
+        e0, f0 = read_labels(before)
+        e1, f1 = read_labels(after)
+        assert e1 - e0 == pytest.approx(sum(offsets[int(z)] for z in before.numbers))
+        assert np.array_equal(f0, f1)
+    model = copy.deepcopy(tiny_model)
+    found = rereference_energies(model, shifted)
+    assert found == pytest.approx(offsets, abs=1e-6)
+    after = evaluate(model, shifted)
+    assert after["energy_mae_per_atom"] < 1e-6 and after["forces_mae"] == pytest.approx(evaluate(tiny_model, frames)["forces_mae"])
+    silicon = shifted[0].copy()
+    silicon.numbers[0] = 14
+    with pytest.raises(ValueError, match=r"elements \[14\]"):
+        rereference_energies(model, [silicon])

@@ -10,7 +10,7 @@ from ase_mlipal import PrototypeAlignment, finetune
 from ase_mlipal.inference import BatchMaker, forward
 
 from .conftest import rattled
-from .test_finetune import labelled_by
+from .conftest import labelled_by
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,15 @@ def test_bad_bands_are_refused(default_calc, demo_band):
     mixed = [demo_band[0], demo_band[1][:-1], demo_band[2]]
     with pytest.raises(ValueError, match="same atoms"):
         refine_ts(default_calc, mixed)
+
+
+def test_cli_ts_refines_the_demo_band_and_writes_the_saddle(tmp_path, capsys):
+    from ase_mlipal.cli import main
+
+    out = tmp_path / "saddle.xyz"
+    main(["ts", str(DEMO_REACTION_PATH), "--fmax", "0.02", "--no-vibrations", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert "saddle: E =" in printed and "barrier (to the band's first image)" in printed
+    assert len(read(out)) == len(read(DEMO_REACTION_PATH))
+    with pytest.raises(SystemExit, match="reference 'nope'"):
+        main(["ts", str(DEMO_REACTION_PATH), "--reference", "nope"])
