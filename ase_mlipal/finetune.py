@@ -35,6 +35,7 @@ def finetune(
     progress: Optional[bool] = None,
     alignment: Optional[PrototypeAlignment] = None,
     head: Optional[str] = None,
+    device: Optional[str] = None,
     **train_kwargs,
 ) -> tuple[torch.nn.Module, TrainResult, list[Atoms]]:
     """Start from ``model``'s weights and train on labelled ``frames`` with replay.
@@ -67,6 +68,8 @@ def finetune(
             layers and its readout learn). Default: the head the calculator
             predicts, the only one or the one named ``default``; give a
             calculator's ``calc.batch_maker.head`` to fine-tune what it runs.
+        device: where to train (``"cpu"``, ``"cuda"``); default a module's own
+            device, ``"cpu"`` for a file or name. Training runs in float64.
         epochs, lr, patience: a few labelled frames make few optimiser
             steps per epoch, hence the many epochs; on the reactive
             benchmark lr 1e-2 lowered the path force error most of 1e-3,
@@ -95,7 +98,8 @@ def finetune(
     spare = [replay_frames[i] for i in order[n_replay:]]
     unseen = held_out + list(valid or []) + spare[:max(8, len(new_train))]
     monitored = unseen + (new_train if valid_fraction == 0 else [])
-    device = str(next(model.parameters()).device) if isinstance(model, torch.nn.Module) else "cpu"
+    if device is None:
+        device = str(next(model.parameters()).device) if isinstance(model, torch.nn.Module) else "cpu"
     tuned = load_model(model, device=device)
     result = train(tuned, new_train + replayed, monitored, epochs=epochs, lr=lr,
                    batch_size=batch_size, energy_weight=energy_weight, forces_weight=forces_weight,

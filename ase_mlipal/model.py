@@ -193,17 +193,20 @@ def random_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     Rebuilt from ``model``'s constructor arguments (mace's
     ``extract_config_mace_model``), so E0s, scale and shift are kept and
     only the learned weights are new. Same dtype and device as ``model``.
+    The weights are drawn in float64 whatever ``model``'s dtype and then
+    cast, so a float32 model gets the same random model, rounded (drawn in
+    float32, the seed gave other weights: the ``fixed`` kernel's features,
+    and a posterior saved with them, changed with the dtype).
     """
     config = extract_config_mace_model(model)
     if "error" in config:
         raise TypeError(f"cannot rebuild {type(model).__name__}: {config['error']}")
     parameter = next(model.parameters())
-    with torch.random.fork_rng(devices=[]), default_dtype(str(parameter.dtype).removeprefix("torch.")), \
-            warnings.catch_warnings():
+    with torch.random.fork_rng(devices=[]), default_dtype("float64"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="To copy construct from a tensor")
         torch.manual_seed(seed)
         fresh = type(model)(**config)
-    return fresh.to(parameter.device).eval()
+    return fresh.to(device=parameter.device, dtype=parameter.dtype).eval()
 
 
 def model_elements(model: torch.nn.Module) -> list[int]:
