@@ -36,6 +36,7 @@ def finetune(
     alignment: Optional[PrototypeAlignment] = None,
     head: Optional[str] = None,
     device: Optional[str] = None,
+    trust: bool = False,
     **train_kwargs,
 ) -> tuple[torch.nn.Module, TrainResult, list[Atoms]]:
     """Start from ``model``'s weights and train on labelled ``frames`` with replay.
@@ -70,6 +71,8 @@ def finetune(
             calculator's ``calc.batch_maker.head`` to fine-tune what it runs.
         device: where to train (``"cpu"``, ``"cuda"``); default a module's own
             device, ``"cpu"`` for a file or name. Training runs in float64.
+        trust: allow loading a pickled model file (mace's own ``.model``), as
+            in :func:`~ase_mlipal.load_model`.
         epochs, lr, patience: a few labelled frames make few optimiser
             steps per epoch, hence the many epochs; on the reactive
             benchmark lr 1e-2 lowered the path force error most of 1e-3,
@@ -100,7 +103,7 @@ def finetune(
     monitored = unseen + (new_train if valid_fraction == 0 else [])
     if device is None:
         device = str(next(model.parameters()).device) if isinstance(model, torch.nn.Module) else "cpu"
-    tuned = load_model(model, device=device)
+    tuned = load_model(model, device=device, trust=trust)
     result = train(tuned, new_train + replayed, monitored, epochs=epochs, lr=lr,
                    batch_size=batch_size, energy_weight=energy_weight, forces_weight=forces_weight,
                    patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment,

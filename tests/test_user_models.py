@@ -128,6 +128,10 @@ def test_finetuning_a_mace_trained_model(user_model):
     calc.set_model(tuned, references=frames)
     residuals = calc.residuals(new)  # the calculator runs the fine-tuned model evaluate scored
     assert np.mean(np.abs(residuals.forces)) == pytest.approx(after["forces_mae"], rel=1e-9)
+    with pytest.raises(ModelLoadError, match="trust=True"):  # the file itself: pickled code needs trust
+        finetune(path, new, replay=frames, epochs=1, progress=False)
+    from_file, _, _ = finetune(path, new, replay=frames, epochs=8, lr=5e-3, progress=False, trust=True)
+    assert model_hash(from_file) == model_hash(tuned)  # same start, same seed: the same fine-tune
 
 
 def test_mace_trained_model_round_trips_through_the_safe_format(user_model, tmp_path):
