@@ -1,4 +1,4 @@
-"""Comparing latent spaces (seed 002): how well one model's atom features reconstruct another's.
+"""Comparing latent spaces ("Comparing the latent features of universal machine-learning interatomic potentials", arXiv:2512.05717): how well one model's atom features reconstruct another's.
 
 The global feature reconstruction error ``GFRE(X -> Y)`` is the error of the
 best linear map from source features ``X`` to target features ``Y`` on held

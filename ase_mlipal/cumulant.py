@@ -1,4 +1,4 @@
-"""Cumulant structure descriptors (seed 002): atom-level latent features summarised per structure.
+"""Cumulant structure descriptors ("Comparing the latent features of universal machine-learning interatomic potentials", arXiv:2512.05717): atom-level latent features summarised per structure.
 
 For each feature dimension ``d`` and structure ``x``, the cumulants
 ``kappa_1 .. kappa_k`` of the distribution of ``psi_id`` over the atoms

@@ -1,4 +1,4 @@
-"""Hessian distillation (seed 004): a small, fast MACE student trained on a teacher's energy surface.
+"""Hessian distillation ("Towards Fast, Specialized Machine Learning Force Fields: Distilling Foundation Models via Energy Hessians", arXiv:2501.09009): a small, fast MACE student trained on a teacher's energy surface.
 
 The student is fitted to the teacher's energies and forces on ``frames``
 and to ``s`` rows of the teacher's Hessian per structure:

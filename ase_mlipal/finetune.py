@@ -64,7 +64,7 @@ def finetune(
             (e.g. the checks a learner's model passed).
         checkpoint: path for an atomic checkpoint after every epoch.
         alignment: a fitted :class:`~ase_mlipal.prototypes.PrototypeAlignment`
-            (seed 003) whose term is added to the training loss.
+            ("Prototype-Guided Latent Alignment for Data-Efficient Fine-Tuning of Molecular Foundation Models", arXiv:2605.29969) whose term is added to the training loss.
         head: the head of a multi-head model to fit (its loss; the shared
             layers and its readout learn). Default: the head the calculator
             predicts, the only one or the one named ``default``; give a

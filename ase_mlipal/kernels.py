@@ -1,14 +1,21 @@
 """Kernels by name: the feature maps the calculator, the trigger and selection accept.
 
 =============  ===============================================================
-``activation`` invariant hidden features of the model (seed 000), the default
-``ntk``        sketched energy gradient w.r.t. the parameters (seed 000)
-``force_ntk``  sketched mixed derivatives of the forces, with probes (seed 001)
-``ef_ntk``     joint energy-force NTK (seed 001)
+``activation`` invariant hidden features of the model [1], the default
+``ntk``        sketched energy gradient w.r.t. the parameters [1]
+``force_ntk``  sketched mixed derivatives of the forces, with probes [2]
+``ef_ntk``     joint energy-force NTK [2]
 ``fixed``      activation features of the same architecture at random init
 ``committee``  spread of K MACE models (needs ``members``)
-``cumulant``   cumulants of the activation features over a structure's atoms (seed 002)
+``cumulant``   cumulants of the activation features over a structure's atoms [3]
 =============  ===============================================================
+
+[1] "Pretrained Model Representations as Acquisition Signals for Active
+    Learning of MLIPs", arXiv:2605.03964.
+[2] "Force-Aware Neural Tangent Kernels for Scalable and Robust Active
+    Learning of MLIPs", arXiv:2605.13788.
+[3] "Comparing the latent features of universal machine-learning
+    interatomic potentials", arXiv:2512.05717.
 
 ``random`` is a selection method (:func:`ase_mlipal.select`), not a kernel.
 """

@@ -4,12 +4,14 @@ With the model's parameters ``theta`` (all of them by default, or those whose
 name matches a regular expression) and a :class:`~ase_mlipal.sketch.CountSketch`
 ``S`` of ``P -> p`` dimensions:
 
-* ``ntk`` (seed 000): ``phi(x) = S dE(x)/dtheta``.
-* ``force_ntk`` (seed 001): force component ``F_ia`` has the feature
+* ``ntk`` ("Pretrained Model Representations as Acquisition Signals for
+  Active Learning of MLIPs", arXiv:2605.03964): ``phi(x) = S dE(x)/dtheta``.
+* ``force_ntk`` ("Force-Aware Neural Tangent Kernels for Scalable and Robust
+  Active Learning of MLIPs", arXiv:2605.13788): force component ``F_ia`` has the feature
   ``g_ia = S dF_ia/dtheta`` (a mixed parameter-coordinate derivative);
   the rows ``G = [g_ia]`` of a structure condition the force posterior
   ``A_F = lambda I + sum_x G^T G``.
-* ``ef_ntk`` (seed 001): one posterior conditioned on energies and forces,
+* ``ef_ntk`` (arXiv:2605.13788): one posterior conditioned on energies and forces,
   ``A = lambda I + sum_x (phi phi^T + w^2 G^T G)``.
 
 Structures are evaluated one at a time (``max_batch = 1``: a per-structure
@@ -104,7 +106,7 @@ class NTKFeatures:
 
 
 class ForceNTKFeatures(NTKFeatures):
-    """Force NTK (seed 001) with probes: force uncertainties from mixed derivatives.
+    """Force NTK (arXiv:2605.13788) with probes: force uncertainties from mixed derivatives.
 
     **Conditioning rows (probes).** Exact rows ``g_ia`` would cost ``3N``
     double backward passes. Instead, for ``m = probes`` Rademacher vectors
@@ -197,7 +199,7 @@ class ForceNTKFeatures(NTKFeatures):
 
 
 class EnergyForceNTKFeatures(ForceNTKFeatures):
-    """Joint energy-force NTK (seed 001): one posterior on energies and forces.
+    """Joint energy-force NTK (arXiv:2605.13788): one posterior on energies and forces.
 
     Both posteriors are conditioned on the same rows, the energy row and the
     force probe rows times ``w = force_weight``:

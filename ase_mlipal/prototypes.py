@@ -1,4 +1,4 @@
-"""Prototype-guided latent alignment for fine-tuning (seed 003).
+"""Prototype-guided latent alignment for fine-tuning ("Prototype-Guided Latent Alignment for Data-Efficient Fine-Tuning of Molecular Foundation Models", arXiv:2605.29969).
 
 Atoms of the source (pretraining) data are clustered, element by element,
 by the pretrained model's latent features ``psi``; each cluster ``c`` is a

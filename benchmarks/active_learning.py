@@ -28,7 +28,7 @@ Protocol (one command gives the JSON, the PNGs and the README table):
   random frames the force error did not fall (seed 0: 0.29 -> 0.31 eV/A)
   while restarting reaches 0.23 at 88 labels.
 * Kernel strategies (fixed, activation, ntk, force_ntk, ef_ntk) use the
-  kernel of the *pretrained* model (seed 000's latent space), computed once
+  kernel of the *pretrained* model (arXiv:2605.03964's latent space), computed once
   for the pool, and greedy MaxDet (posterior variance with rank-1 updates)
   given the labelled set; ``committee`` fine-tunes 3 more models each round
   (seeds ``s+1..s+3``) and takes the ``--batch`` structures whose largest
@@ -52,7 +52,7 @@ Protocol (one command gives the JSON, the PNGs and the README table):
   labelled set of the seed-0 random run; std against the |error| of the
   model fine-tuned on it, on half of the test set after fitting the scale
   on the other half: Spearman rho, NLL, miscalibration area.
-* Pool shift (seed 001): the pool loses the transition-state frames of
+* Pool shift ("Force-Aware Neural Tangent Kernels for Scalable and Robust Active Learning of MLIPs", arXiv:2605.13788): the pool loses the transition-state frames of
   half the reactions (drawn per seed); the test set keeps the full paths.
 """
 

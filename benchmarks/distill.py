@@ -1,4 +1,4 @@
-"""Hessian distillation (seed 004) on the reactive benchmark: speed, errors and NVE stability, side by side.
+"""Hessian distillation ("Towards Fast, Specialized Machine Learning Force Fields: Distilling Foundation Models via Energy Hessians", arXiv:2501.09009) on the reactive benchmark: speed, errors and NVE stability, side by side.
 
     python benchmarks/distill.py [--teacher-frames 200] [--frames 1600] [--rows 1] [--epochs 60]
                                  [--out benchmarks/results/distill.json]
@@ -18,7 +18,7 @@ energy-force distillation only). Printed, in one process:
 * NVE MD (velocity Verlet, 0.5 fs, 300 K start) on a test molecule: energy
   drift of each model, in meV/atom/ps;
 * GFRE/LFRE among the atom features of the pretrained default, the teacher
-  and the students on the test atoms (seed 002), with a heat map.
+  and the students on the test atoms ("Comparing the latent features of universal machine-learning interatomic potentials", arXiv:2512.05717), with a heat map.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prototype-guided alignment (seed 003) against plain fine-tuning at small data budgets.
+"""Prototype-guided alignment ("Prototype-Guided Latent Alignment for Data-Efficient Fine-Tuning of Molecular Foundation Models", arXiv:2605.29969) against plain fine-tuning at small data budgets.
 
     python benchmarks/prototypes.py [--budgets 10 20 40] [--seeds 0 1 2] [--weights 0.1 1.0]
                                     [--out benchmarks/results/prototypes.json]

@@ -1,4 +1,4 @@
-"""Hessian distillation (seed 004) on the tiny model."""
+"""Hessian distillation ("Towards Fast, Specialized Machine Learning Force Fields: Distilling Foundation Models via Energy Hessians", arXiv:2501.09009) on the tiny model."""
 
 import numpy as np
 import pytest

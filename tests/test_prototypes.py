@@ -1,4 +1,4 @@
-"""Prototype-guided latent alignment (seed 003) on the tiny model."""
+"""Prototype-guided latent alignment ("Prototype-Guided Latent Alignment for Data-Efficient Fine-Tuning of Molecular Foundation Models", arXiv:2605.29969) on the tiny model."""
 
 import numpy as np
 import pytest
