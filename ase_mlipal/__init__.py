@@ -21,11 +21,11 @@ with torch_load_override(), warnings.catch_warnings():
 
     from .calculator import MLIPALCalculator
     from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
-    from .committee import CommitteeFeatures, train_committee
+    from .committee import CommitteeFeatures
     from .features import ActivationFeatures, FixedFeatures
     from .kernels import FEATURE_MAPS, get_feature_map
     from .distill import distill
-    from .finetune import finetune, rereference_energies, shift_energies
+    from .finetune import finetune, rereference_energies, shift_energies, train_committee
     from .frames import read_frames, read_labels
     from .dft import PySCF, pyscf_calculator
     from .labelling import LabelReport, ReferenceSetupError, label

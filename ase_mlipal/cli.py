@@ -24,7 +24,6 @@ from typing import Callable, Optional, Sequence
 from ase import Atoms
 from ase.io import Trajectory, read, write
 
-from .paths import band
 
 REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT"),
               "pyscf": ("ase_mlipal.dft", "PySCF")}
@@ -101,6 +100,7 @@ def cmd_md(args: argparse.Namespace) -> None:
 
 def cmd_neb(args: argparse.Namespace) -> None:
     from .neb import path_profile, relax_band
+    from .paths import band
     from .plots import plot_neb_profiles
     from .store import FrameStore
     from .trigger import UncertaintyTrigger
@@ -143,6 +143,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
     from .learner import OnTheFlyLearner, langevin
     from .neb import NEBLearner
+    from .paths import band
     from .plots import plot_neb_profiles, plot_uncertainty_trace
 
     config = tomllib.loads(Path(args.config).read_text())

@@ -6,10 +6,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from ase import Atoms
 
 from .features import Features, to_numpy
-from .finetune import finetune
 from .inference import forward
 from .model import ModelSpec, load_model
 
@@ -30,7 +28,7 @@ class CommitteeFeatures:
     Args:
         model: the calculator's model (one member).
         members: the other members (anything :func:`load_model` accepts),
-            e.g. from :func:`train_committee`; at least one.
+            e.g. from :func:`~ase_mlipal.finetune.train_committee`; at least one.
     """
 
     name = "committee"
@@ -71,16 +69,3 @@ class CommitteeFeatures:
         """No rows: a committee's spread does not depend on references."""
         return np.zeros((0, self.dim)), np.zeros((0, self.force_dim))
 
-
-def train_committee(model: ModelSpec, frames: Sequence[Atoms], size: int = 4, **finetune_options) -> list[torch.nn.Module]:
-    """``size - 1`` models fine-tuned from ``model`` on ``frames`` with seeds 1, 2, ...
-
-    Each seed draws its own replay sample, validation frames and batch
-    order (:func:`~ase_mlipal.finetune`; for a multi-head model give the
-    calculator's ``head=``). With ``model`` itself they form a
-    committee of ``size``: pass the result as
-    ``MLIPALCalculator(model, kernel="committee", kernel_options={"members": ...})``.
-    """
-    if size < 2:
-        raise ValueError("a committee needs at least 2 models")
-    return [finetune(model, frames, seed=seed, **finetune_options)[0] for seed in range(1, size)]

@@ -171,3 +171,17 @@ def shift_energies(frames: Sequence[Atoms], shifts: dict[int, float]) -> list[At
                                           forces=forces)
         out.append(copy)
     return out
+
+
+def train_committee(model: ModelSpec, frames: Sequence[Atoms], size: int = 4, **finetune_options) -> list[torch.nn.Module]:
+    """``size - 1`` models fine-tuned from ``model`` on ``frames`` with seeds 1, 2, ...
+
+    Each seed draws its own replay sample, validation frames and batch
+    order (:func:`~ase_mlipal.finetune`; for a multi-head model give the
+    calculator's ``head=``). With ``model`` itself they form a
+    committee of ``size``: pass the result as
+    ``MLIPALCalculator(model, kernel="committee", kernel_options={"members": ...})``.
+    """
+    if size < 2:
+        raise ValueError("a committee needs at least 2 models")
+    return [finetune(model, frames, seed=seed, **finetune_options)[0] for seed in range(1, size)]
