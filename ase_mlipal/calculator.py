@@ -134,12 +134,26 @@ class MLIPALCalculator(Calculator):
         if posterior is not None:
             self.load_posterior(posterior)
 
+    @property
+    def model_hash(self) -> str:
+        """sha256 of the model's parameters and buffers (:func:`~ase_mlipal.model_hash`).
+
+        Recomputed when any of them changed in place since the last call (their
+        autograd version counters moved), e.g. after
+        :func:`~ase_mlipal.rereference_energies`, so a posterior saved afterwards
+        carries the hash of the model it was built on.
+        """
+        version = sum(t._version for t in self.model.parameters()) + sum(t._version for t in self.model.buffers())
+        if version != self._hash_version:
+            self._hash, self._hash_version = model_hash(self.model), version
+        return self._hash
+
     def _use_model(self, model: torch.nn.Module, head: Optional[str] = None) -> None:
         """Make ``model`` the calculator's model, with empty, uncalibrated posteriors."""
         self.model = model
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        self.model_hash = model_hash(self.model)
+        self._hash, self._hash_version = "", -1
         self.feature_map = get_feature_map(self.kernel, self.model, self.kernel_options)
         self.batch_maker = BatchMaker(self.model, head=head)
         regularization = self.feature_map.prior_precision or self.regularization

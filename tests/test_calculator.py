@@ -296,3 +296,19 @@ def test_calibration_and_typical_survive_a_save(calc, ethanol, tmp_path):
         frames.append(frame)
     with pytest.raises(ValueError, match="one per image"):
         other.calibrate(frames, groups=["a"])
+
+
+def test_model_hash_follows_an_in_place_change_of_the_model(tiny_model, tmp_path):
+    import torch
+
+    from ase_mlipal import model_hash
+
+    calc = MLIPALCalculator(model=copy.deepcopy(tiny_model))
+    before = calc.model_hash
+    assert before == model_hash(tiny_model)
+    with torch.no_grad():
+        calc.model.atomic_energies_fn.atomic_energies += 1.0  # what rereference_energies does
+    assert calc.model_hash != before and calc.model_hash == model_hash(calc.model)
+    calc.save_posterior(tmp_path / "p.npz")
+    fresh = MLIPALCalculator(model=copy.deepcopy(calc.model), posterior=tmp_path / "p.npz")
+    assert fresh.model_hash == calc.model_hash
