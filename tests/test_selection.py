@@ -7,7 +7,8 @@ from ase.build import molecule
 from ase.io import write
 
 from ase_mlipal import MLIPALCalculator
-from ase_mlipal.selection import greedy_distance, greedy_maxdet, pick, pool_features, screen, select
+from ase_mlipal.selection import (DiverseScreen, greedy_distance, greedy_maxdet, pick, pool_features, screen,
+                                  select)
 
 from .conftest import rattled
 
@@ -92,14 +93,85 @@ def test_grouped_maxdet_follows_the_summed_variance_rule():
         a += rows[k].T @ rows[k]
 
 
-def test_streamed_shortlist_keeps_the_largest_variances(setup):
+def test_screen_keeps_the_whole_pool_while_it_fits(setup):
     calc, pool = setup
     calc.add_reference(pool[:3])
     precision = calc.energy_posterior.precision()
-    index, rows = screen(calc, pool, precision, shortlist=5, chunk_size=4)
-    variance = calc.energy_posterior.quadratic_form(pool_features(calc, pool)[:, 0])
-    assert sorted(index.tolist()) == sorted(np.argsort(-variance)[:5].tolist())
-    np.testing.assert_allclose(rows[:, 0], pool_features(calc, [pool[i] for i in index])[:, 0])
+    rows = pool_features(calc, pool)
+    for chunk_size in (3, 7, 16):
+        index, kept = screen(calc, pool, precision, shortlist=len(pool), chunk_size=chunk_size, n=4)
+        assert index.tolist() == list(range(len(pool)))
+        np.testing.assert_allclose(kept, rows)
+        assert select(pool, 4, calc, shortlist=len(pool), chunk_size=chunk_size, progress=False).tolist() == \
+            greedy_maxdet(rows, precision, 4).tolist()  # exact greedy on the whole pool
+
+
+def clustered_pool(seed=0, dim=24, copies_large=300, copies_small=8):
+    """Near-duplicate feature vectors: a few clusters of large norm with many copies, many small ones with few."""
+    rng = np.random.default_rng(seed)
+    large = 6.0 * rng.normal(size=(4, dim))
+    small = rng.normal(size=(60, dim))
+    centres = np.concatenate([np.repeat(large, copies_large, axis=0), np.repeat(small, copies_small, axis=0)])
+    phi = centres + 0.01 * rng.normal(size=centres.shape)
+    return phi[rng.permutation(len(phi))]
+
+
+def logdet(phi, precision, picks):
+    return np.linalg.slogdet(precision + phi[picks].T @ phi[picks])[1]
+
+
+def test_diverse_screen_reaches_exact_greedy_where_the_variance_shortlist_does_not():
+    phi = clustered_pool()
+    precision = 1e-2 * np.eye(phi.shape[1])
+    n, capacity = 20, 150
+    exact = logdet(phi, precision, greedy_maxdet(phi, precision, n))
+    rng = np.random.default_rng(1)
+    random = np.mean([logdet(phi, precision, rng.choice(len(phi), n, replace=False)) for _ in range(20)])
+
+    kept = DiverseScreen(precision, capacity, n)
+    largest = 0
+    for start in range(0, len(phi), 64):
+        kept.add(phi[start:start + 64])
+        largest = max(largest, len(kept.index))
+    index, rows = kept.result()
+    assert kept.reductions > 0 and largest <= capacity  # bounded: the pool (1680) never sits in memory
+    assert np.all(np.diff(index) > 0)
+    np.testing.assert_array_equal(rows[:, 0], phi[index])  # rows travel with their pool indices
+    ours = logdet(phi, precision, index[greedy_maxdet(rows, precision, n)])
+
+    shortlist = np.argsort(-np.einsum("ij,ij->i", phi, phi))[:capacity]  # the old screen: largest variance
+    old = logdet(phi, precision, shortlist[greedy_maxdet(phi[shortlist], precision, n)])
+
+    assert (ours - random) / (exact - random) > 0.97
+    assert abs(ours - exact) < 0.03 * abs(exact)
+    assert (old - random) / (exact - random) < 0.8  # copies of the large clusters crowd the shortlist
+
+
+def test_diverse_screen_does_not_keep_copies_of_what_it_kept():
+    rng = np.random.default_rng(3)
+    precision = 1e-2 * np.eye(8)
+    strong, weak, new = rng.normal(size=(4, 8)), 1e-2 * rng.normal(size=(4, 8)), rng.normal(size=(2, 8))
+    kept = DiverseScreen(precision, capacity=7, n=4, per_chunk=2)
+    kept.add(np.concatenate([strong, weak]))  # pool 0..7: 8 > 7, reduced to the 4 greedy picks
+    assert kept.reductions == 1 and kept.result()[0].tolist() == [0, 1, 2, 3]
+    copies = strong + 1e-4 * rng.normal(size=strong.shape)
+    kept.add(np.concatenate([copies[:2], new[:1], copies[2:], new[1:]]))  # pool 8..13: new rows are 10 and 13
+    index, rows = kept.result()
+    assert index.tolist() == [0, 1, 2, 3, 10, 13]  # the 2 winners of the chunk; the copies have no variance left
+    np.testing.assert_array_equal(rows[4:, 0], new)
+    assert kept.reductions == 1 and kept.seen == 14
+
+
+def test_diverse_screen_of_multi_row_candidates_keeps_rows_with_their_indices():
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(300, 3, 6)) * rng.uniform(0.1, 3.0, size=(300, 1, 1))
+    kept = DiverseScreen(0.1 * np.eye(6), capacity=40, n=5)
+    for start in range(0, 300, 32):
+        kept.add(rows[start:start + 32])
+        assert len(kept.index) <= 40
+    index, kept_rows = kept.result()
+    assert kept.reductions > 0 and kept.seen == 300 and kept_rows.shape[1:] == (3, 6)
+    np.testing.assert_array_equal(kept_rows, rows[index])
 
 
 @pytest.mark.parametrize("kernel", ["ntk", "force_ntk", "ef_ntk", "fixed"])
@@ -112,6 +184,9 @@ def test_every_kernel_selects_in_chunks_as_in_one_go(tiny_model, setup, kernel):
                       chunk_size=5, progress=False)
     assert len(set(picks.tolist())) == 3
     assert streamed.tolist() == picks.tolist()
+    screened = select(iter(pool), 3, tiny_model, kernel=kernel, kernel_options=options, labelled=pool[:2],
+                      shortlist=4, chunk_size=5, progress=False)  # kept set full after one chunk: screened
+    assert len(set(screened.tolist())) == 3 and set(screened.tolist()) <= set(range(len(pool)))
 
 
 def test_pools_from_an_ase_db_and_on_executors(setup, tmp_path):
