@@ -20,17 +20,17 @@ with torch_load_override(), warnings.catch_warnings():
     from e3nn import o3  # noqa: F401
 
     from .calculator import MLIPALCalculator
-    from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
-    from .committee import CommitteeFeatures
-    from .features import ActivationFeatures, FixedFeatures
-    from .kernels import FEATURE_MAPS, get_feature_map
-    from .distill import distill
-    from .finetune import finetune, rereference_energies, shift_energies, train_committee
+    from .uncertainty.calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
+    from .uncertainty.committee import CommitteeFeatures
+    from .uncertainty.features import ActivationFeatures, FixedFeatures
+    from .uncertainty.kernels import FEATURE_MAPS, get_feature_map
+    from .training.distill import distill
+    from .training.finetune import finetune, rereference_energies, shift_energies, train_committee
     from .frames import read_frames, read_labels
-    from .dft import PySCF, pyscf_calculator
-    from .labelling import LabelReport, ReferenceSetupError, label
-    from .learner import OnTheFlyLearner
-    from .model import (
+    from .references.pyscf import PySCF, pyscf_calculator
+    from .learning.labelling import LabelReport, ReferenceSetupError, label
+    from .learning.md_learner import OnTheFlyLearner
+    from .models.model import (
         ModelLoadError,
         build_mace,
         load_model,
@@ -39,19 +39,23 @@ with torch_load_override(), warnings.catch_warnings():
         random_like,
         save_model,
     )
-    from .ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
+    from .uncertainty.ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
     from .guards import PhysicalGuard, UnphysicalFrame
-    from .neb import NEBLearner, NEBReport
+    from .learning.neb_learner import NEBLearner, NEBReport
     from .paths import PathProfile, band, path_profile
-    from .transition_state import TransitionState, refine_ts
-    from .posterior import FeaturePosterior
-    from .prototypes import PrototypeAlignment
-    from .reference import RobustXTB, xtb_calculator, xtb_label
+    from .learning.transition_state import TransitionState, refine_ts
+    from .uncertainty.posterior import FeaturePosterior
+    from .training.prototypes import PrototypeAlignment
+    from .references.xtb import RobustXTB, xtb_calculator, xtb_label
     from .selection import select
-    from .store import FrameStore, StoreBusy
-    from .trigger import UncertaintyLimitExceeded, UncertaintyTrigger
-    from .training import evaluate, train
-    from .verification import Check, ModelChoice
+    from .learning.store import FrameStore, StoreBusy
+    from .learning.trigger import UncertaintyLimitExceeded, UncertaintyTrigger
+    from .training.trainer import evaluate, train
+    from .learning.verification import Check, ModelChoice
+
+from . import legacy
+
+legacy.install()  # old flat module paths (ase_mlipal.calibration, ...) as deprecated aliases
 
 __version__ = "0.1.0"
 

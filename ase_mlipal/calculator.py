@@ -16,13 +16,13 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration
-from .features import Features, per_structure
+from .uncertainty.calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration
+from .uncertainty.features import Features, per_structure
 from .frames import read_labels
-from .inference import BatchMaker
-from .kernels import get_feature_map
-from .model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
-from .posterior import FeaturePosterior
+from .models.graphs import BatchMaker
+from .uncertainty.kernels import get_feature_map
+from .models.model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
+from .uncertainty.posterior import FeaturePosterior
 from .progress import progress_bar
 from .storage import atomic_write
 
@@ -52,7 +52,7 @@ class MLIPALCalculator(Calculator):
     standard deviations without physical units; they rank structures but
     are not eV. ``calc.calibrated`` says which. Calibration maps a raw
     variance ``q`` to ``scale * q**exponent + floor * n`` (a
-    :class:`~ase_mlipal.calibration.Recalibration` per posterior; ``n`` is
+    :class:`~ase_mlipal.uncertainty.calibration.Recalibration` per posterior; ``n`` is
     the number of atoms for the total energy, 1 for a force component).
 
     ``typical`` holds the median uncertainty of in-distribution frames
@@ -63,7 +63,7 @@ class MLIPALCalculator(Calculator):
     Args:
         model: anything :func:`~ase_mlipal.load_model` accepts; ``"default"``
             is the model shipped with the package.
-        kernel: feature map name (:mod:`ase_mlipal.kernels`): ``"activation"``
+        kernel: feature map name (:mod:`ase_mlipal.uncertainty.kernels`): ``"activation"``
             (default), ``"ntk"``, ``"force_ntk"``, ``"ef_ntk"``, ``"fixed"``
             or ``"committee"``. With ``ntk`` the per-atom force uncertainty
             comes from the activation rows and ``energies_uncertainty`` is
@@ -280,7 +280,7 @@ class MLIPALCalculator(Calculator):
         """Energies (eV) and features of ``images`` in batched passes without forces.
 
         Returns the energies, shape ``(n_images,)``, and one :class:`Features`
-        per batch (:func:`~ase_mlipal.features.per_structure` gives one per image).
+        per batch (:func:`~ase_mlipal.uncertainty.features.per_structure` gives one per image).
         ``force_variance=False`` skips the force kernels' posterior draws,
         ``rows=False`` their conditioning rows (probes): then the features
         serve :meth:`uncertainty_from` but not :meth:`add_features`.
@@ -341,7 +341,7 @@ class MLIPALCalculator(Calculator):
         """Fit the energy and force calibrations on labelled frames and report.
 
         Reference labels are read with :func:`ase_mlipal.frames.read_labels`.
-        With ``fit=True`` a :class:`~ase_mlipal.calibration.Recalibration` is
+        With ``fit=True`` a :class:`~ase_mlipal.uncertainty.calibration.Recalibration` is
         fitted to each posterior by maximum likelihood on the model's
         residuals (energy: per structure, floor per atom; forces: per
         Cartesian component) and the report is on the same frames; with

@@ -25,8 +25,8 @@ from ase import Atoms
 from ase.io import Trajectory, read, write
 
 
-REFERENCES = {"xtb": ("ase_mlipal.reference", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT"),
-              "pyscf": ("ase_mlipal.dft", "PySCF")}
+REFERENCES = {"xtb": ("ase_mlipal.references.xtb", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT"),
+              "pyscf": ("ase_mlipal.references.pyscf", "PySCF")}
 
 
 def reference_factory(name: str) -> Callable:
@@ -44,7 +44,7 @@ def reference_factory(name: str) -> Callable:
 
 def _calculator(model: str, trust: bool = False, kernel: str = "activation", options: Optional[dict] = None):
     from .calculator import MLIPALCalculator
-    from .model import ModelLoadError
+    from .models.model import ModelLoadError
 
     try:
         return MLIPALCalculator(model=model, trust=trust, kernel=kernel, kernel_options=options)
@@ -64,9 +64,9 @@ def _read(path: str, index=-1):
 def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
            timestep: float, trajectory: Optional[str] = None, run_id: str = "md"):
     """Langevin MD watched by a trigger; returns ``(trigger, [(step, value)])``."""
-    from .learner import langevin
+    from .learning.md_learner import langevin
     from .progress import progress_bar
-    from .trigger import UncertaintyTrigger
+    from .learning.trigger import UncertaintyTrigger
 
     atoms.calc = calc
     trigger = UncertaintyTrigger(calc, store, threshold, atoms=atoms, source="md", run_id=run_id)
@@ -86,7 +86,7 @@ def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: in
 
 def cmd_md(args: argparse.Namespace) -> None:
     from .plots import plot_uncertainty_trace
-    from .store import FrameStore
+    from .learning.store import FrameStore
 
     store = FrameStore(args.db)
     trigger, trace = run_md(_read(args.structure), _calculator(args.model, args.trust), store, args.threshold,
@@ -99,11 +99,11 @@ def cmd_md(args: argparse.Namespace) -> None:
 
 
 def cmd_neb(args: argparse.Namespace) -> None:
-    from .neb import path_profile, relax_band
+    from .learning.neb_learner import path_profile, relax_band
     from .paths import band
     from .plots import plot_neb_profiles
-    from .store import FrameStore
-    from .trigger import UncertaintyTrigger
+    from .learning.store import FrameStore
+    from .learning.trigger import UncertaintyTrigger
 
     calc = _calculator(args.model, args.trust)
     images = band(_read(args.initial), _read(args.final), args.images)
@@ -122,8 +122,8 @@ def cmd_neb(args: argparse.Namespace) -> None:
 
 
 def cmd_ts(args: argparse.Namespace) -> None:
-    from .store import FrameStore
-    from .transition_state import refine_ts
+    from .learning.store import FrameStore
+    from .learning.transition_state import refine_ts
 
     images = _read(args.structure, ":")
     start = images if len(images) > 1 else images[0]
@@ -141,8 +141,8 @@ def cmd_ts(args: argparse.Namespace) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
-    from .learner import OnTheFlyLearner, langevin
-    from .neb import NEBLearner
+    from .learning.md_learner import OnTheFlyLearner, langevin
+    from .learning.neb_learner import NEBLearner
     from .paths import band
     from .plots import plot_neb_profiles, plot_uncertainty_trace
 
@@ -238,7 +238,7 @@ def _pool_calculator(args: argparse.Namespace):
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from .labelling import process_pool
+    from .learning.labelling import process_pool
     from .selection import pick, select
 
     calc = _pool_calculator(args)
@@ -288,8 +288,8 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .analysis import atom_latents, compare, layer_latents, plot_comparison
-    from .model import ModelLoadError, load_model
+    from .analysis.reconstruction import atom_latents, compare, layer_latents, plot_comparison
+    from .models.model import ModelLoadError, load_model
 
     frames = _read(args.data, ":")
     latents = {}

@@ -21,11 +21,11 @@ from ase.io import read, write
 
 from .calculator import MLIPALCalculator
 from .frames import read_labels
-from .neb import NEBLearner
+from .learning.neb_learner import NEBLearner
 from .paths import DEMO_REACTION_PATH, PathProfile, band, reaction_coordinate
 from .plots import plot_neb_profiles
-from .reference import RobustXTB, xtb_calculator
-from .training import evaluate
+from .references.xtb import RobustXTB, xtb_calculator
+from .training.trainer import evaluate
 
 
 @dataclass

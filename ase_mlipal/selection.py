@@ -43,10 +43,10 @@ from ase import Atoms
 from ase.io import iread
 
 from .calculator import MLIPALCalculator
-from .features import per_structure
-from .model import ModelSpec
-from .ntk import ForceNTKFeatures
-from .posterior import FeaturePosterior
+from .uncertainty.features import per_structure
+from .models.model import ModelSpec
+from .uncertainty.ntk import ForceNTKFeatures
+from .uncertainty.posterior import FeaturePosterior
 from .progress import progress_bar
 
 METHODS = ("maxdet", "lcmd", "maxdist", "random")

@@ -96,7 +96,7 @@ def kernel_rows(model, frames: list, kernels: list[str], options: dict) -> dict[
     ``force_ntk`` and ``ef_ntk`` share one pass: both take their rows from
     the same energy row and force probes.
     """
-    from ase_mlipal.features import per_structure
+    from ase_mlipal.uncertainty.features import per_structure
     from ase_mlipal.selection import pool_features
 
     rows = {}
@@ -302,8 +302,8 @@ def _reduction(ours: dict, baseline: dict) -> dict:
 
 def calibration(cfg: dict, data: dict, state_dict: dict, labelled: list) -> dict:
     """Spearman, NLL and miscalibration area of each kernel's std, pretrained versus random-initialised features."""
-    from ase_mlipal.calibration import calibration_report, fit_scale
-    from ase_mlipal.features import per_structure
+    from ase_mlipal.uncertainty.calibration import calibration_report, fit_scale
+    from ase_mlipal.uncertainty.features import per_structure
 
     pretrained = ase_mlipal.load_model(cfg["model"])
     tuned = ase_mlipal.load_model(cfg["model"])

@@ -60,7 +60,7 @@ import ase_mlipal  # first: imports mace before e3nn
 import numpy as np
 from reactive import physical
 
-from ase_mlipal.calibration import Recalibration, calibration_report, fit_recalibration
+from ase_mlipal.uncertainty.calibration import Recalibration, calibration_report, fit_recalibration
 from ase_mlipal.frames import read_frames, read_labels
 
 warnings.filterwarnings("ignore")

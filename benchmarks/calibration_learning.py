@@ -12,7 +12,7 @@ as in ``benchmarks/calibration.py``):
 * each learning round: the ``--labels`` pool frames of r the posterior is
   least sure of (MaxDet on the current posterior, as a trigger flags the
   most uncertain frame and conditions on it) get their xTB labels; then the
-  steps of :func:`ase_mlipal.retrain.learning_round`: fine-tune the
+  steps of :func:`ase_mlipal.learning.learning_run.learning_round`: fine-tune the
   pretrained model on every frame labelled so far (with replay), swap it in
   with ``set_model`` (scale refitted on the frames held out of the
   fine-tune plus as many replay frames), absorb the labelled frames through
@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from reactive import physical
 
-from ase_mlipal.calibration import calibration_report
-from ase_mlipal.features import per_structure
-from ase_mlipal.finetune import finetune
+from ase_mlipal.uncertainty.calibration import calibration_report
+from ase_mlipal.uncertainty.features import per_structure
+from ase_mlipal.training.finetune import finetune
 from ase_mlipal.frames import read_frames, read_labels
-from ase_mlipal.retrain import _labelled_sample, default_references
-from ase_mlipal.store import FrameStore
-from ase_mlipal.trigger import UncertaintyTrigger
+from ase_mlipal.learning.learning_run import _labelled_sample, default_references
+from ase_mlipal.learning.store import FrameStore
+from ase_mlipal.learning.trigger import UncertaintyTrigger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from build_posterior import calibration_frames  # noqa: E402

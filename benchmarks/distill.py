@@ -144,7 +144,7 @@ def main() -> None:
           f"cluster: {len(big)} atoms (64 ethanols)")
     print("units: ms per ASE call; E MAE meV/atom; F MAE eV/A; drift meV/atom/ps; excursion meV/atom. "
           f"Targets: speed-up >= 3, F/teacher <= 1.2. Total {time.perf_counter() - started:.0f} s")
-    from ase_mlipal.analysis import atom_latents, compare, plot_comparison
+    from ase_mlipal.analysis.reconstruction import atom_latents, compare, plot_comparison
 
     latents = {"pretrained": atom_latents(ase_mlipal.load_model("default"), test),
                **{name: atom_latents(model, test) for name, model in models.items()}}

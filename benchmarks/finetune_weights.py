@@ -44,7 +44,7 @@ def one(task: tuple) -> dict:
 
 def signed_energy_errors(model, frames: list) -> np.ndarray:
     """Per-structure (model - reference) energy per atom, meV/atom."""
-    from ase_mlipal.training import data_loader
+    from ase_mlipal.training.trainer import data_loader
 
     out = []
     for batch in data_loader(frames, model, batch_size=64):

@@ -12,7 +12,7 @@ are given side by side. Parts:
   ``predict`` path, for the activation kernel (shipped posterior), ``ntk``,
   ``force_ntk`` and ``committee`` (the latter three conditioned on a few
   rattled frames);
-* ``training.train`` with the model on the device (what a device-aware
+* ``training.trainer`` with the model on the device (what a device-aware
   fine-tune would run) and ``training.evaluate`` of a model on the device;
 * ``finetune``: a few epochs on labelled reactive frames
   (``benchmarks/data/reactive.xyz.gz``) with the default replay, given a
@@ -222,7 +222,7 @@ QUANTITIES = ("energy", "energies", "forces", "stress", "energy_uncertainty", "e
 
 def calculator_part(kernel: str, device: str, dtype: str, repeats: int):
     import ase_mlipal
-    from ase_mlipal.features import per_structure
+    from ase_mlipal.uncertainty.features import per_structure
 
     structures = molecules()
     from ase.build import molecule
@@ -272,7 +272,7 @@ def calculator_part(kernel: str, device: str, dtype: str, repeats: int):
 
 def train_part(device: str, dtype: str, epochs: int):
     import ase_mlipal
-    from ase_mlipal.training import train
+    from ase_mlipal.training.trainer import train
 
     frames = reactive_frames(0, 16)
     train_frames, valid_frames = frames[:12], frames[12:]
@@ -392,7 +392,7 @@ def learner_part(device: str, dtype: str, steps: int, epochs: int, threshold: fl
     from ase.build import molecule
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase_mlipal.finetune import DEFAULT_REPLAY_PATH
+    from ase_mlipal.training.finetune import DEFAULT_REPLAY_PATH
 
     reference, reference_name = reference_factory()
     replay = ase_mlipal.read_frames(DEFAULT_REPLAY_PATH)[:8]

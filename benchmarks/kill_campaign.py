@@ -30,7 +30,7 @@ WRITER = r'''
 import sys
 import numpy as np
 from ase.build import molecule
-from ase_mlipal.store import FrameStore
+from ase_mlipal.learning.store import FrameStore
 url, writer, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = FrameStore(url)
 rng = np.random.default_rng(0)
@@ -157,12 +157,12 @@ def label_campaign(kills: int, rng: np.random.Generator, work: Path, n: int = 40
 
 
 def learner_campaign(kind: str, kills: int, rng: np.random.Generator, work: Path, model: Path) -> dict:
-    """The MD (``tests/test_learner.py``) or NEB (``tests/test_neb.py``) learner script, killed and resumed."""
+    """The MD (``tests/learning/test_learner.py``) or NEB (``tests/learning/test_neb.py``) learner script, killed and resumed."""
     if kind == "md":
-        from tests.test_learner import RUN as script_text
+        from tests.learning.test_learner import RUN as script_text
         extra = ["400"]
     else:
-        from tests.test_neb import NEB_RUN as script_text
+        from tests.learning.test_neb import NEB_RUN as script_text
         extra = []
     script, run, log = work / f"{kind}.py", work / kind, work / f"{kind}_calls.txt"
     script.write_text(script_text)

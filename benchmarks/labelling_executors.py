@@ -22,8 +22,8 @@ import numpy as np
 from ase.build import molecule
 
 from ase_mlipal import FrameStore, label, xtb_calculator
-from ase_mlipal.dft import PySCF
-from ase_mlipal.labelling import process_pool
+from ase_mlipal.references.pyscf import PySCF
+from ase_mlipal.learning.labelling import process_pool
 
 
 def frames(name: str, n: int, seed: int = 0):

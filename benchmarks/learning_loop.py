@@ -49,7 +49,7 @@ from ase_mlipal.demo import DEMO_FINETUNE
 from ase_mlipal.frames import read_labels
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
 from ase_mlipal.plots import plot_neb_profiles
-from ase_mlipal.reference import RobustXTB
+from ase_mlipal.references.xtb import RobustXTB
 
 HERE = Path(__file__).resolve().parent
 BANDS = HERE / "data" / "reactive_bands.xyz.gz"
@@ -131,7 +131,7 @@ MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
 
 def run_md(name: str, settings: dict, workdir: Path) -> dict:
     """The MD learner from the reactant of reaction ``name``; the audits score the dynamics."""
-    from ase_mlipal.learner import langevin
+    from ase_mlipal.learning.md_learner import langevin
 
     start_atoms = reference_bands()[name][0]
     start = time.perf_counter()

@@ -204,7 +204,7 @@ def md_compare(calcs: dict, steps: int, nve_steps: int, temperature_K: float = 6
     for key, calc in calcs.items():
         atoms = md_start(temperature_K, seed)
         atoms.calc = calc
-        # the parameters of ase_mlipal.learner.langevin, plus a seeded thermostat (same numbers for both)
+        # the parameters of ase_mlipal.learning.md_learner.langevin, plus a seeded thermostat (same numbers for both)
         dynamics[key] = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01,
                                  fixcm=False, rng=np.random.default_rng(seed + 1))
     trace, ms = side_by_side(dynamics, steps)

@@ -22,7 +22,7 @@ from pathlib import Path
 import ase_mlipal  # first: imports mace before e3nn
 
 import numpy as np
-from ase_mlipal.finetune import DEFAULT_REPLAY_PATH
+from ase_mlipal.training.finetune import DEFAULT_REPLAY_PATH
 from reactive import reactive_splits
 
 

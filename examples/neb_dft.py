@@ -28,7 +28,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 import ase_mlipal
-from ase_mlipal.finetune import DEFAULT_REPLAY_PATH
+from ase_mlipal.training.finetune import DEFAULT_REPLAY_PATH
 from ase_mlipal.paths import DEMO_REACTION_PATH
 
 warnings.filterwarnings("ignore", message=".*TorchScript.*")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import ase_mlipal  # first: imports mace before e3nn
 from ase_mlipal.frames import read_frames
-from ase_mlipal.model import DEFAULT_DIR, DEFAULT_POSTERIOR_PATH
+from ase_mlipal.models.model import DEFAULT_DIR, DEFAULT_POSTERIOR_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

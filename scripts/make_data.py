@@ -51,7 +51,7 @@ from ase.neighborlist import natural_cutoffs, neighbor_list  # noqa: E402
 from ase.optimize import BFGS, FIRE  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ase_mlipal.reference import LabelStats, RobustXTB, xtb_label  # noqa: E402
+from ase_mlipal.references.xtb import LabelStats, RobustXTB, xtb_label  # noqa: E402
 
 ELEMENTS = set("HCNO")
 MD_TEMPERATURES = (300.0, 550.0, 800.0)

@@ -22,7 +22,7 @@ from ase.mep import NEB
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_data import fragments, map_product, neb_optimise, relaxed  # noqa: E402
 
-from ase_mlipal.neb import DEMO_REACTION_PATH  # noqa: E402
+from ase_mlipal.learning.neb_learner import DEMO_REACTION_PATH  # noqa: E402
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from ase.io import write
 
 import ase_mlipal
 from ase_mlipal.frames import read_frames
-from ase_mlipal.training import dataset_statistics, evaluate, train
+from ase_mlipal.training.trainer import dataset_statistics, evaluate, train
 from build_posterior import build_posterior  # scripts/ is on sys.path when run as a script
 
 warnings.filterwarnings("ignore", message=".*TorchScript.*")

@@ -23,7 +23,7 @@ from ase.build import molecule
 
 import ase_mlipal
 from ase_mlipal.frames import read_frames
-from ase_mlipal.training import evaluate
+from ase_mlipal.training.trainer import evaluate
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent

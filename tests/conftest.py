@@ -12,7 +12,7 @@ from ase.build import molecule
 import ase_mlipal
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase_mlipal.store import fingerprint
+from ase_mlipal.learning.store import fingerprint
 
 warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
 

@@ -273,7 +273,7 @@ def test_posterior_of_other_features_is_refused_with_a_clear_message(tiny_model,
 def test_calibration_and_typical_survive_a_save(calc, ethanol, tmp_path):
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from ase_mlipal.calibration import Recalibration
+    from ase_mlipal.uncertainty.calibration import Recalibration
 
     calc.add_reference([ethanol])
     calc.energy_posterior.calibration = Recalibration(2.0, 1.5, 0.01)

@@ -7,7 +7,7 @@ from ase.io import write
 from ase_mlipal import FrameStore, save_model
 from ase_mlipal.cli import main, reference_factory
 
-from .test_neb import formaldehyde_band
+from .learning.test_neb import formaldehyde_band
 
 
 @pytest.fixture()

@@ -1,56 +1,75 @@
 """The layers: the calculator and what it needs never import training or learning code."""
 
 import ast
+import warnings
 from pathlib import Path
 
+import pytest
+
 import ase_mlipal
+from ase_mlipal.legacy import MOVED
 
 PACKAGE = Path(ase_mlipal.__file__).parent
 
-#: What the ASE calculator stands on: models, graphs, kernels, posterior, calibration.
-INFERENCE = {"calculator", "calibration", "committee", "cumulant", "environment", "features", "frames", "inference",
-             "kernels", "model", "ntk", "posterior", "progress", "sketch", "storage"}
-#: Training and learning: fine-tuning, distillation, learners, the store, labelling, checks.
-TRAINING_AND_LEARNING = {"training", "finetune", "prototypes", "distill", "retrain", "learner", "neb", "trigger",
-                         "store", "labelling", "verification", "transition_state", "demo", "selection", "cli"}
+#: What the ASE calculator stands on: models, graphs, kernels, posterior, calibration, plain helpers.
+INFERENCE = {"calculator", "environment", "frames", "progress", "storage", "models", "uncertainty"}
+#: What sits above: training and the learners.
+ABOVE = {"training", "learning"}
 
 
-def package_imports(module: str) -> set[str]:
-    """Modules of the package that ``module`` imports anywhere (top level or inside functions)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+def layer(module: str) -> str:
+    """``models.graphs`` -> ``models``; a top-level module is its own layer."""
+    return module.split(".")[0]
+
+
+def imports_of(module: str) -> set[str]:
+    """Package modules (dotted, under ``ase_mlipal``) that ``module`` imports anywhere, lazily too."""
+    path = PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
+    if not path.exists():
+        path = PACKAGE.joinpath(*module.split("."), "__init__.py")
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(alias.name for alias in node.names)
-            elif node.module and node.module.startswith("ase_mlipal."):
-                found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("ase_mlipal."))
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - (node.level - 1)]
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            found.update(".".join(base + [name]) for name in names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ase_mlipal."):
+            found.add(node.module.removeprefix("ase_mlipal."))
     return found
 
 
-def closure(start: set[str]) -> set[str]:
-    seen, todo = set(), list(start)
-    while todo:
-        module = todo.pop()
-        if module in seen or not (PACKAGE / f"{module}.py").exists():
-            continue
-        seen.add(module)
-        todo.extend(package_imports(module))
-    return seen
+def modules_in(layers: set[str]) -> list[str]:
+    out = []
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+        if layer(module) in layers:
+            out.append(module)
+    return out
 
 
-def test_the_calculator_layer_imports_no_training_or_learning_module():
-    reached = closure({"calculator"})
-    assert reached <= INFERENCE, f"the calculator layer reaches {sorted(reached - INFERENCE)}"
-    for module in INFERENCE:
-        leaks = package_imports(module) & TRAINING_AND_LEARNING
-        assert not leaks, f"{module}.py imports {sorted(leaks)}"
+def test_nothing_below_the_learners_imports_training_or_learning():
+    modules = modules_in(INFERENCE)
+    assert {"calculator", "models.graphs", "uncertainty.posterior"} <= set(modules)
+    for module in modules:
+        leaks = {m for m in imports_of(module) if layer(m) in ABOVE}
+        assert not leaks, f"{module} imports {sorted(leaks)}"
 
 
-def test_the_walker_sees_a_lazy_import():
-    # the check would pass vacuously if the walker missed imports inside functions
-    assert "paths" in package_imports("transition_state") and "finetune" in package_imports("retrain")
+def test_the_walker_sees_relative_and_lazy_imports():
+    # the check would pass vacuously if the walker missed imports inside functions or parent-relative ones
+    assert "paths" in imports_of("learning.transition_state")  # lazy, from ..paths
+    assert "training.finetune" in imports_of("learning.learning_run")
+    assert "uncertainty.calibration" in imports_of("calculator")
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_old_module_paths_still_import_with_a_deprecation_warning(old):
+    new = __import__(f"ase_mlipal.{MOVED[old]}", fromlist=["_"])
+    public = next(name for name in vars(new) if not name.startswith("_") and getattr(
+        vars(new)[name], "__module__", None) == new.__name__)
+    alias = __import__(f"ase_mlipal.{old}", fromlist=["_"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert getattr(alias, public) is getattr(new, public)
+    assert alias._warned

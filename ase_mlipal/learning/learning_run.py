@@ -1,0 +1,243 @@
+"""What the MD and NEB learners share: rounds, checks, the choice of model, state on disk.
+
+Round 0 is the pretrained model. A learning round labels the flagged
+frames, fine-tunes the *pretrained* model on every labelled frame (plus
+the replay sample; the result depends only on the labelled set and the
+round, errors do not compound and a resumed run rebuilds the same model),
+and swaps it in only if it is no worse on the checks so far
+(:class:`~ase_mlipal.learning.verification.ModelChoice`).
+
+A :class:`LearningRun` lives in ``workdir``:
+
+``frames.db``
+    the :class:`~ase_mlipal.FrameStore` (unless another store is given);
+``state.json``
+    the round, the model and posterior files in use, the checks, the model
+    choice and what the learner itself needs to go on;
+``model_round{k}.pt`` / ``posterior_round{k}.npz``
+    the model and posterior of each round swapped in.
+
+Every file is replaced atomically and ``state.json`` is written last, so a
+run killed at any moment (``kill -9`` included) restarts from its last
+checkpoint: labelled frames stay labelled and are never computed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from ase import Atoms
+
+from ..calculator import MLIPALCalculator
+from ..uncertainty.calibration import CalibrationReport
+from ..training.finetune import DEFAULT_REPLAY_PATH, finetune
+from ..frames import read_frames, read_labels
+from .labelling import LabelReport, Reference, label
+from ..models.model import load_model, save_model
+from ..storage import atomic_write
+from .store import FrameStore
+from ..training.trainer import TrainResult
+from .trigger import UncertaintyTrigger
+from .verification import Check, ModelChoice, check_frame
+
+STATE_FILE = "state.json"
+CHECK_SOURCES = ("verify", "audit")
+
+
+@dataclass
+class RoundRecord:
+    """What one learning round did.
+
+    Attributes:
+        round: the round number (the model it trained is round ``round``'s).
+        labelled: the labelling of the flagged frames.
+        n_train_frames: labelled frames the fine-tune trained on.
+        accepted: whether the fine-tuned model was swapped in.
+        reason: the model choice's reason.
+        train: the fine-tuning record.
+        calibration: reports of the scale refit after the swap.
+        model_hash: the model in use after the round.
+    """
+
+    round: int
+    labelled: LabelReport
+    n_train_frames: int
+    accepted: bool = False
+    reason: str = ""
+    train: Optional[TrainResult] = None
+    calibration: Optional[dict[str, CalibrationReport]] = None
+    model_hash: str = ""
+
+
+def default_references() -> list[Atoms]:
+    """Frames that define "known" after a model swap: the shipped replay sample."""
+    return read_frames(DEFAULT_REPLAY_PATH)
+
+
+class LearningRun:
+    """Base of the learners: store, state file, checks, learning rounds, model choice.
+
+    Args:
+        calc: calculator with the *pretrained* model and its posterior.
+        reference: ASE calculator or zero-argument factory for the labels.
+        workdir: where the run lives (created); run again with the same
+            arguments to resume.
+        store: a :class:`FrameStore` or ase.db URL (default ``workdir/frames.db``).
+        references: frames that define "known" after a model swap
+            (default: the replay sample shipped with the default model).
+        executor: where reference calculations run (see :func:`~ase_mlipal.label`).
+        finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`
+            (its ``head`` is the calculator's, ``calc.batch_maker.head``).
+        run_id: provenance of the frames this run stores.
+        progress: progress bars (``None``: when on a terminal).
+    """
+
+    kind = "run"
+
+    def __init__(self, calc: MLIPALCalculator, reference: Reference, workdir: Union[str, os.PathLike],
+                 store: Union[FrameStore, str, None] = None, references: Optional[Sequence[Atoms]] = None,
+                 executor: Optional[Executor] = None, finetune_options: Optional[dict] = None,
+                 run_id: str = "run", progress: Optional[bool] = None):
+        self.calc, self.reference = calc, reference
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if store is None:
+            store = self.workdir / "frames.db"
+        self.store = store if isinstance(store, FrameStore) else FrameStore(store)
+        self.references = list(references) if references is not None else default_references()
+        self.executor, self.finetune_options = executor, dict(finetune_options or {})
+        head = self.finetune_options.pop("head", calc.batch_maker.head)
+        if head != calc.batch_maker.head:
+            raise ValueError(f"finetune_options head {head!r} is not the head the calculator predicts "
+                             f"({calc.batch_maker.head!r}); make the calculator with head={head!r}")
+        self.run_id, self.progress = run_id, progress
+        self.pretrained = load_model(calc.model, device=str(next(calc.model.parameters()).device))
+        self.choice = ModelChoice()
+        self.checks: list[Check] = []
+        self.state: dict = {"kind": self.kind, "round": 0, "model": None, "posterior": None,
+                            "pretrained_hash": calc.model_hash, "trained_ids": []}
+
+    # -- persistence -------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self.workdir / name
+
+    def write_state(self) -> None:
+        """Write ``state.json`` atomically (checks and model choice included)."""
+        self.state["checks"] = [c.as_dict() for c in self.checks]
+        self.state["choice"] = {"round": self.choice.round, "error": self.choice.error,
+                                "history": self.choice.history}
+        text = json.dumps(self.state, indent=1, default=float)
+        atomic_write(self._path(STATE_FILE), lambda tmp: tmp.write_text(text))
+
+    def read_state(self) -> bool:
+        """Load an earlier run's state and model from ``workdir``; False if there is none."""
+        path = self._path(STATE_FILE)
+        if not path.exists():
+            return False
+        state = json.loads(path.read_text())
+        if state.get("kind") != self.kind or state["pretrained_hash"] != self.calc.model_hash:
+            raise ValueError(f"{self.workdir} holds a {state.get('kind')} run started from model "
+                             f"{state['pretrained_hash'][:12]}; this is a {self.kind} run on "
+                             f"{self.calc.model_hash[:12]}. Use another workdir.")
+        self.state = state
+        self.checks = [Check(**c) for c in state.get("checks", [])]
+        choice = state.get("choice", {})
+        self.choice = ModelChoice(choice.get("round", 0), choice.get("error", float("nan")), choice.get("history"))
+        if state["model"]:
+            self.calc.set_model(self._path(state["model"]), references=[])
+        if state["posterior"]:
+            self.calc.load_posterior(self._path(state["posterior"]))
+        return True
+
+    # -- checks ------------------------------------------------------------
+
+    def check(self, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
+              tolerance: Optional[float] = None, **saddle) -> Check:
+        """Check the labelled ``frame`` (a store row) against the model in use; record it.
+
+        A frame the model in use trained on is no check: it fails with that
+        reason. ``saddle`` (``tangent``, ``fmax``) goes to :func:`check_frame`. A passed check is marked ``verified`` (kept out of training).
+        """
+        if frame.info.get("status") not in ("labelled", "verified"):
+            result = Check(number, kind, frame.info["store_id"], float("nan"), float("nan"), float("nan"), 0.0,
+                           passed=False, reason=f"no reference label ({frame.info.get('error', 'not labelled')})",
+                           step=frame.info.get("step"), image=frame.info.get("image"))
+            self.checks.append(result)
+            return result
+        result = check_frame(self.calc, frame, number, kind, anchor=anchor, tolerance=tolerance, **saddle)
+        if result.store_id in self.state["trained_ids"]:
+            result.passed, result.reason = False, "the model in use trained on this frame"
+        if result.passed:
+            self.store.mark_verified(result.store_id)
+        self.checks.append(result)
+        return result
+
+    def check_frames(self) -> list[Atoms]:
+        """Labelled frames of every check so far (passed: ``verified``; failed: ``labelled``)."""
+        ids = {c.store_id for c in self.checks}
+        return [a for s in ("verified", "labelled") for a in self.store.frames(s) if a.info["store_id"] in ids]
+
+    # -- learning ----------------------------------------------------------
+
+    def learn(self, number: int, trigger: UncertaintyTrigger, anchor: Optional[Atoms] = None) -> RoundRecord:
+        """Round ``number``: label, fine-tune the pretrained model, swap it in if no worse on the checks.
+
+        After a swap the posterior holds ``references`` under the new model,
+        the scales are refitted on the fine-tune's validation frames (never
+        trained on: spare replay frames and passed checks) and every frame
+        of the store enters the posterior through ``trigger``, a labelled one
+        settling no lower than the new model's errors on it
+        (:meth:`UncertaintyTrigger.residual_floors`). A rejected model
+        leaves the calculator as it was.
+        """
+        labelled = label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        frames = self.store.frames("labelled")
+        record = RoundRecord(number, labelled, len(frames), model_hash=self.calc.model_hash)
+        if not frames:
+            record.reason = "nothing labelled to train on"
+            return record
+        options = {"seed": number, **self.finetune_options}
+        head = self.calc.batch_maker.head
+        model, record.train, valid = finetune(self.pretrained, frames, valid=self.store.frames("verified"),
+                                              checkpoint=self._path("finetune.ckpt"), progress=self.progress,
+                                              head=head, **options)
+        record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head)
+        record.reason = self.choice.history[-1]["reason"]
+        if record.accepted:
+            record.calibration = self.calc.set_model(model, self.references, calibration=valid,
+                                                     progress=self.progress)
+            self._absorb_store(trigger)
+            model_file, posterior_file = f"model_round{number}.pt", f"posterior_round{number}.npz"
+            save_model(self.calc.model, self._path(model_file))
+            self.calc.save_posterior(self._path(posterior_file))
+            self.state.update(model=model_file, posterior=posterior_file,
+                              trained_ids=[a.info["store_id"] for a in frames])
+        record.model_hash = self.calc.model_hash
+        return record
+
+    def _absorb_store(self, trigger: UncertaintyTrigger) -> None:
+        """Enter every stored frame into the (new) posterior; labelled ones bounded by the model's errors."""
+        labelled = self.store.frames("labelled") + self.store.frames("verified")
+        others = self.store.frames("flagged") + self.store.frames("failed")
+        floors = [trigger.residual_floors(atoms) for atoms in labelled] + [None] * len(others)
+        trigger.absorb(labelled + others, floors=floors)
+
+
+def _labelled_sample(frames: Sequence[Atoms], n: int, seed: int) -> list[Atoms]:
+    """Up to ``n`` frames of ``frames`` that carry reference labels, drawn at random."""
+    labelled = []
+    for atoms in frames:
+        try:
+            read_labels(atoms)
+        except ValueError:
+            continue
+        labelled.append(atoms)
+    rng = np.random.default_rng(seed)
+    return [labelled[i] for i in rng.permutation(len(labelled))[:n]]

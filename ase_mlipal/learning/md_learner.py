@@ -1,0 +1,250 @@
+"""OnTheFlyLearner: molecular dynamics that stops to learn what it does not know, and audits what it does not flag.
+
+The learner runs MD with an :class:`~ase_mlipal.UncertaintyTrigger`; once
+``batch_size`` frames wait for a label it pauses, labels them, fine-tunes,
+swaps the model in if it is no worse on the checks so far and resumes the
+same trajectory (rounds, state and resume: :mod:`ase_mlipal.learning.learning_run`).
+
+A quiet trigger is no proof: about one unflagged frame per
+``audit_interval`` steps, drawn at random, is labelled as an **audit** and
+checked against the model that drove the dynamics there
+(:func:`~ase_mlipal.learning.verification.check_frame`). A failed audit is trained on
+like a flag; a passed one is kept out of training. The run ends
+``confident`` only if the final model had audits and passed them all.
+
+Files in ``workdir`` beyond :class:`~ase_mlipal.learning.learning_run.LearningRun`'s:
+``md.traj`` (positions and momenta at the last checkpoint). Only the
+thermostat's random numbers differ after a resume.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from ase import Atoms, units
+from ase.io import read, write
+from ase.md.langevin import Langevin
+from ase.optimize.optimize import Dynamics
+
+from ..calculator import MLIPALCalculator
+from ..guards import PhysicalGuard, UnphysicalFrame
+from .labelling import Reference, label
+from ..progress import progress_bar
+from .learning_run import LearningRun, RoundRecord
+from ..storage import atomic_write
+from .store import FrameStore
+from .trigger import UncertaintyTrigger
+from .verification import Check
+
+
+def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = 0.01) -> Dynamics:
+    """The default dynamics: Langevin at ``temperature_K``."""
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction, fixcm=False)
+
+
+@dataclass
+class LearnReport:
+    """Outcome of :meth:`OnTheFlyLearner.run`.
+
+    Attributes:
+        steps: MD steps done.
+        rounds: the learning rounds of this call.
+        trace: ``(step, trigger value)`` at every check.
+        flagged_steps: ``(step, value)`` of the flags.
+        counts: store rows per status.
+        resumed_from: the step a resumed run started at (0: a fresh run).
+        checks: every audit so far (force error and 2-sigma coverage of the
+            forces that drove the dynamics, step by step).
+        confident: the final model was audited and passed every audit.
+        stopped: why a physical guard stopped the run ("" if none did).
+        model_choice: one line per fine-tuned model, accepted or not and why.
+    """
+
+    steps: int = 0
+    rounds: list[RoundRecord] = field(default_factory=list)
+    trace: list[tuple[int, float]] = field(default_factory=list)
+    flagged_steps: list[tuple[int, float]] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    resumed_from: int = 0
+    checks: list[Check] = field(default_factory=list)
+    confident: bool = False
+    stopped: str = ""
+    model_choice: list = field(default_factory=list)
+
+
+class OnTheFlyLearner(LearningRun):
+    """Run MD, pause on a batch of uncertain (or failed audit) frames, label, fine-tune, resume.
+
+    Args:
+        atoms: the starting structure (ignored when ``workdir`` holds a run to resume).
+        calc: calculator with the *pretrained* model; every round fine-tunes
+            this model on all frames labelled so far.
+        reference: ASE calculator or zero-argument factory for the labels.
+        workdir: where the run lives (created); run again with the same
+            arguments to resume.
+        threshold: trigger threshold (see :class:`UncertaintyTrigger`).
+        steps: total MD steps.
+        interval: trigger check every ``interval`` steps; also the MD
+            checkpoint interval.
+        batch_size: frames waiting for a label (flags and failed audits) that make a round.
+        max_rounds: stop learning (MD, flagging and audits go on) after this many rounds.
+        audit_interval: on average one unflagged frame per this many steps is
+            audited (``None``: no audits, and the run is never ``confident``).
+        dynamics: ``dynamics(atoms) -> ASE Dynamics``; Langevin at 300 K by default.
+        quantity, mode, trigger_reference: passed to :class:`UncertaintyTrigger`.
+        guard: physical guard (default: one built from ``atoms``).
+        seed: seeds the audit draws (by step, so a resumed run draws the same).
+        store, references, executor, finetune_options, run_id, progress: see
+            :class:`~ase_mlipal.learning.learning_run.LearningRun`.
+    """
+
+    kind = "md"
+
+    def __init__(
+        self,
+        atoms: Atoms,
+        calc: MLIPALCalculator,
+        reference: Reference,
+        workdir: Union[str, os.PathLike],
+        threshold: float,
+        steps: int = 1000,
+        interval: int = 5,
+        batch_size: int = 8,
+        max_rounds: Optional[int] = None,
+        audit_interval: Optional[int] = 200,
+        dynamics: Callable[[Atoms], Dynamics] = langevin,
+        quantity: str = "forces",
+        mode: str = "absolute",
+        trigger_reference: Optional[Sequence[Atoms]] = None,
+        guard: Optional[PhysicalGuard] = None,
+        store: Union[FrameStore, str, None] = None,
+        references: Optional[Sequence[Atoms]] = None,
+        executor: Optional[Executor] = None,
+        finetune_options: Optional[dict] = None,
+        run_id: str = "md",
+        seed: int = 0,
+        progress: Optional[bool] = None,
+    ):
+        if steps < 0 or interval < 1 or batch_size < 1:
+            raise ValueError("steps must be >= 0, interval and batch_size >= 1")
+        if audit_interval is not None and audit_interval < interval:
+            raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
+        super().__init__(calc, reference, workdir, store=store, references=references, executor=executor,
+                         finetune_options=finetune_options, run_id=run_id, progress=progress)
+        self.atoms = atoms.copy()
+        self.steps, self.interval, self.batch_size, self.max_rounds = steps, interval, batch_size, max_rounds
+        self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
+        self.guard = guard if guard is not None else PhysicalGuard([atoms])
+        self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
+                                          reference=trigger_reference, source="md", run_id=run_id)
+        self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="")
+
+    # -- persistence -------------------------------------------------------
+
+    def _checkpoint_md(self, step: int) -> None:
+        atomic_write(self._path("md.traj"), lambda tmp: write(tmp, self.atoms, format="traj"))
+        self.state["step"] = step
+        self.write_state()
+
+    def _resume(self) -> bool:
+        """Load the state of an earlier run from ``workdir``; False if there is none."""
+        if not self.read_state():
+            return False
+        saved = read(self._path("md.traj"))
+        self.atoms.set_positions(saved.positions)
+        self.atoms.set_momenta(saved.get_momenta())
+        # frames flagged after the last round's posterior was saved
+        new = [a for s in ("flagged", "labelled", "verified", "failed") for a in self.store.frames(s)
+               if a.info["store_id"] > self.state["absorbed_row"]]
+        self.trigger.absorb(new)
+        return True
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> LearnReport:
+        """Run (or resume) the MD to ``steps``, then check the last audits; returns the report."""
+        report = LearnReport()
+        if self._resume():
+            report.resumed_from = self.state["step"]
+        else:
+            self.atoms.calc = None
+            self._checkpoint_md(0)
+        self.atoms.calc = self.calc
+        dyn = self.dynamics(self.atoms)
+        step = self.state["step"]
+        with progress_bar(progress=self.progress, total=self.steps, initial=step, desc="MD") as bar:
+            while step < self.steps and not self.state["stopped"]:
+                advance = min(self.interval, self.steps - step)
+                dyn.run(advance)
+                step += advance
+                bar.update(advance)
+                if not self._check(step, report):
+                    break
+                if self._round_due():
+                    self._learn(report)
+                self._checkpoint_md(step)
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        self._check_audits()
+        self.write_state()
+        final = [c for c in self.checks if c.round == self.choice.round and c.kind == "audit"]
+        report.confident = bool(final) and all(c.passed for c in final) and not self.state["stopped"]
+        report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
+        report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
+        return report
+
+    def _check(self, step: int, report: LearnReport) -> bool:
+        """Guard, trigger and audit draw at ``step``; False if the guard stopped the run."""
+        try:
+            self.guard.check(self.atoms, f"MD step {step}")
+        except UnphysicalFrame as error:
+            self.store.add_unphysical(self.atoms, source="md", reason=str(error), step=step, run_id=self.run_id)
+            self.state["stopped"] = str(error)
+            return False
+        flagged = self.trigger(self.atoms, step=step)
+        report.trace.append((step, self.trigger.last_value))
+        if flagged:
+            report.flagged_steps.append((step, self.trigger.last_value))
+        elif self._audit_due(step):
+            self.store.add_flagged(self.atoms, source="audit", step=step, run_id=self.run_id,
+                                   uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
+        return True
+
+    def _audit_due(self, step: int) -> bool:
+        """Draw (by step, reproducibly) whether this unflagged check becomes an audit."""
+        if self.audit_interval is None:
+            return False
+        return bool(np.random.default_rng([self.seed, step]).random() < self.interval / self.audit_interval)
+
+    def _check_audits(self) -> None:
+        """Check every labelled audit drawn under the model in use and not checked yet."""
+        done = {c.store_id for c in self.checks}
+        for frame in self.store.frames("labelled") + self.store.frames("failed"):
+            info = frame.info
+            if info.get("source") == "audit" and info["store_id"] not in done \
+                    and info.get("model_hash") == self.calc.model_hash:
+                self.check(frame, self.choice.round, "audit")
+
+    def _round_due(self) -> bool:
+        """A batch is waiting: flagged frames plus labelled ones no model was trained on yet."""
+        if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
+            return False
+        counts = self.store.counts()
+        return counts["flagged"] + counts["labelled"] - self.state["n_trained"] >= self.batch_size
+
+    def _learn(self, report: LearnReport) -> None:
+        number = self.state["round"] + 1
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        self._check_audits()  # before training: a passed audit stays out of it
+        record = self.learn(number, self.trigger)
+        report.rounds.append(record)
+        last_row = max((row.id for row in self.store.rows()), default=0)
+        if not record.accepted:  # the current posterior is kept: save it with this round's flags
+            self.calc.save_posterior(self._path(f"posterior_round{number}.npz"))
+            self.state["posterior"] = f"posterior_round{number}.npz"
+        self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames)
+        self.write_state()
+        self.atoms.calc = self.calc  # results of the old model are gone

@@ -1,0 +1,363 @@
+"""NEB refined by active learning, until a reference check verifies the barrier.
+
+:class:`NEBLearner` repeats: run the climbing-image NEB with the trigger
+watching it, check the climbing image against the reference, and stop
+only when the trigger was quiet *and* the check passed; otherwise label
+the flagged images (and a failed check), fine-tune, swap the model in if
+it is no worse on the checks so far, and run the band again.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from ase import Atoms
+from ase.io import read, write
+from ase.mep import NEB
+from ase.optimize import FIRE
+from ase.optimize.optimize import Optimizer
+
+from ..calculator import MLIPALCalculator
+from ..guards import PhysicalGuard, UnphysicalFrame
+from .labelling import LabelReport, Reference, label
+from ..paths import DEMO_REACTION_PATH, PathProfile, band, path_profile, reaction_coordinate  # noqa: F401
+from ..progress import progress_bar
+from .learning_run import LearningRun, RoundRecord
+from ..storage import atomic_write
+from .store import FrameStore
+from .trigger import UncertaintyTrigger
+from .verification import Check
+
+@dataclass
+class NEBRound:
+    """One NEB run of :class:`NEBLearner`, its check and the learning that followed it.
+
+    Attributes:
+        round: the round of the model that ran the band (0: pretrained).
+        profile: the band's energy profile on that model.
+        converged, steps: the NEB optimiser's outcome.
+        n_flagged: images the trigger flagged.
+        check: the reference check of the climbing image (barrier error, predicted sigma).
+        learning: the learning that followed (``None`` after the last band; after a
+            rejected fine-tune, the last of the retries).
+        model_round: the round whose model ran the band (0: pretrained; it
+            lags ``round`` when fine-tunes were rejected).
+    """
+
+    round: int
+    profile: PathProfile
+    converged: bool
+    steps: int
+    n_flagged: int
+    check: Optional[Check] = None
+    learning: Optional[RoundRecord] = None
+    model_round: int = 0
+
+    def as_dict(self) -> dict:
+        learning = None if self.learning is None else {
+            "round": self.learning.round, "labelled": vars(self.learning.labelled),
+            "n_train_frames": self.learning.n_train_frames, "accepted": self.learning.accepted,
+            "reason": self.learning.reason, "model_hash": self.learning.model_hash}
+        return {"round": self.round, "profile": self.profile.as_dict(), "converged": self.converged,
+                "steps": self.steps, "n_flagged": self.n_flagged,
+                "check": None if self.check is None else self.check.as_dict(), "learning": learning,
+                "model_round": self.model_round}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NEBRound":
+        learning = data["learning"]
+        if learning is not None:
+            learning = RoundRecord(**{**learning, "labelled": LabelReport(**learning["labelled"])})
+        return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
+                   data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
+                   data.get("model_round", 0))
+
+
+@dataclass
+class NEBReport:
+    """Outcome of :meth:`NEBLearner.run`.
+
+    Attributes:
+        rounds: one :class:`NEBRound` per band run.
+        images: the final band.
+        confident: the last band converged, flagged nothing and its
+            climbing-image check passed (within 2 sigma and
+            ``barrier_tolerance``, a saddle of the reference).
+        stopped: why a physical guard stopped the run ("" if none did).
+        model_choice: one line per fine-tuned model, accepted or not and why.
+        final_round: index in ``rounds`` of the band the run ends on: the one
+            whose check erred least (``images`` is that band, the calculator
+            holds its model); ``None`` if no band was checked.
+    """
+
+    rounds: list[NEBRound] = field(default_factory=list)
+    images: list[Atoms] = field(default_factory=list)
+    confident: bool = False
+    stopped: str = ""
+    model_choice: list = field(default_factory=list)
+    final_round: Optional[int] = None
+
+    @property
+    def final(self) -> NEBRound:
+        """The band the run ends on (see ``final_round``)."""
+        return self.rounds[-1 if self.final_round is None else self.final_round]
+
+    @property
+    def barrier(self) -> tuple[float, float]:
+        """Barrier of the final band and its 1-sigma uncertainty (eV)."""
+        return self.final.profile.barrier, self.final.profile.barrier_std
+
+    @property
+    def verified_barrier_error(self) -> Optional[float]:
+        """Model - reference barrier at the final band's climbing image (eV), if it was checked."""
+        check = self.final.check if self.rounds else None
+        return None if check is None else check.energy_error
+
+    def table(self) -> str:
+        """One line per band: barrier and sigma, the checked error, flags, model choice."""
+        lines = ["round  barrier (eV)   checked error  passed  flagged  NEB converged  next model"]
+        for r in self.rounds:
+            p, c = r.profile, r.check
+            checked = f"{c.energy_error:+13.3f}  {str(c.passed):>6}" if c else f"{'-':>13}  {'-':>6}"
+            nxt = "-" if r.learning is None else ("swapped in" if r.learning.accepted else "rejected")
+            lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
+                         f"  {str(r.converged):>13}  {nxt}")
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
+        if self.final_round is not None and self.final_round != len(self.rounds) - 1:
+            lines.append(f"final: the band of round {self.final.round} (its check erred least)")
+        return "\n".join(lines)
+
+
+class NEBLearner(LearningRun):
+    """NEB, check, label the uncertain images, fine-tune, repeat until the barrier is verified.
+
+    Every image of ``images`` (endpoints included) gets a
+    :meth:`~MLIPALCalculator.share` of ``calc``. Round ``k`` relaxes the
+    band (climbing image) on the model of round ``k`` (0: pretrained) from
+    where the last round left it, with an :class:`UncertaintyTrigger`
+    watching every ``interval`` steps and a
+    :class:`~ase_mlipal.guards.PhysicalGuard` every step. Then the
+    highest interior image is labelled and checked: its barrier (the
+    difference to the first endpoint, labelled in round 0 with the other
+    endpoint) must agree with the reference within 2 sigma and within
+    ``barrier_tolerance``, its forces within 2 sigma, and it must be a
+    saddle of the reference too (its climbing force small:
+    :func:`~ase_mlipal.learning.verification.check_frame`). The run is ``confident``
+    when a band converged, flagged nothing and its check passed. Else
+    the flagged images and a failed check are labelled, the pretrained
+    model is fine-tuned on all labelled frames and swapped in if it is no
+    worse on the checks so far (:meth:`LearningRun.learn`), and the next
+    band runs. A band that leaves chemistry stops the run (``report.stopped``);
+    its frame is stored as ``unphysical`` and not labelled.
+
+    State lives in ``workdir`` (see :mod:`ase_mlipal.learning.learning_run`, plus
+    ``band.traj``): run the same learner again to resume after a crash.
+
+    Args:
+        calc: calculator with the pretrained model and its posterior.
+        reference: ASE calculator or zero-argument factory (e.g. ``xtb_calculator``).
+        workdir: where the run lives.
+        images: the initial band, endpoints included (e.g. :func:`band`).
+        threshold: trigger threshold (eV/A, largest per-atom force uncertainty).
+        max_rounds: learning rounds at most (bands run: up to ``max_rounds + 1``).
+        barrier_tolerance: largest barrier error (eV) a passing check may have.
+        fmax, steps: NEB convergence criterion (eV/A) and step limit per round.
+        interval: trigger interval in optimiser steps.
+        guard: the physical guard (default: one built from the endpoints).
+        optimizer: ASE optimiser class for the band.
+        climb, method: passed to ``ase.mep.NEB``.
+        store, references, executor, finetune_options, run_id, progress: see
+            :class:`~ase_mlipal.learning.learning_run.LearningRun`.
+    """
+
+    kind = "neb"
+
+    def __init__(
+        self,
+        calc: MLIPALCalculator,
+        reference: Reference,
+        workdir: Union[str, os.PathLike],
+        images: Sequence[Atoms],
+        threshold: float,
+        max_rounds: int = 4,
+        barrier_tolerance: float = 0.1,
+        fmax: float = 0.05,
+        steps: int = 300,
+        interval: int = 5,
+        store: Union[FrameStore, str, None] = None,
+        references: Optional[Sequence[Atoms]] = None,
+        executor: Optional[Executor] = None,
+        finetune_options: Optional[dict] = None,
+        guard: Optional[PhysicalGuard] = None,
+        optimizer: Callable[..., Optimizer] = FIRE,
+        climb: bool = True,
+        method: str = "improvedtangent",
+        run_id: str = "neb",
+        progress: Optional[bool] = None,
+    ):
+        if len(images) < 3:
+            raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
+        if max_rounds < 0 or not barrier_tolerance > 0:
+            raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
+        super().__init__(calc, reference, workdir, store=store, references=references, executor=executor,
+                         finetune_options=finetune_options, run_id=run_id, progress=progress)
+        self.images = [image.copy() for image in images]
+        self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
+        self.fmax, self.steps, self.interval = fmax, steps, interval
+        self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
+        if self.guard.initial_length is None:
+            self.guard.initial_length = float(reaction_coordinate(self.images)[-1])
+        self.optimizer, self.climb, self.method = optimizer, climb, method
+
+    def run(self) -> NEBReport:
+        """Run (or resume) bands until one is verified, a guard stops it or ``max_rounds``."""
+        if self.read_state():
+            positions = read(self._path("band.traj"), ":")
+            for image, saved in zip(self.images, positions):
+                image.positions = saved.positions
+        else:
+            self.state.update(rounds=[], confident=False, stopped="", anchor_id=None)
+            self._save_band()
+            self.write_state()
+        rounds = [NEBRound.from_dict(r) for r in self.state["rounds"]]
+        number = self.state["round"]
+        while not (self.state["confident"] or self.state["stopped"]) and number <= self.max_rounds:
+            neb_round = self._band_round(number)
+            if neb_round is None:
+                self.write_state()
+                break
+            rounds.append(neb_round)
+            self._save_band(f"band_round{number}.traj")
+            self.calc.save_posterior(self._path(f"posterior_band{number}.npz"))
+            while not self.state["confident"] and number < self.max_rounds:
+                # a rejected fine-tune leaves model and band as they were: train again (the seed is the
+                # round's) rather than rerun the same band and check
+                number += 1
+                neb_round.learning = self.learn(number, self._trigger(number),
+                                                anchor=self.store.frame(self.state["anchor_id"]))
+                if neb_round.learning.accepted:
+                    break
+            else:
+                number += 1
+            rejected = neb_round.learning is not None and not neb_round.learning.accepted
+            if neb_round.learning is None or rejected:  # the model in use ran this band: resume on its posterior
+                self.state["posterior"] = f"posterior_band{neb_round.round}.npz"
+            self.state.update(round=number, rounds=[r.as_dict() for r in rounds])
+            self._save_band()
+            self.write_state()
+            if rejected:
+                break  # the last fine-tunes were all rejected: nothing new to run
+        best = self._best_verified(rounds)
+        return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
+                         self.state["stopped"], list(self.choice.history), final_round=best)
+
+    def _best_verified(self, rounds: list[NEBRound]) -> Optional[int]:
+        """Index of the band whose climbing-image check erred least; its model and band are restored.
+
+        The last band is not always the best: a fine-tune that passed the
+        model choice can still give a band whose fresh check is worse (or a
+        band a guard stopped). The calculator and ``self.images`` end on the
+        best verified band, so a run never ends worse than its checks show.
+        """
+        checked = [k for k, r in enumerate(rounds) if r.check is not None and np.isfinite(r.check.energy_error)]
+        if not checked:
+            return None
+        if self.state["confident"]:
+            return len(rounds) - 1
+        best = min(checked, key=lambda k: (abs(rounds[k].check.energy_error), -k))
+        if best != len(rounds) - 1 or self.state["stopped"]:
+            model_round = rounds[best].model_round
+            model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")
+            self.calc.set_model(model, references=[])
+            self.calc.load_posterior(self._path(f"posterior_band{rounds[best].round}.npz"))
+            saved = read(self._path(f"band_round{rounds[best].round}.traj"), ":")
+            for image, band_image in zip(self.images, saved):
+                image.positions = band_image.positions
+        return best
+
+    def _trigger(self, number: int) -> UncertaintyTrigger:
+        return UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",
+                                  run_id=f"{self.run_id}-round{number}")
+
+    def _band_round(self, number: int) -> Optional[NEBRound]:
+        """Relax the band on the current model, label flags, endpoints and the climbing image, check it."""
+        trigger = self._trigger(number)
+        try:
+            converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
+                                          interval=self.interval, optimizer=self.optimizer, climb=self.climb,
+                                          method=self.method, guard=self.guard, where=f"round {number}",
+                                          progress=self.progress)
+        except UnphysicalFrame as error:
+            self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
+            self.state["stopped"] = str(error)
+            return None
+        profile = path_profile(self.calc, self.images, label=f"round {number}")
+        if self.state["anchor_id"] is None:
+            ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k, run_id=trigger.run_id)[0]
+                   for k in (0, len(self.images) - 1)]
+            self.state["anchor_id"] = ids[0]
+        top = 1 + int(np.argmax(profile.energy[1:-1]))
+        check_id, _ = self.store.add_flagged(self.images[top], source="verify", image=top, step=steps,
+                                             run_id=trigger.run_id, model_hash=self.calc.model_hash)
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        anchor = self.store.frame(self.state["anchor_id"])
+        if anchor.info["status"] == "failed":
+            self.state["stopped"] = (f"the reference failed on the first endpoint (store row {anchor.info['store_id']}: "
+                                     f"{anchor.info.get('error', '')}); no barrier can be verified")
+            return None
+        tangent = self.images[top + 1].positions - self.images[top - 1].positions
+        check = self.check(self.store.frame(check_id), number, "climbing_image", anchor=anchor,
+                           tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
+        self.state["confident"] = check.passed and not trigger.flagged and converged
+        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round)
+
+    def _save_band(self, name: str = "band.traj") -> None:
+        images = [image.copy() for image in self.images]
+        for image in images:
+            image.calc = None
+        atomic_write(self._path(name), lambda tmp: write(tmp, images, format="traj"))
+
+
+def relax_band(
+    images: Sequence[Atoms],
+    calc: MLIPALCalculator,
+    trigger: UncertaintyTrigger,
+    fmax: float = 0.05,
+    steps: int = 300,
+    interval: int = 5,
+    optimizer: Callable[..., Optimizer] = FIRE,
+    climb: bool = True,
+    method: str = "improvedtangent",
+    logfile: Optional[str] = None,
+    guard: Optional[PhysicalGuard] = None,
+    where: str = "",
+    progress: Optional[bool] = None,
+) -> tuple[bool, int]:
+    """Relax ``images`` in place by NEB on ``calc`` with ``trigger`` watching; ``(converged, steps)``.
+
+    Each image gets a :meth:`~MLIPALCalculator.share` of ``calc``; the
+    trigger checks the band every ``interval`` steps and once more at the
+    end. A ``guard`` checks the band at every step and raises
+    :class:`~ase_mlipal.guards.UnphysicalFrame` (naming ``where``, the
+    step and the image) when it leaves chemistry.
+    """
+    for image in images:
+        image.calc = calc.share()
+    neb = NEB(list(images), climb=climb, method=method)
+    trigger.atoms = neb
+    dyn = optimizer(neb, logfile=logfile)
+    if guard is not None:
+        dyn.attach(lambda: guard.check_band(neb.images, f"{where}, NEB step {dyn.nsteps}".lstrip(", "),
+                                            energies=getattr(neb, "energies", None)))
+    dyn.attach(trigger, interval=interval)
+    with progress_bar(progress=progress, total=steps, desc=f"NEB {trigger.run_id or ''}".strip()) as bar:
+        dyn.attach(lambda: bar.update(1) if dyn.nsteps else None)
+        converged = bool(dyn.run(fmax=fmax, steps=steps))
+    if dyn.nsteps % interval:  # the final band is always checked
+        trigger(neb, step=dyn.nsteps)
+    return converged, int(dyn.nsteps)

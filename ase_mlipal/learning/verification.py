@@ -1,0 +1,191 @@
+"""Reference checks of a learner's model, and the choice of the best model so far.
+
+A learner may claim confidence only after the reference agrees with the
+model on frames the model did not train on (:class:`Check`): the climbing
+image of a band (its barrier, a difference to the labelled first
+endpoint) or MD frames audited at random among the unflagged steps. A
+check fails when the reference lies outside the predicted 2 sigma, in
+energy (or barrier) or in more than ``1 - min_force_coverage`` of the force
+components, or when the energy error passes the user's tolerance; a failed
+check is trained on next, a passed one stays out of training
+(``verified`` in the store) and keeps testing later models.
+
+:class:`ModelChoice` keeps the model with the lowest error on all checks so
+far (round 0 is the pretrained model): a fine-tune that makes them worse
+is not swapped in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..calculator import MLIPALCalculator
+from ..frames import read_labels
+from ..paths import path_profile
+from ..training.trainer import frame_errors
+
+# With calibrated 2-sigma intervals 95% of force components fall inside; a
+# frame of 18 components has 4 or more outside with probability ~1%, so 0.8
+# flags a frame whose forces are miscalibrated, not one unlucky component.
+MIN_FORCE_COVERAGE = 0.8
+
+
+@dataclass
+class Check:
+    """One reference check of the model on a frame it did not train on.
+
+    Attributes:
+        round: learning round of the model checked (0: pretrained).
+        kind: ``"climbing_image"``, ``"audit"`` or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
+        store_id: the frame's row in the store.
+        energy_error: eV, model - reference; for a climbing image the error
+            of the barrier (the energy difference to the first endpoint),
+            for an audit frame the total energy's.
+        energy_std: eV, the predicted 1-sigma of that quantity.
+        force_mae: eV/A, per component.
+        force_coverage: share of force components within the predicted 2 sigma.
+        passed: inside 2 sigma, the tolerance and ``MIN_FORCE_COVERAGE``.
+        reason: why it failed ("" if it passed).
+        step, image: where the frame came from.
+        saddle_force: for a climbing image, the largest per-atom norm (eV/A) of
+            the *reference's* climbing-image force ``F - 2 (F . t) t`` there.
+    """
+
+    round: int
+    kind: str
+    store_id: int
+    energy_error: float
+    energy_std: float
+    force_mae: float
+    force_coverage: float
+    passed: bool
+    reason: str = ""
+    step: Optional[int] = None
+    image: Optional[int] = None
+    saddle_force: Optional[float] = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
+                tolerance: Optional[float] = None, tangent: Optional[np.ndarray] = None,
+                fmax: float = 0.05) -> Check:
+    """Compare ``calc``'s prediction on the labelled ``frame`` with its labels.
+
+    With ``anchor`` (a labelled frame, e.g. a band's first endpoint) the
+    energy checked is the difference ``E(frame) - E(anchor)`` and its
+    uncertainty that of the difference (:func:`~ase_mlipal.path_profile`);
+    without, the total energy and ``energy_uncertainty``. ``tolerance``
+    (eV) bounds the energy error on top of the 2-sigma test.
+
+    With the band's unit ``tangent`` (shape (N, 3)) at a climbing image the
+    frame must also be a saddle *of the reference*: a band can agree with
+    the reference at its top and still run over a higher pass than the
+    reference's. The model's climbing force there is below ``fmax`` (the
+    band converged), so the reference's may exceed it by the model's
+    force error, 2 sigma per component: atom ``i`` fails above
+    ``fmax + 2 sqrt(3) sigma_i``.
+    """
+    energy, forces = read_labels(frame)
+    probe = frame.copy()
+    probe.calc = calc
+    predicted_forces = probe.get_forces()
+    sigma_f = calc.results["forces_uncertainty"]
+    if anchor is not None:
+        profile = path_profile(calc, [anchor, frame], draws=1)
+        error = float(profile.energy[1] - (energy - read_labels(anchor)[0]))
+        std = float(profile.energy_std[1])
+    else:
+        error = float(probe.get_potential_energy() - energy)
+        std = float(calc.results["energy_uncertainty"])
+    force_error = np.abs(predicted_forces - forces)
+    coverage = float(np.mean(force_error <= 2.0 * sigma_f[:, None]))
+    reasons = []
+    if abs(error) > 2.0 * std:
+        reasons.append(f"energy error {error:+.3f} eV outside 2 sigma ({2 * std:.3f} eV)")
+    if tolerance is not None and abs(error) > tolerance:
+        reasons.append(f"energy error {error:+.3f} eV beyond the tolerance {tolerance} eV")
+    if coverage < MIN_FORCE_COVERAGE:
+        reasons.append(f"{1 - coverage:.0%} of force components outside 2 sigma")
+    saddle = None
+    if tangent is not None:
+        tangent = np.asarray(tangent, dtype=float) / np.linalg.norm(tangent)
+        climbing = forces - 2.0 * np.sum(forces * tangent) * tangent
+        norms = np.linalg.norm(climbing, axis=1)
+        saddle = float(norms.max())
+        allowed = fmax + 2.0 * np.sqrt(3.0) * sigma_f
+        worst = int(np.argmax(norms - allowed))
+        if norms[worst] > allowed[worst]:
+            reasons.append(f"not a saddle of the reference: its climbing force on atom {worst} is "
+                           f"{norms[worst]:.2f} eV/A (allowed {allowed[worst]:.2f})")
+    return Check(number, kind, int(frame.info.get("store_id", -1)), error, std, float(force_error.mean()), coverage,
+                 passed=not reasons, reason="; ".join(reasons), step=frame.info.get("step"),
+                 image=frame.info.get("image"), saddle_force=saddle)
+
+
+def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: Optional[Atoms] = None,
+                       head: Optional[str] = None) -> float:
+    """How far ``model`` is from the reference on ``frames``: the number :class:`ModelChoice` minimises.
+
+    With ``anchor``: the mean absolute error of the energy differences to
+    it (eV; for a band, the barriers the checks measured). Without: the
+    force MAE (eV/A; what drives MD). ``head``: the head scored (default:
+    the calculator's rule, :func:`~ase_mlipal.models.graphs.resolve_head`).
+    """
+    frames = list(frames)
+    if not frames:
+        return float("nan")
+    if anchor is None:
+        _, forces = frame_errors(model, frames, head=head)
+        return float(np.mean(np.abs(np.concatenate([f.ravel() for f in forces]))))
+    energy, _ = frame_errors(model, [anchor] + frames, head=head)
+    return float(np.mean(np.abs(energy[1:] - energy[0])))
+
+
+@dataclass
+class ModelChoice:
+    """The model a learner runs: the best on the checks so far.
+
+    Attributes:
+        round: the round whose model is in use (0: pretrained).
+        error: its :func:`verification_error` on the checks when chosen.
+        history: one line per candidate, accepted or rejected and why.
+    """
+
+    round: int = 0
+    error: float = float("nan")
+    history: list = None
+
+    def __post_init__(self):
+        self.history = [] if self.history is None else self.history
+
+    def consider(self, number: int, current: torch.nn.Module, candidate: torch.nn.Module,
+                 frames: Sequence[Atoms], anchor: Optional[Atoms] = None, head: Optional[str] = None) -> bool:
+        """Should ``candidate`` (round ``number``) replace ``current``? Records the decision.
+
+        Both are scored on the same ``frames`` (the checks so far); with
+        none, the candidate is taken. Ties go to the candidate (it has seen
+        more data). ``head``: the head both are scored on (the calculator's).
+        """
+        if not frames:
+            self.history.append({"round": number, "accepted": True, "reason": "no checks yet"})
+            self.round = number
+            return True
+        old = verification_error(current, frames, anchor, head)
+        new = verification_error(candidate, frames, anchor, head)
+        accepted = bool(new <= old)
+        reason = (f"error on {len(frames)} checks {new:.3f} <= {old:.3f} of round {self.round}" if accepted else
+                  f"error on {len(frames)} checks {new:.3f} > {old:.3f} of round {self.round}: kept round {self.round}")
+        self.history.append({"round": number, "accepted": accepted, "reason": reason, "error": new,
+                             "incumbent_error": old})
+        if accepted:
+            self.round, self.error = number, new
+        else:
+            self.error = old
+        return accepted

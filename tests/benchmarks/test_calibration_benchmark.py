@@ -1,0 +1,28 @@
+"""The calibration benchmark end to end on every tenth frame (its bookkeeping, not its numbers)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
+
+
+def test_smoke_run_holds_out_every_reaction_and_checks_every_band(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "calibration.json").read_text())
+    shipped = result["methods"][result["shipped"]]
+    assert len(result["reactions"]) == 8
+    assert set(shipped["per_reaction"]) == set(result["reactions"])
+    assert set(shipped["fit_per_held_out_reaction"]) == set(result["reactions"])
+    assert len(shipped["barriers"]) == 6 and 0 <= shipped["barriers_covered"] <= 6
+    for split in ("held_out_reactions", "held_out_ts_region", "pretraining_test"):
+        for quantity in ("energy", "forces"):
+            report = shipped[split][quantity]
+            assert 0 <= report["coverage_1sigma"] <= report["coverage_2sigma"] <= 1
+            assert report["sharpness"] > 0
+    assert shipped["fit_all"]["forces"]["exponent"] == 1.0  # the shipped recipe: a plain scale for forces
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000
+    assert "held-out reactions" in (tmp_path / "calibration.md").read_text()

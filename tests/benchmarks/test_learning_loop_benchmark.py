@@ -1,0 +1,26 @@
+"""benchmarks/learning_loop.py --smoke: the NEB and MD learners end to end on xTB, and the report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_run_writes_checked_rounds_and_audits(tmp_path):
+    pytest.importorskip("tblite")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning_loop.py"), "--smoke", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "learning_loop.json").read_text())
+    (neb,), (md,) = summary["parts"], summary["md"]
+    assert neb["rounds"][0]["check"]["kind"] == "climbing_image"
+    assert neb["labels"] >= 3 and neb["before"] == pytest.approx(neb["rounds"][0]["barrier_error"])
+    assert neb["covered_2sigma"] == (abs(neb["after"]) <= 2 * neb["after_std"])
+    assert md["audits"] and all(a["kind"] == "audit" for a in md["audits"])
+    assert md["confident"] == all(a["passed"] for a in md["audits"] if a["round"] == md["audits"][-1]["round"])
+    assert "| formaldehyde_to_CO_H2" in (tmp_path / "learning_loop.md").read_text()
+    assert (tmp_path / "learning_loop.png").stat().st_size > 10_000

@@ -1,0 +1,91 @@
+"""OnTheFlyLearner: the MD loop pauses, learns and resumes, also after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ase_mlipal import FrameStore, save_model
+
+pytest.importorskip("tblite")
+
+RUN = r'''
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from ase.build import molecule
+import ase_mlipal
+from ase_mlipal.learning.md_learner import OnTheFlyLearner, langevin
+from tests.conftest import LoggedXTB, rattled
+
+workdir, model, log = sys.argv[1:4]
+LoggedXTB.log = log
+
+start = molecule("CH3OH")
+calc = ase_mlipal.MLIPALCalculator(model=model)
+known = rattled(start, 10, stdev=0.02, seed=0)
+calc.add_reference(known)
+learner = OnTheFlyLearner(
+    start, calc, LoggedXTB, workdir, threshold=1.3, mode="relative", trigger_reference=known,
+    steps=int(sys.argv[4]), interval=2, batch_size=3, references=known,
+    dynamics=lambda atoms: langevin(atoms, temperature_K=800, timestep_fs=0.5, friction=0.05),
+    executor=ThreadPoolExecutor(1), audit_interval=40,
+    guard=ase_mlipal.PhysicalGuard([start], min_distance_ratio=0.05, bond_ratio=20.0),
+    finetune_options={"epochs": 4, "replay": None, "patience": 10},
+    progress=False)
+report = learner.run()
+print("ROUNDS", len(report.rounds), "STEPS", report.steps, "RESUMED", report.resumed_from, "STOPPED", report.stopped)
+'''
+
+
+def _start(tmp_path, model, steps):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    args = [sys.executable, str(script), str(tmp_path / "work"), str(model), str(tmp_path / "log.txt"), str(steps)]
+    return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _labelled(store):
+    """Row id -> reference energy of every labelled row (passed audits included)."""
+    return {row.id: row.energy for status in ("labelled", "verified") for row in store.rows(status)}
+
+
+def test_killed_learner_resumes_without_repeating_a_label(tiny_model, tmp_path):
+    model = save_model(tiny_model, tmp_path / "tiny.pt")
+    first = _start(tmp_path, model, steps=400)
+    db = tmp_path / "work" / "frames.db"
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None:
+        if db.exists() and FrameStore(db).counts()["labelled"] >= 3:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before it could be killed:\n" + first.stdout.read()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = _labelled(FrameStore(db))
+    step_at_kill = json.loads((tmp_path / "work" / "state.json").read_text())["step"]
+    assert len(before) >= 3
+
+    second = _start(tmp_path, model, steps=400)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert "STEPS 400" in out and f"RESUMED {step_at_kill}" in out
+
+    store = FrameStore(db)
+    after = _labelled(store)
+    assert all(after.get(i) == e for i, e in before.items())  # nothing labelled was lost or changed
+    calls = (tmp_path / "log.txt").read_text().split()
+    assert len(calls) == len(set(calls)) == len(after)  # every label computed once
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert state["round"] >= 1 and (tmp_path / "work" / state["posterior"]).exists()
+    audits = [c for c in state["checks"] if c["kind"] == "audit"]
+    assert audits  # unflagged frames were audited; each checked, or failed for want of a label
+    assert all(np.isfinite(c["force_mae"]) or c["reason"].startswith("no reference label") for c in audits)
+    assert {row.id for row in store.rows("verified")} <= {c["store_id"] for c in audits}

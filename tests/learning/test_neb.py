@@ -1,0 +1,200 @@
+"""NEB: the trigger on a band, path profiles with uncertainty, NEBLearner rounds."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.mep import NEB
+from ase.optimize import FIRE
+
+from ase_mlipal import FrameStore, MLIPALCalculator, NEBLearner, path_profile
+from ase_mlipal.uncertainty.features import per_structure
+from ase_mlipal.learning.neb_learner import band
+from ase_mlipal.learning.trigger import UncertaintyTrigger
+
+from ..conftest import rattled
+
+
+def formaldehyde_band(n_images=5):
+    """H2CO -> CO + H2, IDPP-interpolated (no relaxation: the tiny model is not physical anyway)."""
+    reactant = molecule("H2CO")
+    product = reactant.copy()
+    product.positions[2:] = [[0.0, 0.37, -2.6], [0.0, -0.37, -2.6]]  # the two H leave as H2
+    return band(reactant, product, n_images)
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    calc = MLIPALCalculator(model=tiny_model)
+    calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+    return calc
+
+
+def test_band_check_takes_the_climbing_image_first_then_by_energy(calc, tmp_path):
+    images = formaldehyde_band(7)
+    for image in images:
+        image.calc = calc.share()
+    neb = NEB(images, climb=True, method="improvedtangent")
+    energies, _ = calc.predict(images[1:-1])
+    trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "f.db"), threshold=1e-6, atoms=neb, source="neb")
+    assert trigger()  # every interior image is above a tiny threshold
+    flagged_images = [row.image for row in trigger.store.rows("flagged")]
+    assert flagged_images == list(1 + np.argsort(-energies))  # highest energy (the climber) first
+    assert trigger.band_values.shape == (5,)
+    assert all(row.source == "neb" and row.step == 0 for row in trigger.store.rows())
+
+
+def test_a_flag_at_the_top_covers_near_identical_neighbours(calc, tmp_path):
+    top = formaldehyde_band(7)[3]
+    images = [top.copy()] + rattled(top, 5, stdev=1e-4, seed=1) + [top.copy()]
+    neb = NEB(images, climb=True, method="improvedtangent")
+    value = max(calc.uncertainty_from(f)["uncertainty"] for f in per_structure(calc.features(images[1:-1])))
+    trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "f.db"), threshold=0.5 * value, atoms=neb)
+    trigger()
+    assert len(trigger.flagged) == 1  # the first flag settles the others below the threshold
+    assert trigger.band_values.max() > trigger.threshold >= np.sort(trigger.band_values)[-2]
+
+
+def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc):
+    images = formaldehyde_band(5)
+    profile = path_profile(calc, images)
+    energies = np.array([calc.get_potential_energy(image.copy()) for image in images])
+    np.testing.assert_allclose(profile.energy, energies - energies[0], atol=1e-8)
+    phi = np.concatenate([f.structure for f in per_structure(calc.features(images))])
+    delta = phi - phi[0]
+    covariance = calc.energy_posterior.scale * np.linalg.inv(calc.energy_posterior.precision())
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", delta, covariance, delta))
+    np.testing.assert_allclose(profile.energy_std, expected, rtol=1e-6, atol=1e-10)
+    top = int(np.argmax(profile.energy))
+    assert profile.barrier == pytest.approx(profile.energy[top])
+    # the std of a maximum of jointly Gaussian energies: at least the top image's when it dominates
+    cov = np.einsum("ij,jk,lk->il", delta, covariance, delta)
+    draws = np.random.default_rng(1).multivariate_normal(profile.energy, cov, size=20000, method="eigh")
+    assert profile.barrier_std == pytest.approx(np.std(draws.max(axis=1)), rel=0.1, abs=1e-6)
+    assert profile.s[0] == 0 and np.all(np.diff(profile.s) > 0)
+
+
+def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_barrier(calc, tmp_path):
+    """The tiny random model is wrong by eVs: it must not end confident, whatever the trigger says."""
+    pytest.importorskip("tblite")
+    import ase_mlipal
+
+    learner = NEBLearner(calc, ase_mlipal.xtb_calculator, tmp_path / "run", formaldehyde_band(5), threshold=1e3,
+                         max_rounds=1, steps=4, interval=2, references=rattled(molecule("H2CO"), 4, seed=2),
+                         finetune_options={"epochs": 2, "replay": None}, optimizer=FIRE, progress=False)
+    report = learner.run()
+    assert all(r.n_flagged == 0 for r in report.rounds)  # a threshold nothing passes: the trigger is quiet
+    assert not report.confident
+    accepted = [c["accepted"] for c in report.model_choice]
+    assert len(accepted) == 1 and len(report.rounds) == 1 + accepted[0]  # a rejected fine-tune reruns no band
+    first = report.rounds[0]
+    assert first.check.kind == "climbing_image" and not first.check.passed
+    assert first.check.image == 1 + int(np.argmax(first.profile.energy[1:-1]))
+    assert abs(first.check.energy_error) > learner.barrier_tolerance
+    sources = sorted(row.source for row in learner.store.rows())
+    assert sources.count("endpoint") == 2 and sources.count("verify") >= 1
+    assert first.learning is not None and first.learning.n_train_frames >= 3  # endpoints + the failed check
+    assert (report.rounds[-1].learning is None) == accepted[0]
+    errors = [abs(r.check.energy_error) for r in report.rounds]
+    assert report.final_round == int(np.argmin(errors))  # the run ends on its best verified band
+    assert report.verified_barrier_error == report.final.check.energy_error
+    assert len(report.table().splitlines()) == 1 + len(report.rounds)
+    barrier, std = report.barrier
+    assert np.isfinite(barrier) and std > 0
+
+
+class CountingReference:
+    """A reference that must not be called (counts calls, raises)."""
+
+    calls = 0
+
+    def __call__(self):
+        CountingReference.calls += 1
+        raise AssertionError("the reference was called on an unphysical band")
+
+
+def test_a_fragmenting_band_is_stopped_and_nothing_is_labelled(calc, tmp_path):
+    images = formaldehyde_band(5)
+    images[2].positions[2:] += [[0.0, 9.0, 0.0], [0.0, -9.0, 0.0]]  # CO + H + H: more than CO + H2
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
+                         steps=4, references=[], progress=False)
+    report = learner.run()
+    assert report.stopped.startswith("round 0, NEB step 0, image 2: 3 fragments")
+    assert "atom 2 (H)" in report.stopped and not report.confident and report.rounds == []
+    counts = learner.store.counts()
+    assert counts["unphysical"] == 1 and counts["labelled"] == counts["flagged"] == counts["verified"] == 0
+    row = next(learner.store.rows("unphysical"))
+    assert "3 fragments" in row.error and CountingReference.calls == 0
+    assert NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
+                      steps=4, references=[], progress=False).run().stopped == report.stopped  # resumed: stays stopped
+
+
+NEB_RUN = r'''
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from ase.build import molecule
+from ase.optimize import FIRE
+import ase_mlipal
+from tests.conftest import LoggedXTB, rattled
+from tests.learning.test_neb import formaldehyde_band
+
+workdir, model, log = sys.argv[1:4]
+LoggedXTB.log = log
+
+calc = ase_mlipal.MLIPALCalculator(model=model)
+calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+learner = ase_mlipal.NEBLearner(
+    calc, LoggedXTB, workdir, formaldehyde_band(5), threshold=1e-6, max_rounds=2, steps=4, interval=2,
+    references=rattled(molecule("H2CO"), 4, seed=2), executor=ThreadPoolExecutor(1),
+    guard=ase_mlipal.PhysicalGuard([molecule("H2CO")], min_distance_ratio=0.05, bond_ratio=50.0),
+    finetune_options={"epochs": 3, "replay": None}, optimizer=FIRE, progress=False)
+report = learner.run()
+print("BANDS", len(report.rounds), "CONFIDENT", report.confident, "STOPPED", report.stopped)
+'''
+
+
+def test_killed_neb_learner_resumes_without_losing_or_repeating_a_label(tiny_model, tmp_path):
+    pytest.importorskip("tblite")
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from ase_mlipal import save_model
+
+    model = save_model(tiny_model, tmp_path / "tiny.pt")
+    script = tmp_path / "run.py"
+    script.write_text(NEB_RUN)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    args = [sys.executable, str(script), str(tmp_path / "run"), str(model), str(tmp_path / "log.txt")]
+
+    def start():
+        return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = start()
+    state = tmp_path / "run" / "state.json"
+    deadline = time.time() + 180
+    while time.time() < deadline and first.poll() is None:  # kill once round 1's band is running
+        if state.exists() and json.loads(state.read_text())["round"] >= 1:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run ended before it could be killed:\n" + first.stdout.read()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    store = FrameStore(tmp_path / "run" / "frames.db")
+    before = {row.id: row.energy for s in ("labelled", "verified") for row in store.rows(s)}
+    assert len(before) >= 3  # endpoints and the first check at least
+
+    second = start()
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert "BANDS 3" in out and "CONFIDENT False" in out  # round 0 restored from the state, 1 and 2 run
+    after = {row.id: row.energy for s in ("labelled", "verified") for row in store.rows(s)}
+    assert all(after.get(i) == e for i, e in before.items())  # nothing labelled was lost or changed
+    calls = (tmp_path / "log.txt").read_text().split()
+    assert len(calls) == len(set(calls)) == len(after)  # every label computed once
+    final = json.loads(state.read_text())
+    assert final["round"] == 3 and len(final["checks"]) == 3 and len(final["rounds"]) == 3

@@ -1,0 +1,93 @@
+"""Checks of a learner's model against the reference, and the choice of the best model."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+
+import ase_mlipal
+from ase_mlipal.learning.verification import ModelChoice, check_frame, verification_error
+
+from ..conftest import rattled
+
+
+def labelled_by(model, frames, energy_shift=0.0):
+    calc = ase_mlipal.MLIPALCalculator(model=model)
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        energy, forces = atoms.get_potential_energy() + energy_shift, atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    calc = ase_mlipal.MLIPALCalculator(model=tiny_model)
+    calc.add_reference(rattled(molecule("CH3OH"), 10, stdev=0.02, seed=0))
+    return calc
+
+
+def test_a_frame_the_model_reproduces_passes_and_a_shifted_barrier_fails(calc, tiny_model):
+    anchor, frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 2, stdev=0.1, seed=1))
+    exact = check_frame(calc, frame, 0, "climbing_image", anchor=anchor, tolerance=0.1)
+    assert exact.passed and abs(exact.energy_error) < 1e-8 and exact.force_mae < 1e-8 and exact.force_coverage == 1
+    shifted = labelled_by(tiny_model, [frame], energy_shift=-0.5)[0]  # the reference barrier is 0.5 eV lower
+    wrong = check_frame(calc, shifted, 0, "climbing_image", anchor=anchor, tolerance=0.1)
+    assert wrong.energy_error == pytest.approx(0.5) and not wrong.passed
+    assert "beyond the tolerance" in wrong.reason
+    # the predicted sigma is that of the difference to the anchor (path_profile)
+    profile = ase_mlipal.path_profile(calc, [anchor, frame])
+    assert wrong.energy_std == pytest.approx(profile.energy_std[1])
+
+
+def test_forces_outside_two_sigma_fail_the_check(calc, tiny_model):
+    frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 1, stdev=0.1, seed=2))[0]
+    probe = frame.copy()
+    probe.calc = calc
+    probe.get_forces()
+    sigma = calc.results["forces_uncertainty"]
+    energy = frame.get_potential_energy()
+    pushed = frame.copy()
+    pushed.calc = SinglePointCalculator(pushed, energy=energy, forces=frame.get_forces() + 5 * sigma[:, None])
+    check = check_frame(calc, pushed, 0, "audit")
+    assert check.force_coverage == 0 and not check.passed and "force components outside 2 sigma" in check.reason
+
+
+def test_a_worse_model_is_rejected_and_a_better_one_accepted(tiny_model):
+    other = ase_mlipal.build_mace(["H", "C", "N", "O"], channels=8, max_ell=1, r_max=4.0, mlp_channels=8,
+                                  radial_mlp=(16,), atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0],
+                                  shift=0.1, scale=0.5, seed=7)
+    frames = labelled_by(tiny_model, rattled(molecule("CH3OH"), 4, stdev=0.1, seed=3))
+    assert verification_error(tiny_model, frames) == pytest.approx(0.0, abs=1e-10)
+    assert verification_error(other, frames) > 0.01
+    choice = ModelChoice()
+    assert not choice.consider(1, tiny_model, other, frames)  # worse on the checks: kept round 0
+    assert choice.round == 0 and "kept round 0" in choice.history[-1]["reason"]
+    assert choice.consider(2, other, tiny_model, frames, anchor=frames[0])  # better: swapped in
+    assert choice.round == 2 and choice.history[-1]["accepted"]
+    assert ModelChoice().consider(1, tiny_model, other, [])  # no checks yet: the fine-tune is taken
+    energies = np.array([a.get_potential_energy() for a in frames])
+    assert verification_error(tiny_model, frames[1:], anchor=frames[0]) == pytest.approx(0.0, abs=1e-8)
+    assert np.ptp(energies) > 0
+
+
+def test_a_climbing_image_must_be_a_saddle_of_the_reference(calc, tiny_model):
+    anchor, frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 2, stdev=0.1, seed=4))
+    forces = frame.get_forces()
+    tangent = np.zeros_like(forces)
+    tangent[0, 2] = 1.0
+    check = check_frame(calc, frame, 0, "climbing_image", anchor=anchor, tangent=tangent, fmax=0.05)
+    climbing = forces.copy()
+    climbing[0, 2] *= -1.0  # F - 2 (F . t) t flips the force along the tangent
+    assert check.saddle_force == pytest.approx(np.linalg.norm(climbing, axis=1).max())
+    probe = frame.copy()
+    probe.calc = calc
+    probe.get_forces()
+    allowed = 0.05 + 2 * np.sqrt(3) * calc.results["forces_uncertainty"]
+    assert ("not a saddle" in check.reason) == bool(np.any(np.linalg.norm(climbing, axis=1) > allowed))
+    flat = frame.copy()  # the reference says: a stationary point (and the model agrees)
+    flat.calc = SinglePointCalculator(flat, energy=frame.get_potential_energy(), forces=np.zeros_like(forces))
+    assert check_frame(calc, flat, 0, "climbing_image", tangent=tangent).saddle_force == 0.0

@@ -1,0 +1,96 @@
+"""The shipped default model and the committed xTB data sets."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ase_mlipal
+from ase_mlipal.frames import read_frames
+from ase_mlipal.models.model import DEFAULT_DIR, DEFAULT_MODEL_PATH
+from ase_mlipal.training.trainer import evaluate
+
+DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
+
+
+@pytest.fixture(scope="module")
+def record():
+    return json.loads((DEFAULT_DIR / "default.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def pretrain():
+    return read_frames(DATA / "pretrain.xyz.gz")
+
+
+@pytest.fixture(scope="module")
+def reactive():
+    return read_frames(DATA / "reactive.xyz.gz")
+
+
+def test_default_model_loads_safely_and_matches_its_record(record):
+    raw = torch.load(DEFAULT_MODEL_PATH, weights_only=True)
+    assert raw["format"] == "ase-mlipal-model"
+    model = ase_mlipal.load_model("default")
+    assert ase_mlipal.model_hash(model) == record["model_hash"] == raw["hash"]
+    hyper = record["hyperparameters"]
+    assert float(model.r_max) == hyper["r_max"]
+    assert int(model.num_interactions) == hyper["num_interactions"]
+    assert ase_mlipal.model_elements(model) == record["elements"] == [1, 6, 7, 8]
+    assert ase_mlipal.ActivationFeatures(model, by_element=False).dim == hyper["channels"] * hyper["num_interactions"]
+    assert ase_mlipal.MLIPALCalculator().feature_map.dim == 4 * hyper["channels"] * hyper["num_interactions"]
+    shipped = sum(p.stat().st_size for p in DEFAULT_DIR.iterdir() if p.is_file())
+    assert shipped < 5e6
+
+
+def test_test_split_force_mae_is_the_recorded_one(record, pretrain):
+    test = [f for f in pretrain if f.info["split"] == "test"]
+    got = evaluate(ase_mlipal.load_model("default"), test)
+    assert got["forces_mae"] == pytest.approx(record["metrics"]["test"]["forces_mae"], rel=1e-6)
+    assert got["energy_mae_per_atom"] == pytest.approx(record["metrics"]["test"]["energy_mae_per_atom"], rel=1e-6)
+
+
+def test_default_calculator_is_calibrated_on_the_shipped_posterior(record):
+    calc = ase_mlipal.MLIPALCalculator()
+    assert calc.calibrated
+    assert calc.energy_posterior.n_added == record["data"]["n_train"]
+    assert calc.model_hash == record["model_hash"]
+    shipped = record["posterior"]
+    assert calc.energy_posterior.calibration.as_dict() == shipped["energy"]
+    assert calc.atom_posterior.calibration.as_dict() == shipped["forces"]
+    assert calc.typical == shipped["typical"]
+    assert "pretraining valid" in shipped["groups"] and len(shipped["groups"]) == 9  # and the 8 reactions
+
+
+def test_pretraining_splits_do_not_overlap(pretrain, record):
+    by_split = {}
+    for frame in pretrain:
+        by_split.setdefault(frame.info["split"], []).append(frame)
+    assert {s: len(v) for s, v in by_split.items()} == {
+        s: record["data"][f"n_{s}"] for s in ("train", "valid", "test")}
+    assert len(pretrain) >= 10_000
+    trajectories = {s: {f.info["trajectory"] for f in frames} for s, frames in by_split.items()}
+    assert not trajectories["train"] & trajectories["test"]
+    assert not trajectories["train"] & trajectories["valid"]
+    assert not trajectories["valid"] & trajectories["test"]
+    molecules = {s: {f.info["molecule"] for f in frames} for s, frames in by_split.items()}
+    assert len(molecules["test"] - molecules["train"] - molecules["valid"]) >= 5  # wholly held-out molecules
+    assert set("".join(f.get_chemical_formula() for f in pretrain)) - set("HCNO0123456789") == set()
+
+
+def test_reactive_set_is_large_labelled_and_split(reactive):
+    assert len(reactive) >= 3000
+    assert len({f.info["reaction"] for f in reactive}) >= 6
+    splits = {f.info["split"] for f in reactive}
+    assert splits == {"pool", "test", "initial"}
+    keys = {s: {f.positions.tobytes() for f in reactive if f.info["split"] == s} for s in splits}
+    assert not keys["pool"] & keys["test"] and not keys["initial"] & keys["test"]
+    for frame in reactive[:50]:
+        energy, forces = ase_mlipal.frames.read_labels(frame)
+        assert np.isfinite(energy) and forces.shape == (len(frame), 3)
+    # transition-state frames are scarce in the pool but present in the test set
+    neb = [f for f in reactive if f.info["kind"] != "hot_md"]
+    ts_fraction = {s: np.mean([f.info["ts_region"] for f in neb if f.info["split"] == s]) for s in ("pool", "test")}
+    assert ts_fraction["pool"] < 0.5 * ts_fraction["test"]
