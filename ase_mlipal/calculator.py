@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from .uncertainty.kernels import get_feature_map
 from .models.model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
 from .uncertainty.posterior import FeaturePosterior
 from .progress import progress_bar
+from .legacy import refuse_unknown, renamed_argument
 from .storage import atomic_write
 
 
@@ -40,7 +42,7 @@ class MLIPALCalculator(Calculator):
       ``energy_uncertainty`` (eV) and, for the per-atom energies
       ``w . psi_i`` of the same linear model, ``energies_uncertainty`` (eV);
     * an atom-level posterior on the atomic features ``psi_i`` of all atoms
-      of the references, which measures how new each atomic environment is.
+      of the conditioning frames, which measures how new each atomic environment is.
       It gives ``forces_uncertainty`` (eV/A): the standard deviation of each
       Cartesian force component of each atom, shape ``(N,)``.
 
@@ -79,13 +81,13 @@ class MLIPALCalculator(Calculator):
             of the pretraining data when ``model="default"`` and
             ``kernel="activation"`` (otherwise empty); ``None`` always starts
             empty; a path loads a file written by :meth:`save_posterior`.
-        batch_size: structures per forward pass in :meth:`add_reference`
+        chunk_size: structures per forward pass in :meth:`condition`
             and :meth:`calibrate`.
 
     Bad inputs get an error that names the problem and the atoms or file
     (each case is a row of ``tests/test_bad_inputs.py``):
 
-    * structures (``calculate``, :meth:`add_reference`, :meth:`calibrate`):
+    * structures (``calculate``, :meth:`condition`, :meth:`calibrate`):
       not an ``Atoms`` (``TypeError``); no atoms; NaN or infinite
       positions; a periodic cell with NaN entries or zero volume;
       overlapping atoms (closer than 0.1 A); an element the model does not
@@ -119,14 +121,15 @@ class MLIPALCalculator(Calculator):
         trust: bool = False,
         head: Optional[str] = None,
         posterior: Union[str, os.PathLike, None] = "auto",
-        batch_size: int = 16,
+        chunk_size: int = 16,
         **kwargs,
     ):
+        chunk_size = renamed_argument(None, kwargs, "batch_size", "chunk_size", "MLIPALCalculator") or chunk_size
         super().__init__(**kwargs)
         self.kernel = kernel
         self.kernel_options = dict(kernel_options or {})
         self.regularization = regularization
-        self.batch_size = int(batch_size)
+        self.chunk_size = int(chunk_size)
         self._use_model(load_model(model, device=device, dtype=dtype, trust=trust), head)
         if posterior == "auto":
             use_shipped = isinstance(model, str) and model == "default" and kernel == "activation"
@@ -163,20 +166,22 @@ class MLIPALCalculator(Calculator):
         self.typical: Optional[dict[str, float]] = None
         self.reset()
 
-    def _batch_size(self) -> int:
-        return min(self.batch_size, self.feature_map.max_batch or self.batch_size)
+    def _chunk_size(self) -> int:
+        return min(self.chunk_size, self.feature_map.max_batch or self.chunk_size)
 
     def set_model(
         self,
         model: ModelSpec,
-        references: Sequence[Atoms],
+        conditioning: Optional[Sequence[Atoms]] = None,
         calibration: Optional[Sequence[Atoms]] = None,
         prior_frames: float = 20.0,
         progress: Optional[bool] = None,
+        **deprecated,
     ) -> Optional[dict[str, CalibrationReport]]:
         """Swap in another model (e.g. after fine-tuning) and rebuild the posterior.
 
-        The features of ``references`` are recomputed with the new model;
+        The features of the ``conditioning`` frames (``references=`` before
+        0.2) are recomputed with the new model;
         with labelled ``calibration`` frames (held out from its training)
         the scales are refitted and the report returned: the exponent and
         floor of the old calibration are kept and only the scale is fitted
@@ -187,11 +192,15 @@ class MLIPALCalculator(Calculator):
         the new model happens to fit well must not make every uncertainty
         small. ``typical`` is cleared (it belonged to the old model).
         """
+        conditioning = renamed_argument(conditioning, deprecated, "references", "conditioning", "set_model")
+        refuse_unknown(deprecated, "set_model")
+        if conditioning is None:
+            raise TypeError("set_model needs the conditioning frames (an empty list for none)")
         device = next(self.model.parameters()).device
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         shapes = (self.energy_posterior.calibration, self.atom_posterior.calibration)
         self._use_model(load_model(model, device=str(device), dtype=dtype), self.batch_maker.head)
-        self.add_reference(references, progress=progress)
+        self.condition(conditioning, progress=progress)
         if not calibration:
             return None
         self.energy_posterior.calibration, self.atom_posterior.calibration = shapes
@@ -232,7 +241,7 @@ class MLIPALCalculator(Calculator):
 
         Give one to each image of an NEB: every image then keeps its own
         results (ASE evaluates an unchanged image only once) while flags
-        and references added through any of them reach all. A later
+        and conditioning frames added through any of them reach all. A later
         :meth:`set_model` or :meth:`load_posterior` on this calculator is
         not seen by earlier shares; make new ones.
         """
@@ -288,7 +297,7 @@ class MLIPALCalculator(Calculator):
         images = list(images)
         energies, features = [], []
         with progress_bar(total=len(images), progress=progress, desc="features") as bar:
-            for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
+            for chunk, batch in self.batch_maker.batches(images, self._chunk_size()):
                 out, batch_features = self.feature_map.evaluate(
                     batch, compute_force=False, force_posterior=self.atom_posterior if force_variance else None,
                     rows=rows)
@@ -297,10 +306,10 @@ class MLIPALCalculator(Calculator):
                 bar.update(len(chunk))
         return np.concatenate(energies) if energies else np.zeros(0), features
 
-    def add_reference(
+    def condition(
         self, images: Union[Atoms, Sequence[Atoms]], weight: float = 1.0, progress: Optional[bool] = None,
     ) -> "MLIPALCalculator":
-        """Condition both posteriors on ``images`` (labels are not needed).
+        """Condition both posteriors on ``images``, the conditioning frames (labels are not needed).
 
         After this, structures like these get low uncertainty. ``weight``
         counts each image as that many observations (see
@@ -312,13 +321,20 @@ class MLIPALCalculator(Calculator):
             self.add_features(features, weight)
         return self
 
+    def add_reference(self, images: Union[Atoms, Sequence[Atoms]], weight: float = 1.0,
+                      progress: Optional[bool] = None) -> "MLIPALCalculator":
+        """Deprecated name of :meth:`condition` (``reference`` now means the labelling calculator only)."""
+        warnings.warn("MLIPALCalculator.add_reference is deprecated and will be removed in the next release; "
+                      "use condition", DeprecationWarning, stacklevel=2)
+        return self.condition(images, weight, progress)
+
     def add_features(self, features: Features, weight: float = 1.0) -> None:
         """Condition both posteriors on already computed features.
 
         ``calc.add_features(calc.last_features)`` adds the structure of the
         last calculation without running the model again, except for the
         force kernels, whose calculation skips the probe rows (they raise
-        ``ValueError``; use :meth:`add_reference`).
+        ``ValueError``; use :meth:`condition`).
         """
         energy_rows, force_rows = self.feature_map.conditioning(features)
         self.energy_posterior.add(energy_rows, weight)
@@ -407,7 +423,7 @@ class MLIPALCalculator(Calculator):
         e_res, e_var, f_res, f_var, n_atoms = [], [], [], [], []
         done = 0
         with progress_bar(total=len(images), progress=progress, desc="residuals") as bar:
-            for chunk, batch in self.batch_maker.batches(images, self._batch_size()):
+            for chunk, batch in self.batch_maker.batches(images, self._chunk_size()):
                 out, features = self.feature_map.evaluate(batch, compute_force=True,
                                                           force_posterior=self.atom_posterior, rows=False)
                 ref = labels[done:done + len(chunk)]
@@ -470,7 +486,7 @@ class MLIPALCalculator(Calculator):
         if str(arrays["model_hash"]) != self.model_hash:
             raise ValueError(
                 f"{path} was built on model {str(arrays['model_hash'])[:12]}, but this calculator "
-                f"runs model {self.model_hash[:12]}. Rebuild it with calc.add_reference(...)."
+                f"runs model {self.model_hash[:12]}. Rebuild it with calc.condition(...)."
             )
         if str(arrays["kernel"]) != self.kernel:
             raise ValueError(f"{path} holds a {arrays['kernel']} posterior, this calculator uses {self.kernel}")
@@ -485,7 +501,7 @@ class MLIPALCalculator(Calculator):
             raise ValueError(f"{path} holds {dims[0]}/{dims[1]}-dimensional posteriors, but this calculator's "
                              f"{self.kernel} features are {self.feature_map.dim}/{self.feature_map.force_dim}-"
                              "dimensional (an older file or other kernel options); rebuild it with "
-                             "calc.add_reference(...) and calc.calibrate(...)")
+                             "calc.condition(...) and calc.calibrate(...)")
         self.energy_posterior = FeaturePosterior.from_state(split["energy_"])
         self.atom_posterior = FeaturePosterior.from_state(split["atom_"])
         self.calibrated = bool(arrays["calibrated"])

@@ -156,7 +156,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
         md = config.get("md", {})
         learner = OnTheFlyLearner(
             _read(config["structure"]), calc, reference, workdir, config["threshold"],
-            steps=md.get("steps", 1000), interval=md.get("interval", 5), batch_size=config.get("batch_size", 8),
+            steps=md.get("steps", 1000), interval=md.get("interval", 5), labels_per_round=config.get("labels_per_round", config.get("batch_size", 8)),
             max_rounds=config.get("max_rounds"), finetune_options=finetune_options,
             audit_interval=md.get("audit_interval", 200),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
@@ -201,7 +201,7 @@ LEARN_HELP = """TOML file, e.g.:
     threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.3 near equilibrium)
     structure = "ethanol.xyz"      # md; for neb: initial = "...", final = "..."
     workdir = "run1"
-    batch_size = 8
+    labels_per_round = 8   # md: frames waiting for a label that make a round
     max_rounds = 5
     [md]
     steps = 2000
@@ -233,7 +233,7 @@ def _pool_calculator(args: argparse.Namespace):
     """The calculator of ``select``/``score``, conditioned on ``--labelled`` frames."""
     calc = _calculator(args.model, args.trust, args.kernel, _kernel_options(args.kernel_option))
     if getattr(args, "labelled", None) and args.command == "score":
-        calc.add_reference(_read(args.labelled, ":"), progress=True)
+        calc.condition(_read(args.labelled, ":"), progress=True)
     return calc
 
 

@@ -37,6 +37,8 @@ from ase import Atoms
 from ase.data import covalent_radii
 from scipy.sparse.csgraph import connected_components
 
+from .legacy import refuse_unknown, renamed_argument
+
 
 CHEMICAL_BOND_RATIO = 1.25  # a chemical bond: within 1.25 covalent sums (fragments of the defining structures)
 
@@ -67,24 +69,26 @@ class PhysicalGuard:
     """Checks that frames stay chemistry (see the module docstring).
 
     Args:
-        references: the structures that define the run (band endpoints, the
+        structures: the structures that define the run (band endpoints, the
             first MD frame); a frame may have as many fragments as the most
-            fragmented of them.
+            fragmented of them (``references=`` before 0.2).
         min_distance_ratio: overlap when a pair is closer than this times its covalent sum.
         bond_ratio: a bond when a pair is within this times its covalent sum.
         max_length_ratio: band length allowed, relative to the first band checked.
         max_energy: eV above the lower endpoint allowed for any band image.
     """
 
-    def __init__(self, references: Sequence[Atoms], min_distance_ratio: float = 0.5, bond_ratio: float = 2.5,
-                 max_length_ratio: float = 3.0, max_energy: float = 10.0):
-        if not references:
-            raise ValueError("a PhysicalGuard needs at least one reference structure (endpoints, first frame)")
+    def __init__(self, structures: Optional[Sequence[Atoms]] = None, min_distance_ratio: float = 0.5,
+                 bond_ratio: float = 2.5, max_length_ratio: float = 3.0, max_energy: float = 10.0, **deprecated):
+        structures = renamed_argument(structures, deprecated, "references", "structures", "PhysicalGuard")
+        refuse_unknown(deprecated, "PhysicalGuard")
+        if not structures:
+            raise ValueError("a PhysicalGuard needs at least one structure that defines the run (endpoints, first frame)")
         if not 0 < min_distance_ratio < bond_ratio:
             raise ValueError("need 0 < min_distance_ratio < bond_ratio")
         self.min_distance_ratio, self.bond_ratio = min_distance_ratio, bond_ratio
         self.max_length_ratio, self.max_energy = max_length_ratio, max_energy
-        self.max_fragments = max(count_fragments(a, CHEMICAL_BOND_RATIO) for a in references)
+        self.max_fragments = max(count_fragments(a, CHEMICAL_BOND_RATIO) for a in structures)
         self.initial_length: Optional[float] = None
         self.initial_top: Optional[float] = None
 

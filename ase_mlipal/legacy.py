@@ -49,3 +49,23 @@ def install() -> None:
     the package, so ``ase_mlipal.finetune`` stays the function)."""
     for old, new in MOVED.items():
         sys.modules.setdefault(f"ase_mlipal.{old}", LegacyModule(f"ase_mlipal.{old}", f"ase_mlipal.{new}"))
+
+
+def renamed_argument(new_value, deprecated: dict, old: str, new: str, owner: str):
+    """The value of argument ``new``, taking it from the deprecated name ``old`` in ``deprecated`` (with a warning).
+
+    ``deprecated`` is the caller's ``**kwargs``; ``old`` is removed from it.
+    """
+    if old not in deprecated:
+        return new_value
+    warnings.warn(f"{owner}({old}=...) is deprecated and will be removed in the next release; use {new}=",
+                  DeprecationWarning, stacklevel=3)
+    if new_value is not None:
+        raise TypeError(f"{owner} got both {old}= and its new name {new}=")
+    return deprecated.pop(old)
+
+
+def refuse_unknown(deprecated: dict, owner: str) -> None:
+    """``TypeError`` for keyword arguments left after the renamed ones were taken."""
+    if deprecated:
+        raise TypeError(f"{owner} got unexpected keyword arguments {sorted(deprecated)}")

@@ -10,7 +10,7 @@ what is already kept are not kept again. Memory is
 ``N x N`` is ever built. The exact greedy step then runs on the kept set:
 
 * ``maxdet``: greedy maximisation of ``log det(A + sum_S phi phi^T)``, where
-  ``A`` is the calculator's precision (``lambda I`` plus its references)
+  ``A`` is the calculator's precision (``lambda I`` plus its conditioning frames)
   plus the labelled set: repeatedly the candidate of largest posterior
   variance given everything known and the picks so far (rank-1
   Sherman-Morrison updates, O(n p) per pick).

@@ -316,7 +316,7 @@ def calibration(cfg: dict, data: dict, state_dict: dict, labelled: list) -> dict
         for origin, model in (("pretrained", pretrained), ("random_init", ase_mlipal.random_like(pretrained, 0))):
             calc = ase_mlipal.MLIPALCalculator(model, kernel=kernel, kernel_options=cfg["kernel_options"].get(kernel),
                                                posterior=None, regularization=cfg["regularization"])
-            calc.add_reference(labelled, progress=False)
+            calc.condition(labelled, progress=False)
             _, batches = calc.predict(test, progress=True, rows=False)
             features = per_structure(batches)
             variance = {"energy": np.array([calc.energy_posterior.quadratic_form(f.structure)[0] / len(a)

@@ -179,7 +179,7 @@ def main():
     step = 10 if args.smoke else 1
     pretrain_all = read_frames(DATA / "pretrain.xyz.gz")
     shared = ase_mlipal.MLIPALCalculator(kernel_options={"by_element": False}, posterior=None)
-    shared.add_reference([a for a in pretrain_all if a.info["split"] == "train"][::step], progress=False)
+    shared.condition([a for a in pretrain_all if a.info["split"] == "train"][::step], progress=False)
     calcs = {"shared": shared, "by element": ase_mlipal.MLIPALCalculator()}  # the shipped posterior
     pretrain = pretrain_all[::step]
     reactive = [a for a in read_frames(DATA / "reactive.xyz.gz")[::step] if physical(a)]

@@ -236,7 +236,7 @@ def calculator_part(kernel: str, device: str, dtype: str, repeats: int):
         calc = ase_mlipal.MLIPALCalculator(kernel=kernel, kernel_options=options, device=where, dtype=dtype,
                                            posterior="auto" if kernel == "activation" else None)
         if kernel != "activation":
-            calc.add_reference(references, progress=False)
+            calc.condition(references, progress=False)
         return calc
 
     def body(check: Check) -> None:
@@ -410,7 +410,7 @@ def learner_part(device: str, dtype: str, steps: int, epochs: int, threshold: fl
             options["device"] = where
         learner = ase_mlipal.OnTheFlyLearner(
             start, calc, reference, workdir, threshold=threshold, mode="relative", steps=steps, interval=2,
-            batch_size=3, max_rounds=1, audit_interval=10 if audits else None, references=replay,
+            labels_per_round=3, max_rounds=1, audit_interval=10 if audits else None, conditioning=replay,
             dynamics=dynamics, executor=ThreadPoolExecutor(1), finetune_options=options, progress=False, seed=0)
         report = learner.run()
         pretrained = next(learner.pretrained.parameters())

@@ -137,7 +137,7 @@ def run_md(name: str, settings: dict, workdir: Path) -> dict:
     start = time.perf_counter()
     learner = ase_mlipal.OnTheFlyLearner(
         start_atoms, ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, settings["threshold"],
-        steps=settings["steps"], interval=settings["interval"], batch_size=settings["batch_size"],
+        steps=settings["steps"], interval=settings["interval"], labels_per_round=settings["batch_size"],
         max_rounds=settings["max_rounds"], audit_interval=settings["audit_interval"],
         dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"]),
         finetune_options=settings["finetune"], progress=False)

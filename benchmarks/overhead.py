@@ -87,7 +87,7 @@ def calculator(model, kernel: str):
 def compare(name, atoms, model, kernel, repeats, calls):
     mace_calc = MACECalculator(models=copy.deepcopy(model), default_dtype="float64")
     ours = calculator(model, kernel)
-    ours.add_reference([atoms])
+    ours.condition([atoms])
     rng = np.random.default_rng(0)
     t_mace, t_ours = [], []
     for _ in range(repeats):

@@ -52,7 +52,7 @@ def main() -> None:
         frame.positions += rng.normal(scale=0.03, size=frame.positions.shape)
         references.append(frame)
     if calc.energy_posterior.n_added == 0:
-        calc.add_reference(references)
+        calc.condition(references)
     units_note = "" if calc.calibrated else "  (raw units: not calibrated)"
 
     atoms.calc = calc

@@ -44,7 +44,7 @@ def calibration_frames(pretrain_valid: list, reactive: list) -> tuple[list, list
 def build_posterior(model, splits: dict[str, list], reactive: list) -> tuple[ase_mlipal.MLIPALCalculator, dict]:
     """A calculator on ``model`` conditioned on ``splits["train"]`` and calibrated; and what to record."""
     calc = ase_mlipal.MLIPALCalculator(model=model, posterior=None)
-    calc.add_reference(splits["train"])
+    calc.condition(splits["train"])
     frames, groups = calibration_frames(splits["valid"], reactive)
     report = calc.calibrate(frames, groups=groups)
     typical = calc.fit_typical(splits["valid"])

@@ -52,7 +52,7 @@ def test_bad_structures_are_named(calc, case):
         calc.get_property("energy", atoms)
     if isinstance(atoms, Atoms):
         with pytest.raises(error, match=message):
-            calc.add_reference([molecule("CH4"), atoms])
+            calc.condition([molecule("CH4"), atoms])
 
 
 def _write(path, content: bytes):
@@ -105,11 +105,11 @@ def test_a_model_that_is_no_module_or_path_is_a_type_error():
 
 @pytest.fixture()
 def posterior_files(calc, tmp_path):
-    calc.add_reference(rattled(molecule("H2O"), 3))
+    calc.condition(rattled(molecule("H2O"), 3))
     good = tmp_path / "posterior.npz"
     calc.save_posterior(good)
     other = MLIPALCalculator(model=ase_mlipal.random_like(calc.model, seed=7))
-    other.add_reference(rattled(molecule("H2O"), 3))
+    other.condition(rattled(molecule("H2O"), 3))
     other.save_posterior(tmp_path / "other.npz")
     np.savez(tmp_path / "foreign.npz", weights=np.ones(3))
     np.save(tmp_path / "array.npy", np.ones(3))

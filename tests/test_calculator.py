@@ -72,7 +72,7 @@ def test_forces_are_minus_the_energy_gradient(calc, ethanol):
 
 
 def test_energy_and_uncertainty_are_invariant(calc, ethanol):
-    calc.add_reference(rattled(ethanol, 5, seed=1))
+    calc.condition(rattled(ethanol, 5, seed=1))
     base = results(calc, ethanol)
 
     rotated = ethanol.copy()
@@ -120,7 +120,7 @@ def test_one_forward_pass_per_call(calc, ethanol):
 def test_variance_drops_for_added_structure_and_barely_moves_far_away(calc):
     water, far = molecule("H2O"), molecule("N2")  # N2 shares no element with water
     before = {name: results(calc, a) for name, a in [("water", water), ("far", far)]}
-    calc.add_reference([water])
+    calc.condition([water])
     after = {name: results(calc, a) for name, a in [("water", water), ("far", far)]}
     assert after["water"]["energy_uncertainty"] < 0.15 * before["water"]["energy_uncertainty"]
     assert after["water"]["uncertainty"] < 0.15 * before["water"]["uncertainty"]
@@ -133,7 +133,7 @@ def test_adding_references_invalidates_cached_results(calc, ethanol):
     ethanol.calc = calc
     ethanol.get_forces()
     before = calc.get_property("uncertainty", ethanol)
-    calc.add_reference(ethanol)
+    calc.condition(ethanol)
     assert calc.get_property("uncertainty", ethanol) < before
 
 
@@ -154,7 +154,7 @@ def label_with_noise(calc, images, s2_energy, s2_forces, seed=0):
 
 
 def test_calibration_recovers_a_known_scale(calc, ethanol):
-    calc.add_reference(rattled(ethanol, 10, seed=1))
+    calc.condition(rattled(ethanol, 10, seed=1))
     frames = label_with_noise(calc, rattled(ethanol, 300, stdev=0.08, seed=2), 4.0, 0.25)
     report = calc.calibrate(frames)
     assert calc.calibrated
@@ -164,7 +164,7 @@ def test_calibration_recovers_a_known_scale(calc, ethanol):
     assert report["energy"].coverage_2sigma == pytest.approx(0.954, abs=0.05)
 
     # held-out frames labelled by the same process: fit=False keeps the scale and reports
-    uncalibrated = MLIPALCalculator(model=calc.model).add_reference(rattled(ethanol, 10, seed=1))
+    uncalibrated = MLIPALCalculator(model=calc.model).condition(rattled(ethanol, 10, seed=1))
     held_out = label_with_noise(uncalibrated, rattled(ethanol, 100, stdev=0.08, seed=5), 4.0, 0.25, seed=1)
     scale_before = calc.atom_posterior.scale
     check = calc.calibrate(held_out, fit=False)
@@ -193,7 +193,7 @@ def test_calibrate_refuses_unlabelled_frames(calc, ethanol):
 def test_posterior_saves_and_refuses_another_model(calc, tiny_model, ethanol, tmp_path):
     from ase_mlipal import build_mace
 
-    calc.add_reference(rattled(ethanol, 3))
+    calc.condition(rattled(ethanol, 3))
     calc.energy_posterior.scale = 2.5
     calc.save_posterior(tmp_path / "post.npz")
     fresh = MLIPALCalculator(model=tiny_model).load_posterior(tmp_path / "post.npz")
@@ -235,7 +235,7 @@ def test_atom_with_no_neighbours_has_a_defined_answer(calc):
 def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
     from ase_mlipal import build_mace
 
-    calc.add_reference(rattled(ethanol, 4, seed=1))
+    calc.condition(rattled(ethanol, 4, seed=1))
     old_hash = calc.model_hash
     other = build_mace(["H", "C", "N", "O"], channels=8, r_max=4.0, seed=42,
                        atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0])
@@ -245,13 +245,13 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
         atoms.calc = SinglePointCalculator(atoms, energy=got["energy"] + 0.05, forces=got["forces"])
         labelled.append(atoms)
     calc.energy_posterior.scale = 2.0
-    report = calc.set_model(other, references=rattled(ethanol, 3, seed=3), calibration=labelled)
+    report = calc.set_model(other, conditioning=rattled(ethanol, 3, seed=3), calibration=labelled)
     assert calc.model_hash != old_hash and calc.calibrated
     assert calc.energy_posterior.n_added == 3 and set(report) == {"energy", "forces"}
     assert report["energy"].scale == calc.energy_posterior.scale  # the report is of the calibration in use
     # the scale fitted on the 6 frames alone, and the shrunk one between it and the old 2.0
     alone = MLIPALCalculator(model=other)
-    alone.add_reference(rattled(ethanol, 3, seed=3))
+    alone.condition(rattled(ethanol, 3, seed=3))
     alone.energy_posterior.scale = 2.0
     alone.calibrate(labelled, energy_method="scale", forces_method="scale")
     share = 6 / (6 + 20)
@@ -263,7 +263,7 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
 
 
 def test_posterior_of_other_features_is_refused_with_a_clear_message(tiny_model, ethanol, tmp_path):
-    plain = MLIPALCalculator(model=tiny_model, kernel_options={"by_element": False}).add_reference([ethanol])
+    plain = MLIPALCalculator(model=tiny_model, kernel_options={"by_element": False}).condition([ethanol])
     plain.save_posterior(tmp_path / "plain.npz")
     blocked = MLIPALCalculator(model=tiny_model)
     with pytest.raises(ValueError, match="kernel options"):
@@ -275,7 +275,7 @@ def test_calibration_and_typical_survive_a_save(calc, ethanol, tmp_path):
 
     from ase_mlipal.uncertainty.calibration import Recalibration
 
-    calc.add_reference([ethanol])
+    calc.condition([ethanol])
     calc.energy_posterior.calibration = Recalibration(2.0, 1.5, 0.01)
     calc.atom_posterior.calibration = Recalibration(3.0)
     calc.typical = {"forces": 0.2, "energy": 0.01}

@@ -66,7 +66,7 @@ reference = "emt"
 threshold = 1e-9
 structure = "{tmp_path / 'start.xyz'}"
 workdir = "{tmp_path / 'run'}"
-batch_size = 2
+labels_per_round = 2
 max_rounds = 1
 [md]
 steps = 6

@@ -1,13 +1,9 @@
 """The layers: the calculator and what it needs never import training or learning code."""
 
 import ast
-import warnings
 from pathlib import Path
 
-import pytest
-
 import ase_mlipal
-from ase_mlipal.legacy import MOVED
 
 PACKAGE = Path(ase_mlipal.__file__).parent
 
@@ -62,14 +58,3 @@ def test_the_walker_sees_relative_and_lazy_imports():
     assert "training.finetune" in imports_of("learning.learning_run")
     assert "uncertainty.calibration" in imports_of("calculator")
 
-
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_old_module_paths_still_import_with_a_deprecation_warning(old):
-    new = __import__(f"ase_mlipal.{MOVED[old]}", fromlist=["_"])
-    public = next(name for name in vars(new) if not name.startswith("_") and getattr(
-        vars(new)[name], "__module__", None) == new.__name__)
-    alias = __import__(f"ase_mlipal.{old}", fromlist=["_"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert getattr(alias, public) is getattr(new, public)
-    assert alias._warned

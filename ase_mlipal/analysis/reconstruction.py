@@ -23,11 +23,11 @@ from ..uncertainty.features import ActivationFeatures
 from ..models.graphs import BatchMaker
 
 
-def atom_latents(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: int = 16) -> np.ndarray:
+def atom_latents(model: torch.nn.Module, frames: Sequence[Atoms], chunk_size: int = 16) -> np.ndarray:
     """Invariant atom-level latent features of ``model`` for every atom of ``frames``, ``(n_atoms, D)``.
 
     The features the activation kernel uses: the invariant node features of
-    every interaction layer, concatenated.
+    every interaction layer, concatenated; ``chunk_size`` structures per forward pass.
     """
     frames = list(frames)
     if not frames:
@@ -35,7 +35,7 @@ def atom_latents(model: torch.nn.Module, frames: Sequence[Atoms], batch_size: in
     feature_map = ActivationFeatures(model, by_element=False)  # the plain latent, one column per channel
     maker = BatchMaker(model)
     rows = []
-    for _, batch in maker.batches(frames, batch_size):
+    for _, batch in maker.batches(frames, chunk_size):
         rows.append(feature_map.evaluate(batch, compute_force=False)[1].atom)
     return np.concatenate(rows)
 

@@ -35,6 +35,7 @@ import numpy as np
 from ase import Atoms
 
 from ..calculator import MLIPALCalculator
+from ..legacy import refuse_unknown, renamed_argument
 from ..uncertainty.calibration import CalibrationReport
 from ..training.finetune import DEFAULT_REPLAY_PATH, finetune
 from ..frames import read_frames, read_labels
@@ -75,7 +76,7 @@ class RoundRecord:
     model_hash: str = ""
 
 
-def default_references() -> list[Atoms]:
+def default_conditioning() -> list[Atoms]:
     """Frames that define "known" after a model swap: the shipped replay sample."""
     return read_frames(DEFAULT_REPLAY_PATH)
 
@@ -89,8 +90,9 @@ class LearningRun:
         workdir: where the run lives (created); run again with the same
             arguments to resume.
         store: a :class:`FrameStore` or ase.db URL (default ``workdir/frames.db``).
-        references: frames that define "known" after a model swap
-            (default: the replay sample shipped with the default model).
+        conditioning: frames that define "known" after a model swap: the posterior
+            is conditioned on them under each new model (default: the replay sample
+            shipped with the default model; ``references=`` before 0.2).
         executor: where reference calculations run (see :func:`~ase_mlipal.label`).
         finetune_options: keyword arguments for :func:`~ase_mlipal.finetune`
             (its ``head`` is the calculator's, ``calc.batch_maker.head``).
@@ -101,16 +103,18 @@ class LearningRun:
     kind = "run"
 
     def __init__(self, calc: MLIPALCalculator, reference: Reference, workdir: Union[str, os.PathLike],
-                 store: Union[FrameStore, str, None] = None, references: Optional[Sequence[Atoms]] = None,
+                 store: Union[FrameStore, str, None] = None, conditioning: Optional[Sequence[Atoms]] = None,
                  executor: Optional[Executor] = None, finetune_options: Optional[dict] = None,
-                 run_id: str = "run", progress: Optional[bool] = None):
+                 run_id: str = "run", progress: Optional[bool] = None, **deprecated):
+        conditioning = renamed_argument(conditioning, deprecated, "references", "conditioning", type(self).__name__)
+        refuse_unknown(deprecated, type(self).__name__)
         self.calc, self.reference = calc, reference
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         if store is None:
             store = self.workdir / "frames.db"
         self.store = store if isinstance(store, FrameStore) else FrameStore(store)
-        self.references = list(references) if references is not None else default_references()
+        self.conditioning = list(conditioning) if conditioning is not None else default_conditioning()
         self.executor, self.finetune_options = executor, dict(finetune_options or {})
         head = self.finetune_options.pop("head", calc.batch_maker.head)
         if head != calc.batch_maker.head:
@@ -151,7 +155,7 @@ class LearningRun:
         choice = state.get("choice", {})
         self.choice = ModelChoice(choice.get("round", 0), choice.get("error", float("nan")), choice.get("history"))
         if state["model"]:
-            self.calc.set_model(self._path(state["model"]), references=[])
+            self.calc.set_model(self._path(state["model"]), conditioning=[])
         if state["posterior"]:
             self.calc.load_posterior(self._path(state["posterior"]))
         return True
@@ -189,7 +193,7 @@ class LearningRun:
     def learn(self, number: int, trigger: UncertaintyTrigger, anchor: Optional[Atoms] = None) -> RoundRecord:
         """Round ``number``: label, fine-tune the pretrained model, swap it in if no worse on the checks.
 
-        After a swap the posterior holds ``references`` under the new model,
+        After a swap the posterior holds ``conditioning`` under the new model,
         the scales are refitted on the fine-tune's validation frames (never
         trained on: spare replay frames and passed checks) and every frame
         of the store enters the posterior through ``trigger``, a labelled one
@@ -211,7 +215,7 @@ class LearningRun:
         record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head)
         record.reason = self.choice.history[-1]["reason"]
         if record.accepted:
-            record.calibration = self.calc.set_model(model, self.references, calibration=valid,
+            record.calibration = self.calc.set_model(model, self.conditioning, calibration=valid,
                                                      progress=self.progress)
             self._absorb_store(trigger)
             model_file, posterior_file = f"model_round{number}.pt", f"posterior_round{number}.npz"

@@ -1,7 +1,7 @@
 """OnTheFlyLearner: molecular dynamics that stops to learn what it does not know, and audits what it does not flag.
 
 The learner runs MD with an :class:`~ase_mlipal.UncertaintyTrigger`; once
-``batch_size`` frames wait for a label it pauses, labels them, fine-tunes,
+``labels_per_round`` frames wait for a label it pauses, labels them, fine-tunes,
 swaps the model in if it is no worse on the checks so far and resumes the
 same trajectory (rounds, state and resume: :mod:`ase_mlipal.learning.learning_run`).
 
@@ -31,6 +31,7 @@ from ase.md.langevin import Langevin
 from ase.optimize.optimize import Dynamics
 
 from ..calculator import MLIPALCalculator
+from ..legacy import renamed_argument
 from ..guards import PhysicalGuard, UnphysicalFrame
 from .labelling import Reference, label
 from ..progress import progress_bar
@@ -90,15 +91,17 @@ class OnTheFlyLearner(LearningRun):
         steps: total MD steps.
         interval: trigger check every ``interval`` steps; also the MD
             checkpoint interval.
-        batch_size: frames waiting for a label (flags and failed audits) that make a round.
+        labels_per_round: frames waiting for a label (flags and failed audits) that make a
+            round (``batch_size=`` before 0.2).
         max_rounds: stop learning (MD, flagging and audits go on) after this many rounds.
         audit_interval: on average one unflagged frame per this many steps is
             audited (``None``: no audits, and the run is never ``confident``).
         dynamics: ``dynamics(atoms) -> ASE Dynamics``; Langevin at 300 K by default.
-        quantity, mode, trigger_reference: passed to :class:`UncertaintyTrigger`.
+        quantity, mode: passed to :class:`UncertaintyTrigger`; ``typical_frames`` is its
+            argument of that name (``trigger_reference=`` before 0.2).
         guard: physical guard (default: one built from ``atoms``).
         seed: seeds the audit draws (by step, so a resumed run draws the same).
-        store, references, executor, finetune_options, run_id, progress: see
+        store, conditioning, executor, finetune_options, run_id, progress: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
 
@@ -113,34 +116,39 @@ class OnTheFlyLearner(LearningRun):
         threshold: float,
         steps: int = 1000,
         interval: int = 5,
-        batch_size: int = 8,
+        labels_per_round: int = 8,
         max_rounds: Optional[int] = None,
         audit_interval: Optional[int] = 200,
         dynamics: Callable[[Atoms], Dynamics] = langevin,
         quantity: str = "forces",
         mode: str = "absolute",
-        trigger_reference: Optional[Sequence[Atoms]] = None,
+        typical_frames: Optional[Sequence[Atoms]] = None,
         guard: Optional[PhysicalGuard] = None,
         store: Union[FrameStore, str, None] = None,
-        references: Optional[Sequence[Atoms]] = None,
+        conditioning: Optional[Sequence[Atoms]] = None,
         executor: Optional[Executor] = None,
         finetune_options: Optional[dict] = None,
         run_id: str = "md",
         seed: int = 0,
         progress: Optional[bool] = None,
+        **deprecated,
     ):
-        if steps < 0 or interval < 1 or batch_size < 1:
-            raise ValueError("steps must be >= 0, interval and batch_size >= 1")
+        labels_per_round = renamed_argument(None, deprecated, "batch_size", "labels_per_round",
+                                            "OnTheFlyLearner") or labels_per_round
+        typical_frames = renamed_argument(typical_frames, deprecated, "trigger_reference", "typical_frames",
+                                          "OnTheFlyLearner")
+        if steps < 0 or interval < 1 or labels_per_round < 1:
+            raise ValueError("steps must be >= 0, interval and labels_per_round >= 1")
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
-        super().__init__(calc, reference, workdir, store=store, references=references, executor=executor,
-                         finetune_options=finetune_options, run_id=run_id, progress=progress)
+        super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
+                         finetune_options=finetune_options, run_id=run_id, progress=progress, **deprecated)
         self.atoms = atoms.copy()
-        self.steps, self.interval, self.batch_size, self.max_rounds = steps, interval, batch_size, max_rounds
+        self.steps, self.interval, self.labels_per_round, self.max_rounds = steps, interval, labels_per_round, max_rounds
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
-                                          reference=trigger_reference, source="md", run_id=run_id)
+                                          typical_frames=typical_frames, source="md", run_id=run_id)
         self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="")
 
     # -- persistence -------------------------------------------------------
@@ -233,7 +241,7 @@ class OnTheFlyLearner(LearningRun):
         if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
             return False
         counts = self.store.counts()
-        return counts["flagged"] + counts["labelled"] - self.state["n_trained"] >= self.batch_size
+        return counts["flagged"] + counts["labelled"] - self.state["n_trained"] >= self.labels_per_round
 
     def _learn(self, report: LearnReport) -> None:
         number = self.state["round"] + 1

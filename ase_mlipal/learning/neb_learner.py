@@ -171,7 +171,7 @@ class NEBLearner(LearningRun):
         guard: the physical guard (default: one built from the endpoints).
         optimizer: ASE optimiser class for the band.
         climb, method: passed to ``ase.mep.NEB``.
-        store, references, executor, finetune_options, run_id, progress: see
+        store, conditioning, executor, finetune_options, run_id, progress: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
 
@@ -190,7 +190,7 @@ class NEBLearner(LearningRun):
         steps: int = 300,
         interval: int = 5,
         store: Union[FrameStore, str, None] = None,
-        references: Optional[Sequence[Atoms]] = None,
+        conditioning: Optional[Sequence[Atoms]] = None,
         executor: Optional[Executor] = None,
         finetune_options: Optional[dict] = None,
         guard: Optional[PhysicalGuard] = None,
@@ -199,13 +199,14 @@ class NEBLearner(LearningRun):
         method: str = "improvedtangent",
         run_id: str = "neb",
         progress: Optional[bool] = None,
+        **deprecated,
     ):
         if len(images) < 3:
             raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
         if max_rounds < 0 or not barrier_tolerance > 0:
             raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
-        super().__init__(calc, reference, workdir, store=store, references=references, executor=executor,
-                         finetune_options=finetune_options, run_id=run_id, progress=progress)
+        super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
+                         finetune_options=finetune_options, run_id=run_id, progress=progress, **deprecated)
         self.images = [image.copy() for image in images]
         self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
         self.fmax, self.steps, self.interval = fmax, steps, interval
@@ -273,7 +274,7 @@ class NEBLearner(LearningRun):
         if best != len(rounds) - 1 or self.state["stopped"]:
             model_round = rounds[best].model_round
             model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")
-            self.calc.set_model(model, references=[])
+            self.calc.set_model(model, conditioning=[])
             self.calc.load_posterior(self._path(f"posterior_band{rounds[best].round}.npz"))
             saved = read(self._path(f"band_round{rounds[best].round}.traj"), ":")
             for image, band_image in zip(self.images, saved):

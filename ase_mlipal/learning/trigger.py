@@ -62,6 +62,7 @@ from ase import Atoms
 from ase.mep.neb import BaseNEB
 
 from ..calculator import MLIPALCalculator
+from ..legacy import refuse_unknown, renamed_argument
 from ..uncertainty.features import per_structure
 from ..frames import read_labels
 from .store import FrameStore
@@ -83,9 +84,10 @@ class UncertaintyTrigger:
         quantity: ``"forces"`` or ``"energy"``.
         mode: ``"absolute"`` (threshold as given) or ``"relative"`` (a
             multiple of the typical uncertainty: the median over
-            ``reference`` frames, or, without them, the calculator's
+            ``typical_frames``, or, without them, the calculator's
             ``typical``, which the shipped default posterior carries).
-        reference: frames that define the typical uncertainty (relative mode).
+        typical_frames: frames that define the typical uncertainty (relative mode;
+            ``reference=`` before 0.2).
         hard_limit: above this (same units as the effective threshold) the
             frame is flagged and :class:`UncertaintyLimitExceeded` stops the
             dynamics.
@@ -104,14 +106,18 @@ class UncertaintyTrigger:
         threshold: float,
         quantity: str = "forces",
         mode: str = "absolute",
-        reference: Optional[Sequence[Atoms]] = None,
+        typical_frames: Optional[Sequence[Atoms]] = None,
         hard_limit: Optional[float] = None,
         callback: Optional[Callable[[Atoms, float], None]] = None,
         atoms: Optional[Atoms] = None,
         source: str = "md",
         run_id: Optional[str] = None,
         settle: float = 0.5,
+        **deprecated,
     ):
+        typical_frames = renamed_argument(typical_frames, deprecated, "reference", "typical_frames",
+                                          "UncertaintyTrigger")
+        refuse_unknown(deprecated, "UncertaintyTrigger")
         if quantity not in ("forces", "energy"):
             raise ValueError(f"quantity must be 'forces' or 'energy', not {quantity!r}")
         if mode not in ("absolute", "relative"):
@@ -126,7 +132,7 @@ class UncertaintyTrigger:
         self.settle = settle
         self.typical = 1.0
         if mode == "relative":
-            self.typical = self._typical(reference)
+            self.typical = self._typical(typical_frames)
         self.threshold = threshold * self.typical
         self.hard_limit = None if hard_limit is None else hard_limit * self.typical
         self.nsteps = 0
@@ -134,14 +140,14 @@ class UncertaintyTrigger:
         self.band_values: Optional[np.ndarray] = None  # per interior image, at the last band check
         self.last_value: Optional[float] = None  # largest value of the last check
 
-    def _typical(self, reference: Optional[Sequence[Atoms]]) -> float:
-        """The typical value a relative threshold multiplies: from ``reference`` or the calculator."""
-        if reference:
-            return float(np.median([self.score(frame) for frame in reference]))
+    def _typical(self, frames: Optional[Sequence[Atoms]]) -> float:
+        """The typical value a relative threshold multiplies: from ``frames`` or the calculator."""
+        if frames:
+            return float(np.median([self.score(frame) for frame in frames]))
         if self.calc.typical is not None:
             return float(self.calc.typical[self.quantity])
         raise ValueError("mode='relative' needs reference frames to define the typical uncertainty: pass "
-                         "reference=[...] (frames like the training data), or run calc.fit_typical(frames) "
+                         "typical_frames=[...] (frames like the training data), or run calc.fit_typical(frames) "
                          "once; the shipped default posterior carries its own")
 
     def value_of(self, uncertainties: dict, n_atoms: int) -> float:
@@ -301,7 +307,7 @@ class UncertaintyTrigger:
         per_atom = {k: uncertainties[k] for k in ("forces_uncertainty", "energies_uncertainty")}
         self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, image=image,
                                run_id=self.run_id, model_hash=self.calc.model_hash, per_atom=per_atom)
-        self.calc.add_reference(atoms, weight=self._weight(value, len(atoms)), progress=False)
+        self.calc.condition(atoms, weight=self._weight(value, len(atoms)), progress=False)
         self.flagged.append((step, value))
         if self.callback is not None:
             self.callback(atoms, value)

@@ -130,12 +130,12 @@ class BatchMaker:
         graphs = [self.graph(atoms) for atoms in images]
         return torch_geometric.Batch.from_data_list(graphs).to(self.device)
 
-    def batches(self, images: Iterable[Atoms], batch_size: int) -> Iterator[tuple[list[Atoms], torch_geometric.Batch]]:
-        """Yield ``(images, batch)`` pairs of at most ``batch_size`` structures."""
+    def batches(self, images: Iterable[Atoms], chunk_size: int) -> Iterator[tuple[list[Atoms], torch_geometric.Batch]]:
+        """Yield ``(images, batch)`` pairs of at most ``chunk_size`` structures."""
         chunk: list[Atoms] = []
         for atoms in images:
             chunk.append(atoms)
-            if len(chunk) == batch_size:
+            if len(chunk) == chunk_size:
                 yield chunk, self.batch(chunk)
                 chunk = []
         if chunk:

@@ -22,7 +22,7 @@ class CommitteeFeatures:
     components over ``sqrt(3 (K - 1))`` (the variance per component). The
     kernel fixes ``lambda = 1`` and adds no rows when conditioned, so the
     calculator reports the plain committee standard deviation, which does
-    not shrink as references are added. In selection, MaxDet on these
+    not shrink as conditioning frames are added. In selection, MaxDet on these
     features is greedy selection under the committee's empirical kernel.
 
     Args:
@@ -66,6 +66,6 @@ class CommitteeFeatures:
         return mean, Features(atom=to_numpy(atom), structure=to_numpy(structure), ptr=outs[0]["ptr"].cpu().numpy())
 
     def conditioning(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
-        """No rows: a committee's spread does not depend on references."""
+        """No rows: a committee's spread does not depend on conditioning frames."""
         return np.zeros((0, self.dim)), np.zeros((0, self.force_dim))
 

@@ -161,7 +161,7 @@ class ForceNTKFeatures(NTKFeatures):
         if features.probes is None:
             raise ValueError(f"these {self.name} features were computed without probe rows (a calculator call "
                              "skips them); get features to condition on from calc.features(images) or use "
-                             "calc.add_reference(images)")
+                             "calc.condition(images)")
         return features.probes.reshape(-1, self.dim)
 
     def _one(self, single, compute_force: bool, compute_stress: bool, rows: bool):

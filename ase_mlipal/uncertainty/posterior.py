@@ -8,7 +8,7 @@ With reference features ``phi(x)`` for x in R and regulariser ``lambda``::
 This is the posterior variance of a Bayesian linear model on the features,
 equivalently of a Gaussian process with kernel ``k(x, x') = phi(x).phi(x')``
 (see :meth:`FeaturePosterior.variance`). Memory is ``O(p^2)`` whatever the
-number of references; nothing of size N x N is ever built.
+number of conditioning frames; nothing of size N x N is ever built.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FeaturePosterior:
     Args:
         dim: feature dimension ``p``.
         regularization: ``lambda``, the prior precision (in squared feature
-            units). Smaller values trust the references more.
+            units). Smaller values trust the conditioning frames more.
         scale: ``s^2``, the variance scale; 1 gives raw (unit-free)
             variances. Calibration replaces it by a fitted
             :class:`~ase_mlipal.uncertainty.calibration.Recalibration` (``calibration``),
@@ -105,7 +105,7 @@ class FeaturePosterior:
         With the plain scale (the default) this is ``s^2 phi^T A^{-1} phi``,
         equal to ``(s^2 / lambda) [k(x,x) - k_xR (K_RR + lambda I)^{-1} k_Rx]``,
         the Gaussian-process posterior with the linear kernel on the same
-        references. ``size`` is the floor's size (atoms of each structure).
+        conditioning frames. ``size`` is the floor's size (atoms of each structure).
         """
         return self.calibration.variance(self.quadratic_form(features), size)
 

@@ -29,10 +29,10 @@ LoggedXTB.log = log
 start = molecule("CH3OH")
 calc = ase_mlipal.MLIPALCalculator(model=model)
 known = rattled(start, 10, stdev=0.02, seed=0)
-calc.add_reference(known)
+calc.condition(known)
 learner = OnTheFlyLearner(
-    start, calc, LoggedXTB, workdir, threshold=1.3, mode="relative", trigger_reference=known,
-    steps=int(sys.argv[4]), interval=2, batch_size=3, references=known,
+    start, calc, LoggedXTB, workdir, threshold=1.3, mode="relative", typical_frames=known,
+    steps=int(sys.argv[4]), interval=2, labels_per_round=3, conditioning=known,
     dynamics=lambda atoms: langevin(atoms, temperature_K=800, timestep_fs=0.5, friction=0.05),
     executor=ThreadPoolExecutor(1), audit_interval=40,
     guard=ase_mlipal.PhysicalGuard([start], min_distance_ratio=0.05, bond_ratio=20.0),

@@ -25,7 +25,7 @@ def formaldehyde_band(n_images=5):
 @pytest.fixture()
 def calc(tiny_model):
     calc = MLIPALCalculator(model=tiny_model)
-    calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+    calc.condition(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
     return calc
 
 
@@ -79,7 +79,7 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     import ase_mlipal
 
     learner = NEBLearner(calc, ase_mlipal.xtb_calculator, tmp_path / "run", formaldehyde_band(5), threshold=1e3,
-                         max_rounds=1, steps=4, interval=2, references=rattled(molecule("H2CO"), 4, seed=2),
+                         max_rounds=1, steps=4, interval=2, conditioning=rattled(molecule("H2CO"), 4, seed=2),
                          finetune_options={"epochs": 2, "replay": None}, optimizer=FIRE, progress=False)
     report = learner.run()
     assert all(r.n_flagged == 0 for r in report.rounds)  # a threshold nothing passes: the trigger is quiet
@@ -116,7 +116,7 @@ def test_a_fragmenting_band_is_stopped_and_nothing_is_labelled(calc, tmp_path):
     images = formaldehyde_band(5)
     images[2].positions[2:] += [[0.0, 9.0, 0.0], [0.0, -9.0, 0.0]]  # CO + H + H: more than CO + H2
     learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
-                         steps=4, references=[], progress=False)
+                         steps=4, conditioning=[], progress=False)
     report = learner.run()
     assert report.stopped.startswith("round 0, NEB step 0, image 2: 3 fragments")
     assert "atom 2 (H)" in report.stopped and not report.confident and report.rounds == []
@@ -125,7 +125,7 @@ def test_a_fragmenting_band_is_stopped_and_nothing_is_labelled(calc, tmp_path):
     row = next(learner.store.rows("unphysical"))
     assert "3 fragments" in row.error and CountingReference.calls == 0
     assert NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
-                      steps=4, references=[], progress=False).run().stopped == report.stopped  # resumed: stays stopped
+                      steps=4, conditioning=[], progress=False).run().stopped == report.stopped  # resumed: stays stopped
 
 
 NEB_RUN = r'''
@@ -141,10 +141,10 @@ workdir, model, log = sys.argv[1:4]
 LoggedXTB.log = log
 
 calc = ase_mlipal.MLIPALCalculator(model=model)
-calc.add_reference(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+calc.condition(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
 learner = ase_mlipal.NEBLearner(
     calc, LoggedXTB, workdir, formaldehyde_band(5), threshold=1e-6, max_rounds=2, steps=4, interval=2,
-    references=rattled(molecule("H2CO"), 4, seed=2), executor=ThreadPoolExecutor(1),
+    conditioning=rattled(molecule("H2CO"), 4, seed=2), executor=ThreadPoolExecutor(1),
     guard=ase_mlipal.PhysicalGuard([molecule("H2CO")], min_distance_ratio=0.05, bond_ratio=50.0),
     finetune_options={"epochs": 3, "replay": None}, optimizer=FIRE, progress=False)
 report = learner.run()

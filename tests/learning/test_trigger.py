@@ -15,7 +15,7 @@ from ..conftest import rattled
 def setup(tiny_model, tmp_path):
     calc = MLIPALCalculator(model=tiny_model)
     known = molecule("CH3OH")
-    calc.add_reference(rattled(known, 20, stdev=0.02, seed=0))
+    calc.condition(rattled(known, 20, stdev=0.02, seed=0))
     return calc, FrameStore(tmp_path / "frames.db"), known
 
 
@@ -48,7 +48,7 @@ def test_relative_mode_hard_limit_and_callback(setup):
     calc, store, known = setup
     seen = []
     trigger = UncertaintyTrigger(calc, store, threshold=3.0, mode="relative", hard_limit=5.0,
-                                 reference=rattled(known, 5, stdev=0.02, seed=3),
+                                 typical_frames=rattled(known, 5, stdev=0.02, seed=3),
                                  callback=lambda atoms, value: seen.append(value))
     assert trigger.threshold == pytest.approx(3.0 * trigger.typical)
     far = molecule("C6H6")

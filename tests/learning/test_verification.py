@@ -26,7 +26,7 @@ def labelled_by(model, frames, energy_shift=0.0):
 @pytest.fixture()
 def calc(tiny_model):
     calc = ase_mlipal.MLIPALCalculator(model=tiny_model)
-    calc.add_reference(rattled(molecule("CH3OH"), 10, stdev=0.02, seed=0))
+    calc.condition(rattled(molecule("CH3OH"), 10, stdev=0.02, seed=0))
     return calc
 
 

@@ -22,7 +22,7 @@ def test_fixed_kernel_features_do_not_depend_on_the_dtype(tiny_model, ethanol):
     refs = rattled(ethanol, 3, seed=1)
     results = {}
     for dtype in ("float64", "float32"):
-        calc = MLIPALCalculator(model=tiny_model, kernel="fixed", dtype=dtype).add_reference(refs)
+        calc = MLIPALCalculator(model=tiny_model, kernel="fixed", dtype=dtype).condition(refs)
         atoms = ethanol.copy()
         atoms.calc = calc
         atoms.get_forces()

@@ -97,7 +97,7 @@ def test_mace_trained_model_predicts_as_in_mace(user_model):
 def test_trigger_on_a_mace_trained_model_flags_what_it_does_not_know(user_model, tmp_path):
     path, frames = user_model
     calc = MLIPALCalculator(model=path, trust=True)
-    calc.add_reference(frames)
+    calc.condition(frames)
     novel = molecule("HCN")  # no C-N bond among the training molecules
     novel.calc = calc
     unknown = calc.get_property("uncertainty", novel)
@@ -125,7 +125,7 @@ def test_finetuning_a_mace_trained_model(user_model):
     after = evaluate(tuned, new)
     assert after["forces_mae"] < before["forces_mae"] and result.best_epoch >= 0
     assert len(valid) == 2  # replay_ratio 1: 10 of the 12 replay frames replayed, 2 spare
-    calc.set_model(tuned, references=frames)
+    calc.set_model(tuned, conditioning=frames)
     residuals = calc.residuals(new)  # the calculator runs the fine-tuned model evaluate scored
     assert np.mean(np.abs(residuals.forces)) == pytest.approx(after["forces_mae"], rel=1e-9)
     with pytest.raises(ModelLoadError, match="trust=True"):  # the file itself: pickled code needs trust
@@ -232,7 +232,7 @@ def test_a_learning_round_finetunes_the_calculators_head(two_heads, tmp_path, mo
     calc = MLIPALCalculator(model=two_heads, head="pt_head")
     known = rattled(molecule("CH3OH"), 3, stdev=0.05, seed=4)
     with pytest.raises(ValueError, match="head the calculator predicts"):
-        retrain.LearningRun(calc, EMT(), tmp_path / "other", references=known, finetune_options={"head": "Default"})
+        retrain.LearningRun(calc, EMT(), tmp_path / "other", conditioning=known, finetune_options={"head": "Default"})
     heads = []
 
     def spy(*args, **kwargs):
@@ -240,7 +240,7 @@ def test_a_learning_round_finetunes_the_calculators_head(two_heads, tmp_path, mo
         return finetune(*args, **kwargs)
 
     monkeypatch.setattr(retrain, "finetune", spy)
-    run = retrain.LearningRun(calc, EMT(), tmp_path / "run", references=known, executor=ThreadPoolExecutor(1),
+    run = retrain.LearningRun(calc, EMT(), tmp_path / "run", conditioning=known, executor=ThreadPoolExecutor(1),
                               finetune_options={"epochs": 2, "replay": None}, progress=False)
     for atoms in known:
         run.store.add_flagged(atoms, "md")

@@ -64,7 +64,7 @@ def test_selection_from_a_file_stream_equals_selection_in_memory(setup, tmp_path
 
 def test_maxdet_covers_the_unknown_molecule_first(setup):
     calc, pool = setup
-    calc.add_reference(pool[:12])  # methanol is known
+    calc.condition(pool[:12])  # methanol is known
     picks = select(pool, 2, calc, method="maxdet", progress=False)
     assert set(picks.tolist()) <= set(range(12, 16))  # ethane is new
     assert select(pool, 2, calc, method="maxdet", shortlist=4, progress=False).tolist() == picks.tolist()
@@ -95,7 +95,7 @@ def test_grouped_maxdet_follows_the_summed_variance_rule():
 
 def test_screen_keeps_the_whole_pool_while_it_fits(setup):
     calc, pool = setup
-    calc.add_reference(pool[:3])
+    calc.condition(pool[:3])
     precision = calc.energy_posterior.precision()
     rows = pool_features(calc, pool)
     for chunk_size in (3, 7, 16):

@@ -35,7 +35,7 @@ def test_element_blocks_hold_each_atoms_descriptor_in_its_elements_block(tiny_mo
 
 
 def test_structure_feature_is_the_sum_over_its_atoms_in_a_batch(tiny_model, ethanol):
-    calc = MLIPALCalculator(model=tiny_model, batch_size=3)
+    calc = MLIPALCalculator(model=tiny_model, chunk_size=3)
     images = [ethanol, ethanol[:5], ethanol[2:]]
     (features,) = calc.features(images)
     assert isinstance(calc.feature_map, ActivationFeatures)

@@ -60,7 +60,7 @@ def test_committee_predicts_the_mean_and_reports_the_spread(tiny_model, member, 
     per_component = forces.var(axis=0, ddof=1).mean(axis=1)
     np.testing.assert_allclose(calc.get_property("forces_uncertainty", ethanol), np.sqrt(per_component))
     before = calc.get_property("uncertainty", ethanol)
-    calc.add_reference(rattled(ethanol, 3))  # a committee does not learn from unlabelled references
+    calc.condition(rattled(ethanol, 3))  # a committee does not learn from unlabelled references
     assert calc.get_property("uncertainty", ethanol) == pytest.approx(before)
     with pytest.raises(ValueError, match="members"):
         MLIPALCalculator(model=tiny_model, kernel="committee")
@@ -69,7 +69,7 @@ def test_committee_predicts_the_mean_and_reports_the_spread(tiny_model, member, 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_uncertainty_is_invariant_to_rotation_translation_and_atom_order(tiny_model, member, ethanol, kernel):
     calc = make(tiny_model, member, kernel)
-    calc.add_reference(rattled(ethanol, 3, seed=5))
+    calc.condition(rattled(ethanol, 3, seed=5))
     moved = ethanol.copy()
     moved.rotate(73, (1, 2, 0.5), center="COM")
     moved.translate([3.0, -1.0, 2.0])
@@ -88,7 +88,7 @@ def test_uncertainty_is_invariant_to_rotation_translation_and_atom_order(tiny_mo
 def test_uncertainty_drops_where_references_are_added(tiny_model, member, ethanol, kernel):
     calc = make(tiny_model, member, kernel)
     before = properties(calc, ethanol, ["energy_uncertainty", "uncertainty"])
-    calc.add_reference(rattled(ethanol, 4, stdev=0.01))
+    calc.condition(rattled(ethanol, 4, stdev=0.01))
     after = properties(calc, ethanol, ["energy_uncertainty", "uncertainty"])
     assert after["energy_uncertainty"] < 0.5 * before["energy_uncertainty"]
     assert after["uncertainty"] < 0.8 * before["uncertainty"]
@@ -190,7 +190,7 @@ def test_a_calculation_skips_the_probe_rows_and_says_how_to_condition(tiny_model
     before = calc.get_property("uncertainty", atoms)
     with pytest.raises(ValueError, match="add_reference"):
         calc.add_features(calc.last_features)
-    calc.add_reference(atoms)
+    calc.condition(atoms)
     assert calc.get_property("uncertainty", atoms) < before
 
 
@@ -210,7 +210,7 @@ def test_fixed_kernel_is_a_seeded_random_copy_of_the_architecture(tiny_model, et
 
 def test_a_saved_ntk_posterior_needs_the_same_kernel_options(tiny_model, ethanol, tmp_path):
     calc = MLIPALCalculator(model=tiny_model, kernel="ntk", kernel_options={"dim": 64, "seed": 1})
-    calc.add_reference([ethanol])
+    calc.condition([ethanol])
     calc.save_posterior(tmp_path / "p.npz")
     same = MLIPALCalculator(model=tiny_model, kernel="ntk", kernel_options={"dim": 64, "seed": 1}, posterior=tmp_path / "p.npz")
     assert same.get_property("energy_uncertainty", ethanol) == pytest.approx(calc.get_property("energy_uncertainty", ethanol))
