@@ -7,12 +7,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .features import Features, to_numpy
+from .features import FeatureMap, Features, to_numpy
 from ..models.graphs import forward
 from ..models.model import ModelSpec, load_model
 
 
-class CommitteeFeatures:
+class CommitteeFeatures(FeatureMap):
     """A committee of the calculator's model and ``members`` (``K = 1 + len(members)``).
 
     Energies, forces and stress are the committee means. The features are

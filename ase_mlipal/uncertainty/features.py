@@ -1,30 +1,17 @@
 """Feature maps: from a MACE forward pass to per-atom and per-structure features.
 
-A feature map (a *kernel* by name, see :mod:`ase_mlipal.uncertainty.kernels`) is bound
-to one model and has:
-
-* ``name``; ``dim``, the width of the structure (energy) features;
-  ``force_dim``, the width of the rows of the force posterior;
-* ``evaluate(batch, compute_force, compute_stress, force_posterior, rows)``:
-  runs the model on a mace batch and returns ``(output, Features)``, where
-  ``output`` holds ``energy``, ``node_energy``, ``forces`` and ``stress``
-  as :func:`ase_mlipal.models.graphs.forward` does; ``rows=False`` says the
-  caller will not condition on these features, so a map whose conditioning
-  rows cost extra passes (the force kernels' probes) may leave them out;
-* ``conditioning(features)``: the rows ``(energy_rows, force_rows)`` that
-  condition the calculator's two posteriors on these structures;
-* ``atoms_in_energy_space``: whether ``Features.atom`` lives in the same
-  space as ``Features.structure`` (then per-atom energies get a variance);
-* ``prior_precision``: ``None``, or a ``lambda`` the kernel fixes itself;
-* ``max_batch``: ``None``, or the most structures ``evaluate`` takes at once.
-
+Every kernel (a feature map by name, see :mod:`ase_mlipal.uncertainty.kernels`)
+implements :class:`FeatureMap`; the calculator, the trigger and selection use
+nothing else of it. This module also holds :class:`Features` (what a map
+returns) and the activation kernel with its fixed-descriptor baseline.
 Kernels are inner products of features; the posterior needs nothing else.
 """
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -86,6 +73,53 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(np.float64)
 
 
+
+class FeatureMap(abc.ABC):
+    """What every kernel implements, bound to one model.
+
+    Attributes:
+        name: the kernel's name (:data:`~ase_mlipal.uncertainty.kernels.FEATURE_MAPS`).
+        dim: width of the structure (energy) features ``p``.
+        force_dim: width of the rows of the force (atom-level) posterior.
+        atoms_in_energy_space: ``Features.atom`` lives in the space of
+            ``Features.structure`` (then per-atom energies get a variance).
+        prior_precision: ``None``, or a ``lambda`` the kernel fixes itself.
+        max_batch: ``None``, or the most structures :meth:`evaluate` takes at once.
+        selects_on: the posterior candidate rows are scored against in
+            selection: ``"energy"`` (structure features) or ``"forces"``.
+    """
+
+    name: ClassVar[str]
+    atoms_in_energy_space: ClassVar[bool] = False
+    prior_precision: ClassVar[Optional[float]] = None
+    max_batch: ClassVar[Optional[int]] = None
+    selects_on: ClassVar[str] = "energy"
+    dim: int
+    force_dim: int
+
+    @abc.abstractmethod
+    def evaluate(self, batch, compute_force: bool = True, compute_stress: bool = False,
+                 force_posterior=None, rows: bool = True) -> tuple[dict, Features]:
+        """Run the model on a mace batch: ``(output, Features)``.
+
+        ``output`` holds ``energy``, ``node_energy``, ``forces`` and ``stress``
+        as :func:`ase_mlipal.models.graphs.forward` does. ``force_posterior``
+        is the posterior the force kernels draw their per-atom variance
+        against; ``rows=False`` says the caller will not condition on these
+        features, so a map whose conditioning rows cost extra passes (the
+        force kernels' probes) may leave them out. Maps that need neither
+        ignore both.
+        """
+
+    @abc.abstractmethod
+    def conditioning(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``(energy_rows, force_rows)`` that condition the two posteriors on these structures."""
+
+    def selection_rows(self, features: Features) -> np.ndarray:
+        """The ``(k, p)`` rows of one structure that batch selection scores (default: its structure feature)."""
+        rows = self.conditioning(features)[1] if self.selects_on == "forces" else features.structure
+        return np.asarray(rows)
+
 MAX_ELEMENT_BLOCKS = 10  # models with more elements (foundation models) share one block
 
 
@@ -98,7 +132,7 @@ def element_blocks(psi: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
     return (node_attrs.to(psi.dtype)[:, :, None] * psi[:, None, :]).reshape(len(psi), -1)
 
 
-class ActivationFeatures:
+class ActivationFeatures(FeatureMap):
     """Activation kernel: invariant hidden features of a pretrained MACE.
 
     ``psi_i`` concatenates the invariant (l=0) node features of atom ``i``

@@ -27,13 +27,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .features import ActivationFeatures, Features, to_numpy
+from .features import ActivationFeatures, FeatureMap, Features, to_numpy
 from ..models.graphs import forward
 from .posterior import FeaturePosterior
 from .sketch import CountSketch, flatten, shifted, tracking
 
 
-class NTKFeatures:
+class NTKFeatures(FeatureMap):
     """Energy NTK: ``phi(x) = S dE(x)/dtheta``, sketched to ``dim`` dimensions.
 
     The force posterior (per-atom force uncertainty) uses the activation
@@ -135,6 +135,7 @@ class ForceNTKFeatures(NTKFeatures):
     """
 
     name = "force_ntk"
+    selects_on = "forces"  # candidates are scored by their probe rows against the force posterior
 
     def __init__(self, model: torch.nn.Module, dim: int = 512, seed: int = 0, parameters: Optional[str] = None,
                  probes: int = 4, samples: int = 8):

@@ -216,3 +216,22 @@ def test_a_saved_ntk_posterior_needs_the_same_kernel_options(tiny_model, ethanol
     assert same.get_property("energy_uncertainty", ethanol) == pytest.approx(calc.get_property("energy_uncertainty", ethanol))
     with pytest.raises(ValueError, match="kernel options"):
         MLIPALCalculator(model=tiny_model, kernel="ntk", kernel_options={"dim": 64, "seed": 2}, posterior=tmp_path / "p.npz")
+
+
+def test_every_kernel_implements_the_feature_map_protocol():
+    import pytest as _pytest
+
+    from ase_mlipal.uncertainty.features import FeatureMap
+    from ase_mlipal.uncertainty.kernels import FEATURE_MAPS
+
+    assert all(issubclass(cls, FeatureMap) for cls in FEATURE_MAPS.values())
+    assert {name for name, cls in FEATURE_MAPS.items() if cls.selects_on == "forces"} == {"force_ntk", "ef_ntk"}
+
+    class Incomplete(FeatureMap):
+        name = "incomplete"
+
+        def conditioning(self, features):
+            return features.structure, features.atom
+
+    with _pytest.raises(TypeError, match="evaluate"):
+        Incomplete()
