@@ -22,7 +22,7 @@ with torch_load_override(), warnings.catch_warnings():
     from .calculator import MLIPALCalculator
     from .uncertainty.calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
     from .uncertainty.committee import CommitteeFeatures
-    from .uncertainty.features import ActivationFeatures, FixedFeatures
+    from .uncertainty.features import ActivationFeatures, FeatureMap, FixedFeatures
     from .uncertainty.kernels import FEATURE_MAPS, get_feature_map
     from .training.distill import distill
     from .training.finetune import finetune, rereference_energies, shift_energies, train_committee
@@ -61,6 +61,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationFeatures",
+    "FeatureMap",
     "CommitteeFeatures",
     "EnergyForceNTKFeatures",
     "FEATURE_MAPS",
