@@ -100,13 +100,11 @@ def compare(latents: Mapping[str, np.ndarray], n_local_points: int = 50, max_ato
 
 def plot_comparison(comparison: Comparison, path: Union[str, pathlib.Path]) -> pathlib.Path:
     """Heat maps of GFRE and LFRE (source rows, target columns), saved to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or state touched
 
     size = 1.2 + 0.9 * len(comparison.names)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
+    fig = Figure(figsize=(2 * size + 1.5, size))
+    axes = fig.subplots(1, 2)
     for ax, label, matrix in zip(axes, ("GFRE", "LFRE"), (comparison.gfre, comparison.lfre)):
         image = ax.imshow(matrix, vmin=0, vmax=max(1.0, float(matrix.max())), cmap="viridis")
         ticks = range(len(comparison.names))
@@ -120,5 +118,4 @@ def plot_comparison(comparison: Comparison, path: Union[str, pathlib.Path]) -> p
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

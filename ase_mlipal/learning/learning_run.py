@@ -210,7 +210,7 @@ class LearningRun:
         options = {"seed": number, **self.finetune_options}
         head = self.calc.batch_maker.head
         model, record.train, valid = finetune(self.pretrained, frames, valid=self.store.frames("verified"),
-                                              checkpoint=self._path("finetune.ckpt"), progress=self.progress,
+                                              progress=self.progress,
                                               head=head, **options)
         record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head)
         record.reason = self.choice.history[-1]["reason"]

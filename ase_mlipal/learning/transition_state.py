@@ -118,8 +118,9 @@ def refine_ts(
     Args:
         calc: the model; Sella runs on it.
         start: one image near the saddle, or a band (a sequence of images): then
-            the highest-energy interior image starts the search and the barrier is
-            measured from the band's first image.
+            the highest-energy interior image starts the search (it must be a
+            maximum along the band) and the barrier is measured from the band's
+            first image.
         reference: an ASE calculator or a factory (as for :func:`~ase_mlipal.label`);
             when given, the saddle (and the band's first image, if unlabelled) is
             labelled and checked (:func:`~ase_mlipal.learning.verification.check_frame`); the
@@ -137,7 +138,8 @@ def refine_ts(
 
     Raises:
         ImportError: Sella is not installed (``pip install "ase-mlipal[ts]"``).
-        ValueError: an empty or too short band, or a band whose images differ in atoms.
+        ValueError: a band too short, whose images differ in atoms, or with no
+            interior energy maximum.
     """
     try:
         from sella import Sella
@@ -178,6 +180,11 @@ def _starting_image(calc: MLIPALCalculator, start) -> tuple[Optional[Atoms], Ato
         raise ValueError("the images of a band must have the same atoms in the same order")
     energies, _ = calc.predict(images, progress=False, force_variance=False, rows=False)
     top = 1 + int(np.argmax(energies[1:-1]))
+    if not energies[top] > max(energies[top - 1], energies[top + 1]):
+        raise ValueError(f"the band has no interior energy maximum on this model (its highest interior image {top} "
+                         f"is not above both neighbours; energies relative to the first image: "
+                         f"{np.round(energies - energies[0], 3).tolist()} eV), so there is no saddle to refine: "
+                         "converge the band first, or pass the image to start from")
     return images[0], images[top]
 
 

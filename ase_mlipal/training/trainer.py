@@ -188,7 +188,17 @@ def train(
     """
     if not train_frames or not valid_frames:
         raise ValueError("train needs at least one training and one validation frame")
-    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    # this run's seed, without reseeding the caller's global generators
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _fit(model, train_frames, valid_frames, epochs, batch_size, lr, energy_weight, forces_weight,
+                    patience, max_seconds, checkpoint, seed, progress, extra_loss, head)
+
+
+def _fit(model, train_frames, valid_frames, epochs, batch_size, lr, energy_weight, forces_weight, patience,
+         max_seconds, checkpoint, seed, progress, extra_loss, head) -> TrainResult:
+    """The epochs of :func:`train` (arguments as there)."""
     train_loader = data_loader(train_frames, model, batch_size, shuffle=True, seed=seed, head=head)
     valid_loader = data_loader(valid_frames, model, batch_size, head=head)
     loss_fn = modules.WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight)

@@ -13,8 +13,6 @@ number of conditioning frames; nothing of size N x N is ever built.
 
 from __future__ import annotations
 
-import os
-from typing import Union
 
 import numpy as np
 import torch
@@ -151,16 +149,6 @@ class FeaturePosterior:
         post.factor = factor
         post.n_added = int(state["n_added"])
         return post
-
-    def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write to a ``.npz`` file (no pickles)."""
-        np.savez(path, **self.state())
-
-    @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "FeaturePosterior":
-        """Read a file written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            return cls.from_state(dict(data))
 
     def _check(self, features: np.ndarray) -> np.ndarray:
         features = np.atleast_2d(np.asarray(features, dtype=np.float64))

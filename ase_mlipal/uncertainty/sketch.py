@@ -87,35 +87,3 @@ def flatten(grads: Sequence[Optional[torch.Tensor]], parameters: Sequence[torch.
     lead = () if batch is None else (batch,)
     return torch.cat([(g if g is not None else torch.zeros(lead + p.shape, dtype=p.dtype, device=p.device))
                       .reshape(lead + (-1,)) for g, p in zip(grads, parameters)], dim=-1)
-
-
-def energy_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    """``d E_s / d theta`` for every structure ``s`` of a mace batch, flattened: ``(n_structures, P)``.
-
-    One backward pass per structure (``retain_graph``); ``batch`` comes
-    from :class:`ase_mlipal.models.graphs.BatchMaker`.
-    """
-    from ..models.graphs import forward
-
-    with tracking(parameters), torch.enable_grad():
-        energy = forward(model, batch, compute_force=False)["energy"]
-        rows = [flatten(torch.autograd.grad(energy[s], parameters, retain_graph=s + 1 < len(energy),
-                                            allow_unused=True), parameters)
-                for s in range(len(energy))]
-    return torch.stack(rows).detach()
-
-
-def force_gradients(model: torch.nn.Module, batch, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor:
-    """Exact ``d F_ia / d theta`` for every force component of a mace batch: ``(3 n_atoms, P)``.
-
-    One double backward per component (``3N`` in all): the reference the
-    probe estimates of :class:`ase_mlipal.uncertainty.ntk.ForceNTKFeatures` are tested
-    against. Rows are ordered atom by atom, ``x, y, z``.
-    """
-    from ..models.graphs import forward
-
-    with tracking(parameters), torch.enable_grad():
-        forces = forward(model, batch, compute_force=True, training=True)["forces"].reshape(-1)
-        rows = [flatten(torch.autograd.grad(forces[c], parameters, retain_graph=True, allow_unused=True), parameters)
-                for c in range(len(forces))]
-    return torch.stack(rows).detach()

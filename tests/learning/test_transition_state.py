@@ -83,6 +83,10 @@ def test_bad_bands_are_refused(default_calc, demo_band):
     mixed = [demo_band[0], demo_band[1][:-1], demo_band[2]]
     with pytest.raises(ValueError, match="same atoms"):
         refine_ts(default_calc, mixed)
+    downhill = [demo_band[0], demo_band[4], demo_band[4].copy()]  # last: a rigid shift, equal energy: no maximum
+    downhill[2].positions += 0.3
+    with pytest.raises(ValueError, match="no interior energy maximum"):
+        refine_ts(default_calc, downhill)
 
 
 def test_cli_ts_refines_the_demo_band_and_writes_the_saddle(tmp_path, capsys):

@@ -9,7 +9,7 @@ from ase_mlipal import FEATURE_MAPS, MLIPALCalculator, build_mace, random_like
 from ase_mlipal.models.graphs import BatchMaker
 from ase_mlipal.uncertainty.ntk import ForceNTKFeatures
 from ase_mlipal.uncertainty.posterior import FeaturePosterior
-from ase_mlipal.uncertainty.sketch import energy_gradients, force_gradients
+from .gradients import energy_gradients, force_gradients
 
 from ..conftest import rattled
 

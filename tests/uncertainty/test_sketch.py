@@ -6,7 +6,9 @@ import torch
 from ase.build import molecule
 
 from ase_mlipal.models.graphs import BatchMaker, forward
-from ase_mlipal.uncertainty.sketch import CountSketch, energy_gradients
+from ase_mlipal.uncertainty.sketch import CountSketch
+
+from .gradients import energy_gradients
 
 from ..conftest import rattled
 
