@@ -1,4 +1,4 @@
-"""Reading labelled frames: files of structures and the labels stored on ``ase.Atoms``."""
+"""Frames: reading labelled structures and their labels, and thermal copies of a structure."""
 
 from __future__ import annotations
 
@@ -66,3 +66,14 @@ def read_frames(path: Union[str, os.PathLike], index: str = ":") -> list[Atoms]:
         with gzip.open(path, "rt") as handle:
             return read(io.StringIO(handle.read()), index=index, format="extxyz")
     return read(path, index=index)
+
+
+def rattled(atoms: Atoms, n: int, stdev: float = 0.05, seed: int = 0) -> list[Atoms]:
+    """``n`` copies of ``atoms`` with Gaussian noise of ``stdev`` (A) on every coordinate, seeded."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        copy = atoms.copy()
+        copy.positions += rng.normal(scale=stdev, size=copy.positions.shape)
+        out.append(copy)
+    return out

@@ -178,16 +178,6 @@ def molecules(seed: int = 0) -> list:
     return out
 
 
-def rattled(atoms, n: int, stdev: float, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        copy_ = atoms.copy()
-        copy_.positions += rng.normal(scale=stdev, size=copy_.positions.shape)
-        out.append(copy_)
-    return out
-
-
 @functools.lru_cache(maxsize=1)
 def _reactive() -> tuple:
     from ase_mlipal import read_frames
@@ -222,6 +212,7 @@ QUANTITIES = ("energy", "energies", "forces", "stress", "energy_uncertainty", "e
 
 def calculator_part(kernel: str, device: str, dtype: str, repeats: int):
     import ase_mlipal
+    from ase_mlipal.frames import rattled
     from ase_mlipal.uncertainty.features import per_structure
 
     structures = molecules()

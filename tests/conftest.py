@@ -10,6 +10,7 @@ from ase import Atoms
 from ase.build import molecule
 
 import ase_mlipal
+from ase_mlipal.frames import rattled  # noqa: F401  (tests import it from here)
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase_mlipal.learning.store import fingerprint
@@ -39,17 +40,6 @@ def ethanol():
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.05, seed=3)
     return atoms
-
-
-def rattled(atoms: Atoms, n: int, stdev: float = 0.05, seed: int = 0) -> list[Atoms]:
-    """``n`` copies of ``atoms`` with Gaussian noise on the positions."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        copy = atoms.copy()
-        copy.positions += rng.normal(scale=stdev, size=copy.positions.shape)
-        out.append(copy)
-    return out
 
 
 def labelled_by(model, frames: list[Atoms]) -> list[Atoms]:
