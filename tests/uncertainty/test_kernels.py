@@ -188,7 +188,7 @@ def test_a_calculation_skips_the_probe_rows_and_says_how_to_condition(tiny_model
     atoms = ethanol.copy()
     atoms.calc = calc
     before = calc.get_property("uncertainty", atoms)
-    with pytest.raises(ValueError, match="add_reference"):
+    with pytest.raises(ValueError, match="condition"):
         calc.add_features(calc.last_features)
     calc.condition(atoms)
     assert calc.get_property("uncertainty", atoms) < before
