@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.io import iread
 
 from .calculator import MLIPALCalculator
 from .uncertainty.features import per_structure
 from .models.model import ModelSpec
-from .uncertainty.ntk import ForceNTKFeatures
 from .uncertainty.posterior import FeaturePosterior
 from .progress import progress_bar
 
@@ -83,14 +83,12 @@ def _db_rows(path: str) -> Iterator[Atoms]:
 def candidate_rows(calc: MLIPALCalculator, images: Sequence[Atoms]) -> np.ndarray:
     """The ``(n, k, p)`` rows of each structure that selection works on (see the module docstring)."""
     feature_map = calc.feature_map
-    if isinstance(feature_map, ForceNTKFeatures):
-        return np.stack([feature_map.conditioning(f)[1] for f in per_structure(calc.features(images))])
-    return np.stack([f.structure for f in per_structure(calc.features(images))])
+    return np.stack([feature_map.selection_rows(f) for f in per_structure(calc.features(images))])
 
 
 def selection_posterior(calc: MLIPALCalculator) -> FeaturePosterior:
     """The calculator's posterior that candidate rows are scored against."""
-    return calc.atom_posterior if isinstance(calc.feature_map, ForceNTKFeatures) else calc.energy_posterior
+    return calc.atom_posterior if calc.feature_map.selects_on == "forces" else calc.energy_posterior
 
 
 def pool_rows(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 256, executor: Optional[Executor] = None,
@@ -244,7 +242,7 @@ def select(
     n: int,
     calc: Union[MLIPALCalculator, ModelSpec],
     method: str = "maxdet",
-    kernel: str = "activation",
+    kernel: Optional[str] = None,
     kernel_options: Optional[dict] = None,
     labelled: Optional[Pool] = None,
     shortlist: Optional[int] = 5000,
@@ -259,10 +257,11 @@ def select(
         pool: candidates: a sequence of ``Atoms``, a file ``ase.io.iread``
             reads (extxyz, ...) or an ase.db (``.db`` file or URL).
         n: how many to pick.
-        calc: an :class:`MLIPALCalculator` (its kernel and posterior are
-            used) or a model (anything :func:`load_model` accepts), for
-            which a calculator with ``kernel`` and ``kernel_options`` and an
-            empty posterior is made.
+        calc: an :class:`MLIPALCalculator` (its kernel, posterior and device
+            are used; then ``kernel`` and ``kernel_options`` must not be given)
+            or a model (anything :func:`load_model` accepts; a module keeps its
+            device), for which a calculator with ``kernel`` (default
+            ``"activation"``) and ``kernel_options`` and an empty posterior is made.
         method: ``maxdet``, ``lcmd``, ``maxdist`` or ``random``.
         labelled: structures already labelled (the selection avoids what they cover).
         shortlist: at most this many candidates are kept for the final
@@ -283,8 +282,15 @@ def select(
         size = sum(len(chunk) for chunk in stream(pool, chunk_size))
         _check_size(n, size)
         return np.random.default_rng(seed).choice(size, n, replace=False)
-    if not isinstance(calc, MLIPALCalculator):
-        calc = MLIPALCalculator(calc, kernel=kernel, kernel_options=kernel_options, posterior=None)
+    if isinstance(calc, MLIPALCalculator):
+        if kernel is not None or kernel_options is not None:
+            raise ValueError(f"kernel= and kernel_options= choose the kernel of a calculator select makes from a "
+                             f"model; this calculator already uses kernel {calc.kernel!r}: make one with the kernel "
+                             "you want, or pass the model")
+    else:
+        device = str(next(calc.parameters()).device) if isinstance(calc, torch.nn.Module) else "cpu"
+        calc = MLIPALCalculator(calc, kernel=kernel or "activation", kernel_options=kernel_options, posterior=None,
+                                device=device)
     if isinstance(labelled, (list, tuple)) and not labelled:
         labelled = None
     known = None if labelled is None else pool_features(calc, labelled, chunk_size)
