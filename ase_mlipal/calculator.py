@@ -17,16 +17,21 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .uncertainty.calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration
-from .uncertainty.features import Features, per_structure
 from .frames import read_labels
-from .models.graphs import BatchMaker
-from .uncertainty.kernels import get_feature_map
-from .models.model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
-from .uncertainty.posterior import FeaturePosterior
-from .progress import progress_bar
 from .legacy import refuse_unknown, renamed_argument
+from .models.graphs import BatchMaker
+from .models.model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
+from .progress import progress_bar
 from .storage import atomic_write
+from .uncertainty.calibration import (
+    CalibrationReport,
+    Recalibration,
+    calibration_report,
+    fit_recalibration,
+)
+from .uncertainty.features import Features, per_structure
+from .uncertainty.kernels import get_feature_map
+from .uncertainty.posterior import FeaturePosterior
 
 
 class MLIPALCalculator(Calculator):

@@ -24,7 +24,6 @@ from typing import Callable, Optional, Sequence
 from ase import Atoms
 from ase.io import Trajectory, read, write
 
-
 REFERENCES = {"xtb": ("ase_mlipal.references.xtb", "RobustXTB"), "emt": ("ase.calculators.emt", "EMT"),
               "pyscf": ("ase_mlipal.references.pyscf", "PySCF")}
 
@@ -65,8 +64,8 @@ def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: in
            timestep: float, trajectory: Optional[str] = None, run_id: str = "md"):
     """Langevin MD watched by a trigger; returns ``(trigger, [(step, value)])``."""
     from .learning.md_learner import langevin
-    from .progress import progress_bar
     from .learning.trigger import UncertaintyTrigger
+    from .progress import progress_bar
 
     atoms.calc = calc
     trigger = UncertaintyTrigger(calc, store, threshold, atoms=atoms, source="md", run_id=run_id)
@@ -85,8 +84,8 @@ def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: in
 
 
 def cmd_md(args: argparse.Namespace) -> None:
-    from .plots import plot_uncertainty_trace
     from .learning.store import FrameStore
+    from .plots import plot_uncertainty_trace
 
     store = FrameStore(args.db)
     trigger, trace = run_md(_read(args.structure), _calculator(args.model, args.trust), store, args.threshold,
@@ -100,10 +99,10 @@ def cmd_md(args: argparse.Namespace) -> None:
 
 def cmd_neb(args: argparse.Namespace) -> None:
     from .learning.neb_learner import path_profile, relax_band
-    from .paths import band
-    from .plots import plot_neb_profiles
     from .learning.store import FrameStore
     from .learning.trigger import UncertaintyTrigger
+    from .paths import band
+    from .plots import plot_neb_profiles
 
     calc = _calculator(args.model, args.trust)
     images = band(_read(args.initial), _read(args.final), args.images)
@@ -288,7 +287,12 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .analysis.reconstruction import atom_latents, compare, layer_latents, plot_comparison
+    from .analysis.reconstruction import (
+        atom_latents,
+        compare,
+        layer_latents,
+        plot_comparison,
+    )
     from .models.model import ModelLoadError, load_model
 
     frames = _read(args.data, ":")

@@ -39,7 +39,6 @@ from scipy.sparse.csgraph import connected_components
 
 from .legacy import refuse_unknown, renamed_argument
 
-
 CHEMICAL_BOND_RATIO = 1.25  # a chemical bond: within 1.25 covalent sums (fragments of the defining structures)
 
 

@@ -17,9 +17,9 @@ from ase import Atoms
 from ase.mep import NEB, idpp_interpolate
 
 from .calculator import MLIPALCalculator
-from .uncertainty.features import per_structure
 from .guards import PhysicalGuard
 from .models.model import DEFAULT_DIR
+from .uncertainty.features import per_structure
 
 DEMO_REACTION_PATH = DEFAULT_DIR / "demo_reaction.xyz"
 

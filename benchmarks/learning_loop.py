@@ -48,7 +48,6 @@ import ase_mlipal
 from ase_mlipal.demo import DEMO_FINETUNE
 from ase_mlipal.frames import read_labels
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
-from ase_mlipal.plots import plot_neb_profiles
 from ase_mlipal.references.xtb import RobustXTB
 
 HERE = Path(__file__).resolve().parent

@@ -4,7 +4,6 @@ import os
 import uuid
 import warnings
 
-import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import molecule

@@ -1,11 +1,9 @@
 """Every bad input named in MLIPALCalculator's docstring and issue 17 gets an error that says what and where."""
 
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
-import zipfile
 
 import numpy as np
 import pytest

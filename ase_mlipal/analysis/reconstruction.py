@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..uncertainty.features import ActivationFeatures
 from ..models.graphs import BatchMaker
+from ..uncertainty.features import ActivationFeatures
 
 
 def atom_latents(model: torch.nn.Module, frames: Sequence[Atoms], chunk_size: int = 16) -> np.ndarray:
@@ -100,7 +100,9 @@ def compare(latents: Mapping[str, np.ndarray], n_local_points: int = 50, max_ato
 
 def plot_comparison(comparison: Comparison, path: Union[str, pathlib.Path]) -> pathlib.Path:
     """Heat maps of GFRE and LFRE (source rows, target columns), saved to ``path``."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or state touched
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global backend or state touched
+    )
 
     size = 1.2 + 0.9 * len(comparison.names)
     fig = Figure(figsize=(2 * size + 1.5, size))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -35,15 +35,15 @@ import numpy as np
 from ase import Atoms
 
 from ..calculator import MLIPALCalculator
-from ..legacy import refuse_unknown, renamed_argument
-from ..uncertainty.calibration import CalibrationReport
-from ..training.finetune import DEFAULT_REPLAY_PATH, finetune
 from ..frames import read_frames, read_labels
-from .labelling import LabelReport, Reference, label
+from ..legacy import refuse_unknown, renamed_argument
 from ..models.model import load_model, save_model
 from ..storage import atomic_write
-from .store import FrameStore
+from ..training.finetune import DEFAULT_REPLAY_PATH, finetune
 from ..training.trainer import TrainResult
+from ..uncertainty.calibration import CalibrationReport
+from .labelling import LabelReport, Reference, label
+from .store import FrameStore
 from .trigger import UncertaintyTrigger
 from .verification import Check, ModelChoice, check_frame
 

@@ -31,12 +31,12 @@ from ase.md.langevin import Langevin
 from ase.optimize.optimize import Dynamics
 
 from ..calculator import MLIPALCalculator
-from ..legacy import renamed_argument
 from ..guards import PhysicalGuard, UnphysicalFrame
-from .labelling import Reference, label
+from ..legacy import renamed_argument
 from ..progress import progress_bar
-from .learning_run import LearningRun, RoundRecord
 from ..storage import atomic_write
+from .labelling import Reference, label
+from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
 from .verification import Check

@@ -23,14 +23,21 @@ from ase.optimize.optimize import Optimizer
 
 from ..calculator import MLIPALCalculator
 from ..guards import PhysicalGuard, UnphysicalFrame
-from .labelling import LabelReport, Reference, label
-from ..paths import DEMO_REACTION_PATH, PathProfile, band, path_profile, reaction_coordinate  # noqa: F401
+from ..paths import (  # noqa: F401
+    DEMO_REACTION_PATH,
+    PathProfile,
+    band,
+    path_profile,
+    reaction_coordinate,
+)
 from ..progress import progress_bar
-from .learning_run import LearningRun, RoundRecord
 from ..storage import atomic_write
+from .labelling import LabelReport, Reference, label
+from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
 from .verification import Check
+
 
 @dataclass
 class NEBRound:

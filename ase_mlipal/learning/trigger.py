@@ -62,9 +62,9 @@ from ase import Atoms
 from ase.mep.neb import BaseNEB
 
 from ..calculator import MLIPALCalculator
+from ..frames import read_labels
 from ..legacy import refuse_unknown, renamed_argument
 from ..uncertainty.features import per_structure
-from ..frames import read_labels
 from .store import FrameStore
 
 

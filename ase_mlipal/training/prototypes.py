@@ -29,8 +29,8 @@ import torch
 from ase import Atoms
 from scipy.cluster.vq import kmeans2
 
-from ..uncertainty.features import ActivationFeatures
 from ..models.graphs import BatchMaker, forward
+from ..uncertainty.features import ActivationFeatures
 
 
 class PrototypeAlignment:

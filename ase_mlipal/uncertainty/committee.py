@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .features import FeatureMap, Features, to_numpy
 from ..models.graphs import forward
 from ..models.model import ModelSpec, load_model
+from .features import FeatureMap, Features, to_numpy
 
 
 class CommitteeFeatures(FeatureMap):

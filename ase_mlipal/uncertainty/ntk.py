@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .features import ActivationFeatures, FeatureMap, Features, to_numpy
 from ..models.graphs import forward
+from .features import ActivationFeatures, FeatureMap, Features, to_numpy
 from .posterior import FeaturePosterior
 from .sketch import CountSketch, flatten, shifted, tracking
 

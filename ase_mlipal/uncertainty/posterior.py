@@ -13,7 +13,6 @@ number of conditioning frames; nothing of size N x N is ever built.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from scipy.linalg.lapack import dtpqrt
