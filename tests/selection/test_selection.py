@@ -223,3 +223,11 @@ def test_graphs_built_on_threads_keep_the_model_dtype(tiny_model):
         graphs = list(threads.map(maker.graph, [molecule("CH3OH")] * 400))
     assert all(g.positions.dtype == maker.dtype for g in graphs)
     assert torch.get_default_dtype() == before
+
+
+def test_a_kernel_given_with_a_calculator_is_refused_not_ignored(tiny_model):
+    pool = rattled(molecule("CH3OH"), 6, seed=4)
+    calc = MLIPALCalculator(model=tiny_model)
+    with pytest.raises(ValueError, match="already uses kernel 'activation'"):
+        select(pool, 2, calc, kernel="ntk")
+    assert len(select(pool, 2, calc, progress=False)) == 2
