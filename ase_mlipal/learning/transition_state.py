@@ -23,9 +23,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.units import invcm
+from ase.vibrations import Vibrations
 
 from ..calculator import MLIPALCalculator
 from ..frames import read_labels
+from ..paths import path_profile
 from .labelling import Reference, _name, reference_label
 from .store import FrameStore
 from .verification import Check, check_frame
@@ -158,8 +162,6 @@ def refine_ts(
         result.notes.append(f"Sella did not reach fmax {fmax} eV/A in {steps} steps: raise steps or start "
                             "from a better image")
     if first is not None:
-        from ..paths import path_profile
-
         profile = path_profile(calc, [first, result.atoms])
         result.barrier, result.barrier_std = float(profile.energy[1]), float(profile.energy_std[1])
     if vibrations:
@@ -196,8 +198,6 @@ def _plain(atoms: Atoms) -> Atoms:
 
 def _modes(calc: MLIPALCalculator, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
     """Frequencies (cm^-1, imaginary as negative, sorted) and the lowest mode's unit displacement (N, 3)."""
-    from ase.vibrations import Vibrations
-
     work = atoms.copy()
     work.calc = calc
     with tempfile.TemporaryDirectory(prefix="mlipal_vib_") as directory:
@@ -207,8 +207,6 @@ def _modes(calc: MLIPALCalculator, atoms: Atoms) -> tuple[np.ndarray, np.ndarray
         energies, modes = data.get_energies_and_modes(all_atoms=True)
     # ASE gives imaginary frequencies as imaginary numbers: signed real values instead
     signed = np.where(np.abs(energies.imag) > np.abs(energies.real), -np.abs(energies.imag), energies.real)
-    from ase.units import invcm
-
     frequencies = signed / invcm
     order = np.argsort(frequencies)
     mode = np.asarray(modes[order[0]], dtype=float)
@@ -231,8 +229,6 @@ def _verify(calc: MLIPALCalculator, result: TransitionState, first: Optional[Ato
 
 
 def _labelled(atoms: Atoms, reference: Reference) -> Atoms:
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     energy, forces = reference_label(atoms, reference)
     labelled = _plain(atoms)
     labelled.calc = SinglePointCalculator(labelled, energy=energy, forces=forces)

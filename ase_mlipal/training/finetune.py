@@ -8,11 +8,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 
-from ..frames import read_frames
+from ..frames import read_frames, read_labels
+from ..models.graphs import resolve_head
 from ..models.model import DEFAULT_DIR, ModelSpec, load_model
 from .prototypes import PrototypeAlignment
-from .trainer import TrainResult, split_frames, train
+from .trainer import TrainResult, frame_errors, split_frames, train
 
 DEFAULT_REPLAY_PATH = DEFAULT_DIR / "default_replay.xyz.gz"
 
@@ -134,9 +136,6 @@ def rereference_energies(model: torch.nn.Module, frames: Sequence[Atoms], head: 
     Returns ``{atomic number: shift}``; shift replay frames of the old level
     by the same amounts (:func:`shift_energies`) before mixing them in.
     """
-    from ..models.graphs import resolve_head
-    from .trainer import frame_errors
-
     zs = [int(z) for z in model.atomic_numbers]
     if not frames:
         raise ValueError("rereference_energies needs labelled frames of the new level of theory")
@@ -159,10 +158,6 @@ def rereference_energies(model: torch.nn.Module, frames: Sequence[Atoms], head: 
 
 def shift_energies(frames: Sequence[Atoms], shifts: dict[int, float]) -> list[Atoms]:
     """Copies of labelled ``frames`` with ``sum_i shifts[z_i]`` (eV) added to each energy; forces kept."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from ..frames import read_labels
-
     out = []
     for atoms in frames:
         energy, forces = read_labels(atoms)

@@ -192,56 +192,49 @@ def train(
     # this run's seed, without reseeding the caller's global generators
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return _fit(model, train_frames, valid_frames, epochs, batch_size, lr, energy_weight, forces_weight,
-                    patience, max_seconds, checkpoint, seed, progress, extra_loss, head)
-
-
-def _fit(model, train_frames, valid_frames, epochs, batch_size, lr, energy_weight, forces_weight, patience,
-         max_seconds, checkpoint, seed, progress, extra_loss, head) -> TrainResult:
-    """The epochs of :func:`train` (arguments as there)."""
-    train_loader = data_loader(train_frames, model, batch_size, shuffle=True, seed=seed, head=head)
-    valid_loader = data_loader(valid_frames, model, batch_size, head=head)
-    loss_fn = modules.WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=max(1, patience // 4))
-    result, best_loss, best_state = TrainResult(), float("inf"), copy.deepcopy(model.state_dict())
-    start = time.perf_counter()
-    bar = progress_bar(range(epochs), progress, desc="training")
-    for epoch in bar:
-        model.train()
-        train_loss = 0.0
-        for batch in _on_device(train_loader, model):
-            optimizer.zero_grad()
-            out = model(batch.to_dict(), training=True, compute_force=True)
-            loss = loss_fn(batch, out)
-            if extra_loss is not None:
-                loss = loss + extra_loss(batch, out)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            train_loss += float(loss.detach()) * batch.num_graphs
+        train_loader = data_loader(train_frames, model, batch_size, shuffle=True, seed=seed, head=head)
+        valid_loader = data_loader(valid_frames, model, batch_size, head=head)
+        loss_fn = modules.WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight)
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=max(1, patience // 4))
+        result, best_loss, best_state = TrainResult(), float("inf"), copy.deepcopy(model.state_dict())
+        start = time.perf_counter()
+        bar = progress_bar(range(epochs), progress, desc="training")
+        for epoch in bar:
+            model.train()
+            train_loss = 0.0
+            for batch in _on_device(train_loader, model):
+                optimizer.zero_grad()
+                out = model(batch.to_dict(), training=True, compute_force=True)
+                loss = loss_fn(batch, out)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(batch, out)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                train_loss += float(loss.detach()) * batch.num_graphs
+            model.eval()
+            valid_loss = sum(float(loss_fn(b, model(b.to_dict(), training=False)).detach()) * b.num_graphs
+                             for b in _on_device(valid_loader, model)) / len(valid_frames)
+            scheduler.step(valid_loss)
+            row = {"epoch": epoch, "train_loss": train_loss / len(train_frames), "valid_loss": valid_loss,
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+            result.history.append(row)
+            if valid_loss < best_loss:
+                best_loss, result.best_epoch = valid_loss, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(train=f"{row['train_loss']:.4g}", valid=f"{valid_loss:.4g}", best=result.best_epoch)
+            if checkpoint is not None:
+                state = {"state_dict": best_state, "history": result.history, "best_epoch": result.best_epoch}
+                atomic_torch_save(state, checkpoint)
+            if epoch - result.best_epoch >= patience or (max_seconds and row["seconds"] > max_seconds):
+                result.stopped_early = True
+                break
+        model.load_state_dict(best_state)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
         model.eval()
-        valid_loss = sum(float(loss_fn(b, model(b.to_dict(), training=False)).detach()) * b.num_graphs
-                         for b in _on_device(valid_loader, model)) / len(valid_frames)
-        scheduler.step(valid_loss)
-        row = {"epoch": epoch, "train_loss": train_loss / len(train_frames), "valid_loss": valid_loss,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-        result.history.append(row)
-        if valid_loss < best_loss:
-            best_loss, result.best_epoch = valid_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(train=f"{row['train_loss']:.4g}", valid=f"{valid_loss:.4g}", best=result.best_epoch)
-        if checkpoint is not None:
-            atomic_torch_save({"state_dict": best_state, "history": result.history, "best_epoch": result.best_epoch},
-                              checkpoint)
-        if epoch - result.best_epoch >= patience or (max_seconds and row["seconds"] > max_seconds):
-            result.stopped_early = True
-            break
-    model.load_state_dict(best_state)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    model.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+        result.seconds = time.perf_counter() - start
+        return result

@@ -219,8 +219,6 @@ def test_a_saved_ntk_posterior_needs_the_same_kernel_options(tiny_model, ethanol
 
 
 def test_every_kernel_implements_the_feature_map_protocol():
-    import pytest as _pytest
-
     from ase_mlipal.uncertainty.features import FeatureMap
     from ase_mlipal.uncertainty.kernels import FEATURE_MAPS
 
@@ -233,5 +231,5 @@ def test_every_kernel_implements_the_feature_map_protocol():
         def conditioning(self, features):
             return features.structure, features.atom
 
-    with _pytest.raises(TypeError, match="evaluate"):
+    with pytest.raises(TypeError, match="evaluate"):
         Incomplete()
