@@ -24,9 +24,9 @@ with torch_load_override(), warnings.catch_warnings():
     from .uncertainty.committee import CommitteeFeatures
     from .uncertainty.features import ActivationFeatures, FeatureMap, FixedFeatures
     from .uncertainty.kernels import FEATURE_MAPS, get_feature_map
-    from .training.distill import distill
+    from .training.distill import DistillResult, distill
     from .training.finetune import finetune, rereference_energies, shift_energies, train_committee
-    from .frames import read_frames, read_labels
+    from .frames import read_frames, read_labels, with_labels
     from .references.pyscf import PySCF, pyscf_calculator
     from .learning.labelling import LabelReport, ReferenceSetupError, label
     from .learning.md_learner import OnTheFlyLearner
@@ -45,12 +45,13 @@ with torch_load_override(), warnings.catch_warnings():
     from .paths import PathProfile, band, path_profile
     from .learning.transition_state import TransitionState, refine_ts
     from .uncertainty.posterior import FeaturePosterior
+    from .uncertainty.uncertainty_model import UncertaintyModel
     from .training.prototypes import PrototypeAlignment
     from .references.xtb import RobustXTB, xtb_calculator, xtb_label
     from .selection import select
     from .learning.store import FrameStore, StoreBusy
     from .learning.trigger import UncertaintyLimitExceeded, UncertaintyTrigger
-    from .training.trainer import evaluate, train
+    from .training.trainer import TrainedModel, TrainResult, evaluate, train
     from .learning.verification import Check, ModelChoice
 
 from . import legacy
@@ -70,6 +71,7 @@ __all__ = [
     "NTKFeatures",
     "CalibrationReport",
     "FeaturePosterior",
+    "UncertaintyModel",
     "PrototypeAlignment",
     "FrameStore",
     "StoreBusy",
@@ -100,6 +102,9 @@ __all__ = [
     "calibration_report",
     "evaluate",
     "distill",
+    "DistillResult",
+    "TrainedModel",
+    "TrainResult",
     "finetune",
     "fit_recalibration",
     "fit_scale",
@@ -112,6 +117,7 @@ __all__ = [
     "random_like",
     "read_frames",
     "read_labels",
+    "with_labels",
     "save_model",
     "select",
     "train",

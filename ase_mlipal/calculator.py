@@ -19,8 +19,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .frames import read_labels
 from .legacy import refuse_unknown, renamed_argument
-from .models.graphs import BatchMaker
-from .models.model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model, model_hash
+from .models.model import DEFAULT_POSTERIOR_PATH, ModelSpec, load_model
 from .progress import progress_bar
 from .storage import atomic_write
 from .uncertainty.calibration import (
@@ -30,8 +29,20 @@ from .uncertainty.calibration import (
     fit_recalibration,
 )
 from .uncertainty.features import Features, per_structure
-from .uncertainty.kernels import get_feature_map
 from .uncertainty.posterior import FeaturePosterior
+from .uncertainty.uncertainty_model import UncertaintyModel
+
+
+def _delegated(name: str, doc: str, settable: bool = False) -> property:
+    """An attribute of the calculator's :class:`UncertaintyModel`, shared by all its shares."""
+    def get(self):
+        return getattr(self.uncertainty_model, name)
+
+    def set_(self, value) -> None:
+        setattr(self.uncertainty_model, name, value)
+        self.uncertainty_model.changed()
+
+    return property(get, set_ if settable else None, doc=doc)
 
 
 class MLIPALCalculator(Calculator):
@@ -115,6 +126,18 @@ class MLIPALCalculator(Calculator):
         "energy_uncertainty", "energies_uncertainty", "forces_uncertainty", "uncertainty",
     ]
 
+    model = _delegated("model", "The MACE model (``torch.nn.Module``, frozen); swap it with :meth:`set_model`.")
+    kernel = _delegated("kernel", "Name of the feature map.")
+    kernel_options = _delegated("kernel_options", "Options of the feature map.")
+    regularization = _delegated("regularization", "``lambda`` of both posteriors.")
+    feature_map = _delegated("feature_map", "The :class:`~ase_mlipal.uncertainty.features.FeatureMap` in use.")
+    batch_maker = _delegated("batch_maker", "Atoms -> MACE batches (:class:`~ase_mlipal.models.graphs.BatchMaker`).")
+    energy_posterior = _delegated("energy_posterior", "Posterior on structure features.", settable=True)
+    atom_posterior = _delegated("atom_posterior", "Posterior on atomic features.", settable=True)
+    calibrated = _delegated("calibrated", "Whether the uncertainties are calibrated (eV, eV/A).", settable=True)
+    typical = _delegated("typical", "Median uncertainties of in-distribution frames (see :meth:`fit_typical`).",
+                         settable=True)
+
     def __init__(
         self,
         model: ModelSpec = "default",
@@ -131,11 +154,10 @@ class MLIPALCalculator(Calculator):
     ):
         chunk_size = renamed_argument(None, kwargs, "batch_size", "chunk_size", "MLIPALCalculator") or chunk_size
         super().__init__(**kwargs)
-        self.kernel = kernel
-        self.kernel_options = dict(kernel_options or {})
-        self.regularization = regularization
         self.chunk_size = int(chunk_size)
-        self._use_model(load_model(model, device=device, dtype=dtype, trust=trust), head)
+        self.uncertainty_model = UncertaintyModel(load_model(model, device=device, dtype=dtype, trust=trust),
+                                                  kernel, kernel_options, regularization, head)
+        self.reset()
         if posterior == "auto":
             use_shipped = isinstance(model, str) and model == "default" and kernel == "activation"
             posterior = DEFAULT_POSTERIOR_PATH if use_shipped and DEFAULT_POSTERIOR_PATH.exists() else None
@@ -144,31 +166,17 @@ class MLIPALCalculator(Calculator):
 
     @property
     def model_hash(self) -> str:
-        """sha256 of the model's parameters and buffers (:func:`~ase_mlipal.model_hash`).
+        """sha256 of the model's parameters and buffers (:attr:`UncertaintyModel.model_hash`).
 
-        Recomputed when any of them changed in place since the last call (their
-        autograd version counters moved), e.g. after
-        :func:`~ase_mlipal.rereference_energies`, so a posterior saved afterwards
-        carries the hash of the model it was built on.
+        Follows in-place changes (e.g. :func:`~ase_mlipal.rereference_energies`),
+        so a posterior saved afterwards carries the hash of the model it was
+        built on.
         """
-        version = sum(t._version for t in self.model.parameters()) + sum(t._version for t in self.model.buffers())
-        if version != self._hash_version:
-            self._hash, self._hash_version = model_hash(self.model), version
-        return self._hash
+        return self.uncertainty_model.model_hash
 
     def _use_model(self, model: torch.nn.Module, head: Optional[str] = None) -> None:
-        """Make ``model`` the calculator's model, with empty, uncalibrated posteriors."""
-        self.model = model
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-        self._hash, self._hash_version = "", -1
-        self.feature_map = get_feature_map(self.kernel, self.model, self.kernel_options)
-        self.batch_maker = BatchMaker(self.model, head=head)
-        regularization = self.feature_map.prior_precision or self.regularization
-        self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
-        self.atom_posterior = FeaturePosterior(self.feature_map.force_dim, regularization)
-        self.calibrated = False
-        self.typical: Optional[dict[str, float]] = None
+        """Make ``model`` the model of this calculator and all its shares, with empty posteriors."""
+        self.uncertainty_model.use(model, head)
         self.reset()
 
     def _chunk_size(self) -> int:
@@ -216,6 +224,7 @@ class MLIPALCalculator(Calculator):
             fitted = posterior.calibration
             scale = float(np.exp(share * np.log(fitted.scale) + (1 - share) * np.log(old.scale)))
             posterior.calibration = Recalibration(scale, fitted.exponent, fitted.floor)
+        self.uncertainty_model.changed()
         return self._calibration_reports(residuals)
 
     # -- ASE interface -------------------------------------------------------
@@ -246,9 +255,11 @@ class MLIPALCalculator(Calculator):
 
         Give one to each image of an NEB: every image then keeps its own
         results (ASE evaluates an unchanged image only once) while flags
-        and conditioning frames added through any of them reach all. A later
-        :meth:`set_model` or :meth:`load_posterior` on this calculator is
-        not seen by earlier shares; make new ones.
+        and conditioning frames added through any of them reach all: every
+        share holds this calculator's :class:`UncertaintyModel`, so a later
+        :meth:`set_model`, :meth:`load_posterior` or :meth:`calibrate` on
+        any of them reaches all, and results cached before it are
+        recomputed.
         """
         view = copy.copy(self)
         view.reset()
@@ -258,25 +269,21 @@ class MLIPALCalculator(Calculator):
         """Forget the last results (and the features they came from)."""
         super().reset()
         self.last_features: Optional[Features] = None
+        self._results_version = self.uncertainty_model.version
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes since the last calculation, all of them when the uncertainty model changed since."""
+        if self._results_version != self.uncertainty_model.version:
+            return list(all_changes)
+        return super().check_state(atoms, tol)
 
     def uncertainty_from(self, features: Features) -> dict:
         """The uncertainty results (see the class docstring) of one structure's features."""
-        forces_std = np.sqrt(self.atom_posterior.calibration.variance(self.force_variance(features)))
-        n_atoms = int(features.ptr[1] - features.ptr[0])
-        results = {
-            "energy_uncertainty": float(self.energy_posterior.std(features.structure, n_atoms)[0]),
-            "forces_uncertainty": forces_std,
-            "uncertainty": float(forces_std.max()),
-        }
-        if self.feature_map.atoms_in_energy_space:
-            results["energies_uncertainty"] = self.energy_posterior.std(features.atom)
-        return results
+        return self.uncertainty_model.uncertainty_from(features)
 
     def force_variance(self, features: Features) -> np.ndarray:
         """Raw (unscaled) variance per force component of each atom, ``(n_atoms,)``."""
-        if features.force_variance is not None:
-            return features.force_variance
-        return self.atom_posterior.quadratic_form(features.atom)
+        return self.uncertainty_model.force_variance(features)
 
     # -- reference set -------------------------------------------------------
 
@@ -341,9 +348,7 @@ class MLIPALCalculator(Calculator):
         force kernels, whose calculation skips the probe rows (they raise
         ``ValueError``; use :meth:`condition`).
         """
-        energy_rows, force_rows = self.feature_map.conditioning(features)
-        self.energy_posterior.add(energy_rows, weight)
-        self.atom_posterior.add(force_rows, weight)
+        self.uncertainty_model.add_features(features, weight)
         self.reset()
 
     # -- calibration -------------------------------------------------------
@@ -406,7 +411,6 @@ class MLIPALCalculator(Calculator):
             res.forces.ravel(), np.repeat(res.forces_raw, 3), None, atom_groups, forces_method,
             shape=self.atom_posterior.calibration)
         self.calibrated = True
-        self.reset()
 
     def _calibration_reports(self, res: "Residuals") -> dict[str, CalibrationReport]:
         """The reports of the calibrations in use on ``res``."""

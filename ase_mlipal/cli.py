@@ -246,9 +246,9 @@ def cmd_select(args: argparse.Namespace) -> None:
                    chunk_size=args.chunk_size, seed=args.seed, progress=True)
     if args.workers > 1:
         with process_pool(args.workers) as executor:
-            picks = select(args.pool, args.n, calc, executor=executor, **options)
+            picks = select(calc, args.pool, args.n, executor=executor, **options)
     else:
-        picks = select(args.pool, args.n, calc, **options)
+        picks = select(calc, args.pool, args.n, **options)
     chosen = pick(args.pool, picks)
     for atoms, index in zip(chosen, picks):
         atoms.info["pool_index"] = int(index)

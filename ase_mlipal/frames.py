@@ -1,4 +1,4 @@
-"""Frames: reading labelled structures and their labels, and thermal copies of a structure."""
+"""Frames: labelled structures (reading them, reading and attaching their labels) and thermal copies."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def read_labels(
     if forces.shape != (len(atoms), 3):
         raise ValueError(f"reference forces have shape {forces.shape}, expected {(len(atoms), 3)}")
     return float(energy), forces
+
+
+def with_labels(atoms: Atoms, energy: float, forces: np.ndarray) -> Atoms:
+    """A copy of ``atoms`` carrying ``energy`` (eV) and ``forces`` (eV/A, ``(N, 3)``), as :func:`read_labels` reads them."""
+    labelled = atoms.copy()
+    labelled.calc = SinglePointCalculator(labelled, energy=float(energy), forces=np.asarray(forces, dtype=float))
+    return labelled
 
 
 def _from_singlepoint(atoms: Atoms) -> tuple[Optional[float], Optional[np.ndarray]]:

@@ -165,7 +165,7 @@ def run(task: dict) -> dict:
                       picked, rng)
         picked.extend(int(i) for i in new)
         labelled = data["initial_frames"] + [data["pool"][i] for i in picked]
-        model, _, _ = ase_mlipal.finetune(pretrained, labelled, seed=seed, progress=False, **cfg["finetune"])
+        model = ase_mlipal.finetune(pretrained, labelled, seed=seed, progress=False, **cfg["finetune"]).model
         curve.append(_point(model, data, picked, start))
     result = {"strategy": strategy, "seed": seed, "scenario": task["scenario"], "curve": curve, "picked": picked}
     if task.get("keep_model"):
@@ -185,8 +185,8 @@ def _fine_tuned(cfg: dict, data: dict, picked: list, seed: int):
     """The pretrained model fine-tuned on the initial set and the ``picked`` pool frames, and its test errors."""
     start = time.perf_counter()
     frames = data["initial_frames"] + [data["pool"][i] for i in picked]
-    model, _, _ = ase_mlipal.finetune(ase_mlipal.load_model(cfg["model"]), frames, seed=seed, progress=False,
-                                      **cfg["finetune"])
+    model = ase_mlipal.finetune(ase_mlipal.load_model(cfg["model"]), frames, seed=seed, progress=False,
+                                **cfg["finetune"]).model
     return model, _point(model, data, picked, start)
 
 
@@ -197,7 +197,7 @@ def acquire(strategy: str, batch: int, cfg: dict, task: dict, model, pretrained,
         return rng.choice(candidates, batch, replace=False)
     if strategy == "committee":
         members = [ase_mlipal.finetune(pretrained, labelled, seed=task["seed"] + k, progress=False,
-                                       **cfg["finetune"])[0] for k in range(1, cfg["committee"])]
+                                       **cfg["finetune"]).model for k in range(1, cfg["committee"])]
         return committee_picks([model] + members, task["data"]["pool"], candidates, batch)
     pool_rows, initial_rows = task["rows"][strategy], task["initial_rows"][strategy]
     stacked = np.concatenate([initial_rows, pool_rows[picked], pool_rows]) if picked else \

@@ -86,7 +86,8 @@ def fine_tuned(pretrained, labelled: list, number: int, path: Path):
         held_out = [labelled[i] for i in cached["held_out"]]
         return ase_mlipal.load_model(path.with_suffix(".model.pt")), held_out, cached["seconds"]
     start = time.perf_counter()
-    model, _, held_out = finetune(pretrained, labelled, progress=False, seed=number)
+    tuned = finetune(pretrained, labelled, progress=False, seed=number)
+    model, held_out = tuned.model, tuned.valid
     seconds = round(time.perf_counter() - start, 1)
     ase_mlipal.save_model(model, path.with_suffix(".model.pt"))
     index = [next(i for i, a in enumerate(labelled) if a is h or np.array_equal(a.positions, h.positions))
@@ -112,7 +113,7 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
     variants = {"floors": calc}
     labelled_idx: list[int] = []
     for number in range(1, rounds + 1):
-        picks = ase_mlipal.select(pool, labels, variants["floors"], labelled=[pool[i] for i in labelled_idx] or None,
+        picks = ase_mlipal.select(variants["floors"], pool, labels, labelled=[pool[i] for i in labelled_idx] or None,
                                   progress=False)
         labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
         labelled = [pool[i] for i in labelled_idx]

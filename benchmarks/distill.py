@@ -111,12 +111,13 @@ def main() -> None:
     order = rng.permutation(len(splits["pool"]))
     labelled = [splits["pool"][i] for i in order[:args.teacher_frames]]
     unlabelled = [splits["pool"][i] for i in order[args.teacher_frames:args.teacher_frames + args.frames]]
-    teacher, _, _ = ase_mlipal.finetune("default", labelled, epochs=args.epochs, patience=15, progress=True)
+    teacher = ase_mlipal.finetune("default", labelled, epochs=args.epochs, patience=15, progress=True).model
     print(f"teacher fine-tuned ({time.perf_counter() - started:.0f} s)", flush=True)
     models = {"teacher": teacher}
     for name, weight in (("plain", 0.0), ("hessian", args.hessian_weight)):
-        models[name], result = ase_mlipal.distill(teacher, unlabelled, hessian_rows_per_structure=args.rows,
-                                                  hessian_weight=weight, epochs=args.student_epochs, progress=True)
+        result = ase_mlipal.distill(teacher, unlabelled, hessian_rows_per_structure=args.rows,
+                                    hessian_weight=weight, epochs=args.student_epochs, progress=True)
+        models[name] = result.model
         print(f"student {name}: {result.student_parameters} parameters (teacher {result.teacher_parameters}), "
               f"{result.training.seconds:.0f} s", flush=True)
     test = splits["test"]

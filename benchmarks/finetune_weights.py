@@ -33,8 +33,9 @@ def one(task: tuple) -> dict:
     initial = [splits["initial"][i] for i in rng.choice(len(splits["initial"]), 40, replace=False)]
     added = [splits["pool"][i] for i in rng.choice(len(splits["pool"]), extra, replace=False)]
     start = time.perf_counter()
-    model, result, _ = ase_mlipal.finetune("default", initial + added, seed=seed, progress=False, epochs=epochs,
-                                           patience=epochs // 4, energy_weight=weight)
+    tuned = ase_mlipal.finetune("default", initial + added, seed=seed, progress=False, epochs=epochs,
+                                patience=epochs // 4, energy_weight=weight)
+    model, result = tuned.model, tuned.training
     errors = ase_mlipal.evaluate(model, splits["test"])
     signed = signed_energy_errors(model, splits["test"])
     return {"weight": weight, "labels": 40 + extra, "seed": seed, **errors, "energy_bias": float(signed.mean()),

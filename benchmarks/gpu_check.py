@@ -358,7 +358,7 @@ def select_part(device: str, dtype: str):
             where = "cpu" if side == "cpu" else device
             picks, seconds = {}, 0.0
             for method in ("maxdet", "lcmd"):
-                picks[method], s = timed(where, ase_mlipal.select, pool, 5, calc, method=method, labelled=labelled,
+                picks[method], s = timed(where, ase_mlipal.select, calc, pool, 5, method=method, labelled=labelled,
                                          chunk_size=16)
                 seconds += s
             rows = pool_features(calc, pool, chunk_size=16)

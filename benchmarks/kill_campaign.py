@@ -30,15 +30,11 @@ WRITER = r'''
 import sys
 import numpy as np
 from ase.build import molecule
+from ase_mlipal.frames import rattled
 from ase_mlipal.learning.store import FrameStore
 url, writer, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = FrameStore(url)
-rng = np.random.default_rng(0)
-frames = []
-for _ in range(n):
-    atoms = molecule("CH4")
-    atoms.positions += rng.normal(scale=0.05, size=(5, 3))
-    frames.append(atoms)
+frames = rattled(molecule("CH4"), n, stdev=0.05, seed=0)
 print("ready", flush=True)
 for step in np.random.default_rng(writer).permutation(n):
     row, _ = store.add_flagged(frames[step], source="md", step=int(step))

@@ -49,8 +49,8 @@ def main() -> None:
             rng = np.random.default_rng(seed)
             frames = [splits["pool"][i] for i in rng.choice(len(splits["pool"]), budget, replace=False)]
             for w in [0.0] + args.weights:
-                model, _, _ = ase_mlipal.finetune(pretrained, frames, seed=seed, alignment=alignments.get(w),
-                                                  **options)
+                model = ase_mlipal.finetune(pretrained, frames, seed=seed, alignment=alignments.get(w),
+                                            **options).model
                 errors = ase_mlipal.evaluate(model, splits["test"])
                 results["runs"].append({"budget": budget, "seed": seed, "weight": w,
                                         "energy_mae": errors["energy_mae_per_atom"],

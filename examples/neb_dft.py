@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 
 from ase.build import molecule
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 import ase_mlipal
@@ -44,9 +43,7 @@ def labelled(atoms, reference):
     """A copy of ``atoms`` with the reference's energy and forces stored."""
     copy = atoms.copy()
     copy.calc = reference()
-    energy, forces = copy.get_potential_energy(), copy.get_forces()
-    copy.calc = SinglePointCalculator(copy, energy=energy, forces=forces)
-    return copy
+    return ase_mlipal.with_labels(copy, copy.get_potential_energy(), copy.get_forces())
 
 
 def main():

@@ -262,6 +262,44 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
     assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
 
 
+def test_shares_follow_a_model_swap_a_loaded_posterior_and_new_conditioning(calc, ethanol, tmp_path):
+    import ase_mlipal
+
+    image = ethanol.copy()
+    image.calc = calc.share()
+    before = image.get_potential_energy(), float(image.calc.results["uncertainty"])
+    other = ase_mlipal.random_like(calc.model, seed=7)
+    calc.set_model(other, conditioning=[])
+    # the share runs the new model without being rebuilt, and its cached result is recomputed
+    assert image.calc.model is calc.model and image.calc.model_hash == calc.model_hash == ase_mlipal.model_hash(other)
+    reference = mace_reference(other, ethanol)
+    assert image.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-6)
+    assert image.get_potential_energy() != pytest.approx(before[0], abs=1e-3)
+    # conditioning through another share lowers this share's uncertainty at once (same positions)
+    raw = float(image.calc.get_property("uncertainty", image))
+    calc.share().condition([ethanol], weight=100.0)
+    assert float(image.calc.get_property("uncertainty", image)) < 0.2 * raw
+    # a posterior loaded into the parent reaches the share too
+    calc.save_posterior(tmp_path / "conditioned.npz")
+    calc.set_model(other, conditioning=[])
+    assert float(image.calc.get_property("uncertainty", image)) == pytest.approx(raw, rel=1e-9)
+    calc.load_posterior(tmp_path / "conditioned.npz")
+    assert float(image.calc.get_property("uncertainty", image)) < 0.2 * raw
+
+
+def test_a_conditioned_copy_leaves_the_uncertainty_model_unchanged(calc, ethanol):
+    from ase_mlipal.uncertainty.features import per_structure
+
+    _, batches = calc.predict([ethanol])
+    features = per_structure(batches)[0]
+    before = calc.uncertainty_from(features)["uncertainty"]
+    version = calc.uncertainty_model.version
+    trial = calc.uncertainty_model.conditioned(calc.features([ethanol])[0], weight=10.0)
+    assert trial.uncertainty_from(features)["uncertainty"] < before
+    assert calc.uncertainty_from(features)["uncertainty"] == before and calc.uncertainty_model.version == version
+    assert trial.model is calc.model
+
+
 def test_posterior_of_other_features_is_refused_with_a_clear_message(tiny_model, ethanol, tmp_path):
     plain = MLIPALCalculator(model=tiny_model, kernel_options={"by_element": False}).condition([ethanol])
     plain.save_posterior(tmp_path / "plain.npz")

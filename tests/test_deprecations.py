@@ -50,3 +50,25 @@ def test_old_argument_names_still_work_and_warn(tiny_model, tmp_path):
         learner = ase_mlipal.OnTheFlyLearner(frames[0], new, ase_mlipal.RobustXTB, tmp_path / "run", 1.0,
                                              batch_size=5, conditioning=[], audit_interval=None, progress=False)
     assert learner.labels_per_round == 5
+
+
+def test_select_in_the_old_argument_order_warns_and_picks_the_same(calc):
+    pool = rattled(molecule("CH3OH"), 8, seed=4)
+    with pytest.warns(DeprecationWarning, match=r"select\(calc, pool, n\)"):
+        old = ase_mlipal.select(pool, 3, calc, progress=False)
+    assert old.tolist() == ase_mlipal.select(calc, pool, 3, progress=False).tolist()
+
+
+def test_training_results_unpack_as_the_old_tuples_with_a_warning(tiny_model):
+    from .conftest import labelled_by
+
+    frames = labelled_by(tiny_model, rattled(molecule("CH3OH"), 4, seed=5))
+    result = ase_mlipal.finetune(tiny_model, frames, replay=None, epochs=1, progress=False)
+    with pytest.warns(DeprecationWarning, match=r"\.model, \.training, \.valid"):
+        model, training, valid = result
+    assert (model, training, valid) == (result.model, result.training, result.valid)
+    distilled = ase_mlipal.distill(tiny_model, frames, epochs=1, progress=False,
+                                   student_config={"channels": 4, "mlp_channels": 4, "radial_mlp": (8,)})
+    with pytest.warns(DeprecationWarning, match="distill"):
+        student, info = distilled
+    assert student is distilled.model and info.student_parameters < info.teacher_parameters

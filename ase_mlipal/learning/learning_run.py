@@ -209,9 +209,9 @@ class LearningRun:
             return record
         options = {"seed": number, **self.finetune_options}
         head = self.calc.batch_maker.head
-        model, record.train, valid = finetune(self.pretrained, frames, valid=self.store.frames("verified"),
-                                              progress=self.progress,
-                                              head=head, **options)
+        tuned = finetune(self.pretrained, frames, valid=self.store.frames("verified"), progress=self.progress,
+                         head=head, **options)
+        model, record.train, valid = tuned.model, tuned.training, tuned.valid
         record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head)
         record.reason = self.choice.history[-1]["reason"]
         if record.accepted:

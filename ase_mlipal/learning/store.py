@@ -48,7 +48,8 @@ from urllib.parse import parse_qs, urlsplit
 import ase.db
 import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
+
+from ..frames import with_labels
 
 STATUSES = ("flagged", "labelled", "verified", "failed", "unphysical")
 _ADVISORY_LOCK = 0x6D6C6970616C  # "mlipal": the key of the store's PostgreSQL write lock
@@ -140,7 +141,7 @@ class FrameStore:
         forces = np.asarray(forces, dtype=float)
         if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)) or not np.isfinite(energy):
             raise ValueError(f"row {row_id}: labels must be finite, forces of shape {(len(atoms), 3)}")
-        atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=forces)
+        atoms = with_labels(atoms, energy, forces)
         with self._transaction():
             self.db.update(row_id, atoms=atoms, status="labelled", reference=reference)
 

@@ -23,12 +23,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.units import invcm
 from ase.vibrations import Vibrations
 
 from ..calculator import MLIPALCalculator
-from ..frames import read_labels
+from ..frames import read_labels, with_labels
 from ..paths import path_profile
 from .labelling import Reference, _name, reference_label
 from .store import FrameStore
@@ -230,7 +229,5 @@ def _verify(calc: MLIPALCalculator, result: TransitionState, first: Optional[Ato
 
 def _labelled(atoms: Atoms, reference: Reference) -> Atoms:
     energy, forces = reference_label(atoms, reference)
-    labelled = _plain(atoms)
-    labelled.calc = SinglePointCalculator(labelled, energy=energy, forces=forces)
-    return labelled
+    return with_labels(_plain(atoms), energy, forces)
 

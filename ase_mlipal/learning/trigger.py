@@ -54,7 +54,6 @@ frame's atoms lowering each other's variance is accounted for).
 
 from __future__ import annotations
 
-import copy
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -274,14 +273,8 @@ class UncertaintyTrigger:
 
     def _value_after(self, features, n_atoms: int, weight: float, quantity: str) -> float:
         """The frame's ``quantity`` value were it added with ``weight`` (to copies of the posteriors)."""
-        energy_rows, force_rows = self.calc.feature_map.conditioning(features)
-        saved = self.calc.energy_posterior, self.calc.atom_posterior
-        try:
-            self.calc.energy_posterior = copy.deepcopy(saved[0]).add(energy_rows, weight)
-            self.calc.atom_posterior = copy.deepcopy(saved[1]).add(force_rows, weight)
-            return _value(self.calc.uncertainty_from(features), n_atoms, quantity)
-        finally:
-            self.calc.energy_posterior, self.calc.atom_posterior = saved
+        trial = self.calc.uncertainty_model.conditioned(features, weight)
+        return _value(trial.uncertainty_from(features), n_atoms, quantity)
 
     def _weight(self, value: float, n_atoms: int, target: Optional[float] = None) -> float:
         """Observation weight that settles a frame of uncertainty ``value`` at ``target``.
@@ -292,9 +285,10 @@ class UncertaintyTrigger:
         """
         target = self.settle * self.threshold if target is None else target
         if self.quantity == "forces":
-            calibration, per, size = self.calc.atom_posterior.calibration, 1.0, 1.0
+            calibration, per, size = self.calc.uncertainty_model.atom_posterior.calibration, 1.0, 1.0
         else:
-            calibration, per, size = self.calc.energy_posterior.calibration, float(n_atoms), float(n_atoms)
+            calibration, per = self.calc.uncertainty_model.energy_posterior.calibration, float(n_atoms)
+            size = float(n_atoms)
         q = calibration.raw_for((value * per) ** 2, size)
         q_target = calibration.raw_for((target * per) ** 2, size)
         if q <= 0:

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from ase.calculators.singlepoint import SinglePointCalculator
 
+from ..frames import with_labels
 from ..learning.labelling import reference_label
 
 DEFAULT_ELECTRONIC_TEMPERATURES = (300.0, 1000.0, 3000.0)
@@ -65,9 +65,8 @@ def xtb_label(
                 stats.errors.append(result)
             continue
         energy, forces = result
-        labelled = atoms.copy()
+        labelled = with_labels(atoms, energy, forces)
         labelled.info["xtb_electronic_temperature"] = temperature
-        labelled.calc = SinglePointCalculator(labelled, energy=energy, forces=forces)
         stats.labelled += 1
         stats.retried += attempt > 0
         return labelled

@@ -31,6 +31,7 @@ adds all its rows; distances use the rows concatenated.
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import Executor
 from typing import Optional, Union
 
@@ -47,9 +48,9 @@ METHODS = ("maxdet", "lcmd", "maxdist", "random")
 
 
 def select(
+    calc: Union[MLIPALCalculator, ModelSpec],
     pool: Pool,
     n: int,
-    calc: Union[MLIPALCalculator, ModelSpec],
     method: str = "maxdet",
     kernel: Optional[str] = None,
     kernel_options: Optional[dict] = None,
@@ -62,15 +63,18 @@ def select(
 ) -> np.ndarray:
     """Indices (into the pool, in pick order) of ``n`` informative structures.
 
+    The model comes first and the data after it, as in :func:`~ase_mlipal.finetune`
+    (``select(pool, n, calc)``, the order before 0.2, still works and warns).
+
     Args:
-        pool: candidates: a sequence of ``Atoms``, a file ``ase.io.iread``
-            reads (extxyz, ...) or an ase.db (``.db`` file or URL).
-        n: how many to pick.
         calc: an :class:`MLIPALCalculator` (its kernel, posterior and device
             are used; then ``kernel`` and ``kernel_options`` must not be given)
             or a model (anything :func:`load_model` accepts; a module keeps its
             device), for which a calculator with ``kernel`` (default
             ``"activation"``) and ``kernel_options`` and an empty posterior is made.
+        pool: candidates: a sequence of ``Atoms``, a file ``ase.io.iread``
+            reads (extxyz, ...) or an ase.db (``.db`` file or URL).
+        n: how many to pick.
         method: ``maxdet``, ``lcmd``, ``maxdist`` or ``random``.
         labelled: structures already labelled (the selection avoids what they cover).
         shortlist: at most this many candidates are kept for the final
@@ -83,6 +87,10 @@ def select(
         executor: spreads the feature computation over its workers.
         seed: for ``random``.
     """
+    if isinstance(pool, (int, np.integer)) and not isinstance(pool, bool):  # select(pool, n, calc), before 0.2
+        warnings.warn("select(pool, n, calc) is deprecated and will be removed in the next release; "
+                      "use select(calc, pool, n): the model first, as in finetune", DeprecationWarning, stacklevel=2)
+        calc, pool, n = n, calc, pool
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if n < 1:

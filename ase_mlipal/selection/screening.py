@@ -13,7 +13,7 @@ from ..calculator import MLIPALCalculator
 from ..progress import progress_bar
 from ..uncertainty.features import per_structure
 from ..uncertainty.posterior import FeaturePosterior
-from .greedy import _greedy, greedy_maxdet
+from .greedy import greedy_maxdet
 from .pools import Pool, stream
 
 
@@ -25,7 +25,8 @@ def candidate_rows(calc: MLIPALCalculator, images: Sequence[Atoms]) -> np.ndarra
 
 def selection_posterior(calc: MLIPALCalculator) -> FeaturePosterior:
     """The calculator's posterior that candidate rows are scored against."""
-    return calc.atom_posterior if calc.feature_map.selects_on == "forces" else calc.energy_posterior
+    state = calc.uncertainty_model
+    return state.atom_posterior if state.feature_map.selects_on == "forces" else state.energy_posterior
 
 
 def pool_rows(calc: MLIPALCalculator, pool: Pool, chunk_size: int = 256, executor: Optional[Executor] = None,
@@ -148,8 +149,7 @@ class DiverseScreen:
         self.seen += len(rows)
         if self.capacity is not None and self.full:
             winners = min(len(rows), self.per_chunk or max(1, min(self.n, len(rows) // 8)))
-            a_inv = np.linalg.inv(self._a)
-            take = _greedy(rows, a_inv, winners)
+            take = greedy_maxdet(rows, self._a, winners)
             index, rows = index[take], rows[take]
         flat = rows.reshape(-1, rows.shape[-1])
         self._a += flat.T @ flat

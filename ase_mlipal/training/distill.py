@@ -21,12 +21,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
+from ..frames import with_labels
 from ..models.graphs import BatchMaker, forward
 from ..models.model import ModelSpec, build_mace, load_model
 from ..progress import progress_bar
-from .trainer import TrainResult, dataset_statistics, split_frames, train
+from .trainer import TrainedModel, dataset_statistics, split_frames, train
 
 
 @dataclass
@@ -89,13 +89,16 @@ class HessianMatch:
 
 
 @dataclass
-class DistillResult:
-    """What :func:`distill` did: the training record, the student's size and the held-out frames."""
+class DistillResult(TrainedModel):
+    """What :func:`distill` returns: the student (``model``), its training record, held-out frames and sizes."""
 
-    training: TrainResult
     teacher_parameters: int
     student_parameters: int
-    valid: list[Atoms]
+
+    _made_by = "distill"
+
+    def _legacy_tuple(self) -> tuple:
+        return self.model, self
 
 
 def distill(
@@ -112,7 +115,7 @@ def distill(
     seed: int = 0,
     progress: Optional[bool] = None,
     **train_kwargs,
-) -> tuple[torch.nn.Module, DistillResult]:
+) -> DistillResult:
     """Train a smaller MACE on ``teacher``'s energies, forces and Hessian rows on ``frames``.
 
     Args:
@@ -130,7 +133,8 @@ def distill(
         valid_fraction: share of frames held out for early stopping.
 
     Returns:
-        ``(student, DistillResult)``.
+        a :class:`DistillResult`: the student is ``.model`` (before 0.2 the
+        result was the tuple ``(student, DistillResult)``).
     """
     teacher = load_model(teacher)
     frames = [Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc) for a in frames]
@@ -152,7 +156,7 @@ def distill(
     result = train(student, train_frames, valid, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
                    seed=seed, progress=progress, extra_loss=extra, **train_kwargs)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return student, DistillResult(result, count(teacher), count(student), valid)
+    return DistillResult(student, result, valid, count(teacher), count(student))
 
 
 def _teacher_labels(teacher: torch.nn.Module, frames: list[Atoms], progress: Optional[bool]) -> list[Atoms]:
@@ -166,9 +170,6 @@ def _teacher_labels(teacher: torch.nn.Module, frames: list[Atoms], progress: Opt
             energies = result["energy"].detach().cpu().numpy()
             forces = result["forces"].detach().cpu().numpy()
             ptr = batch.ptr.tolist()
-            for b, atoms in enumerate(chunk):
-                atoms = atoms.copy()
-                atoms.calc = SinglePointCalculator(atoms, energy=float(energies[b]), forces=forces[ptr[b]:ptr[b + 1]])
-                out.append(atoms)
+            out.extend(with_labels(atoms, energies[b], forces[ptr[b]:ptr[b + 1]]) for b, atoms in enumerate(chunk))
             bar.update(len(chunk))
     return out

@@ -8,13 +8,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
-from ..frames import read_frames, read_labels
+from ..frames import read_frames, read_labels, with_labels
 from ..models.graphs import resolve_head
 from ..models.model import DEFAULT_DIR, ModelSpec, load_model
 from .prototypes import PrototypeAlignment
-from .trainer import TrainResult, frame_errors, split_frames, train
+from .trainer import TrainedModel, frame_errors, split_frames, train
 
 DEFAULT_REPLAY_PATH = DEFAULT_DIR / "default_replay.xyz.gz"
 
@@ -40,7 +39,7 @@ def finetune(
     device: Optional[str] = None,
     trust: bool = False,
     **train_kwargs,
-) -> tuple[torch.nn.Module, TrainResult, list[Atoms]]:
+) -> TrainedModel:
     """Start from ``model``'s weights and train on labelled ``frames`` with replay.
 
     Args:
@@ -86,10 +85,11 @@ def finetune(
             benchmark (``python benchmarks/finetune_weights.py``).
 
     Returns:
-        ``(fine-tuned model, training record, validation frames)``: none of
-        the validation frames was trained on (they can recalibrate the
-        uncertainty); empty with nothing to spare (``replay=None``, no
-        ``valid``, ``valid_fraction=0``).
+        a :class:`~ase_mlipal.training.trainer.TrainedModel`: ``.model``
+        (the fine-tuned copy), ``.training`` (the record) and ``.valid``
+        (frames never trained on, which can recalibrate the uncertainty;
+        empty with nothing to spare: ``replay=None``, no ``valid``,
+        ``valid_fraction=0``). Before 0.2 this was the tuple of the three.
     """
     frames = list(frames)
     if not frames:
@@ -110,7 +110,7 @@ def finetune(
                    batch_size=batch_size, energy_weight=energy_weight, forces_weight=forces_weight,
                    patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment,
                    head=head, **train_kwargs)
-    return tuned, result, unseen
+    return TrainedModel(tuned, result, unseen)
 
 
 def _replay(replay: Union[Sequence[Atoms], str, None]) -> list[Atoms]:
@@ -161,10 +161,7 @@ def shift_energies(frames: Sequence[Atoms], shifts: dict[int, float]) -> list[At
     out = []
     for atoms in frames:
         energy, forces = read_labels(atoms)
-        copy = atoms.copy()
-        copy.calc = SinglePointCalculator(copy, energy=energy + sum(shifts[int(z)] for z in atoms.numbers),
-                                          forces=forces)
-        out.append(copy)
+        out.append(with_labels(atoms, energy + sum(shifts[int(z)] for z in atoms.numbers), forces))
     return out
 
 
@@ -179,4 +176,4 @@ def train_committee(model: ModelSpec, frames: Sequence[Atoms], size: int = 4, **
     """
     if size < 2:
         raise ValueError("a committee needs at least 2 models")
-    return [finetune(model, frames, seed=seed, **finetune_options)[0] for seed in range(1, size)]
+    return [finetune(model, frames, seed=seed, **finetune_options).model for seed in range(1, size)]

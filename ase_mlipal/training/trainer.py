@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -152,6 +153,33 @@ class TrainResult:
     best_epoch: int = -1
     stopped_early: bool = False
     seconds: float = 0.0
+
+
+@dataclass
+class TrainedModel:
+    """What :func:`~ase_mlipal.finetune` returns (and :func:`~ase_mlipal.distill` extends).
+
+    Attributes:
+        model: the trained model (a new module; the starting one is untouched).
+        training: the :class:`TrainResult` record of the run.
+        valid: labelled frames the model was never trained on (they can
+            recalibrate the uncertainty); may be empty.
+    """
+
+    model: torch.nn.Module
+    training: TrainResult
+    valid: list[Atoms]
+
+    def __iter__(self) -> Iterator:
+        """Deprecated: the tuple returned before 0.2 (``model, training, valid`` for :func:`finetune`)."""
+        warnings.warn(f"unpacking the result of {self._made_by} is deprecated and will be removed in the next "
+                      "release; use its attributes (.model, .training, .valid)", DeprecationWarning, stacklevel=2)
+        return iter(self._legacy_tuple())
+
+    _made_by = "finetune"
+
+    def _legacy_tuple(self) -> tuple:
+        return self.model, self.training, self.valid
 
 
 def train(

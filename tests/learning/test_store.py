@@ -122,12 +122,7 @@ def _write_frames(args):
     """Flag and label frames 0..n-1 of a fixed sequence, shuffled per writer; returns row ids by step."""
     url, writer, n = args
     store = FrameStore(url)
-    rng = np.random.default_rng(0)
-    frames = []
-    for _ in range(n):
-        atoms = molecule("CH4")
-        atoms.positions += rng.normal(scale=0.05, size=(5, 3))
-        frames.append(atoms)
+    frames = rattled(molecule("CH4"), n, stdev=0.05, seed=0)
     ids = {}
     for step in np.random.default_rng(writer).permutation(n):
         row, new = store.add_flagged(frames[step], source="md", step=int(step))

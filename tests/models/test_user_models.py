@@ -121,16 +121,17 @@ def test_finetuning_a_mace_trained_model(user_model):
     calc = MLIPALCalculator(model=path, trust=True)
     new = emt_frames(["CH3OH"], 10, seed=7, stdev=0.08)
     before = evaluate(calc.model, new)
-    tuned, result, valid = finetune(calc.model, new, replay=frames, epochs=8, lr=5e-3, progress=False)
+    result = finetune(calc.model, new, replay=frames, epochs=8, lr=5e-3, progress=False)
+    tuned = result.model
     after = evaluate(tuned, new)
-    assert after["forces_mae"] < before["forces_mae"] and result.best_epoch >= 0
-    assert len(valid) == 2  # replay_ratio 1: 10 of the 12 replay frames replayed, 2 spare
+    assert after["forces_mae"] < before["forces_mae"] and result.training.best_epoch >= 0
+    assert len(result.valid) == 2  # replay_ratio 1: 10 of the 12 replay frames replayed, 2 spare
     calc.set_model(tuned, conditioning=frames)
     residuals = calc.residuals(new)  # the calculator runs the fine-tuned model evaluate scored
     assert np.mean(np.abs(residuals.forces)) == pytest.approx(after["forces_mae"], rel=1e-9)
     with pytest.raises(ModelLoadError, match="trust=True"):  # the file itself: pickled code needs trust
         finetune(path, new, replay=frames, epochs=1, progress=False)
-    from_file, _, _ = finetune(path, new, replay=frames, epochs=8, lr=5e-3, progress=False, trust=True)
+    from_file = finetune(path, new, replay=frames, epochs=8, lr=5e-3, progress=False, trust=True).model
     assert model_hash(from_file) == model_hash(tuned)  # same start, same seed: the same fine-tune
 
 
@@ -215,14 +216,14 @@ def test_evaluate_scores_the_chosen_head(two_heads, teacher_frames):
 def test_finetune_fits_the_chosen_head(two_heads, teacher_frames):
     """Fitting one head halves its force error; the other head's readout did not learn."""
     options = dict(replay=None, epochs=8, lr=5e-3, energy_weight=1.0, forces_weight=100.0, progress=False)
-    tuned = {head: finetune(two_heads, teacher_frames, head=head, **options)[0] for head in HEADS}
+    tuned = {head: finetune(two_heads, teacher_frames, head=head, **options).model for head in HEADS}
     for head, other in (HEADS, HEADS[::-1]):
         before = evaluate(two_heads, teacher_frames, head=head)
         fitted = evaluate(tuned[head], teacher_frames, head=head)
         assert fitted["forces_mae"] < 0.6 * before["forces_mae"]
         assert fitted["energy_mae_per_atom"] < before["energy_mae_per_atom"]
         assert fitted["forces_mae"] < 0.6 * evaluate(tuned[head], teacher_frames, head=other)["forces_mae"]
-    by_default, _, _ = finetune(two_heads, teacher_frames, **options)  # the calculator's head, "Default"
+    by_default = finetune(two_heads, teacher_frames, **options).model  # the calculator's head, "Default"
     assert model_hash(by_default) == model_hash(tuned["Default"])
 
 

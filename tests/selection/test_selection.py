@@ -53,8 +53,8 @@ def test_selection_from_a_file_stream_equals_selection_in_memory(setup, tmp_path
     calc, pool = setup
     write(tmp_path / "pool.xyz", pool)
     for method in ("maxdet", "lcmd", "maxdist", "random"):
-        in_memory = select(pool, 5, calc, method=method, labelled=pool[:2], progress=False)
-        streamed = select(tmp_path / "pool.xyz", 5, calc, method=method, labelled=pool[:2], chunk_size=3,
+        in_memory = select(calc, pool, 5, method=method, labelled=pool[:2], progress=False)
+        streamed = select(calc, tmp_path / "pool.xyz", 5, method=method, labelled=pool[:2], chunk_size=3,
                           progress=False)
         assert in_memory.tolist() == streamed.tolist()
         assert len(set(in_memory.tolist())) == 5
@@ -65,19 +65,19 @@ def test_selection_from_a_file_stream_equals_selection_in_memory(setup, tmp_path
 def test_maxdet_covers_the_unknown_molecule_first(setup):
     calc, pool = setup
     calc.condition(pool[:12])  # methanol is known
-    picks = select(pool, 2, calc, method="maxdet", progress=False)
+    picks = select(calc, pool, 2, method="maxdet", progress=False)
     assert set(picks.tolist()) <= set(range(12, 16))  # ethane is new
-    assert select(pool, 2, calc, method="maxdet", shortlist=4, progress=False).tolist() == picks.tolist()
+    assert select(calc, pool, 2, method="maxdet", shortlist=4, progress=False).tolist() == picks.tolist()
 
 
 def test_bad_requests_are_refused(setup):
     calc, pool = setup
     with pytest.raises(ValueError, match="method"):
-        select(pool, 2, calc, method="best")
+        select(calc, pool, 2, method="best")
     with pytest.raises(ValueError, match="cannot pick"):
-        select(pool, 100, calc)
+        select(calc, pool, 100)
     with pytest.raises(ValueError, match="empty"):
-        select([], 1, calc)
+        select(calc, [], 1)
 
 
 def test_grouped_maxdet_follows_the_summed_variance_rule():
@@ -102,7 +102,7 @@ def test_screen_keeps_the_whole_pool_while_it_fits(setup):
         index, kept = screen(calc, pool, precision, shortlist=len(pool), chunk_size=chunk_size, n=4)
         assert index.tolist() == list(range(len(pool)))
         np.testing.assert_allclose(kept, rows)
-        assert select(pool, 4, calc, shortlist=len(pool), chunk_size=chunk_size, progress=False).tolist() == \
+        assert select(calc, pool, 4, shortlist=len(pool), chunk_size=chunk_size, progress=False).tolist() == \
             greedy_maxdet(rows, precision, 4).tolist()  # exact greedy on the whole pool
 
 
@@ -178,13 +178,13 @@ def test_diverse_screen_of_multi_row_candidates_keeps_rows_with_their_indices():
 def test_every_kernel_selects_in_chunks_as_in_one_go(tiny_model, setup, kernel):
     _, pool = setup
     options = {"dim": 64} if "ntk" in kernel else {}
-    picks = select(pool, 3, tiny_model, kernel=kernel, kernel_options=options, labelled=pool[:2],
+    picks = select(tiny_model, pool, 3, kernel=kernel, kernel_options=options, labelled=pool[:2],
                    chunk_size=len(pool), progress=False)
-    streamed = select(iter(pool), 3, tiny_model, kernel=kernel, kernel_options=options, labelled=pool[:2],
+    streamed = select(tiny_model, iter(pool), 3, kernel=kernel, kernel_options=options, labelled=pool[:2],
                       chunk_size=5, progress=False)
     assert len(set(picks.tolist())) == 3
     assert streamed.tolist() == picks.tolist()
-    screened = select(iter(pool), 3, tiny_model, kernel=kernel, kernel_options=options, labelled=pool[:2],
+    screened = select(tiny_model, iter(pool), 3, kernel=kernel, kernel_options=options, labelled=pool[:2],
                       shortlist=4, chunk_size=5, progress=False)  # kept set full after one chunk: screened
     assert len(set(screened.tolist())) == 3 and set(screened.tolist()) <= set(range(len(pool)))
 
@@ -199,16 +199,16 @@ def test_pools_from_an_ase_db_and_on_executors(setup, tmp_path):
     with ase.db.connect(tmp_path / "pool.db") as db:
         for atoms in pool:
             db.write(atoms)
-    serial = select(pool, 4, calc, method="lcmd", progress=False)
-    assert select(tmp_path / "pool.db", 4, calc, method="lcmd", progress=False).tolist() == serial.tolist()
+    serial = select(calc, pool, 4, method="lcmd", progress=False)
+    assert select(calc, tmp_path / "pool.db", 4, method="lcmd", progress=False).tolist() == serial.tolist()
     with ThreadPoolExecutor(2) as threads:
-        assert select(pool, 4, calc, method="lcmd", chunk_size=3, executor=threads).tolist() == serial.tolist()
+        assert select(calc, pool, 4, method="lcmd", chunk_size=3, executor=threads).tolist() == serial.tolist()
     with process_pool(1) as processes:  # the calculator travels to the worker by pickle
-        assert select(pool, 4, calc, method="lcmd", chunk_size=5, executor=processes).tolist() == serial.tolist()
+        assert select(calc, pool, 4, method="lcmd", chunk_size=5, executor=processes).tolist() == serial.tolist()
     assert [a.positions.tolist() for a in pick(tmp_path / "pool.db", serial)] == \
         [pool[i].positions.tolist() for i in serial]
     with pytest.raises(FileNotFoundError):
-        select(tmp_path / "missing.xyz", 1, calc)
+        select(calc, tmp_path / "missing.xyz", 1)
 
 
 def test_graphs_built_on_threads_keep_the_model_dtype(tiny_model):
@@ -229,5 +229,5 @@ def test_a_kernel_given_with_a_calculator_is_refused_not_ignored(tiny_model):
     pool = rattled(molecule("CH3OH"), 6, seed=4)
     calc = MLIPALCalculator(model=tiny_model)
     with pytest.raises(ValueError, match="already uses kernel 'activation'"):
-        select(pool, 2, calc, kernel="ntk")
-    assert len(select(pool, 2, calc, progress=False)) == 2
+        select(calc, pool, 2, kernel="ntk")
+    assert len(select(calc, pool, 2, progress=False)) == 2

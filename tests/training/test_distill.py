@@ -32,8 +32,9 @@ def test_student_is_smaller_and_learns_the_teachers_hessian(tiny_model):
     frames = rattled(molecule("CH3OH"), 16, stdev=0.1, seed=2)
     options = dict(epochs=30, patience=30, lr=1e-2, batch_size=4, seed=0, progress=False, valid_fraction=0.2,
                    student_config={"channels": 4, "mlp_channels": 8, "radial_mlp": (16,)})
-    student, result = distill(tiny_model, frames, hessian_rows_per_structure=2, hessian_weight=10.0, **options)
-    plain, _ = distill(tiny_model, frames, hessian_weight=0.0, **options)
+    result = distill(tiny_model, frames, hessian_rows_per_structure=2, hessian_weight=10.0, **options)
+    student = result.model
+    plain = distill(tiny_model, frames, hessian_weight=0.0, **options).model
     assert result.student_parameters < result.teacher_parameters
     assert result.training.history[-1]["train_loss"] < result.training.history[0]["train_loss"]
     # Hessian rows of held-out structures, student against teacher

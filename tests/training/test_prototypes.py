@@ -47,12 +47,12 @@ def test_alignment_pulls_atomic_energies_toward_the_prototypes(tiny_model, frame
     source, target = frames
     # energy weight 1: the balance between the energy fit and the alignment term this test was sized for
     options = dict(replay=None, valid_fraction=0.2, epochs=15, patience=15, lr=1e-2, energy_weight=1.0, seed=0, progress=False)
-    plain, _, _ = finetune(tiny_model, target, **options)
+    plain = finetune(tiny_model, target, **options).model
     zero = PrototypeAlignment(weight=0.0).fit(tiny_model, source)
-    unchanged, _, _ = finetune(tiny_model, target, alignment=zero, **options)
+    unchanged = finetune(tiny_model, target, alignment=zero, **options).model
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), unchanged.state_dict().values()))
     strong = PrototypeAlignment(n_prototypes=3, weight=100.0).fit(tiny_model, source)
-    aligned, _, _ = finetune(tiny_model, target, alignment=strong, **options)
+    aligned = finetune(tiny_model, target, alignment=strong, **options).model
     assert node_energy_gap(aligned, strong, target) < 0.7 * node_energy_gap(plain, strong, target)
 
 

@@ -1,0 +1,119 @@
+"""The one object a calculator predicts with: model, feature map, batch maker and both posteriors."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..models.graphs import BatchMaker
+from ..models.model import model_hash
+from .features import Features
+from .kernels import get_feature_map
+from .posterior import FeaturePosterior
+
+
+class UncertaintyModel:
+    """A MACE model with its feature map and the energy and atom posteriors built on it.
+
+    :class:`~ase_mlipal.MLIPALCalculator` holds one, and every
+    :meth:`~ase_mlipal.MLIPALCalculator.share` of it holds the same one, so
+    a model swap, a loaded posterior or a conditioning frame reaches all of
+    them. :attr:`version` counts those changes; a calculator whose cached
+    results are older recomputes them.
+
+    Args:
+        model: the MACE model (a ``torch.nn.Module``; its parameters are frozen).
+        kernel, kernel_options: the feature map (:func:`~ase_mlipal.uncertainty.kernels.get_feature_map`).
+        regularization: ``lambda`` of both posteriors, unless the feature
+            map fixes its own prior precision.
+        head: the head of a multi-head model (:class:`~ase_mlipal.models.graphs.BatchMaker`).
+
+    Attributes:
+        energy_posterior: posterior on structure features (``energy_uncertainty``).
+        atom_posterior: posterior on atomic features (``forces_uncertainty``).
+        calibrated: whether the posteriors' calibrations are fitted (eV) or raw.
+        typical: median uncertainties of in-distribution frames, or ``None``.
+    """
+
+    def __init__(self, model: torch.nn.Module, kernel: str = "activation", kernel_options: Optional[dict] = None,
+                 regularization: float = 1e-2, head: Optional[str] = None):
+        self.kernel = kernel
+        self.kernel_options = dict(kernel_options or {})
+        self.regularization = regularization
+        self.version = 0
+        self.use(model, head)
+
+    def use(self, model: torch.nn.Module, head: Optional[str] = None) -> None:
+        """Make ``model`` the model, with empty, uncalibrated posteriors."""
+        self.model = model
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self._hash, self._hash_version = "", -1
+        self.feature_map = get_feature_map(self.kernel, self.model, self.kernel_options)
+        self.batch_maker = BatchMaker(self.model, head=head)
+        regularization = self.feature_map.prior_precision or self.regularization
+        self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
+        self.atom_posterior = FeaturePosterior(self.feature_map.force_dim, regularization)
+        self.calibrated = False
+        self.typical: Optional[dict[str, float]] = None
+        self.changed()
+
+    def changed(self) -> None:
+        """Record a change of the model or posteriors (cached results built before it are stale)."""
+        self.version += 1
+
+    @property
+    def model_hash(self) -> str:
+        """sha256 of the model's parameters and buffers (:func:`~ase_mlipal.model_hash`).
+
+        Recomputed when any of them changed in place since the last call (their
+        autograd version counters moved), e.g. after
+        :func:`~ase_mlipal.rereference_energies`.
+        """
+        version = sum(t._version for t in self.model.parameters()) + sum(t._version for t in self.model.buffers())
+        if version != self._hash_version:
+            self._hash, self._hash_version = model_hash(self.model), version
+        return self._hash
+
+    def add_features(self, features: Features, weight: float = 1.0) -> None:
+        """Condition both posteriors on computed features (``weight`` observations each)."""
+        energy_rows, force_rows = self.feature_map.conditioning(features)
+        self.energy_posterior.add(energy_rows, weight)
+        self.atom_posterior.add(force_rows, weight)
+        self.changed()
+
+    def conditioned(self, features: Features, weight: float = 1.0) -> "UncertaintyModel":
+        """A copy conditioned on ``features``, this one unchanged (the model itself is not copied)."""
+        trial = copy.copy(self)
+        trial.energy_posterior = copy.deepcopy(self.energy_posterior)
+        trial.atom_posterior = copy.deepcopy(self.atom_posterior)
+        trial.add_features(features, weight)
+        return trial
+
+    def force_variance(self, features: Features) -> np.ndarray:
+        """Raw (unscaled) variance per force component of each atom, ``(n_atoms,)``."""
+        if features.force_variance is not None:
+            return features.force_variance
+        return self.atom_posterior.quadratic_form(features.atom)
+
+    def uncertainty_from(self, features: Features) -> dict:
+        """The uncertainty results of one structure's features.
+
+        ``energy_uncertainty`` (eV), ``forces_uncertainty`` (eV/A, ``(n_atoms,)``),
+        ``uncertainty`` (their largest, eV/A) and, where the kernel's atom
+        rows live in the energy's feature space, ``energies_uncertainty`` (eV,
+        ``(n_atoms,)``).
+        """
+        forces_std = np.sqrt(self.atom_posterior.calibration.variance(self.force_variance(features)))
+        n_atoms = int(features.ptr[1] - features.ptr[0])
+        results = {
+            "energy_uncertainty": float(self.energy_posterior.std(features.structure, n_atoms)[0]),
+            "forces_uncertainty": forces_std,
+            "uncertainty": float(forces_std.max()),
+        }
+        if self.feature_map.atoms_in_energy_space:
+            results["energies_uncertainty"] = self.energy_posterior.std(features.atom)
+        return results
