@@ -269,7 +269,8 @@ class MLIPALCalculator(Calculator):
         """Forget the last results (and the features they came from)."""
         super().reset()
         self.last_features: Optional[Features] = None
-        self._results_version = self.uncertainty_model.version
+        state = self.__dict__.get("uncertainty_model")  # absent while ASE's constructor resets
+        self._results_version = -1 if state is None else state.version
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's changes since the last calculation, all of them when the uncertainty model changed since."""
