@@ -35,6 +35,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from active_learning import labels_to_reach  # the benchmark's own reading of a curve
 
 KEYS = {"energy_mae": "energy", "forces_mae": "forces"}
 PAPER = {"energy_mae": 38.0, "forces_mae": 28.0}
@@ -59,18 +60,6 @@ def load_runs(paths: list[Path], scenario: str = "full") -> tuple[dict, list[int
     if not curves:
         raise ValueError(f"no runs of the {scenario!r} scenario in {[str(p) for p in paths]}")
     return curves, labels
-
-
-def labels_to_reach(curve: list, key: str, target: float) -> float:
-    """Labels at which ``curve`` first reaches ``target`` (linear between rounds); ``inf`` if it never does."""
-    labels, errors = [c["labels"] for c in curve], [c[key] for c in curve]
-    for k, error in enumerate(errors):
-        if error <= target:
-            if k == 0:
-                return float(labels[0])
-            fraction = (errors[k - 1] - target) / (errors[k - 1] - error)
-            return float(labels[k - 1] + fraction * (labels[k] - labels[k - 1]))
-    return float("inf")
 
 
 def targets(curves: dict, labels: list[int], key: str) -> list[dict]:
