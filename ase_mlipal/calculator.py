@@ -234,6 +234,7 @@ class MLIPALCalculator(Calculator):
         if atoms is not None and not isinstance(atoms, Atoms):
             raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
         super().calculate(atoms, properties, system_changes)
+        self._results_version = self.uncertainty_model.version  # these results are of the model as it is now
         periodic = bool(self.atoms.pbc.any())
         batch = self.batch_maker.batch([self.atoms])
         out, features = self.feature_map.evaluate(batch, compute_force=True, compute_stress=periodic,

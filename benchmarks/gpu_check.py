@@ -319,8 +319,8 @@ def finetune_part(device: str, dtype: str, epochs: int):
                 kwargs["device"] = where
             if supports(ase_mlipal.finetune, "dtype"):
                 kwargs["dtype"] = dtype
-            (tuned, result, _), seconds = timed(where, ase_mlipal.finetune, model, frames, **kwargs)
-            out[side] = (tuned, result)
+            tuned, seconds = timed(where, ase_mlipal.finetune, model, frames, **kwargs)
+            out[side] = (tuned.model, tuned.training)
             check.seconds[side] = seconds
         (t_cpu, r_cpu), (t_dev, r_dev) = out["cpu"], out["device"]
         ran_on, ran_as = model_device(t_dev), str(next(t_dev.parameters()).dtype).removeprefix("torch.")

@@ -287,6 +287,27 @@ def test_shares_follow_a_model_swap_a_loaded_posterior_and_new_conditioning(calc
     assert float(image.calc.get_property("uncertainty", image)) < 0.2 * raw
 
 
+def test_after_a_change_each_structure_is_computed_once_and_results_reach_a_trajectory(calc, ethanol, tmp_path,
+                                                                                        monkeypatch):
+    from ase.io import Trajectory
+
+    image = ethanol.copy()
+    image.calc = calc.share()
+    image.get_forces()
+    calc.condition([ethanol])  # through the parent: the share's cached results are stale
+    calls = []
+    original = MLIPALCalculator.calculate
+    monkeypatch.setattr(MLIPALCalculator, "calculate", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    for _ in range(3):
+        image.get_potential_energy(), image.get_forces()
+    assert len(calls) == 1  # recomputed once, then cached again
+    with Trajectory(tmp_path / "one.traj", "w") as trajectory:
+        trajectory.write(image)
+    stored = Trajectory(tmp_path / "one.traj")[0]
+    assert stored.get_potential_energy() == pytest.approx(image.get_potential_energy())
+    np.testing.assert_allclose(stored.get_forces(), image.get_forces())
+
+
 def test_a_conditioned_copy_leaves_the_uncertainty_model_unchanged(calc, ethanol):
     from ase_mlipal.uncertainty.features import per_structure
 

@@ -67,6 +67,8 @@ def test_training_results_unpack_as_the_old_tuples_with_a_warning(tiny_model):
     with pytest.warns(DeprecationWarning, match=r"\.model, \.training, \.valid"):
         model, training, valid = result
     assert (model, training, valid) == (result.model, result.training, result.valid)
+    with pytest.warns(DeprecationWarning, match="as a tuple"):
+        assert result[0] is result.model and result[2] is result.valid
     distilled = ase_mlipal.distill(tiny_model, frames, epochs=1, progress=False,
                                    student_config={"channels": 4, "mlp_channels": 4, "radial_mlp": (8,)})
     with pytest.warns(DeprecationWarning, match="distill"):

@@ -172,9 +172,20 @@ class TrainedModel:
 
     def __iter__(self) -> Iterator:
         """Deprecated: the tuple returned before 0.2 (``model, training, valid`` for :func:`finetune`)."""
-        warnings.warn(f"unpacking the result of {self._made_by} is deprecated and will be removed in the next "
-                      "release; use its attributes (.model, .training, .valid)", DeprecationWarning, stacklevel=2)
+        self._warn_legacy()
         return iter(self._legacy_tuple())
+
+    def __getitem__(self, index: int):
+        """Deprecated: an item of the tuple returned before 0.2."""
+        self._warn_legacy()
+        return self._legacy_tuple()[index]
+
+    def __len__(self) -> int:
+        return len(self._legacy_tuple())
+
+    def _warn_legacy(self) -> None:
+        warnings.warn(f"using the result of {self._made_by} as a tuple is deprecated and will be removed in the "
+                      "next release; use its attributes (.model, .training, .valid)", DeprecationWarning, stacklevel=3)
 
     _made_by = "finetune"
 

@@ -22,7 +22,10 @@ class UncertaintyModel:
     :meth:`~ase_mlipal.MLIPALCalculator.share` of it holds the same one, so
     a model swap, a loaded posterior or a conditioning frame reaches all of
     them. :attr:`version` counts those changes; a calculator whose cached
-    results are older recomputes them.
+    results are older recomputes them. Only changes made through the
+    calculator's methods and attribute setters (or :meth:`use`,
+    :meth:`add_features`, :meth:`changed`) are counted: after changing a
+    posterior or the model's weights in place, call :meth:`changed`.
 
     Args:
         model: the MACE model (a ``torch.nn.Module``; its parameters are frozen).
