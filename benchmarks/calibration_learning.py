@@ -117,7 +117,6 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
                                   progress=False)
         labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
         labelled = [pool[i] for i in labelled_idx]
-        start = time.perf_counter()
         model, held_out, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
