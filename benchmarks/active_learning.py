@@ -430,8 +430,8 @@ def table(summary: dict, report: dict) -> str:
             cells = [strategy,
                      f"{c['energy_mae_mean'][-1]:.2f} ± {c['energy_mae_std'][-1]:.2f} ({last['energy_mae']:+.2f})",
                      f"{c['forces_mae_mean'][-1]:.3f} ± {c['forces_mae_std'][-1]:.3f} ({last['forces_mae']:+.3f})",
-                     " / ".join(f"{f['mean']:+.0f}% ± {f['std']:.0f}" for f in
-                                (out["final_vs_random"][k][strategy] for k in ("energy_mae", "forces_mae")))]
+                     " / ".join(f"{f['mean']:+.0f}% ± {f['std']:.0f}" if f else "–" for f in  # no random: a part
+                                (out["final_vs_random"].get(k, {}).get(strategy) for k in ("energy_mae", "forces_mae")))]
             for key in ("energy_mae", "forces_mae"):
                 needed = out["labels_needed"].get(key, {}).get(strategy, [])
                 finite = [n for n in needed if np.isfinite(n)]
