@@ -178,6 +178,13 @@ class NEBLearner(LearningRun):
         guard: the physical guard (default: one built from the endpoints).
         optimizer: ASE optimiser class for the band.
         climb, method: passed to ``ase.mep.NEB``.
+        band_start: where each round's band starts: ``"initial"`` (``images``,
+            the start a direct reference NEB takes, so the final band finds
+            the pass that NEB would find) or ``"previous"`` (where the last
+            round left it: fewer model steps, but a band a poor early model
+            bent can carry into another, higher pass; on the benchmark's
+            formic acid -> CO2 + H2 it ended on a saddle 1.8 eV above the one a
+            reference NEB from the same start finds).
         store, conditioning, executor, finetune_options, run_id, progress: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
@@ -204,6 +211,7 @@ class NEBLearner(LearningRun):
         optimizer: Callable[..., Optimizer] = FIRE,
         climb: bool = True,
         method: str = "improvedtangent",
+        band_start: str = "initial",
         run_id: str = "neb",
         progress: Optional[bool] = None,
         **deprecated,
@@ -212,9 +220,13 @@ class NEBLearner(LearningRun):
             raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
         if max_rounds < 0 or not barrier_tolerance > 0:
             raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
+        if band_start not in ("initial", "previous"):
+            raise ValueError(f"band_start must be 'initial' or 'previous', not {band_start!r}")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
                          finetune_options=finetune_options, run_id=run_id, progress=progress, **deprecated)
         self.images = [image.copy() for image in images]
+        self.initial_band = [image.positions.copy() for image in images]
+        self.band_start = band_start
         self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
         self.fmax, self.steps, self.interval = fmax, steps, interval
         self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
@@ -225,11 +237,12 @@ class NEBLearner(LearningRun):
     def run(self) -> NEBReport:
         """Run (or resume) bands until one is verified, a guard stops it or ``max_rounds``."""
         if self.read_state():
-            positions = read(self._path("band.traj"), ":")
-            for image, saved in zip(self.images, positions):
-                image.positions = saved.positions
+            self._restore_band("band.traj")
+            if self._path("band_initial.traj").exists():
+                self.initial_band = [a.positions.copy() for a in read(self._path("band_initial.traj"), ":")]
         else:
             self.state.update(rounds=[], confident=False, stopped="", anchor_id=None)
+            self._save_band("band_initial.traj")
             self._save_band()
             self.write_state()
         rounds = [NEBRound.from_dict(r) for r in self.state["rounds"]]
@@ -283,9 +296,7 @@ class NEBLearner(LearningRun):
             model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")
             self.calc.set_model(model, conditioning=[])
             self.calc.load_posterior(self._path(f"posterior_band{rounds[best].round}.npz"))
-            saved = read(self._path(f"band_round{rounds[best].round}.traj"), ":")
-            for image, band_image in zip(self.images, saved):
-                image.positions = band_image.positions
+            self._restore_band(f"band_round{rounds[best].round}.traj")
         return best
 
     def _trigger(self, number: int) -> UncertaintyTrigger:
@@ -295,6 +306,9 @@ class NEBLearner(LearningRun):
     def _band_round(self, number: int) -> Optional[NEBRound]:
         """Relax the band on the current model, label flags, endpoints and the climbing image, check it."""
         trigger = self._trigger(number)
+        if self.band_start == "initial":
+            for image, positions in zip(self.images, self.initial_band):
+                image.positions = positions
         try:
             converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
                                           interval=self.interval, optimizer=self.optimizer, climb=self.climb,
@@ -323,6 +337,10 @@ class NEBLearner(LearningRun):
                            tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
         self.state["confident"] = check.passed and not trigger.flagged and converged
         return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round)
+
+    def _restore_band(self, name: str) -> None:
+        for image, saved in zip(self.images, read(self._path(name), ":")):
+            image.positions = saved.positions
 
     def _save_band(self, name: str = "band.traj") -> None:
         images = [image.copy() for image in self.images]

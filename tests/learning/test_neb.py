@@ -102,6 +102,40 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert np.isfinite(barrier) and std > 0
 
 
+@pytest.mark.parametrize("band_start", ["initial", "previous"])
+def test_each_band_starts_where_band_start_says(calc, tmp_path, monkeypatch, band_start):
+    """"initial": every round relaxes from the given band (as a direct reference NEB would start);
+    "previous": from where the last round left it. Learning is stubbed (always swapped in)."""
+    from ase.calculators.emt import EMT
+
+    from ase_mlipal.learning import neb_learner
+    from ase_mlipal.learning.labelling import LabelReport
+    from ase_mlipal.learning.learning_run import RoundRecord
+
+    starts = []
+
+    def moving_relax(images, *args, **kwargs):
+        starts.append(np.array([image.positions.copy() for image in images]))
+        for image in images[1:-1]:
+            image.positions += 0.01  # the band moves: the next round can tell where it started
+        return False, 1
+
+    monkeypatch.setattr(neb_learner, "relax_band", moving_relax)
+    monkeypatch.setattr(NEBLearner, "learn", lambda self, number, trigger, anchor=None:
+                        RoundRecord(number, LabelReport(), 0, accepted=True))
+    images = formaldehyde_band(5)
+    learner = NEBLearner(calc, EMT, tmp_path / "run", images, threshold=1e3, max_rounds=2, conditioning=[],
+                         band_start=band_start, progress=False)
+    report = learner.run()
+    assert len(report.rounds) == 3 and len(starts) == 3
+    initial = np.array([image.positions for image in images])
+    for k, start in enumerate(starts):
+        expected = initial if band_start == "initial" else initial + 0.01 * k * (np.arange(5) % 4 != 0)[:, None, None]
+        np.testing.assert_allclose(start, expected, atol=1e-9)
+    with pytest.raises(ValueError, match="band_start"):
+        NEBLearner(calc, EMT, tmp_path / "other", images, threshold=1.0, band_start="last")
+
+
 class CountingReference:
     """A reference that must not be called (counts calls, raises)."""
 
