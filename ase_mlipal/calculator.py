@@ -224,7 +224,6 @@ class MLIPALCalculator(Calculator):
             fitted = posterior.calibration
             scale = float(np.exp(share * np.log(fitted.scale) + (1 - share) * np.log(old.scale)))
             posterior.calibration = Recalibration(scale, fitted.exponent, fitted.floor)
-        self.uncertainty_model.changed()
         return self._calibration_reports(residuals)
 
     # -- ASE interface -------------------------------------------------------

@@ -308,6 +308,26 @@ def test_after_a_change_each_structure_is_computed_once_and_results_reach_a_traj
     np.testing.assert_allclose(stored.get_forces(), image.get_forces())
 
 
+def test_changes_made_directly_to_a_posterior_or_the_weights_reach_cached_results(calc, ethanol):
+    """No changed() call needed: each posterior counts its own changes, the weights their autograd versions."""
+    import torch
+
+    from ase_mlipal.uncertainty.calibration import Recalibration
+
+    image = ethanol.copy()
+    image.calc = calc.share()
+    raw = float(image.calc.get_property("uncertainty", image))
+    calc.atom_posterior.calibration = Recalibration(scale=4.0 * calc.atom_posterior.calibration.scale)
+    assert float(image.calc.get_property("uncertainty", image)) == pytest.approx(2.0 * raw, rel=1e-9)
+    _, atom_rows = calc.feature_map.conditioning(calc.features([ethanol])[0])
+    calc.atom_posterior.add(atom_rows, weight=100.0)
+    assert float(image.calc.get_property("uncertainty", image)) < raw
+    energy = image.get_potential_energy()
+    with torch.no_grad():
+        next(p for p in calc.model.parameters() if p.dim() == 2).mul_(1.5)  # in place, as rereference_energies does
+    assert image.get_potential_energy() != pytest.approx(energy, abs=1e-9)
+
+
 def test_a_conditioned_copy_leaves_the_uncertainty_model_unchanged(calc, ethanol):
     from ase_mlipal.uncertainty.features import per_structure
 

@@ -33,6 +33,11 @@ class FeaturePosterior:
             which puts them in physical units.
         chunk_size: rows processed at once by :meth:`add` and
             :meth:`variance` (memory ``O(chunk_size * p + p^2)``).
+
+    Attributes:
+        version: counts the changes made through :meth:`add` and the
+            ``calibration``/``scale`` setters (a cache of its variances built
+            at another version is stale).
     """
 
     def __init__(self, dim: int, regularization: float = 1e-2, scale: float = 1.0, chunk_size: int = 4096):
@@ -42,6 +47,7 @@ class FeaturePosterior:
             raise ValueError(f"regularization must be positive, got {regularization}")
         self.dim = int(dim)
         self.regularization = float(regularization)
+        self.version = 0
         self.calibration = Recalibration(scale=float(scale))
         self.chunk_size = int(chunk_size)
         self.n_added = 0
@@ -69,6 +75,7 @@ class FeaturePosterior:
             signs[signs == 0] = 1.0
             self.factor = r * signs[:, None]
         self.n_added += len(features)
+        self.version += 1
         return self
 
     def quadratic_form(self, features: np.ndarray) -> np.ndarray:
@@ -86,6 +93,16 @@ class FeaturePosterior:
             z = torch.linalg.solve_triangular(lower, block.T, upper=False)
             out[start:start + len(block)] = (z * z).sum(dim=0).numpy()
         return out
+
+    @property
+    def calibration(self) -> Recalibration:
+        """The map from raw to calibrated variance (:class:`~ase_mlipal.uncertainty.calibration.Recalibration`)."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: Recalibration) -> None:
+        self._calibration = value
+        self.version += 1
 
     @property
     def scale(self) -> float:

@@ -21,11 +21,12 @@ class UncertaintyModel:
     :class:`~ase_mlipal.MLIPALCalculator` holds one, and every
     :meth:`~ase_mlipal.MLIPALCalculator.share` of it holds the same one, so
     a model swap, a loaded posterior or a conditioning frame reaches all of
-    them. :attr:`version` counts those changes; a calculator whose cached
-    results are older recomputes them. Only changes made through the
-    calculator's methods and attribute setters (or :meth:`use`,
-    :meth:`add_features`, :meth:`changed`) are counted: after changing a
-    posterior or the model's weights in place, call :meth:`changed`.
+    them. :attr:`version` follows those changes; a calculator whose cached
+    results are of another version recomputes them. It sees a posterior
+    conditioned or recalibrated directly (each posterior counts its own
+    changes), a posterior or model replaced, and the model's weights changed
+    in place (their autograd version counters); :meth:`changed` records
+    anything else.
 
     Args:
         model: the MACE model (a ``torch.nn.Module``; its parameters are frozen).
@@ -46,13 +47,14 @@ class UncertaintyModel:
         self.kernel = kernel
         self.kernel_options = dict(kernel_options or {})
         self.regularization = regularization
-        self.version = 0
+        self._changes = 0
         self.use(model, head)
 
     def use(self, model: torch.nn.Module, head: Optional[str] = None) -> None:
         """Make ``model`` the model, with empty, uncalibrated posteriors."""
         self.model = model
-        for parameter in self.model.parameters():
+        self._parameters = list(self.model.parameters())  # listed once: walking the modules costs ~0.1 ms
+        for parameter in self._parameters:
             parameter.requires_grad_(False)
         self._hash, self._hash_version = "", -1
         self.feature_map = get_feature_map(self.kernel, self.model, self.kernel_options)
@@ -65,8 +67,18 @@ class UncertaintyModel:
         self.changed()
 
     def changed(self) -> None:
-        """Record a change of the model or posteriors (cached results built before it are stale)."""
-        self.version += 1
+        """Record a change the :attr:`version` cannot see (cached results built before it are stale)."""
+        self._changes += 1
+
+    @property
+    def version(self) -> tuple:
+        """A key that differs whenever the model, its weights or either posterior changed.
+
+        Compare versions with ``==``/``!=`` only (they are tuples, not counters).
+        """
+        weights = sum(t._version for t in self._parameters)
+        return (self._changes, weights, id(self.energy_posterior), self.energy_posterior.version,
+                id(self.atom_posterior), self.atom_posterior.version)
 
     @property
     def model_hash(self) -> str:
@@ -86,7 +98,6 @@ class UncertaintyModel:
         energy_rows, force_rows = self.feature_map.conditioning(features)
         self.energy_posterior.add(energy_rows, weight)
         self.atom_posterior.add(force_rows, weight)
-        self.changed()
 
     def conditioned(self, features: Features, weight: float = 1.0) -> "UncertaintyModel":
         """A copy conditioned on ``features``, this one unchanged (the model itself is not copied)."""
