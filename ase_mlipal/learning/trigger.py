@@ -284,11 +284,11 @@ class UncertaintyTrigger:
         a power law and a floor as for a plain scale.
         """
         target = self.settle * self.threshold if target is None else target
+        state = self.calc.uncertainty_model
         if self.quantity == "forces":
-            calibration, per, size = self.calc.uncertainty_model.atom_posterior.calibration, 1.0, 1.0
+            calibration, per, size = state.atom_posterior.calibration, 1.0, 1.0
         else:
-            calibration, per = self.calc.uncertainty_model.energy_posterior.calibration, float(n_atoms)
-            size = float(n_atoms)
+            calibration, per, size = state.energy_posterior.calibration, float(n_atoms), float(n_atoms)
         q = calibration.raw_for((value * per) ** 2, size)
         q_target = calibration.raw_for((target * per) ** 2, size)
         if q <= 0:

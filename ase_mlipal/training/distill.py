@@ -16,7 +16,7 @@ Hessian is never built.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class DistillResult(TrainedModel):
     teacher_parameters: int
     student_parameters: int
 
-    _made_by = "distill"
+    _made_by: ClassVar[str] = "distill"
 
     def _legacy_tuple(self) -> tuple:
         return self.model, self

@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, ClassVar, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -169,6 +169,7 @@ class TrainedModel:
     model: torch.nn.Module
     training: TrainResult
     valid: list[Atoms]
+    _made_by: ClassVar[str] = "finetune"  # named in the deprecation warning of tuple use
 
     def __iter__(self) -> Iterator:
         """Deprecated: the tuple returned before 0.2 (``model, training, valid`` for :func:`finetune`)."""
@@ -186,8 +187,6 @@ class TrainedModel:
     def _warn_legacy(self) -> None:
         warnings.warn(f"using the result of {self._made_by} as a tuple is deprecated and will be removed in the "
                       "next release; use its attributes (.model, .training, .valid)", DeprecationWarning, stacklevel=3)
-
-    _made_by = "finetune"
 
     def _legacy_tuple(self) -> tuple:
         return self.model, self.training, self.valid
