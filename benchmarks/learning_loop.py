@@ -97,6 +97,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) 
     rounds = [{"round": r.round, "barrier": r.profile.barrier, "barrier_std": r.profile.barrier_std,
                "barrier_error": r.profile.barrier - ref_barrier, "n_flagged": r.n_flagged, "converged": r.converged,
                "check": None if r.check is None else r.check.as_dict(),
+               "band_check": None if r.band_check is None else r.band_check.as_dict(),
                "next_model": None if r.learning is None else ("accepted" if r.learning.accepted else "rejected"),
                "model_round": r.model_round,
                "profile": r.profile.as_dict()} for r in report.rounds]

@@ -49,6 +49,10 @@ class NEBRound:
         converged, steps: the NEB optimiser's outcome.
         n_flagged: images the trigger flagged.
         check: the reference check of the climbing image (barrier error, predicted sigma).
+        band_check: the reference check of the other image most likely to top
+            the band on the reference (highest energy + 2 sigma), when that
+            bound reaches the climbing image's energy less ``barrier_tolerance``
+            (``None`` when no other image could).
         learning: the learning that followed (``None`` after the last band; after a
             rejected fine-tune, the last of the retries).
         model_round: the round whose model ran the band (0: pretrained; it
@@ -63,6 +67,18 @@ class NEBRound:
     check: Optional[Check] = None
     learning: Optional[RoundRecord] = None
     model_round: int = 0
+    band_check: Optional[Check] = None
+
+    @property
+    def checks(self) -> list[Check]:
+        """The round's reference checks: the climbing image's, then the band maximum's."""
+        return [c for c in (self.check, self.band_check) if c is not None]
+
+    @property
+    def verified_error(self) -> float:
+        """The largest |energy error| of the round's checks (eV): how far its barrier claim is verified."""
+        errors = [abs(c.energy_error) for c in self.checks]
+        return max(errors) if errors and all(np.isfinite(errors)) else float("nan")
 
     def as_dict(self) -> dict:
         learning = None if self.learning is None else {
@@ -72,16 +88,18 @@ class NEBRound:
         return {"round": self.round, "profile": self.profile.as_dict(), "converged": self.converged,
                 "steps": self.steps, "n_flagged": self.n_flagged,
                 "check": None if self.check is None else self.check.as_dict(), "learning": learning,
-                "model_round": self.model_round}
+                "model_round": self.model_round,
+                "band_check": None if self.band_check is None else self.band_check.as_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
         learning = data["learning"]
         if learning is not None:
             learning = RoundRecord(**{**learning, "labelled": LabelReport(**learning["labelled"])})
+        band_check = data.get("band_check")
         return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
-                   data.get("model_round", 0))
+                   data.get("model_round", 0), None if band_check is None else Check(**band_check))
 
 
 @dataclass
@@ -91,13 +109,14 @@ class NEBReport:
     Attributes:
         rounds: one :class:`NEBRound` per band run.
         images: the final band.
-        confident: the last band converged, flagged nothing and its
-            climbing-image check passed (within 2 sigma and
-            ``barrier_tolerance``, a saddle of the reference).
+        confident: the last band converged, flagged nothing and its checks
+            passed: the climbing image (within 2 sigma and ``barrier_tolerance``,
+            a saddle of the reference) and the band maximum (no other image
+            above the barrier on the reference).
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
-            whose check erred least (``images`` is that band, the calculator
+            whose checks erred least (the largest error of its checks) (``images`` is that band, the calculator
             holds its model); ``None`` if no band was checked.
     """
 
@@ -126,17 +145,19 @@ class NEBReport:
 
     def table(self) -> str:
         """One line per band: barrier and sigma, the checked error, flags, model choice."""
-        lines = ["round  barrier (eV)   checked error  passed  flagged  NEB converged  next model"]
+        lines = ["round  barrier (eV)   checked error  band max error  passed  flagged  NEB converged  next model"]
         for r in self.rounds:
-            p, c = r.profile, r.check
-            checked = f"{c.energy_error:+13.3f}  {str(c.passed):>6}" if c else f"{'-':>13}  {'-':>6}"
+            p, c, b = r.profile, r.check, r.band_check
+            passed = str(all(x.passed for x in r.checks)) if r.checks else "-"
+            checked = (f"{c.energy_error:+13.3f}" if c else f"{'-':>13}") + "  " + (
+                f"{b.energy_error:+14.3f}" if b else f"{'-':>14}") + f"  {passed:>6}"
             nxt = "-" if r.learning is None else ("swapped in" if r.learning.accepted else "rejected")
             lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
                          f"  {str(r.converged):>13}  {nxt}")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
-            lines.append(f"final: the band of round {self.final.round} (its check erred least)")
+            lines.append(f"final: the band of round {self.final.round} (its checks erred least)")
         return "\n".join(lines)
 
 
@@ -154,8 +175,13 @@ class NEBLearner(LearningRun):
     endpoint) must agree with the reference within 2 sigma and within
     ``barrier_tolerance``, its forces within 2 sigma, and it must be a
     saddle of the reference too (its climbing force small:
-    :func:`~ase_mlipal.learning.verification.check_frame`). The run is ``confident``
-    when a band converged, flagged nothing and its check passed. Else
+    :func:`~ase_mlipal.learning.verification.check_frame`). A barrier is the
+    band's *maximum*, so the other image with the highest upper bound
+    (energy + 2 sigma) is checked the same way when that bound comes within
+    ``barrier_tolerance`` of the climbing image: a band the model thinks
+    flat (or whose climbing image sits beside an endpoint) is not verified
+    by a check at the reactant. The run is ``confident``
+    when a band converged, flagged nothing and its checks passed. Else
     the flagged images and a failed check are labelled, the pretrained
     model is fine-tuned on all labelled frames and swapped in if it is no
     worse on the checks so far (:meth:`LearningRun.learn`), and the next
@@ -285,12 +311,12 @@ class NEBLearner(LearningRun):
         band a guard stopped). The calculator and ``self.images`` end on the
         best verified band, so a run never ends worse than its checks show.
         """
-        checked = [k for k, r in enumerate(rounds) if r.check is not None and np.isfinite(r.check.energy_error)]
+        checked = [k for k, r in enumerate(rounds) if np.isfinite(r.verified_error)]
         if not checked:
             return None
         if self.state["confident"]:
             return len(rounds) - 1
-        best = min(checked, key=lambda k: (abs(rounds[k].check.energy_error), -k))
+        best = min(checked, key=lambda k: (rounds[k].verified_error, -k))
         if best != len(rounds) - 1 or self.state["stopped"]:
             model_round = rounds[best].model_round
             model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")
@@ -326,6 +352,10 @@ class NEBLearner(LearningRun):
         top = 1 + int(np.argmax(profile.energy[1:-1]))
         check_id, _ = self.store.add_flagged(self.images[top], source="verify", image=top, step=steps,
                                              run_id=trigger.run_id, model_hash=self.calc.model_hash)
+        rival = self._band_rival(profile, top)
+        rival_id = None if rival is None else self.store.add_flagged(
+            self.images[rival], source="verify", image=rival, step=steps, run_id=trigger.run_id,
+            model_hash=self.calc.model_hash)[0]
         label(self.store, self.reference, executor=self.executor, progress=self.progress)
         anchor = self.store.frame(self.state["anchor_id"])
         if anchor.info["status"] == "failed":
@@ -335,8 +365,22 @@ class NEBLearner(LearningRun):
         tangent = self.images[top + 1].positions - self.images[top - 1].positions
         check = self.check(self.store.frame(check_id), number, "climbing_image", anchor=anchor,
                            tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
-        self.state["confident"] = check.passed and not trigger.flagged and converged
-        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round)
+        band_check = None if rival_id is None else self.check(self.store.frame(rival_id), number, "band_max",
+                                                              anchor=anchor, tolerance=self.barrier_tolerance)
+        passed = check.passed and (band_check is None or band_check.passed)
+        self.state["confident"] = passed and not trigger.flagged and converged
+        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round,
+                        band_check=band_check)
+
+    def _band_rival(self, profile: PathProfile, top: int) -> Optional[int]:
+        """The interior image besides ``top`` whose energy + 2 sigma is highest, if it reaches
+        ``E[top] - barrier_tolerance`` (it could be the band's maximum on the reference); else ``None``."""
+        interior = [k for k in range(1, len(profile.energy) - 1) if k != top]
+        if not interior:
+            return None
+        bound = profile.energy + 2.0 * profile.energy_std
+        rival = max(interior, key=lambda k: bound[k])
+        return rival if bound[rival] >= profile.energy[top] - self.barrier_tolerance else None
 
     def _restore_band(self, name: str) -> None:
         for image, saved in zip(self.images, read(self._path(name), ":")):

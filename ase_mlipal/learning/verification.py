@@ -41,7 +41,8 @@ class Check:
 
     Attributes:
         round: learning round of the model checked (0: pretrained).
-        kind: ``"climbing_image"``, ``"audit"`` or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
+        kind: ``"climbing_image"``, ``"band_max"`` (a band's other possible
+            maximum), ``"audit"`` or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
         store_id: the frame's row in the store.
         energy_error: eV, model - reference; for a climbing image the error
             of the barrier (the energy difference to the first endpoint),

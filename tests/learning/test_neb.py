@@ -136,6 +136,28 @@ def test_each_band_starts_where_band_start_says(calc, tmp_path, monkeypatch, ban
         NEBLearner(calc, EMT, tmp_path / "other", images, threshold=1.0, band_start="last")
 
 
+def test_the_band_maximum_is_checked_where_the_reference_could_top_the_climbing_image(calc, tmp_path):
+    """A barrier is the band's maximum: the other image with the highest energy + 2 sigma is labelled and checked."""
+    from ase.calculators.emt import EMT
+
+    learner = NEBLearner(calc, EMT, tmp_path / "run", formaldehyde_band(5), threshold=1e3, max_rounds=0, steps=2,
+                         barrier_tolerance=1e3, conditioning=[], progress=False)  # any rival qualifies
+    report = learner.run()
+    first = report.rounds[0]
+    energy, std = first.profile.energy, first.profile.energy_std
+    top = 1 + int(np.argmax(energy[1:-1]))
+    rival = max((k for k in (1, 2, 3) if k != top), key=lambda k: energy[k] + 2 * std[k])
+    assert first.check.image == top and first.band_check.kind == "band_max" and first.band_check.image == rival
+    assert sorted(row.image for row in learner.store.rows() if row.source == "verify") == sorted([top, rival])
+    assert first.verified_error == max(abs(first.check.energy_error), abs(first.band_check.energy_error))
+    assert not report.confident or first.band_check.passed
+    strict = NEBLearner(calc, EMT, tmp_path / "strict", formaldehyde_band(5), threshold=1e3, max_rounds=0, steps=2,
+                        barrier_tolerance=1e-9, conditioning=[], progress=False)
+    bound = energy + 2 * std
+    expect_rival = bound[rival] >= energy[top] - 1e-9
+    assert (strict.run().rounds[0].band_check is not None) == expect_rival
+
+
 class CountingReference:
     """A reference that must not be called (counts calls, raises)."""
 
@@ -231,4 +253,5 @@ def test_killed_neb_learner_resumes_without_losing_or_repeating_a_label(tiny_mod
     calls = (tmp_path / "log.txt").read_text().split()
     assert len(calls) == len(set(calls)) == len(after)  # every label computed once
     final = json.loads(state.read_text())
-    assert final["round"] == 3 and len(final["checks"]) == 3 and len(final["rounds"]) == 3
+    assert final["round"] == 3 and len(final["rounds"]) == 3
+    assert len(final["checks"]) == sum(1 + (r["band_check"] is not None) for r in final["rounds"])  # none repeated
