@@ -39,10 +39,6 @@ class DemoScore:
     reaction_energy_error: float  # eV, model - xTB, on the endpoints
 
 
-# Fine-tuning for a handful of new frames: more replay against forgetting the
-# endpoints, energies weighted up because the barrier is an energy difference
-# (every new frame trains: finetune's default).
-DEMO_FINETUNE = {"replay_ratio": 3, "energy_weight": 10.0, "lr": 5e-3, "epochs": 100, "patience": 100}
 
 
 def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_rounds: int = 4,
@@ -64,7 +60,7 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_round
     before_mae = evaluate(calc.model, path)["forces_mae"]
     images = band(path[0], path[-1], n_images)
     learner = NEBLearner(calc, RobustXTB, workdir / "run", images, threshold, max_rounds=max_rounds, steps=steps,
-                         fmax=fmax, finetune_options=finetune_options or DEMO_FINETUNE)
+                         fmax=fmax, finetune_options=finetune_options)
     report = learner.run()
     first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     xtb_reaction = float(xtb_energy[-1] - xtb_energy[0])

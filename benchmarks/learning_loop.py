@@ -52,7 +52,7 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 import ase_mlipal
-from ase_mlipal.demo import DEMO_FINETUNE
+from ase_mlipal.learning.learning_run import LEARNER_FINETUNE
 from ase_mlipal.frames import read_labels
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
 from ase_mlipal.references.xtb import RobustXTB
@@ -62,7 +62,7 @@ BANDS = HERE / "data" / "reactive_bands.xyz.gz"
 RESULTS = HERE / "results"
 PARTS = RESULTS / "learning_loop"
 SETTINGS = {"images": 9, "threshold": 0.5, "max_rounds": 4, "steps": 300, "fmax": 0.1, "barrier_tolerance": 0.1,
-            "band_start": "initial", "finetune": DEMO_FINETUNE}
+            "band_start": "initial", "finetune": LEARNER_FINETUNE}
 SMOKE = {"images": 5, "threshold": 0.5, "max_rounds": 1, "steps": 3, "fmax": 0.1, "barrier_tolerance": 0.1,
          "band_start": "initial", "finetune": {"epochs": 1, "replay_ratio": 1}}
 
@@ -139,7 +139,7 @@ def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
 
 
 MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "threshold": 0.5, "interval": 5,
-               "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": DEMO_FINETUNE}
+               "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": LEARNER_FINETUNE}
 MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
             "finetune": {"epochs": 1, "replay_ratio": 1}}
 MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
