@@ -110,6 +110,9 @@ class LearningRun:
     """
 
     kind = "run"
+    #: Errors on the checks (in :func:`~ase_mlipal.learning.verification.verification_error`'s
+    #: unit) a fine-tune may have and still be swapped in (``ModelChoice.consider``).
+    choice_tolerance = 0.0
 
     def __init__(self, calc: MLIPALCalculator, reference: Reference, workdir: Union[str, os.PathLike],
                  store: Union[FrameStore, str, None] = None, conditioning: Optional[Sequence[Atoms]] = None,
@@ -221,7 +224,8 @@ class LearningRun:
         tuned = finetune(self.pretrained, frames, valid=self.store.frames("verified"), progress=self.progress,
                          head=head, **options)
         model, record.train, valid = tuned.model, tuned.training, tuned.valid
-        record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head)
+        record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head,
+                                               tolerance=self.choice_tolerance)
         record.reason = self.choice.history[-1]["reason"]
         if record.accepted:
             record.calibration = self.calc.set_model(model, self.conditioning, calibration=valid,

@@ -254,6 +254,7 @@ class NEBLearner(LearningRun):
         self.initial_band = [image.positions.copy() for image in images]
         self.band_start = band_start
         self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
+        self.choice_tolerance = barrier_tolerance  # a fine-tune whose barriers are all right is taken
         self.fmax, self.steps, self.interval = fmax, steps, interval
         self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
         if self.guard.initial_length is None:

@@ -167,12 +167,17 @@ class ModelChoice:
         self.history = [] if self.history is None else self.history
 
     def consider(self, number: int, current: torch.nn.Module, candidate: torch.nn.Module,
-                 frames: Sequence[Atoms], anchor: Optional[Atoms] = None, head: Optional[str] = None) -> bool:
+                 frames: Sequence[Atoms], anchor: Optional[Atoms] = None, head: Optional[str] = None,
+                 tolerance: float = 0.0) -> bool:
         """Should ``candidate`` (round ``number``) replace ``current``? Records the decision.
 
         Both are scored on the same ``frames`` (the checks so far); with
         none, the candidate is taken. Ties go to the candidate (it has seen
-        more data). ``head``: the head both are scored on (the calculator's).
+        more data), and so does an error within ``tolerance`` (what the user
+        calls right, e.g. the NEB learner's ``barrier_tolerance``): a check
+        the incumbent happens to meet exactly, such as a climbing image
+        beside the reactant, must not block all learning. ``head``: the head
+        both are scored on (the calculator's).
         """
         if not frames:
             self.history.append({"round": number, "accepted": True, "reason": "no checks yet"})
@@ -180,8 +185,9 @@ class ModelChoice:
             return True
         old = verification_error(current, frames, anchor, head)
         new = verification_error(candidate, frames, anchor, head)
-        accepted = bool(new <= old)
-        reason = (f"error on {len(frames)} checks {new:.3f} <= {old:.3f} of round {self.round}" if accepted else
+        accepted = bool(new <= max(old, tolerance))
+        reason = (f"error on {len(frames)} checks {new:.3f} <= {max(old, tolerance):.3f} "
+                  f"({'round ' + str(self.round) if new <= old else 'the tolerance'})" if accepted else
                   f"error on {len(frames)} checks {new:.3f} > {old:.3f} of round {self.round}: kept round {self.round}")
         self.history.append({"round": number, "accepted": accepted, "reason": reason, "error": new,
                              "incumbent_error": old})

@@ -74,6 +74,20 @@ def test_a_worse_model_is_rejected_and_a_better_one_accepted(tiny_model):
     assert np.ptp(energies) > 0
 
 
+def test_a_fine_tune_within_the_tolerance_is_taken_beyond_it_rejected(tiny_model):
+    """An incumbent that meets a check exactly (a climbing image beside the reactant) must not block learning."""
+    other = ase_mlipal.build_mace(["H", "C", "N", "O"], channels=8, max_ell=1, r_max=4.0, mlp_channels=8,
+                                  radial_mlp=(16,), atomic_energies=[-13.6, -1029.0, -1485.0, -2042.0],
+                                  shift=0.1, scale=0.5, seed=7)
+    frames = labelled_by(tiny_model, rattled(molecule("CH3OH"), 4, stdev=0.1, seed=3))
+    error = verification_error(other, frames[1:], anchor=frames[0])
+    assert error > 0.01
+    assert not ModelChoice().consider(1, tiny_model, other, frames[1:], anchor=frames[0], tolerance=0.5 * error)
+    choice = ModelChoice()
+    assert choice.consider(1, tiny_model, other, frames[1:], anchor=frames[0], tolerance=2.0 * error)
+    assert choice.round == 1 and "the tolerance" in choice.history[-1]["reason"]
+
+
 def test_a_climbing_image_must_be_a_saddle_of_the_reference(calc, tiny_model):
     anchor, frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 2, stdev=0.1, seed=4))
     forces = frame.get_forces()
