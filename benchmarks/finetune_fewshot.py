@@ -146,7 +146,7 @@ def main() -> None:
                 rows.append(row)
     report = {"train_images": list(TRAIN_IMAGES), "settings": SETTINGS, "rows": rows,
               "picks": {m: leave_one_reaction_out(rows, m) for m in ("held_out_mae", "barrier_error")},
-              "seconds": time.perf_counter() - started}
+              "seconds": sum(r["seconds"] for r in rows) if args.from_json else time.perf_counter() - started}
     (args.out / "finetune_fewshot.json").write_text(json.dumps(report, indent=1, default=float))
     text = "".join(markdown(rows, report["picks"][m], m) + "\n" for m in ("held_out_mae", "barrier_error"))
     (args.out / "finetune_fewshot.md").write_text(text)
