@@ -1,6 +1,5 @@
 """The active-learning benchmark's pipeline on a tiny budget (the numbers are not checked, the bookkeeping is)."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,17 +10,15 @@ import numpy as np
 import pytest
 from ase import Atoms
 
+from .conftest import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "active_learning.py"
 STRATEGIES = ["random", "committee", "fixed", "activation", "ntk", "force_ntk", "ef_ntk"]
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling reactive.py
-    spec = importlib.util.spec_from_file_location("active_learning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("active_learning")
 
 
 def test_labels_to_reach_interpolates_between_rounds(benchmark):

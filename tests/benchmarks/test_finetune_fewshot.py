@@ -1,21 +1,13 @@
 """benchmarks/finetune_fewshot.py: the leave-one-reaction-out choice never sees the reaction it is scored on."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune_fewshot.py"
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def fewshot():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling learning_loop.py
-    spec = importlib.util.spec_from_file_location("finetune_fewshot", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("finetune_fewshot")
 
 
 def rows(table: dict, seed: int = 0) -> list[dict]:

@@ -1,24 +1,18 @@
 """The label-savings summary: targets, reductions and bootstrap intervals on curves whose answer is known."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "label_savings.py"
+from .conftest import load_benchmark
+
 LABELS = [40, 60, 90, 135, 200, 300, 450, 675, 1000]
 
 
 @pytest.fixture(scope="module")
 def savings():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("label_savings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("label_savings")
 
 
 def curve(scale: float, labels=LABELS, noise: float = 0.0, seed: int = 0) -> list[dict]:
