@@ -174,7 +174,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
         learner = NEBLearner(calc, reference, workdir, images, config["threshold"],
                              max_rounds=config.get("max_rounds", 4), fmax=neb.get("fmax", 0.05),
                              barrier_tolerance=neb.get("barrier_tolerance", 0.1),
-                             steps=neb.get("steps", 300), finetune_options=finetune_options)
+                             steps=neb.get("steps", 300), band_start=neb.get("band_start", "initial"),
+                             finetune_options=finetune_options)
         report = learner.run()
         print(report.table())
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
@@ -209,7 +210,8 @@ LEARN_HELP = """TOML file, e.g.:
     [neb]
     images = 7
     barrier_tolerance = 0.1   # eV: the climbing-image check must agree this well
-    [finetune]
+    band_start = "initial"    # each round's band starts from the initial band ("previous": where the last ended)
+    [finetune]                # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
     epochs = 150
 """
 
