@@ -116,8 +116,8 @@ class NEBReport:
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
-            whose checks erred least (the largest error of its checks) (``images`` is that band, the calculator
-            holds its model); ``None`` if no band was checked.
+            whose worst check erred least (``images`` is that band, the
+            calculator holds its model); ``None`` if no band was checked.
     """
 
     rounds: list[NEBRound] = field(default_factory=list)
@@ -184,7 +184,8 @@ class NEBLearner(LearningRun):
     when a band converged, flagged nothing and its checks passed. Else
     the flagged images and a failed check are labelled, the pretrained
     model is fine-tuned on all labelled frames and swapped in if it is no
-    worse on the checks so far (:meth:`LearningRun.learn`), and the next
+    worse on the checks so far, or within ``barrier_tolerance`` of them
+    (:meth:`LearningRun.learn`), and the next
     band runs. A band that leaves chemistry stops the run (``report.stopped``);
     its frame is stored as ``unphysical`` and not labelled.
 
