@@ -19,7 +19,8 @@ reference calls and teaches the model a region nobody will simulate. A
   ``max_length_ratio`` times the initial band's, and an image **energy**
   more than ``max_energy`` eV above the lower endpoint and above the highest
   image of the first band checked (an IDPP band can start high; it must
-  not climb).
+  not climb). ``NEBLearner`` resets that first band (``initial_top``) at
+  each round: each model's relaxation is judged from its own start.
 
 The defaults (0.5, 2.5, 3.0, 10 eV) are set wide of chemistry on purpose
 (an H-transfer saddle has its H ~1.3-1.5 A from both partners, and an IDPP

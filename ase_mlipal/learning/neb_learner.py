@@ -334,6 +334,9 @@ class NEBLearner(LearningRun):
     def _band_round(self, number: int) -> Optional[NEBRound]:
         """Relax the band on the current model, label flags, endpoints and the climbing image, check it."""
         trigger = self._trigger(number)
+        # the energy guard measures a climb within this relaxation: each model judges its own start (the initial
+        # band was physical in round 0; a new model that prices it high is wrong, not the geometry)
+        self.guard.initial_top = None
         if self.band_start == "initial":
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions

@@ -158,6 +158,22 @@ def test_the_band_maximum_is_checked_where_the_reference_could_top_the_climbing_
     assert (strict.run().rounds[0].band_check is not None) == expect_rival
 
 
+def test_the_energy_guard_judges_each_round_from_its_own_start(calc, tmp_path):
+    """A later model that prices the (physical) initial band high is not stopped at step 0 as unphysical."""
+    from ase.calculators.emt import EMT
+
+    from ase_mlipal.guards import PhysicalGuard
+
+    images = formaldehyde_band(5)
+    guard = PhysicalGuard([images[0], images[-1]], max_energy=-1.0)
+    guard.initial_top = -100.0  # as if an earlier round's model had put this band far lower
+    learner = NEBLearner(calc, EMT, tmp_path / "run", images, threshold=1e3, max_rounds=0, steps=0, guard=guard,
+                         conditioning=[], progress=False)
+    report = learner.run()
+    assert report.stopped == "" and len(report.rounds) == 1
+    assert guard.initial_top == pytest.approx(report.rounds[0].profile.energy[1:].max(), abs=1e-6)
+
+
 class CountingReference:
     """A reference that must not be called (counts calls, raises)."""
 
