@@ -218,6 +218,11 @@ class NEBLearner(LearningRun):
 
     kind = "neb"
 
+    @property
+    def choice_tolerance(self) -> float:
+        """A fine-tune whose check errors are within ``barrier_tolerance`` is taken (its barriers are right)."""
+        return self.barrier_tolerance
+
     def __init__(
         self,
         calc: MLIPALCalculator,
@@ -255,7 +260,6 @@ class NEBLearner(LearningRun):
         self.initial_band = [image.positions.copy() for image in images]
         self.band_start = band_start
         self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
-        self.choice_tolerance = barrier_tolerance  # a fine-tune whose barriers are all right is taken
         self.fmax, self.steps, self.interval = fmax, steps, interval
         self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
         if self.guard.initial_length is None:
