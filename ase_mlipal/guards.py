@@ -19,7 +19,7 @@ reference calls and teaches the model a region nobody will simulate. A
   ``max_length_ratio`` times the initial band's, and an image **energy**
   more than ``max_energy`` eV above the lower endpoint and above the highest
   image of the first band checked (an IDPP band can start high; it must
-  not climb). ``NEBLearner`` resets that first band (``initial_top``) at
+  not climb). ``NEBLearner`` calls :meth:`PhysicalGuard.new_relaxation` at
   each round: each model's relaxation is judged from its own start.
 
 The defaults (0.5, 2.5, 3.0, 10 eV) are set wide of chemistry on purpose
@@ -127,6 +127,13 @@ class PhysicalGuard:
         ratio = distances / (radii[:, None] + radii[None, :])
         np.fill_diagonal(ratio, np.inf)
         return distances, ratio
+
+    def new_relaxation(self) -> None:
+        """Forget the first band's top energy: the next band checked is judged from its own start.
+
+        The length bound keeps the learner's initial band.
+        """
+        self.initial_top = None
 
     def check(self, atoms: Atoms, where: str) -> None:
         """Raise :class:`UnphysicalFrame` naming ``where`` (e.g. "MD step 40") if ``atoms`` is unphysical."""

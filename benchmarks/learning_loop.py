@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from ase.io import read
@@ -52,8 +53,8 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 
 import ase_mlipal
-from ase_mlipal.learning.learning_run import LEARNER_FINETUNE
 from ase_mlipal.frames import read_labels
+from ase_mlipal.learning.learning_run import LEARNER_FINETUNE
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
 from ase_mlipal.references.xtb import RobustXTB
 
@@ -74,12 +75,15 @@ def reference_bands() -> dict[str, list]:
     return {name: sorted(images, key=lambda a: a.info["image"]) for name, images in bands.items()}
 
 
-def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) -> dict:
+def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
+                 same_start: Optional[dict] = None) -> dict:
+    """The learner on reaction ``name``; ``same_start``: a direct NEB result already run from the same band."""
     reference = reference_bands()[name]
     energies = np.array([read_labels(a)[0] for a in reference])
     ref_barrier = float(energies.max() - energies[0])
     images = band(reference[0], reference[-1], settings["images"])
-    same_start = direct_reference_neb(images, settings["fmax"]) if direct else None
+    if same_start is None and direct:
+        same_start = direct_reference_neb(images, settings["fmax"])
     start = time.perf_counter()
     calc = ase_mlipal.MLIPALCalculator()
     learner = ase_mlipal.NEBLearner(calc, RobustXTB, workdir, images, settings["threshold"],
@@ -98,6 +102,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) 
                "barrier_error": r.profile.barrier - ref_barrier, "n_flagged": r.n_flagged, "converged": r.converged,
                "check": None if r.check is None else r.check.as_dict(),
                "band_check": None if r.band_check is None else r.band_check.as_dict(),
+               "audit": None if r.audit is None else r.audit.as_dict(), "quiet": r.quiet,
                "next_model": None if r.learning is None else ("accepted" if r.learning.accepted else "rejected"),
                "model_round": r.model_round,
                "profile": r.profile.as_dict()} for r in report.rounds]
@@ -122,6 +127,15 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True) 
             result.update(before_direct=first.barrier - target, after_direct=last.barrier - target,
                           covered_2sigma_direct=bool(abs(last.barrier - target) <= 2 * last.barrier_std))
     return result
+
+
+def earlier_direct_neb(path: Path, settings: dict) -> Optional[dict]:
+    """The direct NEB of an earlier part at ``path``, if it ran from the same band to the same fmax."""
+    if not path.exists():
+        return None
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get("settings", {}).get(k) == settings[k] for k in ("images", "fmax"))
+    return earlier.get("direct_neb") if same else None
 
 
 def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
@@ -297,6 +311,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
     parser.add_argument("--band-start", choices=["initial", "previous"], default="initial",
                         help="where each round's band starts (NEBLearner's band_start)")
+    parser.add_argument("--reuse-direct", action="store_true",
+                        help="take the direct xTB NEB from the reaction's earlier part when it ran from the same "
+                             "band (same images and fmax: the IDPP band is deterministic) instead of rerunning it")
     args = parser.parse_args()
     out = args.out or RESULTS
     parts = out / "learning_loop"
@@ -325,7 +342,8 @@ def main() -> None:
                 sys.exit(f"unknown reaction {name!r}; choose from {', '.join(names)}")
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_loop_{name}_"))
             try:
-                result = run_reaction(name, settings, workdir, direct=not args.smoke)
+                earlier = earlier_direct_neb(parts / f"{name}.json", settings) if args.reuse_direct else None
+                result = run_reaction(name, settings, workdir, direct=not args.smoke, same_start=earlier)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             (parts / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))

@@ -175,11 +175,13 @@ class LearningRun:
     # -- checks ------------------------------------------------------------
 
     def check(self, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
-              tolerance: Optional[float] = None, **saddle) -> Check:
+              tolerance: Optional[float] = None, **check_options) -> Check:
         """Check the labelled ``frame`` (a store row) against the model in use; record it.
 
         A frame the model in use trained on is no check: it fails with that
-        reason. ``saddle`` (``tangent``, ``fmax``) goes to :func:`check_frame`. A passed check is marked ``verified`` (kept out of training).
+        reason. ``check_options`` (``tangent``, ``fmax``, ``ceiling``) go to
+        :func:`check_frame`. A passed check is marked ``verified`` (kept out
+        of training).
         """
         if frame.info.get("status") not in ("labelled", "verified"):
             result = Check(number, kind, frame.info["store_id"], float("nan"), float("nan"), float("nan"), 0.0,
@@ -187,7 +189,7 @@ class LearningRun:
                            step=frame.info.get("step"), image=frame.info.get("image"))
             self.checks.append(result)
             return result
-        result = check_frame(self.calc, frame, number, kind, anchor=anchor, tolerance=tolerance, **saddle)
+        result = check_frame(self.calc, frame, number, kind, anchor=anchor, tolerance=tolerance, **check_options)
         if result.store_id in self.state["trained_ids"]:
             result.passed, result.reason = False, "the model in use trained on this frame"
         if result.passed:

@@ -1,10 +1,12 @@
 """NEB refined by active learning, until a reference check verifies the barrier.
 
 :class:`NEBLearner` repeats: run the climbing-image NEB with the trigger
-watching it, check the climbing image against the reference, and stop
-only when the trigger was quiet *and* the check passed; otherwise label
-the flagged images (and a failed check), fine-tune, swap the model in if
-it is no worse on the checks so far, and run the band again.
+watching it, check the climbing image, the band's other possible maximum
+and its least certain image against the reference, and stop only when
+the checks passed on a converged band the trigger finds certain;
+otherwise label the flagged images (and a failed check), fine-tune, swap
+the model in if it is no worse on the checks so far, and run the band
+again.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ class NEBRound:
             the band on the reference (highest energy + 2 sigma), when that
             bound reaches the climbing image's energy less ``barrier_tolerance``
             (``None`` when no other image could).
+        audit: the reference check of the least certain interior image left
+            (largest ``energy_std``): within 2 sigma, and not above the
+            band's top on the reference (``None`` when every interior image
+            was checked already).
+        quiet: the trigger flagged nothing on the converged band (frames it
+            flagged on the way there are labelled all the same).
         learning: the learning that followed (``None`` after the last band; after a
             rejected fine-tune, the last of the retries).
         model_round: the round whose model ran the band (0: pretrained; it
@@ -68,16 +76,19 @@ class NEBRound:
     learning: Optional[RoundRecord] = None
     model_round: int = 0
     band_check: Optional[Check] = None
+    audit: Optional[Check] = None
+    quiet: bool = False
 
     @property
     def checks(self) -> list[Check]:
-        """The round's reference checks: the climbing image's, then the band maximum's."""
-        return [c for c in (self.check, self.band_check) if c is not None]
+        """The round's reference checks: the climbing image's, the band maximum's, the audit."""
+        return [c for c in (self.check, self.band_check, self.audit) if c is not None]
 
     @property
     def verified_error(self) -> float:
-        """The largest |energy error| of the round's checks (eV): how far its barrier claim is verified."""
-        errors = [abs(c.energy_error) for c in self.checks]
+        """The largest |barrier error| of the climbing image's and band maximum's checks (eV): how far the
+        round's barrier is verified (an audit below the top may err more without changing the barrier)."""
+        errors = [abs(c.energy_error) for c in (self.check, self.band_check) if c is not None]
         return max(errors) if errors and all(np.isfinite(errors)) else float("nan")
 
     def as_dict(self) -> dict:
@@ -89,17 +100,19 @@ class NEBRound:
                 "steps": self.steps, "n_flagged": self.n_flagged,
                 "check": None if self.check is None else self.check.as_dict(), "learning": learning,
                 "model_round": self.model_round,
-                "band_check": None if self.band_check is None else self.band_check.as_dict()}
+                "band_check": None if self.band_check is None else self.band_check.as_dict(),
+                "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
         learning = data["learning"]
         if learning is not None:
             learning = RoundRecord(**{**learning, "labelled": LabelReport(**learning["labelled"])})
-        band_check = data.get("band_check")
+        band_check, audit = data.get("band_check"), data.get("audit")
         return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
-                   data.get("model_round", 0), None if band_check is None else Check(**band_check))
+                   data.get("model_round", 0), None if band_check is None else Check(**band_check),
+                   None if audit is None else Check(**audit), data.get("quiet", False))
 
 
 @dataclass
@@ -109,10 +122,11 @@ class NEBReport:
     Attributes:
         rounds: one :class:`NEBRound` per band run.
         images: the final band.
-        confident: the last band converged, flagged nothing and its checks
-            passed: the climbing image (within 2 sigma and ``barrier_tolerance``,
-            a saddle of the reference) and the band maximum (no other image
-            above the barrier on the reference).
+        confident: the last band converged, the trigger found it certain and
+            its checks passed: the climbing image (within 2 sigma and
+            ``barrier_tolerance``, a saddle of the reference), the band
+            maximum (no other image above the barrier on the reference) and
+            the audit of the least certain image (within 2 sigma, below the top).
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
@@ -180,8 +194,13 @@ class NEBLearner(LearningRun):
     (energy + 2 sigma) is checked the same way when that bound comes within
     ``barrier_tolerance`` of the climbing image: a band the model thinks
     flat (or whose climbing image sits beside an endpoint) is not verified
-    by a check at the reactant. The run is ``confident``
-    when a band converged, flagged nothing and its checks passed. Else
+    by a check at the reactant. The least certain interior image left
+    (largest ``energy_std``) is audited too: within 2 sigma, and not above
+    the band's top on the reference; a model that invents a deep well
+    between the endpoints (a barrierless band) fails there. The run is
+    ``confident`` when a band converged, the trigger flagged nothing on it
+    at the end (frames flagged on the way are labelled all the same) and
+    all its checks passed. Else
     the flagged images and a failed check are labelled, the pretrained
     model is fine-tuned on all labelled frames and swapped in if it is no
     worse on the checks so far, or within ``barrier_tolerance`` of them
@@ -336,11 +355,10 @@ class NEBLearner(LearningRun):
                                   run_id=f"{self.run_id}-round{number}")
 
     def _band_round(self, number: int) -> Optional[NEBRound]:
-        """Relax the band on the current model, label flags, endpoints and the climbing image, check it."""
+        """Relax the band on the current model; label flags, endpoints and the checked images; check them."""
         trigger = self._trigger(number)
-        # the energy guard measures a climb within this relaxation: each model judges its own start (the initial
-        # band was physical in round 0; a new model that prices it high is wrong, not the geometry)
-        self.guard.initial_top = None
+        # each model judges its own start: a new model that prices the (physical) initial band high is wrong, not it
+        self.guard.new_relaxation()
         if self.band_start == "initial":
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
@@ -353,18 +371,16 @@ class NEBLearner(LearningRun):
             self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
             self.state["stopped"] = str(error)
             return None
+        quiet = trigger.last_value is not None and trigger.last_value <= trigger.threshold
         profile = path_profile(self.calc, self.images, label=f"round {number}")
         if self.state["anchor_id"] is None:
             ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k, run_id=trigger.run_id)[0]
                    for k in (0, len(self.images) - 1)]
             self.state["anchor_id"] = ids[0]
         top = 1 + int(np.argmax(profile.energy[1:-1]))
-        check_id, _ = self.store.add_flagged(self.images[top], source="verify", image=top, step=steps,
-                                             run_id=trigger.run_id, model_hash=self.calc.model_hash)
         rival = self._band_rival(profile, top)
-        rival_id = None if rival is None else self.store.add_flagged(
-            self.images[rival], source="verify", image=rival, step=steps, run_id=trigger.run_id,
-            model_hash=self.calc.model_hash)[0]
+        audit = self._band_audit(profile, {top, rival})
+        ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
         label(self.store, self.reference, executor=self.executor, progress=self.progress)
         anchor = self.store.frame(self.state["anchor_id"])
         if anchor.info["status"] == "failed":
@@ -372,14 +388,28 @@ class NEBLearner(LearningRun):
                                      f"{anchor.info.get('error', '')}); no barrier can be verified")
             return None
         tangent = self.images[top + 1].positions - self.images[top - 1].positions
-        check = self.check(self.store.frame(check_id), number, "climbing_image", anchor=anchor,
+        check = self.check(self.store.frame(ids[top]), number, "climbing_image", anchor=anchor,
                            tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
-        band_check = None if rival_id is None else self.check(self.store.frame(rival_id), number, "band_max",
-                                                              anchor=anchor, tolerance=self.barrier_tolerance)
-        passed = check.passed and (band_check is None or band_check.passed)
-        self.state["confident"] = passed and not trigger.flagged and converged
-        return NEBRound(number, profile, converged, steps, len(trigger.flagged), check, model_round=self.choice.round,
-                        band_check=band_check)
+        band_check = None if rival is None else self.check(self.store.frame(ids[rival]), number, "band_max",
+                                                           anchor=anchor, tolerance=self.barrier_tolerance)
+        audit_check = None if audit is None else self.check(
+            self.store.frame(ids[audit]), number, "audit", anchor=anchor,
+            ceiling=profile.barrier + self.barrier_tolerance)
+        neb_round = NEBRound(number, profile, converged, steps, len(trigger.flagged), check,
+                             model_round=self.choice.round, band_check=band_check, audit=audit_check, quiet=quiet)
+        self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
+        return neb_round
+
+    def _add_check_frame(self, image: int, step: int, run_id: str) -> int:
+        """Store image ``image`` of the band for a reference check; its store id."""
+        return self.store.add_flagged(self.images[image], source="verify", image=image, step=step, run_id=run_id,
+                                      model_hash=self.calc.model_hash)[0]
+
+    @staticmethod
+    def _band_audit(profile: PathProfile, checked: set) -> Optional[int]:
+        """The interior image not in ``checked`` whose energy the model is least sure of; ``None`` if none is left."""
+        left = [k for k in range(1, len(profile.energy) - 1) if k not in checked]
+        return max(left, key=lambda k: profile.energy_std[k]) if left else None
 
     def _band_rival(self, profile: PathProfile, top: int) -> Optional[int]:
         """The interior image besides ``top`` whose energy + 2 sigma is highest, if it reaches

@@ -76,14 +76,17 @@ class Check:
 
 def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
                 tolerance: Optional[float] = None, tangent: Optional[np.ndarray] = None,
-                fmax: float = 0.05) -> Check:
+                fmax: float = 0.05, ceiling: Optional[float] = None) -> Check:
     """Compare ``calc``'s prediction on the labelled ``frame`` with its labels.
 
     With ``anchor`` (a labelled frame, e.g. a band's first endpoint) the
     energy checked is the difference ``E(frame) - E(anchor)`` and its
     uncertainty that of the difference (:func:`~ase_mlipal.path_profile`);
     without, the total energy and ``energy_uncertainty``. ``tolerance``
-    (eV) bounds the energy error on top of the 2-sigma test.
+    (eV) bounds the energy error on top of the 2-sigma test. ``ceiling``
+    (eV, with ``anchor``) bounds the *reference* difference instead: an
+    image below a band's top may err by more than the tolerance without
+    changing the barrier, but not rise above it.
 
     With the band's unit ``tangent`` (shape (N, 3)) at a climbing image the
     frame must also be a saddle *of the reference*: a band can agree with
@@ -100,7 +103,8 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     sigma_f = calc.results["forces_uncertainty"]
     if anchor is not None:
         profile = path_profile(calc, [anchor, frame], draws=1)
-        error = float(profile.energy[1] - (energy - read_labels(anchor)[0]))
+        reference = float(energy - read_labels(anchor)[0])
+        error = float(profile.energy[1] - reference)
         std = float(profile.energy_std[1])
     else:
         error = float(probe.get_potential_energy() - energy)
@@ -112,6 +116,8 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         reasons.append(f"energy error {error:+.3f} eV outside 2 sigma ({2 * std:.3f} eV)")
     if tolerance is not None and abs(error) > tolerance:
         reasons.append(f"energy error {error:+.3f} eV beyond the tolerance {tolerance} eV")
+    if ceiling is not None and anchor is not None and reference > ceiling:
+        reasons.append(f"the reference puts it {reference:.3f} eV above the anchor, above the ceiling {ceiling:.3f} eV")
     if coverage < MIN_FORCE_COVERAGE:
         reasons.append(f"{1 - coverage:.0%} of force components outside 2 sigma")
     saddle = None

@@ -148,7 +148,8 @@ def test_the_band_maximum_is_checked_where_the_reference_could_top_the_climbing_
     top = 1 + int(np.argmax(energy[1:-1]))
     rival = max((k for k in (1, 2, 3) if k != top), key=lambda k: energy[k] + 2 * std[k])
     assert first.check.image == top and first.band_check.kind == "band_max" and first.band_check.image == rival
-    assert sorted(row.image for row in learner.store.rows() if row.source == "verify") == sorted([top, rival])
+    audited = [] if first.audit is None else [first.audit.image]
+    assert sorted(row.image for row in learner.store.rows() if row.source == "verify") == sorted([top, rival] + audited)
     assert first.verified_error == max(abs(first.check.energy_error), abs(first.band_check.energy_error))
     assert not report.confident or first.band_check.passed
     strict = NEBLearner(calc, EMT, tmp_path / "strict", formaldehyde_band(5), threshold=1e3, max_rounds=0, steps=2,
@@ -156,6 +157,50 @@ def test_the_band_maximum_is_checked_where_the_reference_could_top_the_climbing_
     bound = energy + 2 * std
     expect_rival = bound[rival] >= energy[top] - 1e-9
     assert (strict.run().rounds[0].band_check is not None) == expect_rival
+
+
+def test_the_least_certain_image_left_is_audited(calc, tmp_path):
+    """Beside the climbing image and the band maximum, the interior image with the largest sigma is checked."""
+    from ase.calculators.emt import EMT
+
+    learner = NEBLearner(calc, EMT, tmp_path / "run", formaldehyde_band(7), threshold=1e3, max_rounds=0, steps=2,
+                         barrier_tolerance=1e3, conditioning=[], progress=False)
+    first = learner.run().rounds[0]
+    energy, std = first.profile.energy, first.profile.energy_std
+    checked = {first.check.image, first.band_check.image}
+    left = [k for k in range(1, 6) if k not in checked]
+    assert first.audit.kind == "audit" and first.audit.image == max(left, key=lambda k: std[k])
+    assert sorted(row.image for row in learner.store.rows() if row.source == "verify") == sorted(
+        checked | {first.audit.image})
+    assert first.checks == [first.check, first.band_check, first.audit]
+    three = NEBLearner(calc, EMT, tmp_path / "three", formaldehyde_band(5), threshold=1e3, max_rounds=0, steps=2,
+                       barrier_tolerance=1e3, conditioning=[], progress=False).run().rounds[0]
+    assert three.audit is not None and three.audit.image not in (three.check.image, three.band_check.image)
+
+
+def test_confidence_needs_a_quiet_final_band_not_a_quiet_relaxation(calc, tmp_path, monkeypatch):
+    """Frames flagged on the way to the converged band are labelled; only the final band must be certain."""
+    from ase.calculators.emt import EMT
+
+    from ase_mlipal.learning import neb_learner
+    from ase_mlipal.learning.verification import Check
+
+    def relax(images, calc, trigger, **kwargs):
+        trigger.flagged.append((0, 2 * trigger.threshold))  # something was flagged early on
+        trigger.last_value = final_value * trigger.threshold  # and the final band is judged by the trigger
+        return True, 10
+
+    def passing(self, frame, number, kind, **kwargs):
+        return Check(number, kind, frame.info["store_id"], 0.0, 0.1, 0.0, 1.0, passed=True, image=frame.info["image"])
+
+    monkeypatch.setattr(neb_learner, "relax_band", relax)
+    monkeypatch.setattr(NEBLearner, "check", passing)
+    for final_value, confident in ((0.5, True), (1.5, False)):
+        learner = NEBLearner(calc, EMT, tmp_path / f"run{final_value}", formaldehyde_band(5), threshold=1.0,
+                             max_rounds=0, conditioning=[], progress=False)
+        report = learner.run()
+        assert report.confident is confident and report.rounds[0].quiet is confident
+        assert report.rounds[0].n_flagged == 1
 
 
 def test_the_energy_guard_judges_each_round_from_its_own_start(calc, tmp_path):
@@ -270,4 +315,5 @@ def test_killed_neb_learner_resumes_without_losing_or_repeating_a_label(tiny_mod
     assert len(calls) == len(set(calls)) == len(after)  # every label computed once
     final = json.loads(state.read_text())
     assert final["round"] == 3 and len(final["rounds"]) == 3
-    assert len(final["checks"]) == sum(1 + (r["band_check"] is not None) for r in final["rounds"])  # none repeated
+    assert len(final["checks"]) == sum(1 + (r["band_check"] is not None) + (r["audit"] is not None)
+                                       for r in final["rounds"])  # none repeated

@@ -43,6 +43,18 @@ def test_a_frame_the_model_reproduces_passes_and_a_shifted_barrier_fails(calc, t
     assert wrong.energy_std == pytest.approx(profile.energy_std[1])
 
 
+def test_a_ceiling_bounds_the_reference_difference_not_the_error(calc, tiny_model):
+    """An audited image may err by more than a tolerance; it fails only when the reference lifts it above the top."""
+    anchor, frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 2, stdev=0.1, seed=1))
+    difference = frame.get_potential_energy() - anchor.get_potential_energy()
+    below = check_frame(calc, frame, 0, "audit", anchor=anchor, ceiling=difference + 0.01)
+    above = check_frame(calc, frame, 0, "audit", anchor=anchor, ceiling=difference - 0.01)
+    assert below.passed and not above.passed
+    assert f"puts it {difference:.3f} eV above the anchor" in above.reason
+    assert below.energy_error == above.energy_error  # the ceiling judges the reference, not the model's error
+    assert check_frame(calc, frame, 0, "audit", ceiling=difference - 0.01).passed  # without an anchor: no ceiling
+
+
 def test_forces_outside_two_sigma_fail_the_check(calc, tiny_model):
     frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 1, stdev=0.1, seed=2))[0]
     probe = frame.copy()
