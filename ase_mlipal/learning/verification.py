@@ -3,7 +3,8 @@
 A learner may claim confidence only after the reference agrees with the
 model on frames the model did not train on (:class:`Check`): the climbing
 image of a band (its barrier, a difference to the labelled first
-endpoint) or MD frames audited at random among the unflagged steps. A
+endpoint), its other possible maximum and its least certain image, or MD
+frames audited at random among the unflagged steps. A
 check fails when the reference lies outside the predicted 2 sigma, in
 energy (or barrier) or in more than ``1 - min_force_coverage`` of the force
 components, or when the energy error passes the user's tolerance; a failed
@@ -42,7 +43,8 @@ class Check:
     Attributes:
         round: learning round of the model checked (0: pretrained).
         kind: ``"climbing_image"``, ``"band_max"`` (a band's other possible
-            maximum), ``"audit"`` or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
+            maximum), ``"audit"`` (an unflagged MD frame, or a band's least
+            certain image) or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
         store_id: the frame's row in the store.
         energy_error: eV, model - reference; for a climbing image the error
             of the barrier (the energy difference to the first endpoint),
