@@ -86,9 +86,13 @@ class NEBRound:
 
     @property
     def verified_error(self) -> float:
-        """The largest |barrier error| of the climbing image's and band maximum's checks (eV): how far the
-        round's barrier is verified (an audit below the top may err more without changing the barrier)."""
+        """How far the checks show the round's barrier to be off (eV): the largest |barrier error| of the
+        climbing image's and band maximum's checks, and how far the reference puts the audited image above
+        the barrier (an audit below the top may err more without changing the barrier)."""
         errors = [abs(c.energy_error) for c in (self.check, self.band_check) if c is not None]
+        if self.audit is not None:
+            reference = self.profile.energy[self.audit.image] - self.audit.energy_error
+            errors.append(max(0.0, reference - self.profile.barrier))
         return max(errors) if errors and all(np.isfinite(errors)) else float("nan")
 
     def as_dict(self) -> dict:
@@ -130,7 +134,7 @@ class NEBReport:
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
-            whose worst check erred least (``images`` is that band, the
+            the checks show least off (:attr:`NEBRound.verified_error`; ``images`` is that band, the
             calculator holds its model); ``None`` if no band was checked.
     """
 
@@ -329,7 +333,7 @@ class NEBLearner(LearningRun):
                          self.state["stopped"], list(self.choice.history), final_round=best)
 
     def _best_verified(self, rounds: list[NEBRound]) -> Optional[int]:
-        """Index of the band whose climbing-image check erred least; its model and band are restored.
+        """Index of the band the checks show least off (``verified_error``); its model and band are restored.
 
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a

@@ -150,7 +150,10 @@ def test_the_band_maximum_is_checked_where_the_reference_could_top_the_climbing_
     assert first.check.image == top and first.band_check.kind == "band_max" and first.band_check.image == rival
     audited = [] if first.audit is None else [first.audit.image]
     assert sorted(row.image for row in learner.store.rows() if row.source == "verify") == sorted([top, rival] + audited)
-    assert first.verified_error == max(abs(first.check.energy_error), abs(first.band_check.energy_error))
+    above = [] if first.audit is None else [first.profile.energy[first.audit.image] - first.audit.energy_error
+                                            - first.profile.barrier]
+    assert first.verified_error == pytest.approx(max([abs(first.check.energy_error),
+                                                      abs(first.band_check.energy_error), 0.0] + above))
     assert not report.confident or first.band_check.passed
     strict = NEBLearner(calc, EMT, tmp_path / "strict", formaldehyde_band(5), threshold=1e3, max_rounds=0, steps=2,
                         barrier_tolerance=1e-9, conditioning=[], progress=False)
@@ -176,6 +179,22 @@ def test_the_least_certain_image_left_is_audited(calc, tmp_path):
     three = NEBLearner(calc, EMT, tmp_path / "three", formaldehyde_band(5), threshold=1e3, max_rounds=0, steps=2,
                        barrier_tolerance=1e3, conditioning=[], progress=False).run().rounds[0]
     assert three.audit is not None and three.audit.image not in (three.check.image, three.band_check.image)
+
+
+def test_an_audit_above_the_top_counts_in_the_verified_error():
+    """A barrierless band whose audited image the reference puts 4.6 eV up is 4.6 eV off, however right its top."""
+    from ase_mlipal.learning.neb_learner import NEBRound
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    energy = np.array([0.0, 0.01, -1.2, -1.2, -0.4])  # the model's band: a well between the endpoints
+    profile = PathProfile("r0", np.arange(5.0), energy, np.full(5, 0.3), np.zeros(5), barrier=0.01, barrier_std=0.05)
+    top = Check(0, "climbing_image", 1, energy_error=0.002, energy_std=0.05, force_mae=0.0, force_coverage=1.0,
+                passed=True, image=1)
+    for reference, expected in ((4.6, 4.59), (-1.0, 0.002)):
+        audit = Check(0, "audit", 2, energy_error=-1.2 - reference, energy_std=0.3, force_mae=0.0, force_coverage=1.0,
+                      passed=reference < 0.11, image=2)
+        assert NEBRound(0, profile, True, 10, 0, top, audit=audit).verified_error == pytest.approx(expected)
 
 
 def test_confidence_needs_a_quiet_final_band_not_a_quiet_relaxation(calc, tmp_path, monkeypatch):
