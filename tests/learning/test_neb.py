@@ -169,7 +169,7 @@ def test_the_least_certain_image_left_is_audited(calc, tmp_path):
     learner = NEBLearner(calc, EMT, tmp_path / "run", formaldehyde_band(7), threshold=1e3, max_rounds=0, steps=2,
                          barrier_tolerance=1e3, conditioning=[], progress=False)
     first = learner.run().rounds[0]
-    energy, std = first.profile.energy, first.profile.energy_std
+    std = first.profile.energy_std
     checked = {first.check.image, first.band_check.image}
     left = [k for k in range(1, 6) if k not in checked]
     assert first.audit.kind == "audit" and first.audit.image == max(left, key=lambda k: std[k])
