@@ -55,6 +55,8 @@ from ase.optimize import FIRE
 import ase_mlipal
 from ase_mlipal.frames import read_labels
 from ase_mlipal.learning.learning_run import LEARNER_FINETUNE
+from ase_mlipal.learning.neb_learner import NEBRound
+from ase_mlipal.learning.verification import Check
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
 from ase_mlipal.references.xtb import RobustXTB
 
@@ -188,11 +190,22 @@ def run_md(name: str, settings: dict, workdir: Path) -> dict:
             "settings": settings}
 
 
+def checks_off(part: dict) -> float:
+    """How far the final band's checks show its barrier to be off (eV; :attr:`NEBRound.verified_error`)."""
+    final = next(r for r in part["rounds"] if r["round"] == part["final_round"])
+    check = lambda key: None if final.get(key) is None else Check(**final[key])  # noqa: E731
+    return NEBRound(final["round"], PathProfile.from_dict(final["profile"]), final["converged"], 0,
+                    final["n_flagged"], check("check"), band_check=check("band_check"),
+                    audit=check("audit")).verified_error
+
+
 def merge(paths: list[Path]) -> dict:
     loaded = [json.loads(p.read_text()) for p in sorted(paths)]
     stopped = [p for p in loaded if p.get("kind") != "md" and not p["rounds"]]
     parts = [p for p in loaded if p.get("kind") != "md" and p["rounds"]]
     md = [p for p in loaded if p.get("kind") == "md"]
+    for p in parts:
+        p["checks_off"] = checks_off(p)
     before = np.array([abs(p["before"]) for p in parts]) if parts else np.zeros(1)
     after = np.array([abs(p["after"]) for p in parts]) if parts else np.zeros(1)
     summary = {
@@ -231,8 +244,9 @@ def markdown(summary: dict) -> str:
              "xTB NEB from the learner's own band (same start; '-' where it did not converge).",
              "",
              "| reaction | stored band: before | after (1σ) | in 2σ | same start: barrier | before | after | in 2σ "
-             "| verified error (1σ) | confident | labels | direct NEB calls | bands (final) | models rejected | min |",
-             "|---|---:|---:|:-:|---:|---:|---:|:-:|---:|:-:|---:|---:|---:|---:|---:|"]
+             "| verified error (1σ) | checks show off by | confident | labels | direct NEB calls | bands (final) "
+             "| models rejected | min |",
+             "|---|---:|---:|:-:|---:|---:|---:|:-:|---:|---:|:-:|---:|---:|---:|---:|---:|"]
     for p in summary["parts"]:
         verified = "-" if p["verified_error"] is None else f"{p['verified_error']:+.2f} ({p['verified_std']:.2f})"
         direct = p.get("direct_neb", {})
@@ -241,7 +255,7 @@ def markdown(summary: dict) -> str:
         rejected = sum(not c["accepted"] for c in p["model_choice"])
         note = f" (stopped: {p['stopped'][:60]})" if p["stopped"] else ""
         lines.append(f"| {p['reaction']}{note} | {p['before']:+.2f} | {p['after']:+.2f} ({p['after_std']:.2f}) | "
-                     f"{'yes' if p['covered_2sigma'] else 'no'} | {same} | {verified} | "
+                     f"{'yes' if p['covered_2sigma'] else 'no'} | {same} | {verified} | {p['checks_off']:.2f} | "
                      f"{'yes' if p['confident'] else 'no'} | {p['labels']} | {direct.get('calls', '-')} | "
                      f"{len(p['rounds'])} ({p['final_round']}) | {rejected} | {p['seconds'] / 60:.1f} |")
     s = summary
