@@ -163,19 +163,20 @@ class NEBReport:
 
     def table(self) -> str:
         """One line per band: barrier and sigma, the checked error, flags, model choice."""
-        lines = ["round  barrier (eV)   checked error  band max error  passed  flagged  NEB converged  next model"]
+        lines = ["round  barrier (eV)   checked error  band max error  audit error  passed  flagged  NEB converged"
+                 "  next model"]
         for r in self.rounds:
-            p, c, b = r.profile, r.check, r.band_check
+            p = r.profile
             passed = str(all(x.passed for x in r.checks)) if r.checks else "-"
-            checked = (f"{c.energy_error:+13.3f}" if c else f"{'-':>13}") + "  " + (
-                f"{b.energy_error:+14.3f}" if b else f"{'-':>14}") + f"  {passed:>6}"
+            checked = "  ".join(f"{c.energy_error:+{width}.3f}" if c else f"{'-':>{width}}"
+                                for c, width in ((r.check, 13), (r.band_check, 14), (r.audit, 11))) + f"  {passed:>6}"
             nxt = "-" if r.learning is None else ("swapped in" if r.learning.accepted else "rejected")
             lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
                          f"  {str(r.converged):>13}  {nxt}")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
-            lines.append(f"final: the band of round {self.final.round} (its checks erred least)")
+            lines.append(f"final: the band of round {self.final.round} (its checks show it least off)")
         return "\n".join(lines)
 
 
