@@ -389,8 +389,9 @@ class NEBLearner(LearningRun):
         label(self.store, self.reference, executor=self.executor, progress=self.progress)
         anchor = self.store.frame(self.state["anchor_id"])
         if anchor.info["status"] == "failed":
-            self.state["stopped"] = (f"the reference failed on the first endpoint (store row {anchor.info['store_id']}: "
-                                     f"{anchor.info.get('error', '')}); no barrier can be verified")
+            self.state["stopped"] = (f"the reference failed on the first endpoint (store row "
+                                     f"{anchor.info['store_id']}: {anchor.info.get('error', '')}); "
+                                     "no barrier can be verified")
             return None
         tangent = self.images[top + 1].positions - self.images[top - 1].positions
         check = self.check(self.store.frame(ids[top]), number, "climbing_image", anchor=anchor,
