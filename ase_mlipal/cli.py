@@ -405,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
     compare_.add_argument("--plot", default="reconstruction.png", help="heat map PNG")
     compare_.set_defaults(func=cmd_compare)
 
-    demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (a few minutes)")
+    demo = sub.add_parser("demo", help="the whole loop on a reaction with GFN2-xTB (about 20 min on one core)")
     demo.add_argument("--workdir", default="mlipal-demo")
     demo.add_argument("--images", type=int, default=9)
     demo.add_argument("--threshold", type=float, default=0.5, help="eV/A (default 0.5)")
