@@ -3,7 +3,7 @@
 :class:`NEBLearner` repeats: run the climbing-image NEB with the trigger
 watching it, check the climbing image, the band's other possible maximum
 and its least certain image against the reference, and stop only when
-the checks passed on a converged band the trigger finds certain;
+the checks passed on a converged band the model was certain of;
 otherwise label the flagged images (and a failed check), fine-tune, swap
 the model in if it is no worse on the checks so far, and run the band
 again.
@@ -34,6 +34,8 @@ from ..paths import (  # noqa: F401
 )
 from ..progress import progress_bar
 from ..storage import atomic_write
+from ..uncertainty.features import per_structure
+from ..uncertainty.uncertainty_model import UncertaintyModel
 from .labelling import LabelReport, Reference, label
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
@@ -56,11 +58,15 @@ class NEBRound:
             bound reaches the climbing image's energy less ``barrier_tolerance``
             (``None`` when no other image could).
         audit: the reference check of the least certain interior image left
-            (largest ``energy_std``): within 2 sigma, and not above the
-            band's top on the reference (``None`` when every interior image
-            was checked already).
-        quiet: the trigger flagged nothing on the converged band (frames it
-            flagged on the way there are labelled all the same).
+            (largest ``energy_std``): within 2 sigma, and its reference
+            energy difference not above the band's barrier +
+            ``barrier_tolerance`` (``None`` when every interior image was
+            checked already).
+        quiet: every interior image of the band the relaxation ended on is
+            below the threshold on the posterior the relaxation started
+            with (flags settle their own frames below the threshold at once,
+            so the trigger's last call cannot say it; frames flagged on the
+            way are labelled all the same).
         learning: the learning that followed (``None`` after the last band; after a
             rejected fine-tune, the last of the retries).
         model_round: the round whose model ran the band (0: pretrained; it
@@ -90,9 +96,9 @@ class NEBRound:
         climbing image's and band maximum's checks, and how far the reference puts the audited image above
         the barrier (an audit below the top may err more without changing the barrier)."""
         errors = [abs(c.energy_error) for c in (self.check, self.band_check) if c is not None]
-        if self.audit is not None:
+        if self.audit is not None:  # nan (no reference label) stays nan: unverified
             reference = self.profile.energy[self.audit.image] - self.audit.energy_error
-            errors.append(max(0.0, reference - self.profile.barrier))
+            errors.append(float(np.maximum(0.0, reference - self.profile.barrier)))
         return max(errors) if errors and all(np.isfinite(errors)) else float("nan")
 
     def as_dict(self) -> dict:
@@ -130,7 +136,8 @@ class NEBReport:
             its checks passed: the climbing image (within 2 sigma and
             ``barrier_tolerance``, a saddle of the reference), the band
             maximum (no other image above the barrier on the reference) and
-            the audit of the least certain image (within 2 sigma, below the top).
+            the audit of the least certain image (within 2 sigma, the
+            reference not above the barrier + ``barrier_tolerance``).
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
@@ -200,12 +207,13 @@ class NEBLearner(LearningRun):
     ``barrier_tolerance`` of the climbing image: a band the model thinks
     flat (or whose climbing image sits beside an endpoint) is not verified
     by a check at the reactant. The least certain interior image left
-    (largest ``energy_std``) is audited too: within 2 sigma, and not above
-    the band's top on the reference; a model that invents a deep well
-    between the endpoints (a barrierless band) fails there. The run is
-    ``confident`` when a band converged, the trigger flagged nothing on it
-    at the end (frames flagged on the way are labelled all the same) and
-    all its checks passed. Else
+    (largest ``energy_std``) is audited too: within 2 sigma, and the
+    reference not above the band's barrier + ``barrier_tolerance``; a model
+    that invents a deep well between the endpoints (a barrierless band)
+    fails there. The run is ``confident`` when a band converged, every
+    interior image of it is below the threshold on the posterior its
+    relaxation started with (``NEBRound.quiet``; frames flagged on the way
+    are labelled all the same) and all its checks passed. Else
     the flagged images and a failed check are labelled, the pretrained
     model is fine-tuned on all labelled frames and swapped in if it is no
     worse on the checks so far, or within ``barrier_tolerance`` of them
@@ -367,6 +375,7 @@ class NEBLearner(LearningRun):
         if self.band_start == "initial":
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
+        before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
         try:
             converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
                                           interval=self.interval, optimizer=self.optimizer, climb=self.climb,
@@ -376,7 +385,7 @@ class NEBLearner(LearningRun):
             self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
             self.state["stopped"] = str(error)
             return None
-        quiet = trigger.last_value is not None and trigger.last_value <= trigger.threshold
+        quiet = self._certain_before(before, trigger)
         profile = path_profile(self.calc, self.images, label=f"round {number}")
         if self.state["anchor_id"] is None:
             ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k, run_id=trigger.run_id)[0]
@@ -405,6 +414,20 @@ class NEBLearner(LearningRun):
                              model_round=self.choice.round, band_check=band_check, audit=audit_check, quiet=quiet)
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
         return neb_round
+
+    def _certain_before(self, before: UncertaintyModel, trigger: UncertaintyTrigger) -> bool:
+        """Is every interior image of the band below the trigger's threshold on the posterior ``before``?
+
+        A flag enters the posterior at once with the weight that settles it
+        below the threshold (bookkeeping against flagging one event again
+        and again, not a label), so the band a relaxation ends on is judged
+        on the posterior it started with.
+        """
+        interior = self.images[1:-1]
+        _, batches = self.calc.predict(interior, rows=False)
+        values = [trigger.value_of(before.uncertainty_from(features), len(image))
+                  for features, image in zip(per_structure(batches), interior)]
+        return max(values, default=0.0) <= trigger.threshold
 
     def _add_check_frame(self, image: int, step: int, run_id: str) -> int:
         """Store image ``image`` of the band for a reference check; its store id."""

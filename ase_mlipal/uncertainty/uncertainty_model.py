@@ -99,11 +99,16 @@ class UncertaintyModel:
         self.energy_posterior.add(energy_rows, weight)
         self.atom_posterior.add(force_rows, weight)
 
+    def snapshot(self) -> "UncertaintyModel":
+        """A copy whose posteriors later conditioning of this one does not change (the model is shared)."""
+        copied = copy.copy(self)
+        copied.energy_posterior = copy.deepcopy(self.energy_posterior)
+        copied.atom_posterior = copy.deepcopy(self.atom_posterior)
+        return copied
+
     def conditioned(self, features: Features, weight: float = 1.0) -> "UncertaintyModel":
         """A copy conditioned on ``features``, this one unchanged (the model itself is not copied)."""
-        trial = copy.copy(self)
-        trial.energy_posterior = copy.deepcopy(self.energy_posterior)
-        trial.atom_posterior = copy.deepcopy(self.atom_posterior)
+        trial = self.snapshot()
         trial.add_features(features, weight)
         return trial
 

@@ -94,8 +94,8 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert sources.count("endpoint") == 2 and sources.count("verify") >= 1
     assert first.learning is not None and first.learning.n_train_frames >= 3  # endpoints + the failed check
     assert (report.rounds[-1].learning is None) == accepted[0]
-    errors = [abs(r.check.energy_error) for r in report.rounds]
-    assert report.final_round == int(np.argmin(errors))  # the run ends on its best verified band
+    errors = [r.verified_error for r in report.rounds]
+    assert report.final_round == int(np.argmin(errors))  # the run ends on the band its checks show least off
     assert report.verified_barrier_error == report.final.check.energy_error
     assert len(report.table().splitlines()) == 1 + len(report.rounds)
     barrier, std = report.barrier
@@ -195,31 +195,49 @@ def test_an_audit_above_the_top_counts_in_the_verified_error():
         audit = Check(0, "audit", 2, energy_error=-1.2 - reference, energy_std=0.3, force_mae=0.0, force_coverage=1.0,
                       passed=reference < 0.11, image=2)
         assert NEBRound(0, profile, True, 10, 0, top, audit=audit).verified_error == pytest.approx(expected)
+    unlabelled = Check(0, "audit", 2, *(float("nan"),) * 3, 0.0, passed=False, image=2)  # the reference failed
+    assert np.isnan(NEBRound(0, profile, True, 10, 0, top, audit=unlabelled).verified_error)  # unverified, not 0
 
 
-def test_confidence_needs_a_quiet_final_band_not_a_quiet_relaxation(calc, tmp_path, monkeypatch):
-    """Frames flagged on the way to the converged band are labelled; only the final band must be certain."""
+def test_confidence_judges_the_final_band_on_the_posterior_its_relaxation_started_with(calc, tmp_path, monkeypatch):
+    """A flag settles its own frame below the threshold at once; that must not make the final band look certain."""
     from ase.calculators.emt import EMT
 
     from ase_mlipal.learning import neb_learner
     from ase_mlipal.learning.verification import Check
 
     def relax(images, calc, trigger, **kwargs):
-        trigger.flagged.append((0, 2 * trigger.threshold))  # something was flagged early on
-        trigger.last_value = final_value * trigger.threshold  # and the final band is judged by the trigger
+        for image in images:
+            image.calc = calc.share()
+        neb = NEB(list(images), climb=True, method="improvedtangent")
+        trigger(neb, step=0)  # flags (and settles) the band
+        trigger(neb, step=10)  # the same band again: now below the threshold on the settled posterior
         return True, 10
 
-    def passing(self, frame, number, kind, **kwargs):
+    seen = {}
+
+    def passing(self, frame, number, kind, **options):
+        seen[kind] = options
         return Check(number, kind, frame.info["store_id"], 0.0, 0.1, 0.0, 1.0, passed=True, image=frame.info["image"])
 
     monkeypatch.setattr(neb_learner, "relax_band", relax)
     monkeypatch.setattr(NEBLearner, "check", passing)
-    for final_value, confident in ((0.5, True), (1.5, False)):
-        learner = NEBLearner(calc, EMT, tmp_path / f"run{final_value}", formaldehyde_band(5), threshold=1.0,
+    images = formaldehyde_band(5)
+    values = [calc.uncertainty_from(f)["uncertainty"] for f in per_structure(calc.features(images[1:-1]))]
+    for threshold, confident in ((0.5 * min(values), False), (2.0 * max(values), True)):
+        learner = NEBLearner(calc.share(), EMT, tmp_path / f"run{confident}", images, threshold=threshold,
                              max_rounds=0, conditioning=[], progress=False)
         report = learner.run()
-        assert report.confident is confident and report.rounds[0].quiet is confident
-        assert report.rounds[0].n_flagged == 1
+        first = report.rounds[0]
+        assert report.confident is confident and first.quiet is confident and first.converged
+        assert (first.n_flagged > 0) is not confident
+        if not confident:
+            trigger = UncertaintyTrigger(learner.calc, learner.store, threshold)
+            assert trigger.last_value is None and max(trigger.score(a) for a in images[1:-1]) < threshold  # settled
+    tolerance = learner.barrier_tolerance
+    assert seen["audit"] == {"anchor": seen["audit"]["anchor"],
+                             "ceiling": pytest.approx(first.profile.barrier + tolerance)}
+    assert seen["climbing_image"]["tolerance"] == tolerance and "ceiling" not in seen["climbing_image"]
 
 
 def test_the_energy_guard_judges_each_round_from_its_own_start(calc, tmp_path):
