@@ -179,7 +179,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
         report = learner.run()
         print(report.table())
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
-              f"checked error {report.verified_barrier_error})")
+              f"climbing-image check error {report.verified_barrier_error}; its checks show it off by "
+              f"{report.final.verified_error:.3f} eV)")
         plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")
         write(workdir / "band.xyz", report.images)
     else:

@@ -356,7 +356,8 @@ def main() -> None:
                 sys.exit(f"unknown reaction {name!r}; choose from {', '.join(names)}")
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_loop_{name}_"))
             try:
-                earlier = earlier_direct_neb(parts / f"{name}.json", settings) if args.reuse_direct else None
+                reuse = args.reuse_direct and not args.smoke
+                earlier = earlier_direct_neb(parts / f"{name}.json", settings) if reuse else None
                 result = run_reaction(name, settings, workdir, direct=not args.smoke, same_start=earlier)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -51,7 +51,7 @@ class NEBRound:
         round: the round of the model that ran the band (0: pretrained).
         profile: the band's energy profile on that model.
         converged, steps: the NEB optimiser's outcome.
-        n_flagged: images the trigger flagged.
+        n_flagged: images the trigger flagged during the whole relaxation.
         check: the reference check of the climbing image (barrier error, predicted sigma).
         band_check: the reference check of the other image most likely to top
             the band on the reference (highest energy + 2 sigma), when that
@@ -132,7 +132,7 @@ class NEBReport:
     Attributes:
         rounds: one :class:`NEBRound` per band run.
         images: the final band.
-        confident: the last band converged, the trigger found it certain and
+        confident: the last band converged, was certain on the posterior its relaxation started with and
             its checks passed: the climbing image (within 2 sigma and
             ``barrier_tolerance``, a saddle of the reference), the band
             maximum (no other image above the barrier on the reference) and
@@ -388,13 +388,13 @@ class NEBLearner(LearningRun):
         quiet = self._certain_before(before, trigger)
         profile = path_profile(self.calc, self.images, label=f"round {number}")
         if self.state["anchor_id"] is None:
-            ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k, run_id=trigger.run_id)[0]
-                   for k in (0, len(self.images) - 1)]
-            self.state["anchor_id"] = ids[0]
+            endpoint_ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k,
+                                                   run_id=trigger.run_id)[0] for k in (0, len(self.images) - 1)]
+            self.state["anchor_id"] = endpoint_ids[0]
         top = 1 + int(np.argmax(profile.energy[1:-1]))
         rival = self._band_rival(profile, top)
         audit = self._band_audit(profile, {top, rival})
-        ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
+        check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
         label(self.store, self.reference, executor=self.executor, progress=self.progress)
         anchor = self.store.frame(self.state["anchor_id"])
         if anchor.info["status"] == "failed":
@@ -403,12 +403,12 @@ class NEBLearner(LearningRun):
                                      "no barrier can be verified")
             return None
         tangent = self.images[top + 1].positions - self.images[top - 1].positions
-        check = self.check(self.store.frame(ids[top]), number, "climbing_image", anchor=anchor,
+        check = self.check(self.store.frame(check_ids[top]), number, "climbing_image", anchor=anchor,
                            tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
-        band_check = None if rival is None else self.check(self.store.frame(ids[rival]), number, "band_max",
+        band_check = None if rival is None else self.check(self.store.frame(check_ids[rival]), number, "band_max",
                                                            anchor=anchor, tolerance=self.barrier_tolerance)
         audit_check = None if audit is None else self.check(
-            self.store.frame(ids[audit]), number, "audit", anchor=anchor,
+            self.store.frame(check_ids[audit]), number, "audit", anchor=anchor,
             ceiling=profile.barrier + self.barrier_tolerance)
         neb_round = NEBRound(number, profile, converged, steps, len(trigger.flagged), check,
                              model_round=self.choice.round, band_check=band_check, audit=audit_check, quiet=quiet)

@@ -7,7 +7,9 @@ endpoint), its other possible maximum and its least certain image, or MD
 frames audited at random among the unflagged steps. A
 check fails when the reference lies outside the predicted 2 sigma, in
 energy (or barrier) or in more than ``1 - min_force_coverage`` of the force
-components, or when the energy error passes the user's tolerance; a failed
+components, or when the energy error passes the user's tolerance (for a
+band's audited image, when the reference rises above a ceiling instead),
+or when a climbing image is no saddle of the reference; a failed
 check is trained on next, a passed one stays out of training
 (``verified`` in the store) and keeps testing later models.
 
@@ -47,12 +49,14 @@ class Check:
             certain image) or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
         store_id: the frame's row in the store.
         energy_error: eV, model - reference; for a climbing image the error
-            of the barrier (the energy difference to the first endpoint),
-            for an audit frame the total energy's.
+            of the barrier (the energy difference to the first endpoint), for
+            a band's other images that of their difference to it, for an MD
+            audit frame the total energy's.
         energy_std: eV, the predicted 1-sigma of that quantity.
         force_mae: eV/A, per component.
         force_coverage: share of force components within the predicted 2 sigma.
-        passed: inside 2 sigma, the tolerance and ``MIN_FORCE_COVERAGE``.
+        passed: inside 2 sigma, the tolerance (or the ceiling) and
+            ``MIN_FORCE_COVERAGE``, and for a climbing image a saddle of the reference.
         reason: why it failed ("" if it passed).
         step, image: where the frame came from.
         saddle_force: for a climbing image, the largest per-atom norm (eV/A) of
@@ -98,6 +102,8 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     force error, 2 sigma per component: atom ``i`` fails above
     ``fmax + 2 sqrt(3) sigma_i``.
     """
+    if ceiling is not None and anchor is None:
+        raise ValueError("a ceiling bounds the reference's energy difference to an anchor: pass anchor= too")
     energy, forces = read_labels(frame)
     probe = frame.copy()
     probe.calc = calc
@@ -118,7 +124,7 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         reasons.append(f"energy error {error:+.3f} eV outside 2 sigma ({2 * std:.3f} eV)")
     if tolerance is not None and abs(error) > tolerance:
         reasons.append(f"energy error {error:+.3f} eV beyond the tolerance {tolerance} eV")
-    if ceiling is not None and anchor is not None and reference > ceiling:
+    if ceiling is not None and reference > ceiling:
         reasons.append(f"the reference puts it {reference:.3f} eV above the anchor, above the ceiling {ceiling:.3f} eV")
     if coverage < MIN_FORCE_COVERAGE:
         reasons.append(f"{1 - coverage:.0%} of force components outside 2 sigma")
@@ -143,7 +149,8 @@ def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: 
     """How far ``model`` is from the reference on ``frames``: the number :class:`ModelChoice` minimises.
 
     With ``anchor``: the mean absolute error of the energy differences to
-    it (eV; for a band, the barriers the checks measured). Without: the
+    it (eV; for a band, at its checked images: the barriers and the
+    audited images' differences to the reactant). Without: the
     force MAE (eV/A; what drives MD). ``head``: the head scored (default:
     the calculator's rule, :func:`~ase_mlipal.models.graphs.resolve_head`).
     """

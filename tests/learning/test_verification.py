@@ -52,7 +52,8 @@ def test_a_ceiling_bounds_the_reference_difference_not_the_error(calc, tiny_mode
     assert below.passed and not above.passed
     assert f"puts it {difference:.3f} eV above the anchor" in above.reason
     assert below.energy_error == above.energy_error  # the ceiling judges the reference, not the model's error
-    assert check_frame(calc, frame, 0, "audit", ceiling=difference - 0.01).passed  # without an anchor: no ceiling
+    with pytest.raises(ValueError, match="pass anchor="):
+        check_frame(calc, frame, 0, "audit", ceiling=difference - 0.01)  # a ceiling to nothing
 
 
 def test_forces_outside_two_sigma_fail_the_check(calc, tiny_model):
