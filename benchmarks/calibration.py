@@ -15,10 +15,12 @@ judged only on data the calibration never saw:
 * **in distribution**: fit on the validation split plus all 8 reactions
   (the shipped recipe), score on the pretraining test split (6 molecules
   wholly held out, and held-out trajectories of the others).
-* **barriers**: the 6 xTB climbing-image bands
+* **barriers**: the 7 xTB climbing-image bands
   (``benchmarks/data/reactive_bands.xyz.gz``), scored by
   :func:`ase_mlipal.path_profile` with the calibration fitted without that
   reaction: is the xTB barrier inside the predicted barrier +- 2 sigma?
+  Acetaldehyde -> CH4 + CO has a band but no frames in the reactive set,
+  so it is scored with the shipped recipe's fit: nothing ever saw it.
 
 Methods (energy per structure with the floor per atom; forces per
 Cartesian component). Features: ``shared``, one activation block for all
@@ -213,6 +215,8 @@ def main():
                 barriers[reaction] = barrier_check(calc, bands, energy, reaction)
         parts = [(valid, everything)] + ([(react, np.ones(len(react.groups), bool))] if use_reactions else [])
         energy, forces = fit_pair(parts, method, nbhd)
+        for reaction in sorted(set(bands) - set(reactions)):  # a band with no frames in the reactive set: never seen
+            barriers[reaction] = barrier_check(calc, bands, energy, reaction)
         in_dist = [scored(test, np.ones(len(test.groups), bool), energy, forces, nbhd)]
         results["methods"][name] = {
             "held_out_reactions": report(held_out), "held_out_ts_region": report(held_out_ts),
@@ -243,7 +247,9 @@ def tables(results: dict) -> str:
             for key, label in SPLITS:
                 cells = [format(entry[key][quantity][k], fmt) for k, _, fmt in TABLE_KEYS]
                 lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
-    lines += ["\nBarriers on the xTB bands (calibration fitted without the reaction; covered: |error| < 2 sigma):\n",
+    lines += ["\nBarriers on the xTB bands (calibration fitted without the reaction; a reaction with a band but no "
+              "frames in the reactive set is scored with the fit on everything, which never saw it; covered: "
+              "|error| < 2 sigma):\n",
               "| method | " + " | ".join(results["methods"][SHIPPED]["barriers"]) + " | covered |",
               "|---|" + "---:|" * (len(results["methods"][SHIPPED]["barriers"]) + 1)]
     for name, entry in results["methods"].items():

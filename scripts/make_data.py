@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import time
+import warnings
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -244,6 +245,37 @@ def neb_optimise(images: list[Atoms]) -> bool:
     return bool(FIRE(neb, logfile=None).run(fmax=0.05, steps=1500))
 
 
+def aligned_product(reactant: Atoms, product: Atoms, gap: float = 2.5) -> Atoms:
+    """``product`` (in reactant order) with each fragment rotated onto the reactant's atoms, fragments >= ``gap`` A apart.
+
+    Fragments laid side by side in an arbitrary orientation make IDPP paths
+    that rotate whole fragments through each other; superposing each one on
+    the atoms it came from gives the least-motion start.
+    """
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial.transform import Rotation
+
+    n_fragments, labels = connected_components(adjacency(product))
+    out = product.copy()
+    for fragment in range(n_fragments):
+        mine = labels == fragment
+        source, target = product.positions[mine], reactant.positions[mine]
+        with warnings.catch_warnings():  # a 1- or 2-atom fragment has no unique rotation: any will do
+            warnings.simplefilter("ignore", UserWarning)
+            rotation, _ = Rotation.align_vectors(target - target.mean(0), source - source.mean(0))
+        out.positions[mine] = rotation.apply(source - source.mean(0)) + target.mean(0)
+    centre = out.positions.mean(axis=0)
+    apart = labels[:, None] != labels[None, :]
+    for _ in range(400):  # push the fragments out from the centre, 0.05 A a step
+        if n_fragments == 1 or out.get_all_distances()[apart].min() >= gap:
+            break
+        for fragment in range(n_fragments):
+            mine = labels == fragment
+            direction = out.positions[mine].mean(axis=0) - centre
+            out.positions[mine] += 0.05 * direction / max(np.linalg.norm(direction), 1e-9)
+    return out
+
+
 def path_coordinates(images: list[Atoms]) -> np.ndarray:
     steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
     s = np.concatenate([[0.0], np.cumsum(steps)])
@@ -260,19 +292,33 @@ def point_on_path(images: list[Atoms], s_images: np.ndarray, s: float) -> tuple[
 
 
 def converged_band(name: str) -> tuple[list[Atoms], str]:
-    """The climbing-image NEB of reaction ``name`` on xTB (11 images), or ``([], why it was dropped)``."""
+    """The climbing-image NEB of reaction ``name`` on xTB, or ``([], why it was dropped)``.
+
+    First 11 images from the product fragments as laid out by
+    :func:`fragments`. If that band does not converge, or its images need
+    different electronic temperatures (energies from two surfaces: ethanol's
+    first band had a 14.5 eV "barrier" that way), again with 17 images from
+    :func:`aligned_product` (more images resolve a steep top).
+    """
     _, reactant_name, product_names = NEB_REACTIONS[name]
     reactant = relaxed(molecule(reactant_name))
-    product = relaxed(map_product(reactant, fragments(product_names)))
-    images = [reactant] + [reactant.copy() for _ in range(9)] + [product]
-    NEB(images, method="improvedtangent").interpolate("idpp")
-    try:
-        converged = neb_optimise(images)
-    except RuntimeError as error:  # xTB failed on an image at every temperature
-        return [], str(error)
-    if not converged:
-        return [], "NEB not converged to fmax 0.05 eV/A in 1500 FIRE steps"
-    return images, ""
+    mapped = map_product(reactant, fragments(product_names))
+    why = ""
+    for product, n_images in ((mapped, 11), (aligned_product(reactant, mapped), 17)):
+        images = [reactant] + [reactant.copy() for _ in range(n_images - 2)] + [relaxed(product)]
+        NEB(images, method="improvedtangent").interpolate("idpp")
+        try:
+            converged = neb_optimise(images)
+        except RuntimeError as error:  # xTB failed on an image at every temperature
+            why = str(error)
+            continue
+        labels = [xtb_label(image, LabelStats()) for image in images]
+        temperatures = {None if label is None else label.info["xtb_electronic_temperature"] for label in labels}
+        if converged and len(temperatures) == 1:
+            return images, ""
+        why = ("NEB not converged to fmax 0.05 eV/A in 1500 FIRE steps" if not converged
+               else f"band images need different electronic temperatures {sorted(temperatures, key=str)} K")
+    return [], why
 
 
 def neb_band(name: str) -> tuple[list[Atoms], dict]:
