@@ -15,7 +15,10 @@ Reactive set (``reactive.xyz.gz``): six reactions with a climbing-image NEB
 on xTB (a ring opening, four unimolecular decompositions, one
 isomerisation; oxirane -> acetaldehyde and cyclobutene -> butadiene were
 tried and dropped: their NEBs from IDPP paths did not converge in 2000 FIRE
-steps) and two 3000 K MD runs where bonds break. NEB frames are
+steps; acetaldehyde -> CH4 + CO converges only with the rebuilt band of
+``converged_band``, added after the stored set was made, so it has a band
+in ``reactive_bands.xyz.gz`` and no frames) and two 3000 K MD runs where
+bonds break. NEB frames are
 points along the converged path with thermal noise. Splits: ``test``
 covers each path uniformly; ``pool`` is drawn mostly away from the
 transition state (TS-region frames kept with probability 0.1, as in real
