@@ -51,7 +51,7 @@ from ase_mlipal.uncertainty.calibration import calibration_report
 from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.training.finetune import finetune
 from ase_mlipal.frames import read_frames, read_labels
-from ase_mlipal.learning.learning_run import _labelled_sample, default_references
+from ase_mlipal.learning.learning_run import _labelled_sample, default_conditioning
 from ase_mlipal.learning.store import FrameStore
 from ase_mlipal.learning.trigger import UncertaintyTrigger
 
@@ -104,7 +104,7 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
     calc.calibrate(frames, groups=groups, progress=False)
     typical = calc.typical
     pretrained = ase_mlipal.load_model("default")
-    references = default_references()
+    conditioning = default_conditioning()
     mine = [a for a in reactive if a.info["reaction"] == reaction]
     pool = [a for a in mine if a.info["split"] == "pool"]
     test = [a for a in mine if a.info["split"] == "test"]
@@ -123,8 +123,8 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
             current = ase_mlipal.MLIPALCalculator(posterior=None)
             current.energy_posterior.calibration = variants["floors"].energy_posterior.calibration
             current.atom_posterior.calibration = variants["floors"].atom_posterior.calibration
-            calibration = held_out + _labelled_sample(references, len(held_out), seed=number)
-            current.set_model(model, references, calibration=calibration, progress=False)
+            calibration = held_out + _labelled_sample(conditioning, len(held_out), seed=number)
+            current.set_model(model, conditioning, calibration=calibration, progress=False)
             current.typical = typical
             trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
                                          RELATIVE_THRESHOLD, mode="relative")
