@@ -12,10 +12,10 @@ as in ``benchmarks/calibration.py``):
 * each learning round: the ``--labels`` pool frames of r the posterior is
   least sure of (MaxDet on the current posterior, as a trigger flags the
   most uncertain frame and conditions on it) get their xTB labels; then the
-  steps of :func:`ase_mlipal.learning.learning_run.learning_round`: fine-tune the
+  steps of :meth:`ase_mlipal.learning.learning_run.LearningRun.learn`: fine-tune the
   pretrained model on every frame labelled so far (with replay), swap it in
-  with ``set_model`` (scale refitted on the frames held out of the
-  fine-tune plus as many replay frames), absorb the labelled frames through
+  with ``set_model`` (scale refitted on the frames the fine-tune never
+  trained on: spare replay frames, as the learners do), absorb the labelled frames through
   a relative trigger (4x the typical uncertainty).
 
 Absorption is measured three ways on the same fine-tuned model: ``floors``
@@ -51,7 +51,7 @@ from ase_mlipal.uncertainty.calibration import calibration_report
 from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.training.finetune import finetune
 from ase_mlipal.frames import read_frames, read_labels
-from ase_mlipal.learning.learning_run import _labelled_sample, default_conditioning
+from ase_mlipal.learning.learning_run import default_conditioning
 from ase_mlipal.learning.store import FrameStore
 from ase_mlipal.learning.trigger import UncertaintyTrigger
 
@@ -80,20 +80,25 @@ def scores(calc, test: list, ts: list, band: list) -> dict:
 
 
 def fine_tuned(pretrained, labelled: list, number: int, path: Path):
-    """``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``."""
-    if path.exists():
+    """``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``.
+
+    Returns the model, the frames it never trained on (``finetune``'s
+    ``.valid``: replay frames it did not replay, on which ``set_model``
+    refits the scale) and the seconds it took.
+    """
+    from ase.io import write
+
+    unseen_path = path.with_suffix(".unseen.xyz")
+    if path.exists() and unseen_path.exists():
         cached = torch.load(path, weights_only=True)
-        held_out = [labelled[i] for i in cached["held_out"]]
-        return ase_mlipal.load_model(path.with_suffix(".model.pt")), held_out, cached["seconds"]
+        return ase_mlipal.load_model(path.with_suffix(".model.pt")), read_frames(unseen_path), cached["seconds"]
     start = time.perf_counter()
     tuned = finetune(pretrained, labelled, progress=False, seed=number)
-    model, held_out = tuned.model, tuned.valid
     seconds = round(time.perf_counter() - start, 1)
-    ase_mlipal.save_model(model, path.with_suffix(".model.pt"))
-    index = [next(i for i, a in enumerate(labelled) if a is h or np.array_equal(a.positions, h.positions))
-             for h in held_out]
-    torch.save({"held_out": index, "seconds": seconds}, path)
-    return model, held_out, seconds
+    ase_mlipal.save_model(tuned.model, path.with_suffix(".model.pt"))
+    write(unseen_path, list(tuned.valid), format="extxyz")
+    torch.save({"seconds": seconds}, path)
+    return tuned.model, list(tuned.valid), seconds
 
 
 def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds: int, labels: int, workdir: Path,
@@ -117,14 +122,13 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
                                   progress=False)
         labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
         labelled = [pool[i] for i in labelled_idx]
-        model, held_out, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}.pt")
+        model, unseen, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
             current = ase_mlipal.MLIPALCalculator(posterior=None)
             current.energy_posterior.calibration = variants["floors"].energy_posterior.calibration
             current.atom_posterior.calibration = variants["floors"].atom_posterior.calibration
-            calibration = held_out + _labelled_sample(conditioning, len(held_out), seed=number)
-            current.set_model(model, conditioning, calibration=calibration, progress=False)
+            current.set_model(model, conditioning, calibration=unseen, progress=False)
             current.typical = typical
             trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
                                          RELATIVE_THRESHOLD, mode="relative")
@@ -197,7 +201,8 @@ def main():
         workdir.mkdir(parents=True, exist_ok=True)
         args.cache.mkdir(parents=True, exist_ok=True)
         records = []
-        for reaction in args.reactions or sorted(bands):
+        with_frames = {a.info["reaction"] for a in reactive}  # a band without pool frames cannot be learnt here
+        for reaction in args.reactions or sorted(set(bands) & with_frames):
             records.append(run_reaction(reaction, valid, reactive, bands[reaction], args.rounds, args.labels, workdir,
                                         args.cache))
         for path in workdir.glob("*.db*"):

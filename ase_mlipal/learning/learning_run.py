@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
 from ase import Atoms
 
 from ..calculator import MLIPALCalculator
-from ..frames import read_frames, read_labels
+from ..frames import read_frames
 from ..legacy import refuse_unknown, renamed_argument
 from ..models.model import load_model, save_model
 from ..storage import atomic_write
@@ -248,16 +247,3 @@ class LearningRun:
         others = self.store.frames("flagged") + self.store.frames("failed")
         floors = [trigger.residual_floors(atoms) for atoms in labelled] + [None] * len(others)
         trigger.absorb(labelled + others, floors=floors)
-
-
-def _labelled_sample(frames: Sequence[Atoms], n: int, seed: int) -> list[Atoms]:
-    """Up to ``n`` frames of ``frames`` that carry reference labels, drawn at random."""
-    labelled = []
-    for atoms in frames:
-        try:
-            read_labels(atoms)
-        except ValueError:
-            continue
-        labelled.append(atoms)
-    rng = np.random.default_rng(seed)
-    return [labelled[i] for i in rng.permutation(len(labelled))[:n]]
