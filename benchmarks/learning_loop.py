@@ -190,13 +190,20 @@ def run_md(name: str, settings: dict, workdir: Path) -> dict:
             "settings": settings}
 
 
-def checks_off(part: dict) -> float:
-    """How far the final band's checks show its barrier to be off (eV; :attr:`NEBRound.verified_error`)."""
+def final_band(part: dict) -> NEBRound:
+    """The final band of a part as an :class:`NEBRound` (its checks, profile and flags)."""
     final = next(r for r in part["rounds"] if r["round"] == part["final_round"])
-    check = lambda key: None if final.get(key) is None else Check(**final[key])  # noqa: E731
+
+    def check(key: str) -> Check | None:
+        record = final.get(key)
+        if record is None:
+            return None
+        if "reference_saddle" not in record and record.get("saddle_force") is not None:  # parts made before the field
+            record = {**record, "reference_saddle": "not a saddle of the reference" not in record["reason"]}
+        return Check(**record)
+
     return NEBRound(final["round"], PathProfile.from_dict(final["profile"]), final["converged"], 0,
-                    final["n_flagged"], check("check"), band_check=check("band_check"),
-                    audit=check("audit")).verified_error
+                    final["n_flagged"], check("check"), band_check=check("band_check"), audit=check("audit"))
 
 
 def merge(paths: list[Path]) -> dict:
@@ -205,7 +212,8 @@ def merge(paths: list[Path]) -> dict:
     parts = [p for p in loaded if p.get("kind") != "md" and p["rounds"]]
     md = [p for p in loaded if p.get("kind") == "md"]
     for p in parts:
-        p["checks_off"] = checks_off(p)
+        last = final_band(p)
+        p["checks_off"], p["top_unconfirmed"] = last.verified_error, last.top_unconfirmed
     before = np.array([abs(p["before"]) for p in parts]) if parts else np.zeros(1)
     after = np.array([abs(p["after"]) for p in parts]) if parts else np.zeros(1)
     summary = {
@@ -255,7 +263,8 @@ def markdown(summary: dict) -> str:
         rejected = sum(not c["accepted"] for c in p["model_choice"])
         note = f" (stopped: {p['stopped'][:60]})" if p["stopped"] else ""
         lines.append(f"| {p['reaction']}{note} | {p['before']:+.2f} | {p['after']:+.2f} ({p['after_std']:.2f}) | "
-                     f"{'yes' if p['covered_2sigma'] else 'no'} | {same} | {verified} | {p['checks_off']:.2f} | "
+                     f"{'yes' if p['covered_2sigma'] else 'no'} | {same} | {verified} | {p['checks_off']:.2f}"
+                     f"{' (top not an xTB saddle)' if p['top_unconfirmed'] else ''} | "
                      f"{'yes' if p['confident'] else 'no'} | {p['labels']} | {direct.get('calls', '-')} | "
                      f"{len(p['rounds'])} ({p['final_round']}) | {rejected} | {p['seconds'] / 60:.1f} |")
     s = summary

@@ -101,6 +101,12 @@ class NEBRound:
             errors.append(float(np.maximum(0.0, reference - self.profile.barrier)))
         return max(errors) if errors and all(np.isfinite(errors)) else float("nan")
 
+    @property
+    def top_unconfirmed(self) -> bool:
+        """The reference does not confirm the climbing image as a saddle: the band crosses a pass the reference
+        does not have, so ``verified_error`` may understate how far the barrier is off."""
+        return self.check is not None and self.check.reference_saddle is False
+
     def as_dict(self) -> dict:
         learning = None if self.learning is None else {
             "round": self.learning.round, "labelled": vars(self.learning.labelled),
@@ -184,6 +190,8 @@ class NEBReport:
             lines.append(f"stopped: {self.stopped}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
             lines.append(f"final: the band of round {self.final.round} (its checks show it least off)")
+        if self.rounds and self.final.top_unconfirmed:
+            lines.append("the final band's climbing image is not a saddle of the reference: its barrier is unverified")
         return "\n".join(lines)
 
 

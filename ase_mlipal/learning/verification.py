@@ -61,6 +61,10 @@ class Check:
         step, image: where the frame came from.
         saddle_force: for a climbing image, the largest per-atom norm (eV/A) of
             the *reference's* climbing-image force ``F - 2 (F . t) t`` there.
+        reference_saddle: for a climbing image, whether the reference confirms
+            it as a saddle (``None`` for other kinds). When it does not, the
+            band crosses a pass the reference does not have, and its energy
+            error at the top says little about the barrier's.
     """
 
     round: int
@@ -75,6 +79,7 @@ class Check:
     step: Optional[int] = None
     image: Optional[int] = None
     saddle_force: Optional[float] = None
+    reference_saddle: Optional[bool] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +133,7 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         reasons.append(f"the reference puts it {reference:.3f} eV above the anchor, above the ceiling {ceiling:.3f} eV")
     if coverage < MIN_FORCE_COVERAGE:
         reasons.append(f"{1 - coverage:.0%} of force components outside 2 sigma")
-    saddle = None
+    saddle, reference_saddle = None, None
     if tangent is not None:
         tangent = np.asarray(tangent, dtype=float) / np.linalg.norm(tangent)
         climbing = forces - 2.0 * np.sum(forces * tangent) * tangent
@@ -136,12 +141,13 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         saddle = float(norms.max())
         allowed = fmax + 2.0 * np.sqrt(3.0) * sigma_f
         worst = int(np.argmax(norms - allowed))
-        if norms[worst] > allowed[worst]:
+        reference_saddle = bool(norms[worst] <= allowed[worst])
+        if not reference_saddle:
             reasons.append(f"not a saddle of the reference: its climbing force on atom {worst} is "
                            f"{norms[worst]:.2f} eV/A (allowed {allowed[worst]:.2f})")
     return Check(number, kind, int(frame.info.get("store_id", -1)), error, std, float(force_error.mean()), coverage,
                  passed=not reasons, reason="; ".join(reasons), step=frame.info.get("step"),
-                 image=frame.info.get("image"), saddle_force=saddle)
+                 image=frame.info.get("image"), saddle_force=saddle, reference_saddle=reference_saddle)
 
 
 def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: Optional[Atoms] = None,

@@ -199,6 +199,24 @@ def test_an_audit_above_the_top_counts_in_the_verified_error():
     assert np.isnan(NEBRound(0, profile, True, 10, 0, top, audit=unlabelled).verified_error)  # unverified, not 0
 
 
+def test_a_top_the_reference_does_not_confirm_as_a_saddle_is_reported():
+    from ase_mlipal.learning.neb_learner import NEBReport, NEBRound
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    profile = PathProfile("r0", np.arange(3.0), np.array([0.0, 1.0, 0.2]), np.full(3, 0.1), np.zeros(3),
+                          barrier=1.0, barrier_std=0.1)
+    lines = {}
+    for saddle in (True, False, None):
+        top = Check(0, "climbing_image", 1, energy_error=0.05, energy_std=0.1, force_mae=0.0, force_coverage=1.0,
+                    passed=bool(saddle), image=1, reference_saddle=saddle)
+        band = NEBRound(0, profile, True, 10, 0, top)
+        assert band.top_unconfirmed is (saddle is False)
+        lines[saddle] = NEBReport([band], final_round=0).table()
+    assert "not a saddle of the reference" in lines[False]
+    assert "not a saddle of the reference" not in lines[True] + lines[None]
+
+
 def test_confidence_judges_the_final_band_on_the_posterior_its_relaxation_started_with(calc, tmp_path, monkeypatch):
     """A flag settles its own frame below the threshold at once; that must not make the final band look certain."""
     from ase.calculators.emt import EMT

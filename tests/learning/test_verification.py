@@ -114,7 +114,16 @@ def test_a_climbing_image_must_be_a_saddle_of_the_reference(calc, tiny_model):
     probe.calc = calc
     probe.get_forces()
     allowed = 0.05 + 2 * np.sqrt(3) * calc.results["forces_uncertainty"]
-    assert ("not a saddle" in check.reason) == bool(np.any(np.linalg.norm(climbing, axis=1) > allowed))
+    unconfirmed = bool(np.any(np.linalg.norm(climbing, axis=1) > allowed))
+    assert ("not a saddle" in check.reason) == unconfirmed
+    assert check.reference_saddle is (not unconfirmed)
     flat = frame.copy()  # the reference says: a stationary point (and the model agrees)
     flat.calc = SinglePointCalculator(flat, energy=frame.get_potential_energy(), forces=np.zeros_like(forces))
-    assert check_frame(calc, flat, 0, "climbing_image", tangent=tangent).saddle_force == 0.0
+    stationary = check_frame(calc, flat, 0, "climbing_image", tangent=tangent)
+    assert stationary.saddle_force == 0.0 and stationary.reference_saddle is True
+    steep = frame.copy()  # the reference pushes atom 0 off the path hard: no saddle there
+    steep_forces = np.zeros_like(forces)
+    steep_forces[0, 0] = 50.0
+    steep.calc = SinglePointCalculator(steep, energy=frame.get_potential_energy(), forces=steep_forces)
+    assert check_frame(calc, steep, 0, "climbing_image", tangent=tangent).reference_saddle is False
+    assert check_frame(calc, frame, 0, "audit", anchor=anchor).reference_saddle is None  # no tangent: not asked
