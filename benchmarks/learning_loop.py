@@ -343,7 +343,7 @@ def main() -> None:
     parts.mkdir(parents=True, exist_ok=True)
     names = sorted(reference_bands())
     if args.smoke:
-        names, settings = names[2:3], SMOKE
+        names, settings = ["formaldehyde_to_CO_H2"], SMOKE
     else:
         settings = SETTINGS
     settings = {**settings, "band_start": args.band_start}

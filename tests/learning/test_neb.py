@@ -97,7 +97,9 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     errors = [r.verified_error for r in report.rounds]
     assert report.final_round == int(np.argmin(errors))  # the run ends on the band its checks show least off
     assert report.verified_barrier_error == report.final.check.energy_error
-    assert len(report.table().splitlines()) == 1 + len(report.rounds)
+    rows, notes = report.table().splitlines()[1:1 + len(report.rounds)], report.table().splitlines()[1 + len(report.rounds):]
+    assert [int(row.split()[0]) for row in rows] == [r.round for r in report.rounds]
+    assert any("not a saddle of the reference" in n for n in notes) == report.final.top_unconfirmed
     barrier, std = report.barrier
     assert np.isfinite(barrier) and std > 0
 
