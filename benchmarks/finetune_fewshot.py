@@ -5,8 +5,9 @@
 The learners fine-tune the pretrained model on a few labelled frames of a
 reaction path. This measures that step alone. For each of the six xTB NEB
 bands of ``benchmarks/data/reactive_bands.xyz.gz`` (11 images), the shipped
-default is fine-tuned on the endpoints and images 2, 4, 6, 8 (six labels),
-once per setting, and scored on the five odd images it did not see: the
+default is fine-tuned on the endpoints and images 2, 4, 6, 8 (six labels
+spread evenly: :func:`train_images`; on a 17-image band 0, 3, 6, 10, 13,
+16), once per setting, and scored on the images it did not see: the
 mean absolute error of their energies relative to the first endpoint, and
 the barrier error (the band's highest model energy minus the reactant's,
 against xTB's).
@@ -43,7 +44,12 @@ from ase_mlipal.frames import read_labels
 from ase_mlipal.training.trainer import frame_errors
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TRAIN_IMAGES = (0, 2, 4, 6, 8, 10)
+N_LABELS = 6  # labels per band: the endpoints and four images between
+
+
+def train_images(n_images: int) -> list[int]:
+    """``N_LABELS`` images spread evenly over a band of ``n_images``: 0, 2, 4, 6, 8, 10 of 11."""
+    return sorted({int(k) for k in np.round(np.linspace(0, n_images - 1, N_LABELS))})
 BEFORE = {"replay_ratio": 3, "energy_weight": 10.0, "lr": 5e-3, "epochs": 100, "patience": 100}
 SETTINGS = {
     "before": BEFORE,
@@ -59,7 +65,7 @@ def path_errors(model, images: list) -> dict:
     reference = np.array([read_labels(a)[0] for a in images])
     predicted = reference + errors
     relative_error = (errors - errors[0])
-    held_out = [k for k in range(len(images)) if k not in TRAIN_IMAGES]
+    held_out = [k for k in range(len(images)) if k not in train_images(len(images))]
     barrier = predicted.max() - predicted[0]
     return {"held_out_mae": float(np.mean(np.abs(relative_error[held_out]))),
             "barrier_error": float(barrier - (reference.max() - reference[0]))}
@@ -74,7 +80,7 @@ def one(task: tuple) -> dict:
     if name == "pretrained":
         model = ase_mlipal.MLIPALCalculator().model
     else:
-        model = ase_mlipal.finetune("default", [images[k] for k in TRAIN_IMAGES], seed=seed, progress=False,
+        model = ase_mlipal.finetune("default", [images[k] for k in train_images(len(images))], seed=seed, progress=False,
                                     **SETTINGS[name]).model
     return {"reaction": reaction, "setting": name, "seed": seed, **path_errors(model, images),
             "seconds": time.perf_counter() - start}
@@ -144,7 +150,8 @@ def main() -> None:
                 print(f"{row['reaction']:<28} {row['setting']:<28} held-out MAE {row['held_out_mae']:.3f} eV, "
                       f"barrier {row['barrier_error']:+.3f} eV ({row['seconds']:.0f} s)", flush=True)
                 rows.append(row)
-    report = {"train_images": list(TRAIN_IMAGES), "settings": SETTINGS, "rows": rows,
+    report = {"train_images": {r: train_images(len(b)) for r, b in reference_bands().items()},
+              "settings": SETTINGS, "rows": rows,
               "picks": {m: leave_one_reaction_out(rows, m) for m in ("held_out_mae", "barrier_error")},
               "seconds": sum(r["seconds"] for r in rows) if args.from_json else time.perf_counter() - started}
     (args.out / "finetune_fewshot.json").write_text(json.dumps(report, indent=1, default=float))
