@@ -1,7 +1,7 @@
-"""The verified learning loop on the project's six reactive NEBs, from their endpoints.
+"""The verified learning loop on the project's seven reactive bands, from their endpoints.
 
 For each reaction of ``benchmarks/data/reactive_bands.xyz.gz`` (xTB
-climbing-image NEBs, 11 images, fmax 0.05 eV/A): build a 9-image IDPP band
+climbing-image NEBs, 11 or 17 images, fmax 0.05 eV/A): build a 9-image IDPP band
 between the xTB endpoints and run :class:`ase_mlipal.NEBLearner` on the
 shipped default model with GFN2-xTB labels (the settings of ``mlipal
 demo``). Per reaction: barrier error before (round 0, pretrained) and after
@@ -11,7 +11,7 @@ reference barrier lies inside the final 2 sigma, labels (= reference
 calls), the reference calls of a direct xTB NEB from the same band to the
 same fmax, rounds, model choices, wall time.
 
-Two references, both reported: the stored 11-image band, and the direct
+Two references, both reported: the stored band, and the direct
 xTB climbing-image NEB from the learner's own 9-image IDPP band (the run
 the learner replaces). They differ where a reaction has more than one
 pass: from the IDPP band xTB finds 1.86 eV for formaldehyde -> CO + H2
@@ -248,7 +248,7 @@ def same_start_summary(parts: list[dict]) -> dict:
 def markdown(summary: dict) -> str:
     lines = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
              "",
-             "Barrier errors (model - reference, eV) against the stored 11-image xTB band and against the direct "
+             "Barrier errors (model - reference, eV) against the stored xTB band and against the direct "
              "xTB NEB from the learner's own band (same start; '-' where it did not converge).",
              "",
              "| reaction | stored band: before | after (1σ) | in 2σ | same start: barrier | before | after | in 2σ "
