@@ -23,7 +23,7 @@ same way, through the band's optimiser::
 
     for image in images:
         image.calc = calc.share()  # same model and posterior, a result cache per image
-    neb = NEB(images, climb=True)
+    neb = NEB(images, climb=True, method="improvedtangent")
     trigger = UncertaintyTrigger(calc, store, threshold=0.15, atoms=neb, source="neb")
     FIRE(neb).attach(trigger, interval=5)
 
