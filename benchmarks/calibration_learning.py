@@ -34,6 +34,7 @@ parts and merge.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -122,7 +123,8 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
                                   progress=False)
         labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
         labelled = [pool[i] for i in labelled_idx]
-        model, unseen, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}.pt")
+        picked = hashlib.sha256(str(sorted(labelled_idx)).encode()).hexdigest()[:10]  # a cached model is of these labels
+        model, unseen, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}-{picked}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
             current = ase_mlipal.MLIPALCalculator(posterior=None)

@@ -11,7 +11,10 @@ law with an error floor per atom for the energy, a plain scale for the
 forces; ``benchmarks/calibration.py`` measures why, with each reaction held
 out in turn). Then stores the typical uncertainty of the validation split,
 so a relative trigger threshold works without reference frames, and
-records the fit in ``default.json``. ``scripts/pretrain.py`` calls
+records the fit in ``default.json``. The training split's structures go to
+``default_conditioning.xyz.gz``: a model swap rebuilds the posterior on
+them, so a fine-tuned model's uncertainty is measured against the same
+data as the shipped one's. ``scripts/pretrain.py`` calls
 :func:`build_posterior` after training. About a minute.
 """
 
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import ase_mlipal  # first: imports mace before e3nn
 from ase_mlipal.frames import read_frames
-from ase_mlipal.models.model import DEFAULT_DIR, DEFAULT_POSTERIOR_PATH
+from ase_mlipal.models.model import DEFAULT_CONDITIONING_PATH, DEFAULT_DIR, DEFAULT_POSTERIOR_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -39,6 +42,16 @@ def calibration_frames(pretrain_valid: list, reactive: list) -> tuple[list, list
     reactive = [a for a in reactive if physical(a)]
     frames = list(pretrain_valid) + reactive
     return frames, [VALID_GROUP] * len(pretrain_valid) + [a.info["reaction"] for a in reactive]
+
+
+def write_conditioning(frames: list, path: Path = DEFAULT_CONDITIONING_PATH) -> Path:
+    """Store the structures of ``frames`` (numbers, positions, cell; no labels) in ``path`` (extxyz)."""
+    from ase import Atoms
+    from ase.io import write
+
+    bare = [Atoms(a.numbers, a.positions, cell=a.cell, pbc=a.pbc) for a in frames]
+    write(path, bare, format="extxyz")
+    return path
 
 
 def build_posterior(model, splits: dict[str, list], reactive: list) -> tuple[ase_mlipal.MLIPALCalculator, dict]:
@@ -64,6 +77,7 @@ def main():
     splits = {s: [a for a in pretrain if a.info["split"] == s] for s in ("train", "valid")}
     calc, entry = build_posterior(ase_mlipal.load_model("default"), splits, read_frames(DATA / "reactive.xyz.gz"))
     calc.save_posterior(args.out)
+    write_conditioning(splits["train"], args.out.parent / DEFAULT_CONDITIONING_PATH.name)
     record_path = DEFAULT_DIR / "default.json"
     record = json.loads(record_path.read_text())
     record["posterior"] = entry

@@ -15,6 +15,8 @@ energy-and-forces loss, and writes into ``ase_mlipal/data/``:
 * ``default_posterior.npz``: the activation-kernel posterior of the
   training frames, calibrated on the validation split and the reactive set
   (``scripts/build_posterior.py``, which rebuilds it alone);
+* ``default_conditioning.xyz.gz``: the training split's structures (no
+  labels), on which a model swap rebuilds the posterior;
 * ``default_replay.xyz.gz``: a sample of training frames that fine-tuning
   replays so the model does not forget.
 """
@@ -34,7 +36,7 @@ from ase.io import write
 import ase_mlipal
 from ase_mlipal.frames import read_frames
 from ase_mlipal.training.trainer import dataset_statistics, evaluate, train
-from build_posterior import build_posterior  # scripts/ is on sys.path when run as a script
+from build_posterior import build_posterior, write_conditioning  # scripts/ is on sys.path when run as a script
 
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
 
@@ -84,6 +86,7 @@ def main():
     calc, posterior_record = build_posterior(model, splits, read_frames(REACTIVE))
     report = calc.calibrate(splits["valid"], fit=False)
     calc.save_posterior(args.out / "default_posterior.npz")
+    write_conditioning(splits["train"], args.out / "default_conditioning.xyz.gz")
 
     rng = np.random.default_rng(0)
     replay = [splits["train"][i] for i in sorted(rng.choice(len(splits["train"]), N_REPLAY, replace=False))]
