@@ -29,6 +29,7 @@ with torch_load_override(), warnings.catch_warnings():
     from .frames import read_frames, read_labels, with_labels
     from .references.pyscf import PySCF, pyscf_calculator
     from .learning.labelling import LabelReport, ReferenceSetupError, label
+    from .learning.learning_run import default_conditioning
     from .learning.md_learner import OnTheFlyLearner
     from .models.model import (
         ModelLoadError,
@@ -105,6 +106,7 @@ __all__ = [
     "DistillResult",
     "TrainedModel",
     "TrainResult",
+    "default_conditioning",
     "finetune",
     "fit_recalibration",
     "fit_scale",

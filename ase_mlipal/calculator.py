@@ -194,7 +194,10 @@ class MLIPALCalculator(Calculator):
         """Swap in another model (e.g. after fine-tuning) and rebuild the posterior.
 
         The features of the ``conditioning`` frames (``references=`` before
-        0.2) are recomputed with the new model;
+        0.2) are recomputed with the new model: pass the frames the old
+        posterior was conditioned on (for the shipped default
+        :func:`~ase_mlipal.default_conditioning`; far fewer warn, since the
+        calibration would not fit the smaller posterior);
         with labelled ``calibration`` frames (held out from its training)
         the scales are refitted and the report returned: the exponent and
         floor of the old calibration are kept and only the scale is fitted
@@ -212,8 +215,15 @@ class MLIPALCalculator(Calculator):
         device = next(self.model.parameters()).device
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         shapes = (self.energy_posterior.calibration, self.atom_posterior.calibration)
+        held = self.energy_posterior.n_added
         self._use_model(load_model(model, device=str(device), dtype=dtype), self.batch_maker.head)
         self.condition(conditioning, progress=progress)
+        if 0 < len(conditioning) < held / 2:
+            warnings.warn(f"set_model conditioned the new posterior on {len(conditioning)} frames where the old one "
+                          f"held {held}: every raw variance grows about {held / len(conditioning):.0f}x while the "
+                          "calibration stays, so uncertainties come out too wide. Pass the frames the old posterior "
+                          "was conditioned on (for the shipped default: ase_mlipal.default_conditioning()).",
+                          stacklevel=2)
         if not calibration:
             return None
         self.energy_posterior.calibration, self.atom_posterior.calibration = shapes

@@ -262,6 +262,25 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
     assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
 
 
+def test_set_model_warns_when_the_new_posterior_holds_far_fewer_frames(calc, ethanol):
+    import warnings
+
+    import ase_mlipal
+
+    frames = rattled(ethanol, 8, seed=1)
+    calc.condition(frames)
+    other = ase_mlipal.random_like(calc.model, seed=7)
+    with pytest.warns(UserWarning, match="on 2 frames where the old one held 8"):
+        calc.set_model(other, conditioning=frames[:2])
+    raw_few = float(results(calc, ethanol)["uncertainty"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="set_model conditioned")  # the same frames again (or none, to load a posterior next): no warning
+        calc.set_model(other, conditioning=frames)
+        calc.set_model(other, conditioning=[])
+        calc.set_model(other, conditioning=frames)
+    assert float(results(calc, ethanol)["uncertainty"]) < raw_few
+
+
 def test_shares_follow_a_model_swap_a_loaded_posterior_and_new_conditioning(calc, ethanol, tmp_path):
     import ase_mlipal
 
