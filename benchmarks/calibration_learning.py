@@ -14,8 +14,9 @@ as in ``benchmarks/calibration.py``):
   most uncertain frame and conditions on it) get their xTB labels; then the
   steps of :meth:`ase_mlipal.learning.learning_run.LearningRun.learn`: fine-tune the
   pretrained model on every frame labelled so far (with replay), swap it in
-  with ``set_model`` (scale refitted on the frames the fine-tune never
-  trained on: spare replay frames, as the learners do), absorb the labelled frames through
+  with ``set_model`` on the structures the shipped posterior holds (no
+  scale refit: the learners refit on the checks they passed, and there are
+  none here), absorb the labelled frames through
   a relative trigger (4x the typical uncertainty).
 
 Absorption is measured three ways on the same fine-tuned model: ``floors``
@@ -81,25 +82,16 @@ def scores(calc, test: list, ts: list, band: list) -> dict:
 
 
 def fine_tuned(pretrained, labelled: list, number: int, path: Path):
-    """``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``.
-
-    Returns the model, the frames it never trained on (``finetune``'s
-    ``.valid``: replay frames it did not replay, on which ``set_model``
-    refits the scale) and the seconds it took.
-    """
-    from ase.io import write
-
-    unseen_path = path.with_suffix(".unseen.xyz")
-    if path.exists() and unseen_path.exists():
-        cached = torch.load(path, weights_only=True)
-        return ase_mlipal.load_model(path.with_suffix(".model.pt")), read_frames(unseen_path), cached["seconds"]
+    """``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``; and its seconds."""
+    model_path = path.with_suffix(".model.pt")
+    if path.exists() and model_path.exists():
+        return ase_mlipal.load_model(model_path), torch.load(path, weights_only=True)["seconds"]
     start = time.perf_counter()
     tuned = finetune(pretrained, labelled, progress=False, seed=number)
     seconds = round(time.perf_counter() - start, 1)
-    ase_mlipal.save_model(tuned.model, path.with_suffix(".model.pt"))
-    write(unseen_path, list(tuned.valid), format="extxyz")
+    ase_mlipal.save_model(tuned.model, model_path)
     torch.save({"seconds": seconds}, path)
-    return tuned.model, list(tuned.valid), seconds
+    return tuned.model, seconds
 
 
 def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds: int, labels: int, workdir: Path,
@@ -124,13 +116,13 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
         labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
         labelled = [pool[i] for i in labelled_idx]
         picked = hashlib.sha256(str(sorted(labelled_idx)).encode()).hexdigest()[:10]  # a cached model is of these labels
-        model, unseen, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}-{picked}.pt")
+        model, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}-{picked}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
             current = ase_mlipal.MLIPALCalculator(posterior=None)
             current.energy_posterior.calibration = variants["floors"].energy_posterior.calibration
             current.atom_posterior.calibration = variants["floors"].atom_posterior.calibration
-            current.set_model(model, conditioning, calibration=unseen, progress=False)
+            current.set_model(model, conditioning, progress=False)  # no checks here: the learners' refit has none
             current.typical = typical
             trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
                                          RELATIVE_THRESHOLD, mode="relative")

@@ -217,8 +217,11 @@ class LearningRun:
         """Round ``number``: label, fine-tune the pretrained model, swap it in if no worse on the checks.
 
         After a swap the posterior holds ``conditioning`` under the new model,
-        the scales are refitted on the fine-tune's validation frames (never
-        trained on: spare replay frames and passed checks) and every frame
+        the scales are refitted on the passed checks (frames neither model
+        trained on and the posterior does not hold; not the spare replay
+        frames, which are pretraining frames the posterior holds, so their
+        small raw variances and their forgetting errors inflated the energy
+        scale up to 20x; with no passed check the calibration stays) and every frame
         of the store enters the posterior through ``trigger``, a labelled one
         settling no lower than the new model's errors on it
         (:meth:`UncertaintyTrigger.residual_floors`). A rejected model
@@ -234,12 +237,12 @@ class LearningRun:
         head = self.calc.batch_maker.head
         tuned = finetune(self.pretrained, frames, valid=self.store.frames("verified"), progress=self.progress,
                          head=head, **options)
-        model, record.train, valid = tuned.model, tuned.training, tuned.valid
+        model, record.train = tuned.model, tuned.training
         record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head,
                                                tolerance=self.choice_tolerance)
         record.reason = self.choice.history[-1]["reason"]
         if record.accepted:
-            record.calibration = self.calc.set_model(model, self.conditioning, calibration=valid,
+            record.calibration = self.calc.set_model(model, self.conditioning, calibration=self.store.frames("verified"),
                                                      progress=self.progress)
             self._absorb_store(trigger)
             model_file, posterior_file = f"model_round{number}.pt", f"posterior_round{number}.npz"

@@ -87,9 +87,13 @@ def finetune(
     Returns:
         a :class:`~ase_mlipal.training.trainer.TrainedModel`: ``.model``
         (the fine-tuned copy), ``.training`` (the record) and ``.valid``
-        (frames never trained on, which can recalibrate the uncertainty;
-        empty with nothing to spare: ``replay=None``, no ``valid``,
-        ``valid_fraction=0``). Before 0.2 this was the tuple of the three.
+        (frames the fine-tune never trained on, what early stopping watched:
+        held-out new frames, ``valid`` and spare replay frames; empty with
+        nothing to spare: ``replay=None``, no ``valid``,
+        ``valid_fraction=0``). Recalibrate on the held-out and ``valid``
+        frames only: replay frames are pretraining frames, which the
+        pretrained model trained on and the shipped posterior holds. Before
+        0.2 this was the tuple of the three.
     """
     frames = list(frames)
     if not frames:
