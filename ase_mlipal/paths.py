@@ -9,6 +9,7 @@ the two ends share cancel, as they do in the barrier itself.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -89,7 +90,9 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
         neb.interpolate()
         if attempt:
             _displace_across_path(images, rng, 0.1)
-        idpp_interpolate(images, traj=None, log=None)
+        with warnings.catch_warnings():  # ASE's idpp_interpolate builds an NEB without a method: not ours to warn
+            warnings.filterwarnings("ignore", message="The default method has changed", category=UserWarning)
+            idpp_interpolate(images, traj=None, log=None)
         problems = [(k, guard.problem(image)) for k, image in enumerate(images[1:-1], start=1)]
         problems = [(k, p) for k, p in problems if p]
         if not problems:
