@@ -162,8 +162,9 @@ class TrainedModel:
     Attributes:
         model: the trained model (a new module; the starting one is untouched).
         training: the :class:`TrainResult` record of the run.
-        valid: labelled frames the model was never trained on (they can
-            recalibrate the uncertainty); may be empty.
+        valid: labelled frames the fine-tune never trained on (what early
+            stopping watched; may be empty). Only those not from the
+            pretraining data (not replay) can recalibrate the uncertainty.
     """
 
     model: torch.nn.Module
