@@ -273,8 +273,8 @@ def test_set_model_warns_when_the_new_posterior_holds_far_fewer_frames(calc, eth
     with pytest.warns(UserWarning, match="on 2 frames where the old one held 8"):
         calc.set_model(other, conditioning=frames[:2])
     raw_few = float(results(calc, ethanol)["uncertainty"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="set_model conditioned")  # the same frames again (or none, to load a posterior next): no warning
+    with warnings.catch_warnings():  # the same frames again (or none, to load a posterior next): no warning
+        warnings.filterwarnings("error", message="set_model conditioned")
         calc.set_model(other, conditioning=frames)
         calc.set_model(other, conditioning=[])
         calc.set_model(other, conditioning=frames)

@@ -235,14 +235,14 @@ class LearningRun:
             return record
         options = {"seed": number, **self.finetune_options}
         head = self.calc.batch_maker.head
-        tuned = finetune(self.pretrained, frames, valid=self.store.frames("verified"), progress=self.progress,
-                         head=head, **options)
+        passed = self.store.frames("verified")  # checks the model in use passed: early stopping, then the refit
+        tuned = finetune(self.pretrained, frames, valid=passed, progress=self.progress, head=head, **options)
         model, record.train = tuned.model, tuned.training
         record.accepted = self.choice.consider(number, self.calc.model, model, self.check_frames(), anchor, head,
                                                tolerance=self.choice_tolerance)
         record.reason = self.choice.history[-1]["reason"]
         if record.accepted:
-            record.calibration = self.calc.set_model(model, self.conditioning, calibration=self.store.frames("verified"),
+            record.calibration = self.calc.set_model(model, self.conditioning, calibration=passed,
                                                      progress=self.progress)
             self._absorb_store(trigger)
             model_file, posterior_file = f"model_round{number}.pt", f"posterior_round{number}.npz"
