@@ -90,8 +90,8 @@ def default_conditioning() -> list[Atoms]:
     The shipped default's training split (7861 structures, no labels), so
     the posterior rebuilt under a fine-tuned model holds the same data as
     the shipped one and the shipped calibration still applies to it. (Before, this was the
-    300-frame replay sample: 26x fewer frames made every
-    raw variance after a swap about 20x larger, every sigma 4-10x wider.)
+    300-frame replay sample: 26x fewer frames made every raw variance after
+    a swap 20-29x larger, ``benchmarks/swap_conditioning.py``.)
     """
     return read_frames(DEFAULT_CONDITIONING_PATH)
 
@@ -221,7 +221,7 @@ class LearningRun:
         trained on and the posterior does not hold; not the spare replay
         frames, which are pretraining frames the posterior holds, so their
         small raw variances and their forgetting errors inflated the energy
-        scale up to 20x; with no passed check the calibration stays) and every frame
+        scale; with no passed check the calibration stays) and every frame
         of the store enters the posterior through ``trigger``, a labelled one
         settling no lower than the new model's errors on it
         (:meth:`UncertaintyTrigger.residual_floors`). A rejected model
