@@ -137,6 +137,8 @@ class MLIPALCalculator(Calculator):
     calibrated = _delegated("calibrated", "Whether the uncertainties are calibrated (eV, eV/A).", settable=True)
     typical = _delegated("typical", "Median uncertainties of in-distribution frames (see :meth:`fit_typical`).",
                          settable=True)
+    n_conditioning = _delegated("n_conditioning", "Frames conditioned on through :meth:`condition` (not absorbed ones).",
+                                settable=True)
 
     def __init__(
         self,
@@ -215,7 +217,7 @@ class MLIPALCalculator(Calculator):
         device = next(self.model.parameters()).device
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         shapes = (self.energy_posterior.calibration, self.atom_posterior.calibration)
-        held = self.energy_posterior.n_added
+        held = self.n_conditioning
         self._use_model(load_model(model, device=str(device), dtype=dtype), self.batch_maker.head)
         self.condition(conditioning, progress=progress)
         if 0 < len(conditioning) < held / 2:
@@ -342,6 +344,7 @@ class MLIPALCalculator(Calculator):
             images = [images]
         for features in self.features(images, progress):
             self.add_features(features, weight)
+        self.n_conditioning += len(images)
         return self
 
     def add_reference(self, images: Union[Atoms, Sequence[Atoms]], weight: float = 1.0,
@@ -482,7 +485,8 @@ class MLIPALCalculator(Calculator):
     def save_posterior(self, path: Union[str, os.PathLike]) -> None:
         """Write both posteriors, their scales and the model's identity to ``.npz`` (atomically)."""
         arrays = {"model_hash": np.array(self.model_hash), "kernel": np.array(self.kernel),
-                  "kernel_options": np.array(self._scalar_options()), "calibrated": np.array(self.calibrated)}
+                  "kernel_options": np.array(self._scalar_options()), "calibrated": np.array(self.calibrated),
+                  "n_conditioning": np.array(self.n_conditioning)}
         if self.typical is not None:
             arrays.update({f"typical_{key}": np.array(value) for key, value in self.typical.items()})
         for prefix, posterior in (("energy_", self.energy_posterior), ("atom_", self.atom_posterior)):
@@ -525,6 +529,8 @@ class MLIPALCalculator(Calculator):
         self.energy_posterior = FeaturePosterior.from_state(split["energy_"])
         self.atom_posterior = FeaturePosterior.from_state(split["atom_"])
         self.calibrated = bool(arrays["calibrated"])
+        # a file written before the count was stored: every structure row it holds counts
+        self.n_conditioning = int(arrays.get("n_conditioning", self.energy_posterior.n_added))
         typical = {key[len("typical_"):]: float(value) for key, value in arrays.items() if key.startswith("typical_")}
         self.typical = typical or None
         self.reset()

@@ -281,6 +281,26 @@ def test_set_model_warns_when_the_new_posterior_holds_far_fewer_frames(calc, eth
     assert float(results(calc, ethanol)["uncertainty"]) < raw_few
 
 
+def test_set_model_counts_conditioning_frames_not_absorbed_ones(calc, ethanol, tmp_path):
+    import warnings
+
+    import ase_mlipal
+
+    frames = rattled(ethanol, 4, seed=1)
+    calc.condition(frames)
+    for features in calc.features(rattled(ethanol, 12, seed=2), progress=False):  # as a trigger absorbs flags
+        calc.add_features(features, weight=5.0)
+    assert calc.n_conditioning == 4 and calc.energy_posterior.n_added == 16
+    calc.save_posterior(tmp_path / "posterior.npz")
+    calc.n_conditioning = 0
+    calc.load_posterior(tmp_path / "posterior.npz")
+    assert calc.n_conditioning == 4
+    with warnings.catch_warnings():  # a learner's second swap, on the same conditioning: no warning
+        warnings.filterwarnings("error", message="set_model conditioned")
+        calc.set_model(ase_mlipal.random_like(calc.model, seed=7), conditioning=frames)
+    assert calc.n_conditioning == 4 and calc.energy_posterior.n_added == 4
+
+
 def test_shares_follow_a_model_swap_a_loaded_posterior_and_new_conditioning(calc, ethanol, tmp_path):
     import ase_mlipal
 

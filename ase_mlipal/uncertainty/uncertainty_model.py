@@ -40,6 +40,8 @@ class UncertaintyModel:
         atom_posterior: posterior on atomic features (``forces_uncertainty``).
         calibrated: whether the posteriors' calibrations are fitted (eV) or raw.
         typical: median uncertainties of in-distribution frames, or ``None``.
+        n_conditioning: frames the posteriors were conditioned on through
+            :meth:`MLIPALCalculator.condition` (not those a trigger absorbed).
     """
 
     def __init__(self, model: torch.nn.Module, kernel: str = "activation", kernel_options: Optional[dict] = None,
@@ -64,6 +66,7 @@ class UncertaintyModel:
         self.atom_posterior = FeaturePosterior(self.feature_map.force_dim, regularization)
         self.calibrated = False
         self.typical: Optional[dict[str, float]] = None
+        self.n_conditioning = 0
         self.changed()
 
     def changed(self) -> None:
