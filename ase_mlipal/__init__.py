@@ -20,7 +20,8 @@ with torch_load_override(), warnings.catch_warnings():
     from e3nn import o3  # noqa: F401
 
     from .calculator import MLIPALCalculator
-    from .uncertainty.calibration import CalibrationReport, Recalibration, calibration_report, fit_recalibration, fit_scale
+    from .uncertainty.calibration import (CalibrationReport, Recalibration, calibration_report, fit_recalibration,
+                                          fit_scale, forgetting_floor)
     from .uncertainty.committee import CommitteeFeatures
     from .uncertainty.features import ActivationFeatures, FeatureMap, FixedFeatures
     from .uncertainty.kernels import FEATURE_MAPS, get_feature_map
@@ -109,6 +110,7 @@ __all__ = [
     "default_conditioning",
     "finetune",
     "fit_recalibration",
+    "forgetting_floor",
     "fit_scale",
     "get_feature_map",
     "label",

@@ -13,18 +13,18 @@ as in ``benchmarks/calibration.py``):
   least sure of (MaxDet on the current posterior, as a trigger flags the
   most uncertain frame and conditions on it) get their xTB labels; then the
   steps of :meth:`ase_mlipal.learning.learning_run.LearningRun.learn`: fine-tune the
-  pretrained model on every frame labelled so far (with replay), swap it in
-  with ``set_model`` on the structures the shipped posterior holds (no
-  scale refit: the learners refit on the checks they passed, and there are
-  none here), absorb the labelled frames through
-  a relative trigger (4x the typical uncertainty).
+  pretrained model on every frame labelled so far with the learners'
+  settings (``LEARNER_FINETUNE``), swap it in with ``set_model`` on the
+  structures the shipped posterior holds, the calibration kept and its
+  floors moved by what the new model forgot on the replay frames it did not
+  train on (no scale refit: the learners refit on the checks they passed,
+  and there are none here), absorb the labelled frames through a relative
+  trigger (4x the typical uncertainty), each settling no lower than the new
+  model's errors on it.
 
-Absorption is measured four ways on the same fine-tuned model: ``floors``
-(the package: a labelled frame settles no lower than the new model's
-errors on it, forces and energy, weights found by bisection), ``settle``
-(before: every frame above the threshold settles at half of it, whatever
-the model's fit), ``weight 1`` (each labelled frame one observation) and
-``not absorbed`` (the posterior holds the conditioning frames alone).
+Three variants on the same fine-tuned model: ``floors`` (the package),
+``no forgetting floor`` (the calibration kept as it was) and ``not
+absorbed`` (the posterior holds the conditioning frames alone).
 After each round: 2-sigma coverage of the force components on r's test
 frames (all, and the transition-state region) and whether the xTB barrier
 of r's band is inside ``path_profile``'s barrier +- 2 sigma.
@@ -48,13 +48,13 @@ import ase_mlipal  # first: imports mace before e3nn
 
 import numpy as np
 import torch
+from ase.io import write
 from reactive import physical
 
 from ase_mlipal.uncertainty.calibration import calibration_report
-from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.training.finetune import finetune
 from ase_mlipal.frames import read_frames, read_labels
-from ase_mlipal.learning.learning_run import default_conditioning
+from ase_mlipal.learning.learning_run import LEARNER_FINETUNE, default_conditioning
 from ase_mlipal.learning.store import FrameStore
 from ase_mlipal.learning.trigger import UncertaintyTrigger
 
@@ -65,7 +65,7 @@ warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"
 RELATIVE_THRESHOLD = 4.0
-VARIANTS = ("floors", "settle", "weight 1", "not absorbed")
+VARIANTS = ("floors", "no forgetting floor", "not absorbed")
 
 
 def scores(calc, test: list, ts: list, band: list) -> dict:
@@ -83,16 +83,21 @@ def scores(calc, test: list, ts: list, band: list) -> dict:
 
 
 def fine_tuned(pretrained, labelled: list, number: int, path: Path):
-    """``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``; and its seconds."""
-    model_path = path.with_suffix(".model.pt")
-    if path.exists() and model_path.exists():
-        return ase_mlipal.load_model(model_path), torch.load(path, weights_only=True)["seconds"]
+    """The learners' ``finetune`` of the pretrained model on ``labelled`` (seed = round), cached in ``path``.
+
+    Returns the model, the replay frames it did not train on and the seconds it took.
+    """
+    model_path, unseen_path = path.with_suffix(".model.pt"), path.with_suffix(".unseen.xyz")
+    if path.exists() and model_path.exists() and unseen_path.exists():
+        return (ase_mlipal.load_model(model_path), read_frames(unseen_path),
+                torch.load(path, weights_only=True)["seconds"])
     start = time.perf_counter()
-    tuned = finetune(pretrained, labelled, progress=False, seed=number)
+    tuned = finetune(pretrained, labelled, progress=False, seed=number, **LEARNER_FINETUNE)
     seconds = round(time.perf_counter() - start, 1)
     ase_mlipal.save_model(tuned.model, model_path)
+    write(unseen_path, tuned.replay_unseen, format="extxyz")
     torch.save({"seconds": seconds}, path)
-    return tuned.model, seconds
+    return tuned.model, tuned.replay_unseen, seconds
 
 
 def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds: int, labels: int, workdir: Path,
@@ -109,32 +114,33 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
     test = [a for a in mine if a.info["split"] == "test"]
     ts = [a for a in test if a.info["ts_region"]]
     record = {"reaction": reaction, "rounds": [{"round": 0, "labels": 0, **scores(calc, test, ts, band)}]}
-    variants = {"floors": calc}
+    variants, calibrated = {"floors": calc}, calc
     labelled_idx: list[int] = []
     for number in range(1, rounds + 1):
         picks = ase_mlipal.select(variants["floors"], pool, labels, labelled=[pool[i] for i in labelled_idx] or None,
                                   progress=False)
         labelled_idx += [int(i) for i in picks if int(i) not in labelled_idx]
         labelled = [pool[i] for i in labelled_idx]
-        picked = hashlib.sha256(str(sorted(labelled_idx)).encode()).hexdigest()[:10]  # a cached model is of these labels
-        model, seconds = fine_tuned(pretrained, labelled, number, cache / f"{reaction}-{number}-{picked}.pt")
+        settings = json.dumps(LEARNER_FINETUNE, sort_keys=True)
+        picked = hashlib.sha256((str(sorted(labelled_idx)) + settings).encode()).hexdigest()[:10]  # labels, settings
+        model, replay_unseen, seconds = fine_tuned(pretrained, labelled, number,
+                                                   cache / f"{reaction}-{number}-{picked}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
             current = ase_mlipal.MLIPALCalculator(posterior=None)
-            current.energy_posterior.calibration = variants["floors"].energy_posterior.calibration
-            current.atom_posterior.calibration = variants["floors"].atom_posterior.calibration
-            current.set_model(model, conditioning, progress=False)  # no checks here: the learners' refit has none
+            current.energy_posterior.calibration = calibrated.energy_posterior.calibration
+            current.atom_posterior.calibration = calibrated.atom_posterior.calibration
+            current.calibrated = True
+            forgetting = [] if name == "no forgetting floor" else replay_unseen
+            current.set_model(model, conditioning, forgetting_frames=forgetting, progress=False)  # no checks here
             current.typical = typical
-            trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
-                                         RELATIVE_THRESHOLD, mode="relative")
-            if name == "floors":
+            if name != "not absorbed":
+                trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
+                                             RELATIVE_THRESHOLD, mode="relative")
                 trigger.absorb(labelled, floors=[trigger.residual_floors(a) for a in labelled])
-            elif name == "settle":
-                trigger.absorb(labelled)
-            elif name == "weight 1":
-                for features in per_structure(current.predict(labelled)[1]):
-                    current.add_features(features, weight=1.0)
             entry[name] = scores(current, test, ts, band)
+            entry[name]["floors"] = {"energy": current.energy_posterior.calibration.floor,
+                                     "forces": current.atom_posterior.calibration.floor}
             if name == "floors":
                 variants["floors"] = current
         record["rounds"].append(entry)

@@ -262,6 +262,32 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
     assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
 
 
+def test_set_model_keeps_the_calibration_and_moves_its_floors_by_what_was_forgotten(calc, ethanol):
+    import ase_mlipal
+    from ase_mlipal.uncertainty.calibration import Recalibration
+
+    from .conftest import labelled_by
+
+    conditioning = rattled(ethanol, 4, seed=1)
+    calc.condition(conditioning)
+    shapes = Recalibration(2.0, 0.8, 1e-4), Recalibration(3.0, 1.0, 0.0)
+    calc.energy_posterior.calibration, calc.atom_posterior.calibration = shapes
+    calc.calibrated = True
+    old, other = calc.model, ase_mlipal.random_like(calc.model, seed=7)
+    trained_on = labelled_by(old, rattled(ethanol, 5, seed=4))  # frames the old model fits exactly
+    calc.set_model(copy.deepcopy(old), conditioning)  # no frames to refit on: the calibration stays
+    assert calc.calibrated and (calc.energy_posterior.calibration, calc.atom_posterior.calibration) == shapes
+    calc.set_model(other, conditioning, forgetting_frames=trained_on)
+    energy_sq, forces_sq = [], []
+    for atoms in trained_on:  # the new model's errors, by MACECalculator, where the old one had none
+        fresh = mace_reference(other, atoms)
+        energy_sq.append((fresh.get_potential_energy() - atoms.get_potential_energy()) ** 2 / len(atoms))
+        forces_sq.append((fresh.get_forces() - atoms.get_forces()).ravel() ** 2)
+    assert calc.energy_posterior.calibration.floor == pytest.approx(1e-4 + np.mean(energy_sq), rel=1e-6)
+    assert calc.atom_posterior.calibration.floor == pytest.approx(np.mean(np.concatenate(forces_sq)), rel=1e-6)
+    assert calc.atom_posterior.calibration.scale == 3.0 and calc.energy_posterior.calibration.exponent == 0.8
+
+
 def test_set_model_warns_when_the_new_posterior_holds_far_fewer_frames(calc, ethanol):
     import warnings
 

@@ -114,7 +114,7 @@ def finetune(
                    batch_size=batch_size, energy_weight=energy_weight, forces_weight=forces_weight,
                    patience=patience, checkpoint=checkpoint, seed=seed, progress=progress, extra_loss=alignment,
                    head=head, **train_kwargs)
-    return TrainedModel(tuned, result, unseen)
+    return TrainedModel(tuned, result, unseen, replay_unseen=spare)
 
 
 def _replay(replay: Union[Sequence[Atoms], str, None]) -> list[Atoms]:

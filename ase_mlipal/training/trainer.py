@@ -165,11 +165,17 @@ class TrainedModel:
         valid: labelled frames the fine-tune never trained on (what early
             stopping watched; may be empty). Only those not from the
             pretraining data (not replay) can recalibrate the uncertainty.
+        replay_unseen: every replay frame the fine-tune did not train on.
+            The starting model trained on them, so the rise of the errors
+            from it to this model is what fine-tuning forgot (pass them to
+            :meth:`~ase_mlipal.MLIPALCalculator.set_model` as
+            ``forgetting_frames``).
     """
 
     model: torch.nn.Module
     training: TrainResult
     valid: list[Atoms]
+    replay_unseen: list[Atoms] = field(default_factory=list, kw_only=True)
     _made_by: ClassVar[str] = "finetune"  # named in the deprecation warning of tuple use
 
     def __iter__(self) -> Iterator:

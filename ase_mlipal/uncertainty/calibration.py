@@ -145,6 +145,30 @@ def fit_recalibration(
     return Recalibration(scale=float(np.exp(log_a)), exponent=float(b), floor=floor)
 
 
+def forgetting_floor(calibration: Recalibration, before: np.ndarray, after: np.ndarray,
+                     sizes: Optional[np.ndarray] = None) -> Recalibration:
+    """``calibration`` with its floor moved by what a new model forgot.
+
+    ``before`` and ``after`` are the residuals of the old and the new model
+    on the same frames, frames the old model trained on and the new one did
+    not (e.g. replay frames a fine-tune left out). The posterior is sure of
+    such frames, so the rise of the error there is error no feature
+    direction sees, the same for any frame: the floor moves by
+    ``mean(after^2 / n) - mean(before^2 / n)`` (``n``: ``sizes``, e.g. atoms
+    per frame for total energies; 1 for force components), down as well as
+    up (a later round that forgot less), never below 0. Scale and exponent
+    stay.
+    """
+    r0, r1 = np.asarray(before, dtype=float).ravel(), np.asarray(after, dtype=float).ravel()
+    if r0.shape != r1.shape or r0.size == 0:
+        raise ValueError(f"need residuals of both models on the same frames, got {r0.size} and {r1.size}")
+    n = np.ones_like(r0) if sizes is None else np.broadcast_to(np.asarray(sizes, dtype=float).ravel(), r0.shape)
+    if not np.all(n > 0):
+        raise ValueError("sizes must be positive")
+    shift = float(np.mean(r1**2 / n) - np.mean(r0**2 / n))
+    return Recalibration(calibration.scale, calibration.exponent, max(0.0, calibration.floor + shift))
+
+
 def _checked(residuals, raw_variances, sizes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r = np.asarray(residuals, dtype=float).ravel()
     v = np.asarray(raw_variances, dtype=float).ravel()

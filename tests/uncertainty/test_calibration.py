@@ -122,3 +122,23 @@ def test_raw_for_inverts_the_map():
         Recalibration(scale=-1.0)
     with pytest.raises(ValueError, match="method"):
         fit_recalibration(np.ones(3), np.ones(3), method="isotonic")
+
+
+def test_forgetting_floor_moves_the_floor_by_the_rise_of_the_mean_squared_error():
+    from ase_mlipal.uncertainty.calibration import Recalibration, forgetting_floor
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(3, 12, 200).astype(float)
+    before = rng.normal(0, 0.1, 200) * np.sqrt(sizes)  # variance 0.01 per atom
+    after = rng.normal(0, 0.3, 200) * np.sqrt(sizes)  # the new model forgot: 0.09 per atom
+    start = Recalibration(2.0, 0.7, 0.005)
+    moved = forgetting_floor(start, before, after, sizes)
+    assert (moved.scale, moved.exponent) == (2.0, 0.7)
+    assert moved.floor == pytest.approx(0.005 + np.mean(after**2 / sizes) - np.mean(before**2 / sizes), rel=1e-12)
+    assert moved.floor == pytest.approx(0.085, abs=0.02)  # the known per-atom variance added
+    assert forgetting_floor(moved, after, before, sizes).floor == pytest.approx(0.005, abs=1e-12)  # and back down
+    assert forgetting_floor(start, after, before, sizes).floor == 0.0  # never below zero
+    with pytest.raises(ValueError, match="same frames"):
+        forgetting_floor(start, before, after[:10])
+    with pytest.raises(ValueError, match="positive"):
+        forgetting_floor(start, before, after, np.zeros(200))
