@@ -27,8 +27,8 @@ Three variants on the same fine-tuned model: ``floors`` (the package),
 absorbed`` (the posterior holds the conditioning frames alone).
 After each round: 2-sigma coverage of the force components on r's test
 frames (all, and the transition-state region) and on 150 frames of the
-pretraining test split (in distribution, where what a fine-tune forgot
-shows) and whether the xTB barrier
+pretraining test split (near-equilibrium molecules held out of
+pretraining, far from the reaction: where what a fine-tune forgot shows) and whether the xTB barrier
 of r's band is inside ``path_profile``'s barrier +- 2 sigma.
 
 One reaction, two rounds: about 3 minutes on 2 cores. Run reactions in
@@ -71,10 +71,10 @@ RELATIVE_THRESHOLD = 4.0
 VARIANTS = ("floors", "no forgetting floor", "not absorbed")
 
 
-def scores(calc, test: list, ts: list, band: list, in_distribution: list) -> dict:
-    """Force coverage on the test frames (all, TS region), on pretraining test frames, and the barrier check."""
+def scores(calc, test: list, ts: list, band: list, test_molecules: list) -> dict:
+    """Force coverage on the test frames (all, TS region), on the pretraining test molecules, and the barrier check."""
     out = {}
-    for name, frames in (("forces", test), ("forces_ts", ts), ("forces_in_distribution", in_distribution)):
+    for name, frames in (("forces", test), ("forces_ts", ts), ("forces_test_molecules", test_molecules)):
         res = calc.residuals(frames, progress=False)
         std = np.sqrt(calc.atom_posterior.calibration.variance(np.repeat(res.forces_raw, 3)))
         out[name] = calibration_report(res.forces.ravel(), std).as_dict()
@@ -104,7 +104,7 @@ def fine_tuned(pretrained, labelled: list, number: int, path: Path):
 
 
 def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds: int, labels: int, workdir: Path,
-                 cache: Path, in_distribution: list) -> dict:
+                 cache: Path, test_molecules: list) -> dict:
     others = [a for a in reactive if a.info["reaction"] != reaction]
     frames, groups = calibration_frames(valid, others)
     calc = ase_mlipal.MLIPALCalculator()
@@ -116,7 +116,7 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
     pool = [a for a in mine if a.info["split"] == "pool"]
     test = [a for a in mine if a.info["split"] == "test"]
     ts = [a for a in test if a.info["ts_region"]]
-    record = {"reaction": reaction, "rounds": [{"round": 0, "labels": 0, **scores(calc, test, ts, band, in_distribution)}]}
+    record = {"reaction": reaction, "rounds": [{"round": 0, "labels": 0, **scores(calc, test, ts, band, test_molecules)}]}
     variants, calibrated = {"floors": calc}, calc
     labelled_idx: list[int] = []
     for number in range(1, rounds + 1):
@@ -141,7 +141,7 @@ def run_reaction(reaction: str, valid: list, reactive: list, band: list, rounds:
                 trigger = UncertaintyTrigger(current, FrameStore(workdir / f"{reaction}-{name}-{number}.db"),
                                              RELATIVE_THRESHOLD, mode="relative")
                 trigger.absorb(labelled, floors=[trigger.residual_floors(a) for a in labelled])
-            entry[name] = scores(current, test, ts, band, in_distribution)
+            entry[name] = scores(current, test, ts, band, test_molecules)
             entry[name]["floors"] = {"energy": current.energy_posterior.calibration.floor,
                                      "forces": current.atom_posterior.calibration.floor}
             if name == "floors":
@@ -162,9 +162,9 @@ def summary(records: list[dict]) -> dict:
             out[f"round {k}" + (f" ({name})" if name else "")] = {
                 "force_coverage_2sigma": float(np.mean([row["forces"]["coverage_2sigma"] for row in rows])),
                 "force_coverage_2sigma_ts": float(np.mean([row["forces_ts"]["coverage_2sigma"] for row in rows])),
-                "force_coverage_2sigma_in_distribution": float(np.mean(
-                    [row["forces_in_distribution"]["coverage_2sigma"] for row in rows])),
-                "force_rmse_in_distribution": float(np.mean([row["forces_in_distribution"]["rmse"] for row in rows])),
+                "force_coverage_2sigma_test_molecules": float(np.mean(
+                    [row["forces_test_molecules"]["coverage_2sigma"] for row in rows])),
+                "force_rmse_test_molecules": float(np.mean([row["forces_test_molecules"]["rmse"] for row in rows])),
                 "force_rmse": float(np.mean([row["forces"]["rmse"] for row in rows])),
                 "barriers_covered": int(sum(row["barrier"]["covered_2sigma"] for row in rows)),
                 "barrier_abs_error": float(np.median([abs(row["barrier"]["error"]) for row in rows])),
@@ -174,13 +174,13 @@ def summary(records: list[dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| after | force cov 2s | TS cov 2s | force RMSE eV/A | in distribution: cov 2s | RMSE eV/A | "
+    lines = ["| after | force cov 2s | TS cov 2s | force RMSE eV/A | test molecules: cov 2s | RMSE eV/A | "
              "barriers covered | median abs barrier error eV |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in result["summary"].items():
         lines.append(f"| {name} | {row['force_coverage_2sigma']:.2f} | {row['force_coverage_2sigma_ts']:.2f} | "
-                     f"{row['force_rmse']:.3f} | {row['force_coverage_2sigma_in_distribution']:.2f} | "
-                     f"{row['force_rmse_in_distribution']:.3f} | {row['barriers_covered']}/{row['reactions']} | {row['barrier_abs_error']:.2f} |")
+                     f"{row['force_rmse']:.3f} | {row['force_coverage_2sigma_test_molecules']:.2f} | "
+                     f"{row['force_rmse_test_molecules']:.3f} | {row['barriers_covered']}/{row['reactions']} | {row['barrier_abs_error']:.2f} |")
     return "\n".join(lines)
 
 
@@ -202,7 +202,7 @@ def main():
     else:
         pretrain = read_frames(DATA / "pretrain.xyz.gz")
         valid = [a for a in pretrain if a.info["split"] == "valid"]
-        in_distribution = random.Random(0).sample([a for a in pretrain if a.info["split"] == "test"], 150)
+        test_molecules = random.Random(0).sample([a for a in pretrain if a.info["split"] == "test"], 150)
         reactive = [a for a in read_frames(DATA / "reactive.xyz.gz") if physical(a)]
         bands = {}
         for atoms in read_frames(DATA / "reactive_bands.xyz.gz"):
@@ -214,7 +214,7 @@ def main():
         with_frames = {a.info["reaction"] for a in reactive}  # a band without pool frames cannot be learnt here
         for reaction in args.reactions or sorted(set(bands) & with_frames):
             records.append(run_reaction(reaction, valid, reactive, bands[reaction], args.rounds, args.labels, workdir,
-                                        args.cache, in_distribution))
+                                        args.cache, test_molecules))
         for path in workdir.glob("*.db*"):
             path.unlink()
         workdir.rmdir()

@@ -73,13 +73,15 @@ def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc
     assert profile.s[0] == 0 and np.all(np.diff(profile.s) > 0)
 
 
+@pytest.mark.filterwarnings("error:set_model conditioned")  # the swap conditions on what the posterior held
 def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_barrier(calc, tmp_path):
     """The tiny random model is wrong by eVs: it must not end confident, whatever the trigger says."""
     pytest.importorskip("tblite")
     import ase_mlipal
 
     learner = NEBLearner(calc, ase_mlipal.xtb_calculator, tmp_path / "run", formaldehyde_band(5), threshold=1e3,
-                         max_rounds=1, steps=4, interval=2, conditioning=rattled(molecule("H2CO"), 4, seed=2),
+                         max_rounds=1, steps=4, interval=2,
+                         conditioning=rattled(molecule("H2CO"), 10, stdev=0.02, seed=0),
                          finetune_options={"epochs": 2, "replay": None}, optimizer=FIRE, progress=False)
     report = learner.run()
     assert all(r.n_flagged == 0 for r in report.rounds)  # a threshold nothing passes: the trigger is quiet
