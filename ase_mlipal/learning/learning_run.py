@@ -57,8 +57,8 @@ CHECK_SOURCES = ("verify", "audit")
 #: and 1): every fold picked it, for held-out path energies (median error
 #: 0.086 eV against 0.196) and barriers (0.049 against 0.293). The replay
 #: ratio (10, was 3) by ``python benchmarks/forgetting.py``: on 8 reactive
-#: labels a ratio of 3 raised the force error on held-out pretraining
-#: molecules from 0.056 to 0.14-0.27 eV/A; 10 forgot less and fitted the
+#: labels a ratio of 3 raised the force error on the pretraining validation
+#: frames from 0.056 to 0.11-0.27 eV/A (0.09-0.16 at 10); 10 forgot less and fitted the
 #: reaction as well, for twice the fine-tuning time (numbers in that
 #: benchmark's results, reactions held out of the choice marked).
 LEARNER_FINETUNE = {"replay_ratio": 10, "energy_weight": 100.0, "lr": 5e-3, "epochs": 100, "patience": 100}
