@@ -210,7 +210,8 @@ class MLIPALCalculator(Calculator):
           posterior is sure of them, so what the new model got worse on them
           is error no feature sees: the rise of the mean squared error (per
           force component; per atom for energies) moves the calibration's
-          floor (:func:`~ase_mlipal.uncertainty.calibration.forgetting_floor`).
+          floor (:func:`~ase_mlipal.uncertainty.calibration.forgetting_floor`);
+          ignored on an uncalibrated posterior, whose variances are not in eV.
           Fine-tuning on 8 reactive frames raised the force error on the
           pretraining validation frames from 0.056 to 0.09-0.27 eV/A, which a
           kept scale alone would have hidden (``benchmarks/forgetting.py``).
