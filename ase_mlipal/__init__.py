@@ -42,7 +42,7 @@ with torch_load_override(), warnings.catch_warnings():
         save_model,
     )
     from .uncertainty.ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
-    from .guards import PhysicalGuard, UnphysicalFrame
+    from .guards import EnergyRunaway, PhysicalGuard, UnphysicalFrame
     from .learning.neb_learner import NEBLearner, NEBReport
     from .paths import PathProfile, band, path_profile
     from .learning.transition_state import TransitionState, refine_ts
@@ -89,6 +89,7 @@ __all__ = [
     "NEBReport",
     "PhysicalGuard",
     "UnphysicalFrame",
+    "EnergyRunaway",
     "band",
     "refine_ts",
     "TransitionState",

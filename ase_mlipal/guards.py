@@ -20,7 +20,10 @@ reference calls and teaches the model a region nobody will simulate. A
   more than ``max_energy`` eV above the lower endpoint and above the highest
   image of the first band checked (an IDPP band can start high; it must
   not climb). ``NEBLearner`` calls :meth:`PhysicalGuard.new_relaxation` at
-  each round: each model's relaxation is judged from its own start.
+  each round: each model's relaxation is judged from its own start. This
+  is the one check on the model's energies rather than on the geometry,
+  so it raises :class:`EnergyRunaway`, and ``NEBLearner`` asks the
+  reference about the image before it stops.
 
 The defaults (0.5, 2.5, 3.0, 10 eV) are set wide of chemistry on purpose
 (an H-transfer saddle has its H ~1.3-1.5 A from both partners, and an IDPP
@@ -49,6 +52,21 @@ class UnphysicalFrame(RuntimeError):
     def __init__(self, message: str, atoms: Optional[Atoms] = None, where: str = ""):
         super().__init__(message)
         self.atoms, self.where = atoms, where
+        self.step: Optional[int] = None  # the optimiser or MD step, where the caller knows it
+
+
+class EnergyRunaway(UnphysicalFrame):
+    """A band image the *model* puts too far above the lower endpoint (see :meth:`PhysicalGuard.check_band`).
+
+    Unlike overlapping atoms or a lost fragment, the geometry may be
+    ordinary chemistry that a wrong model prices high: :class:`NEBLearner`
+    asks the reference about the image before it stops. ``image``: its index
+    in the band; ``energy``: eV above the lower endpoint on the model.
+    """
+
+    def __init__(self, message: str, atoms: Atoms, where: str, image: int, energy: float):
+        super().__init__(message, atoms=atoms, where=where)
+        self.image, self.energy = image, energy
 
 
 def pair_distances(atoms: Atoms) -> np.ndarray:
@@ -162,10 +180,10 @@ class PhysicalGuard:
             if self.initial_top is None:
                 self.initial_top = float(relative[top])
             if relative[top] > max(self.max_energy, self.initial_top):
-                raise UnphysicalFrame(
+                raise EnergyRunaway(
                     f"{where}: image {top} is {relative[top]:.1f} eV above the lower endpoint, more than "
                     f"max_energy={self.max_energy} eV and than the first band's {self.initial_top:.1f} eV; stopped",
-                    atoms=images[top], where=f"{where}, image {top}")
+                    atoms=images[top], where=f"{where}, image {top}", image=top, energy=float(relative[top]))
 
 
 def _least_bonded_atom(atoms: Atoms, ratio: np.ndarray) -> int:

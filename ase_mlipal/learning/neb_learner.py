@@ -24,7 +24,7 @@ from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
 
 from ..calculator import MLIPALCalculator
-from ..guards import PhysicalGuard, UnphysicalFrame
+from ..guards import EnergyRunaway, PhysicalGuard, UnphysicalFrame
 from ..paths import (  # noqa: F401
     DEMO_REACTION_PATH,
     PathProfile,
@@ -71,6 +71,11 @@ class NEBRound:
             rejected fine-tune, the last of the retries).
         model_round: the round whose model ran the band (0: pretrained; it
             lags ``round`` when fine-tunes were rejected).
+        runaway: when the relaxation was cut short because the model's
+            energy ran away (:class:`~ase_mlipal.guards.EnergyRunaway`) and
+            the reference did not confirm it, what happened ("" otherwise):
+            the band is the one the relaxation had reached, its top image is
+            checked (and, failing, trained on) like any climbing image.
     """
 
     round: int
@@ -84,6 +89,7 @@ class NEBRound:
     band_check: Optional[Check] = None
     audit: Optional[Check] = None
     quiet: bool = False
+    runaway: str = ""
 
     @property
     def checks(self) -> list[Check]:
@@ -117,7 +123,8 @@ class NEBRound:
                 "check": None if self.check is None else self.check.as_dict(), "learning": learning,
                 "model_round": self.model_round,
                 "band_check": None if self.band_check is None else self.band_check.as_dict(),
-                "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet}
+                "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet,
+                "runaway": self.runaway}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
@@ -128,7 +135,7 @@ class NEBRound:
         return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
                    data.get("model_round", 0), None if band_check is None else Check(**band_check),
-                   None if audit is None else Check(**audit), data.get("quiet", False))
+                   None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""))
 
 
 @dataclass
@@ -186,6 +193,7 @@ class NEBReport:
             nxt = "-" if r.learning is None else ("swapped in" if r.learning.accepted else "rejected")
             lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
                          f"  {str(r.converged):>13}  {nxt}")
+        lines += [f"round {r.round}: {r.runaway}" for r in self.rounds if r.runaway]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
@@ -227,7 +235,14 @@ class NEBLearner(LearningRun):
     worse on the checks so far, or within ``barrier_tolerance`` of them
     (:meth:`LearningRun.learn`), and the next
     band runs. A band that leaves chemistry stops the run (``report.stopped``);
-    its frame is stored as ``unphysical`` and not labelled.
+    its frame is stored as ``unphysical`` and not labelled. A band whose
+    energy *on the model* runs away (:class:`~ase_mlipal.guards.EnergyRunaway`)
+    may be an ordinary geometry the model prices wrong: its top image is
+    labelled as the round's climbing-image check, and the run stops only if
+    the reference too puts it more than the guard's ``max_energy`` above the
+    first endpoint (the frame is then stored as ``unphysical``); otherwise
+    the failed check is trained on and the next round runs
+    (``NEBRound.runaway`` says so).
 
     State lives in ``workdir`` (see :mod:`ase_mlipal.learning.learning_run`, plus
     ``band.traj``): run the same learner again to resume after a crash.
@@ -384,11 +399,14 @@ class NEBLearner(LearningRun):
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
         before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
+        runaway = None
         try:
             converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
                                           interval=self.interval, optimizer=self.optimizer, climb=self.climb,
                                           method=self.method, guard=self.guard, where=f"round {number}",
                                           progress=self.progress)
+        except EnergyRunaway as error:  # the geometry passed the guard: ask the reference (below) before stopping
+            runaway, converged, steps = error, False, error.step or 0
         except UnphysicalFrame as error:
             self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
             self.state["stopped"] = str(error)
@@ -400,6 +418,8 @@ class NEBLearner(LearningRun):
                                                    run_id=trigger.run_id)[0] for k in (0, len(self.images) - 1)]
             self.state["anchor_id"] = endpoint_ids[0]
         top = 1 + int(np.argmax(profile.energy[1:-1]))
+        if runaway is not None and 0 < runaway.image < len(self.images) - 1:
+            top = runaway.image
         rival = self._band_rival(profile, top)
         audit = self._band_audit(profile, {top, rival})
         check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
@@ -420,8 +440,24 @@ class NEBLearner(LearningRun):
             ceiling=profile.barrier + self.barrier_tolerance)
         neb_round = NEBRound(number, profile, converged, steps, len(trigger.flagged), check,
                              model_round=self.choice.round, band_check=band_check, audit=audit_check, quiet=quiet)
+        if runaway is not None:
+            neb_round.runaway = self._judge_runaway(runaway, profile.energy[top] - check.energy_error,
+                                                    check_ids[top])
+            if self.state["stopped"]:
+                return None
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
         return neb_round
+
+    def _judge_runaway(self, error: EnergyRunaway, reference: float, store_id: int) -> str:
+        """Stop the run if the reference confirms the runaway (``reference``: eV above the first endpoint)."""
+        if not np.isfinite(reference) or reference > self.guard.max_energy:
+            found = "no reference label" if not np.isfinite(reference) else f"{reference:.1f} eV above it too"
+            self.state["stopped"] = f"{error} (the reference: {found})"
+            self.store.mark_unphysical(store_id, self.state["stopped"])
+            return self.state["stopped"]
+        return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
+                f"reference {reference:.2f} eV above the first: not a runaway of the chemistry; checked, "
+                "labelled and trained on")
 
     def _certain_before(self, before: UncertaintyModel, trigger: UncertaintyTrigger) -> bool:
         """Is every interior image of the band below the trigger's threshold on the posterior ``before``?
@@ -490,7 +526,7 @@ def relax_band(
     trigger checks the band every ``interval`` steps and once more at the
     end. A ``guard`` checks the band at every step and raises
     :class:`~ase_mlipal.guards.UnphysicalFrame` (naming ``where``, the
-    step and the image) when it leaves chemistry.
+    step and the image; its ``step`` set) when it leaves chemistry.
     """
     for image in images:
         image.calc = calc.share()
@@ -503,7 +539,11 @@ def relax_band(
     dyn.attach(trigger, interval=interval)
     with progress_bar(progress=progress, total=steps, desc=f"NEB {trigger.run_id or ''}".strip()) as bar:
         dyn.attach(lambda: bar.update(1) if dyn.nsteps else None)
-        converged = bool(dyn.run(fmax=fmax, steps=steps))
+        try:
+            converged = bool(dyn.run(fmax=fmax, steps=steps))
+        except UnphysicalFrame as error:
+            error.step = int(dyn.nsteps)
+            raise
     if dyn.nsteps % interval:  # the final band is always checked
         trigger(neb, step=dyn.nsteps)
     return converged, int(dyn.nsteps)

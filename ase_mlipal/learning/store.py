@@ -15,7 +15,9 @@ default, any ase.db URL such as PostgreSQL at scale). Its key-value pair
     the reference failed (the error is kept);
 ``unphysical``
     stopped by a :class:`~ase_mlipal.guards.PhysicalGuard` (overlapping
-    atoms, a fragment the run did not start with); never labelled,
+    atoms, a fragment the run did not start with): never labelled; or a
+    band image whose energy ran away on the model and the reference
+    confirmed it (labelled once, to ask, and never trained on),
 
 so the command line ``ase db frames.db status=flagged`` lists the frames
 waiting for a label.
@@ -149,6 +151,11 @@ class FrameStore:
         """A labelled check the model passed: keep it out of training (status ``verified``)."""
         with self._transaction():
             self.db.update(row_id, status="verified")
+
+    def mark_unphysical(self, row_id: int, reason: str) -> None:
+        """A labelled frame the reference confirmed as unphysical (e.g. a runaway energy): never trained on."""
+        with self._transaction():
+            self.db.update(row_id, status="unphysical", error=reason[:500])
 
     def mark_failed(self, row_id: int, error: str) -> None:
         """Mark a row failed, keeping the (first line of the) error message."""

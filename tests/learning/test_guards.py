@@ -5,7 +5,7 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from ase_mlipal import PhysicalGuard, UnphysicalFrame, band
+from ase_mlipal import EnergyRunaway, PhysicalGuard, UnphysicalFrame, band
 
 
 def test_overlapping_atoms_are_named():
@@ -42,8 +42,10 @@ def test_runaway_band_length_and_energy_stop_the_band():
     guard = PhysicalGuard([reactant, product])
     guard.check_band(images, "round 0", energies=np.array([0.0, 1.0, 11.0, 1.0, -0.5]))  # starts high: allowed
     guard.check_band(images, "round 0", energies=np.array([0.0, 1.0, 8.0, 1.0, -0.5]))
-    with pytest.raises(UnphysicalFrame, match="image 2 is 12.5 eV above the lower endpoint"):
+    with pytest.raises(EnergyRunaway, match="image 2 is 12.5 eV above the lower endpoint") as raised:
         guard.check_band(images, "round 1", energies=np.array([0.0, 1.0, 12.0, 1.0, -0.5]))
+    assert raised.value.image == 2 and raised.value.energy == pytest.approx(12.5)
+    assert raised.value.atoms is images[2] and isinstance(raised.value, UnphysicalFrame)
     zigzag = [image.copy() for image in images]
     for k, image in enumerate(zigzag[1:-1]):
         image.positions += (-1) ** k * 4.0 * np.eye(3)[0]

@@ -6,7 +6,7 @@ from ase.build import molecule
 from ase.mep import NEB
 from ase.optimize import FIRE
 
-from ase_mlipal import FrameStore, MLIPALCalculator, NEBLearner, path_profile
+from ase_mlipal import EnergyRunaway, FrameStore, MLIPALCalculator, NEBLearner, PhysicalGuard, path_profile
 from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.learning.neb_learner import band
 from ase_mlipal.learning.trigger import UncertaintyTrigger
@@ -302,6 +302,41 @@ def test_a_fragmenting_band_is_stopped_and_nothing_is_labelled(calc, tmp_path):
     assert "3 fragments" in row.error and CountingReference.calls == 0
     assert NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
                       steps=4, conditioning=[], progress=False).run().stopped == report.stopped  # resumed: stays stopped
+
+
+class RunsAwayInRoundZero(PhysicalGuard):
+    """A guard that reports an energy runaway of image 2 at NEB step 2 of round 0, whatever the energies."""
+
+    def check_band(self, images, where, energies=None):
+        super().check_band(images, where)
+        if where == "round 0, NEB step 2":
+            raise EnergyRunaway(f"{where}, image 2: 50 eV", atoms=images[2], where=f"{where}, image 2", image=2,
+                                energy=50.0)
+
+
+@pytest.mark.parametrize("max_energy", [1e3, -1e3])
+def test_an_energy_runaway_asks_the_reference_before_it_stops(calc, tmp_path, max_energy):
+    """The model's runaway image is labelled as a check: the run stops only if the reference confirms it."""
+    from ase.calculators.emt import EMT
+
+    images = formaldehyde_band(5)
+    guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=max_energy)
+    learner = NEBLearner(calc, EMT, tmp_path / "run", images, threshold=1e3, max_rounds=1, steps=4, guard=guard,
+                         conditioning=[], progress=False, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    climbing = [c for c in learner.checks if c.kind == "climbing_image"]
+    assert climbing[0].round == 0 and climbing[0].image == 2 and climbing[0].step == 2
+    runaway_row = learner.store.db.get(id=climbing[0].store_id)
+    if max_energy > 0:  # EMT puts the image below 1000 eV: the model is wrong, the run learns from it and goes on
+        assert report.stopped == "" and len(report.rounds) == 2
+        assert report.rounds[0].runaway.startswith("round 0, NEB step 2, image 2: the model put the image 50.0 eV")
+        assert not report.rounds[0].converged and report.rounds[0].steps == 2
+        assert report.rounds[0].learning.n_train_frames >= 1 and climbing[0].store_id in learner.state["trained_ids"]
+        assert runaway_row.status == "labelled" and "round 0: round 0, NEB step 2" in report.table()
+    else:  # the reference confirms: stopped, the frame kept as unphysical and never trained on
+        assert report.stopped.startswith("round 0, NEB step 2, image 2: 50 eV (the reference: ")
+        assert report.rounds == [] and runaway_row.status == "unphysical" and "50 eV" in runaway_row.error
+        assert climbing[0].store_id not in {a.info["store_id"] for a in learner.check_frames()}
 
 
 NEB_RUN = r'''
