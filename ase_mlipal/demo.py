@@ -67,8 +67,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_round
     scores = {
         "before": DemoScore(before_mae, first.barrier, first.barrier_std, first.barrier - xtb_barrier,
                             first.energy[-1] - xtb_reaction),
-        "after": DemoScore(evaluate(calc.model, path)["forces_mae"], last.barrier, last.barrier_std, last.barrier - xtb_barrier,
-                           last.energy[-1] - xtb_reaction),
+        "after": DemoScore(evaluate(calc.model, path)["forces_mae"], last.barrier, report.barrier[1],
+                           last.barrier - xtb_barrier, last.energy[-1] - xtb_reaction),
     }
     reference = PathProfile("xTB", reaction_coordinate(path), xtb_energy - xtb_energy[0], np.zeros(len(path)),
                             np.zeros(len(path)), xtb_barrier, 0.0)

@@ -172,8 +172,16 @@ class NEBReport:
 
     @property
     def barrier(self) -> tuple[float, float]:
-        """Barrier of the final band and its 1-sigma uncertainty (eV)."""
-        return self.final.profile.barrier, self.final.profile.barrier_std
+        """Barrier of the final band and its 1-sigma uncertainty (eV).
+
+        The sigma is the predicted one (``final.profile.barrier_std``)
+        combined in quadrature with how far the band's reference checks show
+        it off (:attr:`NEBRound.verified_error`): a barrier the checks
+        contradict is not reported as certain. A band with no reference
+        label (``verified_error`` nan) keeps the predicted sigma.
+        """
+        profile, off = self.final.profile, self.final.verified_error
+        return profile.barrier, float(np.hypot(profile.barrier_std, off if np.isfinite(off) else 0.0))
 
     @property
     def verified_barrier_error(self) -> Optional[float]:

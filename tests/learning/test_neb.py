@@ -187,7 +187,7 @@ def test_the_least_certain_image_left_is_audited(calc, tmp_path):
 
 def test_an_audit_above_the_top_counts_in_the_verified_error():
     """A barrierless band whose audited image the reference puts 4.6 eV up is 4.6 eV off, however right its top."""
-    from ase_mlipal.learning.neb_learner import NEBRound
+    from ase_mlipal.learning.neb_learner import NEBReport, NEBRound
     from ase_mlipal.learning.verification import Check
     from ase_mlipal.paths import PathProfile
 
@@ -198,9 +198,14 @@ def test_an_audit_above_the_top_counts_in_the_verified_error():
     for reference, expected in ((4.6, 4.59), (-1.0, 0.002)):
         audit = Check(0, "audit", 2, energy_error=-1.2 - reference, energy_std=0.3, force_mae=0.0, force_coverage=1.0,
                       passed=reference < 0.11, image=2)
-        assert NEBRound(0, profile, True, 10, 0, top, audit=audit).verified_error == pytest.approx(expected)
+        band = NEBRound(0, profile, True, 10, 0, top, audit=audit)
+        assert band.verified_error == pytest.approx(expected)
+        # the reported sigma: the predicted one with what the checks found, in quadrature
+        assert NEBReport([band], final_round=0).barrier == pytest.approx((0.01, np.hypot(0.05, expected)))
     unlabelled = Check(0, "audit", 2, *(float("nan"),) * 3, 0.0, passed=False, image=2)  # the reference failed
-    assert np.isnan(NEBRound(0, profile, True, 10, 0, top, audit=unlabelled).verified_error)  # unverified, not 0
+    band = NEBRound(0, profile, True, 10, 0, top, audit=unlabelled)
+    assert np.isnan(band.verified_error)  # unverified, not 0
+    assert NEBReport([band], final_round=0).barrier == pytest.approx((0.01, 0.05))
 
 
 def test_a_top_the_reference_does_not_confirm_as_a_saddle_is_reported():
