@@ -248,9 +248,9 @@ class NEBLearner(LearningRun):
     may be an ordinary geometry the model prices wrong: its top image is
     labelled as the round's climbing-image check, and the run stops only if
     the reference too puts it more than the guard's ``max_energy`` above the
-    first endpoint (the frame is then stored as ``unphysical``); otherwise
-    the failed check is trained on and the next round runs
-    (``NEBRound.runaway`` says so).
+    first endpoint and the model is right there, within its 2 sigma (the
+    frame is then stored as ``unphysical``); otherwise the failed check is
+    trained on and the next round runs (``NEBRound.runaway`` says so).
 
     State lives in ``workdir`` (see :mod:`ase_mlipal.learning.learning_run`, plus
     ``band.traj``): run the same learner again to resume after a crash.
@@ -377,10 +377,12 @@ class NEBLearner(LearningRun):
 
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a
-        band a guard stopped). The calculator and ``self.images`` end on the
+        band a guard stopped). A band whose relaxation an energy runaway cut
+        short is no barrier: it is chosen only when no other band was checked. The calculator and ``self.images`` end on the
         best verified band, so a run never ends worse than its checks show.
         """
         checked = [k for k, r in enumerate(rounds) if np.isfinite(r.verified_error)]
+        checked = [k for k in checked if not rounds[k].runaway] or checked  # a band cut short has no barrier
         if not checked:
             return None
         if self.state["confident"]:
@@ -449,23 +451,36 @@ class NEBLearner(LearningRun):
         neb_round = NEBRound(number, profile, converged, steps, len(trigger.flagged), check,
                              model_round=self.choice.round, band_check=band_check, audit=audit_check, quiet=quiet)
         if runaway is not None:
-            neb_round.runaway = self._judge_runaway(runaway, profile.energy[top] - check.energy_error,
-                                                    check_ids[top])
+            neb_round.runaway = self._judge_runaway(runaway, check, profile.energy[top])
             if self.state["stopped"]:
                 return None
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
         return neb_round
 
-    def _judge_runaway(self, error: EnergyRunaway, reference: float, store_id: int) -> str:
-        """Stop the run if the reference confirms the runaway (``reference``: eV above the first endpoint)."""
-        if not np.isfinite(reference) or reference > self.guard.max_energy:
-            found = "no reference label" if not np.isfinite(reference) else f"{reference:.1f} eV above it too"
-            self.state["stopped"] = f"{error} (the reference: {found})"
-            self.store.mark_unphysical(store_id, self.state["stopped"])
-            return self.state["stopped"]
-        return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
-                f"reference {reference:.2f} eV above the first: not a runaway of the chemistry; checked, "
-                "labelled and trained on")
+    def _judge_runaway(self, error: EnergyRunaway, check: Check, energy: float) -> str:
+        """Stop the run if the reference confirms the runaway; else say why the loop goes on.
+
+        ``check``: the runaway image's climbing-image check; ``energy``: the
+        model's energy of it above the first endpoint (eV). Confirmed: the
+        reference too puts the image more than the guard's ``max_energy``
+        above the first endpoint and the model is right there (within its
+        2 sigma), so the band itself climbs and there is nothing to learn at
+        that image. A model off by more is wrong about the climb: the failed
+        check is trained on next.
+        """
+        reference = energy - check.energy_error
+        off = abs(check.energy_error) > 2.0 * check.energy_std
+        if np.isfinite(reference) and (reference <= self.guard.max_energy or off):
+            return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
+                    f"reference {reference:.2f} eV above the first (model error {check.energy_error:+.2f} eV, "
+                    f"1 sigma {check.energy_std:.2f}): "
+                    + ("the model is wrong about this climb" if off else "not a runaway of the chemistry")
+                    + ("; its check passed" if check.passed else "; its check failed and is trained on next"))
+        found = ("no reference label" if not np.isfinite(reference) else
+                 f"{reference:.1f} eV above the first endpoint too, the model within its 2 sigma")
+        self.state["stopped"] = f"{error} (the reference: {found})"
+        self.store.mark_unphysical(check.store_id, self.state["stopped"])
+        return self.state["stopped"]
 
     def _certain_before(self, before: UncertaintyModel, trigger: UncertaintyTrigger) -> bool:
         """Is every interior image of the band below the trigger's threshold on the posterior ``before``?

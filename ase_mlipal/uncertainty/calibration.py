@@ -109,6 +109,9 @@ def fit_recalibration(
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, not {method!r}")
     r, q, n = _checked(residuals, raw_variances, sizes)
+    if not np.any(r):
+        raise ValueError(f"all {r.size} residuals are exactly 0, so no scale can be fitted: were the labels "
+                         "computed by this model itself? Calibrate on reference labels the model did not produce")
     weights = _group_weights(groups, r.size)
     if method == "linear":
         return Recalibration(scale=float(np.sum(weights * r**2 / q)))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import Calculator, all_changes
 from ase.build import molecule
 from ase.mep import NEB
 from ase.optimize import FIRE
@@ -319,29 +320,51 @@ class RunsAwayInRoundZero(PhysicalGuard):
                                 energy=50.0)
 
 
-@pytest.mark.parametrize("max_energy", [1e3, -1e3])
-def test_an_energy_runaway_asks_the_reference_before_it_stops(calc, tmp_path, max_energy):
-    """The model's runaway image is labelled as a check: the run stops only if the reference confirms it."""
-    from ase.calculators.emt import EMT
+class ModelAsReference(Calculator):
+    """The model itself as the reference, its energies raised by ``shift`` eV away from the band's first image."""
 
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, model, first, shift=0.0):
+        super().__init__()
+        self.model, self.first, self.shift = model, first, shift
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        probe = self.atoms.copy()
+        probe.calc = MLIPALCalculator(model=self.model)
+        moved = not np.allclose(probe.positions, self.first.positions)
+        self.results = {"energy": probe.get_potential_energy() + self.shift * moved, "forces": probe.get_forces()}
+
+
+@pytest.mark.parametrize("max_energy, shift, stops", [(1e3, 1e-3, False), (-1e3, 1e-3, True), (-1e3, 50.0, False)])
+def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, tmp_path, max_energy, shift, stops):
+    """The model's runaway image is labelled as a check: the run stops only if the reference too puts it
+    above ``max_energy`` and the model is right there; a model wrong about the climb learns from it."""
     images = formaldehyde_band(5)
     guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=max_energy)
-    learner = NEBLearner(calc, EMT, tmp_path / "run", images, threshold=1e3, max_rounds=1, steps=4, guard=guard,
-                         conditioning=[], progress=False, finetune_options={"epochs": 2, "replay": None})
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], shift), tmp_path / "run", images,
+                         threshold=1e3, max_rounds=1, steps=4, guard=guard, conditioning=[], progress=False,
+                         finetune_options={"epochs": 2, "replay": None})
     report = learner.run()
     climbing = [c for c in learner.checks if c.kind == "climbing_image"]
     assert climbing[0].round == 0 and climbing[0].image == 2 and climbing[0].step == 2
+    assert climbing[0].energy_error == pytest.approx(-shift, abs=1e-6)
     runaway_row = learner.store.db.get(id=climbing[0].store_id)
-    if max_energy > 0:  # EMT puts the image below 1000 eV: the model is wrong, the run learns from it and goes on
-        assert report.stopped == "" and len(report.rounds) == 2
-        assert report.rounds[0].runaway.startswith("round 0, NEB step 2, image 2: the model put the image 50.0 eV")
-        assert not report.rounds[0].converged and report.rounds[0].steps == 2
-        assert report.rounds[0].learning.n_train_frames >= 1 and climbing[0].store_id in learner.state["trained_ids"]
-        assert runaway_row.status == "labelled" and "round 0: round 0, NEB step 2" in report.table()
-    else:  # the reference confirms: stopped, the frame kept as unphysical and never trained on
+    if stops:  # the reference confirms and the model is right there: stopped, the frame never trained on
         assert report.stopped.startswith("round 0, NEB step 2, image 2: 50 eV (the reference: ")
         assert report.rounds == [] and runaway_row.status == "unphysical" and "50 eV" in runaway_row.error
         assert climbing[0].store_id not in {a.info["store_id"] for a in learner.check_frames()}
+    else:  # the reference finds it low, or the model wrong there: the run learns from it and goes on
+        why = "not a runaway of the chemistry" if max_energy > 0 else "the model is wrong about this climb"
+        assert report.stopped == "" and len(report.rounds) == 2
+        assert report.rounds[0].runaway.startswith("round 0, NEB step 2, image 2: the model put the image 50.0 eV")
+        assert why in report.rounds[0].runaway and "round 0: round 0, NEB step 2" in report.table()
+        assert not report.rounds[0].converged and report.rounds[0].steps == 2
+        assert climbing[0].passed is (shift < 1)  # off by 50 eV: failed, and trained on next
+        assert (climbing[0].store_id in learner.state["trained_ids"]) is (not climbing[0].passed)
+        assert runaway_row.status == ("verified" if climbing[0].passed else "labelled")
+        assert report.final_round == 1  # the band cut short is not the final one
 
 
 NEB_RUN = r'''

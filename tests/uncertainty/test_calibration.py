@@ -54,6 +54,13 @@ def _power_law_data(rng, n, scale=0.3, exponent=1.7, floor=0.02, group_shift=0.0
     return rng.normal(scale=np.sqrt(true.variance(raw, sizes))), raw, sizes
 
 
+@pytest.mark.parametrize("method", ["power", "linear", "scale"])
+def test_residuals_all_exactly_zero_raise_a_clear_error(method):
+    """Labels a model computed itself give zero residuals: no scale exists (it used to fail inside scipy)."""
+    with pytest.raises(ValueError, match="all 4 residuals are exactly 0.*labels computed by this model"):
+        fit_recalibration(np.zeros(4), np.ones(4), method=method, shape=Recalibration(1.0, 1.0, 0.01))
+
+
 def test_power_law_and_floor_are_recovered_from_synthetic_residuals():
     rng = np.random.default_rng(4)
     residuals, raw, sizes = _power_law_data(rng, 60000)
