@@ -289,7 +289,8 @@ def markdown(summary: dict) -> str:
         lines.append(f"\n{p['reaction']}: stopped before a band could be checked ({p['stopped']}).")
     runaways = [(p["reaction"], r) for p in summary["parts"] for r in p["rounds"] if r.get("runaway")]
     if runaways:
-        lines += ["", "Energy runaways on the model that the reference did not confirm (labelled, learning went on):",
+        lines += ["", "Energy runaways the learner learned from (the reference below `max_energy` there, or the model "
+                  "off by more than its 2σ; labelled, and the loop went on):",
                   ""] + [f"- {name}, round {r['round']}: {r['runaway']}" for name, r in runaways]
     if summary["md"]:
         lines += ["", "MD learner (audited frames: the forces that drove the dynamics):", "",
