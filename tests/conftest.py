@@ -3,6 +3,7 @@
 import os
 import uuid
 import warnings
+from pathlib import Path
 
 import pytest
 from ase import Atoms
@@ -70,6 +71,18 @@ class LoggedXTB(Calculator):
         self.results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
         with open(self.log, "a") as handle:
             handle.write(fingerprint(self.atoms) + "\n")
+
+
+def assert_no_label_repeated(log_path, store, before_ids, workers: int = 1) -> None:
+    """After a kill and a resume: every label the store held before the kill (``before_ids``) was computed
+    once, every labelled row of the store now was computed, and at most ``workers`` calculations ran again
+    (a frame whose calculation finished but was not yet stored when the kill came is computed once more:
+    no store can make the reference's work and its own write one step)."""
+    calls = Path(log_path).read_text().split()
+    rows = {row.id: row.fingerprint for s in ("labelled", "verified") for row in store.rows(s)}
+    assert all(calls.count(rows[i]) == 1 for i in before_ids)  # a stored label is never computed again
+    assert set(calls) == set(rows.values())  # every label in the store was computed, none is missing
+    assert len(calls) - len(set(calls)) <= workers, f"{len(calls) - len(set(calls))} calculations repeated"
 
 
 POSTGRES_VARIABLE = "MLIPAL_TEST_POSTGRES"
