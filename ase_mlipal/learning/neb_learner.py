@@ -151,7 +151,9 @@ class NEBReport:
             maximum (no other image above the barrier on the reference) and
             the audit of the least certain image (within 2 sigma, the
             reference not above the barrier + ``barrier_tolerance``).
-        stopped: why a physical guard stopped the run ("" if none did).
+        stopped: why the run was stopped ("" if it was not): a physical guard,
+            an energy runaway the reference confirms or cannot label, or a
+            reference that failed on the first endpoint.
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
             the checks show least off (:attr:`NEBRound.verified_error`; ``images`` is that band, the
@@ -201,7 +203,7 @@ class NEBReport:
             nxt = "-" if r.learning is None else ("swapped in" if r.learning.accepted else "rejected")
             lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
                          f"  {str(r.converged):>13}  {nxt}")
-        lines += [f"round {r.round}: {r.runaway}" for r in self.rounds if r.runaway]
+        lines += [r.runaway for r in self.rounds if r.runaway]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
@@ -378,8 +380,9 @@ class NEBLearner(LearningRun):
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a
         band a guard stopped). A band whose relaxation an energy runaway cut
-        short is no barrier: it is chosen only when no other band was checked. The calculator and ``self.images`` end on the
-        best verified band, so a run never ends worse than its checks show.
+        short is no barrier: it is chosen only when no other band was checked.
+        The calculator and ``self.images`` end on the best verified band, so
+        a run never ends worse than its checks show.
         """
         checked = [k for k, r in enumerate(rounds) if np.isfinite(r.verified_error)]
         checked = [k for k in checked if not rounds[k].runaway] or checked  # a band cut short has no barrier
@@ -405,7 +408,8 @@ class NEBLearner(LearningRun):
         trigger = self._trigger(number)
         # each model judges its own start: a new model that prices the (physical) initial band high is wrong, not it
         self.guard.new_relaxation()
-        if self.band_start == "initial":
+        previous = self.state["rounds"][-1] if self.state["rounds"] else {}
+        if self.band_start == "initial" or previous.get("runaway"):  # a band cut short is no start
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
         before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
@@ -416,20 +420,18 @@ class NEBLearner(LearningRun):
                                           method=self.method, guard=self.guard, where=f"round {number}",
                                           progress=self.progress)
         except EnergyRunaway as error:  # the geometry passed the guard: ask the reference (below) before stopping
+            if not 0 < error.image < len(self.images) - 1:  # an endpoint far above the other: nothing to relax
+                return self._stop_unphysical(error, trigger.run_id)
             runaway, converged, steps = error, False, error.step or 0
         except UnphysicalFrame as error:
-            self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
-            self.state["stopped"] = str(error)
-            return None
+            return self._stop_unphysical(error, trigger.run_id)
         quiet = self._certain_before(before, trigger)
         profile = path_profile(self.calc, self.images, label=f"round {number}")
         if self.state["anchor_id"] is None:
             endpoint_ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k,
                                                    run_id=trigger.run_id)[0] for k in (0, len(self.images) - 1)]
-            self.state["anchor_id"] = endpoint_ids[0]
-        top = 1 + int(np.argmax(profile.energy[1:-1]))
-        if runaway is not None and 0 < runaway.image < len(self.images) - 1:
-            top = runaway.image
+            self.state.update(anchor_id=endpoint_ids[0], endpoint_ids=endpoint_ids)
+        top = 1 + int(np.argmax(profile.energy[1:-1])) if runaway is None else runaway.image
         rival = self._band_rival(profile, top)
         audit = self._band_audit(profile, {top, rival})
         check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
@@ -457,30 +459,60 @@ class NEBLearner(LearningRun):
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
         return neb_round
 
+    def _stop_unphysical(self, error: UnphysicalFrame, run_id: str) -> None:
+        """Store the frame a guard stopped as ``unphysical`` (never labelled) and stop the run."""
+        self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=run_id)
+        self.state["stopped"] = str(error)
+        return None
+
     def _judge_runaway(self, error: EnergyRunaway, check: Check, energy: float) -> str:
         """Stop the run if the reference confirms the runaway; else say why the loop goes on.
 
         ``check``: the runaway image's climbing-image check; ``energy``: the
-        model's energy of it above the first endpoint (eV). Confirmed: the
-        reference too puts the image more than the guard's ``max_energy``
-        above the first endpoint and the model is right there (within its
-        2 sigma), so the band itself climbs and there is nothing to learn at
-        that image. A model off by more is wrong about the climb: the failed
-        check is trained on next.
+        model's energy of it above the first endpoint (eV). The reference's
+        energy of the image is compared with the guard's own limit, above
+        the lower endpoint (:meth:`PhysicalGuard.check_band`). Confirmed: the
+        reference too puts the image above that limit and the model is right
+        there (within its 2 sigma): the band itself climbs, a model that
+        learned the image would only learn what it knows, and the frame is
+        stored as ``unphysical``. A model off by more, either way, is at
+        fault: it drove the band into a region it prices wrong, and learning
+        the reference's energy there is what moves the next band away (the
+        failed check is trained on next). A reference that fails on the image
+        stops the run too (its row stays ``failed``): the runaway cannot be
+        judged. A row already ``unphysical`` (a run killed after the verdict)
+        keeps its verdict.
         """
-        reference = energy - check.energy_error
-        off = abs(check.energy_error) > 2.0 * check.energy_std
-        if np.isfinite(reference) and (reference <= self.guard.max_energy or off):
+        row = self.store.db.get(id=check.store_id)
+        if row.status == "unphysical":  # judged before a kill: the verdict stands
+            self.state["stopped"] = row.get("error", str(error))
+            return self.state["stopped"]
+        reference = energy - check.energy_error + self._first_endpoint_above_lower()
+        limit = max(self.guard.max_energy, self.guard.initial_top if self.guard.initial_top is not None else -np.inf)
+        off = not abs(check.energy_error) <= 2.0 * check.energy_std  # nan sigma: not within
+        if np.isfinite(reference) and (reference <= limit or off):
             return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
-                    f"reference {reference:.2f} eV above the first (model error {check.energy_error:+.2f} eV, "
+                    f"reference {reference:.2f} eV (model error {check.energy_error:+.2f} eV, "
                     f"1 sigma {check.energy_std:.2f}): "
                     + ("the model is wrong about this climb" if off else "not a runaway of the chemistry")
                     + ("; its check passed" if check.passed else "; its check failed and is trained on next"))
-        found = ("no reference label" if not np.isfinite(reference) else
-                 f"{reference:.1f} eV above the first endpoint too, the model within its 2 sigma")
-        self.state["stopped"] = f"{error} (the reference: {found})"
+        if not np.isfinite(reference):
+            self.state["stopped"] = f"{error} (the reference gave no label for the image: the runaway cannot be judged)"
+            return self.state["stopped"]
+        self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the model "
+                                 "within its 2 sigma)")
+        check.passed, check.reason = False, "an energy runaway the reference confirms"
         self.store.mark_unphysical(check.store_id, self.state["stopped"])
         return self.state["stopped"]
+
+    def _first_endpoint_above_lower(self) -> float:
+        """How far the reference puts the first endpoint above the lower one (eV; 0 if unknown)."""
+        energies = []
+        for row_id in self.state.get("endpoint_ids", []):
+            frame = self.store.frame(row_id)
+            if frame.info.get("status") in ("labelled", "verified") and frame.calc is not None:
+                energies.append(frame.get_potential_energy())
+        return max(0.0, energies[0] - energies[1]) if len(energies) == 2 else 0.0
 
     def _certain_before(self, before: UncertaintyModel, trigger: UncertaintyTrigger) -> bool:
         """Is every interior image of the band below the trigger's threshold on the posterior ``before``?

@@ -1,5 +1,7 @@
 """NEB: the trigger on a band, path profiles with uncertainty, NEBLearner rounds."""
 
+import json
+
 import numpy as np
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
@@ -100,7 +102,8 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     errors = [r.verified_error for r in report.rounds]
     assert report.final_round == int(np.argmin(errors))  # the run ends on the band its checks show least off
     assert report.verified_barrier_error == report.final.check.energy_error
-    rows, notes = report.table().splitlines()[1:1 + len(report.rounds)], report.table().splitlines()[1 + len(report.rounds):]
+    lines = report.table().splitlines()
+    rows, notes = lines[1:1 + len(report.rounds)], lines[1 + len(report.rounds):]
     assert [int(row.split()[0]) for row in rows] == [r.round for r in report.rounds]
     assert any("not a saddle of the reference" in n for n in notes) == report.final.top_unconfirmed
     barrier, std = report.barrier
@@ -307,7 +310,7 @@ def test_a_fragmenting_band_is_stopped_and_nothing_is_labelled(calc, tmp_path):
     row = next(learner.store.rows("unphysical"))
     assert "3 fragments" in row.error and CountingReference.calls == 0
     assert NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=2,
-                      steps=4, conditioning=[], progress=False).run().stopped == report.stopped  # resumed: stays stopped
+                      steps=4, conditioning=[], progress=False).run().stopped == report.stopped  # resumed: stopped
 
 
 class RunsAwayInRoundZero(PhysicalGuard):
@@ -355,16 +358,81 @@ def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, 
         assert report.stopped.startswith("round 0, NEB step 2, image 2: 50 eV (the reference: ")
         assert report.rounds == [] and runaway_row.status == "unphysical" and "50 eV" in runaway_row.error
         assert climbing[0].store_id not in {a.info["store_id"] for a in learner.check_frames()}
+        assert not climbing[0].passed and climbing[0].reason == "an energy runaway the reference confirms"
     else:  # the reference finds it low, or the model wrong there: the run learns from it and goes on
         why = "not a runaway of the chemistry" if max_energy > 0 else "the model is wrong about this climb"
         assert report.stopped == "" and len(report.rounds) == 2
         assert report.rounds[0].runaway.startswith("round 0, NEB step 2, image 2: the model put the image 50.0 eV")
-        assert why in report.rounds[0].runaway and "round 0: round 0, NEB step 2" in report.table()
+        assert why in report.rounds[0].runaway and "\nround 0, NEB step 2, image 2: the model" in report.table()
         assert not report.rounds[0].converged and report.rounds[0].steps == 2
         assert climbing[0].passed is (shift < 1)  # off by 50 eV: failed, and trained on next
         assert (climbing[0].store_id in learner.state["trained_ids"]) is (not climbing[0].passed)
         assert runaway_row.status == ("verified" if climbing[0].passed else "labelled")
         assert report.final_round == 1  # the band cut short is not the final one
+    reference = lambda: ModelAsReference(tiny_model, images[0], shift)  # noqa: E731
+    resumed = NEBLearner(MLIPALCalculator(model=tiny_model), reference, tmp_path / "run", images, threshold=1e3,
+                         max_rounds=1, steps=4, guard=guard, conditioning=[], progress=False).run()
+    assert (resumed.stopped, resumed.final_round) == (report.stopped, report.final_round)  # state.json keeps it
+    assert [r.runaway for r in resumed.rounds] == [r.runaway for r in report.rounds]
+
+
+def test_a_runaway_verdict_survives_a_kill_before_the_state_is_written(tiny_model, calc, tmp_path):
+    """Killed after the store marked the runaway image unphysical but before state.json said stopped: the
+    resumed run reruns the band, finds the row judged and stops with the stored verdict."""
+    images = formaldehyde_band(5)
+    options = dict(threshold=1e3, max_rounds=1, steps=4, conditioning=[], progress=False)
+    reference = lambda: ModelAsReference(tiny_model, images[0], 1e-3)  # noqa: E731
+    guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=-1e3)
+    report = NEBLearner(calc, reference, tmp_path / "run", images, guard=guard, **options).run()
+    state_file = tmp_path / "run" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["stopped"] = ""  # as if killed between the store's write and the state's
+    state_file.write_text(json.dumps(state))
+    guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=1e3)  # would now call it no runaway
+    learner = NEBLearner(calc, reference, tmp_path / "run", images, guard=guard, **options)
+    assert learner.run().stopped == report.stopped and learner.store.counts()["unphysical"] == 1
+
+
+class RecordsRoundOneStart(RunsAwayInRoundZero):
+    """:class:`RunsAwayInRoundZero` that keeps the band round 1 starts from."""
+
+    def check_band(self, images, where, energies=None):
+        if where == "round 1, NEB step 0":
+            self.round_one_start = [image.positions.copy() for image in images]
+        super().check_band(images, where, energies)
+
+
+def test_a_band_cut_short_is_not_where_the_next_round_starts(tiny_model, calc, tmp_path):
+    """band_start='previous' after a runaway the loop learned from: the next band starts from the initial one."""
+    images = formaldehyde_band(5)
+    guard = RecordsRoundOneStart([images[0], images[-1]], max_energy=-1e3)
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], 50.0), tmp_path / "run", images,
+                         threshold=1e3, max_rounds=1, steps=4, guard=guard, conditioning=[], progress=False,
+                         band_start="previous", finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    assert report.rounds[0].runaway and len(report.rounds) == 2
+    np.testing.assert_allclose(np.array(guard.round_one_start), np.array([a.positions for a in images]))
+
+
+class EndpointRunsAway(PhysicalGuard):
+    """A guard that reports the last endpoint 50 eV above the first at the first NEB step."""
+
+    def check_band(self, images, where, energies=None):
+        super().check_band(images, where)
+        last = len(images) - 1
+        raise EnergyRunaway(f"{where}, image {last}: 50 eV", atoms=images[last], where=f"{where}, image {last}",
+                            image=last, energy=50.0)
+
+
+def test_a_runaway_endpoint_stops_the_run_unlabelled(calc, tmp_path):
+    """Endpoints do not move: an endpoint far above the other is no band the reference can correct."""
+    images = formaldehyde_band(5)
+    guard = EndpointRunsAway([images[0], images[-1]])
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e3, max_rounds=1, steps=4,
+                         guard=guard, conditioning=[], progress=False)
+    report = learner.run()
+    assert report.stopped.startswith("round 0, NEB step 0, image 4: 50 eV") and report.rounds == []
+    assert learner.store.counts()["unphysical"] == 1 and CountingReference.calls == 0
 
 
 NEB_RUN = r'''
