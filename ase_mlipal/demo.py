@@ -34,9 +34,10 @@ class DemoScore:
 
     force_mae: float  # eV/A on the xTB path
     barrier: float  # eV, the model's own NEB
-    barrier_std: float
+    barrier_std: float  # eV, the predicted 1 sigma (the uncertainty's own claim)
     barrier_error: float  # eV, model NEB barrier - xTB NEB barrier
     reaction_energy_error: float  # eV, model - xTB, on the endpoints
+    reported_std: float = float("nan")  # eV, after learning: NEBReport.barrier's 1 sigma (the checks' error too)
 
 
 
@@ -67,8 +68,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_round
     scores = {
         "before": DemoScore(before_mae, first.barrier, first.barrier_std, first.barrier - xtb_barrier,
                             first.energy[-1] - xtb_reaction),
-        "after": DemoScore(evaluate(calc.model, path)["forces_mae"], last.barrier, report.barrier[1],
-                           last.barrier - xtb_barrier, last.energy[-1] - xtb_reaction),
+        "after": DemoScore(evaluate(calc.model, path)["forces_mae"], last.barrier, last.barrier_std,
+                           last.barrier - xtb_barrier, last.energy[-1] - xtb_reaction, report.barrier[1]),
     }
     reference = PathProfile("xTB", reaction_coordinate(path), xtb_energy - xtb_energy[0], np.zeros(len(path)),
                             np.zeros(len(path)), xtb_barrier, 0.0)
@@ -80,6 +81,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_round
     for name, s in scores.items():
         print(f"{name:8s}{s.force_mae:20.3f} eV/A{s.barrier:9.2f} ± {s.barrier_std:4.2f} eV{s.barrier_error:+13.2f} eV"
               f"{s.reaction_energy_error:+21.2f} eV")
+    print(f"(1 sigma predicted; the report's, with what the final band's checks found: "
+          f"± {scores['after'].reported_std:.2f} eV)")
     counts = learner.store.counts()
     print(f"\nlabelled frames: {counts['labelled'] + counts['verified']} ({counts['verified']} passed checks); "
           f"verified: {report.confident}; "
