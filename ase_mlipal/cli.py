@@ -157,6 +157,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
             _read(config["structure"]), calc, reference, workdir, config["threshold"],
             steps=md.get("steps", 1000), interval=md.get("interval", 5), labels_per_round=config.get("labels_per_round", config.get("batch_size", 8)),
             max_rounds=config.get("max_rounds"), finetune_options=finetune_options,
+            max_labels=config.get("max_labels"),
             audit_interval=md.get("audit_interval", 200),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
@@ -173,6 +174,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
         images = band(_read(config["initial"]), _read(config["final"]), neb.get("images", 7))
         learner = NEBLearner(calc, reference, workdir, images, config["threshold"],
                              max_rounds=config.get("max_rounds", 4), fmax=neb.get("fmax", 0.05),
+                             max_labels=config.get("max_labels"),
                              barrier_tolerance=neb.get("barrier_tolerance", 0.1),
                              steps=neb.get("steps", 300), band_start=neb.get("band_start", "initial"),
                              finetune_options=finetune_options)
@@ -204,6 +206,7 @@ LEARN_HELP = """TOML file, e.g.:
     workdir = "run1"
     labels_per_round = 8   # md: frames waiting for a label that make a round
     max_rounds = 5
+    max_labels = 40        # reference labels at most, checks included (leave out: no bound)
     [md]
     steps = 2000
     temperature = 600

@@ -29,7 +29,7 @@ import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Collection, Optional, Sequence, Union
 
 from ase import Atoms
 
@@ -37,10 +37,13 @@ from ..calculator import MLIPALCalculator
 from ..frames import read_frames
 from ..legacy import refuse_unknown, renamed_argument
 from ..models.model import DEFAULT_CONDITIONING_PATH, load_model, save_model
+from ..selection.greedy import greedy_maxdet
+from ..selection.screening import candidate_rows, selection_posterior
 from ..storage import atomic_write
 from ..training.finetune import finetune
 from ..training.trainer import TrainResult
 from ..uncertainty.calibration import CalibrationReport
+from ..uncertainty.uncertainty_model import UncertaintyModel
 from .labelling import LabelReport, Reference, label
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
@@ -121,6 +124,13 @@ class LearningRun:
             ``calc.batch_maker.head``).
         run_id: provenance of the frames this run stores.
         progress: progress bars (``None``: when on a terminal).
+        max_labels: the most reference labels the run may use, checks,
+            audits and endpoints included (``None``: no bound). Where the
+            flags of a round would exceed it, the flags greedy MaxDet picks
+            on the posterior they were flagged against are labelled (the
+            most informative set, not the most uncertain near-copies) and
+            the rest are stored ``skipped``; when the checks alone no longer
+            fit, the run stops (``stopped`` says so).
     """
 
     kind = "run"
@@ -131,7 +141,8 @@ class LearningRun:
     def __init__(self, calc: MLIPALCalculator, reference: Reference, workdir: Union[str, os.PathLike],
                  store: Union[FrameStore, str, None] = None, conditioning: Optional[Sequence[Atoms]] = None,
                  executor: Optional[Executor] = None, finetune_options: Optional[dict] = None,
-                 run_id: str = "run", progress: Optional[bool] = None, **deprecated):
+                 run_id: str = "run", progress: Optional[bool] = None, max_labels: Optional[int] = None,
+                 **deprecated):
         conditioning = renamed_argument(conditioning, deprecated, "references", "conditioning", type(self).__name__)
         refuse_unknown(deprecated, type(self).__name__)
         self.calc, self.reference = calc, reference
@@ -146,7 +157,9 @@ class LearningRun:
         if head != calc.batch_maker.head:
             raise ValueError(f"finetune_options head {head!r} is not the head the calculator predicts "
                              f"({calc.batch_maker.head!r}); make the calculator with head={head!r}")
-        self.run_id, self.progress = run_id, progress
+        if max_labels is not None and max_labels < 1:
+            raise ValueError(f"max_labels must be a positive number of reference labels or None, not {max_labels}")
+        self.run_id, self.progress, self.max_labels = run_id, progress, max_labels
         self.pretrained = load_model(calc.model, device=str(next(calc.model.parameters()).device))
         self.choice = ModelChoice()
         self.checks: list[Check] = []
@@ -216,6 +229,61 @@ class LearningRun:
         ids = {c.store_id for c in self.checks}
         return [a for s in ("verified", "labelled") for a in self.store.frames(s) if a.info["store_id"] in ids]
 
+    # -- label budget ------------------------------------------------------
+
+    def _owns(self, row) -> bool:
+        run_id = str(row.get("run_id", ""))
+        return run_id == self.run_id or run_id.startswith(f"{self.run_id}-")
+
+    def labels_used(self) -> int:
+        """Reference calculations this run has asked for (its rows labelled, verified, failed, or
+        confirmed unphysical after a label)."""
+        asked = ("labelled", "verified", "failed")
+        return sum(1 for row in self.store.rows() if self._owns(row)
+                   and (row.status in asked or (row.status == "unphysical" and row.get("energy") is not None)))
+
+    def fit_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None) -> bool:
+        """Before labelling: keep this run's flagged rows within ``max_labels``.
+
+        The rows ``keep`` (checks, audits, endpoints) are labelled; of the
+        other flags, as many as fit are chosen by greedy MaxDet on the
+        posterior ``state`` (default: the calculator's), the rest stored
+        ``skipped``. Returns False, changing nothing, when ``keep`` alone does
+        not fit.
+        """
+        if self.max_labels is None:
+            return True
+        flagged = [row for row in self.store.rows("flagged") if self._owns(row)]
+        extra = [row.id for row in flagged if row.id not in keep]
+        room = self.max_labels - self.labels_used() - (len(flagged) - len(extra))
+        if room < 0:
+            return False
+        if len(extra) > room:
+            frames = [self.store.frame(row_id) for row_id in extra]
+            rows = candidate_rows(self.calc, frames)
+            picked = set(greedy_maxdet(rows, selection_posterior(self.calc, state).precision(), room).tolist()) \
+                if room else set()
+            self.store.mark_skipped([row_id for k, row_id in enumerate(extra) if k not in picked],
+                                    f"over the label budget (max_labels={self.max_labels}) of run {self.run_id}")
+        return True
+
+    def label_within_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None,
+                            what: str = "the checks") -> bool:
+        """:meth:`fit_budget`, then label. When ``keep`` (``what``) does not fit, or flags wait and the
+        budget is used up, nothing is labelled: the run is stopped and its flagged rows are stored
+        ``skipped``; returns False."""
+        waiting = any(self._owns(row) for row in self.store.rows("flagged"))
+        used_up = self.max_labels is not None and self.labels_used() >= self.max_labels
+        if (waiting and used_up) or not self.fit_budget(keep, state):
+            self.state["stopped"] = (f"the label budget is spent (max_labels={self.max_labels}, "
+                                     f"{self.labels_used()} used): no labels left for {what}; a new run with a "
+                                     "larger max_labels goes further")
+            self.store.mark_skipped([row.id for row in self.store.rows("flagged") if self._owns(row)],
+                                    self.state["stopped"])
+            return False
+        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        return True
+
     # -- learning ----------------------------------------------------------
 
     def learn(self, number: int, trigger: UncertaintyTrigger, anchor: Optional[Atoms] = None) -> RoundRecord:
@@ -234,6 +302,7 @@ class LearningRun:
         (:meth:`UncertaintyTrigger.residual_floors`). A rejected model
         leaves the calculator as it was.
         """
+        self.fit_budget()
         labelled = label(self.store, self.reference, executor=self.executor, progress=self.progress)
         frames = self.store.frames("labelled")
         record = RoundRecord(number, labelled, len(frames), model_hash=self.calc.model_hash)
@@ -263,6 +332,6 @@ class LearningRun:
     def _absorb_store(self, trigger: UncertaintyTrigger) -> None:
         """Enter every stored frame into the (new) posterior; labelled ones bounded by the model's errors."""
         labelled = self.store.frames("labelled") + self.store.frames("verified")
-        others = self.store.frames("flagged") + self.store.frames("failed")
+        others = self.store.frames("flagged") + self.store.frames("failed") + self.store.frames("skipped")
         floors = [trigger.residual_floors(atoms) for atoms in labelled] + [None] * len(others)
         trigger.absorb(labelled + others, floors=floors)

@@ -35,7 +35,7 @@ from ..guards import PhysicalGuard, UnphysicalFrame
 from ..legacy import renamed_argument
 from ..progress import progress_bar
 from ..storage import atomic_write
-from .labelling import Reference, label
+from .labelling import Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
@@ -101,7 +101,7 @@ class OnTheFlyLearner(LearningRun):
             argument of that name (``trigger_reference=`` before 0.2).
         guard: physical guard (default: one built from ``atoms``).
         seed: seeds the audit draws (by step, so a resumed run draws the same).
-        store, conditioning, executor, finetune_options, run_id, progress: see
+        store, conditioning, executor, finetune_options, run_id, progress, max_labels: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
 
@@ -131,6 +131,7 @@ class OnTheFlyLearner(LearningRun):
         run_id: str = "md",
         seed: int = 0,
         progress: Optional[bool] = None,
+        max_labels: Optional[int] = None,
         **deprecated,
     ):
         labels_per_round = renamed_argument(None, deprecated, "batch_size", "labels_per_round",
@@ -142,7 +143,8 @@ class OnTheFlyLearner(LearningRun):
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
-                         finetune_options=finetune_options, run_id=run_id, progress=progress, **deprecated)
+                         finetune_options=finetune_options, run_id=run_id, progress=progress,
+                         max_labels=max_labels, **deprecated)
         self.atoms = atoms.copy()
         self.steps, self.interval, self.labels_per_round, self.max_rounds = steps, interval, labels_per_round, max_rounds
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
@@ -195,7 +197,7 @@ class OnTheFlyLearner(LearningRun):
                 if self._round_due():
                     self._learn(report)
                 self._checkpoint_md(step)
-        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        self.label_within_budget(self._waiting_audits(), what="the last audits")
         self._check_audits()
         self.write_state()
         final = [c for c in self.checks if c.round == self.choice.round and c.kind == "audit"]
@@ -236,6 +238,10 @@ class OnTheFlyLearner(LearningRun):
                     and info.get("model_hash") == self.calc.model_hash:
                 self.check(frame, self.choice.round, "audit")
 
+    def _waiting_audits(self) -> set[int]:
+        """Store ids of this run's audit frames waiting for a label (the label budget pays for them first)."""
+        return {row.id for row in self.store.rows("flagged") if row.get("source") == "audit" and self._owns(row)}
+
     def _round_due(self) -> bool:
         """A batch is waiting: flagged frames plus labelled ones no model was trained on yet."""
         if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
@@ -245,7 +251,9 @@ class OnTheFlyLearner(LearningRun):
 
     def _learn(self, report: LearnReport) -> None:
         number = self.state["round"] + 1
-        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        if not self.label_within_budget(self._waiting_audits(), what=f"the audits of round {number}"):
+            self.write_state()
+            return
         self._check_audits()  # before training: a passed audit stays out of it
         record = self.learn(number, self.trigger)
         report.rounds.append(record)

@@ -36,7 +36,7 @@ from ..progress import progress_bar
 from ..storage import atomic_write
 from ..uncertainty.features import per_structure
 from ..uncertainty.uncertainty_model import UncertaintyModel
-from .labelling import LabelReport, Reference, label
+from .labelling import LabelReport, Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
@@ -277,7 +277,7 @@ class NEBLearner(LearningRun):
             bent can carry into another, higher pass; on the benchmark's
             formic acid -> CO2 + H2 it ended on a saddle 1.8 eV above the one a
             reference NEB from the same start finds).
-        store, conditioning, executor, finetune_options, run_id, progress: see
+        store, conditioning, executor, finetune_options, run_id, progress, max_labels: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
 
@@ -311,6 +311,7 @@ class NEBLearner(LearningRun):
         band_start: str = "initial",
         run_id: str = "neb",
         progress: Optional[bool] = None,
+        max_labels: Optional[int] = None,
         **deprecated,
     ):
         if len(images) < 3:
@@ -320,7 +321,8 @@ class NEBLearner(LearningRun):
         if band_start not in ("initial", "previous"):
             raise ValueError(f"band_start must be 'initial' or 'previous', not {band_start!r}")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
-                         finetune_options=finetune_options, run_id=run_id, progress=progress, **deprecated)
+                         finetune_options=finetune_options, run_id=run_id, progress=progress,
+                         max_labels=max_labels, **deprecated)
         self.images = [image.copy() for image in images]
         self.initial_band = [image.positions.copy() for image in images]
         self.band_start = band_start
@@ -435,7 +437,9 @@ class NEBLearner(LearningRun):
         rival = self._band_rival(profile, top)
         audit = self._band_audit(profile, {top, rival})
         check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
-        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        keep = set(check_ids.values()) | set(self.state.get("endpoint_ids", [self.state["anchor_id"]]))
+        if not self.label_within_budget(keep, before, what=f"the checks of round {number}"):
+            return None
         anchor = self.store.frame(self.state["anchor_id"])
         if anchor.info["status"] == "failed":
             self.state["stopped"] = (f"the reference failed on the first endpoint (store row "

@@ -17,7 +17,10 @@ default, any ase.db URL such as PostgreSQL at scale). Its key-value pair
     stopped by a :class:`~ase_mlipal.guards.PhysicalGuard` (overlapping
     atoms, a fragment the run did not start with): never labelled; or a
     band image whose energy ran away on the model and the reference
-    confirmed it (labelled once, to ask, and never trained on),
+    confirmed it (labelled once, to ask, and never trained on);
+``skipped``
+    flagged, but left unlabelled by a learner over its label budget
+    (``max_labels``; the reason is kept),
 
 so the command line ``ase db frames.db status=flagged`` lists the frames
 waiting for a label.
@@ -44,7 +47,7 @@ import hashlib
 import os
 import sqlite3
 from contextlib import contextmanager
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
 
 import ase.db
@@ -53,7 +56,7 @@ from ase import Atoms
 
 from ..frames import with_labels
 
-STATUSES = ("flagged", "labelled", "verified", "failed", "unphysical")
+STATUSES = ("flagged", "labelled", "verified", "failed", "unphysical", "skipped")
 _ADVISORY_LOCK = 0x6D6C6970616C  # "mlipal": the key of the store's PostgreSQL write lock
 
 
@@ -156,6 +159,12 @@ class FrameStore:
         """A labelled frame the reference confirmed as unphysical (e.g. a runaway energy): never trained on."""
         with self._transaction():
             self.db.update(row_id, status="unphysical", error=reason[:500])
+
+    def mark_skipped(self, row_ids: Sequence[int], reason: str) -> None:
+        """Flagged frames a learner chose not to label (e.g. over its label budget): never labelled."""
+        with self._transaction():
+            for row_id in row_ids:
+                self.db.update(row_id, status="skipped", error=reason[:500])
 
     def mark_failed(self, row_id: int, error: str) -> None:
         """Mark a row failed, keeping the (first line of the) error message."""

@@ -13,6 +13,7 @@ from ..calculator import MLIPALCalculator
 from ..progress import progress_bar
 from ..uncertainty.features import per_structure
 from ..uncertainty.posterior import FeaturePosterior
+from ..uncertainty.uncertainty_model import UncertaintyModel
 from .greedy import greedy_maxdet
 from .pools import Pool, stream
 
@@ -23,9 +24,10 @@ def candidate_rows(calc: MLIPALCalculator, images: Sequence[Atoms]) -> np.ndarra
     return np.stack([feature_map.selection_rows(f) for f in per_structure(calc.features(images))])
 
 
-def selection_posterior(calc: MLIPALCalculator) -> FeaturePosterior:
-    """The calculator's posterior that candidate rows are scored against."""
-    state = calc.uncertainty_model
+def selection_posterior(calc: MLIPALCalculator, state: Optional[UncertaintyModel] = None) -> FeaturePosterior:
+    """The posterior that candidate rows are scored against: the calculator's, or that of ``state``
+    (e.g. a :meth:`~ase_mlipal.uncertainty.uncertainty_model.UncertaintyModel.snapshot` of it)."""
+    state = calc.uncertainty_model if state is None else state
     return state.atom_posterior if state.feature_map.selects_on == "forces" else state.energy_posterior
 
 

@@ -40,7 +40,7 @@ def test_label_in_a_process_pool_matches_the_reference(tmp_path):
     with process_pool(2) as pool:
         report = label(store, EMT, executor=pool, progress=False)  # a factory, in a fork-server process pool
     assert report.labelled == 5 and report.failed == 0
-    assert store.counts() == {"flagged": 0, "labelled": 5, "verified": 0, "failed": 0, "unphysical": 0}
+    assert store.counts() == {"flagged": 0, "labelled": 5, "verified": 0, "failed": 0, "unphysical": 0, "skipped": 0}
     for atoms in store.frames("labelled"):
         energy, forces = read_labels(atoms)
         direct = atoms.copy()
@@ -68,7 +68,7 @@ def test_labelled_frames_are_never_computed_again(tmp_path):
         assert store.counts()["labelled"] == 2 and FailsOnNitrogen.calls == 2
         label(store, FailsOnNitrogen, executor=pool, retries=0, progress=False)
     assert FailsOnNitrogen.calls == 5  # 2 + the 3 still flagged, none repeated
-    assert store.counts() == {"flagged": 0, "labelled": 4, "verified": 0, "failed": 1, "unphysical": 0}
+    assert store.counts() == {"flagged": 0, "labelled": 4, "verified": 0, "failed": 1, "unphysical": 0, "skipped": 0}
 
 
 def test_label_through_a_dask_cluster_matches_xtb_and_records_failures(tmp_path):
@@ -92,7 +92,7 @@ def test_label_through_a_dask_cluster_matches_xtb_and_records_failures(tmp_path)
         failed_report = label(failing, FailsOnNitrogen, executor=executor, retries=0, progress=False)
 
     assert report.labelled == 2 and report.failed == 0
-    assert store.counts() == {"flagged": 0, "labelled": 2, "verified": 0, "failed": 0, "unphysical": 0}
+    assert store.counts() == {"flagged": 0, "labelled": 2, "verified": 0, "failed": 0, "unphysical": 0, "skipped": 0}
     for atoms in store.frames("labelled"):
         energy, forces = read_labels(atoms)
         direct = atoms.copy()
@@ -101,7 +101,7 @@ def test_label_through_a_dask_cluster_matches_xtb_and_records_failures(tmp_path)
         np.testing.assert_allclose(forces, direct.get_forces(), atol=1e-6)
 
     assert failed_report.labelled == 1 and failed_report.failed == 1
-    assert failing.counts() == {"flagged": 0, "labelled": 1, "verified": 0, "failed": 1, "unphysical": 0}
+    assert failing.counts() == {"flagged": 0, "labelled": 1, "verified": 0, "failed": 1, "unphysical": 0, "skipped": 0}
     (failed,) = failing.rows("failed")
     assert "SCF not converged" in failed.error and failed.formula == "H3N"
     (labelled,) = failing.rows("labelled")

@@ -21,10 +21,10 @@ def test_flag_label_fail_round_trip(store_url):
     ids = [store.add_flagged(f, source="md", uncertainty=0.3 + i, step=10 * i, run_id="r1",
                              model_hash="abc", per_atom={"forces_uncertainty": np.arange(3.0)})[0]
            for i, f in enumerate(frames)]
-    assert store.counts() == {"flagged": 3, "labelled": 0, "verified": 0, "failed": 0, "unphysical": 0}
+    assert store.counts() == {"flagged": 3, "labelled": 0, "verified": 0, "failed": 0, "unphysical": 0, "skipped": 0}
     store.mark_labelled(ids[0], -10.5, np.ones((3, 3)), reference="xtb")
     store.mark_failed(ids[1], "SCF not converged\ntraceback ...")
-    assert store.counts() == {"flagged": 1, "labelled": 1, "verified": 0, "failed": 1, "unphysical": 0}
+    assert store.counts() == {"flagged": 1, "labelled": 1, "verified": 0, "failed": 1, "unphysical": 0, "skipped": 0}
 
     (labelled,) = store.frames("labelled")
     energy, forces = read_labels(labelled)

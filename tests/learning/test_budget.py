@@ -1,0 +1,95 @@
+"""max_labels: a learner never asks the reference for more labels than its budget, and spends them well."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from ase_mlipal import MLIPALCalculator, NEBLearner, OnTheFlyLearner
+from ase_mlipal.learning.learning_run import LearningRun
+
+from ..conftest import rattled
+from .test_neb import CountingReference, ModelAsReference, formaldehyde_band
+
+
+class CountedModelReference(ModelAsReference):
+    """:class:`ModelAsReference` that counts its calculations (class-wide: each label uses its own copy)."""
+
+    calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        type(self).calls += 1
+        super().calculate(atoms, properties, system_changes or ["positions"])
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    calc = MLIPALCalculator(model=tiny_model)
+    calc.condition(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
+    return calc
+
+
+def test_the_budget_keeps_the_flags_maxdet_picks_not_near_copies(calc, tmp_path):
+    """Two flags that are near copies and one that is not, room for two: one copy is skipped."""
+    run = LearningRun(calc, CountingReference(), tmp_path / "run", conditioning=[], max_labels=2, run_id="r")
+    water = molecule("H2O")
+    copy = water.copy()
+    copy.positions[0, 0] += 1e-3
+    distinct = molecule("CH4")
+    ids = [run.store.add_flagged(a, source="md", run_id="r")[0] for a in (water, copy, distinct)]
+    other = run.store.add_flagged(molecule("NH3"), source="md", run_id="another-run")[0]
+    assert run.fit_budget()
+    status = {row.id: row.status for row in run.store.rows()}
+    assert status[ids[2]] == "flagged" and sorted([status[ids[0]], status[ids[1]]]) == ["flagged", "skipped"]
+    assert status[other] == "flagged"  # another run's flags are not this run's to skip
+    skipped = next(run.store.rows("skipped"))
+    assert "max_labels=2" in skipped.error
+    tight = LearningRun(calc, CountingReference(), tmp_path / "run", store=run.store, conditioning=[], max_labels=1,
+                        run_id="r")
+    assert not tight.fit_budget(keep=set(ids))  # two rows to keep, room for one: nothing changes
+    assert {row.id: row.status for row in run.store.rows()} == status
+
+
+def test_max_labels_must_be_positive(calc, tmp_path):
+    with pytest.raises(ValueError, match="max_labels must be a positive"):
+        LearningRun(calc, CountingReference(), tmp_path / "run", conditioning=[], max_labels=0)
+
+
+@pytest.mark.parametrize("max_labels", [7, 12])
+def test_a_neb_run_never_asks_for_more_labels_than_its_budget(tiny_model, calc, tmp_path, max_labels):
+    images = formaldehyde_band(5)
+    CountedModelReference.calls = 0
+    learner = NEBLearner(calc, lambda: CountedModelReference(tiny_model, images[0], 0.3), tmp_path / "run", images,
+                         threshold=1e-6, max_rounds=3, steps=6, interval=2, conditioning=[], progress=False,
+                         max_labels=max_labels, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    assert CountedModelReference.calls == learner.labels_used() <= max_labels
+    counts = learner.store.counts()
+    assert counts["skipped"] > 0 and counts["flagged"] == 0  # every flag labelled or skipped, none left waiting
+    assert report.rounds  # round 0's checks fit: a band was checked
+    if report.stopped:
+        assert report.stopped.startswith(f"the label budget is spent (max_labels={max_labels}")
+
+
+def test_checks_that_do_not_fit_stop_the_run_before_any_label(calc, tmp_path):
+    images = formaldehyde_band(5)
+    CountingReference.calls = 0
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e-6, max_rounds=1, steps=4,
+                         conditioning=[], progress=False, max_labels=2)
+    report = learner.run()
+    assert report.rounds == [] and report.stopped.startswith("the label budget is spent (max_labels=2, 0 used)")
+    assert "the checks of round 0" in report.stopped and CountingReference.calls == 0
+    counts = learner.store.counts()
+    assert counts["labelled"] == counts["verified"] == counts["flagged"] == 0 and counts["skipped"] > 0
+
+
+def test_an_md_run_stops_when_its_budget_is_spent(tiny_model, calc, tmp_path):
+    start = molecule("H2CO")
+    CountedModelReference.calls = 0
+    learner = OnTheFlyLearner(start, calc, lambda: CountedModelReference(tiny_model, start, 0.0), tmp_path / "run",
+                              threshold=1e-6, steps=40, interval=2, labels_per_round=3, audit_interval=None,
+                              conditioning=[], progress=False, max_labels=4,
+                              finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    assert CountedModelReference.calls == learner.labels_used() <= 4
+    assert report.stopped.startswith("the label budget is spent (max_labels=4") and report.steps < 40
+    assert np.isfinite(start.positions).all()
