@@ -65,7 +65,7 @@ BANDS = HERE / "data" / "reactive_bands.xyz.gz"
 RESULTS = HERE / "results"
 PARTS = RESULTS / "learning_loop"
 SETTINGS = {"images": 9, "threshold": 0.5, "max_rounds": 4, "steps": 300, "fmax": 0.1, "barrier_tolerance": 0.1,
-            "band_start": "initial", "finetune": LEARNER_FINETUNE}
+            "band_start": "initial", "finetune": LEARNER_FINETUNE, "max_labels": 40}  # the label budget
 SMOKE = {"images": 5, "threshold": 0.5, "max_rounds": 1, "steps": 3, "fmax": 0.1, "barrier_tolerance": 0.1,
          "band_start": "initial", "finetune": {"epochs": 1, "replay_ratio": 1}}
 
@@ -92,7 +92,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
                                     max_rounds=settings["max_rounds"], steps=settings["steps"],
                                     fmax=settings["fmax"], barrier_tolerance=settings["barrier_tolerance"],
                                     band_start=settings["band_start"], finetune_options=settings["finetune"],
-                                    progress=False)
+                                    max_labels=settings.get("max_labels"), progress=False)
     report = learner.run()
     seconds = time.perf_counter() - start
     counts = learner.store.counts()
