@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from ase_mlipal import MLIPALCalculator, NEBLearner, OnTheFlyLearner
+from ase_mlipal import NEBLearner, OnTheFlyLearner
 from ase_mlipal.learning.learning_run import LearningRun
 
-from ..conftest import rattled
-from .test_neb import CountingReference, ModelAsReference, formaldehyde_band
+from .test_neb import CountingReference, ModelAsReference, formaldehyde_band, formaldehyde_calc
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    return formaldehyde_calc(tiny_model)
 
 
 class CountedModelReference(ModelAsReference):
@@ -19,13 +23,6 @@ class CountedModelReference(ModelAsReference):
     def calculate(self, atoms=None, properties=("energy",), system_changes=()):
         type(self).calls += 1
         super().calculate(atoms, properties, system_changes or ["positions"])
-
-
-@pytest.fixture()
-def calc(tiny_model):
-    calc = MLIPALCalculator(model=tiny_model)
-    calc.condition(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
-    return calc
 
 
 def test_the_budget_keeps_the_flags_maxdet_picks_not_near_copies(calc, tmp_path):

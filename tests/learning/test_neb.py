@@ -25,11 +25,16 @@ def formaldehyde_band(n_images=5):
     return band(reactant, product, n_images)
 
 
-@pytest.fixture()
-def calc(tiny_model):
-    calc = MLIPALCalculator(model=tiny_model)
+def formaldehyde_calc(model) -> MLIPALCalculator:
+    """A calculator of ``model`` conditioned on rattled formaldehyde (the band's start is known)."""
+    calc = MLIPALCalculator(model=model)
     calc.condition(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
     return calc
+
+
+@pytest.fixture()
+def calc(tiny_model):
+    return formaldehyde_calc(tiny_model)
 
 
 def test_band_check_takes_the_climbing_image_first_then_by_energy(calc, tmp_path):
