@@ -34,7 +34,7 @@ from concurrent.futures import (
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Collection, Callable, Optional, Union
 
 import numpy as np
 from ase import Atoms
@@ -71,6 +71,7 @@ def label(
     max_frames: Optional[int] = None,
     progress: Optional[bool] = None,
     timeout: Optional[float] = 3600.0,
+    row_ids: Optional[Collection[int]] = None,
 ) -> LabelReport:
     """Compute reference energies and forces for the flagged frames of ``store``.
 
@@ -88,6 +89,8 @@ def label(
         timeout: seconds to wait for the next frame to finish before
             ``TimeoutError`` (the frames not labelled stay flagged);
             ``None`` waits without bound.
+        row_ids: label only the flagged rows with these store ids (a
+            learner's own, within its label budget); all when ``None``.
 
     A frame whose calculation still raises is marked ``failed`` with the
     error and the others go on. An error of the reference's own code or
@@ -95,7 +98,7 @@ def label(
     missing package) would fail every frame the same way: it is raised
     once as :class:`ReferenceSetupError` and no frame is marked failed.
     """
-    rows = list(store.rows("flagged"))[:max_frames]
+    rows = [row for row in store.rows("flagged") if row_ids is None or row.id in row_ids][:max_frames]
     report = LabelReport()
     if not rows:
         return report

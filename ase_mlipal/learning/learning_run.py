@@ -25,6 +25,8 @@ checkpoint: labelled frames stay labelled and are never computed again.
 from __future__ import annotations
 
 import json
+import numbers
+import re
 import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -157,7 +159,8 @@ class LearningRun:
         if head != calc.batch_maker.head:
             raise ValueError(f"finetune_options head {head!r} is not the head the calculator predicts "
                              f"({calc.batch_maker.head!r}); make the calculator with head={head!r}")
-        if max_labels is not None and max_labels < 1:
+        if max_labels is not None and (isinstance(max_labels, bool) or not isinstance(max_labels, numbers.Integral)
+                                       or max_labels < 1):
             raise ValueError(f"max_labels must be a positive number of reference labels or None, not {max_labels}")
         self.run_id, self.progress, self.max_labels = run_id, progress, max_labels
         self.pretrained = load_model(calc.model, device=str(next(calc.model.parameters()).device))
@@ -233,7 +236,7 @@ class LearningRun:
 
     def _owns(self, row) -> bool:
         run_id = str(row.get("run_id", ""))
-        return run_id == self.run_id or run_id.startswith(f"{self.run_id}-")
+        return run_id == self.run_id or re.fullmatch(rf"{re.escape(self.run_id)}-round\d+", run_id) is not None
 
     def labels_used(self) -> int:
         """Reference calculations this run has asked for (its rows labelled, verified, failed, or
@@ -281,8 +284,15 @@ class LearningRun:
             self.store.mark_skipped([row.id for row in self.store.rows("flagged") if self._owns(row)],
                                     self.state["stopped"])
             return False
-        label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        label(self.store, self.reference, executor=self.executor, progress=self.progress,
+              row_ids=self._labellable(keep))
         return True
+
+    def _labellable(self, keep: Collection[int] = ()) -> Optional[set]:
+        """Store ids this run may label: its own flagged rows and ``keep`` (all when no budget)."""
+        if self.max_labels is None:
+            return None
+        return {row.id for row in self.store.rows("flagged") if self._owns(row) or row.id in keep}
 
     # -- learning ----------------------------------------------------------
 
@@ -303,7 +313,8 @@ class LearningRun:
         leaves the calculator as it was.
         """
         self.fit_budget()
-        labelled = label(self.store, self.reference, executor=self.executor, progress=self.progress)
+        labelled = label(self.store, self.reference, executor=self.executor, progress=self.progress,
+                         row_ids=self._labellable())
         frames = self.store.frames("labelled")
         record = RoundRecord(number, labelled, len(frames), model_hash=self.calc.model_hash)
         if not frames:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from ase.build import molecule
+from ase.calculators.emt import EMT
 
 from ase_mlipal import NEBLearner, OnTheFlyLearner
 from ase_mlipal.learning.learning_run import LearningRun
@@ -46,9 +47,25 @@ def test_the_budget_keeps_the_flags_maxdet_picks_not_near_copies(calc, tmp_path)
     assert {row.id: row.status for row in run.store.rows()} == status
 
 
-def test_max_labels_must_be_positive(calc, tmp_path):
+@pytest.mark.parametrize("max_labels", [0, 2.5, True, "40"])
+def test_max_labels_must_be_a_positive_integer(calc, tmp_path, max_labels):
     with pytest.raises(ValueError, match="max_labels must be a positive"):
-        LearningRun(calc, CountingReference(), tmp_path / "run", conditioning=[], max_labels=0)
+        LearningRun(calc, CountingReference(), tmp_path / "run", conditioning=[], max_labels=max_labels)
+
+
+def test_a_budgeted_run_labels_only_its_own_flags(calc, tmp_path):
+    """Rows of another run in a shared store (one whose name starts like this run's too) are neither
+    counted, labelled nor skipped by this run."""
+    run = LearningRun(calc, EMT(), tmp_path / "run", conditioning=[], max_labels=5, run_id="md")
+    own = [run.store.add_flagged(molecule(name), source="md", run_id=rid)[0]
+           for name, rid in (("H2O", "md"), ("CH4", "md-round1"))]
+    others = [run.store.add_flagged(molecule(name), source="md", run_id=rid)[0]
+              for name, rid in (("NH3", "md-600K"), ("C2H6", "another"))]
+    assert run.label_within_budget()
+    status = {row.id: row.status for row in run.store.rows()}
+    assert [status[k] for k in own] == ["labelled", "labelled"]
+    assert [status[k] for k in others] == ["flagged", "flagged"]
+    assert run.labels_used() == 2
 
 
 @pytest.mark.parametrize("max_labels", [7, 12])
