@@ -248,19 +248,21 @@ class LearningRun:
     def fit_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None) -> bool:
         """Before labelling: keep this run's flagged rows within ``max_labels``.
 
-        The rows ``keep`` (checks, audits, endpoints) are labelled; of the
-        other flags, as many as fit are chosen by greedy MaxDet on the
-        posterior ``state`` (default: the calculator's), the rest stored
-        ``skipped``. Returns False, changing nothing, when ``keep`` alone does
+        The rows ``keep`` (checks, audits, endpoints; one stored ``skipped``
+        earlier is flagged again) are labelled; of the other flags, as many as
+        fit are chosen by greedy MaxDet on the posterior ``state`` (default:
+        the calculator's), the rest stored ``skipped``. Returns False, changing nothing, when ``keep`` alone does
         not fit.
         """
         if self.max_labels is None:
             return True
+        revived = [row.id for row in self.store.rows("skipped") if row.id in keep]  # a check on a skipped frame
         flagged = [row for row in self.store.rows("flagged") if self._owns(row)]
         extra = [row.id for row in flagged if row.id not in keep]
-        room = self.max_labels - self.labels_used() - (len(flagged) - len(extra))
+        room = self.max_labels - self.labels_used() - (len(flagged) - len(extra)) - len(revived)
         if room < 0:
             return False
+        self.store.mark_flagged_again(revived)
         if len(extra) > room:
             frames = [self.store.frame(row_id) for row_id in extra]
             rows = candidate_rows(self.calc, frames)

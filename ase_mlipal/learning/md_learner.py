@@ -168,7 +168,7 @@ class OnTheFlyLearner(LearningRun):
         self.atoms.set_positions(saved.positions)
         self.atoms.set_momenta(saved.get_momenta())
         # frames flagged after the last round's posterior was saved
-        new = [a for s in ("flagged", "labelled", "verified", "failed") for a in self.store.frames(s)
+        new = [a for s in ("flagged", "skipped", "labelled", "verified", "failed") for a in self.store.frames(s)
                if a.info["store_id"] > self.state["absorbed_row"]]
         self.trigger.absorb(new)
         return True

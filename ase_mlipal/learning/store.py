@@ -166,6 +166,13 @@ class FrameStore:
             for row_id in row_ids:
                 self.db.update(row_id, status="skipped", error=reason[:500])
 
+    def mark_flagged_again(self, row_ids: Sequence[int]) -> None:
+        """Skipped frames a learner needs after all (a check landed on one): flagged, to be labelled."""
+        with self._transaction():
+            for row_id in row_ids:
+                if self.db.get(id=row_id).status == "skipped":
+                    self.db.update(row_id, status="flagged", error="")
+
     def mark_failed(self, row_id: int, error: str) -> None:
         """Mark a row failed, keeping the (first line of the) error message."""
         message = (error.strip().splitlines() or ["unknown error"])[0][:500]

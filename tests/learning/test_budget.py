@@ -45,6 +45,9 @@ def test_the_budget_keeps_the_flags_maxdet_picks_not_near_copies(calc, tmp_path)
                         run_id="r")
     assert not tight.fit_budget(keep=set(ids))  # two rows to keep, room for one: nothing changes
     assert {row.id: row.status for row in run.store.rows()} == status
+    copy_id = next(k for k in ids[:2] if status[k] == "skipped")
+    assert run.fit_budget(keep={copy_id})  # a check lands on the skipped copy: it is flagged again, kept
+    assert run.store.db.get(id=copy_id).status == "flagged"
 
 
 @pytest.mark.parametrize("max_labels", [0, 2.5, True, "40"])
