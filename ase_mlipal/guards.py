@@ -47,12 +47,20 @@ CHEMICAL_BOND_RATIO = 1.25  # a chemical bond: within 1.25 covalent sums (fragme
 
 
 class UnphysicalFrame(RuntimeError):
-    """A frame or band left chemistry; ``atoms`` is the offending frame, ``where`` names it."""
+    """A frame or band left chemistry; ``atoms`` is the offending frame, ``where`` names it.
 
-    def __init__(self, message: str, atoms: Optional[Atoms] = None, where: str = ""):
+    ``image``: the band image at fault (:meth:`PhysicalGuard.check_band`;
+    ``None`` for a single frame); ``step``: the optimiser or MD step, where
+    the caller knows it; ``last_band``: the band positions (A) the caller
+    last judged before the stop and their step, ``(step, positions)``, where
+    the caller keeps them (:func:`~ase_mlipal.learning.neb_learner.relax_band`).
+    """
+
+    def __init__(self, message: str, atoms: Optional[Atoms] = None, where: str = "", image: Optional[int] = None):
         super().__init__(message)
-        self.atoms, self.where = atoms, where
-        self.step: Optional[int] = None  # the optimiser or MD step, where the caller knows it
+        self.atoms, self.where, self.image = atoms, where, image
+        self.step: Optional[int] = None
+        self.last_band: Optional[tuple[int, list[np.ndarray]]] = None
 
 
 class EnergyRunaway(UnphysicalFrame):
@@ -65,8 +73,8 @@ class EnergyRunaway(UnphysicalFrame):
     """
 
     def __init__(self, message: str, atoms: Atoms, where: str, image: int, energy: float):
-        super().__init__(message, atoms=atoms, where=where)
-        self.image, self.energy = image, energy
+        super().__init__(message, atoms=atoms, where=where, image=image)
+        self.energy = energy
 
 
 def pair_distances(atoms: Atoms) -> np.ndarray:
@@ -163,17 +171,22 @@ class PhysicalGuard:
     def check_band(self, images: Sequence[Atoms], where: str, energies: Optional[np.ndarray] = None) -> None:
         """Check every image of a band, its length and (given ``energies``, eV) its energy profile."""
         for k, image in enumerate(images):
-            self.check(image, f"{where}, image {k}")
+            try:
+                self.check(image, f"{where}, image {k}")
+            except UnphysicalFrame as error:
+                error.image = k
+                raise
         steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
         length = float(np.sum(steps))
         if self.initial_length is None:
             self.initial_length = length
         if length > self.max_length_ratio * self.initial_length:
             longest = int(np.argmax(steps))
+            moved = longest + 1 if longest + 1 < len(images) - 1 else longest  # an interior image of the step
             raise UnphysicalFrame(
                 f"{where}: the band is {length:.1f} A long, more than {self.max_length_ratio}x its initial "
                 f"{self.initial_length:.1f} A (longest step between images {longest} and {longest + 1}); stopped",
-                atoms=images[longest + 1], where=f"{where}, image {longest + 1}")
+                atoms=images[moved], where=f"{where}, image {moved}", image=moved)
         if energies is not None:
             relative = np.asarray(energies) - min(energies[0], energies[-1])
             top = int(np.argmax(relative))

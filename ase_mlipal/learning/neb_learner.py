@@ -71,11 +71,15 @@ class NEBRound:
             rejected fine-tune, the last of the retries).
         model_round: the round whose model ran the band (0: pretrained; it
             lags ``round`` when fine-tunes were rejected).
-        runaway: when the relaxation was cut short because the model's
-            energy ran away (:class:`~ase_mlipal.guards.EnergyRunaway`) and
-            the reference did not confirm it, what happened ("" otherwise):
-            the band is the one the relaxation had reached, its top image is
-            checked (and, failing, trained on) like any climbing image.
+        runaway: when the relaxation was cut short and the loop learned
+            from it, what happened ("" otherwise): the model's energy ran
+            away (:class:`~ase_mlipal.guards.EnergyRunaway`) and the
+            reference did not confirm it (the band is the one the relaxation
+            had reached, its top image checked), or a geometric guard stopped
+            a band the model had moved and the model is off where the band
+            was last judged (the band is that one, the guarded image
+            checked). The check is a climbing-image check and, failing, is
+            trained on.
     """
 
     round: int
@@ -245,7 +249,13 @@ class NEBLearner(LearningRun):
     worse on the checks so far, or within ``barrier_tolerance`` of them
     (:meth:`LearningRun.learn`), and the next
     band runs. A band that leaves chemistry stops the run (``report.stopped``);
-    its frame is stored as ``unphysical`` and not labelled. A band whose
+    its frame is stored as ``unphysical`` and not labelled. When the model's
+    own steps took it there (NEB step > 0, an interior image), the model is
+    asked first: the band goes back to where the trigger last judged it,
+    the guarded image there is labelled as the round's climbing-image check,
+    and a model off by more than its 2 sigma there is trained on and the
+    next round runs (``NEBRound.runaway`` says so); a model right there
+    stops the run as before. A band whose
     energy *on the model* runs away (:class:`~ase_mlipal.guards.EnergyRunaway`)
     may be an ordinary geometry the model prices wrong: its top image is
     labelled as the round's climbing-image check, and the run stops only if
@@ -381,8 +391,8 @@ class NEBLearner(LearningRun):
 
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a
-        band a guard stopped). A band whose relaxation an energy runaway cut
-        short is no barrier: it is chosen only when no other band was checked.
+        band a guard stopped). A band whose relaxation a guard cut short
+        (``NEBRound.runaway``) is no barrier: it is chosen only when no other band was checked.
         The calculator and ``self.images`` end on the best verified band, so
         a run never ends worse than its checks show.
         """
@@ -415,7 +425,7 @@ class NEBLearner(LearningRun):
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
         before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
-        runaway = None
+        runaway = guarded = None
         try:
             converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
                                           interval=self.interval, optimizer=self.optimizer, climb=self.climb,
@@ -426,14 +436,22 @@ class NEBLearner(LearningRun):
                 return self._stop_unphysical(error, trigger.run_id)
             runaway, converged, steps = error, False, error.step or 0
         except UnphysicalFrame as error:
-            return self._stop_unphysical(error, trigger.run_id)
+            if not self._model_moved_into(error):
+                return self._stop_unphysical(error, trigger.run_id)
+            # the model drove the band there: store the frame, go back to the last band the trigger judged and
+            # ask the reference about the image there (below) before stopping
+            self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
+            guarded, converged, (steps, positions) = error, False, error.last_band
+            for image, judged in zip(self.images, positions):
+                image.positions = judged
         quiet = self._certain_before(before, trigger)
         profile = path_profile(self.calc, self.images, label=f"round {number}")
         if self.state["anchor_id"] is None:
             endpoint_ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k,
                                                    run_id=trigger.run_id)[0] for k in (0, len(self.images) - 1)]
             self.state.update(anchor_id=endpoint_ids[0], endpoint_ids=endpoint_ids)
-        top = 1 + int(np.argmax(profile.energy[1:-1])) if runaway is None else runaway.image
+        cut = runaway or guarded
+        top = 1 + int(np.argmax(profile.energy[1:-1])) if cut is None else cut.image
         rival = self._band_rival(profile, top)
         audit = self._band_audit(profile, {top, rival})
         check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
@@ -458,8 +476,10 @@ class NEBLearner(LearningRun):
                              model_round=self.choice.round, band_check=band_check, audit=audit_check, quiet=quiet)
         if runaway is not None:
             neb_round.runaway = self._judge_runaway(runaway, check, profile.energy[top])
-            if self.state["stopped"]:
-                return None
+        elif guarded is not None:
+            neb_round.runaway = self._judge_guard_stop(guarded, check)
+        if self.state["stopped"]:
+            return None
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
         return neb_round
 
@@ -468,6 +488,36 @@ class NEBLearner(LearningRun):
         self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=run_id)
         self.state["stopped"] = str(error)
         return None
+
+    def _model_moved_into(self, error: UnphysicalFrame) -> bool:
+        """Did the model's forces move an interior image into ``error`` (not the band it was given)?"""
+        return (bool(error.step) and error.last_band is not None and error.image is not None
+                and 0 < error.image < len(self.images) - 1)
+
+    def _judge_guard_stop(self, error: UnphysicalFrame, check: Check) -> str:
+        """Stop the run if the model is right where the band was last judged; else say why the loop goes on.
+
+        ``check``: the climbing-image check of the guarded image on the last
+        band the trigger judged (``error.last_band``; the guard passed it).
+        The model moved the band from there into the unphysical frame: a
+        model whose energy of that image is off by more than its 2 sigma is
+        at fault (a hole in it pulled the band in) and learning the
+        reference there is what keeps the next band out; a model right there
+        is followed into the unphysical frame by the chemistry itself, and
+        the run stops as any guard stops it. A reference that fails there
+        stops the run too.
+        """
+        step, problem = error.last_band[0], str(error).split("; the run is stopped")[0]
+        if not np.isfinite(check.energy_error):
+            self.state["stopped"] = f"{error} (the reference gave no label at NEB step {step}: it cannot be judged)"
+            return self.state["stopped"]
+        if abs(check.energy_error) <= 2.0 * check.energy_std:
+            self.state["stopped"] = (f"{error} (at NEB step {step} the model is right about image {error.image}, "
+                                     f"off by {check.energy_error:+.2f} eV, 1 sigma {check.energy_std:.2f})")
+            return self.state["stopped"]
+        return (f"{problem}: the model drove the band there; at NEB step {step} it is off by "
+                f"{check.energy_error:+.2f} eV at image {error.image} (1 sigma {check.energy_std:.2f}), so that "
+                "check is trained on next and the frame is stored as 'unphysical'")
 
     def _judge_runaway(self, error: EnergyRunaway, check: Check, energy: float) -> str:
         """Stop the run if the reference confirms the runaway; else say why the loop goes on.
@@ -592,16 +642,23 @@ def relax_band(
     neb = NEB(list(images), climb=climb, method=method)
     trigger.atoms = neb
     dyn = optimizer(neb, logfile=logfile)
+    judged = (0, [image.positions.copy() for image in images])
+
+    def remember_judged() -> None:  # the band the trigger judges (after the guard passed it)
+        nonlocal judged
+        judged = (int(dyn.nsteps), [image.positions.copy() for image in images])
+
     if guard is not None:
         dyn.attach(lambda: guard.check_band(neb.images, f"{where}, NEB step {dyn.nsteps}".lstrip(", "),
                                             energies=getattr(neb, "energies", None)))
+    dyn.attach(remember_judged, interval=interval)
     dyn.attach(trigger, interval=interval)
     with progress_bar(progress=progress, total=steps, desc=f"NEB {trigger.run_id or ''}".strip()) as bar:
         dyn.attach(lambda: bar.update(1) if dyn.nsteps else None)
         try:
             converged = bool(dyn.run(fmax=fmax, steps=steps))
         except UnphysicalFrame as error:
-            error.step = int(dyn.nsteps)
+            error.step, error.last_band = int(dyn.nsteps), judged
             raise
     if dyn.nsteps % interval:  # the final band is always checked
         trigger(neb, step=dyn.nsteps)

@@ -51,8 +51,14 @@ def test_runaway_band_length_and_energy_stop_the_band():
         image.positions += (-1) ** k * 4.0 * np.eye(3)[0]
     loose = PhysicalGuard([reactant, product], min_distance_ratio=0.01, bond_ratio=100.0)  # length only
     loose.check_band(images, "round 0")  # the first band sets the reference length
-    with pytest.raises(UnphysicalFrame, match=r"round 1: the band is .* long, more than 3.0x"):
+    with pytest.raises(UnphysicalFrame, match=r"round 1: the band is .* long, more than 3.0x") as raised:
         loose.check_band(zigzag, "round 1")
+    assert 0 < raised.value.image < len(images) - 1 and raised.value.atoms is zigzag[raised.value.image]
+    squashed = [image.copy() for image in images]
+    squashed[3].positions[1] = squashed[3].positions[0] + [0.2, 0.0, 0.0]
+    with pytest.raises(UnphysicalFrame, match=r"round 2, image 3: atoms 0 \(O\) and 1 \(C\)") as raised:
+        guard.check_band(squashed, "round 2")
+    assert raised.value.image == 3  # the image at fault, for the learner to go back to
 
 
 def test_band_of_a_linear_molecule_leaves_the_axis():

@@ -9,7 +9,8 @@ from ase.build import molecule
 from ase.mep import NEB
 from ase.optimize import FIRE
 
-from ase_mlipal import EnergyRunaway, FrameStore, MLIPALCalculator, NEBLearner, PhysicalGuard, path_profile
+from ase_mlipal import (EnergyRunaway, FrameStore, MLIPALCalculator, NEBLearner, PhysicalGuard, UnphysicalFrame,
+                        path_profile)
 from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.learning.neb_learner import band
 from ase_mlipal.learning.trigger import UncertaintyTrigger
@@ -417,6 +418,49 @@ def test_a_band_cut_short_is_not_where_the_next_round_starts(tiny_model, calc, t
     report = learner.run()
     assert report.rounds[0].runaway and len(report.rounds) == 2
     np.testing.assert_allclose(np.array(guard.round_one_start), np.array([a.positions for a in images]))
+
+
+class OverlapsInRoundZero(PhysicalGuard):
+    """A guard that finds image 2 squashed at NEB step 3 of round 0 and keeps the band of step 2."""
+
+    def check_band(self, images, where, energies=None):
+        super().check_band(images, where, energies)
+        if where == "round 0, NEB step 2":
+            self.step_two = [image.positions.copy() for image in images]
+        if where == "round 0, NEB step 3":
+            squashed = images[2].copy()
+            squashed.positions[1] = squashed.positions[0] + [0.2, 0.0, 0.0]
+            raise UnphysicalFrame(f"{where}, image 2: atoms 0 (O) and 1 (C) are 0.20 A apart; the run is stopped",
+                                  atoms=squashed, where=f"{where}, image 2", image=2)
+
+
+@pytest.mark.parametrize("shift, stops", [(1e-3, True), (50.0, False)])
+def test_a_guard_stop_the_model_moved_into_asks_the_reference_where_the_band_was_judged(
+        tiny_model, calc, tmp_path, shift, stops):
+    """The squashed frame is stored 'unphysical', never labelled; image 2 of the band the trigger last judged
+    (step 2, interval 2) is the round's check. A model right there stops the run; one off learns and goes on."""
+    images = formaldehyde_band(5)
+    guard = OverlapsInRoundZero([images[0], images[-1]])
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], shift), tmp_path / "run", images,
+                         threshold=1e3, max_rounds=1, steps=6, interval=2, guard=guard, conditioning=[],
+                         progress=False, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    unphysical = list(learner.store.rows("unphysical"))
+    assert len(unphysical) == 1 and "0.20 A apart" in unphysical[0].error and unphysical[0].get("energy") is None
+    climbing = [c for c in learner.checks if c.kind == "climbing_image"]
+    assert (climbing[0].round, climbing[0].image, climbing[0].step) == (0, 2, 2)
+    checked = learner.store.frame(climbing[0].store_id)
+    np.testing.assert_allclose(checked.positions, guard.step_two[2])
+    assert checked.get_potential_energy() is not None and climbing[0].energy_error == pytest.approx(-shift, abs=1e-6)
+    if stops:
+        assert report.stopped.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C)")
+        assert "the model is right about image 2" in report.stopped and report.rounds == []
+    else:
+        assert report.stopped == "" and len(report.rounds) == 2 and report.final_round == 1
+        assert report.rounds[0].runaway.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C) are 0.20 A")
+        assert "at NEB step 2 it is off by -50.00 eV" in report.rounds[0].runaway
+        assert not report.rounds[0].converged and report.rounds[0].steps == 2
+        assert climbing[0].store_id in learner.state["trained_ids"]
 
 
 class EndpointRunsAway(PhysicalGuard):
