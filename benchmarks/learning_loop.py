@@ -306,8 +306,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"\n{p['reaction']}: stopped before a band could be checked ({p['stopped']}).")
     runaways = [(p["reaction"], r) for p in summary["parts"] for r in p["rounds"] if r.get("runaway")]
     if runaways:
-        lines += ["", "Energy runaways the learner learned from (the reference below `max_energy` there, or the model "
-                  "off by more than its 2σ; labelled, and the loop went on):",
+        lines += ["", "Guard stops the learner learned from (an energy runaway the reference puts below `max_energy` "
+                  "or the model is off by more than its 2σ at; a geometric stop the model's steps led to, the model "
+                  "off by more than its 2σ where the band was last judged; labelled, and the loop went on):",
                   ""] + [f"- {name}, round {r['round']}: {r['runaway']}" for name, r in runaways]
     if summary["md"]:
         lines += ["", "MD learner (audited frames: the forces that drove the dynamics):", "",

@@ -197,7 +197,7 @@ class OnTheFlyLearner(LearningRun):
                 if self._round_due():
                     self._learn(report)
                 self._checkpoint_md(step)
-        self.label_within_budget(self._waiting_audits(), what="the last audits")
+        self._label_last_audits()
         self._check_audits()
         self.write_state()
         final = [c for c in self.checks if c.round == self.choice.round and c.kind == "audit"]
@@ -237,6 +237,19 @@ class OnTheFlyLearner(LearningRun):
             if info.get("source") == "audit" and info["store_id"] not in done \
                     and info.get("model_hash") == self.calc.model_hash:
                 self.check(frame, self.choice.round, "audit")
+
+    def _label_last_audits(self) -> None:
+        """Label the audits drawn since the last round, and the flags left within the budget.
+
+        A budget spent when no audit waits skips the flags left (``skipped``,
+        for a run with more labels); the MD finished, so nothing is stopped.
+        """
+        spent = self.max_labels is not None and self.labels_used() >= self.max_labels
+        if spent and not self._waiting_audits():
+            self.store.mark_skipped([row.id for row in self.store.rows("flagged") if self._owns(row)],
+                                    f"over the label budget (max_labels={self.max_labels}) of run {self.run_id}")
+            return
+        self.label_within_budget(self._waiting_audits(), what="the last audits")
 
     def _waiting_audits(self) -> set[int]:
         """Store ids of this run's audit frames waiting for a label (the label budget pays for them first)."""

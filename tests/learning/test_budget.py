@@ -110,3 +110,18 @@ def test_an_md_run_stops_when_its_budget_is_spent(tiny_model, calc, tmp_path):
     assert CountedModelReference.calls == learner.labels_used() <= 4
     assert report.stopped.startswith("the label budget is spent (max_labels=4") and report.steps < 40
     assert np.isfinite(start.positions).all()
+
+
+def test_an_md_run_that_spends_its_budget_in_its_last_round_finishes_unstopped(tiny_model, calc, tmp_path):
+    """Flags raised after the last round wait when the budget is spent: they are skipped, the run is not stopped."""
+    start = molecule("H2CO")
+    CountedModelReference.calls = 0
+    learner = OnTheFlyLearner(start, calc, lambda: CountedModelReference(tiny_model, start, 0.0), tmp_path / "run",
+                              threshold=1e-6, steps=20, interval=2, labels_per_round=3, max_rounds=1,
+                              audit_interval=None, conditioning=[], progress=False, max_labels=3,
+                              finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    assert report.stopped == "" and report.steps == 20 and len(report.rounds) == 1
+    assert CountedModelReference.calls == learner.labels_used() == 3
+    counts = learner.store.counts()
+    assert counts["skipped"] > 0 and counts["flagged"] == 0
