@@ -24,3 +24,14 @@ def test_smoke_run_writes_checked_rounds_and_audits(tmp_path):
     assert md["confident"] == all(a["passed"] for a in md["audits"] if a["round"] == md["audits"][-1]["round"])
     assert "| formaldehyde_to_CO_H2" in (tmp_path / "learning_loop.md").read_text()
     assert (tmp_path / "learning_loop.png").stat().st_size > 10_000
+
+
+def test_a_direct_neb_counts_as_the_same_start_barrier_only_with_an_interior_maximum():
+    """A band that converged onto the product's plateau (highest image an endpoint) found no saddle."""
+    from .conftest import load_benchmark
+
+    found_a_pass = load_benchmark("learning_loop").found_a_pass
+    saddle = {"converged": True, "profile": {"energy": [0.0, 0.8, 2.1, 0.9, 0.5]}}
+    plateau = {"converged": True, "profile": {"energy": [0.0, 0.3, 1.8, 1.8, 1.83]}}
+    assert found_a_pass(saddle) and not found_a_pass(plateau)
+    assert not found_a_pass({**saddle, "converged": False})
