@@ -273,7 +273,7 @@ def markdown(summary: dict) -> str:
     lines = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
              "",
              "Barrier errors (model - reference, eV) against the stored xTB band and against the direct "
-             "xTB NEB from the learner's own band (same start; '-' where it did not converge). The 1σ after "
+             "xTB NEB from the learner's own band (same start; '-' where it did not converge to an interior maximum). The 1σ after "
              "learning is the report's (`NEBReport.barrier`: the predicted σ and the checks' verified error in "
              "quadrature), then the predicted σ alone. 'In 2σ' is judged with the predicted σ, then with the "
              "reported one: the reported σ holds the error the checks found near the saddle, so it covers the "
