@@ -151,6 +151,34 @@ def report(pieces: list[dict]) -> dict:
     return out
 
 
+def piece_spearman(piece: dict) -> dict:
+    """Spearman(std, |residual|) of one held-out piece, for energy and forces."""
+    return {quantity: calibration_report(*piece[quantity]).spearman for quantity in ("energy", "forces")}
+
+
+def paired_spearman(results: dict, method: str, baseline: str = "today", draws: int = 10_000, seed: int = 0) -> dict:
+    """``method``'s Spearman minus ``baseline``'s, paired by held-out reaction, per split and quantity.
+
+    The mean difference, a 90% bootstrap interval over reactions (the
+    reactions are the unit that varies in held-out chemistry) and how many
+    reactions rank better / worse.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in ("held_out_reactions", "held_out_ts_region"):
+        mine, base = (results["methods"][m]["spearman_per_reaction"][split] for m in (method, baseline))
+        for quantity in ("forces", "energy"):
+            diff = np.array([mine[r][quantity] - base[r][quantity] for r in sorted(mine)
+                             if np.isfinite(mine[r][quantity]) and np.isfinite(base[r][quantity])])
+            if not len(diff):
+                continue
+            means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
+            out[(split, quantity)] = {"mean": float(diff.mean()), "low": float(np.quantile(means, 0.05)),
+                                      "high": float(np.quantile(means, 0.95)), "better": int((diff > 0).sum()),
+                                      "worse": int((diff < 0).sum()), "n": int(len(diff))}
+    return out
+
+
 def barrier_check(calc, bands: dict, energy: Recalibration, reaction: str) -> dict:
     """xTB barrier against ``path_profile``'s barrier +- 2 sigma on the xTB band of ``reaction``."""
     images = bands[reaction]
@@ -202,14 +230,17 @@ def main():
     for name, (features, method, use_reactions, nbhd) in METHODS.items():
         calc, (valid, test, react) = calcs[features], data[features]
         held_out, held_out_ts, per_reaction, barriers, fits = [], [], {}, {}, {}
+        spearman = {"held_out_reactions": {}, "held_out_ts_region": {}}  # per reaction: to compare methods paired
         for reaction in reactions:
             parts = [(valid, everything)] + ([(react, react.groups != reaction)] if use_reactions else [])
             energy, forces = fit_pair(parts, method, nbhd)
             fits[reaction] = {"energy": energy.as_dict(), "forces": forces.as_dict()}
             mine = (react.groups == reaction) & react.test
             held_out.append(scored(react, mine, energy, forces, nbhd))
+            spearman["held_out_reactions"][reaction] = piece_spearman(held_out[-1])
             if (mine & react.ts).sum() > 2:
                 held_out_ts.append(scored(react, mine & react.ts, energy, forces, nbhd))
+                spearman["held_out_ts_region"][reaction] = piece_spearman(held_out_ts[-1])
             per_reaction[reaction] = report([held_out[-1]])
             if reaction in bands:
                 barriers[reaction] = barrier_check(calc, bands, energy, reaction)
@@ -223,6 +254,7 @@ def main():
             "pretraining_test": report(in_dist), "per_reaction": per_reaction, "barriers": barriers,
             "barriers_covered": sum(b["covered_2sigma"] for b in barriers.values()),
             "fit_all": {"energy": energy.as_dict(), "forces": forces.as_dict()}, "fit_per_held_out_reaction": fits,
+            "spearman_per_reaction": spearman,
             "_curves": {"held_out": held_out, "in_dist": in_dist},
         }
         print(f"{name:<14} done ({time.perf_counter() - start:.0f} s)")
@@ -255,6 +287,12 @@ def tables(results: dict) -> str:
     for name, entry in results["methods"].items():
         cells = [f"{b['error']:+.2f} ± {b['std']:.2f}" for b in entry["barriers"].values()]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {entry['barriers_covered']}/{len(cells)} |")
+    lines += [f"\nSpearman of `{SHIPPED}` minus `today`, paired by held-out reaction (mean, 90% bootstrap interval "
+              "over reactions, reactions better / worse):\n", "| split | quantity | mean | 90% interval | better / worse |",
+              "|---|---|---:|---:|---:|"]
+    for (split, quantity), d in paired_spearman(results, SHIPPED).items():
+        lines.append(f"| {dict(SPLITS)[split].strip()} | {quantity} | {d['mean']:+.3f} | "
+                     f"[{d['low']:+.3f}, {d['high']:+.3f}] | {d['better']} / {d['worse']} of {d['n']} |")
     fit = results["methods"][SHIPPED]["fit_all"]
     lines.append(f"\nShipped fit (all reactions): energy {fit['energy']}, forces {fit['forces']}.")
     return "\n".join(lines)

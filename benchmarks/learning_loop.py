@@ -139,7 +139,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
 def found_a_pass(direct: dict) -> bool:
     """Did the direct NEB converge to a band whose highest image is interior (a saddle, not an endpoint)?"""
     energy = direct["profile"]["energy"]
-    return bool(direct["converged"]) and 0 < int(np.argmax(energy)) < len(energy) - 1
+    return bool(direct["converged"]) and max(energy[1:-1]) > max(energy[0], energy[-1])
 
 
 def earlier_direct_neb(path: Path, settings: dict) -> Optional[dict]:
@@ -320,7 +320,7 @@ def markdown(summary: dict) -> str:
     if runaways:
         lines += ["", "Guard stops the learner learned from (an energy runaway the reference puts below `max_energy` "
                   "or the model is off by more than its 2σ at; a geometric stop the model's steps led to, the model "
-                  "off by more than its 2σ where the band was last judged; labelled, and the loop went on):",
+                  "failing its check where the band was last judged; labelled, and the loop went on):",
                   ""] + [f"- {name}, round {r['round']}: {r['runaway']}" for name, r in runaways]
     if summary["md"]:
         lines += ["", "MD learner (audited frames: the forces that drove the dynamics):", "",

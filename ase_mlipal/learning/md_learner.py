@@ -242,7 +242,8 @@ class OnTheFlyLearner(LearningRun):
         """Label the audits drawn since the last round, and the flags left within the budget.
 
         A budget spent when no audit waits skips the flags left (``skipped``,
-        for a run with more labels); the MD finished, so nothing is stopped.
+        for a run with more labels) and stops nothing: the MD is over (it
+        finished, or a guard or the budget stopped it already).
         """
         spent = self.max_labels is not None and self.labels_used() >= self.max_labels
         if spent and not self._waiting_audits():

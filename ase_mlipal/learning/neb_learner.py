@@ -12,6 +12,7 @@ again.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
@@ -50,7 +51,9 @@ class NEBRound:
     Attributes:
         round: the round of the model that ran the band (0: pretrained).
         profile: the band's energy profile on that model.
-        converged, steps: the NEB optimiser's outcome.
+        converged, steps: the NEB optimiser's outcome (for a band a guard cut
+            short and the loop learned from, ``steps`` is the step of the
+            band kept: the one the trigger last judged).
         n_flagged: images the trigger flagged during the whole relaxation.
         check: the reference check of the climbing image (barrier error, predicted sigma).
         band_check: the reference check of the other image most likely to top
@@ -253,9 +256,9 @@ class NEBLearner(LearningRun):
     own steps took it there (NEB step > 0, an interior image), the model is
     asked first: the band goes back to where the trigger last judged it,
     the guarded image there is labelled as the round's climbing-image check,
-    and a model off by more than its 2 sigma there is trained on and the
-    next round runs (``NEBRound.runaway`` says so); a model right there
-    stops the run as before. A band whose
+    and a model that fails that check (but for the saddle test) is trained
+    on and the next round runs (``NEBRound.runaway`` says so); a model right
+    there stops the run. A band whose
     energy *on the model* runs away (:class:`~ase_mlipal.guards.EnergyRunaway`)
     may be an ordinary geometry the model prices wrong: its top image is
     labelled as the round's climbing-image check, and the run stops only if
@@ -457,6 +460,8 @@ class NEBLearner(LearningRun):
         check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
         keep = set(check_ids.values()) | set(self.state.get("endpoint_ids", [self.state["anchor_id"]]))
         if not self.label_within_budget(keep, before, what=f"the checks of round {number}"):
+            if cut is not None:  # say why the band stopped too
+                self.state["stopped"] = f"{cut} ({self.state['stopped']})"
             return None
         anchor = self.store.frame(self.state["anchor_id"])
         if anchor.info["status"] == "failed":
@@ -500,24 +505,33 @@ class NEBLearner(LearningRun):
         ``check``: the climbing-image check of the guarded image on the last
         band the trigger judged (``error.last_band``; the guard passed it).
         The model moved the band from there into the unphysical frame: a
-        model whose energy of that image is off by more than its 2 sigma is
-        at fault (a hole in it pulled the band in) and learning the
-        reference there is what keeps the next band out; a model right there
-        is followed into the unphysical frame by the chemistry itself, and
-        the run stops as any guard stops it. A reference that fails there
-        stops the run too.
+        model that fails the check there (energy outside 2 sigma or beyond
+        ``barrier_tolerance``, forces outside 2 sigma: every criterion but
+        the saddle test) is at fault, a hole in it pulled the band in, and
+        learning the reference there is what keeps the next band out. A
+        model right there is followed into the unphysical frame by the
+        chemistry itself: the run stops as any guard stops it (its checks
+        and the round's flags are labelled by then, and ``images`` hold the
+        band the trigger last judged). A reference that fails there, or a
+        check frame the model in use trained on already (the band stopped
+        again where it learned: nothing new), stops the run too.
         """
-        step, problem = error.last_band[0], str(error).split("; the run is stopped")[0]
+        step, problem = error.last_band[0], re.split(r"; (the run is )?stopped", str(error))[0]
         if not np.isfinite(check.energy_error):
             self.state["stopped"] = f"{error} (the reference gave no label at NEB step {step}: it cannot be judged)"
             return self.state["stopped"]
-        if abs(check.energy_error) <= 2.0 * check.energy_std:
-            self.state["stopped"] = (f"{error} (at NEB step {step} the model is right about image {error.image}, "
-                                     f"off by {check.energy_error:+.2f} eV, 1 sigma {check.energy_std:.2f})")
+        if check.store_id in self.state["trained_ids"]:  # the model in use learned this frame: nothing new to learn
+            self.state["stopped"] = (f"{error} (the band stopped again after NEB step {step}, where the model in use "
+                                     f"was trained already; it is off by {check.energy_error:+.2f} eV there)")
             return self.state["stopped"]
-        return (f"{problem}: the model drove the band there; at NEB step {step} it is off by "
-                f"{check.energy_error:+.2f} eV at image {error.image} (1 sigma {check.energy_std:.2f}), so that "
-                "check is trained on next and the frame is stored as 'unphysical'")
+        off = [why for why in check.reason.split("; ") if why and not why.startswith("not a saddle")]
+        if not off:  # every criterion of the check but the saddle test passed: the model is right there
+            self.state["stopped"] = (f"{error} (at NEB step {step} the model is right about image {error.image}: "
+                                     f"off by {check.energy_error:+.2f} eV, 1 sigma {check.energy_std:.2f}, its "
+                                     "forces within 2 sigma)")
+            return self.state["stopped"]
+        return (f"{problem}: the model drove the band there; at NEB step {step} image {error.image} fails its check "
+                f"({'; '.join(off)}), so that check is trained on next and the frame is stored as 'unphysical'")
 
     def _judge_runaway(self, error: EnergyRunaway, check: Check, energy: float) -> str:
         """Stop the run if the reference confirms the runaway; else say why the loop goes on.
@@ -635,7 +649,9 @@ def relax_band(
     trigger checks the band every ``interval`` steps and once more at the
     end. A ``guard`` checks the band at every step and raises
     :class:`~ase_mlipal.guards.UnphysicalFrame` (naming ``where``, the
-    step and the image; its ``step`` set) when it leaves chemistry.
+    step and the image) when it leaves chemistry; its ``step`` is set, and
+    its ``last_band`` to the last band the trigger judged (every
+    ``interval`` steps, after the guard passed it; at first the band given).
     """
     for image in images:
         image.calc = calc.share()

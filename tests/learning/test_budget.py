@@ -125,3 +125,16 @@ def test_an_md_run_that_spends_its_budget_in_its_last_round_finishes_unstopped(t
     assert CountedModelReference.calls == learner.labels_used() == 3
     counts = learner.store.counts()
     assert counts["skipped"] > 0 and counts["flagged"] == 0
+
+
+def test_a_guard_stop_with_no_labels_left_to_judge_it_names_both(tiny_model, calc, tmp_path):
+    from .test_neb import OverlapsInRoundZero
+
+    images = formaldehyde_band(5)
+    guard = OverlapsInRoundZero([images[0], images[-1]])
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e3, max_rounds=1, steps=6,
+                         interval=2, guard=guard, conditioning=[], progress=False, max_labels=2)
+    report = learner.run()
+    assert report.stopped.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C) are 0.20 A apart")
+    assert "(the label budget is spent (max_labels=2" in report.stopped and learner.labels_used() == 0
+    assert learner.store.counts()["unphysical"] == 1

@@ -54,6 +54,11 @@ def test_runaway_band_length_and_energy_stop_the_band():
     with pytest.raises(UnphysicalFrame, match=r"round 1: the band is .* long, more than 3.0x") as raised:
         loose.check_band(zigzag, "round 1")
     assert 0 < raised.value.image < len(images) - 1 and raised.value.atoms is zigzag[raised.value.image]
+    stretched = [image.copy() for image in images]
+    stretched[-2].positions += 12.0 * np.eye(3)[0]  # the longest step ends at the last endpoint
+    with pytest.raises(UnphysicalFrame, match=r"between images 3 and 4") as raised:
+        loose.check_band(stretched, "round 1")
+    assert raised.value.image == 3 and "image 3" in raised.value.where  # the interior image of that step
     squashed = [image.copy() for image in images]
     squashed[3].positions[1] = squashed[3].positions[0] + [0.2, 0.0, 0.0]
     with pytest.raises(UnphysicalFrame, match=r"round 2, image 3: atoms 0 \(O\) and 1 \(C\)") as raised:

@@ -421,26 +421,30 @@ def test_a_band_cut_short_is_not_where_the_next_round_starts(tiny_model, calc, t
 
 
 class OverlapsInRoundZero(PhysicalGuard):
-    """A guard that finds image 2 squashed at NEB step 3 of round 0 and keeps the band of step 2."""
+    """A guard that finds image 2 squashed at NEB step ``at`` of round 0 and keeps the band of step 2."""
+
+    at = 3
 
     def check_band(self, images, where, energies=None):
         super().check_band(images, where, energies)
         if where == "round 0, NEB step 2":
             self.step_two = [image.positions.copy() for image in images]
-        if where == "round 0, NEB step 3":
+        if where == f"round 0, NEB step {self.at}":
             squashed = images[2].copy()
             squashed.positions[1] = squashed.positions[0] + [0.2, 0.0, 0.0]
             raise UnphysicalFrame(f"{where}, image 2: atoms 0 (O) and 1 (C) are 0.20 A apart; the run is stopped",
                                   atoms=squashed, where=f"{where}, image 2", image=2)
 
 
-@pytest.mark.parametrize("shift, stops", [(1e-3, True), (50.0, False)])
+@pytest.mark.parametrize("shift, stops, at", [(1e-3, True, 3), (50.0, False, 3), (50.0, False, 4)])
 def test_a_guard_stop_the_model_moved_into_asks_the_reference_where_the_band_was_judged(
-        tiny_model, calc, tmp_path, shift, stops):
+        tiny_model, calc, tmp_path, shift, stops, at):
     """The squashed frame is stored 'unphysical', never labelled; image 2 of the band the trigger last judged
-    (step 2, interval 2) is the round's check. A model right there stops the run; one off learns and goes on."""
+    before the stop (step 2, interval 2; a stop at step 4 does not judge its own band) is the round's check. A
+    model right there stops the run; one off learns and goes on."""
     images = formaldehyde_band(5)
     guard = OverlapsInRoundZero([images[0], images[-1]])
+    guard.at = at
     learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], shift), tmp_path / "run", images,
                          threshold=1e3, max_rounds=1, steps=6, interval=2, guard=guard, conditioning=[],
                          progress=False, finetune_options={"epochs": 2, "replay": None})
@@ -453,12 +457,13 @@ def test_a_guard_stop_the_model_moved_into_asks_the_reference_where_the_band_was
     np.testing.assert_allclose(checked.positions, guard.step_two[2])
     assert checked.get_potential_energy() is not None and climbing[0].energy_error == pytest.approx(-shift, abs=1e-6)
     if stops:
-        assert report.stopped.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C)")
+        assert report.stopped.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C)"), climbing[0].reason
         assert "the model is right about image 2" in report.stopped and report.rounds == []
+        np.testing.assert_allclose(np.array([a.positions for a in learner.images]), np.array(guard.step_two))
     else:
         assert report.stopped == "" and len(report.rounds) == 2 and report.final_round == 1
-        assert report.rounds[0].runaway.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C) are 0.20 A")
-        assert "at NEB step 2 it is off by -50.00 eV" in report.rounds[0].runaway
+        assert report.rounds[0].runaway.startswith(f"round 0, NEB step {at}, image 2: atoms 0 (O) and 1 (C) are 0.20 A")
+        assert "at NEB step 2 image 2 fails its check (energy error -50.000 eV outside" in report.rounds[0].runaway
         assert not report.rounds[0].converged and report.rounds[0].steps == 2
         assert climbing[0].store_id in learner.state["trained_ids"]
 
