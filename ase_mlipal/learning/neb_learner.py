@@ -394,7 +394,11 @@ class NEBLearner(LearningRun):
 
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a
-        band a guard stopped). A band whose relaxation a guard cut short
+        band a guard stopped). Checks within ``barrier_tolerance`` of the
+        least off are as good at the resolution the user asked for (the
+        tolerance the model choice takes a fine-tune within): of those bands
+        the latest is chosen, its model having learned from every label
+        before it. A band whose relaxation a guard cut short
         (``NEBRound.runaway``) is no barrier: it is chosen only when no other band was checked.
         The calculator and ``self.images`` end on the best verified band, so
         a run never ends worse than its checks show.
@@ -405,7 +409,8 @@ class NEBLearner(LearningRun):
             return None
         if self.state["confident"]:
             return len(rounds) - 1
-        best = min(checked, key=lambda k: (rounds[k].verified_error, -k))
+        least = min(rounds[k].verified_error for k in checked)
+        best = max(k for k in checked if rounds[k].verified_error <= least + self.barrier_tolerance)
         if best != len(rounds) - 1 or self.state["stopped"]:
             model_round = rounds[best].model_round
             model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")

@@ -105,8 +105,9 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert sources.count("endpoint") == 2 and sources.count("verify") >= 1
     assert first.learning is not None and first.learning.n_train_frames >= 3  # endpoints + the failed check
     assert (report.rounds[-1].learning is None) == accepted[0]
-    errors = [r.verified_error for r in report.rounds]
-    assert report.final_round == int(np.argmin(errors))  # the run ends on the band its checks show least off
+    errors = np.array([r.verified_error for r in report.rounds])
+    as_good = np.flatnonzero(errors <= errors.min() + learner.barrier_tolerance)
+    assert report.final_round == as_good[-1]  # the latest band its checks show least off, at the tolerance
     assert report.verified_barrier_error == report.final.check.energy_error
     lines = report.table().splitlines()
     rows, notes = lines[1:1 + len(report.rounds)], lines[1 + len(report.rounds):]
@@ -114,6 +115,26 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert any("not a saddle of the reference" in n for n in notes) == report.final.top_unconfirmed
     barrier, std = report.barrier
     assert np.isfinite(barrier) and std > 0
+
+
+def test_the_final_band_is_the_latest_whose_checks_are_within_the_tolerance_of_the_least_off(calc, tmp_path):
+    """Checks 0.30, 0.12, 0.13 eV off (tolerance 0.1): the last band is as good as the second at the tolerance
+    and its model learned more; 0.30, 0.12, 0.25: the second. A band a guard cut short is never chosen."""
+    from types import SimpleNamespace
+
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", formaldehyde_band(5), threshold=1e3,
+                         conditioning=[], progress=False)
+    learner.state.update(confident=False, stopped="")
+    learner.calc.set_model = learner.calc.load_posterior = learner._restore_band = lambda *a, **k: None
+
+    def rounds(*errors, cut=()):
+        return [SimpleNamespace(verified_error=e, runaway="cut" if k in cut else "", round=k, model_round=k)
+                for k, e in enumerate(errors)]
+
+    assert learner._best_verified(rounds(0.30, 0.12, 0.13)) == 2
+    assert learner._best_verified(rounds(0.30, 0.12, 0.25)) == 1
+    assert learner._best_verified(rounds(0.30, 0.12, 0.13, cut=(2,))) == 1
+    assert learner._best_verified(rounds(float("nan"), 0.5)) == 1
 
 
 @pytest.mark.parametrize("band_start", ["initial", "previous"])
