@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -108,6 +109,24 @@ class UncertaintyModel:
         copied.energy_posterior = copy.deepcopy(self.energy_posterior)
         copied.atom_posterior = copy.deepcopy(self.atom_posterior)
         return copied
+
+    @contextmanager
+    def posteriors_of(self, state: "UncertaintyModel") -> Iterator[None]:
+        """Within the block, predict with the posteriors of ``state`` (a :meth:`snapshot` of this model).
+
+        What the block conditions on goes into ``state``'s posteriors; this
+        model's own are back, unchanged, after it.
+        """
+        if state.model is not self.model:
+            raise ValueError("posteriors_of needs a snapshot of this model: the features would not match")
+        saved = self.energy_posterior, self.atom_posterior
+        self.energy_posterior, self.atom_posterior = state.energy_posterior, state.atom_posterior
+        self.changed()
+        try:
+            yield
+        finally:
+            self.energy_posterior, self.atom_posterior = saved
+            self.changed()
 
     def conditioned(self, features: Features, weight: float = 1.0) -> "UncertaintyModel":
         """A copy conditioned on ``features``, this one unchanged (the model itself is not copied)."""

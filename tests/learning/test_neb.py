@@ -117,6 +117,37 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert np.isfinite(barrier) and std > 0
 
 
+def test_a_band_is_judged_on_the_posterior_its_relaxation_started_with(tiny_model, calc, tmp_path):
+    """The trigger's flags settle their frames at once; the round's profile and checks do not see them."""
+    images = formaldehyde_band(5)
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0]), tmp_path / "run", images,
+                         threshold=1e-6, max_rounds=0, steps=4, interval=1, conditioning=[], progress=False)
+    report = learner.run()
+    first = report.rounds[0]
+    assert first.n_flagged > 0
+    fresh = path_profile(formaldehyde_calc(tiny_model), report.images)  # the posterior before any flag
+    np.testing.assert_allclose(first.profile.energy_std, fresh.energy_std, rtol=1e-6)
+    settled = path_profile(learner.calc, report.images)  # the calculator keeps the flags
+    assert np.all(settled.energy_std[1:-1] < fresh.energy_std[1:-1])
+    assert first.check.energy_std == pytest.approx(fresh.energy_std[first.check.image], rel=1e-6)
+
+
+def test_posteriors_of_needs_a_snapshot_and_puts_the_posteriors_back(tiny_model, calc):
+    model = calc.uncertainty_model
+    before = model.snapshot()
+    calc.condition([formaldehyde_band(5)[2]])
+    image = formaldehyde_band(5)[2]
+    image.calc = calc
+    conditioned = calc.get_property("energy_uncertainty", image)
+    with model.posteriors_of(before):
+        image.calc = calc
+        assert calc.get_property("energy_uncertainty", image) > conditioned
+    assert calc.get_property("energy_uncertainty", image) == pytest.approx(conditioned)
+    with pytest.raises(ValueError, match="snapshot of this model"):
+        with model.posteriors_of(MLIPALCalculator(model=tiny_model).uncertainty_model):
+            pass
+
+
 def test_the_final_band_is_the_latest_whose_checks_are_within_the_tolerance_of_the_least_off(calc, tmp_path):
     """Checks 0.30, 0.12, 0.13 eV off (tolerance 0.1): the last band is as good as the second at the tolerance
     and its model learned more; 0.30, 0.12, 0.25: the second. A band a guard cut short is never chosen."""
