@@ -455,11 +455,11 @@ class NEBLearner(LearningRun):
             guarded, converged, (steps, positions) = error, False, error.last_band
             for image, judged in zip(self.images, positions):
                 image.positions = judged
-        quiet = self._certain_before(before, trigger)
         # the band is judged on what the model knew: a flag settles its own frame at once (bookkeeping against
         # flagging one event again and again, not a label); judged after its flags, the barrier sigma of two of
         # the benchmark's round-0 bands was 3.7x and 4.1x smaller
         with self.calc.uncertainty_model.posteriors_of(before):
+            quiet = self._certain_before(trigger)
             return self._judge_band(number, trigger, before, converged, steps, runaway or guarded, quiet)
 
     def _judge_band(self, number: int, trigger: UncertaintyTrigger, before: UncertaintyModel, converged: bool,
@@ -598,17 +598,19 @@ class NEBLearner(LearningRun):
                 energies.append(frame.get_potential_energy())
         return max(0.0, energies[0] - energies[1]) if len(energies) == 2 else 0.0
 
-    def _certain_before(self, before: UncertaintyModel, trigger: UncertaintyTrigger) -> bool:
-        """Is every interior image of the band below the trigger's threshold on the posterior ``before``?
+    def _certain_before(self, trigger: UncertaintyTrigger) -> bool:
+        """Is every interior image of the band below the trigger's threshold on the calculator's posterior?
 
-        A flag enters the posterior at once with the weight that settles it
-        below the threshold (bookkeeping against flagging one event again
-        and again, not a label), so the band a relaxation ends on is judged
-        on the posterior it started with.
+        Called on the posterior the relaxation started with
+        (:meth:`~ase_mlipal.UncertaintyModel.posteriors_of`): a flag enters
+        the posterior at once with the weight that settles it below the
+        threshold (bookkeeping against flagging one event again and again,
+        not a label). The features are computed on that posterior too (a
+        force kernel's variances come with them).
         """
         interior = self.images[1:-1]
         _, batches = self.calc.predict(interior, rows=False)
-        values = [trigger.value_of(before.uncertainty_from(features), len(image))
+        values = [trigger.value_of(self.calc.uncertainty_from(features), len(image))
                   for features, image in zip(per_structure(batches), interior)]
         return max(values, default=0.0) <= trigger.threshold
 

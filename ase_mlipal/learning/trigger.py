@@ -303,7 +303,7 @@ class UncertaintyTrigger:
 
     def _flag(self, atoms: Atoms, value: float, step: int, uncertainties: dict, image: Optional[int] = None) -> None:
         """Store the frame and condition the posterior on it (a pass with conditioning rows: flags are rare)."""
-        per_atom = {k: uncertainties[k] for k in ("forces_uncertainty", "energies_uncertainty")}
+        per_atom = {k: uncertainties[k] for k in ("forces_uncertainty", "energies_uncertainty") if k in uncertainties}
         self.store.add_flagged(atoms, source=self.source, uncertainty=value, step=step, image=image,
                                run_id=self.run_id, model_hash=self.calc.model_hash, per_atom=per_atom)
         self.calc.condition(atoms, weight=self._weight(value, len(atoms)), progress=False)

@@ -115,9 +115,11 @@ class UncertaintyModel:
         """Within the block, predict with the posteriors of ``state`` (a :meth:`snapshot` of this model).
 
         What the block conditions on goes into ``state``'s posteriors; this
-        model's own are back, unchanged, after it.
+        model's own are back, unchanged, after it (also after an error; a
+        posterior loaded or a model set inside the block is undone: do
+        neither there).
         """
-        if state.model is not self.model:
+        if state.model is not self.model or state.feature_map is not self.feature_map:
             raise ValueError("posteriors_of needs a snapshot of this model: the features would not match")
         saved = self.energy_posterior, self.atom_posterior
         self.energy_posterior, self.atom_posterior = state.energy_posterior, state.atom_posterior
