@@ -270,6 +270,11 @@ class NEBLearner(LearningRun):
     frame is then stored as ``unphysical``); otherwise the failed check is
     trained on and the next round runs (``NEBRound.runaway`` says so).
 
+    After the run the calculator holds the final band's model and posterior,
+    that band's flags settled in it (bookkeeping); ``report.final.profile``
+    is judged without them, so a ``path_profile`` of ``report.images`` on the
+    calculator reads a smaller sigma than the report's.
+
     State lives in ``workdir`` (see :mod:`ase_mlipal.learning.learning_run`, plus
     ``band.traj``): run the same learner again to resume after a crash.
 
