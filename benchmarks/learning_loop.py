@@ -223,9 +223,6 @@ def merge(paths: list[Path]) -> dict:
     parts = [p for p in loaded if p.get("kind") != "md" and p["rounds"]]
     md = [p for p in loaded if p.get("kind") == "md"]
     for p in parts:
-        if "after_direct" in p and not found_a_pass(p["direct_neb"]):  # a part merged before the rule
-            for key in ("before_direct", "after_direct", "covered_2sigma_direct"):
-                p.pop(key)
         last = final_band(p)
         p["checks_off"], p["top_unconfirmed"] = last.verified_error, last.top_unconfirmed
         # the predicted sigma alone is the calibration test; the reported one holds the checks' own error

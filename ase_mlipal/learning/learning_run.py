@@ -238,6 +238,15 @@ class LearningRun:
         run_id = str(row.get("run_id", ""))
         return run_id == self.run_id or re.fullmatch(rf"{re.escape(self.run_id)}-round\d+", run_id) is not None
 
+    def _own_flagged(self) -> list[int]:
+        """Store ids of this run's flagged rows."""
+        return [row.id for row in self.store.rows("flagged") if self._owns(row)]
+
+    def _skip(self, row_ids: Sequence[int], reason: Optional[str] = None) -> None:
+        """Store ``row_ids`` as ``skipped`` (default reason: over this run's label budget)."""
+        self.store.mark_skipped(row_ids, reason or f"over the label budget (max_labels={self.max_labels}) of run "
+                                                   f"{self.run_id}")
+
     def labels_used(self) -> int:
         """Reference calculations this run has asked for (its rows labelled, verified, failed, or
         confirmed unphysical after a label)."""
@@ -257,8 +266,8 @@ class LearningRun:
         if self.max_labels is None:
             return True
         revived = [row.id for row in self.store.rows("skipped") if row.id in keep]  # a check on a skipped frame
-        flagged = [row for row in self.store.rows("flagged") if self._owns(row)]
-        extra = [row.id for row in flagged if row.id not in keep]
+        flagged = self._own_flagged()
+        extra = [row_id for row_id in flagged if row_id not in keep]
         room = self.max_labels - self.labels_used() - (len(flagged) - len(extra)) - len(revived)
         if room < 0:
             return False
@@ -268,8 +277,7 @@ class LearningRun:
             rows = candidate_rows(self.calc, frames)
             picked = set(greedy_maxdet(rows, selection_posterior(self.calc, state).precision(), room).tolist()) \
                 if room else set()
-            self.store.mark_skipped([row_id for k, row_id in enumerate(extra) if k not in picked],
-                                    f"over the label budget (max_labels={self.max_labels}) of run {self.run_id}")
+            self._skip([row_id for k, row_id in enumerate(extra) if k not in picked])
         return True
 
     def label_within_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None,
@@ -277,14 +285,13 @@ class LearningRun:
         """:meth:`fit_budget`, then label. When ``keep`` (``what``) does not fit, or flags wait and the
         budget is used up, nothing is labelled: the run is stopped and its flagged rows are stored
         ``skipped``; returns False."""
-        waiting = any(self._owns(row) for row in self.store.rows("flagged"))
+        waiting = bool(self._own_flagged())
         used_up = self.max_labels is not None and self.labels_used() >= self.max_labels
         if (waiting and used_up) or not self.fit_budget(keep, state):
             self.state["stopped"] = (f"the label budget is spent (max_labels={self.max_labels}, "
                                      f"{self.labels_used()} used): no labels left for {what}; a new run with a "
                                      "larger max_labels goes further")
-            self.store.mark_skipped([row.id for row in self.store.rows("flagged") if self._owns(row)],
-                                    self.state["stopped"])
+            self._skip(self._own_flagged(), self.state["stopped"])
             return False
         label(self.store, self.reference, executor=self.executor, progress=self.progress,
               row_ids=self._labellable(keep))
@@ -294,7 +301,7 @@ class LearningRun:
         """Store ids this run may label: its own flagged rows and ``keep`` (all when no budget)."""
         if self.max_labels is None:
             return None
-        return {row.id for row in self.store.rows("flagged") if self._owns(row) or row.id in keep}
+        return set(self._own_flagged()) | {row.id for row in self.store.rows("flagged") if row.id in keep}
 
     # -- learning ----------------------------------------------------------
 

@@ -247,8 +247,7 @@ class OnTheFlyLearner(LearningRun):
         """
         spent = self.max_labels is not None and self.labels_used() >= self.max_labels
         if spent and not self._waiting_audits():
-            self.store.mark_skipped([row.id for row in self.store.rows("flagged") if self._owns(row)],
-                                    f"over the label budget (max_labels={self.max_labels}) of run {self.run_id}")
+            self._skip(self._own_flagged())
             return
         self.label_within_budget(self._waiting_audits(), what="the last audits")
 

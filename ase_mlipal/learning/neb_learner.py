@@ -36,7 +36,6 @@ from ..paths import (  # noqa: F401
 from ..progress import progress_bar
 from ..storage import atomic_write
 from ..uncertainty.features import per_structure
-from ..uncertainty.uncertainty_model import UncertaintyModel
 from .labelling import LabelReport, Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
@@ -441,7 +440,7 @@ class NEBLearner(LearningRun):
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
         before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
-        runaway = guarded = None
+        cut = None  # the guard stop the relaxation was cut short by, if the reference is asked about it
         try:
             converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
                                           interval=self.interval, optimizer=self.optimizer, climb=self.climb,
@@ -450,25 +449,24 @@ class NEBLearner(LearningRun):
         except EnergyRunaway as error:  # the geometry passed the guard: ask the reference (below) before stopping
             if not 0 < error.image < len(self.images) - 1:  # an endpoint far above the other: nothing to relax
                 return self._stop_unphysical(error, trigger.run_id)
-            runaway, converged, steps = error, False, error.step or 0
+            cut, converged, steps = error, False, error.step or 0
         except UnphysicalFrame as error:
             if not self._model_moved_into(error):
                 return self._stop_unphysical(error, trigger.run_id)
             # the model drove the band there: store the frame, go back to the last band the trigger judged and
             # ask the reference about the image there (below) before stopping
             self.store.add_unphysical(error.atoms, source="neb", reason=str(error), run_id=trigger.run_id)
-            guarded, converged, (steps, positions) = error, False, error.last_band
+            cut, converged, (steps, positions) = error, False, error.last_band
             for image, judged in zip(self.images, positions):
                 image.positions = judged
         # the band is judged on what the model knew: a flag settles its own frame at once (bookkeeping against
         # flagging one event again and again, not a label); judged after its flags, the barrier sigma of two of
         # the benchmark's round-0 bands was 3.7x and 4.1x smaller
         with self.calc.uncertainty_model.posteriors_of(before):
-            quiet = self._certain_before(trigger)
-            return self._judge_band(number, trigger, before, converged, steps, runaway or guarded, quiet)
+            return self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
 
-    def _judge_band(self, number: int, trigger: UncertaintyTrigger, before: UncertaintyModel, converged: bool,
-                    steps: int, cut: Optional[UnphysicalFrame], quiet: bool) -> Optional[NEBRound]:
+    def _judge_band(self, number: int, trigger: UncertaintyTrigger, converged: bool, steps: int,
+                    cut: Optional[UnphysicalFrame], quiet: bool) -> Optional[NEBRound]:
         """Profile, label and check the band a relaxation left (``cut``: the guard stop it was cut short by)."""
         profile = path_profile(self.calc, self.images, label=f"round {number}")
         if self.state["anchor_id"] is None:
@@ -480,7 +478,7 @@ class NEBLearner(LearningRun):
         audit = self._band_audit(profile, {top, rival})
         check_ids = {k: self._add_check_frame(k, steps, trigger.run_id) for k in (top, rival, audit) if k is not None}
         keep = set(check_ids.values()) | set(self.state.get("endpoint_ids", [self.state["anchor_id"]]))
-        if not self.label_within_budget(keep, before, what=f"the checks of round {number}"):
+        if not self.label_within_budget(keep, what=f"the checks of round {number}"):  # on the posterior judged
             if cut is not None:  # say why the band stopped too
                 self.state["stopped"] = f"{cut} ({self.state['stopped']})"
             return None
@@ -603,7 +601,7 @@ class NEBLearner(LearningRun):
                 energies.append(frame.get_potential_energy())
         return max(0.0, energies[0] - energies[1]) if len(energies) == 2 else 0.0
 
-    def _certain_before(self, trigger: UncertaintyTrigger) -> bool:
+    def _band_is_quiet(self, trigger: UncertaintyTrigger) -> bool:
         """Is every interior image of the band below the trigger's threshold on the calculator's posterior?
 
         Called on the posterior the relaxation started with
