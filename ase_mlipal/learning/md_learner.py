@@ -33,6 +33,7 @@ from ase.optimize.optimize import Dynamics
 from ..calculator import MLIPALCalculator
 from ..guards import PhysicalGuard, UnphysicalFrame
 from ..legacy import renamed_argument
+from ..models.graphs import OverlappingAtoms
 from ..progress import progress_bar
 from ..storage import atomic_write
 from .labelling import Reference
@@ -42,9 +43,16 @@ from .trigger import UncertaintyTrigger
 from .verification import Check
 
 
-def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = 0.01) -> Dynamics:
-    """The default dynamics: Langevin at ``temperature_K``."""
-    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction, fixcm=False)
+def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = 0.01,
+             seed: Optional[int] = None) -> Dynamics:
+    """The default dynamics: Langevin at ``temperature_K``; ``seed`` makes its random forces reproducible.
+
+    ``friction`` is in ASE's inverse time unit, as :class:`ase.md.langevin.Langevin`
+    takes it. A resumed run draws its random forces anew from ``seed``.
+    """
+    rng = None if seed is None else np.random.default_rng(seed)
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction,
+                    fixcm=False, rng=rng)
 
 
 @dataclass
@@ -189,7 +197,8 @@ class OnTheFlyLearner(LearningRun):
         with progress_bar(progress=self.progress, total=self.steps, initial=step, desc="MD") as bar:
             while step < self.steps and not self.state["stopped"]:
                 advance = min(self.interval, self.steps - step)
-                dyn.run(advance)
+                if not self._advance(dyn, advance, step):
+                    break
                 step += advance
                 bar.update(advance)
                 if not self._check(step, report):
@@ -205,6 +214,27 @@ class OnTheFlyLearner(LearningRun):
         report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
         report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
         return report
+
+    def _advance(self, dyn: Dynamics, advance: int, step: int) -> bool:
+        """Run ``advance`` MD steps from ``step``; False if the dynamics put atoms on top of each other.
+
+        The model cannot evaluate overlapping atoms (closer than
+        :data:`~ase_mlipal.models.graphs.OVERLAP_DISTANCE`); that frame is a
+        guard stop between two checks: stored ``unphysical`` and the run
+        stopped, ``md.traj`` keeps the last checked frame.
+        """
+        first = dyn.nsteps
+        try:
+            dyn.run(advance)
+        except OverlappingAtoms as error:
+            at = step + dyn.nsteps - first + 1
+            reason = (f"MD step {at}: {error} The run stops; {self._path('md.traj')} holds the last checked "
+                      f"frame (step {step}). A smaller timestep, a stronger thermostat or a tighter guard "
+                      "(PhysicalGuard(min_distance_ratio=...)) stops such a run earlier.")
+            self.store.add_unphysical(self.atoms, source="md", reason=reason, step=at, run_id=self.run_id)
+            self.state["stopped"] = reason
+            return False
+        return True
 
     def _check(self, step: int, report: LearnReport) -> bool:
         """Guard, trigger and audit draw at ``step``; False if the guard stopped the run."""

@@ -26,6 +26,14 @@ _DEFAULT_DTYPE_LOCK = threading.RLock()
 OVERLAP_DISTANCE = 0.1
 
 
+class OverlappingAtoms(ValueError):
+    """Atoms closer than :data:`OVERLAP_DISTANCE`; ``pairs``: ``(i, j, distance in A)``, closest first."""
+
+    def __init__(self, message: str, pairs: list[tuple[int, int, float]]):
+        super().__init__(message)
+        self.pairs = pairs
+
+
 @contextmanager
 def graph_dtype(dtype: torch.dtype) -> Iterator[None]:
     """mace's ``default_dtype(dtype)``, held under a process-wide lock.
@@ -73,11 +81,12 @@ def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
     overlapping = overlapping_pairs(atoms)
     if overlapping:
         i, j, distance = overlapping[0]
-        raise ValueError(
+        raise OverlappingAtoms(
             f"Atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {distance:.3f} A apart "
             f"({len(overlapping)} pair(s) closer than {OVERLAP_DISTANCE} A: {[p[:2] for p in overlapping[:5]]}): "
             "overlapping atoms, on which the model's features are undefined. Fix the structure "
-            "(a duplicated atom? a wrong unit?) or restart from the last good frame."
+            "(a duplicated atom? a wrong unit?) or restart from the last good frame.",
+            overlapping,
         )
     known = set(int(z) for z in elements)
     unknown = sorted(set(int(z) for z in atoms.numbers) - known)

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase import units
+from ase.build import molecule
+from ase.md.verlet import VelocityVerlet
 
-from ase_mlipal import FrameStore, save_model
+from ase_mlipal import FrameStore, OnTheFlyLearner, save_model
 
 from ..conftest import assert_no_label_repeated
+from .test_neb import formaldehyde_calc
 
 pytest.importorskip("tblite")
 
@@ -35,7 +39,7 @@ calc.condition(known)
 learner = OnTheFlyLearner(
     start, calc, LoggedXTB, workdir, threshold=1.3, mode="relative", typical_frames=known,
     steps=int(sys.argv[4]), interval=2, labels_per_round=3, conditioning=known,
-    dynamics=lambda atoms: langevin(atoms, temperature_K=800, timestep_fs=0.5, friction=0.05),
+    dynamics=lambda atoms: langevin(atoms, temperature_K=800, timestep_fs=0.5, friction=0.05, seed=0),
     executor=ThreadPoolExecutor(1), audit_interval=40,
     guard=ase_mlipal.PhysicalGuard([start], min_distance_ratio=0.05, bond_ratio=20.0),
     finetune_options={"epochs": 4, "replay": None, "patience": 10},
@@ -90,3 +94,32 @@ def test_killed_learner_resumes_without_repeating_a_label(tiny_model, tmp_path):
     assert audits  # unflagged frames were audited; each checked, or failed for want of a label
     assert all(np.isfinite(c["force_mae"]) or c["reason"].startswith("no reference label") for c in audits)
     assert {row.id for row in store.rows("verified")} <= {c["store_id"] for c in audits}
+
+
+class Collapse(VelocityVerlet):
+    """MD that moves atom 1 a third of the way onto atom 0 each step (an MD blowing up between two checks)."""
+
+    def step(self, forces=None):
+        positions = self.atoms.get_positions()
+        positions[1] += (positions[0] - positions[1]) / 3
+        self.atoms.set_positions(positions)
+        return self.atoms.get_forces()
+
+
+def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
+    """Atoms driven within 0.1 A before the guard's check at step 20: the frame is stored unphysical, the run stops, nothing raises."""
+    start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
+    learner = OnTheFlyLearner(start, calc, lambda: pytest.fail("nothing may be labelled"), tmp_path / "run",
+                              threshold=1e9, steps=40, interval=20, audit_interval=None, conditioning=[],
+                              dynamics=lambda atoms: Collapse(atoms, 0.5 * units.fs), progress=False)
+    report = learner.run()
+    first = start.get_distance(0, 1)
+    collapsed_at = next(n for n in range(1, 40) if first * (2 / 3) ** n < 0.1)  # the step that overlapped
+    assert report.stopped.startswith(f"MD step {collapsed_at}: Atoms 0 (O) and 1 (C)")
+    assert report.steps == 0 and "md.traj" in report.stopped
+    (row,) = learner.store.rows("unphysical")
+    assert row.get("step") == collapsed_at and row.toatoms().get_distance(0, 1) < 0.1
+    resumed = OnTheFlyLearner(start, calc, lambda: pytest.fail("nothing may be labelled"), tmp_path / "run",
+                              threshold=1e9, steps=40, interval=20, audit_interval=None, conditioning=[],
+                              progress=False).run()
+    assert resumed.stopped == report.stopped and resumed.steps == 0  # a stopped run stays stopped
