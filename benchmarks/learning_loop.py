@@ -67,8 +67,11 @@ HERE = Path(__file__).resolve().parent
 BANDS = HERE / "data" / "reactive_bands.xyz.gz"
 RESULTS = HERE / "results"
 PARTS = RESULTS / "learning_loop"
-SETTINGS = {"images": 9, "threshold": 0.5, "max_rounds": 4, "steps": 300, "fmax": 0.1, "barrier_tolerance": 0.1,
-            "band_start": "initial", "finetune": LEARNER_FINETUNE, "max_labels": 40}  # the label budget
+MAX_LABELS = 40  # the label budget
+# Rounds are bounded by the label budget, not by a count of their own: each band's checks take up to three
+# labels (climbing image, band maximum, audit), so the budget pays for at most MAX_LABELS // 3 bands.
+SETTINGS = {"images": 9, "threshold": 0.5, "max_rounds": MAX_LABELS // 3, "steps": 300, "fmax": 0.1,
+            "barrier_tolerance": 0.1, "band_start": "initial", "finetune": LEARNER_FINETUNE, "max_labels": MAX_LABELS}
 SMOKE = {"images": 5, "threshold": 0.5, "max_rounds": 1, "steps": 3, "fmax": 0.1, "barrier_tolerance": 0.1,
          "band_start": "initial", "finetune": {"epochs": 1, "replay_ratio": 1}}
 
