@@ -193,7 +193,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_rounds=args.rounds)
+    run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_labels=args.max_labels,
+             max_rounds=args.rounds)
 
 
 LEARN_HELP = """TOML file, e.g.:
@@ -413,7 +414,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="mlipal-demo")
     demo.add_argument("--images", type=int, default=9)
     demo.add_argument("--threshold", type=float, default=0.5, help="eV/A (default 0.5)")
-    demo.add_argument("--rounds", type=int, default=4, help="learning rounds at most (bands: one more)")
+    demo.add_argument("--max-labels", type=int, default=40, help="xTB labels at most, checks included (default 40)")
+    demo.add_argument("--rounds", type=int, default=None,
+                      help="learning rounds at most (bands: one more; default max-labels // 3)")
     demo.set_defaults(func=cmd_demo)
     return main
 
