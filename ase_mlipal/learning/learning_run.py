@@ -254,13 +254,18 @@ class LearningRun:
         return sum(1 for row in self.store.rows() if self._owns(row)
                    and (row.status in asked or (row.status == "unphysical" and row.get("energy") is not None)))
 
+    def label_reserve(self) -> int:
+        """Labels held back from flags for the checks still to come (none here; see :class:`NEBLearner`)."""
+        return 0
+
     def fit_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None) -> bool:
         """Before labelling: keep this run's flagged rows within ``max_labels``.
 
         The rows ``keep`` (checks, audits, endpoints; one stored ``skipped``
         earlier is flagged again) are labelled; of the other flags, as many as
-        fit are chosen by greedy MaxDet on the posterior ``state`` (default:
-        the calculator's), the rest stored ``skipped``. Returns False, changing nothing, when ``keep`` alone does
+        fit beside :meth:`label_reserve` are chosen by greedy MaxDet on the
+        posterior ``state`` (default: the calculator's), the rest stored
+        ``skipped``. Returns False, changing nothing, when ``keep`` alone does
         not fit.
         """
         if self.max_labels is None:
@@ -271,6 +276,7 @@ class LearningRun:
         room = self.max_labels - self.labels_used() - (len(flagged) - len(extra)) - len(revived)
         if room < 0:
             return False
+        room = max(0, room - self.label_reserve())  # what is left for flags
         self.store.mark_flagged_again(revived)
         if len(extra) > room:
             frames = [self.store.frame(row_id) for row_id in extra]
@@ -288,14 +294,24 @@ class LearningRun:
         waiting = bool(self._own_flagged())
         used_up = self.max_labels is not None and self.labels_used() >= self.max_labels
         if (waiting and used_up) or not self.fit_budget(keep, state):
-            self.state["stopped"] = (f"the label budget is spent (max_labels={self.max_labels}, "
-                                     f"{self.labels_used()} used): no labels left for {what}; a new run with a "
-                                     "larger max_labels goes further")
-            self._skip(self._own_flagged(), self.state["stopped"])
+            self._stop_for_budget(what)
             return False
         label(self.store, self.reference, executor=self.executor, progress=self.progress,
               row_ids=self._labellable(keep))
         return True
+
+    def _budget_spent(self, what: str) -> bool:
+        """No label left: stop the run (nothing left for ``what``) and return True; else False."""
+        if self.max_labels is None or self.labels_used() < self.max_labels:
+            return False
+        self._stop_for_budget(what)
+        return True
+
+    def _stop_for_budget(self, what: str) -> None:
+        self.state["stopped"] = (f"the label budget is spent (max_labels={self.max_labels}, "
+                                 f"{self.labels_used()} used): no labels left for {what}; a new run with a "
+                                 "larger max_labels goes further")
+        self._skip(self._own_flagged(), self.state["stopped"])
 
     def _labellable(self, keep: Collection[int] = ()) -> Optional[set]:
         """Store ids this run may label: its own flagged rows and ``keep`` (all when no budget)."""

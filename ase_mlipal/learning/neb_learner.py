@@ -42,6 +42,9 @@ from .store import FrameStore
 from .trigger import UncertaintyTrigger
 from .verification import Check
 
+#: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
+CHECKS_PER_BAND = 3
+
 
 @dataclass
 class NEBRound:
@@ -269,6 +272,11 @@ class NEBLearner(LearningRun):
     frame is then stored as ``unphysical``); otherwise the failed check is
     trained on and the next round runs (``NEBRound.runaway`` says so).
 
+    With ``max_labels``, a band's flags leave :data:`CHECKS_PER_BAND` labels
+    for the next band's checks (greedy MaxDet picks the flags that fit; the
+    rest are stored ``skipped``), and no band is run once no label is left
+    to check it: an unchecked band is never verified nor chosen.
+
     After the run the calculator holds the final band's model and posterior,
     that band's flags settled in it (bookkeeping); ``report.final.profile``
     is judged without them, so a ``path_profile`` of ``report.images`` on the
@@ -375,6 +383,8 @@ class NEBLearner(LearningRun):
             self._save_band(f"band_round{number}.traj")
             self.calc.save_posterior(self._path(f"posterior_band{number}.npz"))
             while not self.state["confident"] and number < self.max_rounds:
+                if self._budget_spent(f"the checks of round {number + 1}"):
+                    break  # a band nothing is left to check would be neither verified nor chosen
                 # a rejected fine-tune leaves model and band as they were: train again (the seed is the
                 # round's) rather than rerun the same band and check
                 number += 1
@@ -425,6 +435,15 @@ class NEBLearner(LearningRun):
             self.calc.load_posterior(self._path(f"posterior_band{rounds[best].round}.npz"))
             self._restore_band(f"band_round{rounds[best].round}.traj")
         return best
+
+    def label_reserve(self) -> int:
+        """Labels the flags leave for the next band's checks (climbing image, band maximum, audit).
+
+        A band the budget cannot check is never verified and never chosen:
+        the flags that trained its model would be labels spent for nothing.
+        None after the last band ``max_rounds`` allows.
+        """
+        return CHECKS_PER_BAND if self.state["round"] < self.max_rounds else 0
 
     def _trigger(self, number: int) -> UncertaintyTrigger:
         return UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",

@@ -138,3 +138,25 @@ def test_a_guard_stop_with_no_labels_left_to_judge_it_names_both(tiny_model, cal
     assert report.stopped.startswith("round 0, NEB step 3, image 2: atoms 0 (O) and 1 (C) are 0.20 A apart")
     assert "(the label budget is spent (max_labels=2" in report.stopped and learner.labels_used() == 0
     assert learner.store.counts()["unphysical"] == 1
+
+
+def test_a_neb_run_keeps_labels_for_the_next_bands_checks(tiny_model, calc, tmp_path):
+    """Flags everywhere and a budget the first band's flags could fill: they leave three labels (the next band's
+    checks), so the second band is checked; its own flags get no label (none would be left for a third band's
+    checks), and no third band is run."""
+    images = formaldehyde_band(5)
+    CountedModelReference.calls = 0
+    learner = NEBLearner(calc, lambda: CountedModelReference(tiny_model, images[0], 0.3), tmp_path / "run", images,
+                         threshold=1e-6, max_rounds=3, steps=6, interval=2, conditioning=[], progress=False,
+                         max_labels=11, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    assert [r.round for r in report.rounds] == [0, 1] and all(r.check is not None for r in report.rounds)
+    assert CountedModelReference.calls == learner.labels_used() == 11
+    assert report.stopped.startswith("the label budget is spent (max_labels=11, 11 used): no labels left for "
+                                     "the checks of round 2")
+    checks = {c.store_id for r in report.rounds for c in r.checks}
+    labelled = {row.id: row.get("run_id") for row in learner.store.rows() if row.status in ("labelled", "verified")
+                and row.get("source") == "neb" and row.id not in checks}
+    assert len(labelled) == 11 - 2 - len(report.rounds[0].checks) - 3  # endpoints, round 0's checks, the reserve
+    assert set(labelled.values()) == {"neb-round0"}
+    assert not [row for row in learner.store.rows() if row.get("run_id") == "neb-round2"]  # no band 2 was run
