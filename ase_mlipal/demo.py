@@ -42,14 +42,14 @@ class DemoScore:
 
 
 
-def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_labels: int = 40,
+def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_labels: Optional[int] = 40,
              max_rounds: Optional[int] = None, steps: int = 300, fmax: float = 0.1,
              finetune_options: Optional[dict] = None) -> dict:
     """Run the demo in ``workdir`` (its store replaced), print the before/after table; returns the scores.
 
-    ``max_labels`` bounds the xTB labels, checks included; ``max_rounds``
-    (default ``max_labels // 3``, the bands whose three checks the budget
-    pays for) the learning rounds.
+    ``max_labels`` bounds the xTB labels, checks included (``None``: no
+    bound); ``max_rounds`` (default ``max_labels // 3``, the bands whose
+    three checks the budget pays for; 4 without a budget) the learning rounds.
 
     Raises:
         ImportError: tblite (GFN2-xTB, the reference) is not installed; checked
@@ -65,7 +65,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     calc = MLIPALCalculator()
     before_mae = evaluate(calc.model, path)["forces_mae"]
     images = band(path[0], path[-1], n_images)
-    max_rounds = max_labels // 3 if max_rounds is None else max_rounds
+    if max_rounds is None:
+        max_rounds = 4 if max_labels is None else max_labels // 3
     learner = NEBLearner(calc, RobustXTB, workdir / "run", images, threshold, max_rounds=max_rounds, steps=steps,
                          fmax=fmax, finetune_options=finetune_options, max_labels=max_labels)
     report = learner.run()

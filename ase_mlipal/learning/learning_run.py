@@ -300,16 +300,16 @@ class LearningRun:
               row_ids=self._labellable(keep))
         return True
 
-    def _budget_spent(self, what: str) -> bool:
-        """No label left: stop the run (nothing left for ``what``) and return True; else False."""
-        if self.max_labels is None or self.labels_used() < self.max_labels:
+    def _budget_spent(self, what: str, needed: int = 1) -> bool:
+        """Fewer than ``needed`` labels left: stop the run (not enough for ``what``) and return True; else False."""
+        if self.max_labels is None or self.max_labels - self.labels_used() >= needed:
             return False
         self._stop_for_budget(what)
         return True
 
     def _stop_for_budget(self, what: str) -> None:
         self.state["stopped"] = (f"the label budget is spent (max_labels={self.max_labels}, "
-                                 f"{self.labels_used()} used): no labels left for {what}; a new run with a "
+                                 f"{self.labels_used()} used): not enough left for {what}; a new run with a "
                                  "larger max_labels goes further")
         self._skip(self._own_flagged(), self.state["stopped"])
 

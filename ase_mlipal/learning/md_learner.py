@@ -33,7 +33,7 @@ from ase.optimize.optimize import Dynamics
 from ..calculator import MLIPALCalculator
 from ..guards import PhysicalGuard, UnphysicalFrame
 from ..legacy import renamed_argument
-from ..models.graphs import OverlappingAtoms
+from ..models.graphs import OverlappingAtoms, overlapping_pairs
 from ..progress import progress_bar
 from ..storage import atomic_write
 from .labelling import Reference
@@ -150,6 +150,11 @@ class OnTheFlyLearner(LearningRun):
             raise ValueError("steps must be >= 0, interval and labels_per_round >= 1")
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
+        overlapping = overlapping_pairs(atoms)
+        if overlapping:
+            i, j, distance = overlapping[0]
+            raise OverlappingAtoms(f"the start structure has atoms {i} ({atoms[i].symbol}) and {j} "
+                                   f"({atoms[j].symbol}) {distance:.3f} A apart: fix it before the MD", overlapping)
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
                          finetune_options=finetune_options, run_id=run_id, progress=progress,
                          max_labels=max_labels, **deprecated)
@@ -233,6 +238,7 @@ class OnTheFlyLearner(LearningRun):
                       "(PhysicalGuard(min_distance_ratio=...)) stops such a run earlier.")
             self.store.add_unphysical(self.atoms, source="md", reason=reason, step=at, run_id=self.run_id)
             self.state["stopped"] = reason
+            self.write_state()  # stopped before the last audits are labelled: a resume does not run on
             return False
         return True
 
@@ -243,6 +249,7 @@ class OnTheFlyLearner(LearningRun):
         except UnphysicalFrame as error:
             self.store.add_unphysical(self.atoms, source="md", reason=str(error), step=step, run_id=self.run_id)
             self.state["stopped"] = str(error)
+            self.write_state()
             return False
         flagged = self.trigger(self.atoms, step=step)
         report.trace.append((step, self.trigger.last_value))

@@ -274,8 +274,10 @@ class NEBLearner(LearningRun):
 
     With ``max_labels``, a band's flags leave :data:`CHECKS_PER_BAND` labels
     for the next band's checks (greedy MaxDet picks the flags that fit; the
-    rest are stored ``skipped``), and no band is run once no label is left
-    to check it: an unchecked band is never verified nor chosen.
+    rest are stored ``skipped``), and no band is run once too few labels are
+    left for its climbing-image and audit checks: an unchecked band is never
+    verified nor chosen. The flags of the last band ``max_rounds`` allows
+    are labelled (no check follows it) though no fine-tune uses them.
 
     After the run the calculator holds the final band's model and posterior,
     that band's flags settled in it (bookkeeping); ``report.final.profile``
@@ -383,8 +385,8 @@ class NEBLearner(LearningRun):
             self._save_band(f"band_round{number}.traj")
             self.calc.save_posterior(self._path(f"posterior_band{number}.npz"))
             while not self.state["confident"] and number < self.max_rounds:
-                if self._budget_spent(f"the checks of round {number + 1}"):
-                    break  # a band nothing is left to check would be neither verified nor chosen
+                if self._budget_spent(f"the checks of round {number + 1}", needed=min(2, len(self.images) - 2)):
+                    break  # a band the budget cannot check (climbing image, audit) is neither verified nor chosen
                 # a rejected fine-tune leaves model and band as they were: train again (the seed is the
                 # round's) rather than rerun the same band and check
                 number += 1

@@ -152,11 +152,24 @@ def test_a_neb_run_keeps_labels_for_the_next_bands_checks(tiny_model, calc, tmp_
     report = learner.run()
     assert [r.round for r in report.rounds] == [0, 1] and all(r.check is not None for r in report.rounds)
     assert CountedModelReference.calls == learner.labels_used() == 11
-    assert report.stopped.startswith("the label budget is spent (max_labels=11, 11 used): no labels left for "
+    assert report.stopped.startswith("the label budget is spent (max_labels=11, 11 used): not enough left for "
                                      "the checks of round 2")
+    assert learner.store.counts()["flagged"] == 0  # every flag labelled or skipped
     checks = {c.store_id for r in report.rounds for c in r.checks}
     labelled = {row.id: row.get("run_id") for row in learner.store.rows() if row.status in ("labelled", "verified")
                 and row.get("source") == "neb" and row.id not in checks}
     assert len(labelled) == 11 - 2 - len(report.rounds[0].checks) - 3  # endpoints, round 0's checks, the reserve
     assert set(labelled.values()) == {"neb-round0"}
     assert not [row for row in learner.store.rows() if row.get("run_id") == "neb-round2"]  # no band 2 was run
+
+
+def test_the_last_band_keeps_no_labels_back(tiny_model, calc, tmp_path):
+    """With max_rounds=0 no band follows the first: its flags may take every label its checks leave."""
+    images = formaldehyde_band(5)
+    CountedModelReference.calls = 0
+    learner = NEBLearner(calc, lambda: CountedModelReference(tiny_model, images[0], 0.3), tmp_path / "run", images,
+                         threshold=1e-6, max_rounds=0, steps=6, interval=2, conditioning=[], progress=False,
+                         max_labels=11)
+    report = learner.run()
+    assert len(report.rounds) == 1 and learner.labels_used() == 11 == CountedModelReference.calls
+    assert learner.store.counts()["flagged"] == 0

@@ -14,7 +14,8 @@ from ase import units
 from ase.build import molecule
 from ase.md.verlet import VelocityVerlet
 
-from ase_mlipal import FrameStore, OnTheFlyLearner, save_model
+from ase_mlipal import FrameStore, OnTheFlyLearner, PhysicalGuard, save_model
+from ase_mlipal.models.graphs import OverlappingAtoms
 
 from ..conftest import assert_no_label_repeated
 from .test_neb import formaldehyde_calc
@@ -107,19 +108,24 @@ class Collapse(VelocityVerlet):
 
 
 def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
-    """Atoms driven within 0.1 A before the guard's check at step 20: the frame is stored unphysical, the run stops, nothing raises."""
+    """Atoms driven within 0.1 A between the guard's checks at steps 5 and 10: the frame is stored unphysical, the run stops, nothing raises."""
     start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
     learner = OnTheFlyLearner(start, calc, lambda: pytest.fail("nothing may be labelled"), tmp_path / "run",
-                              threshold=1e9, steps=40, interval=20, audit_interval=None, conditioning=[],
+                              threshold=1e9, steps=40, interval=5, audit_interval=None, conditioning=[],
+                              guard=PhysicalGuard([start], min_distance_ratio=0.01),  # passes step 5's 0.16 A
                               dynamics=lambda atoms: Collapse(atoms, 0.5 * units.fs), progress=False)
     report = learner.run()
     first = start.get_distance(0, 1)
-    collapsed_at = next(n for n in range(1, 40) if first * (2 / 3) ** n < 0.1)  # the step that overlapped
+    collapsed_at = next(n for n in range(1, 40) if first * (2 / 3) ** n < 0.1)  # the step that overlapped: 7
     assert report.stopped.startswith(f"MD step {collapsed_at}: Atoms 0 (O) and 1 (C)")
-    assert report.steps == 0 and "md.traj" in report.stopped
+    assert report.steps == 5 and "md.traj" in report.stopped and "(step 5)" in report.stopped
     (row,) = learner.store.rows("unphysical")
     assert row.get("step") == collapsed_at and row.toatoms().get_distance(0, 1) < 0.1
     resumed = OnTheFlyLearner(start, calc, lambda: pytest.fail("nothing may be labelled"), tmp_path / "run",
-                              threshold=1e9, steps=40, interval=20, audit_interval=None, conditioning=[],
+                              threshold=1e9, steps=40, interval=5, audit_interval=None, conditioning=[],
                               progress=False).run()
-    assert resumed.stopped == report.stopped and resumed.steps == 0  # a stopped run stays stopped
+    assert resumed.stopped == report.stopped and resumed.steps == 5  # a stopped run stays stopped
+    squashed = start.copy()
+    squashed.positions[1] = squashed.positions[0] + [0.05, 0, 0]
+    with pytest.raises(OverlappingAtoms, match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A"):
+        OnTheFlyLearner(squashed, calc, lambda: None, tmp_path / "bad", threshold=1.0, conditioning=[])
