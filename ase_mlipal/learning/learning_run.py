@@ -317,7 +317,7 @@ class LearningRun:
         """Store ids this run may label: its own flagged rows and ``keep`` (all when no budget)."""
         if self.max_labels is None:
             return None
-        return set(self._own_flagged()) | {row.id for row in self.store.rows("flagged") if row.id in keep}
+        return {row.id for row in self.store.rows("flagged") if self._owns(row) or row.id in keep}
 
     # -- learning ----------------------------------------------------------
 
