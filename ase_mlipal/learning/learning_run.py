@@ -254,8 +254,9 @@ class LearningRun:
         return sum(1 for row in self.store.rows() if self._owns(row)
                    and (row.status in asked or (row.status == "unphysical" and row.get("energy") is not None)))
 
-    def label_reserve(self) -> int:
-        """Labels held back from flags for the checks still to come (none here; see :class:`NEBLearner`)."""
+    def label_reserve(self, room: int) -> int:
+        """Of ``room`` labels, those held back from this round's flags for what is still to come (none
+        here; see :class:`NEBLearner`)."""
         return 0
 
     def fit_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None) -> bool:
@@ -276,7 +277,7 @@ class LearningRun:
         room = self.max_labels - self.labels_used() - (len(flagged) - len(extra)) - len(revived)
         if room < 0:
             return False
-        room = max(0, room - self.label_reserve())  # what is left for flags
+        room = max(0, room - self.label_reserve(room))  # what is left for flags
         self.store.mark_flagged_again(revived)
         if len(extra) > room:
             frames = [self.store.frame(row_id) for row_id in extra]

@@ -273,7 +273,8 @@ class NEBLearner(LearningRun):
     trained on and the next round runs (``NEBRound.runaway`` says so).
 
     With ``max_labels``, a band's flags leave :data:`CHECKS_PER_BAND` labels
-    for the next band's checks (greedy MaxDet picks the flags that fit; the
+    for the next band's checks and half of the rest for the bands after it
+    (:meth:`label_reserve`; greedy MaxDet picks the flags that fit, the
     rest are stored ``skipped``), and no band is run once too few labels are
     left for its climbing-image and audit checks: an unchecked band is never
     verified nor chosen. The flags of the last band ``max_rounds`` allows
@@ -438,14 +439,20 @@ class NEBLearner(LearningRun):
             self._restore_band(f"band_round{rounds[best].round}.traj")
         return best
 
-    def label_reserve(self) -> int:
-        """Labels the flags leave for the next band's checks (climbing image, band maximum, audit).
+    def label_reserve(self, room: int) -> int:
+        """Of ``room`` labels, those a band's flags leave for the bands after it: the next band's
+        checks (climbing image, band maximum, audit), then half of the rest.
 
         A band the budget cannot check is never verified and never chosen:
         the flags that trained its model would be labels spent for nothing.
-        None after the last band ``max_rounds`` allows.
+        Half of the rest (rounded down) paces the budget: the first band's
+        flags, chosen on a model that has seen nothing of the reaction, cannot
+        take every label the later, better informed bands would flag. None
+        after the last band ``max_rounds`` allows.
         """
-        return CHECKS_PER_BAND if self.state["round"] < self.max_rounds else 0
+        if self.state["round"] >= self.max_rounds:
+            return 0
+        return CHECKS_PER_BAND + max(0, room - CHECKS_PER_BAND) // 2
 
     def _trigger(self, number: int) -> UncertaintyTrigger:
         return UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",
