@@ -38,7 +38,7 @@ STRUCTURES = {
     "NaN cell": (water(cell=np.full((3, 3), np.nan), pbc=True), ValueError, "cell has NaN"),
     "zero-volume cell": (water(cell=np.zeros((3, 3)), pbc=True), ValueError, "cell has zero volume"),
     "two atoms at one position": (with_position(1, molecule("H2O").positions[0]), ValueError,
-                                  r"Atoms 0 \(O\) and 1 \(H\) are 0.000 A apart .*overlapping atoms"),
+                                  r"The structure has atoms 0 \(O\) and 1 \(H\) 0.000 A apart .*overlapping atoms"),
     "unknown element": (molecule("SiH4"), ValueError, r"does not know element\(s\) \['Si'\] \(atoms \[0\]\)"),
 }
 

@@ -33,7 +33,7 @@ from ase.optimize.optimize import Dynamics
 from ..calculator import MLIPALCalculator
 from ..guards import PhysicalGuard, UnphysicalFrame
 from ..legacy import renamed_argument
-from ..models.graphs import OverlappingAtoms, overlapping_pairs
+from ..models.graphs import OverlappingAtoms, check_overlap
 from ..progress import progress_bar
 from ..storage import atomic_write
 from .labelling import Reference
@@ -150,11 +150,7 @@ class OnTheFlyLearner(LearningRun):
             raise ValueError("steps must be >= 0, interval and labels_per_round >= 1")
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
-        overlapping = overlapping_pairs(atoms)
-        if overlapping:
-            i, j, distance = overlapping[0]
-            raise OverlappingAtoms(f"the start structure has atoms {i} ({atoms[i].symbol}) and {j} "
-                                   f"({atoms[j].symbol}) {distance:.3f} A apart: fix it before the MD", overlapping)
+        check_overlap(atoms, "the start structure", "fix it before the MD")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
                          finetune_options=finetune_options, run_id=run_id, progress=progress,
                          max_labels=max_labels, **deprecated)
@@ -233,7 +229,8 @@ class OnTheFlyLearner(LearningRun):
             dyn.run(advance)
         except OverlappingAtoms as error:
             at = step + dyn.nsteps - first + 1
-            reason = (f"MD step {at}: {error} The run stops; {self._path('md.traj')} holds the last checked "
+            message = str(error)
+            reason = (f"MD step {at}: {message[:1].lower()}{message[1:]} The run stops; {self._path('md.traj')} holds the last checked "
                       f"frame (step {step}). A smaller timestep, a stronger thermostat or a tighter guard "
                       "(PhysicalGuard(min_distance_ratio=...)) stops such a run earlier.")
             self.store.add_unphysical(self.atoms, source="md", reason=reason, step=at, run_id=self.run_id)

@@ -53,6 +53,22 @@ _KEYS = mace_data.KeySpecification(
 )
 
 
+def check_overlap(atoms: Atoms, what: str = "The structure",
+                  advice: str = "fix the structure (a duplicated atom? a wrong unit?) or restart from the last "
+                                "good frame") -> None:
+    """Raise :class:`OverlappingAtoms` naming the closest pair when atoms are closer than
+    :data:`OVERLAP_DISTANCE` (``what``: how the message names the structure; ``advice``: what to do)."""
+    overlapping = overlapping_pairs(atoms)
+    if overlapping:
+        i, j, distance = overlapping[0]
+        raise OverlappingAtoms(
+            f"{what} has atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) {distance:.3f} A apart "
+            f"({len(overlapping)} pair(s) closer than {OVERLAP_DISTANCE} A: {[p[:2] for p in overlapping[:5]]}): "
+            f"overlapping atoms, on which the model's features are undefined. {advice[0].upper()}{advice[1:]}.",
+            overlapping,
+        )
+
+
 def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
     """Raise ``ValueError`` with an actionable message if ``atoms`` can't be evaluated.
 
@@ -78,16 +94,7 @@ def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:
             f"The structure is periodic along {atoms.pbc.tolist()} but its cell has zero "
             "volume. Set a cell (atoms.set_cell) or switch periodicity off (atoms.pbc = False)."
         )
-    overlapping = overlapping_pairs(atoms)
-    if overlapping:
-        i, j, distance = overlapping[0]
-        raise OverlappingAtoms(
-            f"Atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {distance:.3f} A apart "
-            f"({len(overlapping)} pair(s) closer than {OVERLAP_DISTANCE} A: {[p[:2] for p in overlapping[:5]]}): "
-            "overlapping atoms, on which the model's features are undefined. Fix the structure "
-            "(a duplicated atom? a wrong unit?) or restart from the last good frame.",
-            overlapping,
-        )
+    check_overlap(atoms)
     known = set(int(z) for z in elements)
     unknown = sorted(set(int(z) for z in atoms.numbers) - known)
     if unknown:

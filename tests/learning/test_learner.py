@@ -117,7 +117,7 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
     report = learner.run()
     first = start.get_distance(0, 1)
     collapsed_at = next(n for n in range(1, 40) if first * (2 / 3) ** n < 0.1)  # the step that overlapped: 7
-    assert report.stopped.startswith(f"MD step {collapsed_at}: Atoms 0 (O) and 1 (C)")
+    assert report.stopped.startswith(f"MD step {collapsed_at}: the structure has atoms 0 (O) and 1 (C)")
     assert report.steps == 5 and "md.traj" in report.stopped and "(step 5)" in report.stopped
     (row,) = learner.store.rows("unphysical")
     assert row.get("step") == collapsed_at and row.toatoms().get_distance(0, 1) < 0.1
@@ -127,5 +127,6 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
     assert resumed.stopped == report.stopped and resumed.steps == 5  # a stopped run stays stopped
     squashed = start.copy()
     squashed.positions[1] = squashed.positions[0] + [0.05, 0, 0]
-    with pytest.raises(OverlappingAtoms, match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A"):
+    with pytest.raises(OverlappingAtoms,
+                       match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A apart .*Fix it before the MD"):
         OnTheFlyLearner(squashed, calc, lambda: None, tmp_path / "bad", threshold=1.0, conditioning=[])
