@@ -128,7 +128,8 @@ class LearningRun:
         progress: progress bars (``None``: when on a terminal).
         max_labels: the most reference labels the run may use, checks,
             audits and endpoints included (``None``: no bound). Where the
-            flags of a round would exceed it, the flags greedy MaxDet picks
+            flags of a round would exceed it (or their share of it, see
+            :meth:`NEBLearner.label_reserve`), the flags greedy MaxDet picks
             on the posterior they were flagged against are labelled (the
             most informative set, not the most uncertain near-copies) and
             the rest are stored ``skipped``; when the checks alone no longer
@@ -255,8 +256,8 @@ class LearningRun:
                    and (row.status in asked or (row.status == "unphysical" and row.get("energy") is not None)))
 
     def label_reserve(self, room: int) -> int:
-        """Of ``room`` labels, those held back from this round's flags for what is still to come (none
-        here; see :class:`NEBLearner`)."""
+        """How many of ``room`` labels this round's flags leave for what is still to come (none here;
+        see :class:`NEBLearner`)."""
         return 0
 
     def fit_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None) -> bool:
@@ -277,14 +278,18 @@ class LearningRun:
         room = self.max_labels - self.labels_used() - (len(flagged) - len(extra)) - len(revived)
         if room < 0:
             return False
-        room = max(0, room - self.label_reserve(room))  # what is left for flags
+        free = room
+        room = max(0, free - self.label_reserve(free))  # what is left for flags
         self.store.mark_flagged_again(revived)
         if len(extra) > room:
             frames = [self.store.frame(row_id) for row_id in extra]
             rows = candidate_rows(self.calc, frames)
             picked = set(greedy_maxdet(rows, selection_posterior(self.calc, state).precision(), room).tolist()) \
                 if room else set()
-            self._skip([row_id for k, row_id in enumerate(extra) if k not in picked])
+            reason = None if free == room else (
+                f"over this round's share of the label budget (max_labels={self.max_labels}) of run {self.run_id}: "
+                f"{free - room} label(s) held back for what follows")
+            self._skip([row_id for k, row_id in enumerate(extra) if k not in picked], reason)
         return True
 
     def label_within_budget(self, keep: Collection[int] = (), state: Optional[UncertaintyModel] = None,

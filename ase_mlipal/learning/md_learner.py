@@ -33,7 +33,7 @@ from ase.optimize.optimize import Dynamics
 from ..calculator import MLIPALCalculator
 from ..guards import PhysicalGuard, UnphysicalFrame
 from ..legacy import renamed_argument
-from ..models.graphs import OverlappingAtoms, check_overlap
+from ..models.graphs import OverlappingAtoms, check_overlap, overlap_message
 from ..progress import progress_bar
 from ..storage import atomic_write
 from .labelling import Reference
@@ -150,7 +150,7 @@ class OnTheFlyLearner(LearningRun):
             raise ValueError("steps must be >= 0, interval and labels_per_round >= 1")
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
-        check_overlap(atoms, "the start structure", "fix it before the MD")
+        check_overlap(atoms, "the start structure", "fix the start structure before the MD")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
                          finetune_options=finetune_options, run_id=run_id, progress=progress,
                          max_labels=max_labels, **deprecated)
@@ -229,10 +229,10 @@ class OnTheFlyLearner(LearningRun):
             dyn.run(advance)
         except OverlappingAtoms as error:
             at = step + dyn.nsteps - first + 1
-            message = str(error)
-            reason = (f"MD step {at}: {message[:1].lower()}{message[1:]} The run stops; {self._path('md.traj')} holds the last checked "
-                      f"frame (step {step}). A smaller timestep, a stronger thermostat or a tighter guard "
-                      "(PhysicalGuard(min_distance_ratio=...)) stops such a run earlier.")
+            advice = (f"the run stops; {self._path('md.traj')} holds the last checked frame (step {step}). A "
+                      "smaller timestep, a stronger thermostat or a tighter guard "
+                      "(PhysicalGuard(min_distance_ratio=...)) stops such a run earlier")
+            reason = overlap_message(self.atoms, error.pairs, f"MD step {at}: the structure", advice)
             self.store.add_unphysical(self.atoms, source="md", reason=reason, step=at, run_id=self.run_id)
             self.state["stopped"] = reason
             self.write_state()  # stopped before the last audits are labelled: a resume does not run on

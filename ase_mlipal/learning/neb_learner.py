@@ -273,9 +273,9 @@ class NEBLearner(LearningRun):
     trained on and the next round runs (``NEBRound.runaway`` says so).
 
     With ``max_labels``, a band's flags leave :data:`CHECKS_PER_BAND` labels
-    for the next band's checks and half of the rest for the bands after it
-    (:meth:`label_reserve`; greedy MaxDet picks the flags that fit, the
-    rest are stored ``skipped``), and no band is run once too few labels are
+    for the next band's checks and, while later bands' flags can still
+    train a model, half of the rest (:meth:`label_reserve`; greedy MaxDet
+    picks the flags that fit, the rest are stored ``skipped``), and no band is run once too few labels are
     left for its climbing-image and audit checks: an unchecked band is never
     verified nor chosen. The flags of the last band ``max_rounds`` allows
     are labelled (no check follows it) though no fine-tune uses them.
@@ -440,19 +440,23 @@ class NEBLearner(LearningRun):
         return best
 
     def label_reserve(self, room: int) -> int:
-        """Of ``room`` labels, those a band's flags leave for the bands after it: the next band's
-        checks (climbing image, band maximum, audit), then half of the rest.
+        """How many of ``room`` labels a band's flags leave for the bands after it (may exceed ``room``):
+        the next band's checks (climbing image, band maximum, audit), then half of the rest.
 
         A band the budget cannot check is never verified and never chosen:
         the flags that trained its model would be labels spent for nothing.
         Half of the rest (rounded down) paces the budget: the first band's
         flags, chosen on a model that has seen nothing of the reaction, cannot
-        take every label the later, better informed bands would flag. None
-        after the last band ``max_rounds`` allows.
+        take every label the later, better informed bands would flag. The
+        band before the last one ``max_rounds`` allows keeps back only the
+        last band's checks (the last band's flags train no model), and the
+        last band keeps nothing back.
         """
-        if self.state["round"] >= self.max_rounds:
+        number = self.state["round"]
+        if number >= self.max_rounds:
             return 0
-        return CHECKS_PER_BAND + max(0, room - CHECKS_PER_BAND) // 2
+        later_flags_train = number < self.max_rounds - 1
+        return CHECKS_PER_BAND + (max(0, room - CHECKS_PER_BAND) // 2 if later_flags_train else 0)
 
     def _trigger(self, number: int) -> UncertaintyTrigger:
         return UncertaintyTrigger(self.calc, self.store, self.threshold, source="neb",

@@ -53,20 +53,23 @@ _KEYS = mace_data.KeySpecification(
 )
 
 
+def overlap_message(atoms: Atoms, pairs: list[tuple[int, int, float]], what: str, advice: str) -> str:
+    """The message of :class:`OverlappingAtoms` for ``pairs`` (closest first) of ``atoms``: ``what``
+    names the structure, ``advice`` says what to do."""
+    i, j, distance = pairs[0]
+    return (f"{what} has atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) {distance:.3f} A apart "
+            f"({len(pairs)} pair(s) closer than {OVERLAP_DISTANCE} A: {[p[:2] for p in pairs[:5]]}): "
+            f"overlapping atoms, on which the model's features are undefined. {advice[:1].upper()}{advice[1:]}.")
+
+
 def check_overlap(atoms: Atoms, what: str = "The structure",
                   advice: str = "fix the structure (a duplicated atom? a wrong unit?) or restart from the last "
                                 "good frame") -> None:
     """Raise :class:`OverlappingAtoms` naming the closest pair when atoms are closer than
-    :data:`OVERLAP_DISTANCE` (``what``: how the message names the structure; ``advice``: what to do)."""
+    :data:`OVERLAP_DISTANCE` (``what``, ``advice``: see :func:`overlap_message`)."""
     overlapping = overlapping_pairs(atoms)
     if overlapping:
-        i, j, distance = overlapping[0]
-        raise OverlappingAtoms(
-            f"{what} has atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) {distance:.3f} A apart "
-            f"({len(overlapping)} pair(s) closer than {OVERLAP_DISTANCE} A: {[p[:2] for p in overlapping[:5]]}): "
-            f"overlapping atoms, on which the model's features are undefined. {advice[0].upper()}{advice[1:]}.",
-            overlapping,
-        )
+        raise OverlappingAtoms(overlap_message(atoms, overlapping, what, advice), overlapping)
 
 
 def check_atoms(atoms: Atoms, elements: Sequence[int]) -> None:

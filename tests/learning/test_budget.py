@@ -151,9 +151,10 @@ def test_a_neb_run_keeps_labels_for_the_next_bands_checks(tiny_model, calc, tmp_
                          max_labels=11, finetune_options={"epochs": 2, "replay": None})
     report = learner.run()
     assert [r.round for r in report.rounds] == [0, 1] and all(r.check is not None for r in report.rounds)
-    assert report.stopped.startswith("the label budget is spent (max_labels=11, ")
-    assert report.stopped.split(": ", 1)[1].startswith("not enough left for the checks of round 2")
+    assert len(report.rounds[1].checks) == 3  # leaving fewer than the 2 labels a band's checks need
     assert learner.store.counts()["flagged"] == 0  # every flag labelled or skipped
+    held = [row for row in learner.store.rows("skipped") if row.get("run_id") == "neb-round0"]
+    assert held and all("share of the label budget" in row.error for row in held)  # the pacing bound
     checks = {c.store_id for r in report.rounds for c in r.checks}
     labelled = {row.id: row.get("run_id") for row in learner.store.rows() if row.status in ("labelled", "verified")
                 and row.get("source") == "neb" and row.id not in checks}
@@ -161,7 +162,9 @@ def test_a_neb_run_keeps_labels_for_the_next_bands_checks(tiny_model, calc, tmp_
     assert len(labelled) == spare - spare // 2  # half the spare labels (rounded up) went to round 0's flags
     assert set(labelled.values()) == {"neb-round0"}
     used = 2 + len(labelled) + len(checks)
-    assert CountedModelReference.calls == learner.labels_used() == used < 11
+    assert CountedModelReference.calls == learner.labels_used() == used == 10
+    assert report.stopped.startswith(f"the label budget is spent (max_labels=11, {used} used): not enough left for "
+                                     "the checks of round 2")
     assert not [row for row in learner.store.rows() if row.get("run_id") == "neb-round2"]  # no band 2 was run
 
 
@@ -175,3 +178,19 @@ def test_the_last_band_keeps_no_labels_back(tiny_model, calc, tmp_path):
     report = learner.run()
     assert len(report.rounds) == 1 and learner.labels_used() == 11 == CountedModelReference.calls
     assert learner.store.counts()["flagged"] == 0
+
+
+def test_the_band_before_the_last_keeps_back_only_the_last_bands_checks(tiny_model, calc, tmp_path):
+    """With max_rounds=1 the only band after the first is the last, whose flags train no model: the first band's
+    flags may take every label but that band's checks."""
+    images = formaldehyde_band(5)
+    learner = NEBLearner(calc, lambda: CountedModelReference(tiny_model, images[0], 0.3), tmp_path / "run", images,
+                         threshold=1e-6, max_rounds=1, steps=6, interval=2, conditioning=[], progress=False,
+                         max_labels=11, finetune_options={"epochs": 2, "replay": None})
+    assert learner.label_reserve(20) == 3  # (before any band: state round 0)
+    report = learner.run()
+    first = report.rounds[0]
+    checks = {c.store_id for c in first.checks}
+    trained = [row for row in learner.store.rows() if row.status in ("labelled", "verified")
+               and row.get("run_id") == "neb-round0" and row.get("source") == "neb" and row.id not in checks]
+    assert len(trained) == min(11 - 2 - len(checks) - 3, first.n_flagged)

@@ -128,5 +128,5 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
     squashed = start.copy()
     squashed.positions[1] = squashed.positions[0] + [0.05, 0, 0]
     with pytest.raises(OverlappingAtoms,
-                       match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A apart .*Fix it before the MD"):
+                       match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A apart .*Fix the start structure before the MD"):
         OnTheFlyLearner(squashed, calc, lambda: None, tmp_path / "bad", threshold=1.0, conditioning=[])
