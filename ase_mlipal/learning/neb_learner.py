@@ -275,8 +275,9 @@ class NEBLearner(LearningRun):
     With ``max_labels``, a band's flags leave :data:`CHECKS_PER_BAND` labels
     for the next band's checks and, while later bands' flags can still
     train a model, half of the rest (:meth:`label_reserve`; greedy MaxDet
-    picks the flags that fit, the rest are stored ``skipped``), and no band is run once too few labels are
-    left for its climbing-image and audit checks: an unchecked band is never
+    picks the flags that fit, the rest are stored ``skipped``), and no band
+    is run once too few labels are left for its climbing-image and audit
+    checks: an unchecked band is never
     verified nor chosen. The flags of the last band ``max_rounds`` allows
     are labelled (no check follows it) though no fine-tune uses them.
 
