@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.build import molecule
-from ase.optimize import BFGS
 
 import ase_mlipal
 from ase_mlipal.learning import neb_learner
@@ -38,15 +37,16 @@ from ase_mlipal.paths import band
 from ase_mlipal.references.xtb import RobustXTB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_data  # noqa: E402
 from learning_loop import SETTINGS, direct_reference_neb, found_a_pass  # noqa: E402
 
 PARTS = Path(__file__).resolve().parent / "results" / "learning_loop_heldout"
 
 
 def relaxed(atoms: Atoms) -> Atoms:
-    atoms = atoms.copy()
-    atoms.calc = RobustXTB()
-    BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
+    """The xTB minimum near ``atoms`` (``scripts/make_data.py``'s, to 0.01 eV/A), without its calculator."""
+    atoms = make_data.relaxed(atoms, fmax=0.01, steps=500)
     atoms.calc = None
     return atoms
 

@@ -105,11 +105,11 @@ def bond_graph(atoms: Atoms) -> frozenset:
     return frozenset((a, b) for a, b in zip(i, j) if a < b)
 
 
-def relaxed(atoms: Atoms) -> Atoms:
-    """xTB minimum near ``atoms``."""
+def relaxed(atoms: Atoms, fmax: float = 0.02, steps: int = 300) -> Atoms:
+    """xTB minimum near ``atoms`` (BFGS to ``fmax`` eV/A, at most ``steps`` steps; the calculator stays attached)."""
     atoms = atoms.copy()
     atoms.calc = RobustXTB()
-    BFGS(atoms, logfile=None).run(fmax=0.02, steps=300)
+    BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps)
     return atoms
 
 
