@@ -24,10 +24,10 @@ from .progress import progress_bar
 from .storage import atomic_write
 from .uncertainty.calibration import (
     CalibrationReport,
-    Recalibration,
     calibration_report,
     fit_recalibration,
     forgetting_floor,
+    shrunk_factor,
 )
 from .uncertainty.features import Features, per_structure
 from .uncertainty.posterior import FeaturePosterior
@@ -216,14 +216,17 @@ class MLIPALCalculator(Calculator):
           pretraining validation frames from 0.056 to 0.09-0.27 eV/A, which a
           kept scale alone would have hidden (``benchmarks/forgetting.py``).
         * ``calibration``: labelled frames held out from the new model's
-          training. The scale is refitted and the report returned: the
-          exponent and floor are kept and only the scale is fitted
-          (``"scale"``), since a round holds out few frames, and the fitted
-          scale is shrunk towards the old one in log space as if the old one
-          had been fitted on ``prior_frames`` frames (``n`` calibration frames
-          move it ``n / (n + prior_frames)`` of the way): three held-out
-          frames the new model happens to fit well must not make every
-          uncertainty small.
+          training. One factor on every calibrated variance (scale and
+          floor alike) is fitted to the new model's residuals on them and
+          the report returned: the maximum-likelihood factor, the mean of
+          ``residual^2 / variance``, shrunk in log space as if the kept
+          calibration had been fitted on ``prior_frames`` frames (``n``
+          calibration frames move it ``n / (n + prior_frames)`` of the way;
+          :func:`~ase_mlipal.uncertainty.calibration.shrunk_factor`): three
+          held-out frames the new model happens to fit well must not make
+          every uncertainty small. (The scale alone used to be refitted
+          and shrunk; with residuals below the floor its fit ran to zero
+          and each swap cut the variances about 4x.)
 
         ``typical`` is cleared (it belonged to the old model).
         """
@@ -254,12 +257,13 @@ class MLIPALCalculator(Calculator):
         if not calibration:
             return None
         residuals = self.residuals(list(calibration), progress=progress)
-        self._fit_calibration(residuals, "scale", "scale", None)
-        share = len(calibration) / (len(calibration) + prior_frames)
-        for posterior, old in zip((self.energy_posterior, self.atom_posterior), shapes):
-            fitted = posterior.calibration
-            scale = float(np.exp(share * np.log(fitted.scale) + (1 - share) * np.log(old.scale)))
-            posterior.calibration = Recalibration(scale, fitted.exponent, fitted.floor)
+        for posterior, errors, raw, size in (
+                (self.energy_posterior, residuals.energy, residuals.energy_raw, residuals.n_atoms),
+                (self.atom_posterior, residuals.forces.ravel(), np.repeat(residuals.forces_raw, 3), 1.0)):
+            kept = posterior.calibration
+            posterior.calibration = kept.times(shrunk_factor(errors, kept.variance(raw, size), prior_frames,
+                                                             len(calibration)))
+        self.calibrated = True
         return self._calibration_reports(residuals)
 
     # -- ASE interface -------------------------------------------------------

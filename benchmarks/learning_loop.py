@@ -244,6 +244,7 @@ def merge(paths: list[Path]) -> dict:
         "confident_and_within_tolerance": int(sum(p["confident"] and abs(p["after"]) <= 0.1 for p in parts)),
         "max_labels": int(max(p["labels"] for p in parts)) if parts else 0,
         **same_start_summary(parts),
+        "check_calibration": check_calibration(parts),
         "parts": parts, "md": md, "stopped_before_a_band": stopped,
     }
     return summary
@@ -263,6 +264,37 @@ def same_start_summary(parts: list[dict]) -> dict:
             "worse_than_before_direct": int(sum(a > b + 0.05 for a, b in zip(after, before))),
             "confident_and_within_tolerance_direct": int(sum(p["confident"] and abs(p["after_direct"]) <= 0.1
                                                              for p in judged))}
+
+
+CHECK_KEYS = ("check", "band_check", "audit")
+
+
+def check_calibration(parts: list[dict]) -> list[dict]:
+    """How often the reference lies inside the predicted 2 sigma on the learner's own checks.
+
+    Every check is a frame no model had trained on when it was made, picked
+    by the band (its top, its other maximum, its least certain image), not
+    by the uncertainty: a fair sample of where the model's NEB takes it.
+    Rows: the pretrained model (round 0) and the fine-tuned ones; climbing
+    images the reference confirms as a saddle, and all other checks.
+    """
+    groups = {}
+    for p in parts:
+        for r in p["rounds"]:
+            for key in CHECK_KEYS:
+                c = r.get(key)
+                if c is None:
+                    continue
+                model = "pretrained" if r["round"] == 0 else "fine-tuned"
+                where = "top at a reference saddle" if c.get("reference_saddle") else "other checks"
+                groups.setdefault((model, where), []).append(c)
+    rows = []
+    for (model, where), checks in sorted(groups.items(), key=lambda kv: (kv[0][0] != "pretrained", kv[0][1])):
+        z = np.array([abs(c["energy_error"]) / c["energy_std"] for c in checks])
+        rows.append({"model": model, "checks": where, "n": len(checks),
+                     "energy_coverage_2sigma": float(np.mean(z <= 2)), "median_abs_z": float(np.median(z)),
+                     "force_coverage_2sigma": float(np.mean([c["force_coverage"] for c in checks]))})
+    return rows
 
 
 def yes(flag: bool) -> str:
@@ -314,6 +346,14 @@ def markdown(summary: dict) -> str:
                   f"({s['covered_2sigma_direct']}/{n} with the reported one); worse than before: "
                   f"{s['worse_than_before_direct']}; confident and within 0.1 eV: "
                   f"{s['confident_and_within_tolerance_direct']}."]
+    if s.get("check_calibration"):
+        lines += ["", "The predicted σ on the learner's own checks (frames no model had trained on, picked by the "
+                  "band, not by the uncertainty; energy: the check's barrier or energy difference to the first "
+                  "endpoint; forces: share of components inside 2σ; calibrated would be 0.95):", "",
+                  "| model | checks | n | energy in 2σ | median abs(error)/σ | force components in 2σ |",
+                  "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {c['model']} | {c['checks']} | {c['n']} | {c['energy_coverage_2sigma']:.2f} | "
+                  f"{c['median_abs_z']:.2f} | {c['force_coverage_2sigma']:.2f} |" for c in s["check_calibration"]]
     for p in summary["stopped_before_a_band"]:
         lines.append(f"\n{p['reaction']}: stopped before a band could be checked ({p['stopped']}).")
     runaways = [(p["reaction"], r) for p in summary["parts"] for r in p["rounds"] if r.get("runaway")]

@@ -249,14 +249,13 @@ def test_set_model_rebuilds_and_recalibrates_the_posterior(calc, ethanol):
     assert calc.model_hash != old_hash and calc.calibrated
     assert calc.energy_posterior.n_added == 3 and set(report) == {"energy", "forces"}
     assert report["energy"].scale == calc.energy_posterior.scale  # the report is of the calibration in use
-    # the scale fitted on the 6 frames alone, and the shrunk one between it and the old 2.0
+    # the maximum-likelihood factor on the kept variances (mean residual^2 / variance, by hand from the
+    # new model's errors and raw variances), moved 6 / (6 + 20) of the way from 1 in log space
     alone = MLIPALCalculator(model=other)
     alone.condition(rattled(ethanol, 3, seed=3))
-    alone.energy_posterior.scale = 2.0
-    alone.calibrate(labelled, energy_method="scale", forces_method="scale")
-    share = 6 / (6 + 20)
-    expected = np.exp(share * np.log(alone.energy_posterior.scale) + (1 - share) * np.log(2.0))
-    assert calc.energy_posterior.scale == pytest.approx(expected, rel=1e-9)
+    res = alone.residuals(labelled, progress=False)
+    ratio = np.mean(res.energy**2 / (2.0 * res.energy_raw))
+    assert calc.energy_posterior.scale == pytest.approx(2.0 * ratio ** (6 / 26), rel=1e-9)
     fresh = ethanol.copy()
     fresh.calc = MACECalculator(models=copy.deepcopy(other), default_dtype="float64")
     assert results(calc, ethanol)["energy"] == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
@@ -286,6 +285,33 @@ def test_set_model_keeps_the_calibration_and_moves_its_floors_by_what_was_forgot
     assert calc.energy_posterior.calibration.floor == pytest.approx(1e-4 + np.mean(energy_sq), rel=1e-6)
     assert calc.atom_posterior.calibration.floor == pytest.approx(np.mean(np.concatenate(forces_sq)), rel=1e-6)
     assert calc.atom_posterior.calibration.scale == 3.0 and calc.energy_posterior.calibration.exponent == 0.8
+
+
+def test_a_refit_on_residuals_below_the_floor_moves_every_variance_by_one_bounded_factor(calc, ethanol):
+    """One held-out frame the new model fits far inside the floor: the variances fall by the shrunk
+    factor (scale and floor alike), not by the ~4x a refit of the scale alone (which runs to zero) gave."""
+    import ase_mlipal
+    from ase_mlipal.uncertainty.calibration import Recalibration
+
+    from .conftest import labelled_by
+
+    conditioning = rattled(ethanol, 4, seed=1)
+    calc.condition(conditioning)
+    shapes = Recalibration(2.0, 1.5, 0.5), Recalibration(3.0, 1.0, 0.2)
+    calc.energy_posterior.calibration, calc.atom_posterior.calibration = shapes
+    calc.calibrated = True
+    other = ase_mlipal.random_like(calc.model, seed=7)
+    frame = labelled_by(other, rattled(ethanol, 1, seed=5))[0]
+    frame.calc.results["energy"] += 0.01  # 0.01 eV off; its forces exact: far inside the floors
+    frame.calc.results["forces"] = frame.calc.results["forces"] + 0.01
+    calc.set_model(other, conditioning, calibration=[frame])
+    for new, old in zip((calc.energy_posterior.calibration, calc.atom_posterior.calibration), shapes):
+        factor = new.scale / old.scale
+        assert new.floor / old.floor == pytest.approx(factor) and new.exponent == old.exponent
+        assert 0.5 < factor < 1.0  # lower (the residuals are small), by at most ratio ** (1 / 21)
+    res = calc.residuals([frame], progress=False)
+    ratio = np.mean(res.energy**2 / shapes[0].variance(res.energy_raw, res.n_atoms))
+    assert calc.energy_posterior.calibration.scale == pytest.approx(2.0 * ratio ** (1 / 21), rel=1e-6)
 
 
 def test_set_model_warns_when_the_new_posterior_holds_far_fewer_frames(calc, ethanol):

@@ -80,7 +80,7 @@ class RoundRecord:
         accepted: whether the fine-tuned model was swapped in.
         reason: the model choice's reason.
         train: the fine-tuning record.
-        calibration: reports of the scale refit after the swap.
+        calibration: reports of the calibration after the swap (on the passed checks).
         model_hash: the model in use after the round.
     """
 
@@ -333,11 +333,12 @@ class LearningRun:
         After a swap the posterior holds ``conditioning`` under the new model,
         the calibration's floors rise by what the new model forgot on the
         replay frames it did not train on (``forgetting_frames`` of
-        :meth:`MLIPALCalculator.set_model`), the scales are refitted on the
-        passed checks (frames neither model trained on and the posterior
-        does not hold; not the spare replay frames, which the posterior
-        holds, so their small raw variances would inflate the scale; with
-        no passed check the scale stays) and every frame
+        :meth:`MLIPALCalculator.set_model`), every calibrated variance is
+        multiplied by the factor the new model's errors on the passed checks
+        justify, shrunk towards 1 (frames neither model trained on and the
+        posterior does not hold; not the spare replay frames, which the
+        posterior holds, so their small raw variances would inflate it; with
+        no passed check the calibration stays) and every frame
         of the store enters the posterior through ``trigger``, a labelled one
         settling no lower than the new model's errors on it
         (:meth:`UncertaintyTrigger.residual_floors`). A rejected model

@@ -68,6 +68,10 @@ class Recalibration:
         excess = variance - self.floor * size
         return float((excess / self.scale) ** (1.0 / self.exponent)) if excess > 0 else 0.0
 
+    def times(self, factor: float) -> "Recalibration":
+        """This map with every calibrated variance multiplied by ``factor`` (scale and floor alike)."""
+        return Recalibration(self.scale * factor, self.exponent, self.floor * factor)
+
     @property
     def is_linear(self) -> bool:
         """True for a plain scale (``exponent == 1`` and no floor)."""
@@ -82,6 +86,23 @@ def fit_scale(residuals: np.ndarray, raw_variances: np.ndarray) -> float:
     """Maximum-likelihood ``s^2`` for ``residuals ~ N(0, s^2 raw_variances)``."""
     r, v, _ = _checked(residuals, raw_variances, None)
     return float(np.mean(r**2 / v))
+
+
+def shrunk_factor(residuals: np.ndarray, variances: np.ndarray, prior_frames: float, n_frames: int) -> float:
+    """The factor on calibrated ``variances`` that ``residuals`` of ``n_frames`` frames justify, shrunk.
+
+    The maximum-likelihood factor is the mean of ``residual^2 / variance``
+    (:func:`fit_scale` on the calibrated variances); it moves the variances
+    ``n / (n + prior_frames)`` of the way in log space, as if the calibration
+    in use had been fitted on ``prior_frames`` frames. One factor on the whole
+    variance (scale and floor) stays defined when the residuals lie below a
+    floor, where refitting the scale alone runs to zero.
+    """
+    ratio = fit_scale(residuals, variances)
+    if ratio == 0:
+        raise ValueError(f"all {np.size(residuals)} residuals are exactly 0, so no factor can be fitted: were the "
+                         "labels computed by this model itself? Calibrate on reference labels the model did not produce")
+    return float(ratio ** (n_frames / (n_frames + prior_frames)))
 
 
 def fit_recalibration(
