@@ -225,8 +225,9 @@ class MLIPALCalculator(Calculator):
           :func:`~ase_mlipal.uncertainty.calibration.shrunk_factor`): three
           held-out frames the new model happens to fit well must not make
           every uncertainty small. (The scale alone used to be refitted
-          and shrunk; with residuals below the floor its fit ran to zero
-          and each swap cut the variances about 4x.)
+          and shrunk; with residuals below the floor its fit ran to zero,
+          and each swap cut the scale about 4x for one frame, more for
+          several.)
 
         ``typical`` is cleared (it belonged to the old model).
         """
@@ -419,8 +420,8 @@ class MLIPALCalculator(Calculator):
         Args:
             energy_method, forces_method: ``"power"`` (scale, exponent and
                 error floor), ``"linear"`` (a plain scale) or ``"scale"``
-                (refit the scale, keep the current exponent and floor: for
-                a few frames). The defaults are what transferred best to
+                (refit the scale, keep the current exponent and floor; it
+                runs to zero where every residual lies below the floor). The defaults are what transferred best to
                 reactions held out of the calibration
                 (``benchmarks/calibration.py``): a power law with a floor per
                 atom for the energy, a plain scale for the forces.

@@ -302,7 +302,7 @@ def test_a_refit_on_residuals_below_the_floor_moves_every_variance_by_one_bounde
     calc.calibrated = True
     other = ase_mlipal.random_like(calc.model, seed=7)
     frame = labelled_by(other, rattled(ethanol, 1, seed=5))[0]
-    frame.calc.results["energy"] += 0.01  # 0.01 eV off; its forces exact: far inside the floors
+    frame.calc.results["energy"] += 0.01  # 0.01 eV and 0.01 eV/A off: far inside the floors
     frame.calc.results["forces"] = frame.calc.results["forces"] + 0.01
     calc.set_model(other, conditioning, calibration=[frame])
     for new, old in zip((calc.energy_posterior.calibration, calc.atom_posterior.calibration), shapes):

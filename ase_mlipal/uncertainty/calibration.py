@@ -98,6 +98,8 @@ def shrunk_factor(residuals: np.ndarray, variances: np.ndarray, prior_frames: fl
     variance (scale and floor) stays defined when the residuals lie below a
     floor, where refitting the scale alone runs to zero.
     """
+    if prior_frames < 0 or n_frames < 1:
+        raise ValueError(f"need prior_frames >= 0 and n_frames >= 1, got {prior_frames} and {n_frames}")
     ratio = fit_scale(residuals, variances)
     if ratio == 0:
         raise ValueError(f"all {np.size(residuals)} residuals are exactly 0, so no factor can be fitted: were the "
@@ -124,8 +126,10 @@ def fit_recalibration(
         method: ``"power"`` fits scale, exponent and floor; ``"linear"``
             fits the scale alone (exponent 1, no floor); ``"scale"`` keeps
             the exponent and floor of ``shape`` and refits the scale (one
-            parameter: stable on the few frames a learning round holds out,
-            where three parameters would be fitted to noise).
+            parameter where three would be fitted to noise; but where every
+            residual lies below the floor its fit runs to zero: for a few
+            frames :func:`shrunk_factor` on the calibrated variances is the
+            stable choice).
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, not {method!r}")

@@ -149,3 +149,26 @@ def test_forgetting_floor_moves_the_floor_by_the_rise_of_the_mean_squared_error(
         forgetting_floor(start, before, after[:10])
     with pytest.raises(ValueError, match="positive"):
         forgetting_floor(start, before, after, np.zeros(200))
+
+
+def test_shrunk_factor_is_the_likelihood_factor_moved_by_the_frames_share():
+    from ase_mlipal.uncertainty.calibration import shrunk_factor
+
+    rng = np.random.default_rng(3)
+    variances = rng.uniform(0.5, 2.0, 4000)
+    residuals = rng.normal(size=4000) * np.sqrt(4.0 * variances)  # variances 4x too small
+    assert shrunk_factor(residuals, variances, prior_frames=0, n_frames=5) == pytest.approx(4.0, rel=0.05)
+    ratio = np.mean(residuals**2 / variances)
+    assert shrunk_factor(residuals, variances, 20, 5) == pytest.approx(ratio ** (5 / 25))
+    assert 1 < shrunk_factor(residuals, variances, 20, 1) < shrunk_factor(residuals, variances, 20, 50) < ratio
+    with pytest.raises(ValueError, match="exactly 0"):
+        shrunk_factor(np.zeros(3), np.ones(3), 20, 1)
+    with pytest.raises(ValueError, match="prior_frames >= 0"):
+        shrunk_factor(residuals, variances, -1, 1)
+
+
+def test_times_scales_the_whole_calibrated_variance():
+    shape = Recalibration(2.0, 1.5, 0.3)
+    raw, size = np.array([0.1, 1.0, 4.0]), np.array([3, 5, 9])
+    np.testing.assert_allclose(shape.times(0.25).variance(raw, size), 0.25 * shape.variance(raw, size))
+    assert shape.times(0.25).exponent == 1.5
