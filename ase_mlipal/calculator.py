@@ -421,7 +421,8 @@ class MLIPALCalculator(Calculator):
             energy_method, forces_method: ``"power"`` (scale, exponent and
                 error floor), ``"linear"`` (a plain scale) or ``"scale"``
                 (refit the scale, keep the current exponent and floor; it
-                runs to zero where every residual lies below the floor). The defaults are what transferred best to
+                runs to zero where every residual lies below the floor).
+                The defaults are what transferred best to
                 reactions held out of the calibration
                 (``benchmarks/calibration.py``): a power law with a floor per
                 atom for the energy, a plain scale for the forces.
