@@ -204,20 +204,24 @@ def run_md(name: str, settings: dict, workdir: Path) -> dict:
             "settings": settings}
 
 
-def final_band(part: dict) -> NEBRound:
-    """The final band of a part as an :class:`NEBRound` (its checks, profile and flags)."""
-    final = next(r for r in part["rounds"] if r["round"] == part["final_round"])
+def band_round(record: dict) -> NEBRound:
+    """One round's record of a part as an :class:`NEBRound` (its checks, profile and flags)."""
 
     def check(key: str) -> Check | None:
-        record = final.get(key)
-        if record is None:
+        checked = record.get(key)
+        if checked is None:
             return None
-        if "reference_saddle" not in record and record.get("saddle_force") is not None:  # parts made before the field
-            record = {**record, "reference_saddle": "not a saddle of the reference" not in record["reason"]}
-        return Check(**record)
+        if "reference_saddle" not in checked and checked.get("saddle_force") is not None:  # parts made before the field
+            checked = {**checked, "reference_saddle": "not a saddle of the reference" not in checked["reason"]}
+        return Check(**checked)
 
-    return NEBRound(final["round"], PathProfile.from_dict(final["profile"]), final["converged"], 0,
-                    final["n_flagged"], check("check"), band_check=check("band_check"), audit=check("audit"))
+    return NEBRound(record["round"], PathProfile.from_dict(record["profile"]), record["converged"], 0,
+                    record["n_flagged"], check("check"), band_check=check("band_check"), audit=check("audit"))
+
+
+def final_band(part: dict) -> NEBRound:
+    """The final band of a part as an :class:`NEBRound`."""
+    return band_round(next(r for r in part["rounds"] if r["round"] == part["final_round"]))
 
 
 def merge(paths: list[Path]) -> dict:
@@ -266,9 +270,6 @@ def same_start_summary(parts: list[dict]) -> dict:
                                                              for p in judged))}
 
 
-CHECK_KEYS = ("check", "band_check", "audit")
-
-
 def check_calibration(parts: list[dict]) -> list[dict]:
     """How often the reference lies inside the predicted 2 sigma on the learner's own checks.
 
@@ -284,19 +285,17 @@ def check_calibration(parts: list[dict]) -> list[dict]:
     groups = {}
     for p in parts:
         for r in p["rounds"]:
-            for key in CHECK_KEYS:
-                c = r.get(key)
-                if c is None or not np.isfinite(c["energy_error"]):
-                    continue
-                model = "pretrained" if r.get("model_round", r["round"]) == 0 else "fine-tuned"
-                where = "top at a reference saddle" if c.get("reference_saddle") else "other checks"
-                groups.setdefault((model, where), []).append(c)
+            model = "pretrained" if r.get("model_round", r["round"]) == 0 else "fine-tuned"
+            for c in band_round(r).checks:
+                if np.isfinite(c.energy_error):
+                    where = "top at a reference saddle" if c.reference_saddle else "other checks"
+                    groups.setdefault((model, where), []).append(c)
     rows = []
     for (model, where), checks in sorted(groups.items(), key=lambda kv: (kv[0][0] != "pretrained", kv[0][1])):
-        z = np.array([abs(c["energy_error"]) / c["energy_std"] for c in checks])
+        z = np.array([abs(c.energy_error) / c.energy_std for c in checks])
         rows.append({"model": model, "checks": where, "n": len(checks),
                      "energy_coverage_2sigma": float(np.mean(z <= 2)), "median_abs_z": float(np.median(z)),
-                     "force_coverage_2sigma": float(np.mean([c["force_coverage"] for c in checks]))})
+                     "force_coverage_2sigma": float(np.mean([c.force_coverage for c in checks]))})
     return rows
 
 

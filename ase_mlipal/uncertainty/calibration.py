@@ -100,10 +100,8 @@ def shrunk_factor(residuals: np.ndarray, variances: np.ndarray, prior_frames: fl
     """
     if prior_frames < 0 or n_frames < 1:
         raise ValueError(f"need prior_frames >= 0 and n_frames >= 1, got {prior_frames} and {n_frames}")
+    _require_nonzero(np.asarray(residuals))
     ratio = fit_scale(residuals, variances)
-    if ratio == 0:
-        raise ValueError(f"all {np.size(residuals)} residuals are exactly 0, so no factor can be fitted: were the "
-                         "labels computed by this model itself? Calibrate on reference labels the model did not produce")
     return float(ratio ** (n_frames / (n_frames + prior_frames)))
 
 
@@ -134,9 +132,7 @@ def fit_recalibration(
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, not {method!r}")
     r, q, n = _checked(residuals, raw_variances, sizes)
-    if not np.any(r):
-        raise ValueError(f"all {r.size} residuals are exactly 0, so no scale can be fitted: were the labels "
-                         "computed by this model itself? Calibrate on reference labels the model did not produce")
+    _require_nonzero(r)
     weights = _group_weights(groups, r.size)
     if method == "linear":
         return Recalibration(scale=float(np.sum(weights * r**2 / q)))
@@ -195,6 +191,12 @@ def forgetting_floor(calibration: Recalibration, before: np.ndarray, after: np.n
         raise ValueError("sizes must be positive")
     shift = float(np.mean(r1**2 / n) - np.mean(r0**2 / n))
     return Recalibration(calibration.scale, calibration.exponent, max(0.0, calibration.floor + shift))
+
+
+def _require_nonzero(residuals: np.ndarray) -> None:
+    if not np.any(residuals):
+        raise ValueError(f"all {residuals.size} residuals are exactly 0, so no calibration can be fitted: were the "
+                         "labels computed by this model itself? Calibrate on reference labels the model did not produce")
 
 
 def _checked(residuals, raw_variances, sizes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
