@@ -180,7 +180,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              finetune_options=finetune_options)
         report = learner.run()
         print(report.table())
+        low, high = report.barrier_interval
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
+              f"2-sigma interval [{low:.3f}, {high:.3f}] eV, "
               f"climbing-image check error {report.verified_barrier_error}; its checks show it off by "
               f"{report.final.verified_error:.3f} eV)")
         plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")

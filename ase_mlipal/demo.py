@@ -88,8 +88,9 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     for name, s in scores.items():
         print(f"{name:8s}{s.force_mae:20.3f} eV/A{s.barrier:9.2f} ± {s.barrier_std:4.2f} eV{s.barrier_error:+13.2f} eV"
               f"{s.reaction_energy_error:+21.2f} eV")
+    low, high = report.barrier_interval
     print(f"(1 sigma predicted; the report's, with what the final band's checks found: "
-          f"± {scores['after'].reported_std:.2f} eV)")
+          f"± {scores['after'].reported_std:.2f} eV; 2-sigma interval of the barrier [{low:.2f}, {high:.2f}] eV)")
     counts = learner.store.counts()
     print(f"\nlabelled frames: {counts['labelled'] + counts['verified']} ({counts['verified']} passed checks); "
           f"verified: {report.confident}; "

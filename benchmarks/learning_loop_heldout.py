@@ -110,6 +110,7 @@ def run(name: str, paced: bool) -> dict:
             "after": final.barrier - target if final else None,
             "after_std_predicted": final.barrier_std if final else None,
             "after_std_reported": report.barrier[1] if final else None,
+            "barrier_interval": list(report.barrier_interval) if final else None,
             "confident": report.confident, "labels": labels, "bands": len(report.rounds),
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
@@ -119,11 +120,16 @@ def run(name: str, paced: bool) -> dict:
 def merge() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*_paced.json")) + sorted(PARTS.glob("*_unpaced.json"))]
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
+             "The reported interval is `NEBReport.barrier_interval`: one-sided where xTB does not confirm the final "
+             "band's top as a saddle.", "",
              "| reaction | budget | xTB NEB barrier | before | after (predicted 1σ; reported) | confident | labels "
              "| bands (final) | min |", "|---|---|---:|---:|---:|:-:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"])):
         after = "-" if r["after"] is None else (f"{r['after']:+.2f} ({r['after_std_predicted']:.2f}; "
                                                f"{r['after_std_reported']:.2f})")
+        interval = r.get("barrier_interval")
+        if interval is not None and r["after"] is not None:
+            after += f"; 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]"
         before = "-" if r["before"] is None else f"{r['before']:+.2f}"
         lines.append(f"| {r['reaction']} | {'paced' if r['paced'] else 'unpaced'} | {r['direct_barrier']:.2f} | "
                      f"{before} | {after} | {'yes' if r['confident'] else 'no'} | {r['labels']} | "
