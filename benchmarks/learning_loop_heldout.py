@@ -111,6 +111,7 @@ def run(name: str, paced: bool) -> dict:
             "after_std_predicted": final.barrier_std if final else None,
             "after_std_reported": report.barrier[1] if final else None,
             "barrier_interval": list(report.barrier_interval) if final else None,
+            "top_unconfirmed": report.final.top_unconfirmed if final else None,
             "confident": report.confident, "labels": labels, "bands": len(report.rounds),
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
@@ -129,7 +130,8 @@ def merge() -> str:
                                                f"{r['after_std_reported']:.2f})")
         interval = r.get("barrier_interval")
         if interval is not None and r["after"] is not None:
-            after += f"; 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]"
+            after += (f"; barrier's 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]"
+                      + (", top not an xTB saddle" if r.get("top_unconfirmed") else ""))
         before = "-" if r["before"] is None else f"{r['before']:+.2f}"
         lines.append(f"| {r['reaction']} | {'paced' if r['paced'] else 'unpaced'} | {r['direct_barrier']:.2f} | "
                      f"{before} | {after} | {'yes' if r['confident'] else 'no'} | {r['labels']} | "

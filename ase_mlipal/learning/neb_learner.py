@@ -127,8 +127,8 @@ class NEBRound:
 
     @property
     def lowest_barrier(self) -> float:
-        """The lowest barrier the band's endpoints allow (eV): 0, or the reaction energy less its 2 sigma if higher
-        (a barrier is never below either endpoint)."""
+        """The lowest barrier the band's endpoints allow (eV): 0, or the model's reaction energy less its 2 sigma
+        if higher (a barrier is never below either endpoint)."""
         return float(max(0.0, self.profile.energy[-1] - 2.0 * self.profile.energy_std[-1]))
 
     @property
@@ -136,9 +136,9 @@ class NEBRound:
         """How far off the checks allow the barrier to be (eV): ``verified_error``, and for a band whose top the
         reference does not confirm as a saddle (``top_unconfirmed``) at least ``barrier - lowest_barrier``.
 
-        A band is a path from reactant to product, so its maximum on the reference bounds the reference's
-        barrier from above only (the barrier is the lowest maximum over all such paths): where the band
-        crosses a pass the reference does not have, the reference's pass may lie anywhere below."""
+        The barrier is the lowest maximum over all paths from reactant to product. A band that crosses a
+        pass the reference does not have overestimates it where its checks agree (the reference's maximum
+        along the band is at least the barrier), and the reference's own pass may lie anywhere below."""
         off = self.verified_error
         if self.top_unconfirmed and np.isfinite(off):
             off = max(off, self.profile.barrier - self.lowest_barrier)
@@ -187,7 +187,7 @@ class NEBReport:
             reference that failed on the first endpoint.
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
-            the checks show least off (:attr:`NEBRound.possible_error`; ``images`` is that band, the
+            the checks allow the least error (:meth:`NEBLearner._best_verified`; ``images`` is that band, the
             calculator holds its model); ``None`` if no band was checked.
     """
 
@@ -220,12 +220,13 @@ class NEBReport:
 
     @property
     def barrier_interval(self) -> tuple[float, float]:
-        """Where the reference's barrier lies, at 2 sigma (eV): ``barrier`` ± 2 sigma, or, when the reference
-        does not confirm the final band's top as a saddle (``final.top_unconfirmed``), from
-        ``final.lowest_barrier`` up to ``barrier`` + 2 sigma: that band's maximum bounds the reference's
-        barrier from above only (:attr:`NEBRound.possible_error`)."""
+        """The 2-sigma interval of the reported barrier (eV), never below 0: ``barrier`` ± 2 sigma, or, when the
+        reference does not confirm the final band's top as a saddle (``final.top_unconfirmed``), down to
+        ``final.lowest_barrier``: such a band estimates the barrier from above, and the reference's own pass
+        may lie anywhere below (:attr:`NEBRound.possible_error`). Its upper end is as good as the band's
+        checks: the reference's maximum may lie between the images they saw."""
         value, std = self.barrier
-        low, high = value - 2.0 * std, value + 2.0 * std
+        low, high = max(0.0, value - 2.0 * std), value + 2.0 * std
         if self.final.top_unconfirmed:
             low = min(low, self.final.lowest_barrier)
         return low, high
@@ -252,11 +253,11 @@ class NEBReport:
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
-            lines.append(f"final: the band of round {self.final.round} (its checks show it least off)")
+            lines.append(f"final: the band of round {self.final.round} (its checks allow it the least error)")
         if self.rounds and self.final.top_unconfirmed:
             low, high = self.barrier_interval
             lines.append("the final band's climbing image is not a saddle of the reference: its barrier is unverified,"
-                         f" an upper bound (the reference's lies in [{low:.2f}, {high:.2f}] eV)")
+                         f" an estimate from above (2-sigma interval [{low:.2f}, {high:.2f}] eV)")
         return "\n".join(lines)
 
 
@@ -446,7 +447,7 @@ class NEBLearner(LearningRun):
                          self.state["stopped"], list(self.choice.history), final_round=best)
 
     def _best_verified(self, rounds: list[NEBRound]) -> Optional[int]:
-        """Index of the band the checks show least off (``possible_error``); its model and band are restored.
+        """Index of the band whose checks allow it the least error; its model and band are restored.
 
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a
@@ -456,22 +457,28 @@ class NEBLearner(LearningRun):
         the latest is chosen, its model having learned from every label
         before it. A band whose relaxation a guard cut short
         (``NEBRound.runaway``) is no barrier: it is chosen only when no other band was checked.
-        A band whose top the reference does not confirm as a saddle is an
-        upper bound only, however well its checks agree: it counts as off by
-        down to the lowest barrier its endpoints allow, so a band that did
-        reach a saddle of the reference is preferred to it unless its checks
-        are further off than that.
-        The calculator and ``self.images`` end on the best verified band, so
-        a run never ends worse than its checks show.
+        A band whose top the reference does not confirm as a saddle estimates
+        the barrier from above only, however well its checks agree
+        (:attr:`NEBRound.possible_error`): the bands that reached a saddle of
+        the reference are chosen from unless the least off of them is further
+        off than such a band could be; then the choice is among the others.
+        The calculator and ``self.images`` end on the chosen band, so a run
+        never ends worse than its checks allow.
         """
-        checked = [k for k, r in enumerate(rounds) if np.isfinite(r.possible_error)]
+        checked = [k for k, r in enumerate(rounds) if np.isfinite(r.verified_error)]
         checked = [k for k in checked if not rounds[k].runaway] or checked  # a band cut short has no barrier
         if not checked:
             return None
         if self.state["confident"]:
             return len(rounds) - 1
-        least = min(rounds[k].possible_error for k in checked)
-        best = max(k for k in checked if rounds[k].possible_error <= least + self.barrier_tolerance)
+        saddles = [k for k in checked if not rounds[k].top_unconfirmed]
+        others = [k for k in checked if rounds[k].top_unconfirmed]
+        if saddles and others and (min(rounds[k].verified_error for k in saddles)
+                                   > min(rounds[k].possible_error for k in others)):
+            saddles = []
+        pool = saddles or others
+        least = min(rounds[k].verified_error for k in pool)
+        best = max(k for k in pool if rounds[k].verified_error <= least + self.barrier_tolerance)
         if best != len(rounds) - 1 or self.state["stopped"]:
             model_round = rounds[best].model_round
             model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")

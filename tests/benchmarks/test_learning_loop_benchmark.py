@@ -19,7 +19,12 @@ def test_smoke_run_writes_checked_rounds_and_audits(tmp_path):
     (neb,), (md,) = summary["parts"], summary["md"]
     assert neb["rounds"][0]["check"]["kind"] == "climbing_image"
     assert neb["labels"] >= 3 and neb["before"] == pytest.approx(neb["rounds"][0]["barrier_error"])
-    assert neb["covered_2sigma"] == (abs(neb["after"]) <= 2 * neb["after_std"])
+    low, high = neb["barrier_interval"]
+    assert neb["covered_2sigma"] == (low <= neb["reference_barrier"] <= high)
+    barrier = neb["reference_barrier"] + neb["after"]
+    assert high == pytest.approx(barrier + 2 * neb["after_std"])  # one-sided only below, where the top is unconfirmed
+    if not neb["top_unconfirmed"]:
+        assert low == pytest.approx(max(0.0, barrier - 2 * neb["after_std"]))
     assert md["audits"] and all(a["kind"] == "audit" for a in md["audits"])
     assert md["confident"] == all(a["passed"] for a in md["audits"] if a["round"] == md["audits"][-1]["round"])
     assert "| formaldehyde_to_CO_H2" in (tmp_path / "learning_loop.md").read_text()
