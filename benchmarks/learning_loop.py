@@ -323,8 +323,8 @@ def markdown(summary: dict) -> str:
              "reported interval (`NEBReport.barrier_interval`): the reported σ holds the error the checks found near the saddle, "
              "so it covers the reference almost by construction, and where xTB does not confirm the final band's top as "
              "a saddle the interval is one-sided, from the lowest barrier the endpoints allow up to the barrier + 2σ "
-             "(the band's maximum bounds xTB's barrier from above only); only the predicted σ's coverage tests the "
-             "calibration.",
+             "(such a band estimates xTB's barrier from above; xTB's own pass may lie anywhere below); only the "
+             "predicted σ's coverage tests the calibration.",
              "",
              "| reaction | stored band: before | after (1σ; predicted) | in 2σ (predicted; reported) "
              "| same start: barrier | before | after | in 2σ (predicted; reported) "
