@@ -310,7 +310,7 @@ def unconfirmed(part: dict) -> str:
         return ""
     interval = part.get("barrier_interval")
     return " (top not an xTB saddle" + ("" if interval is None else
-                                         f"; xTB's barrier in [{interval[0]:.2f}, {interval[1]:.2f}]") + ")"
+                                         f"; the barrier's 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]") + ")"
 
 
 def markdown(summary: dict) -> str:
