@@ -179,6 +179,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              steps=neb.get("steps", 300), band_start=neb.get("band_start", "initial"),
                              finetune_options=finetune_options)
         report = learner.run()
+        if not report.rounds:
+            raise SystemExit(f"no band was run: {report.stopped}\nthe store and state are in {workdir}/")
         print(report.table())
         low, high = report.barrier_interval
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "

@@ -54,6 +54,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     Raises:
         ImportError: tblite (GFN2-xTB, the reference) is not installed; checked
             first, so the run does not go on to mark every frame failed.
+        RuntimeError: the run stopped before its first band (e.g. xTB failed
+            on the first endpoint); the message says why.
     """
     xtb_calculator()
     start = time.perf_counter()
@@ -70,6 +72,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     learner = NEBLearner(calc, RobustXTB, workdir / "run", images, threshold, max_rounds=max_rounds, steps=steps,
                          fmax=fmax, finetune_options=finetune_options, max_labels=max_labels)
     report = learner.run()
+    if not report.rounds:
+        raise RuntimeError(f"the demo ran no band: {report.stopped} (store and state in {workdir / 'run'})")
     first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     xtb_reaction = float(xtb_energy[-1] - xtb_energy[0])
     scores = {

@@ -2,6 +2,7 @@
 
 import pytest
 from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
 from ase.io import write
 
 from ase_mlipal import FrameStore, save_model
@@ -79,6 +80,39 @@ replay_ratio = 0
     store = FrameStore(tmp_path / "run" / "frames.db")
     assert store.counts()["labelled"] >= 2
     assert (tmp_path / "run" / "model_round1.pt").exists() and is_png(tmp_path / "run" / "uncertainty.png")
+
+
+class FailingReference(Calculator):
+    """A reference that fails on every frame."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        raise RuntimeError("SCF did not converge")
+
+
+def test_learn_says_why_a_neb_run_ran_no_band(tmp_path, model_file, capsys):
+    """The reference fails on the first endpoint: no band to report, and the user is told why, not a traceback."""
+    images = formaldehyde_band(3)
+    write(tmp_path / "a.xyz", images[0])
+    write(tmp_path / "b.xyz", images[-1])
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+kind = "neb"
+model = "{model_file}"
+reference = "tests.test_cli:FailingReference"
+threshold = 1e3
+initial = "{tmp_path / 'a.xyz'}"
+final = "{tmp_path / 'b.xyz'}"
+workdir = "{tmp_path / 'run'}"
+max_rounds = 1
+[neb]
+images = 5
+steps = 2
+""")
+    with pytest.raises(SystemExit, match="no band was run: the reference failed on the first endpoint"):
+        main(["learn", str(config)])
+    assert FrameStore(tmp_path / "run" / "frames.db").counts()["failed"] >= 1  # the failure is stored, not lost
 
 
 def test_select_writes_the_picked_structures(model_file, tmp_path, capsys):

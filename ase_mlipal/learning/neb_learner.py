@@ -185,6 +185,9 @@ class NEBReport:
         stopped: why the run was stopped ("" if it was not): a physical guard,
             an energy runaway the reference confirms or cannot label, or a
             reference that failed on the first endpoint.
+        ended: why a run that is neither confident nor stopped ended
+            (``max_rounds`` reached, and whether its last fine-tunes were
+            rejected); "" otherwise.
         model_choice: one line per fine-tuned model, accepted or not and why.
         final_round: index in ``rounds`` of the band the run ends on: the one
             the checks allow the least error (:meth:`NEBLearner._best_verified`; ``images`` is that band, the
@@ -197,6 +200,7 @@ class NEBReport:
     stopped: str = ""
     model_choice: list = field(default_factory=list)
     final_round: Optional[int] = None
+    ended: str = ""
 
     @property
     def final(self) -> NEBRound:
@@ -252,6 +256,8 @@ class NEBReport:
         lines += [r.runaway for r in self.rounds if r.runaway]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
+        if self.ended:
+            lines.append(f"ended: {self.ended}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
             lines.append(f"final: the band of round {self.final.round} (its checks allow it the least error)")
         if self.rounds and self.final.top_unconfirmed:
@@ -444,7 +450,19 @@ class NEBLearner(LearningRun):
                 break  # the last fine-tunes were all rejected: nothing new to run
         best = self._best_verified(rounds)
         return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
-                         self.state["stopped"], list(self.choice.history), final_round=best)
+                         self.state["stopped"], list(self.choice.history), final_round=best,
+                         ended=self._why_ended(rounds))
+
+    def _why_ended(self, rounds: list[NEBRound]) -> str:
+        """Why a run neither confident nor stopped ended ("" for those): the rounds ran out."""
+        if self.state["confident"] or self.state["stopped"]:
+            return ""
+        why = f"max_rounds={self.max_rounds} reached before a band was verified"
+        last = rounds[-1].learning if rounds else None
+        if last is not None and not last.accepted:
+            why += (f" (the fine-tunes on the labels of round {rounds[-1].round} were rejected by the model "
+                    "choice, see model_choice: no new model was left to run a band on)")
+        return why
 
     def _best_verified(self, rounds: list[NEBRound]) -> Optional[int]:
         """Index of the band whose checks allow it the least error; its model and band are restored.

@@ -105,6 +105,9 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert sources.count("endpoint") == 2 and sources.count("verify") >= 1
     assert first.learning is not None and first.learning.n_train_frames >= 3  # endpoints + the failed check
     assert (report.rounds[-1].learning is None) == accepted[0]
+    assert report.stopped == "" and report.ended.startswith("max_rounds=1 reached before a band was verified")
+    assert ("were rejected by the model choice" in report.ended) == (not accepted[0])
+    assert f"ended: {report.ended}" in report.table()
     errors = np.array([r.verified_error for r in report.rounds])
     unconfirmed = np.array([r.top_unconfirmed for r in report.rounds])
     kind = unconfirmed == report.final.top_unconfirmed  # chosen among bands at a reference saddle, or among the others
@@ -618,6 +621,7 @@ def test_a_runaway_endpoint_stops_the_run_unlabelled(calc, tmp_path):
                          guard=guard, conditioning=[], progress=False)
     report = learner.run()
     assert report.stopped.startswith("round 0, NEB step 0, image 4: 50 eV") and report.rounds == []
+    assert report.ended == ""  # a stopped run says why in ``stopped``
     assert learner.store.counts()["unphysical"] == 1 and CountingReference.calls == 0
 
 
