@@ -25,5 +25,9 @@ def test_smoke_run_holds_out_every_reaction_and_checks_every_band(tmp_path):
             assert 0 <= report["coverage_1sigma"] <= report["coverage_2sigma"] <= 1
             assert report["sharpness"] > 0
     assert shipped["fit_all"]["forces"]["exponent"] == 1.0  # the shipped recipe: a plain scale for forces
+    per_element = result["methods"]["element scales"]["fit_all"]["forces"]
+    assert set(per_element) == {"1", "6", "7", "8"} and all(f["exponent"] == 1.0 for f in per_element.values())
+    assert len({f["scale"] for f in per_element.values()}) == 4  # each element its own scale
+    assert "| element scales | their TS region | forces |" in (tmp_path / "calibration.md").read_text()
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
     assert "held-out reactions" in (tmp_path / "calibration.md").read_text()
