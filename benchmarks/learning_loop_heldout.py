@@ -52,9 +52,16 @@ def relaxed(atoms: Atoms) -> Atoms:
 
 
 def endpoints(name: str) -> tuple[Atoms, Atoms]:
-    """Reactant and product (same atom order): one H moved onto the O (in the molecular plane, H-O-C about
-    110 degrees; vinyl alcohol rattled by 0.05 A, since the mirror plane would keep its CH2 twisted), both
-    relaxed with xTB."""
+    """Reactant and product (same atom order), both relaxed with xTB.
+
+    H shifts: one H moved onto an O (in the plane of the O, the atom it is
+    bonded to and the H's old neighbour, H-O-X about 110 degrees; the products
+    of the 1,3-shifts rattled by 0.05 A, since a mirror plane would keep them
+    twisted). HCN -> HNC: the H put on the N end of the line.
+    Acetonitrile -> methyl isocyanide: the nitrile C and the N swap places.
+    """
+    if name in LINEAR:
+        return LINEAR[name]()
     if name == "formaldehyde_to_hydroxycarbene":
         reactant = molecule("H2CO")  # O, C, H, H
         o, c, h, toward = 0, 1, 2, 2  # the H moves trans to the other H
@@ -64,6 +71,11 @@ def endpoints(name: str) -> tuple[Atoms, Atoms]:
         methyl_h = [k for k in range(len(reactant)) if reactant.numbers[k] == 1
                     and reactant.get_distance(k, toward) < 1.2]
         h = min(methyl_h, key=lambda k: reactant.get_distance(k, o))  # the 1,3-shift's H (syn to the C=C)
+    elif name == "nitromethane_to_aci_nitromethane":
+        reactant = molecule("CH3NO2")  # C, N, H, H, H, O, O
+        o, c, toward = 5, 1, 0
+        h = min((k for k in range(len(reactant)) if reactant.numbers[k] == 1),
+                key=lambda k: reactant.get_distance(k, o))  # the methyl H closest to that O
     else:
         raise SystemExit(f"unknown reaction {name!r}")
     positions = reactant.positions
@@ -72,9 +84,29 @@ def endpoints(name: str) -> tuple[Atoms, Atoms]:
     side /= np.linalg.norm(side)
     product = reactant.copy()
     product.positions[h] = positions[o] + 0.97 * (0.34 * axis + 0.94 * side)
-    if name == "acetaldehyde_to_vinyl_alcohol":
+    if name in ("acetaldehyde_to_vinyl_alcohol", "nitromethane_to_aci_nitromethane"):
         product.rattle(0.05, seed=1)
     return relaxed(reactant), relaxed(product)
+
+
+def hcn_to_hnc() -> tuple[Atoms, Atoms]:
+    reactant = molecule("HCN")  # C, N, H
+    axis = (reactant.positions[1] - reactant.positions[0]) / reactant.get_distance(0, 1)
+    product = reactant.copy()
+    product.positions[2] = reactant.positions[1] + 1.0 * axis
+    return relaxed(reactant), relaxed(product)
+
+
+def acetonitrile_to_methyl_isocyanide() -> tuple[Atoms, Atoms]:
+    reactant = molecule("CH3CN")  # C (methyl), C (nitrile), N, H, H, H
+    product = reactant.copy()
+    product.positions[[1, 2]] = reactant.positions[[2, 1]]
+    return relaxed(reactant), relaxed(product)
+
+
+LINEAR = {"HCN_to_HNC": hcn_to_hnc, "acetonitrile_to_methyl_isocyanide": acetonitrile_to_methyl_isocyanide}
+REACTIONS = ["formaldehyde_to_hydroxycarbene", "acetaldehyde_to_vinyl_alcohol", "nitromethane_to_aci_nitromethane",
+             *LINEAR]
 
 
 def unpaced_reserve(self, room: int) -> int:
@@ -143,7 +175,7 @@ def merge() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reaction", choices=["formaldehyde_to_hydroxycarbene", "acetaldehyde_to_vinyl_alcohol"])
+    parser.add_argument("--reaction", choices=REACTIONS)
     parser.add_argument("--unpaced", action="store_true", help="the budget rule before the pacing")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
