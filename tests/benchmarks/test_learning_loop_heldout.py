@@ -1,0 +1,35 @@
+"""The held-out reactions' endpoints: the product is the reaction's, in the reactant's atom order."""
+
+import numpy as np
+import pytest
+
+from .conftest import load_benchmark
+
+pytest.importorskip("tblite")
+
+
+def bonded(atoms, i, j) -> bool:
+    return atoms.get_distance(i, j) < 1.25 * (COVALENT[atoms.numbers[i]] + COVALENT[atoms.numbers[j]])
+
+
+COVALENT = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
+
+
+@pytest.mark.parametrize("name, broken, formed", [
+    ("HCN_to_HNC", (0, 2), (1, 2)),  # H leaves C for N
+    ("acetonitrile_to_methyl_isocyanide", (0, 1), (0, 2)),  # the methyl C leaves the nitrile C for N
+    ("nitromethane_to_aci_nitromethane", None, None),  # a methyl H onto the O (indices found below)
+])
+def test_product_differs_from_the_reactant_by_the_reaction_bonds_only(name, broken, formed):
+    module = load_benchmark("learning_loop_heldout")
+    reactant, product = module.endpoints(name)
+    assert list(reactant.numbers) == list(product.numbers)
+    if broken is None:
+        o = 5
+        h = next(k for k in range(len(product)) if product.numbers[k] == 1 and bonded(product, k, o))
+        broken, formed = (0, h), (o, h)
+    assert bonded(reactant, *broken) and not bonded(product, *broken)
+    assert bonded(product, *formed) and not bonded(reactant, *formed)
+    changed = [(i, j) for i in range(len(product)) for j in range(i + 1, len(product))
+               if bonded(reactant, i, j) != bonded(product, i, j)]
+    assert sorted(changed) == sorted([tuple(sorted(broken)), tuple(sorted(formed))])
