@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from ase import Atoms
 from ase.mep import NEB, idpp_interpolate
+from ase.mep.neb import IDPP
 
 from .calculator import MLIPALCalculator
 from .guards import PhysicalGuard
@@ -65,51 +66,90 @@ def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(steps)])
 
 
+ARC_FRACTIONS = (0.25, 0.5, 0.75)  # arc heights tried, as fractions of the largest atom displacement
+
+
 def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Atoms]:
     """``n_images`` images from ``initial`` to ``final`` (included), IDPP-interpolated.
 
     IDPP starts from the straight line between the endpoints and cannot
     leave a line of symmetry: for a linear molecule (HCN -> HNC) the moving
-    atom would pass through its neighbours. When an interior image has
-    overlapping atoms (:class:`~ase_mlipal.guards.PhysicalGuard`), the
-    straight-line images are displaced by a small seeded random amount
-    (0.1 A) perpendicular to the path before IDPP, up to three tries; a
-    band still overlapping raises ``ValueError``.
+    atom would pass through its neighbours. When an interior image of the
+    straight-line band has overlapping atoms
+    (:class:`~ase_mlipal.guards.PhysicalGuard`), IDPP starts instead from
+    arcs: the straight line bent, most at the middle image, along a seeded
+    random direction perpendicular to the path in which each atom moves in
+    proportion to how far it travels between the endpoints (the atoms that
+    stay keep their bonds), to a height of 0.25, 0.5 and 0.75 times the
+    largest atom displacement. Of the arcs whose images pass the guard, the
+    band that meets IDPP's own target distances best (the lowest summed
+    IDPP energy) is returned; up to three directions are tried, and a band
+    still overlapping raises ``ValueError``. On HCN -> HNC the C-N bond then
+    stays within 0.05 A of its length at the ends, where random 0.1 A
+    displacements of every atom let IDPP stretch it to 2.3 A.
     """
     if n_images < 3:
         raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
     if len(initial) != len(final) or np.any(initial.numbers != final.numbers):
         raise ValueError("the endpoints of a band must have the same atoms in the same order")
     guard = PhysicalGuard([initial, final])
+    images = _idpp_band(initial, final, n_images)
+    problems = _band_problems(guard, images)
+    if not problems:
+        return images
     rng = np.random.default_rng(seed)
-    for attempt in range(4):
-        images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
-        for image in images:
-            image.calc = None
-        neb = NEB(images, method="improvedtangent")
-        neb.interpolate()
-        if attempt:
-            _displace_across_path(images, rng, 0.1)
-        with warnings.catch_warnings():  # ASE's idpp_interpolate builds an NEB without a method: not ours to warn
-            warnings.filterwarnings("ignore", message="The default method has changed", category=UserWarning)
-            idpp_interpolate(images, traj=None, log=None)
-        problems = [(k, guard.problem(image)) for k, image in enumerate(images[1:-1], start=1)]
-        problems = [(k, p) for k, p in problems if p]
-        if not problems:
-            return images
+    motion = np.linalg.norm(final.positions - initial.positions, axis=1)
+    for _ in range(3):
+        direction = _arc_direction(images, motion, rng)
+        arcs = [_idpp_band(initial, final, n_images, fraction * motion.max() * direction)
+                for fraction in ARC_FRACTIONS]
+        passed = [arc for arc in arcs if not _band_problems(guard, arc)]
+        if passed:
+            return min(passed, key=_idpp_energy)
+        problems = _band_problems(guard, arcs[0])
     k, problem = problems[0]
     raise ValueError(f"IDPP interpolation gives an unphysical image {k} ({problem}) even with the symmetry broken; "
                      "pass a band of your own (e.g. with an intermediate image)")
 
 
-def _displace_across_path(images: Sequence[Atoms], rng: np.random.Generator, amplitude: float) -> None:
-    """Move interior images by random displacements (A) with the component along the path removed."""
+def _idpp_band(initial: Atoms, final: Atoms, n_images: int, arc: Optional[np.ndarray] = None) -> list[Atoms]:
+    """IDPP images from the straight line, or from it bent by ``arc`` (``(n_atoms, 3)``, A, at the middle)."""
+    images = [initial.copy() for _ in range(n_images - 1)] + [final.copy()]
+    for image in images:
+        image.calc = None
+    NEB(images, method="improvedtangent").interpolate()
+    if arc is not None:
+        for k, image in enumerate(images[1:-1], start=1):
+            image.positions = image.positions + np.sin(np.pi * k / (n_images - 1)) * arc
+    with warnings.catch_warnings():  # ASE's idpp_interpolate builds an NEB without a method: not ours to warn
+        warnings.filterwarnings("ignore", message="The default method has changed", category=UserWarning)
+        idpp_interpolate(images, traj=None, log=None)
+    return images
+
+
+def _band_problems(guard: PhysicalGuard, images: Sequence[Atoms]) -> list[tuple[int, str]]:
+    problems = [(k, guard.problem(image)) for k, image in enumerate(images[1:-1], start=1)]
+    return [(k, p) for k, p in problems if p]
+
+
+def _arc_direction(images: Sequence[Atoms], motion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A unit direction ``(n_atoms, 3)`` perpendicular to the path, each atom's part scaled by its ``motion``."""
     tangent = (images[-1].positions - images[0].positions).ravel()
     tangent /= max(np.linalg.norm(tangent), 1e-12)
-    for image in images[1:-1]:
-        step = rng.normal(scale=amplitude, size=image.positions.size)
-        step -= (step @ tangent) * tangent
-        image.positions = image.positions + step.reshape(-1, 3)
+    step = (rng.normal(size=(len(motion), 3)) * (motion / max(motion.max(), 1e-12))[:, None]).ravel()
+    step -= (step @ tangent) * tangent
+    return (step / max(np.linalg.norm(step), 1e-12)).reshape(-1, 3)
+
+
+def _idpp_energy(images: Sequence[Atoms]) -> float:
+    """IDPP's objective summed over the interior images (ASE's :class:`~ase.mep.neb.IDPP`, eV-free units)."""
+    first, last = images[0].get_all_distances(), images[-1].get_all_distances()
+    total = 0.0
+    for k, image in enumerate(images[1:-1], start=1):
+        atoms = image.copy()
+        atoms.calc = IDPP(first + (last - first) * k / (len(images) - 1), mic=False)
+        total += float(atoms.get_potential_energy())
+    return total
 
 
 def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "",

@@ -1,6 +1,5 @@
 """The held-out reactions' endpoints: the product is the reaction's, in the reactant's atom order."""
 
-import numpy as np
 import pytest
 
 from .conftest import load_benchmark

@@ -78,3 +78,7 @@ def test_band_of_a_linear_molecule_leaves_the_axis():
     images = band(hcn, hnc, 9)
     assert all(guard.problem(image) is None for image in images)
     assert max(np.abs(image.positions[0, 1:]).max() for image in images) > 0.3  # H went round, off the axis
+    cn = np.array([image.get_distance(1, 2) for image in images])
+    assert np.all(np.abs(cn - 1.165) < 0.1)  # the C-N bond both ends have holds along the way (not IDPP's 2.3 A)
+    h_moved = [np.linalg.norm(b.positions[0] - a.positions[0]) for a, b in zip(images[:-1], images[1:])]
+    assert max(h_moved) < 2 * np.mean(h_moved)  # H goes round in even steps, no jump between two images
