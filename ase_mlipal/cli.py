@@ -180,7 +180,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              finetune_options=finetune_options)
         report = learner.run()
         if not report.rounds:
-            raise SystemExit(f"no band was run: {report.stopped}\nthe store and state are in {workdir}/")
+            raise SystemExit(f"no band was run: {report.stopped or report.ended}\n"
+                             f"the store and state are in {workdir}/")
         print(report.table())
         low, high = report.barrier_interval
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
@@ -197,8 +198,11 @@ def cmd_learn(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_labels=args.max_labels,
-             max_rounds=args.rounds)
+    try:
+        run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_labels=args.max_labels,
+                 max_rounds=args.rounds)
+    except RuntimeError as error:  # a run that ran no band says why
+        raise SystemExit(str(error)) from None
 
 
 LEARN_HELP = """TOML file, e.g.:

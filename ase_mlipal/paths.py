@@ -16,10 +16,11 @@ from typing import Optional, Sequence
 import numpy as np
 from ase import Atoms
 from ase.mep import NEB, idpp_interpolate
-from ase.mep.neb import IDPP
+from ase.data import covalent_radii
+from ase.mep.neb import IDPP  # the IDPP objective idpp_interpolate minimises (ase >= 3.23)
 
 from .calculator import MLIPALCalculator
-from .guards import PhysicalGuard
+from .guards import CHEMICAL_BOND_RATIO, PhysicalGuard
 from .models.model import DEFAULT_DIR
 from .uncertainty.features import per_structure
 
@@ -74,38 +75,42 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
 
     IDPP starts from the straight line between the endpoints and cannot
     leave a line of symmetry: for a linear molecule (HCN -> HNC) the moving
-    atom would pass through its neighbours. When an interior image of the
-    straight-line band has overlapping atoms
-    (:class:`~ase_mlipal.guards.PhysicalGuard`), IDPP starts instead from
-    arcs: the straight line bent, most at the middle image, along a seeded
-    random direction perpendicular to the path in which each atom moves in
-    proportion to how far it travels between the endpoints (the atoms that
-    stay keep their bonds), to a height of 0.25, 0.5 and 0.75 times the
-    largest atom displacement. Of the arcs whose images pass the guard, the
-    band that meets IDPP's own target distances best (the lowest summed
-    IDPP energy) is returned; up to three directions are tried, and a band
-    still overlapping raises ``ValueError``. On HCN -> HNC the C-N bond then
-    stays within 0.05 A of its length at the ends, where random 0.1 A
-    displacements of every atom let IDPP stretch it to 2.3 A.
+    atom would pass through its neighbours, or push apart a bond both
+    endpoints have. When an interior image of the straight-line band has
+    overlapping atoms (:class:`~ase_mlipal.guards.PhysicalGuard`) or breaks
+    a bond both endpoints share (beyond 1.25 covalent sums), IDPP also
+    starts from arcs: the straight line bent, most at the middle image,
+    along a seeded random direction perpendicular to the path in which each
+    atom moves in proportion to how far it travels between the endpoints
+    (the atoms that stay keep their bonds); the bend's norm over all atoms
+    is 0.25, 0.5 and 0.75 times the largest atom displacement. Of the bands
+    whose images pass the guard (the straight one among them), the one that
+    meets IDPP's own target distances best (the lowest summed IDPP energy)
+    is returned; up to three directions are tried, and a band still
+    overlapping raises ``ValueError``. On HCN -> HNC (5-11 images) the C-N
+    bond then stays within 0.1 A of its length at the ends, where the
+    straight line stretches it to 3 A and random 0.1 A displacements of
+    every atom to 2.3 A.
     """
     if n_images < 3:
         raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
     if len(initial) != len(final) or np.any(initial.numbers != final.numbers):
         raise ValueError("the endpoints of a band must have the same atoms in the same order")
     guard = PhysicalGuard([initial, final])
-    images = _idpp_band(initial, final, n_images)
-    problems = _band_problems(guard, images)
-    if not problems:
-        return images
+    straight = _idpp_band(initial, final, n_images)
+    problems = _band_problems(guard, straight)
+    if not problems and not _breaks_a_shared_bond(straight):
+        return straight
+    candidates = [] if problems else [straight]
     rng = np.random.default_rng(seed)
     motion = np.linalg.norm(final.positions - initial.positions, axis=1)
     for _ in range(3):
-        direction = _arc_direction(images, motion, rng)
+        direction = _arc_direction(straight, motion, rng)
         arcs = [_idpp_band(initial, final, n_images, fraction * motion.max() * direction)
                 for fraction in ARC_FRACTIONS]
-        passed = [arc for arc in arcs if not _band_problems(guard, arc)]
-        if passed:
-            return min(passed, key=_idpp_energy)
+        candidates += [arc for arc in arcs if not _band_problems(guard, arc)]
+        if candidates:
+            return min(candidates, key=_idpp_energy)
         problems = _band_problems(guard, arcs[0])
     k, problem = problems[0]
     raise ValueError(f"IDPP interpolation gives an unphysical image {k} ({problem}) even with the symmetry broken; "
@@ -132,6 +137,15 @@ def _band_problems(guard: PhysicalGuard, images: Sequence[Atoms]) -> list[tuple[
     return [(k, p) for k, p in problems if p]
 
 
+def _breaks_a_shared_bond(images: Sequence[Atoms]) -> bool:
+    """Does an interior image stretch a bond both endpoints have beyond a chemical bond?"""
+    radii = covalent_radii[images[0].numbers]
+    bond = CHEMICAL_BOND_RATIO * (radii[:, None] + radii[None, :])
+    shared = (images[0].get_all_distances() < bond) & (images[-1].get_all_distances() < bond)
+    np.fill_diagonal(shared, False)
+    return any(np.any(image.get_all_distances()[shared] > bond[shared]) for image in images[1:-1])
+
+
 def _arc_direction(images: Sequence[Atoms], motion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A unit direction ``(n_atoms, 3)`` perpendicular to the path, each atom's part scaled by its ``motion``."""
     tangent = (images[-1].positions - images[0].positions).ravel()
@@ -142,7 +156,7 @@ def _arc_direction(images: Sequence[Atoms], motion: np.ndarray, rng: np.random.G
 
 
 def _idpp_energy(images: Sequence[Atoms]) -> float:
-    """IDPP's objective summed over the interior images (ASE's :class:`~ase.mep.neb.IDPP`, eV-free units)."""
+    """IDPP's objective summed over the interior images (ASE's :class:`~ase.mep.neb.IDPP`, 1/A^2)."""
     first, last = images[0].get_all_distances(), images[-1].get_all_distances()
     total = 0.0
     for k, image in enumerate(images[1:-1], start=1):

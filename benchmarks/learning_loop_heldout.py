@@ -3,10 +3,13 @@
 The paced budget (``NEBLearner.label_reserve``: a band's flags leave the next
 band's checks and half of the rest for later bands) was written after seeing
 one reaction of ``benchmarks/learning_loop.py`` spend its budget in round 0.
-This script measures it where it was not designed: 1,2- and 1,3-H shifts that
-are in no data, model or benchmark of the project (formaldehyde ->
-hydroxycarbene, a 1,2-H shift; acetaldehyde -> vinyl alcohol, a 1,3-H shift).
-Endpoints are built by moving one H and relaxing with GFN2-xTB; the target is a direct xTB climbing-image NEB
+This script measures it, and the learner as a whole, where it was not
+designed: reactions in no data, model or benchmark of the project
+(formaldehyde -> hydroxycarbene, a 1,2-H shift; acetaldehyde -> vinyl
+alcohol and nitromethane -> aci-nitromethane, 1,3-H shifts; HCN -> HNC, an
+H going round a linear molecule; acetonitrile -> methyl isocyanide, a
+methyl shift). Endpoints are built by moving atoms and relaxing with GFN2-xTB
+(:func:`endpoints`); the target is a direct xTB climbing-image NEB
 from the learner's own 9-image IDPP band; the learner has the settings of
 ``learning_loop.py`` (40 labels). ``--unpaced`` runs the budget rule before the
 pacing (flags leave only the next band's three checks), for the side-by-side::
@@ -147,7 +150,7 @@ def run(name: str, paced: bool) -> dict:
             "confident": report.confident, "labels": labels, "bands": len(report.rounds),
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
-            "stopped": report.stopped, "seconds": time.perf_counter() - start}
+            "stopped": report.stopped, "ended": report.ended, "seconds": time.perf_counter() - start}
 
 
 def merge() -> str:

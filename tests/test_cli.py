@@ -91,7 +91,7 @@ class FailingReference(Calculator):
         raise RuntimeError("SCF did not converge")
 
 
-def test_learn_says_why_a_neb_run_ran_no_band(tmp_path, model_file, capsys):
+def test_learn_says_why_a_neb_run_ran_no_band(tmp_path, model_file):
     """The reference fails on the first endpoint: no band to report, and the user is told why, not a traceback."""
     images = formaldehyde_band(3)
     write(tmp_path / "a.xyz", images[0])

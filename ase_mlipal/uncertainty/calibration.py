@@ -21,12 +21,13 @@ faster with ``q`` out of distribution than in it. What transfers is
 calibration data that include reactive frames, each reaction weighing as
 much as the whole near-equilibrium set. Given such data, a plain scale
 describes the forces best (a power law fits the held-out reactions'
-likelihood slightly better but covers their transition states worse;
-a scale per element fits the pooled held-out reactions better still, but
+likelihood slightly better but covers their transition states worse; a
+scale per element fits the pooled held-out reactions better still, but
 an element no other reaction carries then gets a near-equilibrium scale,
-and the one such held-out reaction ranks its errors worse); for energies a power law with an error floor per atom wins, because
-molecules the model never saw carry an energy error per atom that no
-feature direction sees.
+and the one such held-out reaction ranks its errors worse); for energies
+a power law with an error floor per atom wins, because molecules the
+model never saw carry an energy error per atom that no feature direction
+sees.
 """
 
 from __future__ import annotations

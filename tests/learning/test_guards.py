@@ -66,7 +66,8 @@ def test_runaway_band_length_and_energy_stop_the_band():
     assert raised.value.image == 3  # the image at fault, for the learner to go back to
 
 
-def test_band_of_a_linear_molecule_leaves_the_axis():
+@pytest.mark.parametrize("n_images", [5, 7, 9])
+def test_band_of_a_linear_molecule_leaves_the_axis(n_images):
     """HCN -> HNC: IDPP on the straight line would move H through C and N."""
     hcn = Atoms("HCN", positions=[[-1.07, 0, 0], [0, 0, 0], [1.16, 0, 0]])
     hnc = Atoms("HCN", positions=[[2.16, 0, 0], [0, 0, 0], [1.17, 0, 0]])
@@ -75,7 +76,7 @@ def test_band_of_a_linear_molecule_leaves_the_axis():
     for k, image in enumerate(straight):
         image.positions = hcn.positions + (k + 1) / 5 * (hnc.positions - hcn.positions)
     assert any(guard.problem(image) for image in straight)  # the naive path overlaps
-    images = band(hcn, hnc, 9)
+    images = band(hcn, hnc, n_images)
     assert all(guard.problem(image) is None for image in images)
     assert max(np.abs(image.positions[0, 1:]).max() for image in images) > 0.3  # H went round, off the axis
     cn = np.array([image.get_distance(1, 2) for image in images])
