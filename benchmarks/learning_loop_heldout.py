@@ -170,7 +170,12 @@ def merge() -> str:
         before = "-" if r["before"] is None else f"{r['before']:+.2f}"
         lines.append(f"| {r['reaction']} | {'paced' if r['paced'] else 'unpaced'} | {r['direct_barrier']:.2f} | "
                      f"{before} | {after} | {'yes' if r['confident'] else 'no'} | {r['labels']} | "
-                     f"{r['bands']} ({r['final_round']}) | {r['seconds'] / 60:.1f} |")
+                     f"{r['bands']} ({'-' if r['final_round'] is None else r['final_round']}) | "
+                     f"{r['seconds'] / 60:.1f} |")
+    lines += ["", "Why the runs that are not confident ended:", ""]
+    lines += [f"- {r['reaction']} ({'paced' if r['paced'] else 'unpaced'}): "
+              + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r.get('ended') or 'max_rounds reached'}")
+              for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"])) if not r["confident"]]
     text = "\n".join(lines) + "\n"
     (PARTS.parent / "learning_loop_heldout.md").write_text(text)
     return text
