@@ -559,7 +559,7 @@ class NEBLearner(LearningRun):
                 image.positions = judged
         # the band is judged on what the model knew: a flag settles its own frame at once (bookkeeping against
         # flagging one event again and again, not a label); judged after its flags, the barrier sigma of two of
-        # the benchmark's round-0 bands was 3.7x and 4.1x smaller
+        # the benchmark's round-0 bands was 3.7x and 2.1x smaller
         with self.calc.uncertainty_model.posteriors_of(before):
             return self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
 

@@ -51,7 +51,7 @@ settles each labelled frame no lower than the new model's error on it
 (its ``floors``; weights found by bisection on trial posteriors, so a
 frame's atoms lowering each other's variance is accounted for). Read as
 knowledge it misleads: on two of the learning benchmark's round-0 NEB bands
-the flags shrank the barrier sigma 3.7x and 4.1x
+the flags shrank the barrier sigma 3.7x and 2.1x
 (``python benchmarks/settle_weight.py``), so
 :class:`~ase_mlipal.NEBLearner` judges a band (its profile and checks) on
 the posterior its relaxation started with.
