@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,8 @@ def unpaced_reserve(self, room: int) -> int:
     return neb_learner.CHECKS_PER_BAND if self.state["round"] < self.max_rounds else 0
 
 
-def run(name: str, paced: bool) -> dict:
+def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
+    """One learner run on reaction ``name`` (``max_energy``: the energy guard's limit, eV; None: the default)."""
     reactant, product = endpoints(name)
     images = band(reactant, product, SETTINGS["images"])
     direct_file = PARTS / f"{name}_direct.json"
@@ -135,12 +137,14 @@ def run(name: str, paced: bool) -> dict:
             ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, images, SETTINGS["threshold"],
             max_rounds=SETTINGS["max_rounds"], steps=SETTINGS["steps"], fmax=SETTINGS["fmax"],
             barrier_tolerance=SETTINGS["barrier_tolerance"], band_start=SETTINGS["band_start"],
-            finetune_options=SETTINGS["finetune"], max_labels=SETTINGS["max_labels"], progress=False)
+            finetune_options=SETTINGS["finetune"], max_labels=SETTINGS["max_labels"], progress=False,
+            guard=None if max_energy is None else ase_mlipal.PhysicalGuard([reactant, product], max_energy=max_energy))
         report = learner.run()
         labels = learner.labels_used()
     target = direct["barrier"] if found_a_pass(direct) else float("nan")
     final = report.final.profile if report.rounds else None
-    return {"reaction": name, "paced": paced, "direct_barrier": target, "direct_calls": direct["calls"],
+    return {"reaction": name, "paced": paced, "max_energy": max_energy,
+            "direct_barrier": target, "direct_calls": direct["calls"],
             "before": report.rounds[0].profile.barrier - target if report.rounds else None,
             "after": final.barrier - target if final else None,
             "after_std_predicted": final.barrier_std if final else None,
@@ -153,14 +157,20 @@ def run(name: str, paced: bool) -> dict:
             "stopped": report.stopped, "ended": report.ended, "seconds": time.perf_counter() - start}
 
 
+def setting(row: dict) -> str:
+    """The budget rule of a run, and the energy guard's limit where it is not the default."""
+    rule = "paced" if row["paced"] else "unpaced"
+    return rule if row.get("max_energy") is None else f"{rule}, max_energy {row['max_energy']:g} eV"
+
+
 def merge() -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*_paced.json")) + sorted(PARTS.glob("*_unpaced.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*paced.json"))]  # paced and unpaced
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
              "The reported interval is `NEBReport.barrier_interval`: one-sided where xTB does not confirm the final "
              "band's top as a saddle.", "",
              "| reaction | budget | xTB NEB barrier | before | after (predicted 1σ; reported) | confident | labels "
              "| bands (final) | min |", "|---|---|---:|---:|---:|:-:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"])):
+    for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0)):
         after = "-" if r["after"] is None else (f"{r['after']:+.2f} ({r['after_std_predicted']:.2f}; "
                                                f"{r['after_std_reported']:.2f})")
         interval = r.get("barrier_interval")
@@ -168,14 +178,15 @@ def merge() -> str:
             after += (f"; barrier's 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]"
                       + (", top not an xTB saddle" if r.get("top_unconfirmed") else ""))
         before = "-" if r["before"] is None else f"{r['before']:+.2f}"
-        lines.append(f"| {r['reaction']} | {'paced' if r['paced'] else 'unpaced'} | {r['direct_barrier']:.2f} | "
+        lines.append(f"| {r['reaction']} | {setting(r)} | {r['direct_barrier']:.2f} | "
                      f"{before} | {after} | {'yes' if r['confident'] else 'no'} | {r['labels']} | "
                      f"{r['bands']} ({'-' if r['final_round'] is None else r['final_round']}) | "
                      f"{r['seconds'] / 60:.1f} |")
     lines += ["", "Why the runs that are not confident ended:", ""]
-    lines += [f"- {r['reaction']} ({'paced' if r['paced'] else 'unpaced'}): "
+    lines += [f"- {r['reaction']} ({setting(r)}): "
               + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r.get('ended') or 'max_rounds reached'}")
-              for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"])) if not r["confident"]]
+              for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0))
+              if not r["confident"]]
     text = "\n".join(lines) + "\n"
     (PARTS.parent / "learning_loop_heldout.md").write_text(text)
     return text
@@ -185,6 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reaction", choices=REACTIONS)
     parser.add_argument("--unpaced", action="store_true", help="the budget rule before the pacing")
+    parser.add_argument("--max-energy", type=float, default=None,
+                        help="the energy guard's limit (eV above the lower endpoint; default PhysicalGuard's)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
     if args.merge:
@@ -192,9 +205,10 @@ def main() -> None:
         return
     if not args.reaction:
         parser.error("--reaction or --merge")
-    result = run(args.reaction, paced=not args.unpaced)
+    result = run(args.reaction, paced=not args.unpaced, max_energy=args.max_energy)
     PARTS.mkdir(parents=True, exist_ok=True)
-    out = PARTS / f"{args.reaction}_{'paced' if result['paced'] else 'unpaced'}.json"
+    guard = "" if args.max_energy is None else f"_max_energy{args.max_energy:g}"
+    out = PARTS / f"{args.reaction}{guard}_{'paced' if result['paced'] else 'unpaced'}.json"
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "round_errors"}, indent=1))
 
