@@ -196,12 +196,12 @@ def cmd_learn(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import NoBandError, run_demo
 
     try:
         run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_labels=args.max_labels,
                  max_rounds=args.rounds)
-    except RuntimeError as error:  # a run that ran no band says why
+    except NoBandError as error:  # a run that ran no band says why, without a traceback
         raise SystemExit(str(error)) from None
 
 

@@ -42,6 +42,10 @@ class DemoScore:
 
 
 
+class NoBandError(RuntimeError):
+    """The demo's learner stopped before its first band (the message says why)."""
+
+
 def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_labels: Optional[int] = 40,
              max_rounds: Optional[int] = None, steps: int = 300, fmax: float = 0.1,
              finetune_options: Optional[dict] = None) -> dict:
@@ -54,7 +58,7 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     Raises:
         ImportError: tblite (GFN2-xTB, the reference) is not installed; checked
             first, so the run does not go on to mark every frame failed.
-        RuntimeError: the run stopped before its first band (e.g. xTB failed
+        NoBandError: the run stopped before its first band (e.g. xTB failed
             on the first endpoint); the message says why.
     """
     xtb_calculator()
@@ -73,7 +77,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
                          fmax=fmax, finetune_options=finetune_options, max_labels=max_labels)
     report = learner.run()
     if not report.rounds:
-        raise RuntimeError(f"the demo ran no band: {report.stopped} (store and state in {workdir / 'run'})")
+        raise NoBandError(f"the demo ran no band: {report.stopped or report.ended} "
+                          f"(store and state in {workdir / 'run'})")
     first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     xtb_reaction = float(xtb_energy[-1] - xtb_energy[0])
     scores = {

@@ -86,7 +86,7 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
     is 0.25, 0.5 and 0.75 times the largest atom displacement. Of the bands
     whose images pass the guard (the straight one among them), the one that
     meets IDPP's own target distances best (the lowest summed IDPP energy)
-    is returned; up to three directions are tried, and a band still
+    is returned, one that keeps the shared bonds before any other; up to three directions are tried, and a band still
     overlapping raises ``ValueError``. On HCN -> HNC (5-11 images) the C-N
     bond then stays within 0.1 A of its length at the ends, where the
     straight line stretches it to 3 A and random 0.1 A displacements of
@@ -109,8 +109,8 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
         arcs = [_idpp_band(initial, final, n_images, fraction * motion.max() * direction)
                 for fraction in ARC_FRACTIONS]
         candidates += [arc for arc in arcs if not _band_problems(guard, arc)]
-        if candidates:
-            return min(candidates, key=_idpp_energy)
+        if candidates:  # one that keeps the shared bonds first, then the best IDPP fit
+            return min(candidates, key=lambda images: (_breaks_a_shared_bond(images), _idpp_energy(images)))
         problems = _band_problems(guard, arcs[0])
     k, problem = problems[0]
     raise ValueError(f"IDPP interpolation gives an unphysical image {k} ({problem}) even with the symmetry broken; "

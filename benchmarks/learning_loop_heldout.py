@@ -24,6 +24,7 @@ Each run writes ``results/learning_loop_heldout/<reaction>_<paced|unpaced>.json`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -118,15 +119,20 @@ def unpaced_reserve(self, room: int) -> int:
     return neb_learner.CHECKS_PER_BAND if self.state["round"] < self.max_rounds else 0
 
 
+def band_digest(images) -> str:
+    """A short hash of a band's positions (to 1e-4 A): the direct NEB is reused only from the same band."""
+    positions = np.round(np.concatenate([image.positions for image in images]), 4) + 0.0  # no -0.0
+    return hashlib.sha1(positions.tobytes()).hexdigest()[:12]
+
+
 def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
     """One learner run on reaction ``name`` (``max_energy``: the energy guard's limit, eV; None: the default)."""
     reactant, product = endpoints(name)
     images = band(reactant, product, SETTINGS["images"])
-    direct_file = PARTS / f"{name}_direct.json"
-    if direct_file.exists():
-        direct = json.loads(direct_file.read_text())
-    else:
-        direct = direct_reference_neb(images, SETTINGS["fmax"])
+    direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
+    direct = json.loads(direct_file.read_text()) if direct_file.exists() else None
+    if direct is None or direct.get("band", digest) != digest:  # none yet, or from another band (older: no digest)
+        direct = {**direct_reference_neb(images, SETTINGS["fmax"]), "band": digest}
         PARTS.mkdir(parents=True, exist_ok=True)
         direct_file.write_text(json.dumps(direct))
     if not paced:
@@ -184,7 +190,7 @@ def merge() -> str:
                      f"{r['seconds'] / 60:.1f} |")
     lines += ["", "Why the runs that are not confident ended:", ""]
     lines += [f"- {r['reaction']} ({setting(r)}): "
-              + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r.get('ended') or 'max_rounds reached'}")
+              + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r['ended'] if 'ended' in r else 'not recorded (max_rounds reached)'}")
               for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0))
               if not r["confident"]]
     text = "\n".join(lines) + "\n"

@@ -66,7 +66,7 @@ def test_runaway_band_length_and_energy_stop_the_band():
     assert raised.value.image == 3  # the image at fault, for the learner to go back to
 
 
-@pytest.mark.parametrize("n_images", [5, 7, 9])
+@pytest.mark.parametrize("n_images", [5, 7, 9, 11])
 def test_band_of_a_linear_molecule_leaves_the_axis(n_images):
     """HCN -> HNC: IDPP on the straight line would move H through C and N."""
     hcn = Atoms("HCN", positions=[[-1.07, 0, 0], [0, 0, 0], [1.16, 0, 0]])
