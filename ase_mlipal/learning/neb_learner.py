@@ -686,8 +686,7 @@ class NEBLearner(LearningRun):
             return self.state["stopped"]
         self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the model "
                                  "within its 2 sigma: the band itself climbs; start from a band nearer the reaction "
-                                 "path, e.g. through an intermediate image, or let the guard allow more: "
-                                 "PhysicalGuard(max_energy=...))")
+                                 "path, e.g. through an intermediate image)")
         check.passed, check.reason = False, "an energy runaway the reference confirms"
         self.store.mark_unphysical(check.store_id, self.state["stopped"])
         return self.state["stopped"]

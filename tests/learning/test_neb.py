@@ -497,7 +497,7 @@ def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, 
     runaway_row = learner.store.db.get(id=climbing[0].store_id)
     if stops:  # the reference confirms and the model is right there: stopped, the frame never trained on
         assert report.stopped.startswith("round 0, NEB step 2, image 2: 50 eV (the reference: ")
-        assert "PhysicalGuard(max_energy=...)" in report.stopped  # what the user can do about it
+        assert "through an intermediate image" in report.stopped  # what the user can do about it
         assert report.rounds == [] and runaway_row.status == "unphysical" and "50 eV" in runaway_row.error
         assert climbing[0].store_id not in {a.info["store_id"] for a in learner.check_frames()}
         assert not climbing[0].passed and climbing[0].reason == "an energy runaway the reference confirms"
