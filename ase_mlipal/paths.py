@@ -86,11 +86,12 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
     is 0.25, 0.5 and 0.75 times the largest atom displacement. Of the bands
     whose images pass the guard (the straight one among them), the one that
     meets IDPP's own target distances best (the lowest summed IDPP energy)
-    is returned, one that keeps the shared bonds before any other; up to three directions are tried, and a band still
-    overlapping raises ``ValueError``. On HCN -> HNC (5-11 images) the C-N
-    bond then stays within 0.1 A of its length at the ends, where the
-    straight line stretches it to 3 A and random 0.1 A displacements of
-    every atom to 2.3 A.
+    is returned, one that keeps the shared bonds before any other; up to
+    three directions are tried, and a band still overlapping raises
+    ``ValueError``. On HCN -> HNC (5-11 images) the C-N bond then stays
+    within 0.1 A of its length at the ends, where the straight line
+    stretches it to 3 A and random 0.1 A displacements of every atom to
+    2.3 A.
     """
     if n_images < 3:
         raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
