@@ -82,13 +82,17 @@ def pair_distances(atoms: Atoms) -> np.ndarray:
     return atoms.get_all_distances(mic=bool(atoms.pbc.any()))
 
 
+def bonded_pairs(atoms: Atoms, bond_ratio: float) -> np.ndarray:
+    """The bond graph: pairs within ``bond_ratio`` x their covalent sum; shape (N, N), bool (diagonal True)."""
+    radii = covalent_radii[atoms.numbers]
+    return pair_distances(atoms) < bond_ratio * (radii[:, None] + radii[None, :])
+
+
 def count_fragments(atoms: Atoms, bond_ratio: float = 2.0) -> int:
     """Connected components of the bond graph (a bond: distance < ``bond_ratio`` x covalent sum)."""
     if len(atoms) < 2:
         return len(atoms)
-    radii = covalent_radii[atoms.numbers]
-    bonded = pair_distances(atoms) < bond_ratio * (radii[:, None] + radii[None, :])
-    return int(connected_components(bonded, directed=False)[0])
+    return int(connected_components(bonded_pairs(atoms, bond_ratio), directed=False)[0])
 
 
 class PhysicalGuard:

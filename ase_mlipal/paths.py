@@ -16,11 +16,10 @@ from typing import Optional, Sequence
 import numpy as np
 from ase import Atoms
 from ase.mep import NEB, idpp_interpolate
-from ase.data import covalent_radii
 from ase.mep.neb import IDPP  # the IDPP objective idpp_interpolate minimises (ase >= 3.23)
 
 from .calculator import MLIPALCalculator
-from .guards import CHEMICAL_BOND_RATIO, PhysicalGuard
+from .guards import CHEMICAL_BOND_RATIO, PhysicalGuard, bonded_pairs
 from .models.model import DEFAULT_DIR
 from .uncertainty.features import per_structure
 
@@ -140,11 +139,8 @@ def _band_problems(guard: PhysicalGuard, images: Sequence[Atoms]) -> list[tuple[
 
 def _breaks_a_shared_bond(images: Sequence[Atoms]) -> bool:
     """Does an interior image stretch a bond both endpoints have beyond a chemical bond?"""
-    radii = covalent_radii[images[0].numbers]
-    bond = CHEMICAL_BOND_RATIO * (radii[:, None] + radii[None, :])
-    shared = (images[0].get_all_distances() < bond) & (images[-1].get_all_distances() < bond)
-    np.fill_diagonal(shared, False)
-    return any(np.any(image.get_all_distances()[shared] > bond[shared]) for image in images[1:-1])
+    shared = bonded_pairs(images[0], CHEMICAL_BOND_RATIO) & bonded_pairs(images[-1], CHEMICAL_BOND_RATIO)
+    return any(np.any(shared & ~bonded_pairs(image, CHEMICAL_BOND_RATIO)) for image in images[1:-1])
 
 
 def _arc_direction(images: Sequence[Atoms], motion: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -170,13 +170,14 @@ def setting(row: dict) -> str:
 
 
 def merge() -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*paced.json"))]  # paced and unpaced
+    rows = sorted((json.loads(p.read_text()) for p in PARTS.glob("*paced.json")),  # paced and unpaced
+                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0))
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
              "The reported interval is `NEBReport.barrier_interval`: one-sided where xTB does not confirm the final "
              "band's top as a saddle.", "",
              "| reaction | budget | xTB NEB barrier | before | after (predicted 1σ; reported) | confident | labels "
              "| bands (final) | min |", "|---|---|---:|---:|---:|:-:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0)):
+    for r in rows:
         after = "-" if r["after"] is None else (f"{r['after']:+.2f} ({r['after_std_predicted']:.2f}; "
                                                f"{r['after_std_reported']:.2f})")
         interval = r.get("barrier_interval")
@@ -191,8 +192,7 @@ def merge() -> str:
     lines += ["", "Why the runs that are not confident ended:", ""]
     lines += [f"- {r['reaction']} ({setting(r)}): "
               + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r['ended'] if 'ended' in r else 'not recorded (max_rounds reached)'}")
-              for r in sorted(rows, key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0))
-              if not r["confident"]]
+              for r in rows if not r["confident"]]
     text = "\n".join(lines) + "\n"
     (PARTS.parent / "learning_loop_heldout.md").write_text(text)
     return text

@@ -2,16 +2,16 @@
 
 import pytest
 
+from ase_mlipal.guards import CHEMICAL_BOND_RATIO, bonded_pairs
+
 from .conftest import load_benchmark
 
 pytest.importorskip("tblite")
 
 
 def bonded(atoms, i, j) -> bool:
-    return atoms.get_distance(i, j) < 1.25 * (COVALENT[atoms.numbers[i]] + COVALENT[atoms.numbers[j]])
-
-
-COVALENT = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66}
+    """A chemical bond, as the guard counts one (within 1.25 covalent sums)."""
+    return bool(bonded_pairs(atoms, CHEMICAL_BOND_RATIO)[i, j])
 
 
 @pytest.mark.parametrize("name, broken, formed", [
