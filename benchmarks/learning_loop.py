@@ -155,8 +155,9 @@ def earlier_direct_neb(path: Path, settings: dict) -> Optional[dict]:
     return earlier.get("direct_neb") if same else None
 
 
-def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
-    """A plain xTB climbing-image NEB from ``images`` to ``fmax``: its force calls, barrier (eV) and profile."""
+def reference_neb(images, fmax: float, max_steps: int = 1500) -> tuple[list, dict]:
+    """A plain xTB climbing-image NEB from ``images`` to ``fmax``: (the relaxed band, its force calls, barrier
+    (eV) and profile)."""
     images = [image.copy() for image in images]
     for image in images:
         image.calc = RobustXTB()
@@ -164,9 +165,15 @@ def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
     dyn = FIRE(neb, logfile=None)
     converged = bool(dyn.run(fmax=fmax, steps=max_steps))
     energies = np.array([image.get_potential_energy() for image in images])
-    return {"calls": (len(images) - 2) * (dyn.nsteps + 1), "steps": int(dyn.nsteps), "converged": converged,
-            "barrier": float(energies.max() - energies[0]),
-            "profile": {"s": reaction_coordinate(images).tolist(), "energy": (energies - energies[0]).tolist()}}
+    return images, {"calls": (len(images) - 2) * (dyn.nsteps + 1), "steps": int(dyn.nsteps), "converged": converged,
+                    "barrier": float(energies.max() - energies[0]),
+                    "profile": {"s": reaction_coordinate(images).tolist(),
+                                "energy": (energies - energies[0]).tolist()}}
+
+
+def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
+    """:func:`reference_neb`'s summary alone."""
+    return reference_neb(images, fmax, max_steps)[1]
 
 
 MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "threshold": 0.5, "interval": 5,

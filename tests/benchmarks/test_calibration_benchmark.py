@@ -8,7 +8,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
 
 
-def test_smoke_run_holds_out_every_reaction_and_checks_every_band(tmp_path):
+def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -19,7 +19,12 @@ def test_smoke_run_holds_out_every_reaction_and_checks_every_band(tmp_path):
     assert set(shipped["fit_per_held_out_reaction"]) == set(result["reactions"])
     assert len(shipped["barriers"]) == 7 and 0 <= shipped["barriers_covered"] <= 7  # 6 held out, 1 never seen
     assert "acetaldehyde_to_CH4_CO" in shipped["barriers"] and "acetaldehyde_to_CH4_CO" not in result["reactions"]
-    for split in ("held_out_reactions", "held_out_ts_region", "pretraining_test"):
+    new = {"formaldehyde_to_hydroxycarbene", "acetaldehyde_to_vinyl_alcohol", "nitromethane_to_aci_nitromethane",
+           "HCN_to_HNC", "acetonitrile_to_methyl_isocyanide"}
+    assert set(shipped["new_barriers"]) == new and not new & set(result["reactions"])  # scored, never fitted on
+    assert 0 <= shipped["new_barriers_covered"] <= 5
+    assert {r for r in shipped["new_per_reaction"] if "TS" not in r} == new
+    for split in ("held_out_reactions", "held_out_ts_region", "pretraining_test", "new_reactions", "new_ts_region"):
         for quantity in ("energy", "forces"):
             report = shipped[split][quantity]
             assert 0 <= report["coverage_1sigma"] <= report["coverage_2sigma"] <= 1

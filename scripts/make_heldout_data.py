@@ -1,0 +1,88 @@
+"""xTB frames of the reactions no calibration, model or learner constant was fitted on.
+
+    python scripts/make_heldout_data.py            # writes benchmarks/data/heldout_*.xyz.gz
+
+The five reactions of ``benchmarks/learning_loop_heldout.py`` (two 1,3-H
+shifts, a 1,2-H shift, HCN -> HNC and acetonitrile -> methyl isocyanide;
+three carry N, which the reactive set has in one hot MD run only). For each,
+the direct xTB climbing-image NEB from the learner's own 9-image band (the
+learning benchmark's target, the same call as there), then frames along the
+converged path with thermal noise, the recipe of the reactive set's test
+split (``scripts/make_data.py``: 150 frames uniform in the path coordinate,
+0.04 A noise, ``ts_region`` within 0.15 of the top).
+
+``heldout_reactions.xyz.gz`` holds the frames (``info``: ``reaction``,
+``image``, ``path_s``, ``ts_region``, ``split="test"``),
+``heldout_bands.xyz.gz`` the converged bands, each image labelled.
+``benchmarks/calibration.py`` scores the shipped calibration on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from ase.io import write  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_data  # noqa: E402
+from learning_loop import SETTINGS, reference_neb  # noqa: E402
+from learning_loop_heldout import REACTIONS, endpoints  # noqa: E402
+
+from ase_mlipal.paths import band  # noqa: E402
+from ase_mlipal.references.xtb import LabelStats, xtb_label  # noqa: E402
+
+
+def reaction_frames(name: str) -> tuple[list, list, dict]:
+    """(frames along the converged path, the labelled band, a summary) of reaction ``name``."""
+    rng = np.random.default_rng(make_data.seed_of(name))
+    images, result = reference_neb(band(*endpoints(name), SETTINGS["images"]), SETTINGS["fmax"])
+    stats = LabelStats()
+    labelled = [xtb_label(image, stats) for image in images]
+    energies = np.array([image.get_potential_energy() for image in labelled])
+    s_images = make_data.path_coordinates(images)
+    s_ts = float(s_images[int(np.argmax(energies))])
+    for k, image in enumerate(labelled):
+        image.info.update(reaction=name, image=k, path_s=float(s_images[k]))
+    frames = []
+    for s in rng.uniform(0, 1, make_data.N_TEST):
+        frame, image = make_data.point_on_path(images, s_images, s)
+        frame.positions += rng.normal(scale=make_data.PATH_NOISE, size=frame.positions.shape)
+        label = xtb_label(frame, stats)
+        if label is not None:
+            label.info.update(reaction=name, image=image, path_s=float(s),
+                              ts_region=bool(abs(s - s_ts) < make_data.TS_HALF_WIDTH), split="test")
+            frames.append(label)
+    summary = {"barrier_eV": result["barrier"], "converged": result["converged"], "neb_steps": result["steps"],
+               "frames": len(frames), "ts_region_frames": sum(f.info["ts_region"] for f in frames),
+               "skipped_scf": stats.skipped}
+    return frames, labelled, summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = dict(zip(REACTIONS, tqdm(pool.map(reaction_frames, REACTIONS), total=len(REACTIONS),
+                                           desc="xTB NEBs and frames")))
+    write(args.out / "heldout_reactions.xyz.gz", [f for name in REACTIONS for f in results[name][0]], format="extxyz")
+    write(args.out / "heldout_bands.xyz.gz", [f for name in REACTIONS for f in results[name][1]], format="extxyz")
+    summary = {name: results[name][2] for name in REACTIONS}
+    (args.out / "heldout_summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
