@@ -43,7 +43,7 @@ with torch_load_override(), warnings.catch_warnings():
     )
     from .uncertainty.ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
     from .guards import EnergyRunaway, PhysicalGuard, UnphysicalFrame
-    from .learning.neb_learner import NEBLearner, NEBReport
+    from .learning.neb_learner import NEBLearner, NEBReport, NoBandError
     from .paths import PathProfile, band, path_profile
     from .learning.transition_state import TransitionState, refine_ts
     from .uncertainty.posterior import FeaturePosterior
@@ -87,6 +87,7 @@ __all__ = [
     "ModelLoadError",
     "NEBLearner",
     "NEBReport",
+    "NoBandError",
     "PhysicalGuard",
     "UnphysicalFrame",
     "EnergyRunaway",

@@ -141,7 +141,7 @@ def cmd_ts(args: argparse.Namespace) -> None:
 def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
     from .learning.md_learner import OnTheFlyLearner, langevin
-    from .learning.neb_learner import NEBLearner
+    from .learning.neb_learner import NEBLearner, NoBandError
     from .paths import band
     from .plots import plot_neb_profiles, plot_uncertainty_trace
 
@@ -179,11 +179,11 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              steps=neb.get("steps", 300), band_start=neb.get("band_start", "initial"),
                              finetune_options=finetune_options)
         report = learner.run()
-        if not report.rounds:
-            raise SystemExit(f"no band was run: {report.stopped or report.ended}\n"
-                             f"the store and state are in {workdir}/")
         print(report.table())
-        low, high = report.barrier_interval
+        try:
+            low, high = report.barrier_interval
+        except NoBandError as error:  # says why, without a traceback
+            raise SystemExit(f"{error}\nthe store and state are in {workdir}/") from None
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
               f"2-sigma interval [{low:.3f}, {high:.3f}] eV, "
               f"climbing-image check error {report.verified_barrier_error}; its checks show it off by "
@@ -196,13 +196,14 @@ def cmd_learn(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import NoBandError, run_demo
+    from .demo import run_demo
+    from .learning.neb_learner import NoBandError
 
     try:
         run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_labels=args.max_labels,
                  max_rounds=args.rounds)
     except NoBandError as error:  # a run that ran no band says why, without a traceback
-        raise SystemExit(str(error)) from None
+        raise SystemExit(f"the demo: {error}\nthe store and state are in {Path(args.workdir) / 'run'}/") from None
 
 
 LEARN_HELP = """TOML file, e.g.:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from ase import Atoms
 from ase.io import read
 from ase.mep import NEB
 from ase.optimize import FIRE
@@ -183,11 +184,12 @@ MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "m
 MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
 
 
-def run_md(name: str, settings: dict, workdir: Path) -> dict:
-    """The MD learner from the reactant of reaction ``name``; the audits score the dynamics."""
+def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None = None) -> dict:
+    """The MD learner from ``start_atoms`` (default: the reactant of reaction ``name``'s stored band); the audits
+    score the dynamics."""
     from ase_mlipal.learning.md_learner import langevin
 
-    start_atoms = reference_bands()[name][0]
+    start_atoms = reference_bands()[name][0] if start_atoms is None else start_atoms
     start = time.perf_counter()
     learner = ase_mlipal.OnTheFlyLearner(
         start_atoms, ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, settings["threshold"],

@@ -169,6 +169,11 @@ class NEBRound:
                    None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""))
 
 
+class NoBandError(RuntimeError):
+    """The run ended before its first band (e.g. the reference failed on the first endpoint): there is no barrier
+    to report; the message says why."""
+
+
 @dataclass
 class NEBReport:
     """Outcome of :meth:`NEBLearner.run`.
@@ -204,7 +209,13 @@ class NEBReport:
 
     @property
     def final(self) -> NEBRound:
-        """The band the run ends on (see ``final_round``)."""
+        """The band the run ends on (see ``final_round``).
+
+        Raises:
+            NoBandError: no band was run (``stopped`` or ``ended`` says why).
+        """
+        if not self.rounds:
+            raise NoBandError(f"no band was run: {self.stopped or self.ended}")
         return self.rounds[-1 if self.final_round is None else self.final_round]
 
     @property

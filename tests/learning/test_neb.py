@@ -697,3 +697,16 @@ def test_killed_neb_learner_resumes_without_losing_or_repeating_a_label(tiny_mod
     assert final["round"] == 3 and len(final["rounds"]) == 3
     assert len(final["checks"]) == sum(1 + (r["band_check"] is not None) + (r["audit"] is not None)
                                        for r in final["rounds"])  # none repeated
+
+
+@pytest.mark.parametrize("why", [{"stopped": "the reference failed on the first endpoint"},
+                                 {"ended": "max_rounds=0 reached before a band was verified"}])
+def test_a_report_without_a_band_says_why_instead_of_an_index_error(why):
+    from ase_mlipal import NEBReport, NoBandError
+
+    report = NEBReport(**why)
+    reason = next(iter(why.values()))
+    for read_out in (lambda: report.final, lambda: report.barrier, lambda: report.barrier_interval):
+        with pytest.raises(NoBandError, match=f"no band was run: {reason}"):
+            read_out()
+    assert reason in report.table()  # the table prints without a band
