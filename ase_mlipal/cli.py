@@ -164,7 +164,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
         audits = [c for c in report.checks if c.kind == "audit"]
         print(f"{report.steps} MD steps, {len(report.rounds)} learning rounds; store: {report.counts}")
         print(f"{len(audits)} audits, {sum(c.passed for c in audits)} passed; verified: {report.confident}"
-              + (f"; stopped: {report.stopped}" if report.stopped else ""))
+              + (f"; stopped: {report.stopped}" if report.stopped else "")
+              + (f"; ended: {report.ended}" if report.ended else ""))
         steps, values = zip(*report.trace) if report.trace else ((), ())
         if steps:
             plot_uncertainty_trace(steps, values, learner.trigger.threshold, workdir / "uncertainty.png",

@@ -71,6 +71,8 @@ class LearnReport:
         confident: the final model was audited and passed every audit.
         stopped: why a physical guard stopped the run ("" if none did).
         model_choice: one line per fine-tuned model, accepted or not and why.
+        ended: why a run that is neither confident nor stopped ended unverified
+            (no audit of the final model, or audits it failed); "" otherwise.
     """
 
     steps: int = 0
@@ -83,6 +85,7 @@ class LearnReport:
     confident: bool = False
     stopped: str = ""
     model_choice: list = field(default_factory=list)
+    ended: str = ""
 
 
 class OnTheFlyLearner(LearningRun):
@@ -214,7 +217,21 @@ class OnTheFlyLearner(LearningRun):
         report.confident = bool(final) and all(c.passed for c in final) and not self.state["stopped"]
         report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
         report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
+        report.ended = "" if report.confident or report.stopped else self._why_unverified(final, step)
         return report
+
+    def _why_unverified(self, final: list[Check], step: int) -> str:
+        """Why the MD ended at ``step`` without the final model's audits (``final``) all passing."""
+        model = f"the final model (round {self.choice.round})"
+        if final:
+            failed = sum(not c.passed for c in final)
+            return (f"{failed} of {len(final)} audits of {model} failed when the MD ended at step {step}; "
+                    "they are labelled: a longer run or more rounds (max_rounds) trains on them")
+        if self.audit_interval is None:
+            return f"no audit checked {model}: audit_interval=None audits nothing"
+        spent = self.max_labels is not None and self.labels_used() >= self.max_labels
+        return (f"no audit checked {model} before the MD ended at step {step}"
+                + (f" (the label budget, max_labels={self.max_labels}, is spent)" if spent else ""))
 
     def _advance(self, dyn: Dynamics, advance: int, step: int) -> bool:
         """Run ``advance`` MD steps from ``step``; False if the dynamics put atoms on top of each other.
