@@ -282,7 +282,7 @@ def main():
     pretrain = pretrain_all[::step]
     reactive = [a for a in read_frames(DATA / "reactive.xyz.gz")[::step] if physical(a)]
     bands, new_bands = read_bands(DATA / "reactive_bands.xyz.gz"), read_bands(DATA / "heldout_bands.xyz.gz")
-    new = [a for a in read_frames(DATA / "heldout_reactions.xyz.gz")[::step] if physical(a)]
+    new = [a for a in read_frames(DATA / "heldout_reactions.xyz.gz")[::step] if physical(a) and a.info["split"] == "test"]
     valid_frames = [a for a in pretrain if a.info["split"] == "valid"]
     test_frames = [a for a in pretrain if a.info["split"] == "test"]
     data = {name: (Split(c, valid_frames, ["pretraining valid"] * len(valid_frames)),

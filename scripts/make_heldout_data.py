@@ -7,14 +7,16 @@ shifts, a 1,2-H shift, HCN -> HNC and acetonitrile -> methyl isocyanide;
 three carry N, which the reactive set has in one hot MD run only). For each,
 the direct xTB climbing-image NEB from the learner's own 9-image band (the
 learning benchmark's target, the same call as there), then frames along the
-converged path with thermal noise, the recipe of the reactive set's test
-split (``scripts/make_data.py``: 150 frames uniform in the path coordinate,
-0.04 A noise, ``ts_region`` within 0.15 of the top).
+converged path with thermal noise, the recipe of the reactive set
+(``scripts/make_data.py``: 150 test frames uniform in the path coordinate,
+then 330 pool frames, transition-state frames kept in the pool with
+probability 0.1; 0.04 A noise, ``ts_region`` within 0.15 of the top).
 
 ``heldout_reactions.xyz.gz`` holds the frames (``info``: ``reaction``,
-``image``, ``path_s``, ``ts_region``, ``split="test"``),
+``image``, ``path_s``, ``ts_region``, ``split``: ``test`` or ``pool``),
 ``heldout_bands.xyz.gz`` the converged bands, each image labelled.
-``benchmarks/calibration.py`` scores the shipped calibration on them.
+``benchmarks/calibration.py`` scores the shipped calibration on the test
+frames; ``benchmarks/calibration_learning.py --new`` learns from the pool.
 """
 
 from __future__ import annotations
@@ -55,17 +57,28 @@ def reaction_frames(name: str) -> tuple[list, list, dict]:
     for k, image in enumerate(labelled):
         image.info.update(reaction=name, image=k, path_s=float(s_images[k]))
     frames = []
-    for s in rng.uniform(0, 1, make_data.N_TEST):
+
+    def add(s: float, split: str) -> None:
         frame, image = make_data.point_on_path(images, s_images, s)
         frame.positions += rng.normal(scale=make_data.PATH_NOISE, size=frame.positions.shape)
         label = xtb_label(frame, stats)
         if label is not None:
             label.info.update(reaction=name, image=image, path_s=float(s),
-                              ts_region=bool(abs(s - s_ts) < make_data.TS_HALF_WIDTH), split="test")
+                              ts_region=bool(abs(s - s_ts) < make_data.TS_HALF_WIDTH), split=split)
             frames.append(label)
+
+    for s in rng.uniform(0, 1, make_data.N_TEST):
+        add(s, "test")
+    n_pool = 0
+    while n_pool < make_data.N_POOL:  # the test frames above are drawn first: adding the pool left them as they were
+        s = rng.uniform(0, 1)
+        if abs(s - s_ts) >= make_data.TS_HALF_WIDTH or rng.uniform() < make_data.TS_KEEP_IN_POOL:
+            add(s, "pool")
+            n_pool += 1
+    test = [f for f in frames if f.info["split"] == "test"]
     summary = {"barrier_eV": result["barrier"], "converged": result["converged"], "neb_steps": result["steps"],
-               "frames": len(frames), "ts_region_frames": sum(f.info["ts_region"] for f in frames),
-               "skipped_scf": stats.skipped}
+               "test_frames": len(test), "ts_region_test_frames": sum(f.info["ts_region"] for f in test),
+               "pool_frames": len(frames) - len(test), "skipped_scf": stats.skipped}
     return frames, labelled, summary
 
 
