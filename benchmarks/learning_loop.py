@@ -210,7 +210,8 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
             "coverage_2sigma": float(np.mean([a["force_coverage"] for a in audits])) if audits else None,
             "labels": counts["labelled"] + counts["verified"], "rounds": len(report.rounds),
             "rejected": sum(not c["accepted"] for c in report.model_choice), "confident": report.confident,
-            "stopped": report.stopped, "flags": len(report.flagged_steps), "seconds": time.perf_counter() - start,
+            "stopped": report.stopped, "ended": report.ended, "flags": len(report.flagged_steps),
+            "seconds": time.perf_counter() - start,
             "settings": settings}
 
 

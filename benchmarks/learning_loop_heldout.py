@@ -219,6 +219,9 @@ def merge() -> str:
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")), key=lambda r: r["molecule"])
     if md:
         lines += md_table(md)
+        lines += ["", "Why the MD runs that are not confident ended:", ""]
+        lines += [f"- {r['molecule']}: " + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r.get('ended') or 'not recorded'}")
+                  for r in md if not r["confident"]]
     text = "\n".join(lines) + "\n"
     (PARTS.parent / "learning_loop_heldout.md").write_text(text)
     return text
