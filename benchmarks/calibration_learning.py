@@ -216,19 +216,15 @@ def main():
         bands = {}
         for atoms in read_frames(DATA / ("heldout_bands.xyz.gz" if args.new else "reactive_bands.xyz.gz")):
             bands.setdefault(atoms.info["reaction"], []).append(atoms)
-        workdir = args.out.parent / "calibration_learning_stores"
-        workdir.mkdir(parents=True, exist_ok=True)
         args.cache.mkdir(parents=True, exist_ok=True)
         records = []
         with_frames = {a.info["reaction"] for a in learnt}  # a band without pool frames cannot be learnt here
-        for reaction in args.reactions or sorted(set(bands) & with_frames):
-            others = [a for a in reactive if a.info["reaction"] != reaction]  # --new: all of them
-            mine = [a for a in learnt if a.info["reaction"] == reaction]
-            records.append(run_reaction(reaction, valid, others, mine, bands[reaction], args.rounds, args.labels,
-                                        workdir, args.cache, test_molecules))
-        for path in workdir.glob("*.db*"):
-            path.unlink()
-        workdir.rmdir()
+        with tempfile.TemporaryDirectory() as stores:  # each run its own: parts run side by side
+            for reaction in args.reactions or sorted(set(bands) & with_frames):
+                others = [a for a in reactive if a.info["reaction"] != reaction]  # --new: all of them
+                mine = [a for a in learnt if a.info["reaction"] == reaction]
+                records.append(run_reaction(reaction, valid, others, mine, bands[reaction], args.rounds, args.labels,
+                                            Path(stores), args.cache, test_molecules))
     result = {"settings": {"rounds": args.rounds, "labels": args.labels, "relative_threshold": RELATIVE_THRESHOLD,
                            "new_reactions": args.new},
               "reactions": records, "summary": summary(records)}

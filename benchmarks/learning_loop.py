@@ -178,7 +178,8 @@ def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
 
 
 MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "threshold": 0.5, "interval": 5,
-               "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": LEARNER_FINETUNE}
+               "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": LEARNER_FINETUNE,
+               "seed": 0}  # the thermostat's random forces: a rerun repeats the run
 MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
             "finetune": {"epochs": 1, "replay_ratio": 1}}
 MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
@@ -195,7 +196,8 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
         start_atoms, ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, settings["threshold"],
         steps=settings["steps"], interval=settings["interval"], labels_per_round=settings["batch_size"],
         max_rounds=settings["max_rounds"], audit_interval=settings["audit_interval"],
-        dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"]),
+        dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"],
+                                        seed=settings.get("seed")),
         finetune_options=settings["finetune"], progress=False)
     report = learner.run()
     audits = [c.as_dict() for c in report.checks if c.kind == "audit"]
@@ -390,19 +392,36 @@ def markdown(summary: dict) -> str:
                   "failing its check where the band was last judged; labelled, and the loop went on):",
                   ""] + [f"- {name}, round {r['round']}: {r['runaway']}" for name, r in runaways]
     if summary["md"]:
-        lines += ["", "MD learner (audited frames: the forces that drove the dynamics):", "",
-                  "| molecule | steps | audits | force MAE first / last third eV/A | 2σ coverage (last third) | "
-                  "labels | rounds (rejected) | flags | confident | min |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|"]
-        for m in summary["md"]:
-            f, l = m["first_third"], m["last_third"]
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            lines.append(f"| {m['molecule']}{' (stopped)' if m['stopped'] else ''} | {m['steps']} | "
-                         f"{len(m['audits'])} | {fmt(f['force_mae'])} / {fmt(l['force_mae'])} | "
-                         f"{fmt(m['coverage_2sigma'])} ({fmt(l['coverage_2sigma'])}) | {m['labels']} | "
-                         f"{m['rounds']} ({m['rejected']}) | {m['flags']} | {'yes' if m['confident'] else 'no'} | "
-                         f"{m['seconds'] / 60:.1f} |")
+        lines += [""] + md_table(summary["md"])
     return "\n".join(lines) + "\n"
+
+
+def md_table(runs: list[dict]) -> list[str]:
+    """Markdown lines: the MD learner per molecule (audited force error and coverage, labels, outcome), then why
+    each run that is not confident ended."""
+    settings = runs[0]["settings"]
+
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"MD learner ({settings['temperature_K']:g} K, {settings['steps']} steps, seed "
+             f"{settings.get('seed', 'none')}; audited frames: the forces that drove the dynamics):", "",
+             "| molecule | steps | audits | force MAE first / last third eV/A | 2σ coverage (last third) | "
+             "labels | rounds (rejected) | flags | confident | min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|"]
+    for m in runs:
+        first, last = m["first_third"], m["last_third"]
+        lines.append(f"| {m['molecule']}{' (stopped)' if m['stopped'] else ''} | {m['steps']} | "
+                     f"{len(m['audits'])} | {number(first['force_mae'])} / {number(last['force_mae'])} | "
+                     f"{number(m['coverage_2sigma'])} ({number(last['coverage_2sigma'])}) | {m['labels']} | "
+                     f"{m['rounds']} ({m['rejected']}) | {m['flags']} | {'yes' if m['confident'] else 'no'} | "
+                     f"{m['seconds'] / 60:.1f} |")
+    unverified = [m for m in runs if not m["confident"]]
+    if unverified:
+        lines += ["", "Why the MD runs that are not confident ended:", ""]
+        lines += [f"- {m['molecule']}: " + (f"stopped: {m['stopped']}" if m["stopped"]
+                                            else f"ended: {m.get('ended') or 'not recorded'}") for m in unverified]
+    return lines
 
 
 def plot(summary: dict, path: Path) -> None:

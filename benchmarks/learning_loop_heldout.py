@@ -20,7 +20,7 @@ pacing (flags leave only the next band's three checks), for the side-by-side::
     python benchmarks/learning_loop_heldout.py --merge   # results/learning_loop_heldout.md
 
 Each run writes ``results/learning_loop_heldout/<reaction>_<paced|unpaced>.json``. ``--md`` runs the MD
-learner of ``learning_loop.py`` (its settings: 1200 K, 2000 steps, audits every 100) from the reaction's
+learner of ``learning_loop.py`` (its settings: 1200 K, 2000 steps, audits every 100, seed 0) from the reaction's
 xTB-relaxed reactant and writes ``md_<reaction>.json``.
 """
 
@@ -47,7 +47,7 @@ from ase_mlipal.references.xtb import RobustXTB
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_data  # noqa: E402
-from learning_loop import MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, run_md  # noqa: E402
+from learning_loop import MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, md_table, run_md  # noqa: E402
 
 PARTS = Path(__file__).resolve().parent / "results" / "learning_loop_heldout"
 
@@ -166,26 +166,6 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
             "stopped": report.stopped, "ended": report.ended, "seconds": time.perf_counter() - start}
 
 
-def md_table(rows: list[dict]) -> list[str]:
-    """Markdown lines: the MD learner per molecule (audited force error and coverage, labels, outcome)."""
-    def number(value, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    lines = ["", "MD learner from each reaction's reactant (`--md`; 1200 K, 2000 steps, audits every 100 steps: "
-             "the forces that drove the dynamics):", "",
-             "| molecule | steps | audits | force MAE first / last third eV/A | 2σ coverage (last third) | labels "
-             "| rounds (rejected) | flags | confident | stopped | min |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|:-:|---|---:|"]
-    for r in rows:
-        first, last = r["first_third"], r["last_third"]
-        lines.append(f"| {r['molecule']} | {r['steps']} | {len(r['audits'])} | {number(first['force_mae'], '.3f')} / "
-                     f"{number(last['force_mae'], '.3f')} | {number(r['coverage_2sigma'], '.3f')} "
-                     f"({number(last['coverage_2sigma'], '.3f')}) | {r['labels']} | {r['rounds']} ({r['rejected']}) "
-                     f"| {r['flags']} | {'yes' if r['confident'] else 'no'} | {r['stopped'] or '-'} "
-                     f"| {r['seconds'] / 60:.1f} |")
-    return lines
-
-
 def setting(row: dict) -> str:
     """The budget rule of a run, and the energy guard's limit where it is not the default."""
     rule = "paced" if row["paced"] else "unpaced"
@@ -218,10 +198,7 @@ def merge() -> str:
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")), key=lambda r: r["molecule"])
     if md:
-        lines += md_table(md)
-        lines += ["", "Why the MD runs that are not confident ended:", ""]
-        lines += [f"- {r['molecule']}: " + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r.get('ended') or 'not recorded'}")
-                  for r in md if not r["confident"]]
+        lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     text = "\n".join(lines) + "\n"
     (PARTS.parent / "learning_loop_heldout.md").write_text(text)
     return text
