@@ -180,11 +180,11 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              steps=neb.get("steps", 300), band_start=neb.get("band_start", "initial"),
                              finetune_options=finetune_options)
         report = learner.run()
-        print(report.table())
         try:
             low, high = report.barrier_interval
         except NoBandError as error:  # says why, without a traceback
             raise SystemExit(f"{error}\nthe store and state are in {workdir}/") from None
+        print(report.table())
         print(f"verified: {report.confident} (barrier {report.barrier[0]:.3f} ± {report.barrier[1]:.3f} eV, "
               f"2-sigma interval [{low:.3f}, {high:.3f}] eV, "
               f"climbing-image check error {report.verified_barrier_error}; its checks show it off by "

@@ -21,7 +21,7 @@ from ase.io import read, write
 
 from .calculator import MLIPALCalculator
 from .frames import read_labels
-from .learning.neb_learner import NEBLearner
+from .learning.neb_learner import NEBLearner, NoBandError  # noqa: F401  (raised here; importable from here as before)
 from .paths import DEMO_REACTION_PATH, PathProfile, band, reaction_coordinate
 from .plots import plot_neb_profiles
 from .references.xtb import RobustXTB, xtb_calculator
@@ -55,7 +55,8 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
         ImportError: tblite (GFN2-xTB, the reference) is not installed; checked
             first, so the run does not go on to mark every frame failed.
         NoBandError: the run stopped before its first band (e.g. xTB failed
-            on the first endpoint); the message says why.
+            on the first endpoint); the message says why, the store and
+            state stay in ``workdir / "run"``.
     """
     xtb_calculator()
     start = time.perf_counter()

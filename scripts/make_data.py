@@ -338,25 +338,29 @@ def neb_band(name: str) -> tuple[list[Atoms], dict]:
     return frames, {}
 
 
-def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
-    kind = NEB_REACTIONS[name][0]
-    rng = np.random.default_rng(seed_of(name))
-    images, dropped = converged_band(name)
-    if not images:
-        return [], {"dropped": dropped}
-    converged = True
+def path_frames(images: list[Atoms], rng: np.random.Generator, stats: LabelStats, initial: bool = True,
+                **info) -> list[Atoms]:
+    """Labelled frames along a converged band (labelled images) with ``PATH_NOISE`` thermal noise.
+
+    ``N_TEST`` test frames uniform in the path coordinate, then ``N_POOL``
+    pool frames (transition-state frames kept with probability
+    ``TS_KEEP_IN_POOL``), then, with ``initial``, ``N_INITIAL`` near the
+    minima; in that order, so the test frames do not depend on the rest.
+    ``info`` (e.g. ``reaction``) goes into every frame's ``info`` with
+    ``image``, ``path_s``, ``ts_region`` and ``split``.
+    """
     energies = [image.get_potential_energy() for image in images]
     s_images = path_coordinates(images)
     s_ts = float(s_images[int(np.argmax(energies))])
-    stats, frames = LabelStats(), []
+    frames = []
 
     def add(s: float, split: str) -> None:
         frame, image = point_on_path(images, s_images, s)
         frame.positions += rng.normal(scale=PATH_NOISE, size=frame.positions.shape)
         labelled = xtb_label(frame, stats)
         if labelled is not None:
-            labelled.info.update(reaction=name, kind=kind, image=image, path_s=float(s),
-                                 ts_region=bool(abs(s - s_ts) < TS_HALF_WIDTH), split=split)
+            labelled.info.update(info, image=image, path_s=float(s), ts_region=bool(abs(s - s_ts) < TS_HALF_WIDTH),
+                                 split=split)
             frames.append(labelled)
 
     for s in rng.uniform(0, 1, N_TEST):
@@ -367,10 +371,24 @@ def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
         if abs(s - s_ts) >= TS_HALF_WIDTH or rng.uniform() < TS_KEEP_IN_POOL:
             add(s, "pool")
             n_pool += 1
-    for s in rng.uniform(0, 0.08, N_INITIAL // 2 + 1).tolist() + rng.uniform(0.92, 1, N_INITIAL // 2).tolist():
-        add(s, "initial")
+    if initial:
+        for s in rng.uniform(0, 0.08, N_INITIAL // 2 + 1).tolist() + rng.uniform(0.92, 1, N_INITIAL // 2).tolist():
+            add(s, "initial")
+    return frames
+
+
+def neb_reaction(name: str) -> tuple[list[Atoms], dict]:
+    kind = NEB_REACTIONS[name][0]
+    rng = np.random.default_rng(seed_of(name))
+    images, dropped = converged_band(name)
+    if not images:
+        return [], {"dropped": dropped}
+    energies = [image.get_potential_energy() for image in images]
+    stats = LabelStats()
+    frames = path_frames(images, rng, stats, reaction=name, kind=kind)
+    s_ts = float(path_coordinates(images)[int(np.argmax(energies))])
     info = {"barrier_eV": float(max(energies) - energies[0]), "reaction_energy_eV": float(energies[-1] - energies[0]),
-            "neb_converged": converged, "s_ts": s_ts,
+            "neb_converged": True, "s_ts": s_ts,
             "skipped_scf": stats.skipped, "retried": stats.retried}
     return frames, info
 

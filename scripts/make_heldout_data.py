@@ -1,4 +1,4 @@
-"""xTB frames of the reactions no calibration, model or learner constant was fitted on.
+"""xTB frames of five reactions no calibration or model was fitted on (the held-out learning benchmark's).
 
     python scripts/make_heldout_data.py            # writes benchmarks/data/heldout_*.xyz.gz
 
@@ -14,7 +14,10 @@ probability 0.1; 0.04 A noise, ``ts_region`` within 0.15 of the top).
 
 ``heldout_reactions.xyz.gz`` holds the frames (``info``: ``reaction``,
 ``image``, ``path_s``, ``ts_region``, ``split``: ``test`` or ``pool``),
-``heldout_bands.xyz.gz`` the converged bands, each image labelled.
+``heldout_bands.xyz.gz`` the converged bands, each image labelled,
+``heldout_summary.json`` barriers and counts. The bands are the learning
+benchmark's (9 images, fmax 0.1 eV/A), coarser than the reactive set's
+(11-17 images, 0.05 eV/A).
 ``benchmarks/calibration.py`` scores the shipped calibration on the test
 frames; ``benchmarks/calibration_learning.py --new`` learns from the pool.
 """
@@ -46,39 +49,28 @@ from ase_mlipal.references.xtb import LabelStats, xtb_label  # noqa: E402
 
 
 def reaction_frames(name: str) -> tuple[list, list, dict]:
-    """(frames along the converged path, the labelled band, a summary) of reaction ``name``."""
+    """(frames along the converged path, the labelled band, a summary) of reaction ``name``.
+
+    Raises:
+        RuntimeError: the xTB NEB did not converge, or its images are not all
+            labelled on one electronic temperature (energies from two surfaces;
+            ``make_data.converged_band`` refuses such a band too).
+    """
     rng = np.random.default_rng(make_data.seed_of(name))
     images, result = reference_neb(band(*endpoints(name), SETTINGS["images"]), SETTINGS["fmax"])
     stats = LabelStats()
     labelled = [xtb_label(image, stats) for image in images]
-    energies = np.array([image.get_potential_energy() for image in labelled])
-    s_images = make_data.path_coordinates(images)
-    s_ts = float(s_images[int(np.argmax(energies))])
-    for k, image in enumerate(labelled):
-        image.info.update(reaction=name, image=k, path_s=float(s_images[k]))
-    frames = []
-
-    def add(s: float, split: str) -> None:
-        frame, image = make_data.point_on_path(images, s_images, s)
-        frame.positions += rng.normal(scale=make_data.PATH_NOISE, size=frame.positions.shape)
-        label = xtb_label(frame, stats)
-        if label is not None:
-            label.info.update(reaction=name, image=image, path_s=float(s),
-                              ts_region=bool(abs(s - s_ts) < make_data.TS_HALF_WIDTH), split=split)
-            frames.append(label)
-
-    for s in rng.uniform(0, 1, make_data.N_TEST):
-        add(s, "test")
-    n_pool = 0
-    while n_pool < make_data.N_POOL:  # the test frames above are drawn first: adding the pool left them as they were
-        s = rng.uniform(0, 1)
-        if abs(s - s_ts) >= make_data.TS_HALF_WIDTH or rng.uniform() < make_data.TS_KEEP_IN_POOL:
-            add(s, "pool")
-            n_pool += 1
+    temperatures = {None if label is None else label.info["xtb_electronic_temperature"] for label in labelled}
+    if not result["converged"] or len(temperatures) != 1 or None in temperatures:
+        raise RuntimeError(f"{name}: the xTB NEB {'converged' if result['converged'] else 'did not converge'}, its "
+                           f"images labelled at electronic temperatures {sorted(temperatures, key=str)} K: no band")
+    for k, (image, s) in enumerate(zip(labelled, make_data.path_coordinates(images))):
+        image.info.update(reaction=name, image=k, path_s=float(s))
+    frames = make_data.path_frames(labelled, rng, stats, initial=False, reaction=name)
     test = [f for f in frames if f.info["split"] == "test"]
     summary = {"barrier_eV": result["barrier"], "converged": result["converged"], "neb_steps": result["steps"],
                "test_frames": len(test), "ts_region_test_frames": sum(f.info["ts_region"] for f in test),
-               "pool_frames": len(frames) - len(test), "skipped_scf": stats.skipped}
+               "pool_frames": len(frames) - len(test), "skipped_scf": stats.skipped, "retried": stats.retried}
     return frames, labelled, summary
 
 

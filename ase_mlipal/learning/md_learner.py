@@ -69,7 +69,8 @@ class LearnReport:
         checks: every audit so far (force error and 2-sigma coverage of the
             forces that drove the dynamics, step by step).
         confident: the final model was audited and passed every audit.
-        stopped: why a physical guard stopped the run ("" if none did).
+        stopped: why the run was stopped ("" if it was not): a physical guard,
+            or the label budget spent while labels were needed.
         model_choice: one line per fine-tuned model, accepted or not and why.
         ended: why a run that is neither confident nor stopped ended unverified
             (no audit of the final model, or audits it failed); "" otherwise.
@@ -225,13 +226,14 @@ class OnTheFlyLearner(LearningRun):
         model = f"the final model (round {self.choice.round})"
         if final:
             failed = sum(not c.passed for c in final)
+            rounds_left = self.max_rounds is None or self.state["round"] < self.max_rounds
             return (f"{failed} of {len(final)} audits of {model} failed when the MD ended at step {step}; "
-                    "they are labelled: a longer run or more rounds (max_rounds) trains on them")
+                    "they are labelled: " + ("a longer run trains on them" if rounds_left else
+                                             f"a longer run with more rounds (max_rounds={self.max_rounds}) "
+                                             "trains on them"))
         if self.audit_interval is None:
             return f"no audit checked {model}: audit_interval=None audits nothing"
-        spent = self.max_labels is not None and self.labels_used() >= self.max_labels
-        return (f"no audit checked {model} before the MD ended at step {step}"
-                + (f" (the label budget, max_labels={self.max_labels}, is spent)" if spent else ""))
+        return f"no audit checked {model} before the MD ended at step {step}"
 
     def _advance(self, dyn: Dynamics, advance: int, step: int) -> bool:
         """Run ``advance`` MD steps from ``step``; False if the dynamics put atoms on top of each other.

@@ -215,7 +215,7 @@ class NEBReport:
             NoBandError: no band was run (``stopped`` or ``ended`` says why).
         """
         if not self.rounds:
-            raise NoBandError(f"no band was run: {self.stopped or self.ended}")
+            raise NoBandError(f"no band was run: {self.stopped or self.ended or 'the report holds no round'}")
         return self.rounds[-1 if self.final_round is None else self.final_round]
 
     @property
@@ -229,6 +229,9 @@ class NEBReport:
         label (``verified_error`` nan) keeps the predicted sigma. Where the
         reference does not confirm the band's top as a saddle the interval is
         one-sided: see :attr:`barrier_interval`.
+
+        Raises:
+            NoBandError: no band was run (as :attr:`final`).
         """
         profile, off = self.final.profile, self.final.verified_error
         return profile.barrier, float(np.hypot(profile.barrier_std, off if np.isfinite(off) else 0.0))
@@ -239,7 +242,11 @@ class NEBReport:
         reference does not confirm the final band's top as a saddle (``final.top_unconfirmed``), down to
         ``final.lowest_barrier``: such a band estimates the barrier from above, and the reference's own pass
         may lie anywhere below (:attr:`NEBRound.possible_error`). Its upper end is as good as the band's
-        checks: the reference's maximum may lie between the images they saw."""
+        checks: the reference's maximum may lie between the images they saw.
+
+        Raises:
+            NoBandError: no band was run (as :attr:`final`).
+        """
         value, std = self.barrier
         low, high = max(0.0, value - 2.0 * std), value + 2.0 * std
         if self.final.top_unconfirmed:
@@ -248,7 +255,8 @@ class NEBReport:
 
     @property
     def verified_barrier_error(self) -> Optional[float]:
-        """Model - reference barrier at the final band's climbing image (eV), if it was checked."""
+        """Model - reference barrier at the final band's climbing image (eV); ``None`` if it was not checked or
+        no band was run (this one does not raise)."""
         check = self.final.check if self.rounds else None
         return None if check is None else check.energy_error
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,10 +12,9 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import molecule
-from ase.calculators.calculator import Calculator, all_changes
 from ase.md.verlet import VelocityVerlet
 
-from ase_mlipal import FrameStore, MLIPALCalculator, OnTheFlyLearner, PhysicalGuard, save_model
+from ase_mlipal import FrameStore, OnTheFlyLearner, PhysicalGuard, save_model
 from ase_mlipal.models.graphs import OverlappingAtoms
 
 from ..conftest import assert_no_label_repeated
@@ -133,33 +131,3 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
                        match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A apart .*Fix the start structure before the MD"):
         OnTheFlyLearner(squashed, calc, lambda: None, tmp_path / "bad", threshold=1.0, conditioning=[])
 
-
-class ForcesOffReference(Calculator):
-    """The model itself as the reference, every force component 1 eV/A larger: the model fails every audit."""
-
-    implemented_properties = ["energy", "forces"]
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        probe = self.atoms.copy()
-        probe.calc = MLIPALCalculator(model=self.model)
-        self.results = {"energy": probe.get_potential_energy(), "forces": probe.get_forces() + 1.0}
-
-
-@pytest.mark.parametrize("audit_interval, why", [
-    (None, r"no audit checked the final model \(round 0\): audit_interval=None audits nothing"),
-    (5, r"(\d+) of \1 audits of the final model \(round 0\) failed when the MD ended at step 20"),
-])
-def test_an_unverified_md_run_says_why_it_ended(tiny_model, tmp_path, audit_interval, why):
-    """Not confident and not stopped: ``ended`` names what is missing (no audit, or the audits it failed)."""
-    start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
-    report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model), tmp_path / "run", threshold=1e9,
-                             steps=20, interval=5, audit_interval=audit_interval, max_rounds=0, conditioning=[],
-                             progress=False).run()
-    assert not report.confident and report.stopped == ""
-    assert re.fullmatch(why + ("; they are labelled.*" if audit_interval else ""), report.ended)
-    assert (len([c for c in report.checks if c.kind == "audit"]) > 0) == (audit_interval is not None)

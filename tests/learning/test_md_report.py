@@ -1,0 +1,53 @@
+"""What the MD learner's report says about a run it could not verify (tiny model, no xTB)."""
+
+import re
+
+import pytest
+from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
+
+from ase_mlipal import MLIPALCalculator, OnTheFlyLearner
+
+from .test_neb import formaldehyde_calc
+
+
+class ForcesOffReference(Calculator):
+    """The model itself as the reference, every force component 1 eV/A larger: the model fails every audit."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        probe = self.atoms.copy()
+        probe.calc = MLIPALCalculator(model=self.model)
+        self.results = {"energy": probe.get_potential_energy(), "forces": probe.get_forces() + 1.0}
+
+
+@pytest.mark.parametrize("audit_interval, why", [
+    (None, r"no audit checked the final model \(round 0\): audit_interval=None audits nothing"),
+    (5, r"(\d+) of \1 audits of the final model \(round 0\) failed when the MD ended at step 20"),
+])
+def test_an_unverified_md_run_says_why_it_ended(tiny_model, tmp_path, audit_interval, why):
+    """Not confident and not stopped: ``ended`` names what is missing (no audit, or the audits it failed)."""
+    start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
+    report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model), tmp_path / "run", threshold=1e9,
+                             steps=20, interval=5, audit_interval=audit_interval, max_rounds=0, conditioning=[],
+                             progress=False).run()
+    assert not report.confident and report.stopped == ""
+    tail = "; they are labelled: a longer run with more rounds \\(max_rounds=0\\) trains on them"
+    assert re.fullmatch(why + (tail if audit_interval else ""), report.ended)
+    assert (len([c for c in report.checks if c.kind == "audit"]) > 0) == (audit_interval is not None)
+
+
+def test_audits_the_budget_cannot_pay_for_stop_the_run_and_stopped_says_why(tiny_model, tmp_path):
+    """``stopped`` and ``ended`` never both speak: a run the budget stopped has ``ended`` empty."""
+    start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
+    report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model), tmp_path / "run", threshold=1e9,
+                             steps=20, interval=5, audit_interval=5, max_rounds=0, max_labels=1, conditioning=[],
+                             progress=False).run()
+    assert report.stopped.startswith("the label budget is spent (max_labels=1")
+    assert "the last audits" in report.stopped and report.ended == "" and not report.confident
