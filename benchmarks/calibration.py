@@ -69,7 +69,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Optional, Union
 
 import ase_mlipal  # first: imports mace before e3nn
 
@@ -83,15 +83,27 @@ warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data"
 CUTOFF = 5.0  # A, the default model's r_max
-METHODS = {  # name: (features, (energy method, forces method), use the reactions, force variance)
-    "today": ("shared", ("linear", "linear"), False, "own"),
-    "shared, linear": ("shared", ("linear", "linear"), True, "own"),
-    "shared, power": ("shared", ("power", "power"), True, "own"),
-    "by element, valid": ("by element", ("linear", "linear"), False, "own"),
-    "by element, power": ("by element", ("power", "power"), True, "own"),
-    "by element, nbhd": ("by element", ("power", "linear"), True, "neighbourhood"),
-    "shipped": ("by element", ("power", "linear"), True, "own"),
-    "element scales": ("by element", ("power", "linear"), True, "own, scale per element"),
+
+
+class Method(NamedTuple):
+    """A calibration candidate (see the module docstring)."""
+
+    features: str  # "shared" or "by element"
+    maps: tuple[str, str]  # fit_recalibration's method for the energy and for the forces
+    with_reactions: bool  # fitted on the validation split plus the reactions (else the validation split alone)
+    neighbourhood: bool = False  # each atom's raw force variance summed over its neighbourhood
+    scale_per_element: bool = False  # one force map per element
+
+
+METHODS = {
+    "today": Method("shared", ("linear", "linear"), False),
+    "shared, linear": Method("shared", ("linear", "linear"), True),
+    "shared, power": Method("shared", ("power", "power"), True),
+    "by element, valid": Method("by element", ("linear", "linear"), False),
+    "by element, power": Method("by element", ("power", "power"), True),
+    "by element, nbhd": Method("by element", ("power", "linear"), True, neighbourhood=True),
+    "shipped": Method("by element", ("power", "linear"), True),
+    "element scales": Method("by element", ("power", "linear"), True, scale_per_element=True),
 }
 SHIPPED = "shipped"
 PAIRED = (SHIPPED, "element scales")  # compared with today's Spearman reaction by reaction
@@ -126,10 +138,11 @@ class Split:
     def energy(self, mask):
         return self.e_res[mask], self.e_raw[mask], self.n[mask], self.groups[mask]
 
-    def forces(self, mask, variance: str):
-        """Force residuals per component, their raw variances, groups and elements (``variance``: see METHODS)."""
+    def forces(self, mask, neighbourhood: bool = False):
+        """Force residuals per component, their raw variances (``neighbourhood``: summed over the neighbourhood),
+        groups and elements."""
         atoms = mask[self.atom_frame]
-        raw = (self.f_nbhd if variance == "neighbourhood" else self.f_raw)[atoms]
+        raw = (self.f_nbhd if neighbourhood else self.f_raw)[atoms]
         return (self.f_res[atoms].ravel(), np.repeat(raw, 3), np.repeat(self.groups[self.atom_frame][atoms], 3),
                 np.repeat(self.elements[atoms], 3))
 
@@ -137,21 +150,21 @@ class Split:
 ForceFit = Union[Recalibration, dict[int, Recalibration]]  # one map, or one per atomic number
 
 
-def fit_pair(parts, methods: tuple[str, str], variance: str) -> tuple[Recalibration, ForceFit]:
+def fit_pair(parts, method: Method) -> tuple[Recalibration, ForceFit]:
     """Energy and force calibrations fitted on ``parts`` = [(Split, frame mask), ...].
 
-    With ``variance`` ending in "per element" each element's force components
-    are fitted on their own (groups still weigh the same within it).
+    With ``method.scale_per_element`` each element's force components are
+    fitted on their own (groups still weigh the same within it).
     """
     e = [split.energy(mask) for split, mask in parts]
-    f = [split.forces(mask, variance) for split, mask in parts]
+    f = [split.forces(mask, method.neighbourhood) for split, mask in parts]
     energy = fit_recalibration(*(np.concatenate([p[k] for p in e]) for k in range(3)),
-                               groups=np.concatenate([p[3] for p in e]), method=methods[0])
+                               groups=np.concatenate([p[3] for p in e]), method=method.maps[0])
     res, raw, groups, elements = (np.concatenate([p[k] for p in f]) for k in range(4))
-    if not variance.endswith("per element"):
-        return energy, fit_recalibration(res, raw, groups=groups, method=methods[1])
+    if not method.scale_per_element:
+        return energy, fit_recalibration(res, raw, groups=groups, method=method.maps[1])
     return energy, {int(z): fit_recalibration(res[elements == z], raw[elements == z], groups=groups[elements == z],
-                                              method=methods[1]) for z in np.unique(elements)}
+                                              method=method.maps[1]) for z in np.unique(elements)}
 
 
 def force_variance(forces: ForceFit, raw: np.ndarray, elements: np.ndarray) -> np.ndarray:
@@ -168,10 +181,10 @@ def fit_dict(fit: ForceFit) -> dict:
     return fit.as_dict() if isinstance(fit, Recalibration) else {str(z): r.as_dict() for z, r in fit.items()}
 
 
-def scored(split: Split, mask, energy: Recalibration, forces: ForceFit, variance: str) -> dict:
+def scored(split: Split, mask, energy: Recalibration, forces: ForceFit, method: Method) -> dict:
     """Residuals and calibrated stds of ``split[mask]`` (to pool before reporting)."""
     e_res, e_raw, n, _ = split.energy(mask)
-    f_res, f_raw, _, elements = split.forces(mask, variance)
+    f_res, f_raw, _, elements = split.forces(mask, method.neighbourhood)
     return {"energy": (e_res, np.sqrt(energy.variance(e_raw, n))),
             "forces": (f_res, np.sqrt(force_variance(forces, f_raw, elements)))}
 
@@ -200,7 +213,7 @@ def piece_spearman(piece: dict) -> dict:
 
 
 def paired_spearman(results: dict, method: str, baseline: str = "today", draws: int = 10_000, seed: int = 0) -> dict:
-    """``method``'s Spearman minus ``baseline``'s, paired by held-out reaction, per split and quantity.
+    """``method``'s Spearman minus ``baseline``'s, paired by reaction, per split and quantity.
 
     The mean difference, a 90% bootstrap interval over reactions (the
     reactions are the unit that varies in held-out chemistry) and how many
@@ -230,20 +243,29 @@ def read_bands(path: Path) -> dict[str, list]:
     return bands
 
 
-def new_reactions(split: Split, energy: Recalibration, forces: ForceFit, variance: str
-                  ) -> tuple[list, list, dict, dict]:
+def score_reaction(split: Split, mine, energy: Recalibration, forces: ForceFit, method: Method
+                   ) -> tuple[dict, Optional[dict]]:
+    """The pieces of one reaction's frames ``split[mine]``: its whole path and its TS region (``None`` with fewer
+    than 3 TS frames)."""
+    ts = mine & split.ts
+    return (scored(split, mine, energy, forces, method),
+            scored(split, ts, energy, forces, method) if ts.sum() > 2 else None)
+
+
+def score_new_reactions(split: Split, energy: Recalibration, forces: ForceFit, method: Method
+                        ) -> tuple[list, list, dict, dict]:
     """Pieces of the new reactions (whole paths, TS regions), each one's Spearman and report, scored with one
     fit."""
     whole, ts, spearman, per_reaction = [], [], {"new_reactions": {}, "new_ts_region": {}}, {}
     for reaction in sorted(set(split.groups)):
-        mine = split.groups == reaction
-        whole.append(scored(split, mine, energy, forces, variance))
-        spearman["new_reactions"][reaction] = piece_spearman(whole[-1])
-        per_reaction[reaction] = report([whole[-1]])
-        if (mine & split.ts).sum() > 2:
-            ts.append(scored(split, mine & split.ts, energy, forces, variance))
-            spearman["new_ts_region"][reaction] = piece_spearman(ts[-1])
-            per_reaction[reaction + " (TS region)"] = report([ts[-1]])
+        path, region = score_reaction(split, split.groups == reaction, energy, forces, method)
+        whole.append(path)
+        spearman["new_reactions"][reaction] = piece_spearman(path)
+        per_reaction[reaction] = report([path])
+        if region is not None:
+            ts.append(region)
+            spearman["new_ts_region"][reaction] = piece_spearman(region)
+            per_reaction[reaction + " (TS region)"] = report([region])
     return whole, ts, spearman, per_reaction
 
 
@@ -296,29 +318,29 @@ def main():
           f"{time.perf_counter() - start:.0f} s")
 
     results = {"methods": {}, "shipped": SHIPPED, "reactions": reactions}
-    for name, (features, method, use_reactions, variance) in METHODS.items():
-        calc, (valid, test, react, fresh) = calcs[features], data[features]
+    for name, method in METHODS.items():
+        calc, (valid, test, react, new_split) = calcs[method.features], data[method.features]
         held_out, held_out_ts, per_reaction, barriers, fits = [], [], {}, {}, {}
         spearman = {"held_out_reactions": {}, "held_out_ts_region": {}}  # per reaction: to compare methods paired
         for reaction in reactions:
-            parts = [(valid, everything)] + ([(react, react.groups != reaction)] if use_reactions else [])
-            energy, forces = fit_pair(parts, method, variance)
+            parts = [(valid, everything)] + ([(react, react.groups != reaction)] if method.with_reactions else [])
+            energy, forces = fit_pair(parts, method)
             fits[reaction] = {"energy": energy.as_dict(), "forces": fit_dict(forces)}
-            mine = (react.groups == reaction) & react.test
-            held_out.append(scored(react, mine, energy, forces, variance))
-            spearman["held_out_reactions"][reaction] = piece_spearman(held_out[-1])
-            if (mine & react.ts).sum() > 2:
-                held_out_ts.append(scored(react, mine & react.ts, energy, forces, variance))
-                spearman["held_out_ts_region"][reaction] = piece_spearman(held_out_ts[-1])
-            per_reaction[reaction] = report([held_out[-1]])
+            path, region = score_reaction(react, (react.groups == reaction) & react.test, energy, forces, method)
+            held_out.append(path)
+            spearman["held_out_reactions"][reaction] = piece_spearman(path)
+            if region is not None:
+                held_out_ts.append(region)
+                spearman["held_out_ts_region"][reaction] = piece_spearman(region)
+            per_reaction[reaction] = report([path])
             if reaction in bands:
                 barriers[reaction] = barrier_check(calc, bands, energy, reaction)
-        parts = [(valid, everything)] + ([(react, np.ones(len(react.groups), bool))] if use_reactions else [])
-        energy, forces = fit_pair(parts, method, variance)
+        parts = [(valid, everything)] + ([(react, np.ones(len(react.groups), bool))] if method.with_reactions else [])
+        energy, forces = fit_pair(parts, method)
         for reaction in sorted(set(bands) - set(reactions)):  # a band with no frames in the reactive set: never seen
             barriers[reaction] = barrier_check(calc, bands, energy, reaction)
-        in_dist = [scored(test, np.ones(len(test.groups), bool), energy, forces, variance)]
-        new_whole, new_ts, new_spearman, new_per_reaction = new_reactions(fresh, energy, forces, variance)
+        in_dist = [scored(test, np.ones(len(test.groups), bool), energy, forces, method)]
+        new_whole, new_ts, new_spearman, new_per_reaction = score_new_reactions(new_split, energy, forces, method)
         spearman.update(new_spearman)
         new_barriers = {reaction: barrier_check(calc, new_bands, energy, reaction) for reaction in new_bands}
         results["methods"][name] = {
@@ -349,7 +371,7 @@ def barrier_table(results: dict, key: str) -> list[str]:
     reactions = list(results["methods"][SHIPPED][key])
     lines = ["| method | " + " | ".join(reactions) + " | covered |", "|---|" + "---:|" * (len(reactions) + 1)]
     for name, entry in results["methods"].items():
-        cells = [f"{b['error']:+.2f} ± {b['std']:.2f}" for b in entry[key].values()]
+        cells = [f"{entry[key][r]['error']:+.2f} ± {entry[key][r]['std']:.2f}" for r in reactions]
         covered = sum(b["covered_2sigma"] for b in entry[key].values())
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {covered}/{len(cells)} |")
     return lines
@@ -357,7 +379,8 @@ def barrier_table(results: dict, key: str) -> list[str]:
 
 def tables(results: dict) -> str:
     lines = ["Held-out reactions: pooled over the 8 reactions, each scored by the fit made without it. New "
-             "reactions: the 5 of `scripts/make_heldout_data.py`, scored by the fit on everything. Spearman: the "
+             "reactions: the 5 of `scripts/make_heldout_data.py`, scored by each method's full fit (which never saw "
+             "them). Spearman: the "
              "mean of each reaction's own (one calibration map cannot change the ranking inside one; scales per "
              "element can)."]
     for quantity, unit in (("forces", "per Cartesian component"), ("energy", "per structure")):
@@ -369,11 +392,12 @@ def tables(results: dict) -> str:
                 cells = [format(entry[key][quantity][k], fmt) for k, _, fmt in TABLE_KEYS]
                 lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     lines += ["\nBarriers on the xTB bands (calibration fitted without the reaction; a reaction with a band but no "
-              "frames in the reactive set is scored with the fit on everything, which never saw it; covered: "
+              "frames in the reactive set is scored with the method's full fit, which never saw it; covered: "
               "|error| < 2 sigma):\n"] + barrier_table(results, "barriers")
-    lines += ["\nBarriers on the new reactions' xTB bands (the fit on everything, which never saw them):\n"]
+    lines += ["\nBarriers on the new reactions' xTB bands (each method's full fit, which never saw them):\n"]
     lines += barrier_table(results, "new_barriers")
-    lines += ["\nSpearman minus `today`'s, paired by held-out reaction (mean, 90% bootstrap interval "
+    lines += ["\nSpearman minus `today`'s, paired by reaction (held-out reactions: each scored by the fit made "
+              "without it; new reactions: by the full fit; mean, 90% bootstrap interval "
               "over reactions, reactions better / worse):\n",
               "| method | split | quantity | mean | 90% interval | better / worse |", "|---|---|---|---:|---:|---:|"]
     for method in PAIRED:

@@ -200,10 +200,16 @@ def main():
     parser.add_argument("--merge", nargs="*", type=Path, help="merge these part files instead of running")
     parser.add_argument("--new", action="store_true",
                         help="the five reactions of heldout_reactions.xyz.gz (calibrated on all 8 of the reactive set)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calibration_learning.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/results/calibration_learning.json (--new: calibration_learning_new.json)")
     args = parser.parse_args()
     if args.merge:
-        records = [r for path in args.merge for r in json.loads(path.read_text())["reactions"]]
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        modes = {part["settings"].get("new_reactions", False) for part in parts}
+        if len(modes) > 1:
+            raise SystemExit("the parts mix --new runs with reactive-set runs: merge each kind on its own")
+        args.new = modes.pop()
+        records = [r for part in parts for r in part["reactions"]]
         names = [r["reaction"] for r in records]
         if len(set(names)) != len(names):
             raise SystemExit(f"parts share reactions: {sorted(n for n in set(names) if names.count(n) > 1)}")
@@ -228,8 +234,9 @@ def main():
     result = {"settings": {"rounds": args.rounds, "labels": args.labels, "relative_threshold": RELATIVE_THRESHOLD,
                            "new_reactions": args.new},
               "reactions": records, "summary": summary(records)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    out = args.out or ROOT / "benchmarks" / "results" / f"calibration_learning{'_new' if args.new else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     print(table(result))
 
 
