@@ -40,7 +40,7 @@ from .labelling import LabelReport, Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-from .verification import Check
+from .verification import MIN_FORCE_COVERAGE, Check
 
 #: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
 CHECKS_PER_BAND = 3
@@ -677,12 +677,15 @@ class NEBLearner(LearningRun):
         energy of the image is compared with the guard's own limit, above
         the lower endpoint (:meth:`PhysicalGuard.check_band`). Confirmed: the
         reference too puts the image above that limit and the model is right
-        there (within its 2 sigma): the band itself climbs, a model that
-        learned the image would only learn what it knows, and the frame is
-        stored as ``unphysical``. A model off by more, either way, is at
+        there (its energy within 2 sigma and its forces within 2 sigma as the
+        check counts them, ``MIN_FORCE_COVERAGE``: what
+        :meth:`_judge_guard_stop` asks of a model too): the band itself
+        climbs, a model that learned the image would only learn what it
+        knows, and the frame is stored as ``unphysical``. A model off by
+        more, in its energy or in the forces that moved the band, is at
         fault: it drove the band into a region it prices wrong, and learning
-        the reference's energy there is what moves the next band away (the
-        failed check is trained on next). A reference that fails on the image
+        the reference there is what moves the next band away (the failed
+        check is trained on next). A reference that fails on the image
         stops the run too (its row stays ``failed``): the runaway cannot be
         judged. A row already ``unphysical`` (a run killed after the verdict)
         keeps its verdict.
@@ -693,19 +696,23 @@ class NEBLearner(LearningRun):
             return self.state["stopped"]
         reference = energy - check.energy_error + self._first_endpoint_above_lower()
         limit = max(self.guard.max_energy, self.guard.initial_top if self.guard.initial_top is not None else -np.inf)
-        off = not abs(check.energy_error) <= 2.0 * check.energy_std  # nan sigma: not within
-        if np.isfinite(reference) and (reference <= limit or off):
+        energy_off = not abs(check.energy_error) <= 2.0 * check.energy_std  # nan sigma: not within
+        forces_off = not check.force_coverage >= MIN_FORCE_COVERAGE
+        if np.isfinite(reference) and (reference <= limit or energy_off or forces_off):
+            why = ("not a runaway of the chemistry" if reference <= limit
+                   else "the model is wrong about this climb" if energy_off
+                   else (f"the model's forces there are wrong ({1 - check.force_coverage:.0%} of components outside "
+                         f"2 sigma, mean error {check.force_mae:.2f} eV/A): they drove the band into the climb"))
             return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
                     f"reference {reference:.2f} eV (model error {check.energy_error:+.2f} eV, "
-                    f"1 sigma {check.energy_std:.2f}): "
-                    + ("the model is wrong about this climb" if off else "not a runaway of the chemistry")
+                    f"1 sigma {check.energy_std:.2f}): {why}"
                     + ("; its check passed" if check.passed else "; its check failed and is trained on next"))
         if not np.isfinite(reference):
             self.state["stopped"] = f"{error} (the reference gave no label for the image: the runaway cannot be judged)"
             return self.state["stopped"]
-        self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the model "
-                                 "within its 2 sigma: the band itself climbs; start from a band nearer the reaction "
-                                 "path, e.g. through an intermediate image)")
+        self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the model's "
+                                 "energy and forces within its 2 sigma: the band itself climbs; start from a band "
+                                 "nearer the reaction path, e.g. through an intermediate image)")
         check.passed, check.reason = False, "an energy runaway the reference confirms"
         self.store.mark_unphysical(check.store_id, self.state["stopped"])
         return self.state["stopped"]
