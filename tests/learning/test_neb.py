@@ -465,29 +465,35 @@ class RunsAwayInRoundZero(PhysicalGuard):
 
 
 class ModelAsReference(Calculator):
-    """The model itself as the reference, its energies raised by ``shift`` eV away from the band's first image."""
+    """The model itself as the reference, its energies raised by ``shift`` eV and every force component by
+    ``force_shift`` eV/A away from the band's first image."""
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, model, first, shift=0.0):
+    def __init__(self, model, first, shift=0.0, force_shift=0.0):
         super().__init__()
-        self.model, self.first, self.shift = model, first, shift
+        self.model, self.first, self.shift, self.force_shift = model, first, shift, force_shift
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         probe = self.atoms.copy()
         probe.calc = MLIPALCalculator(model=self.model)
         moved = not np.allclose(probe.positions, self.first.positions)
-        self.results = {"energy": probe.get_potential_energy() + self.shift * moved, "forces": probe.get_forces()}
+        self.results = {"energy": probe.get_potential_energy() + self.shift * moved,
+                        "forces": probe.get_forces() + self.force_shift * moved}
 
 
-@pytest.mark.parametrize("max_energy, shift, stops", [(1e3, 1e-3, False), (-1e3, 1e-3, True), (-1e3, 50.0, False)])
-def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, tmp_path, max_energy, shift, stops):
+@pytest.mark.parametrize("max_energy, shift, force_shift, stops", [
+    (1e3, 1e-3, 0.0, False), (-1e3, 1e-3, 0.0, True), (-1e3, 50.0, 0.0, False), (-1e3, 1e-3, 50.0, False)])
+def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, tmp_path, max_energy, shift,
+                                                              force_shift, stops):
     """The model's runaway image is labelled as a check: the run stops only if the reference too puts it
-    above ``max_energy`` and the model is right there; a model wrong about the climb learns from it."""
+    above ``max_energy`` and the model is right there, energy and forces; a model wrong about the climb, or
+    whose forces drove the band up, learns from it."""
     images = formaldehyde_band(5)
     guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=max_energy)
-    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], shift), tmp_path / "run", images,
+    reference = lambda: ModelAsReference(tiny_model, images[0], shift, force_shift)  # noqa: E731
+    learner = NEBLearner(calc, reference, tmp_path / "run", images,
                          threshold=1e3, max_rounds=1, steps=4, guard=guard, conditioning=[], progress=False,
                          finetune_options={"epochs": 2, "replay": None})
     report = learner.run()
@@ -502,16 +508,16 @@ def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, 
         assert climbing[0].store_id not in {a.info["store_id"] for a in learner.check_frames()}
         assert not climbing[0].passed and climbing[0].reason == "an energy runaway the reference confirms"
     else:  # the reference finds it low, or the model wrong there: the run learns from it and goes on
-        why = "not a runaway of the chemistry" if max_energy > 0 else "the model is wrong about this climb"
+        why = ("not a runaway of the chemistry" if max_energy > 0 else "the model is wrong about this climb"
+               if shift > 1 else "the model's forces there are wrong (100% of components outside 2 sigma")
         assert report.stopped == "" and len(report.rounds) == 2
         assert report.rounds[0].runaway.startswith("round 0, NEB step 2, image 2: the model put the image 50.0 eV")
         assert why in report.rounds[0].runaway and "\nround 0, NEB step 2, image 2: the model" in report.table()
         assert not report.rounds[0].converged and report.rounds[0].steps == 2
-        assert climbing[0].passed is (shift < 1)  # off by 50 eV: failed, and trained on next
+        assert climbing[0].passed is (shift < 1 and force_shift == 0)  # off by 50 eV or eV/A: failed, trained on
         assert (climbing[0].store_id in learner.state["trained_ids"]) is (not climbing[0].passed)
         assert runaway_row.status == ("verified" if climbing[0].passed else "labelled")
         assert report.final_round == 1  # the band cut short is not the final one
-    reference = lambda: ModelAsReference(tiny_model, images[0], shift)  # noqa: E731
     resumed = NEBLearner(MLIPALCalculator(model=tiny_model), reference, tmp_path / "run", images, threshold=1e3,
                          max_rounds=1, steps=4, guard=guard, conditioning=[], progress=False).run()
     assert (resumed.stopped, resumed.final_round) == (report.stopped, report.final_round)  # state.json keeps it
