@@ -163,6 +163,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
             "confident": report.confident, "labels": labels, "bands": len(report.rounds),
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
+            "runaways": [r.runaway for r in report.rounds],  # why a guard stop was learned from ("" for none)
             "stopped": report.stopped, "ended": report.ended, "seconds": time.perf_counter() - start}
 
 
