@@ -388,8 +388,9 @@ def markdown(summary: dict) -> str:
     runaways = [(p["reaction"], r) for p in summary["parts"] for r in p["rounds"] if r.get("runaway")]
     if runaways:
         lines += ["", "Guard stops the learner learned from (an energy runaway the reference puts below `max_energy` "
-                  "or the model is off by more than its 2σ at; a geometric stop the model's steps led to, the model "
-                  "failing its check where the band was last judged; labelled, and the loop went on):",
+                  "or the model is off by more than its 2σ at, in energy or forces; a geometric stop the model's "
+                  "steps led to, the model failing its check where the band was last judged; labelled, and the loop "
+                  "went on):",
                   ""] + [f"- {name}, round {r['round']}: {r['runaway']}" for name, r in runaways]
     if summary["md"]:
         lines += [""] + md_table(summary["md"])

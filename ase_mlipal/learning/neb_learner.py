@@ -329,8 +329,8 @@ class NEBLearner(LearningRun):
     may be an ordinary geometry the model prices wrong: its top image is
     labelled as the round's climbing-image check, and the run stops only if
     the reference too puts it more than the guard's ``max_energy`` above the
-    first endpoint and the model is right there, within its 2 sigma (the
-    frame is then stored as ``unphysical``); otherwise the failed check is
+    first endpoint and the model is right there, its energy and forces
+    within its 2 sigma (the frame is then stored as ``unphysical``); otherwise the failed check is
     trained on and the next round runs (``NEBRound.runaway`` says so).
 
     With ``max_labels``, a band's flags leave :data:`CHECKS_PER_BAND` labels
@@ -678,8 +678,9 @@ class NEBLearner(LearningRun):
         the lower endpoint (:meth:`PhysicalGuard.check_band`). Confirmed: the
         reference too puts the image above that limit and the model is right
         there (its energy within 2 sigma and its forces within 2 sigma as the
-        check counts them, ``MIN_FORCE_COVERAGE``: what
-        :meth:`_judge_guard_stop` asks of a model too): the band itself
+        check counts them, ``MIN_FORCE_COVERAGE``; :meth:`_judge_guard_stop`
+        asks these and ``barrier_tolerance`` too, which an image many eV up
+        is not held to): the band itself
         climbs, a model that learned the image would only learn what it
         knows, and the frame is stored as ``unphysical``. A model off by
         more, in its energy or in the forces that moved the band, is at
@@ -688,7 +689,8 @@ class NEBLearner(LearningRun):
         check is trained on next). A reference that fails on the image
         stops the run too (its row stays ``failed``): the runaway cannot be
         judged. A row already ``unphysical`` (a run killed after the verdict)
-        keeps its verdict.
+        keeps its verdict, also one an earlier version of this rule gave (a
+        new ``workdir`` judges the band anew).
         """
         row = self.store.db.get(id=check.store_id)
         if row.status == "unphysical":  # judged before a kill: the verdict stands
@@ -699,10 +701,10 @@ class NEBLearner(LearningRun):
         energy_off = not abs(check.energy_error) <= 2.0 * check.energy_std  # nan sigma: not within
         forces_off = not check.force_coverage >= MIN_FORCE_COVERAGE
         if np.isfinite(reference) and (reference <= limit or energy_off or forces_off):
-            why = ("not a runaway of the chemistry" if reference <= limit
-                   else "the model is wrong about this climb" if energy_off
-                   else (f"the model's forces there are wrong ({1 - check.force_coverage:.0%} of components outside "
-                         f"2 sigma, mean error {check.force_mae:.2f} eV/A): they drove the band into the climb"))
+            wrong = (["the model is wrong about this climb"] if energy_off else []) + (
+                [f"the model's forces there are wrong ({1 - check.force_coverage:.0%} of components outside 2 sigma, "
+                 f"mean error {check.force_mae:.2f} eV/A): they drove the band into the climb"] if forces_off else [])
+            why = "not a runaway of the chemistry" if reference <= limit else ", and ".join(wrong)
             return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
                     f"reference {reference:.2f} eV (model error {check.energy_error:+.2f} eV, "
                     f"1 sigma {check.energy_std:.2f}): {why}"

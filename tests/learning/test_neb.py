@@ -484,7 +484,8 @@ class ModelAsReference(Calculator):
 
 
 @pytest.mark.parametrize("max_energy, shift, force_shift, stops", [
-    (1e3, 1e-3, 0.0, False), (-1e3, 1e-3, 0.0, True), (-1e3, 50.0, 0.0, False), (-1e3, 1e-3, 50.0, False)])
+    (1e3, 1e-3, 0.0, False), (-1e3, 1e-3, 0.0, True), (-1e3, 50.0, 0.0, False), (-1e3, 1e-3, 50.0, False),
+    (-1e3, 50.0, 50.0, False)])
 def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, tmp_path, max_energy, shift,
                                                               force_shift, stops):
     """The model's runaway image is labelled as a check: the run stops only if the reference too puts it
@@ -508,8 +509,10 @@ def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, calc, 
         assert climbing[0].store_id not in {a.info["store_id"] for a in learner.check_frames()}
         assert not climbing[0].passed and climbing[0].reason == "an energy runaway the reference confirms"
     else:  # the reference finds it low, or the model wrong there: the run learns from it and goes on
-        why = ("not a runaway of the chemistry" if max_energy > 0 else "the model is wrong about this climb"
-               if shift > 1 else "the model's forces there are wrong (100% of components outside 2 sigma")
+        why = ("not a runaway of the chemistry" if max_energy > 0 else
+               "the model is wrong about this climb, and the model's forces there are wrong (100% of components"
+               if shift > 1 and force_shift else "the model is wrong about this climb; its check" if shift > 1
+               else "the model's forces there are wrong (100% of components outside 2 sigma")
         assert report.stopped == "" and len(report.rounds) == 2
         assert report.rounds[0].runaway.startswith("round 0, NEB step 2, image 2: the model put the image 50.0 eV")
         assert why in report.rounds[0].runaway and "\nround 0, NEB step 2, image 2: the model" in report.table()
