@@ -257,13 +257,32 @@ class MLIPALCalculator(Calculator):
         self.calibrated = calibrated
         if not calibration:
             return None
-        residuals = self.residuals(list(calibration), progress=progress)
+        return self.rescale(calibration, prior_frames, progress)
+
+    def rescale(self, images: Sequence[Atoms], prior_frames: float = 20.0,
+                progress: Optional[bool] = None) -> dict[str, CalibrationReport]:
+        """Multiply every calibrated variance by the factor labelled ``images`` justify, shrunk; return the reports.
+
+        One factor per posterior (energy, forces), on scale and floor alike:
+        the maximum-likelihood one, the mean of ``residual^2 / variance`` over
+        ``images``, moved ``n / (n + prior_frames)`` of the way in log space
+        (:func:`~ase_mlipal.uncertainty.calibration.shrunk_factor`), as if the
+        calibration in use had been fitted on ``prior_frames`` frames. Score
+        frames that neither the model trained on nor the posterior holds, on
+        the posterior the uncertainties will be read from: a posterior that
+        later takes in frames near them reads their neighbours' variances
+        smaller than the factor was fitted on.
+        """
+        images = list(images)
+        if not images:
+            raise ValueError("rescale needs at least one labelled frame")
+        residuals = self.residuals(images, progress=progress)
         for posterior, errors, raw, size in (
                 (self.energy_posterior, residuals.energy, residuals.energy_raw, residuals.n_atoms),
                 (self.atom_posterior, residuals.forces.ravel(), np.repeat(residuals.forces_raw, 3), 1.0)):
             kept = posterior.calibration
             posterior.calibration = kept.times(shrunk_factor(errors, kept.variance(raw, size), prior_frames,
-                                                             len(calibration)))
+                                                             len(images)))
         self.calibrated = True
         return self._calibration_reports(residuals)
 
