@@ -185,15 +185,17 @@ MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "m
 MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
 
 
-def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None = None) -> dict:
+def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None = None,
+           distance_aware: bool = False) -> dict:
     """The MD learner from ``start_atoms`` (default: the reactant of reaction ``name``'s stored band); the audits
-    score the dynamics."""
+    score the dynamics (``distance_aware``: on ``MLIPALCalculator(distance_aware=True)``)."""
     from ase_mlipal.learning.md_learner import langevin
 
     start_atoms = reference_bands()[name][0] if start_atoms is None else start_atoms
     start = time.perf_counter()
     learner = ase_mlipal.OnTheFlyLearner(
-        start_atoms, ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, settings["threshold"],
+        start_atoms, ase_mlipal.MLIPALCalculator(distance_aware=distance_aware), RobustXTB, workdir,
+        settings["threshold"],
         steps=settings["steps"], interval=settings["interval"], labels_per_round=settings["batch_size"],
         max_rounds=settings["max_rounds"], audit_interval=settings["audit_interval"],
         dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"],
@@ -412,7 +414,8 @@ def md_table(runs: list[dict]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|"]
     for m in runs:
         first, last = m["first_third"], m["last_third"]
-        lines.append(f"| {m['molecule']}{' (stopped)' if m['stopped'] else ''} | {m['steps']} | "
+        label = m["molecule"] + (" (distance-aware σ)" if m.get("distance_aware") else "")
+        lines.append(f"| {label}{' (stopped)' if m['stopped'] else ''} | {m['steps']} | "
                      f"{len(m['audits'])} | {number(first['force_mae'])} / {number(last['force_mae'])} | "
                      f"{number(m['coverage_2sigma'])} ({number(last['coverage_2sigma'])}) | {m['labels']} | "
                      f"{m['rounds']} ({m['rejected']}) | {m['flags']} | {'yes' if m['confident'] else 'no'} | "
@@ -420,7 +423,7 @@ def md_table(runs: list[dict]) -> list[str]:
     unverified = [m for m in runs if not m["confident"]]
     if unverified:
         lines += ["", "Why the MD runs that are not confident ended:", ""]
-        lines += [f"- {m['molecule']}: " + (f"stopped: {m['stopped']}" if m["stopped"]
+        lines += [f"- {m['molecule']}{' (distance-aware σ)' if m.get('distance_aware') else ''}: " + (f"stopped: {m['stopped']}" if m["stopped"]
                                             else f"ended: {m.get('ended') or 'not recorded'}") for m in unverified]
     return lines
 

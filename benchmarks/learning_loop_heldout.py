@@ -19,6 +19,11 @@ pacing (flags leave only the next band's three checks), for the side-by-side::
     python benchmarks/learning_loop_heldout.py --md formaldehyde_to_hydroxycarbene   # the MD learner
     python benchmarks/learning_loop_heldout.py --merge   # results/learning_loop_heldout.md
 
+``--distance-aware`` runs the learner on ``MLIPALCalculator(distance_aware=True)``
+(the opt-in force uncertainty that also measures the distance to the
+posterior's atoms) and writes ``<reaction>_distance_paced.json`` /
+``md_<reaction>_distance.json``: the same run beside the default's.
+
 Each run writes ``results/learning_loop_heldout/<reaction>_<paced|unpaced>.json``. ``--md`` runs the MD
 learner of ``learning_loop.py`` (its settings: 1200 K, 2000 steps, audits every 100, seed 0) from the reaction's
 xTB-relaxed reactant and writes ``md_<reaction>.json``.
@@ -128,8 +133,9 @@ def band_digest(images) -> str:
     return hashlib.sha1(positions.tobytes()).hexdigest()[:12]
 
 
-def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
-    """One learner run on reaction ``name`` (``max_energy``: the energy guard's limit, eV; None: the default)."""
+def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_aware: bool = False) -> dict:
+    """One learner run on reaction ``name`` (``max_energy``: the energy guard's limit, eV; None: the default;
+    ``distance_aware``: on ``MLIPALCalculator(distance_aware=True)``)."""
     reactant, product = endpoints(name)
     images = band(reactant, product, SETTINGS["images"])
     direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
@@ -143,7 +149,8 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         learner = ase_mlipal.NEBLearner(
-            ase_mlipal.MLIPALCalculator(), RobustXTB, workdir, images, SETTINGS["threshold"],
+            ase_mlipal.MLIPALCalculator(distance_aware=distance_aware), RobustXTB, workdir, images,
+            SETTINGS["threshold"],
             max_rounds=SETTINGS["max_rounds"], steps=SETTINGS["steps"], fmax=SETTINGS["fmax"],
             barrier_tolerance=SETTINGS["barrier_tolerance"], band_start=SETTINGS["band_start"],
             finetune_options=SETTINGS["finetune"], max_labels=SETTINGS["max_labels"], progress=False,
@@ -152,7 +159,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
         labels = learner.labels_used()
     target = direct["barrier"] if found_a_pass(direct) else float("nan")
     final = report.final.profile if report.rounds else None
-    return {"reaction": name, "paced": paced, "max_energy": max_energy,
+    return {"reaction": name, "paced": paced, "max_energy": max_energy, "distance_aware": distance_aware,
             "direct_barrier": target, "direct_calls": direct["calls"],
             "before": report.rounds[0].profile.barrier - target if report.rounds else None,
             "after": final.barrier - target if final else None,
@@ -169,13 +176,13 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None) -> dict:
 
 def setting(row: dict) -> str:
     """The budget rule of a run, and the energy guard's limit where it is not the default."""
-    rule = "paced" if row["paced"] else "unpaced"
+    rule = ("paced" if row["paced"] else "unpaced") + (", distance-aware σ" if row.get("distance_aware") else "")
     return rule if row.get("max_energy") is None else f"{rule}, max_energy {row['max_energy']:g} eV"
 
 
 def merge() -> str:
     rows = sorted((json.loads(p.read_text()) for p in PARTS.glob("*paced.json")),  # paced and unpaced
-                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0))
+                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0, r.get("distance_aware", False)))
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
              "The reported interval is `NEBReport.barrier_interval`: one-sided where xTB does not confirm the final "
              "band's top as a saddle.", "",
@@ -212,24 +219,29 @@ def main() -> None:
     parser.add_argument("--max-energy", type=float, default=None,
                         help="the energy guard's limit (eV above the lower endpoint; default PhysicalGuard's)")
     parser.add_argument("--md", choices=REACTIONS, help="the MD learner from this reaction's reactant")
+    parser.add_argument("--distance-aware", action="store_true",
+                        help="on MLIPALCalculator(distance_aware=True) (the opt-in force uncertainty)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
+    tag = "_distance" if args.distance_aware else ""
     if args.merge:
         print(merge())
         return
     if args.md:
         with tempfile.TemporaryDirectory() as workdir:
-            result = run_md(args.md, MD_SETTINGS, Path(workdir), start_atoms=endpoints(args.md)[0])
+            result = run_md(args.md, MD_SETTINGS, Path(workdir), start_atoms=endpoints(args.md)[0],
+                            distance_aware=args.distance_aware)
         PARTS.mkdir(parents=True, exist_ok=True)
-        (PARTS / f"md_{args.md}.json").write_text(json.dumps(result, indent=1))
+        result["distance_aware"] = args.distance_aware
+        (PARTS / f"md_{args.md}{tag}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps({k: v for k, v in result.items() if k not in ("audits", "settings")}, indent=1))
         return
     if not args.reaction:
         parser.error("--reaction, --md or --merge")
-    result = run(args.reaction, paced=not args.unpaced, max_energy=args.max_energy)
+    result = run(args.reaction, paced=not args.unpaced, max_energy=args.max_energy, distance_aware=args.distance_aware)
     PARTS.mkdir(parents=True, exist_ok=True)
     guard = "" if args.max_energy is None else f"_max_energy{args.max_energy:g}"
-    out = PARTS / f"{args.reaction}{guard}_{'paced' if result['paced'] else 'unpaced'}.json"
+    out = PARTS / f"{args.reaction}{guard}{tag}_{'paced' if result['paced'] else 'unpaced'}.json"
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "round_errors"}, indent=1))
 

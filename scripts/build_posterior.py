@@ -1,6 +1,13 @@
 """Build the shipped default posterior: condition on the training split, calibrate the way that transfers.
 
     python scripts/build_posterior.py [--out ase_mlipal/data/default_posterior.npz]
+    python scripts/build_posterior.py --distance-aware   # default_posterior_distance.npz
+
+``--distance-aware`` builds the posterior of ``MLIPALCalculator(distance_aware=True)``:
+the same conditioning and calibration frames, its atoms' features kept
+as 1024 farthest-point samples per element, and a power law for the
+forces (``benchmarks/calibration.py``, row ``distance, power``), recorded
+as ``posterior_distance``.
 
 Conditions the activation-kernel posterior of the shipped model on the
 pretraining training split, then fits its calibration on the pretraining
@@ -27,7 +34,8 @@ from pathlib import Path
 
 import ase_mlipal  # first: imports mace before e3nn
 from ase_mlipal.frames import read_frames
-from ase_mlipal.models.model import DEFAULT_CONDITIONING_PATH, DEFAULT_DIR, DEFAULT_POSTERIOR_PATH
+from ase_mlipal.models.model import (DEFAULT_CONDITIONING_PATH, DEFAULT_DIR, DEFAULT_DISTANCE_POSTERIOR_PATH,
+                                     DEFAULT_POSTERIOR_PATH)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -54,12 +62,13 @@ def write_conditioning(frames: list, path: Path = DEFAULT_CONDITIONING_PATH) -> 
     return path
 
 
-def build_posterior(model, splits: dict[str, list], reactive: list) -> tuple[ase_mlipal.MLIPALCalculator, dict]:
+def build_posterior(model, splits: dict[str, list], reactive: list, distance_aware: bool = False
+                    ) -> tuple[ase_mlipal.MLIPALCalculator, dict]:
     """A calculator on ``model`` conditioned on ``splits["train"]`` and calibrated; and what to record."""
-    calc = ase_mlipal.MLIPALCalculator(model=model, posterior=None)
+    calc = ase_mlipal.MLIPALCalculator(model=model, posterior=None, distance_aware=distance_aware)
     calc.condition(splits["train"])
     frames, groups = calibration_frames(splits["valid"], reactive)
-    report = calc.calibrate(frames, groups=groups)
+    report = calc.calibrate(frames, groups=groups, forces_method="power" if distance_aware else "linear")
     typical = calc.fit_typical(splits["valid"])
     return calc, {
         "kernel": calc.kernel, "dim": calc.feature_map.dim, "conditioned_on": len(splits["train"]),
@@ -71,19 +80,26 @@ def build_posterior(model, splits: dict[str, list], reactive: list) -> tuple[ase
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_POSTERIOR_PATH)
+    parser.add_argument("--out", type=Path, default=None, help="default: the shipped file of the posterior built")
+    parser.add_argument("--distance-aware", action="store_true", help="the posterior of distance_aware=True")
     args = parser.parse_args()
+    out = args.out or (DEFAULT_DISTANCE_POSTERIOR_PATH if args.distance_aware else DEFAULT_POSTERIOR_PATH)
     pretrain = read_frames(DATA / "pretrain.xyz.gz")
     splits = {s: [a for a in pretrain if a.info["split"] == s] for s in ("train", "valid")}
-    calc, entry = build_posterior(ase_mlipal.load_model("default"), splits, read_frames(DATA / "reactive.xyz.gz"))
-    calc.save_posterior(args.out)
-    write_conditioning(splits["train"], args.out.parent / DEFAULT_CONDITIONING_PATH.name)
+    calc, entry = build_posterior(ase_mlipal.load_model("default"), splits, read_frames(DATA / "reactive.xyz.gz"),
+                                  args.distance_aware)
+    calc.save_posterior(out)
+    if args.distance_aware:
+        entry["neighbour_rows"], entry["neighbour_scale"] = len(calc.uncertainty_model.neighbours), \
+            calc.uncertainty_model.neighbours.scale
+    else:
+        write_conditioning(splits["train"], out.parent / DEFAULT_CONDITIONING_PATH.name)
     record_path = DEFAULT_DIR / "default.json"
     record = json.loads(record_path.read_text())
-    record["posterior"] = entry
+    record["posterior_distance" if args.distance_aware else "posterior"] = entry
     record_path.write_text(json.dumps(record, indent=1))
     print(json.dumps({k: v for k, v in entry.items() if k != "report_on_fit_frames"}, indent=1))
-    print(f"wrote {args.out} and the 'posterior' entry of {record_path}")
+    print(f"wrote {out} and the {'posterior_distance' if args.distance_aware else 'posterior'} entry of {record_path}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ FORMAT_VERSION = 1
 DEFAULT_DIR = Path(__file__).parent.parent / "data"
 DEFAULT_MODEL_PATH = DEFAULT_DIR / "default.pt"
 DEFAULT_POSTERIOR_PATH = DEFAULT_DIR / "default_posterior.npz"
+DEFAULT_DISTANCE_POSTERIOR_PATH = DEFAULT_DIR / "default_posterior_distance.npz"  # ``distance_aware=True``
 # The structures (no labels) the shipped posterior is conditioned on: a model swap rebuilds it on them.
 DEFAULT_CONDITIONING_PATH = DEFAULT_DIR / "default_conditioning.xyz.gz"
 

@@ -11,9 +11,15 @@ import torch
 
 from ..models.graphs import BatchMaker
 from ..models.model import model_hash
+from .distance import NearestNeighbours
 from .features import Features
 from .kernels import get_feature_map
 from .posterior import FeaturePosterior
+
+#: Atom feature rows kept per element block for the distance of a distance-aware
+#: uncertainty (farthest-point samples; ``benchmarks/calibration.py``, rows
+#: ``distance``: 1024 kept the exact distance's gains, at ~0.1 ms a call).
+NEIGHBOUR_ROWS = 1024
 
 
 class UncertaintyModel:
@@ -35,6 +41,11 @@ class UncertaintyModel:
         regularization: ``lambda`` of both posteriors, unless the feature
             map fixes its own prior precision.
         head: the head of a multi-head model (:class:`~ase_mlipal.models.graphs.BatchMaker`).
+        distance_aware: multiply each atom's raw force variance by
+            ``1 + (d / d0)^2``, ``d`` the distance of its feature row to the
+            nearest one the posterior holds
+            (:class:`~ase_mlipal.uncertainty.distance.NearestNeighbours`);
+            for kernels with atom feature rows (the activation kernels).
 
     Attributes:
         energy_posterior: posterior on structure features (``energy_uncertainty``).
@@ -43,11 +54,14 @@ class UncertaintyModel:
         typical: median uncertainties of in-distribution frames, or ``None``.
         n_conditioning: frames the posteriors were conditioned on through
             :meth:`MLIPALCalculator.condition` (not those a trigger absorbed).
+        neighbours: the atom rows the distance is measured to (``None``
+            unless ``distance_aware``).
     """
 
     def __init__(self, model: torch.nn.Module, kernel: str = "activation", kernel_options: Optional[dict] = None,
-                 regularization: float = 1e-2, head: Optional[str] = None):
+                 regularization: float = 1e-2, head: Optional[str] = None, distance_aware: bool = False):
         self.kernel = kernel
+        self.distance_aware = bool(distance_aware)
         self.kernel_options = dict(kernel_options or {})
         self.regularization = regularization
         self._changes = 0
@@ -65,10 +79,21 @@ class UncertaintyModel:
         regularization = self.feature_map.prior_precision or self.regularization
         self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)
         self.atom_posterior = FeaturePosterior(self.feature_map.force_dim, regularization)
+        self.neighbours = self._new_neighbours()
         self.calibrated = False
         self.typical: Optional[dict[str, float]] = None
         self.n_conditioning = 0
         self.changed()
+
+    def _new_neighbours(self) -> Optional[NearestNeighbours]:
+        if not self.distance_aware:
+            return None
+        if not self.feature_map.atoms_in_energy_space:
+            raise ValueError(f"distance_aware needs a kernel with atom feature rows (activation, fixed), not "
+                             f"{self.kernel!r}")
+        by_element = getattr(self.feature_map, "by_element", False)
+        width = self.feature_map.num_invariant * self.feature_map.num_layers if by_element else None
+        return NearestNeighbours(block_width=width)
 
     def changed(self) -> None:
         """Record a change the :attr:`version` cannot see (cached results built before it are stale)."""
@@ -98,16 +123,34 @@ class UncertaintyModel:
         return self._hash
 
     def add_features(self, features: Features, weight: float = 1.0) -> None:
-        """Condition both posteriors on computed features (``weight`` observations each)."""
+        """Condition both posteriors on computed features (``weight`` observations each).
+
+        Distance-aware, the atom rows join :attr:`neighbours` when ``weight >= 1``.
+        """
         energy_rows, force_rows = self.feature_map.conditioning(features)
         self.energy_posterior.add(energy_rows, weight)
         self.atom_posterior.add(force_rows, weight)
+        if self.neighbours is not None and weight >= 1.0:  # a frame weighed down (the model errs there) is not known
+            self.neighbours.add(features.atom)
+
+    def thin_neighbours(self) -> None:
+        """Keep :data:`NEIGHBOUR_ROWS` farthest-point samples per element block after bulk conditioning.
+
+        Thins the first conditioning (which sets the distance scale ``d0``)
+        and any block grown past twice the limit; frames conditioned on
+        one by one (a trigger's flags) stay as they are, and ``d0`` stays.
+        """
+        rows = self.neighbours.rows if self.neighbours is not None else {}
+        if rows and (self.neighbours.scale is None or max(map(len, rows.values())) > 2 * NEIGHBOUR_ROWS):
+            self.neighbours.thin(NEIGHBOUR_ROWS)
+            self.changed()
 
     def snapshot(self) -> "UncertaintyModel":
         """A copy whose posteriors later conditioning of this one does not change (the model is shared)."""
         copied = copy.copy(self)
         copied.energy_posterior = copy.deepcopy(self.energy_posterior)
         copied.atom_posterior = copy.deepcopy(self.atom_posterior)
+        copied.neighbours = copy.deepcopy(self.neighbours)
         return copied
 
     @contextmanager
@@ -121,13 +164,14 @@ class UncertaintyModel:
         """
         if state.model is not self.model or state.feature_map is not self.feature_map:
             raise ValueError("posteriors_of needs a snapshot of this model: the features would not match")
-        saved = self.energy_posterior, self.atom_posterior
-        self.energy_posterior, self.atom_posterior = state.energy_posterior, state.atom_posterior
+        saved = self.energy_posterior, self.atom_posterior, self.neighbours
+        self.energy_posterior, self.atom_posterior, self.neighbours = (state.energy_posterior, state.atom_posterior,
+                                                                       state.neighbours)
         self.changed()
         try:
             yield
         finally:
-            self.energy_posterior, self.atom_posterior = saved
+            self.energy_posterior, self.atom_posterior, self.neighbours = saved
             self.changed()
 
     def conditioned(self, features: Features, weight: float = 1.0) -> "UncertaintyModel":
@@ -137,10 +181,16 @@ class UncertaintyModel:
         return trial
 
     def force_variance(self, features: Features) -> np.ndarray:
-        """Raw (unscaled) variance per force component of each atom, ``(n_atoms,)``."""
+        """Raw (unscaled) variance per force component of each atom, ``(n_atoms,)``.
+
+        Distance-aware: the posterior's times ``1 + (d / d0)^2`` (:attr:`neighbours`).
+        """
         if features.force_variance is not None:
             return features.force_variance
-        return self.atom_posterior.quadratic_form(features.atom)
+        raw = self.atom_posterior.quadratic_form(features.atom)
+        if self.neighbours is None or not len(self.neighbours):
+            return raw
+        return raw * self.neighbours.inflation(features.atom)
 
     def uncertainty_from(self, features: Features) -> dict:
         """The uncertainty results of one structure's features.

@@ -34,5 +34,8 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert set(per_element) == {"1", "6", "7", "8"} and all(f["exponent"] == 1.0 for f in per_element.values())
     assert len({f["scale"] for f in per_element.values()}) == 4  # each element its own scale
     assert "| element scales | their TS region | forces |" in (tmp_path / "calibration.md").read_text()
+    distance = result["methods"]["distance, power"]["fit_all"]["forces"]  # what distance_aware=True ships
+    assert distance["exponent"] != 1.0 and distance["scale"] > 0
+    assert "| distance, power | new: their TS region |" in (tmp_path / "calibration.md").read_text()
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
     assert "held-out reactions" in (tmp_path / "calibration.md").read_text()
