@@ -47,6 +47,7 @@ with torch_load_override(), warnings.catch_warnings():
     from .paths import PathProfile, band, path_profile
     from .learning.transition_state import TransitionState, refine_ts
     from .uncertainty.posterior import FeaturePosterior
+    from .uncertainty.distance import NearestNeighbours
     from .uncertainty.uncertainty_model import UncertaintyModel
     from .training.prototypes import PrototypeAlignment
     from .references.xtb import RobustXTB, xtb_calculator, xtb_label
@@ -73,6 +74,7 @@ __all__ = [
     "NTKFeatures",
     "CalibrationReport",
     "FeaturePosterior",
+    "NearestNeighbours",
     "UncertaintyModel",
     "PrototypeAlignment",
     "FrameStore",

@@ -104,7 +104,7 @@ class MLIPALCalculator(Calculator):
         distance_aware: multiply each atom's raw force variance by
             ``1 + (d / d0)^2``, ``d`` the distance of its features to the
             nearest atom of its element the posterior holds
-            (:class:`~ase_mlipal.uncertainty.distance.NearestNeighbours`),
+            (:class:`~ase_mlipal.NearestNeighbours`),
             and, with ``posterior="auto"``, start from the shipped posterior
             calibrated for it. Opt-in: with reactions held out it ranks force
             errors better and covers unseen saddles better

@@ -44,7 +44,7 @@ class UncertaintyModel:
         distance_aware: multiply each atom's raw force variance by
             ``1 + (d / d0)^2``, ``d`` the distance of its feature row to the
             nearest one the posterior holds
-            (:class:`~ase_mlipal.uncertainty.distance.NearestNeighbours`);
+            (:class:`~ase_mlipal.NearestNeighbours`);
             for kernels with atom feature rows (the activation kernels).
 
     Attributes:
