@@ -41,12 +41,14 @@ def reference_factory(name: str) -> Callable:
         raise SystemExit(f"reference {name!r} cannot be imported: {error}") from None
 
 
-def _calculator(model: str, trust: bool = False, kernel: str = "activation", options: Optional[dict] = None):
+def _calculator(model: str, trust: bool = False, kernel: str = "activation", options: Optional[dict] = None,
+                distance_aware: bool = False):
     from .calculator import MLIPALCalculator
     from .models.model import ModelLoadError
 
     try:
-        return MLIPALCalculator(model=model, trust=trust, kernel=kernel, kernel_options=options)
+        return MLIPALCalculator(model=model, trust=trust, kernel=kernel, kernel_options=options,
+                                distance_aware=distance_aware)
     except (ModelLoadError, FileNotFoundError) as error:
         raise SystemExit(f"cannot load model {model!r}: {error}") from None
 
@@ -88,7 +90,8 @@ def cmd_md(args: argparse.Namespace) -> None:
     from .plots import plot_uncertainty_trace
 
     store = FrameStore(args.db)
-    trigger, trace = run_md(_read(args.structure), _calculator(args.model, args.trust), store, args.threshold,
+    calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
+    trigger, trace = run_md(_read(args.structure), calc, store, args.threshold,
                             args.steps, args.interval, args.temperature, args.timestep, args.trajectory)
     print(f"{len(trigger.flagged)} frames flagged above {args.threshold} eV/A; {args.db}: {store.counts()}")
     if args.plot:
@@ -104,7 +107,7 @@ def cmd_neb(args: argparse.Namespace) -> None:
     from .paths import band
     from .plots import plot_neb_profiles
 
-    calc = _calculator(args.model, args.trust)
+    calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
     images = band(_read(args.initial), _read(args.final), args.images)
     trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, source="neb")
     converged, steps = relax_band(images, calc, trigger, fmax=args.fmax, steps=args.steps, interval=args.interval,
@@ -128,7 +131,8 @@ def cmd_ts(args: argparse.Namespace) -> None:
     start = images if len(images) > 1 else images[0]
     reference = reference_factory(args.reference) if args.reference else None
     store = FrameStore(args.db) if args.db and reference is not None else None
-    ts = refine_ts(_calculator(args.model, args.trust), start, reference=reference, fmax=args.fmax, steps=args.steps,
+    calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
+    ts = refine_ts(calc, start, reference=reference, fmax=args.fmax, steps=args.steps,
                    vibrations=not args.no_vibrations, tolerance=args.tolerance, store=store, trajectory=args.trajectory)
     print(ts.summary())
     if ts.store_id is not None:
@@ -148,7 +152,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
     config = tomllib.loads(Path(args.config).read_text())
     kind = config.get("kind", "md")
     workdir = Path(config.get("workdir", Path(args.config).stem))
-    calc = _calculator(config.get("model", "default"), config.get("trust", False))
+    calc = _calculator(config.get("model", "default"), config.get("trust", False),
+                       distance_aware=config.get("distance_aware", False))
     reference = reference_factory(config.get("reference", "xtb"))
     finetune_options = config.get("finetune", {})
     if kind == "md":
@@ -207,10 +212,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise SystemExit(f"the demo: {error}\nthe store and state are in {Path(args.workdir) / 'run'}/") from None
 
 
+DISTANCE_HELP = ("force uncertainty that also grows with each atom's distance in feature space from the data "
+                 "(MLIPALCalculator(distance_aware=True))")
+
 LEARN_HELP = """TOML file, e.g.:
 
     kind = "md"            # or "neb"
     model = "default"
+    distance_aware = false # true: the opt-in force uncertainty that also sees distance in feature space
     reference = "xtb"      # xtb, emt or package.module:Factory
     threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.3 near equilibrium)
     structure = "ethanol.xyz"      # md; for neb: initial = "...", final = "..."
@@ -336,6 +345,7 @@ def parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="default", help="model file, foundation name or 'default'")
         p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
+        p.add_argument("--distance-aware", action="store_true", help=DISTANCE_HELP)
         p.add_argument("--threshold", type=float, default=0.5,
                        help="trigger threshold, eV/A (default 0.5: the default model is about 0.3 near equilibrium)")
         p.add_argument("--db", default="frames.db", help="frame store (ase.db path or URL)")
@@ -365,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     ts.add_argument("structure", help="a band (several frames: starts from its highest interior image) or one image")
     ts.add_argument("--model", default="default", help="model file, foundation name or 'default'")
     ts.add_argument("--trust", action="store_true", help="allow loading pickled model files")
+    ts.add_argument("--distance-aware", action="store_true", help=DISTANCE_HELP)
     ts.add_argument("--reference", help="label and check the saddle: xtb, pyscf, emt or package.module:Callable")
     ts.add_argument("--fmax", type=float, default=0.01, help="eV/A")
     ts.add_argument("--steps", type=int, default=500, help="Sella steps at most")

@@ -5,6 +5,7 @@ from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 from ase.io import write
 
+import ase_mlipal
 from ase_mlipal import FrameStore, save_model
 from ase_mlipal.cli import main, reference_factory
 
@@ -158,3 +159,19 @@ def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path):
     assert len(values) == 5 and all(v > 0 for v in values)
     with pytest.raises(SystemExit, match="-o"):
         main(["score", str(tmp_path / "pool.xyz"), "--model", model_file])
+
+
+def test_md_distance_aware_flags_with_the_distance_aware_uncertainty(tmp_path):
+    write(tmp_path / "start.xyz", molecule("CH3OH"))
+    db = tmp_path / "d.db"
+    main(["md", str(tmp_path / "start.xyz"), "--distance-aware", "--steps", "3", "--interval", "3",
+          "--threshold", "1e-9", "--db", str(db), "--temperature", "300"])
+    row = next(FrameStore(db).rows("flagged"))
+    frame = FrameStore(db).frame(row.id)
+    values = {}
+    for aware in (True, False):
+        frame.calc = ase_mlipal.MLIPALCalculator(distance_aware=aware)
+        frame.get_forces()
+        values[aware] = frame.calc.results["uncertainty"]
+    assert row.uncertainty == pytest.approx(values[True], rel=1e-6)  # the shipped distance-aware posterior judged it
+    assert values[True] != pytest.approx(values[False], rel=1e-3)
