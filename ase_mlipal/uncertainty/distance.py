@@ -163,8 +163,12 @@ class NearestNeighbours:
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What :meth:`from_arrays` rebuilds it from (for a posterior file)."""
-        out = {f"neighbours_block{b}": rows for b, rows in self.rows.items()}
+        """What :meth:`from_arrays` rebuilds it from (for a posterior file).
+
+        Rows are stored in single precision: distances need no more, and it
+        halves the file.
+        """
+        out = {f"neighbours_block{b}": rows.astype(np.float32) for b, rows in self.rows.items()}
         out["neighbours_meta"] = np.array([self.block_width or 0, self.scale or 0.0], dtype=float)
         return out
 

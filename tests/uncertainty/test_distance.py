@@ -132,7 +132,7 @@ def test_posterior_file_keeps_the_neighbours_and_refuses_a_plain_calculator(dist
     loaded = ase_mlipal.MLIPALCalculator(model=tiny_model, posterior=path, distance_aware=True)
     atoms.calc = loaded
     atoms.get_forces()
-    np.testing.assert_allclose(loaded.results["forces_uncertainty"], sigma[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(loaded.results["forces_uncertainty"], sigma[:, 0], rtol=1e-5)  # rows kept in float32
     with pytest.raises(ValueError, match="distance_aware=True"):
         ase_mlipal.MLIPALCalculator(model=tiny_model, posterior=path)
 
