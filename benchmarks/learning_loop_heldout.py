@@ -204,7 +204,8 @@ def merge() -> str:
     lines += [f"- {r['reaction']} ({setting(r)}): "
               + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r['ended'] if 'ended' in r else 'not recorded (max_rounds reached)'}")
               for r in rows if not r["confident"]]
-    md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")), key=lambda r: r["molecule"])
+    md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
+                key=lambda r: (r["molecule"], r.get("distance_aware", False)))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     text = "\n".join(lines) + "\n"
