@@ -96,8 +96,10 @@ class MLIPALCalculator(Calculator):
         device, dtype, trust: passed to :func:`~ase_mlipal.load_model`.
         head: model head for multi-head models.
         posterior: ``"auto"`` starts from the shipped, calibrated posterior
-            of the pretraining data when ``model="default"`` and
-            ``kernel="activation"`` (otherwise empty); ``None`` always starts
+            of the pretraining data when ``model="default"``,
+            ``kernel="activation"`` and the default ``kernel_options`` and
+            ``regularization`` (otherwise empty, with a warning where only
+            those two differ); ``None`` always starts
             empty; a path loads a file written by :meth:`save_posterior`.
         chunk_size: structures per forward pass in :meth:`condition`
             and :meth:`calibrate`.
@@ -174,10 +176,30 @@ class MLIPALCalculator(Calculator):
         self.reset()
         if posterior == "auto":
             use_shipped = isinstance(model, str) and model == "default" and kernel == "activation"
-            shipped = DEFAULT_DISTANCE_POSTERIOR_PATH if distance_aware else DEFAULT_POSTERIOR_PATH
-            posterior = shipped if use_shipped and shipped.exists() else None
+            posterior = self._shipped_posterior(regularization) if use_shipped else None
         if posterior is not None:
             self.load_posterior(posterior)
+
+    def _shipped_posterior(self, regularization: float) -> Optional[Path]:
+        """The shipped posterior if it was built with this calculator's settings; else ``None`` and a warning."""
+        path = DEFAULT_DISTANCE_POSTERIOR_PATH if self.uncertainty_model.distance_aware else DEFAULT_POSTERIOR_PATH
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            options, shipped_lambda = str(data["kernel_options"]), float(data["atom_regularization"])
+        differs = []
+        if options != self._scalar_options():
+            differs.append(f"kernel_options {self._scalar_options()} (shipped: {options})")
+        if not np.isclose(regularization, shipped_lambda):
+            differs.append(f"regularization={regularization:g} (shipped: {shipped_lambda:g})")
+        if not differs:
+            return path
+        warnings.warn(f"the shipped calibrated posterior was built with other settings than {', '.join(differs)}: "
+                      "starting from an empty, uncalibrated posterior. Condition and calibrate it "
+                      "(calc.condition(frames), calc.calibrate(labelled_frames)), or keep the default settings "
+                      "to use the shipped one; posterior=None starts empty without this warning.",
+                      UserWarning, stacklevel=3)
+        return None
 
     @property
     def model_hash(self) -> str:
@@ -344,6 +366,17 @@ class MLIPALCalculator(Calculator):
         state = self.__dict__.get("uncertainty_model")  # absent while ASE's constructor resets
         self._results_version = -1 if state is None else state.version
 
+    def get_property(self, name: str, atoms: Optional[Atoms] = None, allow_calculation: bool = True):
+        """ASE's, except that results of an earlier model or posterior are recomputed even without ``atoms``.
+
+        Conditioning keeps ``self.results`` (the last frame's numbers stay
+        readable, e.g. after a trigger flagged it); the next request
+        recomputes them on the conditioned posterior.
+        """
+        if atoms is None and self.atoms is not None and self._results_version != self.uncertainty_model.version:
+            atoms = self.atoms
+        return super().get_property(name, atoms, allow_calculation)
+
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's changes since the last calculation, all of them when the uncertainty model changed since."""
         if self._results_version != self.uncertainty_model.version:
@@ -424,7 +457,6 @@ class MLIPALCalculator(Calculator):
         ``ValueError``; use :meth:`condition`).
         """
         self.uncertainty_model.add_features(features, weight)
-        self.reset()
 
     # -- calibration -------------------------------------------------------
 

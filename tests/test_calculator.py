@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mace.calculators import MACECalculator
 from scipy.spatial.transform import Rotation
 
+import ase_mlipal
 from ase_mlipal import MLIPALCalculator
 
 from .conftest import rattled
@@ -135,6 +137,24 @@ def test_adding_references_invalidates_cached_results(calc, ethanol):
     before = calc.get_property("uncertainty", ethanol)
     calc.condition(ethanol)
     assert calc.get_property("uncertainty", ethanol) < before
+
+
+@pytest.mark.parametrize("settings", [{"kernel_options": {"by_element": False}}, {"regularization": 0.1}])
+def test_shipped_posterior_is_skipped_with_a_warning_when_asked_for_other_settings(settings, ethanol):
+    with pytest.warns(UserWarning, match="starting from an empty, uncalibrated posterior"):
+        calc = MLIPALCalculator(**settings)
+    assert not calc.calibrated and calc.n_conditioning == 0
+    assert calc.regularization == settings.get("regularization", 1e-2)
+    ethanol.calc = calc
+    assert ethanol.get_forces().shape == (9, 3)
+    assert MLIPALCalculator().calibrated  # the default settings load it
+
+
+def test_building_a_mace_prints_no_torchscript_notices():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ase_mlipal.build_mace(["H", "C"], channels=4, max_ell=1, r_max=3.0, mlp_channels=4, radial_mlp=(8,))
+    assert not [w for w in caught if "TorchScript" in str(w.message)]
 
 
 def label_with_noise(calc, images, s2_energy, s2_forces, seed=0):

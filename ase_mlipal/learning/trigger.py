@@ -59,6 +59,7 @@ the posterior its relaxation started with.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -126,8 +127,17 @@ class UncertaintyTrigger:
             raise ValueError(f"quantity must be 'forces' or 'energy', not {quantity!r}")
         if mode not in ("absolute", "relative"):
             raise ValueError(f"mode must be 'absolute' or 'relative', not {mode!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
+            raise TypeError(f"threshold must be a number ({'eV/A' if quantity == 'forces' else 'eV/atom'} in "
+                            f"absolute mode, a multiple of the typical value in relative mode), not {threshold!r}")
         if not threshold > 0:
             raise ValueError("threshold must be positive")
+        if mode == "absolute" and not calc.calibrated:
+            warnings.warn(f"the calculator's uncertainties are not calibrated: they are raw posterior variances, "
+                          f"not {'eV/A' if quantity == 'forces' else 'eV/atom'}, so an absolute threshold of "
+                          f"{threshold:g} has no physical meaning (it may flag every frame or none). Calibrate "
+                          "first (calc.calibrate(frames), see docs/calculator.rst) or use mode='relative'.",
+                          UserWarning, stacklevel=2)
         self.calc, self.store, self.quantity = calc, store, quantity
         self.atoms, self.source, self.run_id = atoms, source, run_id
         self.callback = callback

@@ -24,8 +24,9 @@ import pickle
 import re
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def build_mace(
     if e0.shape != (len(zs),):
         raise ValueError(f"atomic_energies needs one value per element {zs}, got {e0.shape}")
     hidden = o3.Irreps(" + ".join(f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(max_ell + 1)))
-    with default_dtype(dtype), torch.random.fork_rng():
+    with default_dtype(dtype), torch.random.fork_rng(), quiet_codegen():
         torch.manual_seed(seed)
         model = modules.ScaleShiftMACE(
             r_max=float(r_max),
@@ -372,11 +373,23 @@ def _config_from_plain(plain: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+@contextmanager
+def quiet_codegen() -> Iterator[None]:
+    """Silence the TorchScript notices e3nn's code generation prints while a MACE is built.
+
+    Dozens per model, about e3nn's own classes, nothing a user can act on;
+    other warnings pass.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchScript type system.*", category=UserWarning)
+        yield
+
+
 def _model_from_record(record: dict[str, Any], path: Path) -> torch.nn.Module:
     try:
         state = record["state_dict"]
         float_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-        with default_dtype(str(float_dtype).removeprefix("torch.")):
+        with default_dtype(str(float_dtype).removeprefix("torch.")), quiet_codegen():
             model = modules.ScaleShiftMACE(**_config_from_plain(record["config"]))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

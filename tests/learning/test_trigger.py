@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from ase import units
@@ -82,6 +84,28 @@ def test_bad_arguments_are_refused(setup):
         UncertaintyTrigger(calc, store, threshold=-1)
     with pytest.raises(ValueError):
         UncertaintyTrigger(calc, store, threshold=1, quantity="stress")
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        UncertaintyTrigger(calc, store, threshold="4")
+
+
+def test_an_absolute_threshold_on_raw_variances_warns(setup, tmp_path):
+    calc, store, _ = setup
+    assert not calc.calibrated
+    with pytest.warns(UserWarning, match="not calibrated"):
+        UncertaintyTrigger(calc, store, threshold=0.1)
+    calibrated = MLIPALCalculator()  # the shipped default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        UncertaintyTrigger(calibrated, FrameStore(tmp_path / "other.db"), threshold=0.1)
+
+
+def test_a_flagged_frame_keeps_its_results_until_the_next_request(setup):
+    calc, novel, before, trigger = novel_frame_and_trigger(setup)
+    forces = novel.get_forces().copy()
+    assert trigger(novel)
+    assert calc.results["uncertainty"] == pytest.approx(before)  # the numbers of the flagged step
+    np.testing.assert_allclose(calc.results["forces"], forces)
+    assert calc.get_property("uncertainty") < before  # recomputed on the conditioned posterior, without atoms too
 
 
 def test_a_flagged_frame_settles_below_the_threshold(setup):
