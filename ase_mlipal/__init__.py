@@ -31,7 +31,7 @@ with torch_load_override(), warnings.catch_warnings():
     from .references.pyscf import PySCF, pyscf_calculator
     from .learning.labelling import LabelReport, ReferenceSetupError, label
     from .learning.learning_run import default_conditioning
-    from .learning.md_learner import OnTheFlyLearner
+    from .learning.md_learner import OnTheFlyLearner, langevin
     from .models.model import (
         ModelLoadError,
         build_mace,
@@ -97,6 +97,7 @@ __all__ = [
     "refine_ts",
     "TransitionState",
     "OnTheFlyLearner",
+    "langevin",
     "PathProfile",
     "RobustXTB",
     "UncertaintyLimitExceeded",

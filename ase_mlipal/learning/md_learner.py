@@ -28,6 +28,12 @@ import numpy as np
 from ase import Atoms, units
 from ase.io import read, write
 from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+try:  # ASE >= 3.29
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # pragma: no cover
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
 from ase.optimize.optimize import Dynamics
 
 from ..calculator import MLIPALCalculator
@@ -43,13 +49,26 @@ from .trigger import UncertaintyTrigger
 from .verification import Check
 
 
-def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = 0.01,
+FRICTION = 0.01 / units.fs  # a 100 fs relaxation time (ASE's documented choice for Langevin)
+
+
+def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = FRICTION,
              seed: Optional[int] = None) -> Dynamics:
     """The default dynamics: Langevin at ``temperature_K``; ``seed`` makes its random forces reproducible.
 
     ``friction`` is in ASE's inverse time unit, as :class:`ase.md.langevin.Langevin`
-    takes it. A resumed run draws its random forces anew from ``seed``.
+    takes it (default ``0.01 / units.fs``). Atoms at rest (all momenta zero)
+    first get Maxwell-Boltzmann velocities at ``temperature_K`` (no net
+    translation or rotation), so the run is at its temperature from the
+    start rather than after the thermostat's slow heating. A resumed run
+    keeps its momenta and draws its random forces anew from ``seed``.
     """
+    if not np.any(atoms.get_momenta()):
+        velocity_rng = np.random.default_rng(None if seed is None else [seed, 1])
+        thermalize_momenta(atoms, temperature_K=temperature_K, rng=velocity_rng)
+        Stationary(atoms)
+        if not atoms.pbc.any():
+            ZeroRotation(atoms)
     rng = None if seed is None else np.random.default_rng(seed)
     return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction,
                     fixcm=False, rng=rng)

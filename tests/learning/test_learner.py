@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import units
+from ase import Atoms, units
 from ase.build import molecule
 from ase.md.verlet import VelocityVerlet
 
@@ -131,3 +131,19 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
                        match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A apart .*Fix the start structure before the MD"):
         OnTheFlyLearner(squashed, calc, lambda: None, tmp_path / "bad", threshold=1.0, conditioning=[])
 
+
+
+def test_langevin_starts_atoms_at_rest_at_its_temperature():
+    from ase_mlipal.learning.md_learner import langevin
+
+    rng = np.random.default_rng(0)
+    atoms = Atoms("C400", positions=rng.uniform(0, 30, size=(400, 3)))
+    langevin(atoms, temperature_K=1000, seed=0)
+    assert atoms.get_temperature() == pytest.approx(1000, rel=0.1)  # 1200 dof: a 4% spread
+    np.testing.assert_allclose(atoms.get_momenta().sum(0), 0, atol=1e-10)
+    moving = atoms.get_momenta().copy()
+    langevin(atoms, temperature_K=300, seed=1)  # a resumed run keeps its momenta
+    np.testing.assert_array_equal(atoms.get_momenta(), moving)
+    again = Atoms("C400", positions=atoms.positions)
+    langevin(again, temperature_K=1000, seed=0)
+    np.testing.assert_array_equal(again.get_momenta(), moving)  # the seed fixes the draw
