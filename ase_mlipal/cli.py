@@ -89,9 +89,21 @@ def cmd_md(args: argparse.Namespace) -> None:
     from .learning.store import FrameStore
     from .plots import plot_uncertainty_trace
 
-    store = FrameStore(args.db)
+    bad = [f"--{name} must be {rule}, not {value}" for name, value, rule, ok in (
+        ("threshold", args.threshold, "positive", args.threshold > 0),
+        ("steps", args.steps, "at least 1", args.steps >= 1),
+        ("interval", args.interval, "at least 1", args.interval >= 1),
+        ("timestep", args.timestep, "positive", args.timestep > 0),
+        ("temperature", args.temperature, "0 or more", args.temperature >= 0)) if not ok]
+    if bad:
+        raise SystemExit(f"mlipal md: {'; '.join(bad)}")
+    for option, path in (("--trajectory", args.trajectory), ("--plot", args.plot)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise SystemExit(f"mlipal md: the folder of {option} {path} does not exist; create it first")
+    atoms = _read(args.structure)
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
-    trigger, trace = run_md(_read(args.structure), calc, store, args.threshold,
+    store = FrameStore(args.db)  # last: a bad argument leaves no new, empty store behind
+    trigger, trace = run_md(atoms, calc, store, args.threshold,
                             args.steps, args.interval, args.temperature, args.timestep, args.trajectory)
     print(f"{len(trigger.flagged)} frames flagged above {args.threshold} eV/A; {args.db}: {store.counts()}")
     if args.plot:
@@ -149,9 +161,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
     from .paths import band
     from .plots import plot_neb_profiles, plot_uncertainty_trace
 
-    config = tomllib.loads(Path(args.config).read_text())
+    config = learn_config(args.config)
     kind = config.get("kind", "md")
-    workdir = Path(config.get("workdir", Path(args.config).stem))
+    workdir = Path(config["workdir"])
     calc = _calculator(config.get("model", "default"), config.get("trust", False),
                        distance_aware=config.get("distance_aware", False))
     reference = reference_factory(config.get("reference", "xtb"))
@@ -196,9 +208,91 @@ def cmd_learn(args: argparse.Namespace) -> None:
               f"{report.final.verified_error:.3f} eV)")
         plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")
         write(workdir / "band.xyz", report.images)
-    else:
-        raise SystemExit(f"kind must be 'md' or 'neb', not {kind!r}")
     print(f"results in {workdir}/")
+
+
+#: The keys of a ``mlipal learn`` config: of each kind (top level), and of its tables.
+LEARN_KEYS = {
+    "md": {"kind", "model", "trust", "distance_aware", "reference", "threshold", "workdir", "max_rounds",
+           "max_labels", "finetune", "structure", "labels_per_round", "batch_size", "md"},
+    "neb": {"kind", "model", "trust", "distance_aware", "reference", "threshold", "workdir", "max_rounds",
+            "max_labels", "finetune", "initial", "final", "neb"},
+}
+LEARN_REQUIRED = {"md": ("threshold", "structure"), "neb": ("threshold", "initial", "final")}
+LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "temperature", "timestep"},
+                    "neb": {"images", "fmax", "barrier_tolerance", "steps", "band_start"}}
+
+
+def _finetune_keys() -> set[str]:
+    """The ``[finetune]`` keys: :func:`~ase_mlipal.finetune`'s and ``train``'s options the learners do not set."""
+    import inspect
+
+    from .training.finetune import finetune
+    from .training.trainer import train
+
+    return ({*inspect.signature(finetune).parameters, *inspect.signature(train).parameters}
+            - {"model", "frames", "train_kwargs", "train_frames", "valid_frames", "valid", "progress", "extra_loss"})
+
+
+def learn_config(path: str) -> dict:
+    """The ``mlipal learn`` TOML file at ``path``, checked, its relative paths made relative to its folder.
+
+    Raises ``ValueError`` naming the file and the key: a missing required
+    key, an unknown one (a typo must not fall back to a default), a
+    threshold that is not a number. ``workdir`` defaults to the file's name
+    without ``.toml``, beside it.
+    """
+    file = Path(path)
+    try:
+        config = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such config file: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path} is not valid TOML: {error}") from None
+    kind = config.get("kind", "md")
+    if not isinstance(kind, str) or kind not in LEARN_KEYS:
+        raise ValueError(f"{path}: kind must be 'md' or 'neb', not {kind!r}")
+    for table, allowed in [(None, LEARN_KEYS[kind]), (kind, LEARN_TABLE_KEYS[kind]), ("finetune", _finetune_keys())]:
+        values = config if table is None else config.get(table, {})
+        where = path if table is None else f"{path} [{table}]"
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: {table} must be a table ([{table}] followed by key = value lines)")
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+                             f"{f' for kind = {kind!r}' if table is None else ''}; "
+                             f"allowed: {', '.join(sorted(allowed))} (see mlipal learn --help)")
+    missing = [key for key in LEARN_REQUIRED[kind] if key not in config]
+    if missing:
+        raise ValueError(f"{path}: missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                         f"(kind = {kind!r} needs {', '.join(LEARN_REQUIRED[kind])}; see mlipal learn --help)")
+    threshold = config["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"{path}: threshold must be a number (eV/A), not {threshold!r}; write it without quotes, "
+                         "e.g. threshold = 0.5")
+    base = file.resolve().parent
+    config["workdir"] = config.get("workdir", file.stem)
+    for key in ("structure", "initial", "final", "workdir", "model"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path}: {key} must be a string, not {value!r}")
+    for key in ("structure", "initial", "final", "workdir"):
+        if key in config:
+            config[key] = str(base / config[key])
+    model = config.get("model", "default")
+    if model != "default" and ((base / model).exists() or not _is_foundation_name(model)):
+        config["model"] = str(base / model)  # a model file; a foundation name stays a name
+    finetune = config.get("finetune", {})
+    for key in ("replay", "checkpoint"):
+        if isinstance(finetune.get(key), str) and finetune[key] != "default":
+            finetune[key] = str(base / finetune[key])
+    return config
+
+
+def _is_foundation_name(model: str) -> bool:
+    from .models.model import _FOUNDATION
+
+    return bool(_FOUNDATION.match(model))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -223,20 +317,25 @@ LEARN_HELP = """TOML file, e.g.:
     reference = "xtb"      # xtb, emt or package.module:Factory
     threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.3 near equilibrium)
     structure = "ethanol.xyz"      # md; for neb: initial = "...", final = "..."
-    workdir = "run1"
+    workdir = "run1"       # default: the file's name without .toml, beside it
     labels_per_round = 8   # md: frames waiting for a label that make a round
     max_rounds = 5
     max_labels = 40        # reference labels at most, checks included (leave out: no bound)
-    [md]
+    [md]                   # kind = "md" only
     steps = 2000
     temperature = 600
     audit_interval = 200   # one unflagged frame per ~200 steps checked against the reference
-    [neb]
+    [neb]                  # kind = "neb" only
     images = 7
     barrier_tolerance = 0.1   # eV: the climbing-image check must agree this well
     band_start = "initial"    # each round's band starts from the initial band ("previous": where the last ended)
     [finetune]                # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
     epochs = 150
+
+threshold and structure (md) or initial and final (neb) are required; an
+unknown key, or one of the other kind, is an error. Relative paths (structure, initial, final, workdir,
+a model file, [finetune] replay and checkpoint) are relative to the folder
+of this file.
 """
 
 
@@ -450,7 +549,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
         try:
             args.func(args)
-        except (ValueError, ImportError) as error:  # bad input or a missing extra: say it without a traceback
+        except (ValueError, ImportError, FileNotFoundError) as error:  # bad input or a missing extra or file
             raise SystemExit(f"mlipal {args.command}: {error}") from None
 
 

@@ -1,5 +1,7 @@
 """The mlipal command line on the tiny model."""
 
+import re
+
 import pytest
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
@@ -56,18 +58,92 @@ def test_learn_refuses_a_bad_config_and_reference(tmp_path, model_file):
     write(tmp_path / "start.xyz", molecule("CH3OH"))
     with pytest.raises(SystemExit, match="cannot load model"):
         main(["md", str(tmp_path / "start.xyz"), "--model", str(tmp_path / "missing.pt"), "--db", str(tmp_path / "bad.db")])
+    assert not (tmp_path / "bad.db").exists()  # the inputs are checked before the store is made
 
 
-def test_learn_runs_an_md_learner_from_a_config(tmp_path, model_file):
+def test_md_checks_its_arguments_before_it_makes_the_store(tmp_path, model_file):
+    write(tmp_path / "start.xyz", molecule("CH3OH"))
+    db = tmp_path / "f.db"
+    for extra, message in [(["--threshold", "-1"], "--threshold must be positive, not -1.0"),
+                           (["--interval", "0"], "--interval must be at least 1, not 0"),  # once an endless loop
+                           (["--trajectory", str(tmp_path / "nowhere" / "md.traj")], "the folder of --trajectory")]:
+        with pytest.raises(SystemExit, match=message):
+            main(["md", str(tmp_path / "start.xyz"), "--db", str(db), *extra])
+    with pytest.raises(SystemExit, match="no such file: .*missing.xyz"):
+        main(["md", str(tmp_path / "missing.xyz"), "--db", str(db)])
+    assert not db.exists()
+    with pytest.raises(SystemExit, match=r"mlipal md: frame store .*f\.json: give an SQLite file ending \.db"):
+        main(["md", str(tmp_path / "start.xyz"), "--model", model_file, "--db", str(tmp_path / "f.json")])
+    with pytest.raises(SystemExit, match=r"mlipal md: frame store .*its folder .*nowhere does not exist"):
+        main(["md", str(tmp_path / "start.xyz"), "--model", model_file, "--db", str(tmp_path / "nowhere" / "f.db")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["start.xyz", "tiny.pt"]
+
+
+MD_CONFIG = 'kind = "md"\nreference = "emt"\nstructure = "start.xyz"\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    (MD_CONFIG, "run.toml: missing required key threshold"),
+    (MD_CONFIG + "treshold = 0.5\n", r"run.toml: unknown key treshold for kind = 'md'; allowed: .*threshold"),
+    (MD_CONFIG + 'threshold = "4"\n', r"run.toml: threshold must be a number \(eV/A\), not '4'"),
+    (MD_CONFIG + "threshold = 0.5\n[md]\ntemprature = 300\n", r"run.toml \[md\]: unknown key temprature; "
+                                                                 r"allowed: .*temperature"),
+    (MD_CONFIG + "threshold = 0.5\n[finetune]\nepoch = 5\n", r"run.toml \[finetune\]: unknown key epoch; "
+                                                               r"allowed: .*epochs"),
+    ('kind = "neb"\nthreshold = 0.5\nstructure = "a.xyz"\n', r"unknown key structure for kind = 'neb'; "
+                                                             r"allowed: .*final, .*initial"),
+    ('kind = "neb"\nthreshold = 0.5\ninitial = "a.xyz"\n', "run.toml: missing required key final"),
+    ("threshold = 0.5\nstructure = [1]\n", "run.toml: structure must be a string"),
+    ("threshold = 0.5\nstructure = \n", "run.toml is not valid TOML"),
+], ids=["missing", "typo", "string-threshold", "md-typo", "finetune-typo", "other-kind", "neb-missing", "not-a-string",
+        "not-toml"])
+def test_learn_refuses_a_config_naming_the_file_and_the_key(tmp_path, text, message):
+    """Checked before any model is loaded or any folder made: a typo never falls back to a default."""
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    with pytest.raises(SystemExit, match=f"mlipal learn: .*{message}"):
+        main(["learn", str(config)])
+    assert [p.name for p in tmp_path.iterdir()] == ["run.toml"]
+    with pytest.raises(SystemExit, match="no such config file: .*missing.toml"):
+        main(["learn", str(tmp_path / "missing.toml")])
+
+
+def test_learn_config_paths_are_relative_to_its_folder(tmp_path, tiny_model, monkeypatch):
+    from ase_mlipal.cli import learn_config
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)  # the current folder is not the config's
+    config = folder / "run.toml"
+    config.write_text('threshold = 0.5\nstructure = "start.xyz"\nmodel = "tiny.pt"\n'
+                      f'[finetune]\nreplay = "old.xyz"\ncheckpoint = "{tmp_path / "best.pt"}"\n')
+    got = learn_config("configs/run.toml")
+    assert got["structure"] == str(folder / "start.xyz") and got["model"] == str(folder / "tiny.pt")
+    assert got["workdir"] == str(folder / "run")  # the default: the config's name, beside it
+    assert got["finetune"] == {"replay": str(folder / "old.xyz"), "checkpoint": str(tmp_path / "best.pt")}
+    for name in ("default", "mace-mp-0:small"):  # names, not files
+        config.write_text(f'threshold = 0.5\nstructure = "start.xyz"\nmodel = "{name}"\nworkdir = "../out"\n')
+        got = learn_config(str(config))
+        assert got["model"] == name and got["workdir"] == str(folder / ".." / "out")
+    # the end to end: the model is read from the config's folder, and so would the structure be
+    save_model(tiny_model, folder / "tiny.pt")
+    write(tmp_path / "start.xyz", molecule("CH3OH"))  # beside the current folder only: not found
+    config.write_text('threshold = 0.5\nstructure = "start.xyz"\nmodel = "tiny.pt"\nreference = "emt"\n')
+    with pytest.raises(SystemExit, match=re.escape(f"no such file: {folder / 'start.xyz'}")):
+        main(["learn", "configs/run.toml"])
+    assert not (folder / "run").exists() and not (tmp_path / "run").exists()
+
+
+def test_learn_runs_an_md_learner_from_a_config(tmp_path, model_file, monkeypatch):
     write(tmp_path / "start.xyz", molecule("CH3OH"))
     config = tmp_path / "run.toml"
-    config.write_text(f"""
+    config.write_text("""
 kind = "md"
-model = "{model_file}"
+model = "tiny.pt"
 reference = "emt"
 threshold = 1e-9
-structure = "{tmp_path / 'start.xyz'}"
-workdir = "{tmp_path / 'run'}"
+structure = "start.xyz"
+workdir = "run"
 labels_per_round = 2
 max_rounds = 1
 [md]
@@ -77,6 +153,8 @@ interval = 2
 epochs = 2
 replay_ratio = 0
 """)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the config's relative paths are to its folder
     main(["learn", str(config)])
     store = FrameStore(tmp_path / "run" / "frames.db")
     assert store.counts()["labelled"] >= 2

@@ -47,6 +47,7 @@ import hashlib
 import os
 import sqlite3
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
 
@@ -78,10 +79,12 @@ class FrameStore:
     """Frames flagged for labelling, their labels and their failures.
 
     Args:
-        path_or_url: an ``.db`` file path (created if missing) or any URL
-            ``ase.db.connect`` accepts, e.g.
+        path_or_url: an SQLite ``.db`` file path (created if missing, in a
+            folder that exists) or a PostgreSQL URL, e.g.
             ``postgresql://user:password@host:5432/frames`` (needs
-            ``pip install ase-db-backends psycopg2-binary``).
+            ``pip install ase-db-backends psycopg2-binary``). ase.db's other
+            backends (``.json``, ``.aselmdb``, MySQL) have no transactions
+            the store can lock, so they are refused (``ValueError``).
         timeout: seconds to wait for another process's write (and for a
             PostgreSQL server to answer) before :class:`StoreBusy`.
     """
@@ -91,9 +94,14 @@ class FrameStore:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.path_or_url = str(path_or_url)
         self.timeout = float(timeout)
+        _check_location(self.path_or_url)
         self.db = _connect(self.path_or_url, self.timeout)
-        with self._transaction():
-            self.db.count()  # creates the tables of a new store, one process at a time
+        try:
+            with self._transaction():
+                self.db.count()  # creates the tables of a new store, one process at a time
+        except sqlite3.DatabaseError as error:  # e.g. "file is not a database"; the file is left as it is
+            raise ValueError(f"cannot open the frame store {self.path_or_url}: {error}. Is it an SQLite "
+                             "database (an ase.db .db file) you may write? Give another .db path") from error
 
     def add_flagged(
         self,
@@ -237,6 +245,24 @@ class FrameStore:
         for row in self.db.select(fingerprint=key, limit=1):
             return row.id
         return None
+
+
+def _check_location(path_or_url: str) -> None:
+    """Refuse, before anything is created, a location the store cannot use (naming it and what to use)."""
+    if "://" in path_or_url:
+        if not path_or_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"frame store {path_or_url}: only PostgreSQL URLs (postgresql://...) and SQLite "
+                             ".db files are supported, as the store locks through their transactions")
+        return
+    path = Path(path_or_url)
+    if path.is_dir():
+        raise ValueError(f"frame store {path} is a folder: give a .db file, e.g. {path / 'frames.db'}")
+    if path.suffix != ".db":
+        raise ValueError(f"frame store {path}: give an SQLite file ending .db (e.g. {path.with_suffix('.db')}) "
+                         "or a postgresql:// URL; ase.db's .json and .aselmdb files have no transactions the "
+                         "store can lock")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"frame store {path}: its folder {path.parent} does not exist; create it first")
 
 
 def _connect(path_or_url: str, timeout: float):

@@ -189,3 +189,31 @@ def test_verified_and_unphysical_rows_and_non_finite_positions(store_url):
     bad, new = store.add_unphysical(broken, source="md", reason="MD step 9: non-finite positions", step=9)
     assert new and store.counts()["unphysical"] == 1 and store.counts()["flagged"] == 0
     assert store.frame(bad).info["error"].startswith("MD step 9")
+
+
+def test_a_bad_location_is_refused_naming_it_and_nothing_is_created(tmp_path):
+    import re
+
+    missing = tmp_path / "no_such_folder" / "frames.db"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"its folder {missing.parent} does not exist")):
+        FrameStore(missing)
+    assert not missing.parent.exists()
+    with pytest.raises(ValueError, match=re.escape(f"frame store {tmp_path} is a folder") + ".*frames.db"):
+        FrameStore(tmp_path)
+    for name in ("frames.json", "frames.aselmdb", "frames.sqlite", "frames"):  # ase.db backends without our locks
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / name)) + r".*\.db"):
+            FrameStore(tmp_path / name)
+    with pytest.raises(ValueError, match="only PostgreSQL URLs"):
+        FrameStore("mysql://user@host/frames")
+    assert list(tmp_path.iterdir()) == []  # no file, no lock file left behind
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_as_it_is(tmp_path):
+    import re
+
+    path = tmp_path / "frames.db"
+    path.write_text("energies, not a database\n" * 20)
+    with pytest.raises(ValueError, match=re.escape(f"cannot open the frame store {path}: file is not a database")):
+        FrameStore(path)
+    assert path.read_text() == "energies, not a database\n" * 20
+    assert [p.name for p in tmp_path.iterdir()] == ["frames.db"]
