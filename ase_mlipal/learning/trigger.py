@@ -177,7 +177,14 @@ class UncertaintyTrigger:
         return self.value_of(self.calc.results, len(atoms))
 
     def __call__(self, atoms: Union[Atoms, BaseNEB, None] = None, step: Optional[int] = None) -> bool:
-        """Check the current frame (or band); returns True if anything was flagged."""
+        """Check the current frame (or band); returns True if anything was flagged.
+
+        ``step`` is stored with a flagged frame (its row's ``step`` key);
+        without it, the number of checks so far. An observer attached with
+        ``dyn.attach(trigger, interval=k)`` is called without it, so it
+        stores check numbers; ``dyn.attach(lambda: trigger(step=dyn.nsteps),
+        interval=k)`` stores MD steps.
+        """
         atoms = atoms if atoms is not None else self.atoms
         if atoms is None:
             raise ValueError("give the trigger the atoms: UncertaintyTrigger(..., atoms=atoms)")
