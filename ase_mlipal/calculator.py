@@ -374,7 +374,10 @@ class MLIPALCalculator(Calculator):
         readable, e.g. after a trigger flagged it); the next request
         recomputes them on the conditioned posterior.
         """
-        if atoms is None and self.atoms is not None and self._results_version != self.uncertainty_model.version:
+        stale = self.atoms is not None and self._results_version != self.uncertainty_model.version
+        if stale and not allow_calculation:
+            return None  # as ASE would, but the stale results stay readable
+        if stale and atoms is None:
             atoms = self.atoms
         return super().get_property(name, atoms, allow_calculation)
 

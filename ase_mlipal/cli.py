@@ -309,28 +309,35 @@ def cmd_demo(args: argparse.Namespace) -> None:
 DISTANCE_HELP = ("force uncertainty that also grows with each atom's distance in feature space from the data "
                  "(MLIPALCalculator(distance_aware=True))")
 
-LEARN_HELP = """TOML file, e.g.:
+LEARN_HELP = """TOML file, e.g. for MD:
 
-    kind = "md"            # or "neb"
+    kind = "md"
     model = "default"
     distance_aware = false # true: the opt-in force uncertainty that also sees distance in feature space
     reference = "xtb"      # xtb, emt or package.module:Factory
     threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.3 near equilibrium)
-    structure = "ethanol.xyz"      # md; for neb: initial = "...", final = "..."
+    structure = "ethanol.xyz"
     workdir = "run1"       # default: the file's name without .toml, beside it
     labels_per_round = 8   # md: frames waiting for a label that make a round
     max_rounds = 5
     max_labels = 40        # reference labels at most, checks included (leave out: no bound)
-    [md]                   # kind = "md" only
+    [md]
     steps = 2000
     temperature = 600
     audit_interval = 200   # one unflagged frame per ~200 steps checked against the reference
-    [neb]                  # kind = "neb" only
+    [finetune]             # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
+    epochs = 150
+
+for a band (the same top-level keys but structure and labels_per_round):
+
+    kind = "neb"
+    threshold = 0.5
+    initial = "reactant.xyz"
+    final = "product.xyz"
+    [neb]
     images = 7
     barrier_tolerance = 0.1   # eV: the climbing-image check must agree this well
     band_start = "initial"    # each round's band starts from the initial band ("previous": where the last ended)
-    [finetune]                # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
-    epochs = 150
 
 threshold and structure (md) or initial and final (neb) are required; an
 unknown key, or one of the other kind, is an error. Relative paths (structure, initial, final, workdir,
@@ -447,7 +454,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--distance-aware", action="store_true", help=DISTANCE_HELP)
         p.add_argument("--threshold", type=float, default=0.5,
                        help="trigger threshold, eV/A (default 0.5: the default model is about 0.3 near equilibrium)")
-        p.add_argument("--db", default="frames.db", help="frame store (ase.db path or URL)")
+        p.add_argument("--db", default="frames.db", help="frame store (.db file or postgresql:// URL)")
         p.add_argument("--interval", type=int, default=5, help="trigger every N steps")
         p.add_argument("--steps", type=int, default=1000)
         p.add_argument("--plot", help="write a PNG here")

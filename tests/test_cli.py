@@ -253,3 +253,16 @@ def test_md_distance_aware_flags_with_the_distance_aware_uncertainty(tmp_path):
         values[aware] = frame.calc.results["uncertainty"]
     assert row.uncertainty == pytest.approx(values[True], rel=1e-6)  # the shipped distance-aware posterior judged it
     assert values[True] != pytest.approx(values[False], rel=1e-3)
+
+
+def test_the_learn_help_examples_are_valid_configs(tmp_path):
+    from ase_mlipal.cli import LEARN_HELP, learn_config
+
+    examples = [block for block in LEARN_HELP.split("\n\n") if block.startswith("    kind = ")]
+    assert len(examples) == 2
+    for k, block in enumerate(examples):
+        path = tmp_path / f"example{k}.toml"
+        path.write_text("\n".join(line[4:] for line in block.splitlines()))
+        config = learn_config(str(path))
+        assert config["kind"] == ("md", "neb")[k]
+        assert config["workdir"] == str(tmp_path / ("run1" if k == 0 else f"example{k}"))  # beside the file

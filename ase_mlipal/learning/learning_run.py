@@ -115,7 +115,7 @@ class LearningRun:
         reference: ASE calculator or zero-argument factory for the labels.
         workdir: where the run lives (created); run again with the same
             arguments to resume.
-        store: a :class:`FrameStore` or ase.db URL (default ``workdir/frames.db``).
+        store: a :class:`FrameStore`, a ``.db`` path or a ``postgresql://`` URL (default ``workdir/frames.db``).
         conditioning: frames that define "known" after a model swap: the posterior
             is conditioned on them under each new model (default:
             :func:`default_conditioning`, the structures the shipped posterior

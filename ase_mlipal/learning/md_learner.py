@@ -66,9 +66,11 @@ def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.
     if not np.any(atoms.get_momenta()):
         velocity_rng = np.random.default_rng(None if seed is None else [seed, 1])
         thermalize_momenta(atoms, temperature_K=temperature_K, rng=velocity_rng)
-        Stationary(atoms)
-        if not atoms.pbc.any():
-            ZeroRotation(atoms)
+        if len(atoms) > 1:
+            with np.errstate(divide="ignore", invalid="ignore"):  # ASE rescales 0/0 for a linear molecule
+                Stationary(atoms)
+                if not atoms.pbc.any():
+                    ZeroRotation(atoms)
     rng = None if seed is None else np.random.default_rng(seed)
     return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=friction,
                     fixcm=False, rng=rng)

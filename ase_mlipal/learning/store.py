@@ -1,7 +1,7 @@
 """FrameStore: the frames active learning flags, labels and trains on, in an ASE database.
 
 Every frame is one row of an ``ase.db`` database (an SQLite file by
-default, any ase.db URL such as PostgreSQL at scale). Its key-value pair
+default, a PostgreSQL URL at scale). Its key-value pair
 ``status`` is one of
 
 ``flagged``

@@ -127,9 +127,10 @@ class UncertaintyTrigger:
             raise ValueError(f"quantity must be 'forces' or 'energy', not {quantity!r}")
         if mode not in ("absolute", "relative"):
             raise ValueError(f"mode must be 'absolute' or 'relative', not {mode!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
+        if threshold is None or isinstance(threshold, (str, bytes, bool)) or np.ndim(threshold) != 0:
             raise TypeError(f"threshold must be a number ({'eV/A' if quantity == 'forces' else 'eV/atom'} in "
                             f"absolute mode, a multiple of the typical value in relative mode), not {threshold!r}")
+        threshold = float(threshold)  # a NumPy or torch scalar too
         if not threshold > 0:
             raise ValueError("threshold must be positive")
         if mode == "absolute" and not calc.calibrated:

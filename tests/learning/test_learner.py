@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,13 @@ def test_langevin_starts_atoms_at_rest_at_its_temperature():
     again = Atoms("C400", positions=atoms.positions)
     langevin(again, temperature_K=1000, seed=0)
     np.testing.assert_array_equal(again.get_momenta(), moving)  # the seed fixes the draw
+
+
+@pytest.mark.parametrize("atoms", [Atoms("Ar"), molecule("CO2"), molecule("HCN")], ids=["atom", "CO2", "HCN"])
+def test_langevin_start_is_finite_for_an_atom_and_linear_molecules(atoms):
+    from ase_mlipal.learning.md_learner import langevin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        langevin(atoms, temperature_K=600, seed=0)
+    assert np.isfinite(atoms.get_momenta()).all() and np.any(atoms.get_momenta())

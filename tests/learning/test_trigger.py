@@ -86,6 +86,7 @@ def test_bad_arguments_are_refused(setup):
         UncertaintyTrigger(calc, store, threshold=1, quantity="stress")
     with pytest.raises(TypeError, match="threshold must be a number"):
         UncertaintyTrigger(calc, store, threshold="4")
+    assert UncertaintyTrigger(calc, store, threshold=np.float32(0.5)).threshold == 0.5  # scalars of any library
 
 
 def test_an_absolute_threshold_on_raw_variances_warns(setup, tmp_path):
