@@ -127,15 +127,16 @@ class UncertaintyTrigger:
             raise ValueError(f"quantity must be 'forces' or 'energy', not {quantity!r}")
         if mode not in ("absolute", "relative"):
             raise ValueError(f"mode must be 'absolute' or 'relative', not {mode!r}")
+        unit = "eV/A" if quantity == "forces" else "eV/atom"
         if threshold is None or isinstance(threshold, (str, bytes, bool)) or np.ndim(threshold) != 0:
-            raise TypeError(f"threshold must be a number ({'eV/A' if quantity == 'forces' else 'eV/atom'} in "
+            raise TypeError(f"threshold must be a number ({unit} in "
                             f"absolute mode, a multiple of the typical value in relative mode), not {threshold!r}")
         threshold = float(threshold)  # a NumPy or torch scalar too
         if not threshold > 0:
             raise ValueError("threshold must be positive")
         if mode == "absolute" and not calc.calibrated:
             warnings.warn(f"the calculator's uncertainties are not calibrated: they are raw posterior variances, "
-                          f"not {'eV/A' if quantity == 'forces' else 'eV/atom'}, so an absolute threshold of "
+                          f"not {unit}, so an absolute threshold of "
                           f"{threshold:g} has no physical meaning (it may flag every frame or none). Calibrate "
                           "first (calc.calibrate(frames), see docs/calculator.rst) or use mode='relative'.",
                           UserWarning, stacklevel=2)
