@@ -374,16 +374,20 @@ class MLIPALCalculator(Calculator):
         readable, e.g. after a trigger flagged it); the next request
         recomputes them on the conditioned posterior.
         """
-        stale = self.atoms is not None and self._results_version != self.uncertainty_model.version
+        stale = self.atoms is not None and self._stale()
         if stale and not allow_calculation:
             return None  # as ASE would, but the stale results stay readable
         if stale and atoms is None:
             atoms = self.atoms
         return super().get_property(name, atoms, allow_calculation)
 
+    def _stale(self) -> bool:
+        """Whether the results are of an earlier model, posterior or calibration."""
+        return self._results_version != self.uncertainty_model.version
+
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's changes since the last calculation, all of them when the uncertainty model changed since."""
-        if self._results_version != self.uncertainty_model.version:
+        if self._stale():
             return list(all_changes)
         return super().check_state(atoms, tol)
 

@@ -62,6 +62,24 @@ def _read(path: str, index=-1):
         raise SystemExit(f"cannot read a structure from {path}: {error}") from None
 
 
+RULES = {"positive": lambda v: v > 0, "at least 1": lambda v: v >= 1, "0 or more": lambda v: v >= 0,
+         "at least 3": lambda v: v >= 3}
+
+
+def _check_arguments(command: str, args: argparse.Namespace, outputs: Sequence[str] = (), **rules: str) -> None:
+    """Exit naming every numeric option that breaks its rule and every output whose folder is missing.
+
+    Runs before anything is created (a store, a file), so a bad argument
+    leaves nothing behind.
+    """
+    bad = [f"--{name} must be {rule}, not {getattr(args, name)}" for name, rule in rules.items()
+           if getattr(args, name) is not None and not RULES[rule](getattr(args, name))]
+    bad += [f"the folder of --{name} {getattr(args, name)} does not exist; create it first" for name in outputs
+            if getattr(args, name) and not Path(getattr(args, name)).resolve().parent.is_dir()]
+    if bad:
+        raise SystemExit(f"mlipal {command}: {'; '.join(bad)}")
+
+
 def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
            timestep: float, trajectory: Optional[str] = None, run_id: str = "md"):
     """Langevin MD watched by a trigger; returns ``(trigger, [(step, value)])``."""
@@ -89,17 +107,8 @@ def cmd_md(args: argparse.Namespace) -> None:
     from .learning.store import FrameStore
     from .plots import plot_uncertainty_trace
 
-    bad = [f"--{name} must be {rule}, not {value}" for name, value, rule, ok in (
-        ("threshold", args.threshold, "positive", args.threshold > 0),
-        ("steps", args.steps, "at least 1", args.steps >= 1),
-        ("interval", args.interval, "at least 1", args.interval >= 1),
-        ("timestep", args.timestep, "positive", args.timestep > 0),
-        ("temperature", args.temperature, "0 or more", args.temperature >= 0)) if not ok]
-    if bad:
-        raise SystemExit(f"mlipal md: {'; '.join(bad)}")
-    for option, path in (("--trajectory", args.trajectory), ("--plot", args.plot)):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise SystemExit(f"mlipal md: the folder of {option} {path} does not exist; create it first")
+    _check_arguments("md", args, threshold="positive", steps="at least 1", interval="at least 1",
+                     timestep="positive", temperature="0 or more", outputs=("trajectory", "plot"))
     atoms = _read(args.structure)
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
     store = FrameStore(args.db)  # last: a bad argument leaves no new, empty store behind
@@ -119,9 +128,12 @@ def cmd_neb(args: argparse.Namespace) -> None:
     from .paths import band
     from .plots import plot_neb_profiles
 
+    _check_arguments("neb", args, threshold="positive", steps="at least 1", interval="at least 1",
+                     images="at least 3", fmax="positive", outputs=("output", "plot"))
+    initial, final = _read(args.initial), _read(args.final)
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
-    images = band(_read(args.initial), _read(args.final), args.images)
-    trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, source="neb")
+    images = band(initial, final, args.images)
+    trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, source="neb")  # the store last
     converged, steps = relax_band(images, calc, trigger, fmax=args.fmax, steps=args.steps, interval=args.interval,
                                   logfile="-" if args.verbose else None)
     profile = path_profile(calc, images, label="NEB")
@@ -139,11 +151,13 @@ def cmd_ts(args: argparse.Namespace) -> None:
     from .learning.store import FrameStore
     from .learning.transition_state import refine_ts
 
+    _check_arguments("ts", args, steps="at least 1", fmax="positive", tolerance="positive",
+                     outputs=("output", "trajectory"))
     images = _read(args.structure, ":")
     start = images if len(images) > 1 else images[0]
     reference = reference_factory(args.reference) if args.reference else None
-    store = FrameStore(args.db) if args.db and reference is not None else None
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
+    store = FrameStore(args.db) if args.db and reference is not None else None  # last: nothing left on an error
     ts = refine_ts(calc, start, reference=reference, fmax=args.fmax, steps=args.steps,
                    vibrations=not args.no_vibrations, tolerance=args.tolerance, store=store, trajectory=args.trajectory)
     print(ts.summary())
@@ -242,6 +256,8 @@ def learn_config(path: str) -> dict:
     threshold that is not a number. ``workdir`` defaults to the file's name
     without ``.toml``, beside it.
     """
+    from .models.model import is_foundation_name
+
     file = Path(path)
     try:
         config = tomllib.loads(file.read_text())
@@ -280,19 +296,13 @@ def learn_config(path: str) -> dict:
         if key in config:
             config[key] = str(base / config[key])
     model = config.get("model", "default")
-    if model != "default" and ((base / model).exists() or not _is_foundation_name(model)):
+    if model != "default" and ((base / model).exists() or not is_foundation_name(model)):
         config["model"] = str(base / model)  # a model file; a foundation name stays a name
     finetune = config.get("finetune", {})
     for key in ("replay", "checkpoint"):
         if isinstance(finetune.get(key), str) and finetune[key] != "default":
             finetune[key] = str(base / finetune[key])
     return config
-
-
-def _is_foundation_name(model: str) -> bool:
-    from .models.model import _FOUNDATION
-
-    return bool(_FOUNDATION.match(model))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

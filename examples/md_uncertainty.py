@@ -13,10 +13,7 @@ import argparse
 import warnings
 
 import numpy as np
-from ase import units
 from ase.build import molecule
-from ase.md.langevin import Langevin
-from ase.md import velocitydistribution
 
 import ase_mlipal
 
@@ -56,10 +53,7 @@ def main() -> None:
     units_note = "" if calc.calibrated else "  (raw units: not calibrated)"
 
     atoms.calc = calc
-    # thermalize_momenta is ASE >= 3.29's name for MaxwellBoltzmannDistribution
-    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
-    thermalize(atoms, temperature_K=args.temperature, rng=rng)
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=args.temperature, friction=0.02, fixcm=False, rng=rng)
+    dyn = ase_mlipal.langevin(atoms, temperature_K=args.temperature, timestep_fs=0.5, seed=0)  # starts at temperature
 
     def report() -> None:
         r = calc.results

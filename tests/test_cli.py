@@ -79,6 +79,30 @@ def test_md_checks_its_arguments_before_it_makes_the_store(tmp_path, model_file)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["start.xyz", "tiny.pt"]
 
 
+@pytest.mark.parametrize("command, extra, message", [
+    ("neb", ["--images", "2"], "mlipal neb: --images must be at least 3, not 2"),
+    ("neb", ["--threshold", "0", "--fmax", "-0.1"], "--threshold must be positive, not 0.0; --fmax must be positive"),
+    ("neb", ["--plot", "nowhere/neb.png"], "the folder of --plot nowhere/neb.png does not exist"),
+    ("ts", ["--steps", "0"], "mlipal ts: --steps must be at least 1, not 0"),
+    ("ts", ["--tolerance", "-1", "--reference", "emt"], "--tolerance must be positive, not -1.0"),
+    ("ts", ["-o", "nowhere/ts.xyz"], "the folder of --output nowhere/ts.xyz does not exist"),
+])
+def test_neb_and_ts_check_their_arguments_before_anything_is_made(tmp_path, monkeypatch, command, extra, message):
+    monkeypatch.chdir(tmp_path)
+    write("a.xyz", molecule("CH3OH"))
+    structures = ["a.xyz", "a.xyz"] if command == "neb" else ["a.xyz"]
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main([command, *structures, "--db", "f.db", *extra])
+    assert [p.name for p in tmp_path.iterdir()] == ["a.xyz"]
+
+
+def test_foundation_names_are_told_from_model_files():
+    from ase_mlipal.models.model import is_foundation_name
+
+    assert all(is_foundation_name(name) for name in ("mace-mp", "mace-off:small", "MACE-OMOL", "mace-mp-0b3:medium"))
+    assert not any(is_foundation_name(name) for name in ("mace.model", "default", "my-mace-mp", "models/mace-mp.pt"))
+
+
 MD_CONFIG = 'kind = "md"\nreference = "emt"\nstructure = "start.xyz"\n'
 
 

@@ -146,7 +146,7 @@ def load_model(
         model = copy.deepcopy(spec)
     elif isinstance(spec, str) and spec == "default":
         model = _load_default()
-    elif isinstance(spec, str) and _FOUNDATION.match(spec) and not Path(spec).exists():
+    elif isinstance(spec, str) and is_foundation_name(spec) and not Path(spec).exists():
         model = _load_foundation(spec, device)
     elif isinstance(spec, (str, os.PathLike)):
         model = _load_file(Path(spec), trust=trust)
@@ -221,6 +221,11 @@ def model_elements(model: torch.nn.Module) -> list[int]:
 # -- loading helpers ---------------------------------------------------------
 
 _FOUNDATION = re.compile(r"^mace-(mp|off|omol)[\w.-]*(:[\w.-]+)?$", re.IGNORECASE)
+
+
+def is_foundation_name(name: str) -> bool:
+    """Whether ``name`` names a MACE foundation model (``mace-mp``, ``mace-off:small``, ``mace-omol``...)."""
+    return bool(_FOUNDATION.match(name))
 
 
 def _load_default() -> torch.nn.Module:
