@@ -408,13 +408,14 @@ def md_table(runs: list[dict]) -> list[str]:
         return "-" if value is None else f"{value:.3f}"
 
     lines = [f"MD learner ({settings['temperature_K']:g} K, {settings['steps']} steps, seed "
-             f"{settings.get('seed', 'none')}; audited frames: the forces that drove the dynamics):", "",
+             f"{settings.get('seed', 'none')}{' unless the row names another' if len({m['settings'].get('seed') for m in runs}) > 1 else ''}"
+             "; audited frames: the forces that drove the dynamics):", "",
              "| molecule | steps | audits | force MAE first / last third eV/A | 2σ coverage (last third) | "
              "labels | rounds (rejected) | flags | confident | min |",
              "|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|"]
     for m in runs:
         first, last = m["first_third"], m["last_third"]
-        label = m["molecule"] + (" (distance-aware σ)" if m.get("distance_aware") else "")
+        label = run_label(m)
         lines.append(f"| {label}{' (stopped)' if m['stopped'] else ''} | {m['steps']} | "
                      f"{len(m['audits'])} | {number(first['force_mae'])} / {number(last['force_mae'])} | "
                      f"{number(m['coverage_2sigma'])} ({number(last['coverage_2sigma'])}) | {m['labels']} | "
@@ -423,9 +424,17 @@ def md_table(runs: list[dict]) -> list[str]:
     unverified = [m for m in runs if not m["confident"]]
     if unverified:
         lines += ["", "Why the MD runs that are not confident ended:", ""]
-        lines += [f"- {m['molecule']}{' (distance-aware σ)' if m.get('distance_aware') else ''}: " + (f"stopped: {m['stopped']}" if m["stopped"]
-                                            else f"ended: {m.get('ended') or 'not recorded'}") for m in unverified]
+        lines += [f"- {run_label(m)}: " + (f"stopped: {m['stopped']}" if m["stopped"]
+                                           else f"ended: {m.get('ended') or 'not recorded'}") for m in unverified]
     return lines
+
+
+def run_label(run: dict) -> str:
+    """An MD run's molecule, with its σ and its seed where they are not the table's."""
+    notes = ["distance-aware σ"] * bool(run.get("distance_aware"))
+    seed = run["settings"].get("seed", 0)
+    notes += [f"seed {seed}"] * (seed != 0)
+    return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -22,7 +22,10 @@ pacing (flags leave only the next band's three checks), for the side-by-side::
 ``--distance-aware`` runs the learner on ``MLIPALCalculator(distance_aware=True)``
 (the opt-in force uncertainty that also measures the distance to the
 posterior's atoms) and writes ``<reaction>_distance_paced.json`` /
-``md_<reaction>_distance.json``: the same run beside the default's.
+``md_<reaction>_distance.json``: the same run beside the default's. ``--seed N``
+(MD only) runs another thermostat seed than the default's 0, and writes
+``md_<reaction>[_distance]_seedN.json``: how much of a difference between two
+runs is the trajectory's.
 
 Each run writes ``results/learning_loop_heldout/<reaction>_<paced|unpaced>.json``. ``--md`` runs the MD
 learner of ``learning_loop.py`` (its settings: 1200 K, 2000 steps, audits every 100, seed 0) from the reaction's
@@ -205,7 +208,7 @@ def merge() -> str:
               + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r['ended'] if 'ended' in r else 'not recorded (max_rounds reached)'}")
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
-                key=lambda r: (r["molecule"], r.get("distance_aware", False)))
+                key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False)))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     text = "\n".join(lines) + "\n"
@@ -222,15 +225,17 @@ def main() -> None:
     parser.add_argument("--md", choices=REACTIONS, help="the MD learner from this reaction's reactant")
     parser.add_argument("--distance-aware", action="store_true",
                         help="on MLIPALCalculator(distance_aware=True) (the opt-in force uncertainty)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the MD learner's thermostat seed (another seed: another trajectory, file md_<r>_seed<N>)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
-    tag = "_distance" if args.distance_aware else ""
+    tag = ("_distance" if args.distance_aware else "") + (f"_seed{args.seed}" if args.seed else "")
     if args.merge:
         print(merge())
         return
     if args.md:
         with tempfile.TemporaryDirectory() as workdir:
-            result = run_md(args.md, MD_SETTINGS, Path(workdir), start_atoms=endpoints(args.md)[0],
+            result = run_md(args.md, {**MD_SETTINGS, "seed": args.seed}, Path(workdir), start_atoms=endpoints(args.md)[0],
                             distance_aware=args.distance_aware)
         PARTS.mkdir(parents=True, exist_ok=True)
         result["distance_aware"] = args.distance_aware
