@@ -462,7 +462,9 @@ class MLIPALCalculator(Calculator):
         ``calc.add_features(calc.last_features)`` adds the structure of the
         last calculation without running the model again, except for the
         force kernels, whose calculation skips the probe rows (they raise
-        ``ValueError``; use :meth:`condition`).
+        ``ValueError``; use :meth:`condition`). Each call is one more
+        observation: the same features added twice weigh as one frame of
+        ``2 * weight``.
         """
         self.uncertainty_model.add_features(features, weight)
 

@@ -66,8 +66,13 @@ class NearestNeighbours:
         return block, blocked[np.arange(len(rows)), block]
 
     def add(self, rows: np.ndarray) -> None:
-        """Store the atom feature ``rows`` (``(n, q)``)."""
+        """Store the atom feature ``rows`` (``(n, q)``), rounded to single precision as a file keeps them.
+
+        So a posterior saved and loaded again (a resumed learner) measures
+        the same distances, to the last bit, as the one that was saved.
+        """
         block, own = self._blocks(rows)
+        own = own.astype(np.float32).astype(float)
         for b in np.unique(block):
             new = own[block == b]
             self.rows[int(b)] = new if int(b) not in self.rows else np.concatenate([self.rows[int(b)], new])
