@@ -72,12 +72,17 @@ def _check_arguments(command: str, args: argparse.Namespace, outputs: Sequence[s
     Runs before anything is created (a store, a file), so a bad argument
     leaves nothing behind.
     """
-    bad = [f"--{name} must be {rule}, not {getattr(args, name)}" for name, rule in rules.items()
+    bad = [f"{_option(name)} must be {rule}, not {getattr(args, name)}" for name, rule in rules.items()
            if getattr(args, name) is not None and not RULES[rule](getattr(args, name))]
-    bad += [f"the folder of --{name} {getattr(args, name)} does not exist; create it first" for name in outputs
+    bad += [f"the folder of {_option(name)} {getattr(args, name)} does not exist; create it first" for name in outputs
             if getattr(args, name) and not Path(getattr(args, name)).resolve().parent.is_dir()]
     if bad:
         raise SystemExit(f"mlipal {command}: {'; '.join(bad)}")
+
+
+def _option(dest: str) -> str:
+    """The option as typed: ``n`` -> ``-n``, ``chunk_size`` -> ``--chunk-size``."""
+    return f"-{dest}" if len(dest) == 1 else "--" + dest.replace("_", "-")
 
 
 def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
@@ -309,6 +314,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
     from .learning.neb_learner import NoBandError
 
+    _check_arguments("demo", args, images="at least 3", threshold="positive", max_labels="at least 1",
+                     rounds="at least 1")
     try:
         run_demo(Path(args.workdir), n_images=args.images, threshold=args.threshold, max_labels=args.max_labels,
                  max_rounds=args.rounds)
@@ -382,6 +389,8 @@ def cmd_select(args: argparse.Namespace) -> None:
     from .learning.labelling import process_pool
     from .selection import pick, select
 
+    _check_arguments("select", args, n="at least 1", shortlist="0 or more", workers="at least 1",
+                     chunk_size="at least 1", outputs=("output",))
     calc = _pool_calculator(args)
     labelled = _read(args.labelled, ":") if args.labelled else None
     options = dict(method=args.method, labelled=labelled, shortlist=args.shortlist or None,
@@ -402,6 +411,9 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from .selection import is_database, score_pool
 
+    _check_arguments("score", args, chunk_size="at least 1", outputs=("output",))
+    if not args.output and not is_database(args.pool):
+        raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
     calc = _pool_calculator(args)
     rows = score_pool(calc, args.pool, args.chunk_size, progress=True)
     units = "eV" if calc.calibrated else "raw (uncalibrated)"
@@ -414,7 +426,7 @@ def cmd_score(args: argparse.Namespace) -> None:
                     writer.writeheader()
                 writer.writerow(row)
         print(f"wrote per-structure uncertainties ({units}) to {args.output}")
-    elif is_database(args.pool):
+    else:  # an ase.db pool (checked above)
         import ase.db
 
         results = list(rows)
@@ -424,8 +436,6 @@ def cmd_score(args: argparse.Namespace) -> None:
                 db.update(row_id, energy_uncertainty=result["energy_uncertainty"],
                           uncertainty=result["uncertainty"])
         print(f"wrote energy_uncertainty and uncertainty ({units}) into {len(results)} rows of {args.pool}")
-    else:
-        raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -437,6 +447,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
     from .models.model import ModelLoadError, load_model
 
+    _check_arguments("compare", args, n_local="at least 1", max_atoms="at least 1", outputs=("plot",))
     frames = _read(args.data, ":")
     latents = {}
     for label, spec in (("A", args.model_a), ("B", args.model_b)):

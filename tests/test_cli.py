@@ -96,6 +96,27 @@ def test_neb_and_ts_check_their_arguments_before_anything_is_made(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["a.xyz"]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["select", "pool.xyz", "-n", "0"], "mlipal select: -n must be at least 1, not 0"),
+    (["select", "pool.xyz", "-n", "2", "--chunk-size", "0", "--workers", "0"],
+     "--workers must be at least 1, not 0; --chunk-size must be at least 1, not 0"),
+    (["select", "pool.xyz", "-n", "2", "-o", "nowhere/picked.xyz"], "the folder of --output nowhere/picked.xyz"),
+    (["score", "pool.xyz"], "mlipal score: give -o scores.csv, or a pool that is an ase.db"),
+    (["score", "pool.xyz", "--chunk-size", "-1"], "mlipal score: --chunk-size must be at least 1, not -1"),
+    (["compare", "default", "default", "pool.xyz", "--n-local", "0"], "mlipal compare: --n-local must be at least 1"),
+    (["compare", "default", "default", "pool.xyz", "--plot", "nowhere/r.png"], "the folder of --plot nowhere/r.png"),
+    (["demo", "--images", "2"], "mlipal demo: --images must be at least 3, not 2"),
+    (["demo", "--max-labels", "0", "--rounds", "0"],
+     "--max-labels must be at least 1, not 0; --rounds must be at least 1, not 0"),
+])
+def test_pool_commands_and_demo_check_their_arguments_before_any_work(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    write("pool.xyz", [molecule("CH4"), molecule("H2O")])
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(argv)
+    assert [p.name for p in tmp_path.iterdir()] == ["pool.xyz"]
+
+
 def test_foundation_names_are_told_from_model_files():
     from ase_mlipal.models.model import is_foundation_name
 
