@@ -11,9 +11,9 @@ load in this package passes ``weights_only`` explicitly.
 
 import warnings
 
-from .environment import torch_load_override
+from .environment import torch_load_override, without_cuequivariance_notice
 
-with torch_load_override(), warnings.catch_warnings():
+with torch_load_override(), without_cuequivariance_notice(), warnings.catch_warnings():
     # e3nn's own constants load triggers torch's notice about that variable
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
     import mace  # noqa: F401  (must precede any e3nn import)

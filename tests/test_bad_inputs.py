@@ -187,3 +187,14 @@ def test_importing_the_package_leaves_torch_load_safe(tmp_path):
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "0"  # a value the user set is kept
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_importing_the_package_prints_nothing_but_keeps_other_output(capsys):
+    from ase_mlipal.environment import CUEQUIVARIANCE_NOTICE, without_cuequivariance_notice
+
+    run = subprocess.run([sys.executable, "-c", "import ase_mlipal"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "", run.stdout + run.stderr[-2000:]
+    with without_cuequivariance_notice():
+        print(f"{CUEQUIVARIANCE_NOTICE}. Cuequivariance acceleration will be disabled.")
+        print("a line of someone else")
+    assert capsys.readouterr().out == "a line of someone else\n"
