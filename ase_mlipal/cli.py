@@ -110,12 +110,17 @@ def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: in
 
 def cmd_md(args: argparse.Namespace) -> None:
     from .learning.store import FrameStore
+    from .models.graphs import check_atoms
     from .plots import plot_uncertainty_trace
 
     _check_arguments("md", args, threshold="positive", steps="at least 1", interval="at least 1",
                      timestep="positive", temperature="0 or more", outputs=("trajectory", "plot"))
     atoms = _read(args.structure)
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
+    try:
+        check_atoms(atoms, calc.batch_maker.elements)  # an element the model lacks, overlapping atoms...
+    except ValueError as error:
+        raise SystemExit(f"mlipal md: {args.structure}: {error}") from None
     store = FrameStore(args.db)  # last: a bad argument leaves no new, empty store behind
     trigger, trace = run_md(atoms, calc, store, args.threshold,
                             args.steps, args.interval, args.temperature, args.timestep, args.trajectory)
@@ -198,7 +203,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]
-        print(f"{report.steps} MD steps, {len(report.rounds)} learning rounds; store: {report.counts}")
+        print(f"{report.steps} MD steps, {len(report.rounds)} learning round{'' if len(report.rounds) == 1 else 's'}; store: {report.counts}")
         print(f"{len(audits)} audits, {sum(c.passed for c in audits)} passed; verified: {report.confident}"
               + (f"; stopped: {report.stopped}" if report.stopped else "")
               + (f"; ended: {report.ended}" if report.ended else ""))
@@ -381,7 +386,7 @@ def _pool_calculator(args: argparse.Namespace):
     """The calculator of ``select``/``score``, conditioned on ``--labelled`` frames."""
     calc = _calculator(args.model, args.trust, args.kernel, _kernel_options(args.kernel_option))
     if getattr(args, "labelled", None) and args.command == "score":
-        calc.condition(_read(args.labelled, ":"), progress=True)
+        calc.condition(_read(args.labelled, ":"))  # a bar on a terminal only
     return calc
 
 
@@ -394,7 +399,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     calc = _pool_calculator(args)
     labelled = _read(args.labelled, ":") if args.labelled else None
     options = dict(method=args.method, labelled=labelled, shortlist=args.shortlist or None,
-                   chunk_size=args.chunk_size, seed=args.seed, progress=True)
+                   chunk_size=args.chunk_size, seed=args.seed, progress=None)  # a bar on a terminal only
     if args.workers > 1:
         with process_pool(args.workers) as executor:
             picks = select(calc, args.pool, args.n, executor=executor, **options)
@@ -415,8 +420,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     if not args.output and not is_database(args.pool):
         raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
     calc = _pool_calculator(args)
-    rows = score_pool(calc, args.pool, args.chunk_size, progress=True)
-    units = "eV" if calc.calibrated else "raw (uncalibrated)"
+    rows = score_pool(calc, args.pool, args.chunk_size, progress=None)  # a bar on a terminal only
+    units = "energy_uncertainty in eV, uncertainty in eV/A" if calc.calibrated else "raw (uncalibrated)"
     if args.output:
         with open(args.output, "w", newline="") as handle:
             writer = None
@@ -534,7 +539,7 @@ def parser() -> argparse.ArgumentParser:
     select_.add_argument("-n", type=int, required=True, help="how many to pick")
     select_.add_argument("--method", default="maxdet", choices=["maxdet", "lcmd", "maxdist", "random"])
     select_.add_argument("--shortlist", type=int, default=5000,
-                         help="candidates of largest variance kept for the greedy step (0: all)")
+                         help="candidates kept for the greedy step, chosen diversity-aware as the pool streams (0: all)")
     select_.add_argument("--workers", type=int, default=1, help="processes computing features")
     select_.add_argument("--seed", type=int, default=0, help="for --method random")
     select_.add_argument("-o", "--output", default="picked.xyz")

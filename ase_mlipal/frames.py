@@ -36,10 +36,13 @@ def read_labels(
         forces = atoms.arrays.get(forces_key)
     if energy is None or forces is None:
         missing = [name for name, value in (("energy", energy), ("forces", forces)) if value is None]
+        live = ("" if atoms.calc is None or isinstance(atoms.calc, SinglePointCalculator) else
+                f" atoms.calc is a live {type(atoms.calc).__name__}, whose results are not read (a live "
+                "calculator may have moved on to another structure).")
         raise ValueError(
-            f"Frame {atoms.get_chemical_formula()} has no reference {' or '.join(missing)}. "
-            f"Store labels as a SinglePointCalculator on atoms.calc, or in "
-            f"atoms.info[{energy_key!r}] and atoms.arrays[{forces_key!r}]."
+            f"Frame {atoms.get_chemical_formula()} has no reference {' or '.join(missing)}.{live} "
+            f"Store labels with ase_mlipal.with_labels(atoms, energy, forces) (a SinglePointCalculator on "
+            f"atoms.calc), or in atoms.info[{energy_key!r}] and atoms.arrays[{forces_key!r}]."
         )
     forces = np.asarray(forces, dtype=float)
     if forces.shape != (len(atoms), 3):

@@ -71,6 +71,10 @@ def test_md_checks_its_arguments_before_it_makes_the_store(tmp_path, model_file)
             main(["md", str(tmp_path / "start.xyz"), "--db", str(db), *extra])
     with pytest.raises(SystemExit, match="no such file: .*missing.xyz"):
         main(["md", str(tmp_path / "missing.xyz"), "--db", str(db)])
+    write(tmp_path / "chloro.xyz", molecule("CH3Cl"))
+    with pytest.raises(SystemExit, match=r"mlipal md: .*chloro.xyz: The model does not know element\(s\) \['Cl'\]"):
+        main(["md", str(tmp_path / "chloro.xyz"), "--model", model_file, "--db", str(db)])
+    (tmp_path / "chloro.xyz").unlink()
     assert not db.exists()
     with pytest.raises(SystemExit, match=r"mlipal md: frame store .*f\.json: give an SQLite file ending \.db"):
         main(["md", str(tmp_path / "start.xyz"), "--model", model_file, "--db", str(tmp_path / "f.json")])

@@ -18,3 +18,15 @@ def test_with_labels_is_a_labelled_copy_that_survives_a_file(tmp_path):
     write(tmp_path / "one.extxyz", labelled)
     energy, got = read_labels(read(tmp_path / "one.extxyz"))
     assert energy == pytest.approx(-12.5) and np.allclose(got, forces)
+
+
+def test_a_frame_with_a_live_calculator_is_told_how_to_store_its_labels():
+    from ase.calculators.emt import EMT
+
+    atoms = molecule("CH4")
+    atoms.calc = EMT()
+    forces = atoms.get_forces()
+    with pytest.raises(ValueError, match=r"atoms.calc is a live EMT, whose results are not read.*with_labels"):
+        read_labels(atoms)
+    energy, read_forces = read_labels(with_labels(atoms, atoms.get_potential_energy(), forces))
+    np.testing.assert_array_equal(read_forces, forces)

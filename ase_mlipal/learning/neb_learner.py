@@ -256,7 +256,15 @@ class NEBReport:
     @property
     def verified_barrier_error(self) -> Optional[float]:
         """Model - reference barrier at the final band's climbing image (eV); ``None`` if it was not checked or
-        no band was run (this one does not raise)."""
+        no band was run (this one does not raise).
+
+        The climbing image's check alone, verified or not: a band whose other
+        checks failed can be far off elsewhere (its maximum may lie at
+        another image). How far all of the band's checks show it off is
+        ``final.verified_error``; what to report is :attr:`barrier` and
+        :attr:`barrier_interval`, and :attr:`confident` says whether the band
+        passed them all.
+        """
         check = self.final.check if self.rounds else None
         return None if check is None else check.energy_error
 
