@@ -86,15 +86,15 @@ def _option(dest: str) -> str:
 
 
 def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: int, temperature: float,
-           timestep: float, trajectory: Optional[str] = None, run_id: str = "md"):
-    """Langevin MD watched by a trigger; returns ``(trigger, [(step, value)])``."""
+           timestep: float, trajectory: Optional[str] = None, run_id: str = "md", seed: Optional[int] = None):
+    """Langevin MD watched by a trigger (``seed``: reproducible); returns ``(trigger, [(step, value)])``."""
     from .learning.md_learner import langevin
     from .learning.trigger import UncertaintyTrigger
     from .progress import progress_bar
 
     atoms.calc = calc
     trigger = UncertaintyTrigger(calc, store, threshold, atoms=atoms, source="md", run_id=run_id)
-    dyn = langevin(atoms, temperature, timestep)
+    dyn = langevin(atoms, temperature, timestep, seed=seed)
     if trajectory:
         dyn.attach(Trajectory(trajectory, "w", atoms))
     trace = []
@@ -123,7 +123,8 @@ def cmd_md(args: argparse.Namespace) -> None:
         raise SystemExit(f"mlipal md: {args.structure}: {error}") from None
     store = FrameStore(args.db)  # last: a bad argument leaves no new, empty store behind
     trigger, trace = run_md(atoms, calc, store, args.threshold,
-                            args.steps, args.interval, args.temperature, args.timestep, args.trajectory)
+                            args.steps, args.interval, args.temperature, args.timestep, args.trajectory,
+                            seed=args.seed)
     print(f"{len(trigger.flagged)} frames flagged above {args.threshold} eV/A; {args.db}: {store.counts()}")
     if args.plot:
         steps, values = zip(*trace)
@@ -490,6 +491,8 @@ def parser() -> argparse.ArgumentParser:
     md.add_argument("--temperature", type=float, default=300.0, help="K")
     md.add_argument("--timestep", type=float, default=0.5, help="fs")
     md.add_argument("--trajectory", help="ASE .traj to write")
+    md.add_argument("--seed", type=int, help="the thermostat's and the start velocities' seed: a rerun repeats "
+                                             "the run (default: a new trajectory each time)")
     common(md)
     md.set_defaults(func=cmd_md)
 

@@ -32,6 +32,20 @@ def test_md_flags_frames_and_plots_the_trace(model_file, tmp_path, capsys):
     assert is_png(png) and "4 frames flagged" in capsys.readouterr().out
 
 
+def test_md_with_a_seed_repeats_its_trajectory(model_file, tmp_path):
+    from ase.io import read
+
+    write(tmp_path / "start.xyz", molecule("CH3OH"))
+    ends = []
+    for k in range(3):
+        traj = tmp_path / f"md{k}.traj"
+        seed = ["--seed", "7"] if k < 2 else ["--seed", "8"]
+        main(["md", str(tmp_path / "start.xyz"), "--model", model_file, "--steps", "6", "--interval", "3",
+              "--db", str(tmp_path / f"f{k}.db"), "--trajectory", str(traj), "--temperature", "500", *seed])
+        ends.append(read(traj, -1).positions)
+    assert ends[0] == pytest.approx(ends[1], abs=0) and not ends[0] == pytest.approx(ends[2], abs=1e-6)
+
+
 def test_neb_reports_the_barrier_and_writes_band_and_plot(model_file, tmp_path, capsys):
     images = formaldehyde_band(3)
     write(tmp_path / "a.xyz", images[0])
