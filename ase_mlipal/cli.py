@@ -204,7 +204,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]
-        print(f"{report.steps} MD steps, {len(report.rounds)} learning round{'' if len(report.rounds) == 1 else 's'}; store: {report.counts}")
+        rounds = len(report.rounds)
+        print(f"{report.steps} MD steps, {rounds} learning round{'' if rounds == 1 else 's'}; store: {report.counts}")
         print(f"{len(audits)} audits, {sum(c.passed for c in audits)} passed; verified: {report.confident}"
               + (f"; stopped: {report.stopped}" if report.stopped else "")
               + (f"; ended: {report.ended}" if report.ended else ""))
@@ -387,7 +388,7 @@ def _pool_calculator(args: argparse.Namespace):
     """The calculator of ``select``/``score``, conditioned on ``--labelled`` frames."""
     calc = _calculator(args.model, args.trust, args.kernel, _kernel_options(args.kernel_option))
     if getattr(args, "labelled", None) and args.command == "score":
-        calc.condition(_read(args.labelled, ":"))  # a bar on a terminal only
+        calc.condition(_read(args.labelled, ":"))  # progress bars here: on a terminal only (their default)
     return calc
 
 
@@ -400,7 +401,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     calc = _pool_calculator(args)
     labelled = _read(args.labelled, ":") if args.labelled else None
     options = dict(method=args.method, labelled=labelled, shortlist=args.shortlist or None,
-                   chunk_size=args.chunk_size, seed=args.seed, progress=None)  # a bar on a terminal only
+                   chunk_size=args.chunk_size, seed=args.seed)
     if args.workers > 1:
         with process_pool(args.workers) as executor:
             picks = select(calc, args.pool, args.n, executor=executor, **options)
@@ -421,7 +422,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     if not args.output and not is_database(args.pool):
         raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
     calc = _pool_calculator(args)
-    rows = score_pool(calc, args.pool, args.chunk_size, progress=None)  # a bar on a terminal only
+    rows = score_pool(calc, args.pool, args.chunk_size)
     units = "energy_uncertainty in eV, uncertainty in eV/A" if calc.calibrated else "raw (uncalibrated)"
     if args.output:
         with open(args.output, "w", newline="") as handle:
