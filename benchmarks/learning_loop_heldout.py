@@ -174,6 +174,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
             "runaways": [r.runaway for r in report.rounds],  # why a guard stop was learned from ("" for none)
+            "checks": [c.as_dict() for r in report.rounds for c in r.checks],
             "stopped": report.stopped, "ended": report.ended, "seconds": time.perf_counter() - start}
 
 

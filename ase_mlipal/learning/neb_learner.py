@@ -40,7 +40,7 @@ from .labelling import LabelReport, Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-from .verification import MIN_FORCE_COVERAGE, Check
+from .verification import Check
 
 #: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
 CHECKS_PER_BAND = 3
@@ -686,7 +686,7 @@ class NEBLearner(LearningRun):
         the lower endpoint (:meth:`PhysicalGuard.check_band`). Confirmed: the
         reference too puts the image above that limit and the model is right
         there (its energy within 2 sigma and its forces within 2 sigma as the
-        check counts them, ``MIN_FORCE_COVERAGE``; :meth:`_judge_guard_stop`
+        check counts them, :func:`~ase_mlipal.learning.verification.allowed_outside`; :meth:`_judge_guard_stop`
         asks these and ``barrier_tolerance`` too, which an image many eV up
         is not held to): the band itself
         climbs, a model that learned the image would only learn what it
@@ -707,7 +707,7 @@ class NEBLearner(LearningRun):
         reference = energy - check.energy_error + self._first_endpoint_above_lower()
         limit = max(self.guard.max_energy, self.guard.initial_top if self.guard.initial_top is not None else -np.inf)
         energy_off = not abs(check.energy_error) <= 2.0 * check.energy_std  # nan sigma: not within
-        forces_off = not check.force_coverage >= MIN_FORCE_COVERAGE
+        forces_off = not check.forces_agree
         if np.isfinite(reference) and (reference <= limit or energy_off or forces_off):
             wrong = (["the model is wrong about this climb"] if energy_off else []) + (
                 [f"the model's forces there are wrong ({1 - check.force_coverage:.0%} of components outside 2 sigma, "

@@ -6,7 +6,7 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import ase_mlipal
-from ase_mlipal.learning.verification import ModelChoice, check_frame, verification_error
+from ase_mlipal.learning.verification import Check, ModelChoice, allowed_outside, check_frame, verification_error
 
 from ..conftest import rattled
 
@@ -67,6 +67,44 @@ def test_forces_outside_two_sigma_fail_the_check(calc, tiny_model):
     pushed.calc = SinglePointCalculator(pushed, energy=energy, forces=frame.get_forces() + 5 * sigma[:, None])
     check = check_frame(calc, pushed, 0, "audit")
     assert check.force_coverage == 0 and not check.passed and "force components outside 2 sigma" in check.reason
+
+
+@pytest.mark.parametrize("n_atoms", [1, 3, 4, 6, 7, 20, 100])
+def test_allowed_outside_is_what_a_calibrated_model_rarely_exceeds(n_atoms):
+    """Components outside 2 sigma, 5% each: the count allowed is passed by chance at most 1% of the time,
+    never stricter than the 20% share, and equal to that share for large frames."""
+    from scipy.stats import binom
+    n = 3 * n_atoms
+    allowed = allowed_outside(n)
+    assert binom.sf(allowed, n, 0.05) <= 0.01 and allowed >= n // 5
+    assert allowed == n // 5 or binom.sf(allowed - 1, n, 0.05) > 0.01  # not more than the 1% needs
+    if n_atoms >= 7:
+        assert allowed == n // 5
+    with pytest.raises(ValueError, match="n_components"):
+        allowed_outside(-1)
+
+
+def test_a_small_frame_may_have_a_few_components_outside(calc, tiny_model):
+    """Methanol (18 components): 4 outside 2 sigma pass (a calibrated model: ~1%), 5 fail."""
+    frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 1, stdev=0.1, seed=2))[0]
+    probe = frame.copy()
+    probe.calc = calc
+    probe.get_forces()
+    sigma = calc.results["forces_uncertainty"]
+    checks = []
+    for count in (4, 5):
+        push = np.zeros((len(frame), 3))
+        push.flat[:count] = 5 * np.repeat(sigma, 3)[:count]
+        pushed = frame.copy()
+        pushed.calc = SinglePointCalculator(pushed, energy=frame.get_potential_energy(),
+                                            forces=frame.get_forces() + push)
+        checks.append(check_frame(calc, pushed, 0, "audit"))
+    assert checks[0].passed and checks[0].forces_agree and checks[0].force_coverage == pytest.approx(14 / 18)
+    assert not checks[1].passed and not checks[1].forces_agree
+    assert "5 of 18 force components outside 2 sigma (a calibrated model: at most 4)" in checks[1].reason
+    # a check stored by an earlier version (no forces_agree) keeps the rule it was judged by: the share alone
+    old = {k: v for k, v in checks[0].as_dict().items() if k != "forces_agree"}
+    assert Check(**old).forces_agree is False
 
 
 def test_a_worse_model_is_rejected_and_a_better_one_accepted(tiny_model):
