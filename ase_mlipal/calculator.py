@@ -98,8 +98,8 @@ class MLIPALCalculator(Calculator):
         posterior: ``"auto"`` starts from the shipped, calibrated posterior
             of the pretraining data when ``model="default"``,
             ``kernel="activation"`` and the default ``kernel_options`` and
-            ``regularization`` (otherwise empty, with a warning where only
-            those two differ); ``None`` always starts
+            ``regularization`` (otherwise empty, with a warning where the
+            model is the default); ``None`` always starts
             empty; a path loads a file written by :meth:`save_posterior`.
         chunk_size: structures per forward pass in :meth:`condition`
             and :meth:`calibrate`.
@@ -176,8 +176,13 @@ class MLIPALCalculator(Calculator):
                                                   kernel, kernel_options, regularization, head, distance_aware)
         self.reset()
         if posterior == "auto":
-            use_shipped = isinstance(model, str) and model == "default" and kernel == "activation"
-            posterior = self._shipped_posterior(regularization) if use_shipped else None
+            default_model = isinstance(model, str) and model == "default"
+            posterior = self._shipped_posterior(regularization) if default_model and kernel == "activation" else None
+            if default_model and kernel != "activation":
+                warnings.warn(f"the shipped calibrated posterior is an activation one: the {kernel} kernel starts "
+                              "from an empty, uncalibrated posterior, its uncertainties raw variances, not eV. "
+                              "Condition and calibrate it (calc.condition(frames), calc.calibrate(labelled_frames)); "
+                              "posterior=None starts empty without this warning.", UserWarning, stacklevel=2)
         if posterior is not None:
             self.load_posterior(posterior)
 

@@ -48,7 +48,8 @@ def _calculator(model: str, trust: bool = False, kernel: str = "activation", opt
 
     try:
         return MLIPALCalculator(model=model, trust=trust, kernel=kernel, kernel_options=options,
-                                distance_aware=distance_aware)
+                                distance_aware=distance_aware,  # another kernel: score says "raw (uncalibrated)"
+                                posterior="auto" if kernel == "activation" else None)
     except (ModelLoadError, FileNotFoundError) as error:
         raise SystemExit(f"cannot load model {model!r}: {error}") from None
 
@@ -108,19 +109,30 @@ def run_md(atoms: Atoms, calc, store, threshold: float, steps: int, interval: in
     return trigger, trace
 
 
+def _check_structures(command: str, calc, structures: dict) -> None:
+    """Exit naming the file if a structure (``{path: atoms or [atoms]}``) has an element ``calc``'s model
+    lacks or atoms on top of each other: before any store or output is made."""
+    from .models.graphs import check_atoms
+
+    for path, frames in structures.items():
+        frames = frames if isinstance(frames, list) else [frames]
+        for number, atoms in enumerate(frames):
+            try:
+                check_atoms(atoms, calc.batch_maker.elements)
+            except ValueError as error:
+                where = f"{path}, frame {number}" if len(frames) > 1 else str(path)
+                raise SystemExit(f"mlipal {command}: {where}: {error}") from None
+
+
 def cmd_md(args: argparse.Namespace) -> None:
     from .learning.store import FrameStore
-    from .models.graphs import check_atoms
     from .plots import plot_uncertainty_trace
 
     _check_arguments("md", args, threshold="positive", steps="at least 1", interval="at least 1",
                      timestep="positive", temperature="0 or more", outputs=("trajectory", "plot"))
     atoms = _read(args.structure)
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
-    try:
-        check_atoms(atoms, calc.batch_maker.elements)  # an element the model lacks, overlapping atoms...
-    except ValueError as error:
-        raise SystemExit(f"mlipal md: {args.structure}: {error}") from None
+    _check_structures("md", calc, {args.structure: atoms})
     store = FrameStore(args.db)  # last: a bad argument leaves no new, empty store behind
     trigger, trace = run_md(atoms, calc, store, args.threshold,
                             args.steps, args.interval, args.temperature, args.timestep, args.trajectory,
@@ -143,6 +155,7 @@ def cmd_neb(args: argparse.Namespace) -> None:
                      images="at least 3", fmax="positive", outputs=("output", "plot"))
     initial, final = _read(args.initial), _read(args.final)
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
+    _check_structures("neb", calc, {args.initial: initial, args.final: final})
     images = band(initial, final, args.images)
     trigger = UncertaintyTrigger(calc, FrameStore(args.db), args.threshold, source="neb")  # the store last
     converged, steps = relax_band(images, calc, trigger, fmax=args.fmax, steps=args.steps, interval=args.interval,
@@ -168,6 +181,7 @@ def cmd_ts(args: argparse.Namespace) -> None:
     start = images if len(images) > 1 else images[0]
     reference = reference_factory(args.reference) if args.reference else None
     calc = _calculator(args.model, args.trust, distance_aware=args.distance_aware)
+    _check_structures("ts", calc, {args.structure: images})
     store = FrameStore(args.db) if args.db and reference is not None else None  # last: nothing left on an error
     ts = refine_ts(calc, start, reference=reference, fmax=args.fmax, steps=args.steps,
                    vibrations=not args.no_vibrations, tolerance=args.tolerance, store=store, trajectory=args.trajectory)

@@ -150,6 +150,15 @@ def test_shipped_posterior_is_skipped_with_a_warning_when_asked_for_other_settin
     assert MLIPALCalculator().calibrated  # the default settings load it
 
 
+def test_another_kernel_on_the_default_model_says_it_starts_uncalibrated():
+    with pytest.warns(UserWarning, match="the ntk kernel starts from an empty, uncalibrated posterior"):
+        calc = MLIPALCalculator(kernel="ntk", kernel_options={"dim": 64})
+    assert not calc.calibrated and calc.n_conditioning == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert not MLIPALCalculator(kernel="ntk", kernel_options={"dim": 64}, posterior=None).calibrated
+
+
 def test_building_a_mace_prints_no_torchscript_notices():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

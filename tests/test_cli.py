@@ -114,6 +114,19 @@ def test_neb_and_ts_check_their_arguments_before_anything_is_made(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["a.xyz"]
 
 
+@pytest.mark.parametrize("command", ["neb", "ts"])
+def test_neb_and_ts_refuse_an_unknown_element_before_the_store(tmp_path, monkeypatch, model_file, command):
+    monkeypatch.chdir(tmp_path)
+    write("a.xyz", molecule("CH3OH"))
+    write("chloro.xyz", molecule("CH3Cl") if command == "neb" else [molecule("CH3OH"), molecule("CH3Cl")])
+    structures = ["a.xyz", "chloro.xyz"] if command == "neb" else ["chloro.xyz"]  # ts: a band, its frame 1 wrong
+    where = "chloro.xyz" if command == "neb" else "chloro.xyz, frame 1"
+    extra = ["--reference", "emt"] if command == "ts" else []
+    with pytest.raises(SystemExit, match=re.escape(f"mlipal {command}: {where}: The model does not know element(s) ['Cl']")):
+        main([command, *structures, "--model", model_file, "--db", "f.db", *extra])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.xyz", "chloro.xyz", "tiny.pt"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["select", "pool.xyz", "-n", "0"], "mlipal select: -n must be at least 1, not 0"),
     (["select", "pool.xyz", "-n", "2", "--chunk-size", "0", "--workers", "0"],

@@ -73,7 +73,8 @@ class Check:
         force_mae: eV/A, per component.
         force_coverage: share of force components within the predicted 2 sigma.
         passed: inside 2 sigma, the tolerance (or the ceiling), with no
-            more force components outside 2 sigma than :func:`allowed_outside`,
+            more force components outside 2 sigma than
+            :func:`~ase_mlipal.learning.verification.allowed_outside`,
             and for a climbing image a saddle of the reference.
         reason: why it failed ("" if it passed).
         step, image: where the frame came from.
