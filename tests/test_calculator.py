@@ -53,6 +53,20 @@ def test_periodic_stress_agrees_with_mace_calculator(tiny_model):
     np.testing.assert_allclose(ours.get_forces(), ref.get_forces(), atol=1e-6)
 
 
+def test_a_supercell_repeats_the_cell_s_forces_and_force_sigma():
+    """A supercell of a periodic cell: same forces and force sigma on each copy, energy k times the cell's; the
+    energy sigma grows faster than k (the power law of the total raw variance, documented in calculator.rst)."""
+    calc = MLIPALCalculator()
+    cell = bulk("C", "diamond", a=3.57)
+    cell.rattle(0.02, seed=0)
+    one, eight = results(calc, cell), results(calc, cell.repeat(2))
+    np.testing.assert_allclose(eight["forces"], np.tile(one["forces"], (8, 1)), atol=1e-5)
+    np.testing.assert_allclose(eight["forces_uncertainty"], np.tile(one["forces_uncertainty"], 8), rtol=1e-5)
+    assert eight["energy"] == pytest.approx(8 * one["energy"], rel=1e-8)
+    ratio = eight["energy_uncertainty"] / one["energy_uncertainty"]
+    assert ratio == pytest.approx(8 ** calc.energy_posterior.calibration.exponent, rel=0.05)
+
+
 def test_molecule_has_no_stress(calc, ethanol):
     ethanol.calc = calc
     with pytest.raises(PropertyNotImplementedError):
