@@ -16,6 +16,7 @@ import argparse
 import csv
 import importlib
 import json
+import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -76,7 +77,7 @@ def _check_arguments(command: str, args: argparse.Namespace, outputs: Sequence[s
     bad = [f"{_option(name)} must be {rule}, not {getattr(args, name)}" for name, rule in rules.items()
            if getattr(args, name) is not None and not RULES[rule](getattr(args, name))]
     bad += [f"the folder of {_option(name)} {getattr(args, name)} does not exist; create it first" for name in outputs
-            if getattr(args, name) and not Path(getattr(args, name)).resolve().parent.is_dir()]
+            if getattr(args, name) and getattr(args, name) != "-" and not Path(getattr(args, name)).resolve().parent.is_dir()]
     if bad:
         raise SystemExit(f"mlipal {command}: {'; '.join(bad)}")
 
@@ -429,23 +430,32 @@ def cmd_select(args: argparse.Namespace) -> None:
     print("pool indices:", " ".join(str(int(i)) for i in picks))
 
 
+def _write_csv(rows, handle) -> None:
+    """Write dict ``rows`` as CSV to ``handle``, the first row's keys as the header."""
+    writer = None
+    for row in rows:
+        if writer is None:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from .selection import is_database, score_pool
 
     _check_arguments("score", args, chunk_size="at least 1", outputs=("output",))
     if not args.output and not is_database(args.pool):
-        raise SystemExit("mlipal score: give -o scores.csv, or a pool that is an ase.db to write into")
+        raise SystemExit("mlipal score: give -o scores.csv (-o - for the terminal), or a pool that is an ase.db "
+                         "to write into")
     calc = _pool_calculator(args)
     rows = score_pool(calc, args.pool, args.chunk_size)
     units = "energy_uncertainty in eV, uncertainty in eV/A" if calc.calibrated else "raw (uncalibrated)"
-    if args.output:
+    if args.output == "-":  # the table on stdout, the note on stderr: `mlipal score pool.xyz -o - | sort ...`
+        _write_csv(rows, sys.stdout)
+        print(f"per-structure uncertainties: {units}", file=sys.stderr)
+    elif args.output:
         with open(args.output, "w", newline="") as handle:
-            writer = None
-            for row in rows:
-                if writer is None:
-                    writer = csv.DictWriter(handle, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
+            _write_csv(rows, handle)
         print(f"wrote per-structure uncertainties ({units}) to {args.output}")
     else:  # an ase.db pool (checked above)
         import ase.db
@@ -565,7 +575,7 @@ def parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="per-structure uncertainties of a pool (CSV, or into an ase.db)")
     pool_options(score)
-    score.add_argument("-o", "--output", help="CSV file; without it an ase.db pool is updated in place")
+    score.add_argument("-o", "--output", help="CSV file (- for stdout); without it an ase.db pool is updated in place")
     score.set_defaults(func=cmd_score)
 
     compare_ = sub.add_parser("compare", help="GFRE/LFRE between the latent features of two models, both ways")

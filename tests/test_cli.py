@@ -133,7 +133,7 @@ def test_neb_and_ts_refuse_an_unknown_element_before_the_store(tmp_path, monkeyp
      "--workers must be at least 1, not 0; --chunk-size must be at least 1, not 0"),
     (["select", "pool.xyz", "-n", "2", "-o", "nowhere/picked.xyz"], "the folder of --output nowhere/picked.xyz"),
     (["select", "pool.xyz", "-n", "2", "--shortlist", "-1"], "mlipal select: --shortlist must be 0 or more, not -1"),
-    (["score", "pool.xyz"], "mlipal score: give -o scores.csv, or a pool that is an ase.db"),
+    (["score", "pool.xyz"], "mlipal score: give -o scores.csv (-o - for the terminal), or a pool that is an ase.db"),
     (["score", "pool.xyz", "--chunk-size", "-1"], "mlipal score: --chunk-size must be at least 1, not -1"),
     (["score", "pool.xyz", "-o", "nowhere/s.csv"], "mlipal score: the folder of --output nowhere/s.csv does not exist"),
     (["compare", "default", "default", "pool.xyz", "--n-local", "0"], "mlipal compare: --n-local must be at least 1"),
@@ -296,7 +296,7 @@ def test_select_writes_the_picked_structures(model_file, tmp_path, capsys):
         main(["select", str(tmp_path / "pool.xyz"), "-n", "1", "--model", model_file, "--kernel-option", "dim"])
 
 
-def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path):
+def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path, capsys):
     import csv
 
     import ase.db
@@ -309,6 +309,10 @@ def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path):
     with open(tmp_path / "s.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["index"]) for r in rows] == list(range(5)) and all(float(r["uncertainty"]) > 0 for r in rows)
+    capsys.readouterr()
+    main(["score", str(tmp_path / "pool.xyz"), "--model", model_file, "-o", "-"])  # the table alone on stdout
+    out = capsys.readouterr()
+    assert list(csv.DictReader(out.out.splitlines())) == rows and "uncertainties" in out.err
     with ase.db.connect(tmp_path / "pool.db") as db:
         for atoms in pool:
             db.write(atoms)
