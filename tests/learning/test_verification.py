@@ -56,15 +56,21 @@ def test_a_ceiling_bounds_the_reference_difference_not_the_error(calc, tiny_mode
         check_frame(calc, frame, 0, "audit", ceiling=difference - 0.01)  # a ceiling to nothing
 
 
-def test_forces_outside_two_sigma_fail_the_check(calc, tiny_model):
+def with_forces_pushed(calc, tiny_model, push):
+    """A methanol frame labelled by ``tiny_model``, its reference forces moved by ``push`` (a function of the
+    per-atom force sigma ``calc`` predicts there, shape (N,) -> (N, 3))."""
     frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 1, stdev=0.1, seed=2))[0]
     probe = frame.copy()
     probe.calc = calc
     probe.get_forces()
-    sigma = calc.results["forces_uncertainty"]
-    energy = frame.get_potential_energy()
     pushed = frame.copy()
-    pushed.calc = SinglePointCalculator(pushed, energy=energy, forces=frame.get_forces() + 5 * sigma[:, None])
+    pushed.calc = SinglePointCalculator(pushed, energy=frame.get_potential_energy(),
+                                        forces=frame.get_forces() + push(calc.results["forces_uncertainty"]))
+    return pushed
+
+
+def test_forces_outside_two_sigma_fail_the_check(calc, tiny_model):
+    pushed = with_forces_pushed(calc, tiny_model, lambda sigma: 5 * sigma[:, None] * np.ones(3))
     check = check_frame(calc, pushed, 0, "audit")
     assert check.force_coverage == 0 and not check.passed and "force components outside 2 sigma" in check.reason
 
@@ -86,19 +92,10 @@ def test_allowed_outside_is_what_a_calibrated_model_rarely_exceeds(n_atoms):
 
 def test_a_small_frame_may_have_a_few_components_outside(calc, tiny_model):
     """Methanol (18 components): 4 outside 2 sigma pass (a calibrated model: ~1%), 5 fail."""
-    frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 1, stdev=0.1, seed=2))[0]
-    probe = frame.copy()
-    probe.calc = calc
-    probe.get_forces()
-    sigma = calc.results["forces_uncertainty"]
-    checks = []
-    for count in (4, 5):
-        push = np.zeros((len(frame), 3))
-        push.flat[:count] = 5 * np.repeat(sigma, 3)[:count]
-        pushed = frame.copy()
-        pushed.calc = SinglePointCalculator(pushed, energy=frame.get_potential_energy(),
-                                            forces=frame.get_forces() + push)
-        checks.append(check_frame(calc, pushed, 0, "audit"))
+    def first(count):  # the first `count` components (atom by atom) pushed 5 sigma out
+        return lambda sigma: np.where(np.arange(3 * len(sigma)) < count, 5 * np.repeat(sigma, 3), 0.0).reshape(-1, 3)
+
+    checks = [check_frame(calc, with_forces_pushed(calc, tiny_model, first(count)), 0, "audit") for count in (4, 5)]
     assert checks[0].passed and checks[0].forces_agree and checks[0].force_coverage == pytest.approx(14 / 18)
     assert not checks[1].passed and not checks[1].forces_agree
     assert "5 of 18 force components outside 2 sigma (a calibrated model: at most 4)" in checks[1].reason
