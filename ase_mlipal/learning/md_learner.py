@@ -8,7 +8,8 @@ same trajectory (rounds, state and resume: :mod:`ase_mlipal.learning.learning_ru
 A quiet trigger is no proof: about one unflagged frame per
 ``audit_interval`` steps, drawn at random, is labelled as an **audit** and
 checked against the model that drove the dynamics there
-(:func:`~ase_mlipal.learning.verification.check_frame`). A failed audit is trained on
+(:func:`~ase_mlipal.learning.verification.check_frame`); a final model no
+draw audited is audited on the frame the MD ended at. A failed audit is trained on
 like a flag; a passed one is kept out of training. The run ends
 ``confident`` only if the final model had audits and passed them all.
 
@@ -232,6 +233,7 @@ class OnTheFlyLearner(LearningRun):
                 if self._round_due():
                     self._learn(report)
                 self._checkpoint_md(step)
+        self._closing_audit(step)
         self._label_last_audits()
         self._check_audits()
         self.write_state()
@@ -302,6 +304,31 @@ class OnTheFlyLearner(LearningRun):
         if self.audit_interval is None:
             return False
         return bool(np.random.default_rng([self.seed, step]).random() < self.interval / self.audit_interval)
+
+    def _closing_audit(self, step: int) -> None:
+        """Audit the frame the MD ended at if no audit was drawn under the final model.
+
+        Audits are random, one per ``audit_interval`` steps on average, so a
+        round late in the run can leave the model it ends with unchecked and
+        the run unverified however good that model is. One more label checks
+        it where the run ended: not when the run was stopped, audits nothing
+        (``audit_interval=None``) or has no label left, nor when that frame was
+        flagged (it is training data). A resumed run adds none twice (the
+        audit is in the store).
+        """
+        if self.audit_interval is None or self.state["stopped"] or step == 0:
+            return
+        if self.max_labels is not None and self.labels_used() >= self.max_labels:
+            return
+        for row in self.store.rows():
+            if not self._owns(row):
+                continue
+            if row.get("source") == "audit" and row.get("model_hash") == self.calc.model_hash:
+                return  # the final model has an audit (checked, or waiting for its label)
+            if row.get("source") == "md" and row.get("step") == step:
+                return  # the last frame was flagged
+        self.store.add_flagged(self.atoms, source="audit", step=step, run_id=self.run_id,
+                               uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
 
     def _check_audits(self) -> None:
         """Check every labelled audit drawn under the model in use and not checked yet."""

@@ -12,19 +12,20 @@ from .test_neb import formaldehyde_calc
 
 
 class ForcesOffReference(Calculator):
-    """The model itself as the reference, every force component 1 eV/A larger: the model fails every audit."""
+    """The model itself as the reference, every force component ``offset`` eV/A larger (default 10: the model
+    fails every audit; 0: it passes every one)."""
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, model):
+    def __init__(self, model, offset: float = 10.0):
         super().__init__()
-        self.model = model
+        self.model, self.offset = model, offset
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         probe = self.atoms.copy()
         probe.calc = MLIPALCalculator(model=self.model)
-        self.results = {"energy": probe.get_potential_energy(), "forces": probe.get_forces() + 1.0}
+        self.results = {"energy": probe.get_potential_energy(), "forces": probe.get_forces() + self.offset}
 
 
 @pytest.mark.parametrize("audit_interval, why", [
@@ -51,3 +52,25 @@ def test_audits_the_budget_cannot_pay_for_stop_the_run_and_stopped_says_why(tiny
                              progress=False).run()
     assert report.stopped.startswith("the label budget is spent (max_labels=1")
     assert "the last audits" in report.stopped and report.ended == "" and not report.confident
+
+
+def test_a_final_model_no_draw_audited_is_audited_where_the_md_ended(tiny_model, tmp_path):
+    """Audits drawn so rarely that none falls in 20 steps: one closing audit of the last frame checks the final
+    model (here exact, so the run is verified); a resume adds none twice; a flagged last frame is no audit."""
+    start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
+
+    def learner(workdir, threshold=1e9):
+        return OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=0.0), workdir,
+                               threshold=threshold, steps=20, interval=5, audit_interval=10**9, max_rounds=0,
+                               conditioning=[], progress=False)
+
+    run = learner(tmp_path / "run")
+    report = run.run()
+    audits = [c for c in report.checks if c.kind == "audit"]
+    assert [(c.step, c.passed) for c in audits] == [(20, True)] and report.confident and report.ended == ""
+    assert run.labels_used() == 1
+    again = learner(tmp_path / "run").run()  # a resume of the finished run
+    assert [c.step for c in again.checks if c.kind == "audit"] == [20] and again.confident
+    flagged = learner(tmp_path / "flagged", threshold=1e-9).run()  # every check flags, the last frame too
+    assert not [c for c in flagged.checks if c.kind == "audit"] and not flagged.confident
+    assert flagged.ended.startswith("no audit checked the final model (round 0)")
