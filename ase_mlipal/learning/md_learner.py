@@ -11,7 +11,8 @@ checked against the model that drove the dynamics there
 (:func:`~ase_mlipal.learning.verification.check_frame`); a final model no
 draw audited is audited on the frame the MD ended at. A failed audit is trained on
 like a flag; a passed one is kept out of training. The run ends
-``confident`` only if the final model had audits and passed them all.
+``confident`` only if the final model had audits and passed them all, one by
+one and, for the forces, pooled (:func:`~ase_mlipal.learning.verification.forces_agree_together`).
 
 Files in ``workdir`` beyond :class:`~ase_mlipal.learning.learning_run.LearningRun`'s:
 ``md.traj`` (positions and momenta at the last checkpoint). Only the
@@ -47,7 +48,7 @@ from .labelling import Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-from .verification import Check
+from .verification import Check, forces_agree_together
 
 
 FRICTION = 0.01 / units.fs  # a 100 fs relaxation time (ASE's documented choice for Langevin)
@@ -90,7 +91,8 @@ class LearnReport:
         resumed_from: the step a resumed run started at (0: a fresh run).
         checks: every audit so far (force error and 2-sigma coverage of the
             forces that drove the dynamics, step by step).
-        confident: the final model was audited and passed every audit.
+        confident: the final model was audited and passed every audit, and its
+            audits' force components together lie within 2 sigma as often as a calibrated model's.
         stopped: why the run was stopped ("" if it was not): a physical guard,
             or the label budget spent while labels were needed.
         model_choice: one line per fine-tuned model, accepted or not and why.
@@ -238,7 +240,8 @@ class OnTheFlyLearner(LearningRun):
         self._check_audits()
         self.write_state()
         final = [c for c in self.checks if c.round == self.choice.round and c.kind == "audit"]
-        report.confident = bool(final) and all(c.passed for c in final) and not self.state["stopped"]
+        report.confident = (bool(final) and all(c.passed for c in final) and forces_agree_together(final)
+                            and not self.state["stopped"])
         report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
         report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
         report.ended = "" if report.confident or report.stopped else self._why_unverified(final, step)
@@ -247,6 +250,12 @@ class OnTheFlyLearner(LearningRun):
     def _why_unverified(self, final: list[Check], step: int) -> str:
         """Why the MD ended at ``step`` without the final model's audits (``final``) all passing."""
         model = f"the final model (round {self.choice.round})"
+        if final and all(c.passed for c in final):  # one by one they pass; pooled, the forces do not
+            counted = [c for c in final if c.force_components]
+            outside, total = sum(c.forces_outside for c in counted), sum(c.force_components for c in counted)
+            return (f"the {len(final)} audits of {model} pass one by one, but together {outside} of their {total} "
+                    "force components lie outside 2 sigma, more than a calibrated model's (its force sigma is "
+                    "too small there); a longer run flags and audits more")
         if final:
             failed = sum(not c.passed for c in final)
             rounds_left = self.max_rounds is None or self.state["round"] < self.max_rounds

@@ -6,7 +6,8 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import ase_mlipal
-from ase_mlipal.learning.verification import Check, ModelChoice, allowed_outside, check_frame, verification_error
+from ase_mlipal.learning.verification import (Check, ModelChoice, allowed_outside, check_frame, forces_agree_together,
+                                              verification_error)
 
 from ..conftest import rattled
 
@@ -102,6 +103,22 @@ def test_a_small_frame_may_have_a_few_components_outside(calc, tiny_model):
     # a check stored by an earlier version (no forces_agree) keeps the rule it was judged by: the share alone
     old = {k: v for k, v in checks[0].as_dict().items() if k != "forces_agree"}
     assert Check(**old).forces_agree is False
+
+
+def test_audits_that_each_pass_can_fail_together():
+    """Five 3-atom audits with 2 of 9 components outside each pass one by one (allowed 2) but not pooled
+    (8 of 45: a calibrated model exceeds 6 of 45 under 1% of the time); 1 of 9 each pools to 5 of 45, fine."""
+    from scipy.stats import binom
+
+    def audit(outside, n=9):
+        return Check(1, "audit", 0, 0.0, 0.1, 0.05, 1 - outside / n, passed=outside <= allowed_outside(n),
+                     forces_agree=outside <= allowed_outside(n), forces_outside=outside, force_components=n)
+
+    assert all(audit(2).passed for _ in range(5)) and binom.sf(6, 45, 0.05) <= 0.01 < binom.sf(5, 45, 0.05)
+    assert not forces_agree_together([audit(2)] * 4 + [audit(0)])  # 8 of 45
+    assert forces_agree_together([audit(1)] * 5) and forces_agree_together([audit(2)] * 3 + [audit(0)] * 2)
+    old = Check(1, "audit", 0, 0.0, 0.1, 0.05, 0.5, passed=False)  # an earlier version's check: no counts
+    assert old.forces_outside is None and forces_agree_together([old]) and forces_agree_together([])
 
 
 def test_a_worse_model_is_rejected_and_a_better_one_accepted(tiny_model):
