@@ -48,7 +48,7 @@ from .labelling import Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-from .verification import Check, forces_agree_together
+from .verification import Check, forces_agree_together, pooled_force_counts
 
 
 FRICTION = 0.01 / units.fs  # a 100 fs relaxation time (ASE's documented choice for Langevin)
@@ -251,8 +251,7 @@ class OnTheFlyLearner(LearningRun):
         """Why the MD ended at ``step`` without the final model's audits (``final``) all passing."""
         model = f"the final model (round {self.choice.round})"
         if final and all(c.passed for c in final):  # one by one they pass; pooled, the forces do not
-            counted = [c for c in final if c.force_components]
-            outside, total = sum(c.forces_outside for c in counted), sum(c.force_components for c in counted)
+            outside, total = pooled_force_counts(final)
             return (f"the {len(final)} audits of {model} pass one by one, but together {outside} of their {total} "
                     "force components lie outside 2 sigma, more than a calibrated model's (its force sigma is "
                     "too small there); a longer run flags and audits more")

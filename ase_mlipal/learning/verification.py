@@ -51,8 +51,13 @@ def allowed_outside(n_components: int) -> int:
     """
     if n_components < 0:
         raise ValueError(f"n_components must be >= 0, got {n_components}")
-    by_chance = int(binom.ppf(1.0 - FORCE_FALSE_ALARM, n_components, 0.05)) if n_components else 0
-    return max(by_chance, int(np.floor((1.0 - MIN_FORCE_COVERAGE) * n_components + 1e-9)))
+    return max(_by_chance(n_components), int(np.floor((1.0 - MIN_FORCE_COVERAGE) * n_components + 1e-9)))
+
+
+def _by_chance(n_components: int) -> int:
+    """The count of components outside 2 sigma a calibrated model exceeds with probability at most
+    ``FORCE_FALSE_ALARM`` (binomial, 5% each)."""
+    return int(binom.ppf(1.0 - FORCE_FALSE_ALARM, n_components, 0.05)) if n_components else 0
 
 
 @dataclass
@@ -153,8 +158,8 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         std = float(calc.results["energy_uncertainty"])
     force_error = np.abs(predicted_forces - forces)
     inside = force_error <= 2.0 * sigma_f[:, None]
-    coverage, outside = float(np.mean(inside)), int(inside.size - inside.sum())
-    forces_agree = outside <= allowed_outside(inside.size)
+    coverage, outside, allowed = float(np.mean(inside)), int(inside.size - inside.sum()), allowed_outside(inside.size)
+    forces_agree = outside <= allowed
     reasons = []
     if abs(error) > 2.0 * std:
         reasons.append(f"energy error {error:+.3f} eV outside 2 sigma ({2 * std:.3f} eV)")
@@ -164,7 +169,7 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         reasons.append(f"the reference puts it {reference:.3f} eV above the anchor, above the ceiling {ceiling:.3f} eV")
     if not forces_agree:
         reasons.append(f"{outside} of {inside.size} force components outside 2 sigma "
-                       f"(a calibrated model: at most {allowed_outside(inside.size)})")
+                       f"(a calibrated model: at most {allowed})")
     saddle, reference_saddle = None, None
     if tangent is not None:
         tangent = np.asarray(tangent, dtype=float) / np.linalg.norm(tangent)
@@ -194,10 +199,14 @@ def forces_agree_together(checks: Sequence[Check]) -> bool:
     ``FORCE_FALSE_ALARM``. Checks without the counts (an earlier version's)
     are left out.
     """
+    outside, total = pooled_force_counts(checks)
+    return outside <= _by_chance(total)
+
+
+def pooled_force_counts(checks: Sequence[Check]) -> tuple[int, int]:
+    """Force components outside 2 sigma and all force components, summed over the ``checks`` that count them."""
     counted = [c for c in checks if c.force_components]
-    total = sum(c.force_components for c in counted)
-    outside = sum(c.forces_outside for c in counted)
-    return total == 0 or outside <= int(binom.ppf(1.0 - FORCE_FALSE_ALARM, total, 0.05))
+    return sum(c.forces_outside for c in counted), sum(c.force_components for c in counted)
 
 
 def verification_error(model: torch.nn.Module, frames: Sequence[Atoms], anchor: Optional[Atoms] = None,
