@@ -34,6 +34,10 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert set(per_element) == {"1", "6", "7", "8"} and all(f["exponent"] == 1.0 for f in per_element.values())
     assert len({f["scale"] for f in per_element.values()}) == 4  # each element its own scale
     assert "| element scales | their TS region | forces |" in (tmp_path / "calibration.md").read_text()
+    power_laws = result["methods"]["element power laws"]["fit_all"]["forces"]  # a power law per element
+    assert set(power_laws) == {"1", "6", "7", "8"} and len({f["exponent"] for f in power_laws.values()}) == 4
+    worst = min(r["forces"]["coverage_2sigma"] for r in shipped["per_reaction"].values())
+    assert f"| {result['shipped']} | {worst:.2f} (" in (tmp_path / "calibration.md").read_text()  # worst reaction
     distance = result["methods"]["distance, power"]["fit_all"]["forces"]  # what distance_aware=True ships
     assert distance["exponent"] != 1.0 and distance["scale"] > 0
     assert "| distance, power | new: their TS region |" in (tmp_path / "calibration.md").read_text()
