@@ -60,6 +60,27 @@ class PathProfile:
         return cls(**arrays)
 
 
+def check_band(images: Sequence[Atoms], at_least: int = 2) -> None:
+    """Raise ``ValueError`` unless ``images`` are at least ``at_least`` frames of the same atoms in the same order.
+
+    The message names the first image that differs from image 0 and how.
+    """
+    if len(images) < at_least:
+        raise ValueError(f"a band needs at least {at_least} images, got {len(images)}")
+    first = images[0]
+    for k, image in enumerate(images[1:], start=1):
+        if len(image) != len(first):
+            raise ValueError(f"image {k} has {len(image)} atoms where image 0 has {len(first)}: every image of a "
+                             "band must have the same atoms in the same order")
+        differ = np.flatnonzero(image.numbers != first.numbers)
+        if differ.size:
+            i = int(differ[0])
+            raise ValueError(f"image {k}'s atom {i} is {image.get_chemical_symbols()[i]} where image 0's is "
+                             f"{first.get_chemical_symbols()[i]} ({differ.size} atom(s) differ): every image of a "
+                             "band must have the same atoms in the same order (reorder the product's atoms to "
+                             "match the reactant's)")
+
+
 def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
     """Cumulative distance along the band (A), 0 at the first image."""
     steps = [np.linalg.norm(b.positions - a.positions) for a, b in zip(images[:-1], images[1:])]
@@ -94,8 +115,7 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
     """
     if n_images < 3:
         raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
-    if len(initial) != len(final) or np.any(initial.numbers != final.numbers):
-        raise ValueError("the endpoints of a band must have the same atoms in the same order")
+    check_band([initial, final])
     guard = PhysicalGuard([initial, final])
     straight = _idpp_band(initial, final, n_images)
     problems = _band_problems(guard, straight)
@@ -176,6 +196,7 @@ def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "
     top image alone would not.
     """
     images = list(images)
+    check_band(images)
     energies, batches = calc.predict(images)
     features = per_structure(batches)
     delta = np.concatenate([f.structure for f in features]) - features[0].structure

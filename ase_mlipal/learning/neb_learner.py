@@ -30,6 +30,7 @@ from ..paths import (  # noqa: F401
     DEMO_REACTION_PATH,
     PathProfile,
     band,
+    check_band,
     path_profile,
     reaction_coordinate,
 )
@@ -415,8 +416,7 @@ class NEBLearner(LearningRun):
         max_labels: Optional[int] = None,
         **deprecated,
     ):
-        if len(images) < 3:
-            raise ValueError("a band needs at least 3 images (two endpoints and one to move)")
+        check_band(images, at_least=3)
         if max_rounds < 0 or not barrier_tolerance > 0:
             raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
         if band_start not in ("initial", "previous"):

@@ -28,7 +28,7 @@ from ase.vibrations import Vibrations
 
 from ..calculator import MLIPALCalculator
 from ..frames import read_labels, with_labels
-from ..paths import path_profile
+from ..paths import check_band, path_profile
 from .labelling import Reference, _name, reference_label
 from .store import FrameStore
 from .verification import Check, check_frame
@@ -175,10 +175,7 @@ def _starting_image(calc: MLIPALCalculator, start) -> tuple[Optional[Atoms], Ato
     if isinstance(start, Atoms):
         return None, start
     images = list(start)
-    if len(images) < 3:
-        raise ValueError(f"a band needs at least 3 images to have an interior one; got {len(images)}")
-    if any(len(a) != len(images[0]) or np.any(a.numbers != images[0].numbers) for a in images):
-        raise ValueError("the images of a band must have the same atoms in the same order")
+    check_band(images, at_least=3)
     energies, _ = calc.predict(images, progress=False, force_variance=False, rows=False)
     top = 1 + int(np.argmax(energies[1:-1]))
     if not energies[top] > max(energies[top - 1], energies[top + 1]):

@@ -63,6 +63,22 @@ def test_a_flag_at_the_top_covers_near_identical_neighbours(calc, tmp_path):
     assert trigger.band_values.max() > trigger.threshold >= np.sort(trigger.band_values)[-2]
 
 
+def test_bands_of_other_atoms_are_refused_naming_the_image(calc, tmp_path):
+    images = formaldehyde_band(5)
+    swapped = images[3].copy()
+    swapped.numbers[[0, 2]] = swapped.numbers[[2, 0]]  # O and H exchanged: same count, other order
+    shorter = images[2][:-1]
+    with pytest.raises(ValueError, match=r"image 3's atom 0 is H where image 0's is O"):
+        path_profile(calc, images[:3] + [swapped] + images[4:])
+    with pytest.raises(ValueError, match="image 2 has 3 atoms where image 0 has 4"):
+        path_profile(calc, images[:2] + [shorter] + images[3:])
+    with pytest.raises(ValueError, match="image 2 has 3 atoms"):
+        NEBLearner(calc, None, tmp_path, images[:2] + [shorter] + images[3:], 0.1)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(ValueError, match="image 1's atom 0"):
+        band(images[0], swapped, 5)
+
+
 def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc):
     images = formaldehyde_band(5)
     profile = path_profile(calc, images)
