@@ -41,7 +41,7 @@ from ase.optimize.optimize import Dynamics
 from ..calculator import MLIPALCalculator
 from ..guards import PhysicalGuard, UnphysicalFrame
 from ..legacy import renamed_argument
-from ..models.graphs import OverlappingAtoms, check_overlap, overlap_message
+from ..models.graphs import OverlappingAtoms, check_atoms, check_overlap, overlap_message
 from ..progress import progress_bar
 from ..storage import atomic_write
 from .labelling import Reference
@@ -179,6 +179,7 @@ class OnTheFlyLearner(LearningRun):
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
         check_overlap(atoms, "the start structure", "fix the start structure before the MD")
+        check_atoms(atoms, calc.batch_maker.elements)  # before the run writes anything
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
                          finetune_options=finetune_options, run_id=run_id, progress=progress,
                          max_labels=max_labels, **deprecated)

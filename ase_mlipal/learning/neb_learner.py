@@ -26,6 +26,7 @@ from ase.optimize.optimize import Optimizer
 
 from ..calculator import MLIPALCalculator
 from ..guards import EnergyRunaway, PhysicalGuard, UnphysicalFrame
+from ..models.graphs import check_atoms
 from ..paths import (  # noqa: F401
     DEMO_REACTION_PATH,
     PathProfile,
@@ -417,6 +418,11 @@ class NEBLearner(LearningRun):
         **deprecated,
     ):
         check_band(images, at_least=3)
+        for k, image in enumerate(images):  # before the run writes anything
+            try:
+                check_atoms(image, calc.batch_maker.elements)
+            except ValueError as error:
+                raise ValueError(f"image {k}: {error}") from None
         if max_rounds < 0 or not barrier_tolerance > 0:
             raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
         if band_start not in ("initial", "previous"):

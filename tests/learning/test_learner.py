@@ -131,6 +131,11 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
     with pytest.raises(OverlappingAtoms,
                        match=r"the start structure has atoms 0 \(O\) and 1 \(C\) 0.050 A apart .*Fix the start structure before the MD"):
         OnTheFlyLearner(squashed, calc, lambda: None, tmp_path / "bad", threshold=1.0, conditioning=[])
+    chlorinated = start.copy()
+    chlorinated.numbers[2] = 17  # an element the model lacks: refused before the run writes anything
+    with pytest.raises(ValueError, match=r"does not know element\(s\) \['Cl'\] \(atoms \[2\]\)"):
+        OnTheFlyLearner(chlorinated, calc, lambda: None, tmp_path / "chlorine", threshold=1.0, conditioning=[])
+    assert not (tmp_path / "chlorine").exists()
 
 
 

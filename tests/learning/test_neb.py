@@ -77,6 +77,12 @@ def test_bands_of_other_atoms_are_refused_naming_the_image(calc, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything was written
     with pytest.raises(ValueError, match="image 1's atom 0"):
         band(images[0], swapped, 5)
+    chlorinated = [image.copy() for image in images]
+    for image in chlorinated:
+        image.numbers[3] = 17  # an element the model lacks, on every image
+    with pytest.raises(ValueError, match=r"image 0: The model does not know element\(s\) \['Cl'\] \(atoms \[3\]\)"):
+        NEBLearner(calc, None, tmp_path, chlorinated, 0.1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_path_profile_uncertainty_is_the_posterior_of_the_energy_difference(calc):
