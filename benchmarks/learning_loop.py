@@ -476,6 +476,9 @@ def main() -> None:
     parser.add_argument("--reuse-direct", action="store_true",
                         help="take the direct xTB NEB from the reaction's earlier part when it ran from the same "
                              "band (same images and fmax: the IDPP band is deterministic) instead of rerunning it")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the MD learner's thermostat seed (another seed: another trajectory, file "
+                             "md_<name>_seed<N>.json)")
     args = parser.parse_args()
     out = args.out or RESULTS
     parts = out / "learning_loop"
@@ -490,10 +493,11 @@ def main() -> None:
         for name in ([args.md] if args.md else MD_MOLECULES[:1] if args.smoke else MD_MOLECULES):
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_md_{name}_"))
             try:
-                result = run_md(name, MD_SMOKE if args.smoke else MD_SETTINGS, workdir)
+                result = run_md(name, {**(MD_SMOKE if args.smoke else MD_SETTINGS), "seed": args.seed}, workdir)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            (parts / f"md_{name}.json").write_text(json.dumps(result, indent=1, default=float))
+            tag = f"_seed{args.seed}" if args.seed else ""
+            (parts / f"md_{name}{tag}.json").write_text(json.dumps(result, indent=1, default=float))
             print(f"MD {name}: audits {len(result['audits'])}, last-third force MAE "
                   f"{result['last_third']['force_mae']}, confident {result['confident']}", flush=True)
         if args.md:
