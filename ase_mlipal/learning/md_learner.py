@@ -6,11 +6,13 @@ swaps the model in if it is no worse on the checks so far and resumes the
 same trajectory (rounds, state and resume: :mod:`ase_mlipal.learning.learning_run`).
 
 A quiet trigger is no proof: about one unflagged frame per
-``audit_interval`` steps, drawn at random, is labelled as an **audit** and
-checked against the model that drove the dynamics there
+``audit_interval`` steps, drawn at random, is labelled as an **audit** when
+it is drawn and checked against the model that drove the dynamics there
 (:func:`~ase_mlipal.learning.verification.check_frame`); a final model no
-draw audited is audited on the frame the MD ended at. A failed audit is trained on
-like a flag; a passed one is kept out of training. The run ends
+draw audited is audited on the frame the MD ended at. A failed audit starts
+a round at once (the model is wrong where the trigger was sure, so the
+dynamics must not go on waiting for flags) and is trained on like a flag;
+a passed one is kept out of training. The run ends
 ``confident`` only if the final model had audits and passed them all, one by
 one and, for the forces, pooled (:func:`~ase_mlipal.learning.verification.forces_agree_together`).
 
@@ -44,7 +46,7 @@ from ..legacy import renamed_argument
 from ..models.graphs import OverlappingAtoms, check_atoms, check_overlap, overlap_message
 from ..progress import progress_bar
 from ..storage import atomic_write
-from .labelling import Reference
+from .labelling import Reference, label
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
@@ -127,8 +129,8 @@ class OnTheFlyLearner(LearningRun):
         steps: total MD steps.
         interval: trigger check every ``interval`` steps; also the MD
             checkpoint interval.
-        labels_per_round: frames waiting for a label (flags and failed audits) that make a
-            round (``batch_size=`` before 0.2).
+        labels_per_round: frames waiting for a label or training (flags, failed audits) that make
+            a round (``batch_size=`` before 0.2); a failed audit makes one at once.
         max_rounds: stop learning (MD, flagging and audits go on) after this many rounds.
         audit_interval: on average one unflagged frame per this many steps is
             audited (``None``: no audits, and the run is never ``confident``).
@@ -304,9 +306,27 @@ class OnTheFlyLearner(LearningRun):
         if flagged:
             report.flagged_steps.append((step, self.trigger.last_value))
         elif self._audit_due(step):
-            self.store.add_flagged(self.atoms, source="audit", step=step, run_id=self.run_id,
-                                   uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
+            self._audit(step)
         return True
+
+    def _audit(self, step: int) -> None:
+        """Store this frame as an audit, label it and check it now; a failed check makes a round due.
+
+        Checked when drawn, not when the next batch of flags is labelled: a
+        model wrong where its uncertainty is small raises no flag, and would
+        drive the dynamics on until enough flags gathered. With the budget
+        spent the audit waits, like the flags, for the end of the run.
+        """
+        row_id, _ = self.store.add_flagged(self.atoms, source="audit", step=step, run_id=self.run_id,
+                                           uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
+        if self.max_labels is not None and self.labels_used() >= self.max_labels:
+            return
+        label(self.store, self.reference, executor=self.executor, progress=False, row_ids={row_id})
+        self._check_audits()
+        check = next((c for c in reversed(self.checks) if c.store_id == row_id), None)
+        if check is not None and not check.passed and np.isfinite(check.energy_error):  # not a failed label
+            self.state["audit_failed"] = True
+        self.write_state()
 
     def _audit_due(self, step: int) -> bool:
         """Draw (by step, reproducibly) whether this unflagged check becomes an audit."""
@@ -366,9 +386,12 @@ class OnTheFlyLearner(LearningRun):
         return {row.id for row in self.store.rows("flagged") if row.get("source") == "audit" and self._owns(row)}
 
     def _round_due(self) -> bool:
-        """A batch is waiting: flagged frames plus labelled ones no model was trained on yet."""
+        """An audit failed since the last round, or a batch is waiting: flagged frames plus labelled ones no
+        model was trained on yet."""
         if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
             return False
+        if self.state.get("audit_failed"):
+            return True
         counts = self.store.counts()
         return counts["flagged"] + counts["labelled"] - self.state["n_trained"] >= self.labels_per_round
 
@@ -384,6 +407,6 @@ class OnTheFlyLearner(LearningRun):
         if not record.accepted:  # the current posterior is kept: save it with this round's flags
             self.calc.save_posterior(self._path(f"posterior_round{number}.npz"))
             self.state["posterior"] = f"posterior_round{number}.npz"
-        self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames)
+        self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames, audit_failed=False)
         self.write_state()
         self.atoms.calc = self.calc  # results of the old model are gone

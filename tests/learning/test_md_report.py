@@ -74,3 +74,24 @@ def test_a_final_model_no_draw_audited_is_audited_where_the_md_ended(tiny_model,
     flagged = learner(tmp_path / "flagged", threshold=1e-9).run()  # every check flags, the last frame too
     assert not [c for c in flagged.checks if c.kind == "audit"] and not flagged.confident
     assert flagged.ended.startswith("no audit checked the final model (round 0)")
+
+
+def test_a_failed_audit_starts_a_round_at_once(tiny_model, tmp_path):
+    """No flag (threshold 1e9) and 8 labels a batch: only the audit, checked when drawn, sees the model 10 eV/A
+    off, and the round runs on it right away, not once 8 frames wait; a passed audit starts none."""
+    start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
+
+    def learner(workdir, offset):
+        return OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=offset), workdir,
+                               threshold=1e9, steps=10, interval=5, labels_per_round=8, audit_interval=5,
+                               max_rounds=1, conditioning=[], progress=False,
+                               finetune_options={"epochs": 1, "replay_ratio": 1})
+
+    wrong = learner(tmp_path / "wrong", offset=10.0)
+    report = wrong.run()
+    audits = [c for c in report.checks if c.kind == "audit"]
+    assert [(c.step, c.round, c.passed) for c in audits][0] == (5, 0, False)
+    assert len(report.rounds) == 1 and report.rounds[0].n_train_frames == 1  # the failed audit alone
+    assert not report.confident  # the step-10 audit fails too, with no round left to learn from it
+    right = learner(tmp_path / "right", offset=0.0).run()
+    assert not right.rounds and all(c.passed for c in right.checks) and right.confident
