@@ -129,8 +129,8 @@ class OnTheFlyLearner(LearningRun):
         steps: total MD steps.
         interval: trigger check every ``interval`` steps; also the MD
             checkpoint interval.
-        labels_per_round: frames waiting for a label or training (flags, failed audits) that make
-            a round (``batch_size=`` before 0.2); a failed audit makes one at once.
+        labels_per_round: frames drawn for a label since the last round (flags, audits) that
+            make a round (``batch_size=`` before 0.2); a failed audit makes one at once.
         max_rounds: stop learning (MD, flagging and audits go on) after this many rounds.
         audit_interval: on average one unflagged frame per this many steps is
             audited (``None``: no audits, and the run is never ``confident``).
@@ -386,14 +386,16 @@ class OnTheFlyLearner(LearningRun):
         return {row.id for row in self.store.rows("flagged") if row.get("source") == "audit" and self._owns(row)}
 
     def _round_due(self) -> bool:
-        """An audit failed since the last round, or a batch is waiting: flagged frames plus labelled ones no
-        model was trained on yet."""
+        """An audit failed since the last round, or a batch was drawn: flagged frames, labelled ones no model
+        was trained on yet and the audits passed since the last round (labels the round paces, as when
+        audits were labelled at the round)."""
         if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
             return False
         if self.state.get("audit_failed"):
             return True
         counts = self.store.counts()
-        return counts["flagged"] + counts["labelled"] - self.state["n_trained"] >= self.labels_per_round
+        passed = sum(c.kind == "audit" and c.passed and c.store_id > self.state["absorbed_row"] for c in self.checks)
+        return counts["flagged"] + counts["labelled"] + passed - self.state["n_trained"] >= self.labels_per_round
 
     def _learn(self, report: LearnReport) -> None:
         number = self.state["round"] + 1
