@@ -258,6 +258,10 @@ class LearningRun:
         return sum(1 for row in self.store.rows() if self._owns(row)
                    and (row.status in asked or (row.status == "unphysical" and row.get("energy") is not None)))
 
+    def labels_spent(self) -> bool:
+        """Whether the label budget (``max_labels``) is used up; never without one."""
+        return self.max_labels is not None and self.labels_used() >= self.max_labels
+
     def label_reserve(self, room: int) -> int:
         """How many of ``room`` labels this round's flags leave for what is still to come (none here;
         see :class:`NEBLearner`)."""
@@ -301,7 +305,7 @@ class LearningRun:
         budget is used up, nothing is labelled: the run is stopped and its flagged rows are stored
         ``skipped``; returns False."""
         waiting = bool(self._own_flagged())
-        used_up = self.max_labels is not None and self.labels_used() >= self.max_labels
+        used_up = self.labels_spent()
         if (waiting and used_up) or not self.fit_budget(keep, state):
             self._stop_for_budget(what)
             return False

@@ -310,7 +310,7 @@ class OnTheFlyLearner(LearningRun):
         return True
 
     def _audit(self, step: int) -> None:
-        """Store this frame as an audit, label it and check it now; a failed check makes a round due.
+        """Store this frame as an audit, label it and check it now (a failed check makes a round due).
 
         Checked when drawn, not when the next batch of flags is labelled: a
         model wrong where its uncertainty is small raises no flag, and would
@@ -319,13 +319,10 @@ class OnTheFlyLearner(LearningRun):
         """
         row_id, _ = self.store.add_flagged(self.atoms, source="audit", step=step, run_id=self.run_id,
                                            uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
-        if self.max_labels is not None and self.labels_used() >= self.max_labels:
+        if self.labels_spent():
             return
         label(self.store, self.reference, executor=self.executor, progress=False, row_ids={row_id})
         self._check_audits()
-        check = next((c for c in reversed(self.checks) if c.store_id == row_id), None)
-        if check is not None and not check.passed and np.isfinite(check.energy_error):  # not a failed label
-            self.state["audit_failed"] = True
         self.write_state()
 
     def _audit_due(self, step: int) -> bool:
@@ -345,9 +342,7 @@ class OnTheFlyLearner(LearningRun):
         flagged (it is training data). A resumed run adds none twice (the
         audit is in the store).
         """
-        if self.audit_interval is None or self.state["stopped"] or step == 0:
-            return
-        if self.max_labels is not None and self.labels_used() >= self.max_labels:
+        if self.audit_interval is None or self.state["stopped"] or step == 0 or self.labels_spent():
             return
         for row in self.store.rows():
             if not self._owns(row):
@@ -375,7 +370,7 @@ class OnTheFlyLearner(LearningRun):
         for a run with more labels) and stops nothing: the MD is over (it
         finished, or a guard or the budget stopped it already).
         """
-        spent = self.max_labels is not None and self.labels_used() >= self.max_labels
+        spent = self.labels_spent()
         if spent and not self._waiting_audits():
             self._skip(self._own_flagged())
             return
@@ -391,10 +386,11 @@ class OnTheFlyLearner(LearningRun):
         audits were labelled at the round)."""
         if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
             return False
-        if self.state.get("audit_failed"):
+        audits = [c for c in self.checks if c.kind == "audit" and c.store_id > self.state["absorbed_row"]]
+        if any(not c.passed and np.isfinite(c.energy_error) for c in audits):  # failed, and not for want of a label
             return True
         counts = self.store.counts()
-        passed = sum(c.kind == "audit" and c.passed and c.store_id > self.state["absorbed_row"] for c in self.checks)
+        passed = sum(c.passed for c in audits)
         return counts["flagged"] + counts["labelled"] + passed - self.state["n_trained"] >= self.labels_per_round
 
     def _learn(self, report: LearnReport) -> None:
@@ -409,6 +405,6 @@ class OnTheFlyLearner(LearningRun):
         if not record.accepted:  # the current posterior is kept: save it with this round's flags
             self.calc.save_posterior(self._path(f"posterior_round{number}.npz"))
             self.state["posterior"] = f"posterior_round{number}.npz"
-        self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames, audit_failed=False)
+        self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames)
         self.write_state()
         self.atoms.calc = self.calc  # results of the old model are gone
