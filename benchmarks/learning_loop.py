@@ -68,6 +68,7 @@ HERE = Path(__file__).resolve().parent
 BANDS = HERE / "data" / "reactive_bands.xyz.gz"
 RESULTS = HERE / "results"
 PARTS = RESULTS / "learning_loop"
+DISTANCE_PARTS = "distance_aware"  # the runs on MLIPALCalculator(distance_aware=True), a subfolder of the parts
 MAX_LABELS = 40  # the label budget
 # Rounds are bounded by the label budget, not by a count of their own: each band's checks take up to three
 # labels (climbing image, band maximum, audit), so the budget pays for at most MAX_LABELS // 3 bands.
@@ -94,7 +95,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
     if same_start is None and direct:
         same_start = direct_reference_neb(images, settings["fmax"])
     start = time.perf_counter()
-    calc = ase_mlipal.MLIPALCalculator()
+    calc = ase_mlipal.MLIPALCalculator(distance_aware=settings.get("distance_aware", False))
     learner = ase_mlipal.NEBLearner(calc, RobustXTB, workdir, images, settings["threshold"],
                                     max_rounds=settings["max_rounds"], steps=settings["steps"],
                                     fmax=settings["fmax"], barrier_tolerance=settings["barrier_tolerance"],
@@ -476,24 +477,29 @@ def main() -> None:
     parser.add_argument("--reuse-direct", action="store_true",
                         help="take the direct xTB NEB from the reaction's earlier part when it ran from the same "
                              "band (same images and fmax: the IDPP band is deterministic) instead of rerunning it")
+    parser.add_argument("--distance-aware", action="store_true",
+                        help="on MLIPALCalculator(distance_aware=True): parts in learning_loop/distance_aware/, "
+                             "merged into their own section")
     parser.add_argument("--seed", type=int, default=0,
                         help="the MD learner's thermostat seed (another seed: another trajectory, file "
                              "md_<name>_seed<N>.json)")
     args = parser.parse_args()
     out = args.out or RESULTS
-    parts = out / "learning_loop"
+    parts = out / "learning_loop" / (DISTANCE_PARTS if args.distance_aware else "")
     parts.mkdir(parents=True, exist_ok=True)
     names = sorted(reference_bands())
     if args.smoke:
         names, settings = ["formaldehyde_to_CO_H2"], SMOKE
     else:
         settings = SETTINGS
-    settings = {**settings, "band_start": args.band_start}
+    settings = {**settings, "band_start": args.band_start, "distance_aware": args.distance_aware}
     if args.md or (not args.merge and not args.reaction):
         for name in ([args.md] if args.md else MD_MOLECULES[:1] if args.smoke else MD_MOLECULES):
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_md_{name}_"))
             try:
-                result = run_md(name, {**(MD_SMOKE if args.smoke else MD_SETTINGS), "seed": args.seed}, workdir)
+                result = run_md(name, {**(MD_SMOKE if args.smoke else MD_SETTINGS), "seed": args.seed}, workdir,
+                                distance_aware=args.distance_aware)
+                result["distance_aware"] = args.distance_aware
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             tag = f"_seed{args.seed}" if args.seed else ""
@@ -509,7 +515,7 @@ def main() -> None:
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_loop_{name}_"))
             try:
                 reuse = args.reuse_direct and not args.smoke
-                earlier = earlier_direct_neb(parts / f"{name}.json", settings) if reuse else None
+                earlier = earlier_direct_neb(out / "learning_loop" / f"{name}.json", settings) if reuse else None
                 result = run_reaction(name, settings, workdir, direct=not args.smoke, same_start=earlier)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -522,12 +528,18 @@ def main() -> None:
                 print(f"{name}: stopped before its first band was checked: {result['stopped']}", flush=True)
         if args.reaction:
             return
-    summary = merge(list(parts.glob("*.json")))
+    summary = merge(list((out / "learning_loop").glob("*.json")))
+    text = markdown(summary)
+    distance_parts = list((out / "learning_loop" / DISTANCE_PARTS).glob("*.json"))
+    if distance_parts:
+        summary[DISTANCE_PARTS] = merge(distance_parts)
+        text += ("\n\n# The same on `MLIPALCalculator(distance_aware=True)` (`--distance-aware`)\n\n"
+                 + markdown(summary[DISTANCE_PARTS]).split("\n", 2)[2])
     (out / "learning_loop.json").write_text(json.dumps(summary, indent=1, default=float))
-    (out / "learning_loop.md").write_text(markdown(summary))
+    (out / "learning_loop.md").write_text(text)
     if summary["parts"]:
         plot(summary, out / "learning_loop.png")
-    print(markdown(summary))
+    print(text)
 
 
 if __name__ == "__main__":
