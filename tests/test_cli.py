@@ -324,19 +324,20 @@ def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path, capsys):
         main(["score", str(tmp_path / "pool.xyz"), "--model", model_file])
 
 
-def test_md_distance_aware_flags_with_the_distance_aware_uncertainty(tmp_path):
+@pytest.mark.parametrize("flag, aware", [([], True), (["--distance-aware"], True), (["--no-distance-aware"], False)])
+def test_md_flags_with_the_uncertainty_its_flag_asks_for(tmp_path, flag, aware):
     write(tmp_path / "start.xyz", molecule("CH3OH"))
     db = tmp_path / "d.db"
-    main(["md", str(tmp_path / "start.xyz"), "--distance-aware", "--steps", "3", "--interval", "3",
+    main(["md", str(tmp_path / "start.xyz"), *flag, "--steps", "3", "--interval", "3",
           "--threshold", "1e-9", "--db", str(db), "--temperature", "300"])
     row = next(FrameStore(db).rows("flagged"))
     frame = FrameStore(db).frame(row.id)
     values = {}
-    for aware in (True, False):
-        frame.calc = ase_mlipal.MLIPALCalculator(distance_aware=aware)
+    for distance_aware in (True, False):
+        frame.calc = ase_mlipal.MLIPALCalculator(distance_aware=distance_aware)
         frame.get_forces()
-        values[aware] = frame.calc.results["uncertainty"]
-    assert row.uncertainty == pytest.approx(values[True], rel=1e-6)  # the shipped distance-aware posterior judged it
+        values[distance_aware] = frame.calc.results["uncertainty"]
+    assert row.uncertainty == pytest.approx(values[aware], rel=1e-6)  # the default: the distance-aware posterior
     assert values[True] != pytest.approx(values[False], rel=1e-3)
 
 
