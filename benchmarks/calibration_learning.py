@@ -114,7 +114,7 @@ def run_reaction(reaction: str, valid: list, others: list, mine: list, band: lis
     """Rounds of learning on the pool frames of ``mine`` (reaction ``reaction``), calibrated on ``valid`` and the
     reactive frames ``others``."""
     frames, groups = calibration_frames(valid, others)
-    calc = ase_mlipal.MLIPALCalculator(distance_aware=False)  # the plain posterior this benchmark measured
+    calc = ase_mlipal.MLIPALCalculator()
     calc.calibrate(frames, groups=groups, progress=False)
     typical = calc.typical
     pretrained = ase_mlipal.load_model("default")
@@ -136,7 +136,7 @@ def run_reaction(reaction: str, valid: list, others: list, mine: list, band: lis
                                                    cache / f"{reaction}-{number}-{picked}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
-            current = ase_mlipal.MLIPALCalculator(posterior=None, distance_aware=False)
+            current = ase_mlipal.MLIPALCalculator(posterior=None)
             current.energy_posterior.calibration = calibrated.energy_posterior.calibration
             current.atom_posterior.calibration = calibrated.atom_posterior.calibration
             current.calibrated = True

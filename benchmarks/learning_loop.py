@@ -331,8 +331,8 @@ def unconfirmed(part: dict) -> str:
 def markdown(summary: dict) -> str:
     lines = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
              "",
-             "On `MLIPALCalculator(distance_aware=False)` (the plain σ), the default σ when these records began; "
-             "`--distance-aware` runs on the default `MLIPALCalculator()` are in their own section below.",
+             "On the default `MLIPALCalculator()` (the plain σ); the `--distance-aware` runs "
+             "(`MLIPALCalculator(distance_aware=True)`) are in their own section below.",
              "",
              "Barrier errors (model - reference, eV) against the stored xTB band and against the direct "
              "xTB NEB from the learner's own band (same start; '-' where it did not converge to an interior maximum). The 1σ after "
@@ -481,7 +481,7 @@ def main() -> None:
                         help="take the direct xTB NEB from the reaction's earlier part when it ran from the same "
                              "band (same images and fmax: the IDPP band is deterministic) instead of rerunning it")
     parser.add_argument("--distance-aware", action="store_true",
-                        help="on the default MLIPALCalculator() (distance-aware; without: distance_aware=False): "
+                        help="on MLIPALCalculator(distance_aware=True): "
                              "parts in learning_loop/distance_aware/, merged into their own section")
     parser.add_argument("--seed", type=int, default=0,
                         help="the MD learner's thermostat seed (another seed: another trajectory, file "
@@ -536,7 +536,7 @@ def main() -> None:
     distance_parts = list((out / "learning_loop" / DISTANCE_PARTS).glob("*.json"))
     if distance_parts:
         summary[DISTANCE_PARTS] = merge(distance_parts)
-        text += ("\n\n# The same on the default `MLIPALCalculator()` (distance-aware σ, `--distance-aware`)\n\n"
+        text += ("\n\n# The same on `MLIPALCalculator(distance_aware=True)` (distance-aware σ, `--distance-aware`)\n\n"
                  + markdown(summary[DISTANCE_PARTS]).split("\n", 4)[4])
     (out / "learning_loop.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "learning_loop.md").write_text(text)
