@@ -328,11 +328,15 @@ def unconfirmed(part: dict) -> str:
                                          f"; the barrier's 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]") + ")"
 
 
-def markdown(summary: dict) -> str:
-    lines = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
-             "",
-             "On the default `MLIPALCalculator()` (the plain σ); the `--distance-aware` runs "
-             "(`MLIPALCalculator(distance_aware=True)`) are in their own section below.",
+HEADING = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
+           "",
+           "On the default `MLIPALCalculator()` (the plain σ); the `--distance-aware` runs "
+           "(`MLIPALCalculator(distance_aware=True)`) are in their own section below."]
+DISTANCE_HEADING = ["# The same on `MLIPALCalculator(distance_aware=True)` (distance-aware σ, `--distance-aware`)"]
+
+
+def markdown(summary: dict, heading: list[str] = HEADING) -> str:
+    lines = [*heading,
              "",
              "Barrier errors (model - reference, eV) against the stored xTB band and against the direct "
              "xTB NEB from the learner's own band (same start; '-' where it did not converge to an interior maximum). The 1σ after "
@@ -488,7 +492,8 @@ def main() -> None:
                              "md_<name>_seed<N>.json)")
     args = parser.parse_args()
     out = args.out or RESULTS
-    parts = out / "learning_loop" / (DISTANCE_PARTS if args.distance_aware else "")
+    default_parts = out / "learning_loop"
+    parts = default_parts / DISTANCE_PARTS if args.distance_aware else default_parts
     parts.mkdir(parents=True, exist_ok=True)
     names = sorted(reference_bands())
     if args.smoke:
@@ -518,7 +523,7 @@ def main() -> None:
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_loop_{name}_"))
             try:
                 reuse = args.reuse_direct and not args.smoke
-                earlier = earlier_direct_neb(out / "learning_loop" / f"{name}.json", settings) if reuse else None
+                earlier = earlier_direct_neb(default_parts / f"{name}.json", settings) if reuse else None
                 result = run_reaction(name, settings, workdir, direct=not args.smoke, same_start=earlier)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -531,13 +536,12 @@ def main() -> None:
                 print(f"{name}: stopped before its first band was checked: {result['stopped']}", flush=True)
         if args.reaction:
             return
-    summary = merge(list((out / "learning_loop").glob("*.json")))
+    summary = merge(list(default_parts.glob("*.json")))
     text = markdown(summary)
-    distance_parts = list((out / "learning_loop" / DISTANCE_PARTS).glob("*.json"))
+    distance_parts = list((default_parts / DISTANCE_PARTS).glob("*.json"))
     if distance_parts:
         summary[DISTANCE_PARTS] = merge(distance_parts)
-        text += ("\n\n# The same on `MLIPALCalculator(distance_aware=True)` (distance-aware σ, `--distance-aware`)\n\n"
-                 + markdown(summary[DISTANCE_PARTS]).split("\n", 4)[4])
+        text += "\n\n" + markdown(summary[DISTANCE_PARTS], DISTANCE_HEADING)
     (out / "learning_loop.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "learning_loop.md").write_text(text)
     if summary["parts"]:
