@@ -198,6 +198,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
     from .learning.md_learner import OnTheFlyLearner, langevin
     from .learning.neb_learner import NEBLearner, NoBandError
+    from .learning.verification import SADDLE_FMAX
     from .paths import band
     from .plots import plot_neb_profiles, plot_uncertainty_trace
 
@@ -235,6 +236,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
                              max_rounds=config.get("max_rounds", 4), fmax=neb.get("fmax", 0.05),
                              max_labels=config.get("max_labels"),
                              barrier_tolerance=neb.get("barrier_tolerance", 0.1),
+                             saddle_fmax=neb.get("saddle_fmax", SADDLE_FMAX),
                              steps=neb.get("steps", 300), band_start=neb.get("band_start", "initial"),
                              finetune_options=finetune_options)
         report = learner.run()
@@ -261,7 +263,7 @@ LEARN_KEYS = {
 }
 LEARN_REQUIRED = {"md": ("threshold", "structure"), "neb": ("threshold", "initial", "final")}
 LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "temperature", "timestep"},
-                    "neb": {"images", "fmax", "barrier_tolerance", "steps", "band_start"}}
+                    "neb": {"images", "fmax", "barrier_tolerance", "saddle_fmax", "steps", "band_start"}}
 
 
 def _finetune_keys() -> set[str]:

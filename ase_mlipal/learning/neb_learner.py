@@ -42,7 +42,7 @@ from .labelling import LabelReport, Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-from .verification import Check
+from .verification import SADDLE_FMAX, Check
 
 #: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
 CHECKS_PER_BAND = 3
@@ -368,6 +368,10 @@ class NEBLearner(LearningRun):
         threshold: trigger threshold (eV/A, largest per-atom force uncertainty).
         max_rounds: learning rounds at most (bands run: up to ``max_rounds + 1``).
         barrier_tolerance: largest barrier error (eV) a passing check may have.
+        saddle_fmax: largest per-atom climbing force (eV/A) of the reference at
+            a climbing image it confirms as a saddle (see
+            :data:`~ase_mlipal.learning.verification.SADDLE_FMAX`); a top above
+            it bounds the barrier from above only.
         fmax, steps: NEB convergence criterion (eV/A) and step limit per round.
         interval: trigger interval in optimiser steps.
         guard: the physical guard (default: one built from the endpoints).
@@ -402,6 +406,7 @@ class NEBLearner(LearningRun):
         barrier_tolerance: float = 0.1,
         fmax: float = 0.05,
         steps: int = 300,
+        saddle_fmax: float = SADDLE_FMAX,
         interval: int = 5,
         store: Union[FrameStore, str, None] = None,
         conditioning: Optional[Sequence[Atoms]] = None,
@@ -423,8 +428,8 @@ class NEBLearner(LearningRun):
                 check_atoms(image, calc.batch_maker.elements)
             except ValueError as error:
                 raise ValueError(f"image {k}: {error}") from None
-        if max_rounds < 0 or not barrier_tolerance > 0:
-            raise ValueError("max_rounds must be >= 0 and barrier_tolerance positive")
+        if max_rounds < 0 or not barrier_tolerance > 0 or not saddle_fmax > 0:
+            raise ValueError("max_rounds must be >= 0, barrier_tolerance and saddle_fmax positive")
         if band_start not in ("initial", "previous"):
             raise ValueError(f"band_start must be 'initial' or 'previous', not {band_start!r}")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
@@ -434,7 +439,7 @@ class NEBLearner(LearningRun):
         self.initial_band = [image.positions.copy() for image in images]
         self.band_start = band_start
         self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
-        self.fmax, self.steps, self.interval = fmax, steps, interval
+        self.fmax, self.steps, self.interval, self.saddle_fmax = fmax, steps, interval, saddle_fmax
         self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
         if self.guard.initial_length is None:
             self.guard.initial_length = float(reaction_coordinate(self.images)[-1])
@@ -621,7 +626,8 @@ class NEBLearner(LearningRun):
             return None
         tangent = self.images[top + 1].positions - self.images[top - 1].positions
         check = self.check(self.store.frame(check_ids[top]), number, "climbing_image", anchor=anchor,
-                           tolerance=self.barrier_tolerance, tangent=tangent, fmax=self.fmax)
+                           tolerance=self.barrier_tolerance, tangent=tangent,
+                           saddle_fmax=self.saddle_fmax)
         band_check = None if rival is None else self.check(self.store.frame(check_ids[rival]), number, "band_max",
                                                            anchor=anchor, tolerance=self.barrier_tolerance)
         audit_check = None if audit is None else self.check(

@@ -31,7 +31,7 @@ from ..frames import read_labels, with_labels
 from ..paths import check_band, path_profile
 from .labelling import Reference, _name, reference_label
 from .store import FrameStore
-from .verification import Check, check_frame
+from .verification import SADDLE_FMAX, Check, check_frame
 
 #: Imaginary frequencies below this (cm^-1) are numerical noise of the
 #: finite-difference Hessian (translations, rotations, soft torsions), not modes.
@@ -112,6 +112,7 @@ def refine_ts(
     steps: int = 500,
     vibrations: bool = True,
     tolerance: Optional[float] = None,
+    saddle_fmax: float = SADDLE_FMAX,
     store: Optional[FrameStore] = None,
     number: int = 0,
     trajectory: Optional[str] = None,
@@ -135,6 +136,9 @@ def refine_ts(
             differences (``ase.vibrations``, 6N model calls).
         tolerance: the largest energy (or barrier) error in eV the check accepts,
             on top of its 2-sigma test.
+        saddle_fmax: the largest per-atom force (eV/A) of the reference, with the
+            component along the imaginary mode reversed, at a saddle it confirms
+            (:data:`~ase_mlipal.learning.verification.SADDLE_FMAX`).
         store: where a saddle whose check failed is stored, labelled, for training.
         number: the learning round recorded in the check (0: pretrained model).
         trajectory: a file for Sella's trajectory.
@@ -166,7 +170,7 @@ def refine_ts(
     if vibrations:
         result.frequencies, result.mode = _modes(calc, result.atoms)
     if reference is not None:
-        _verify(calc, result, first, reference, fmax, tolerance, store, number)
+        _verify(calc, result, first, reference, saddle_fmax, tolerance, store, number)
     return result
 
 
@@ -210,12 +214,12 @@ def _modes(calc: MLIPALCalculator, atoms: Atoms) -> tuple[np.ndarray, np.ndarray
 
 
 def _verify(calc: MLIPALCalculator, result: TransitionState, first: Optional[Atoms], reference: Reference,
-            fmax: float, tolerance: Optional[float], store: Optional[FrameStore], number: int) -> None:
+            saddle_fmax: float, tolerance: Optional[float], store: Optional[FrameStore], number: int) -> None:
     """Label the saddle (and the band's first image if needed) and check the model there."""
     saddle = _labelled(result.atoms, reference)
     anchor = None if first is None else _labelled(first, reference)  # same reference as the saddle
     result.check = check_frame(calc, saddle, number, "saddle", anchor=anchor, tolerance=tolerance,
-                               tangent=result.mode, fmax=fmax)
+                               tangent=result.mode, saddle_fmax=saddle_fmax)
     if not result.check.passed and store is not None:
         energy, forces = read_labels(saddle)
         row_id, _ = store.add_flagged(result.atoms, source="refine_ts", uncertainty=float(result.forces_std.max()))

@@ -35,6 +35,17 @@ from ..training.trainer import frame_errors
 
 MIN_FORCE_COVERAGE = 0.8  # a check fails a frame's forces only with more than 20% of components outside 2 sigma
 FORCE_FALSE_ALARM = 0.01  # ... and with more than a calibrated model puts there with this probability
+SADDLE_FMAX = 0.75
+"""Largest per-atom climbing force (eV/A) of the reference at a top it confirms as a saddle.
+
+Chosen on the project's seven stored reactions (``benchmarks/learning_loop.py``):
+the tops the reference confirmed and whose barriers came within 0.1 eV of
+the reference NEB's showed up to 0.59 eV/A; the lowest force at a top on
+a higher pass than the reference's (formic acid -> CO2 + H2, 2 eV above
+its saddle) was 0.97 eV/A, and the default lies between. On the six
+reactions held out of that choice (``benchmarks/learning_loop_heldout.py``)
+every top below it gave a barrier within 0.1 eV of the reference NEB's.
+"""
 
 
 def allowed_outside(n_components: int) -> int:
@@ -121,7 +132,7 @@ class Check:
 
 def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
                 tolerance: Optional[float] = None, tangent: Optional[np.ndarray] = None,
-                fmax: float = 0.05, ceiling: Optional[float] = None) -> Check:
+                saddle_fmax: float = SADDLE_FMAX, ceiling: Optional[float] = None) -> Check:
     """Compare ``calc``'s prediction on the labelled ``frame`` with its labels.
 
     With ``anchor`` (a labelled frame, e.g. a band's first endpoint) the
@@ -136,10 +147,12 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     With the band's unit ``tangent`` (shape (N, 3)) at a climbing image the
     frame must also be a saddle *of the reference*: a band can agree with
     the reference at its top and still run over a higher pass than the
-    reference's. The model's climbing force there is below ``fmax`` (the
-    band converged), so the reference's may exceed it by the model's
-    force error, 2 sigma per component: atom ``i`` fails above
-    ``fmax + 2 sqrt(3) sigma_i``.
+    reference's. The reference's climbing force (its force with the
+    component along ``tangent`` reversed) must stay at or below
+    ``saddle_fmax`` (eV/A) on every atom. The bound is a property of the
+    reference alone: it does not widen with the model's sigma, so a wider
+    uncertainty cannot turn a slope of the reference into a saddle
+    (:data:`SADDLE_FMAX` says how its default was chosen).
     """
     if ceiling is not None and anchor is None:
         raise ValueError("a ceiling bounds the reference's energy difference to an anchor: pass anchor= too")
@@ -175,13 +188,12 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         tangent = np.asarray(tangent, dtype=float) / np.linalg.norm(tangent)
         climbing = forces - 2.0 * np.sum(forces * tangent) * tangent
         norms = np.linalg.norm(climbing, axis=1)
-        saddle = float(norms.max())
-        allowed = fmax + 2.0 * np.sqrt(3.0) * sigma_f
-        worst = int(np.argmax(norms - allowed))
-        reference_saddle = bool(norms[worst] <= allowed[worst])
+        worst = int(np.argmax(norms))
+        saddle = float(norms[worst])
+        reference_saddle = bool(saddle <= saddle_fmax)
         if not reference_saddle:
             reasons.append(f"not a saddle of the reference: its climbing force on atom {worst} is "
-                           f"{norms[worst]:.2f} eV/A (allowed {allowed[worst]:.2f})")
+                           f"{saddle:.2f} eV/A (allowed {saddle_fmax:.2f})")
     return Check(number, kind, int(frame.info.get("store_id", -1)), error, std, float(force_error.mean()), coverage,
                  passed=not reasons, reason="; ".join(reasons), step=frame.info.get("step"),
                  image=frame.info.get("image"), saddle_force=saddle, reference_saddle=reference_saddle,

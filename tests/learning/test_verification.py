@@ -6,8 +6,8 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 import ase_mlipal
-from ase_mlipal.learning.verification import (Check, ModelChoice, allowed_outside, check_frame, forces_agree_together,
-                                              verification_error)
+from ase_mlipal.learning.verification import (SADDLE_FMAX, Check, ModelChoice, allowed_outside, check_frame,
+                                              forces_agree_together, verification_error)
 
 from ..conftest import rattled
 
@@ -158,17 +158,14 @@ def test_a_climbing_image_must_be_a_saddle_of_the_reference(calc, tiny_model):
     forces = frame.get_forces()
     tangent = np.zeros_like(forces)
     tangent[0, 2] = 1.0
-    check = check_frame(calc, frame, 0, "climbing_image", anchor=anchor, tangent=tangent, fmax=0.05)
     climbing = forces.copy()
     climbing[0, 2] *= -1.0  # F - 2 (F . t) t flips the force along the tangent
-    assert check.saddle_force == pytest.approx(np.linalg.norm(climbing, axis=1).max())
-    probe = frame.copy()
-    probe.calc = calc
-    probe.get_forces()
-    allowed = 0.05 + 2 * np.sqrt(3) * calc.results["forces_uncertainty"]
-    unconfirmed = bool(np.any(np.linalg.norm(climbing, axis=1) > allowed))
-    assert ("not a saddle" in check.reason) == unconfirmed
-    assert check.reference_saddle is (not unconfirmed)
+    largest = np.linalg.norm(climbing, axis=1).max()
+    for bound, confirmed in ((0.5 * largest, False), (2.0 * largest, True)):
+        check = check_frame(calc, frame, 0, "climbing_image", anchor=anchor, tangent=tangent, saddle_fmax=bound)
+        assert check.saddle_force == pytest.approx(largest)
+        assert ("not a saddle" in check.reason) is not confirmed
+        assert check.reference_saddle is confirmed
     flat = frame.copy()  # the reference says: a stationary point (and the model agrees)
     flat.calc = SinglePointCalculator(flat, energy=frame.get_potential_energy(), forces=np.zeros_like(forces))
     stationary = check_frame(calc, flat, 0, "climbing_image", tangent=tangent)
@@ -178,4 +175,28 @@ def test_a_climbing_image_must_be_a_saddle_of_the_reference(calc, tiny_model):
     steep_forces[0, 0] = 50.0
     steep.calc = SinglePointCalculator(steep, energy=frame.get_potential_energy(), forces=steep_forces)
     assert check_frame(calc, steep, 0, "climbing_image", tangent=tangent).reference_saddle is False
+
+
+def test_the_saddle_test_does_not_widen_with_sigma(calc, tiny_model, monkeypatch):
+    """A sigma ten times larger lets no larger climbing force of the reference pass as a saddle."""
+    anchor, frame = labelled_by(tiny_model, rattled(molecule("CH3OH"), 2, stdev=0.1, seed=4))
+    tangent = np.zeros((len(frame), 3))
+    tangent[0, 2] = 1.0
+    sloped = frame.copy()  # the reference: a climbing force just above the bound on atom 1
+    forces = np.zeros((len(frame), 3))
+    forces[1, 0] = 1.2 * SADDLE_FMAX
+    sloped.calc = SinglePointCalculator(sloped, energy=frame.get_potential_energy(), forces=forces)
+    narrow = check_frame(calc, sloped, 0, "climbing_image", tangent=tangent)
+    calculate = type(calc).calculate
+
+    def widened(self, *args, **kwargs):
+        calculate(self, *args, **kwargs)
+        self.results["forces_uncertainty"] = 10.0 * self.results["forces_uncertainty"]
+
+    monkeypatch.setattr(type(calc), "calculate", widened)
+    calc.reset()
+    wide = check_frame(calc, sloped, 0, "climbing_image", tangent=tangent)
+    assert 0.05 + 2.0 * np.sqrt(3.0) * calc.results["forces_uncertainty"][1] > forces[1, 0]  # the old bound: passed
+    assert narrow.reference_saddle is False and wide.reference_saddle is False
+    assert "atom 1" in wide.reason and f"allowed {SADDLE_FMAX:.2f}" in wide.reason
     assert check_frame(calc, frame, 0, "audit", anchor=anchor).reference_saddle is None  # no tangent: not asked
