@@ -4,6 +4,7 @@
         [--out benchmarks/results/calibration_learning.json]
     python benchmarks/calibration_learning.py --merge PART.json ... --out benchmarks/results/calibration_learning.json
     python benchmarks/calibration_learning.py --new --out benchmarks/results/calibration_learning_new.json
+    python benchmarks/calibration_learning.py --distance-aware [--new]   # on MLIPALCalculator(distance_aware=True)
 
 For each NEB reaction r of the reactive set (held out of the calibration,
 as in ``benchmarks/calibration.py``):
@@ -110,12 +111,13 @@ def fine_tuned(pretrained, labelled: list, number: int, path: Path):
 
 
 def run_reaction(reaction: str, valid: list, others: list, mine: list, band: list, rounds: int, labels: int,
-                 workdir: Path, cache: Path, test_molecules: list) -> dict:
+                 workdir: Path, cache: Path, test_molecules: list, distance_aware: bool = False) -> dict:
     """Rounds of learning on the pool frames of ``mine`` (reaction ``reaction``), calibrated on ``valid`` and the
-    reactive frames ``others``."""
+    reactive frames ``others`` (with ``distance_aware``: the distance-aware σ and its power law for the forces,
+    as ``scripts/build_posterior.py --distance-aware`` ships it)."""
     frames, groups = calibration_frames(valid, others)
-    calc = ase_mlipal.MLIPALCalculator()
-    calc.calibrate(frames, groups=groups, progress=False)
+    calc = ase_mlipal.MLIPALCalculator(distance_aware=distance_aware)
+    calc.calibrate(frames, groups=groups, forces_method="power" if distance_aware else "linear", progress=False)
     typical = calc.typical
     pretrained = ase_mlipal.load_model("default")
     conditioning = default_conditioning()
@@ -136,7 +138,7 @@ def run_reaction(reaction: str, valid: list, others: list, mine: list, band: lis
                                                    cache / f"{reaction}-{number}-{picked}.pt")
         entry = {"round": number, "labels": len(labelled), "finetune_seconds": seconds}
         for name in VARIANTS:
-            current = ase_mlipal.MLIPALCalculator(posterior=None)
+            current = ase_mlipal.MLIPALCalculator(posterior=None, distance_aware=distance_aware)
             current.energy_posterior.calibration = calibrated.energy_posterior.calibration
             current.atom_posterior.calibration = calibrated.atom_posterior.calibration
             current.calibrated = True
@@ -200,15 +202,19 @@ def main():
     parser.add_argument("--merge", nargs="*", type=Path, help="merge these part files instead of running")
     parser.add_argument("--new", action="store_true",
                         help="the five reactions of heldout_reactions.xyz.gz (calibrated on all 8 of the reactive set)")
+    parser.add_argument("--distance-aware", action="store_true",
+                        help="on MLIPALCalculator(distance_aware=True), its forces calibrated by a power law "
+                             "(output name gains _distance)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="default benchmarks/results/calibration_learning.json (--new: calibration_learning_new.json)")
+                        help="default benchmarks/results/calibration_learning[_new][_distance].json")
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(path.read_text()) for path in args.merge]
-        modes = {part["settings"].get("new_reactions", False) for part in parts}
+        modes = {(part["settings"].get("new_reactions", False), part["settings"].get("distance_aware", False))
+                 for part in parts}
         if len(modes) > 1:
-            raise SystemExit("the parts mix --new runs with reactive-set runs: merge each kind on its own")
-        args.new = modes.pop()
+            raise SystemExit("the parts mix --new or --distance-aware runs with others: merge each kind on its own")
+        args.new, args.distance_aware = modes.pop()
         records = [r for part in parts for r in part["reactions"]]
         names = [r["reaction"] for r in records]
         if len(set(names)) != len(names):
@@ -230,11 +236,12 @@ def main():
                 others = [a for a in reactive if a.info["reaction"] != reaction]  # --new: all of them
                 mine = [a for a in learnt if a.info["reaction"] == reaction]
                 records.append(run_reaction(reaction, valid, others, mine, bands[reaction], args.rounds, args.labels,
-                                            Path(stores), args.cache, test_molecules))
+                                            Path(stores), args.cache, test_molecules, args.distance_aware))
     result = {"settings": {"rounds": args.rounds, "labels": args.labels, "relative_threshold": RELATIVE_THRESHOLD,
-                           "new_reactions": args.new},
+                           "new_reactions": args.new, "distance_aware": args.distance_aware},
               "reactions": records, "summary": summary(records)}
-    out = args.out or ROOT / "benchmarks" / "results" / f"calibration_learning{'_new' if args.new else ''}.json"
+    suffix = ("_new" if args.new else "") + ("_distance" if args.distance_aware else "")
+    out = args.out or ROOT / "benchmarks" / "results" / f"calibration_learning{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(table(result))
