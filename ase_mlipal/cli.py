@@ -43,7 +43,7 @@ def reference_factory(name: str) -> Callable:
 
 
 def _calculator(model: str, trust: bool = False, kernel: str = "activation", options: Optional[dict] = None,
-                distance_aware: bool = False):
+                distance_aware: Optional[bool] = None):
     from .calculator import MLIPALCalculator
     from .models.model import ModelLoadError
 
@@ -206,7 +206,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     kind = config.get("kind", "md")
     workdir = Path(config["workdir"])
     calc = _calculator(config.get("model", "default"), config.get("trust", False),
-                       distance_aware=config.get("distance_aware", False))
+                       distance_aware=config.get("distance_aware"))
     reference = reference_factory(config.get("reference", "xtb"))
     finetune_options = config.get("finetune", {})
     if kind == "md":
@@ -348,15 +348,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 DISTANCE_HELP = ("force uncertainty that also grows with each atom's distance in feature space from the data "
-                 "(MLIPALCalculator(distance_aware=True))")
+                 "(MLIPALCalculator(distance_aware=...); default: on, --no-distance-aware: the plain posterior "
+                 "variance)")
 
 LEARN_HELP = """TOML file, e.g. for MD:
 
     kind = "md"
     model = "default"
-    distance_aware = false # true: the opt-in force uncertainty that also sees distance in feature space
+    distance_aware = true  # false: the plain posterior variance, without the distance in feature space
     reference = "xtb"      # xtb, emt or package.module:Factory
-    threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.3 near equilibrium)
+    threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.1 near equilibrium)
     structure = "ethanol.xyz"
     workdir = "run1"       # default: the file's name without .toml, beside it
     labels_per_round = 8   # md: frames waiting for a label that make a round
@@ -505,9 +506,9 @@ def parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="default", help="model file, foundation name or 'default'")
         p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
-        p.add_argument("--distance-aware", action="store_true", help=DISTANCE_HELP)
+        p.add_argument("--distance-aware", action=argparse.BooleanOptionalAction, default=None, help=DISTANCE_HELP)
         p.add_argument("--threshold", type=float, default=0.5,
-                       help="trigger threshold, eV/A (default 0.5: the default model is about 0.3 near equilibrium)")
+                       help="trigger threshold, eV/A (default 0.5: the default model is about 0.1 near equilibrium)")
         p.add_argument("--db", default="frames.db", help="frame store (.db file or postgresql:// URL)")
         p.add_argument("--interval", type=int, default=5, help="trigger every N steps")
         p.add_argument("--steps", type=int, default=1000)
@@ -537,7 +538,7 @@ def parser() -> argparse.ArgumentParser:
     ts.add_argument("structure", help="a band (several frames: starts from its highest interior image) or one image")
     ts.add_argument("--model", default="default", help="model file, foundation name or 'default'")
     ts.add_argument("--trust", action="store_true", help="allow loading pickled model files")
-    ts.add_argument("--distance-aware", action="store_true", help=DISTANCE_HELP)
+    ts.add_argument("--distance-aware", action=argparse.BooleanOptionalAction, default=None, help=DISTANCE_HELP)
     ts.add_argument("--reference", help="label and check the saddle: xtb, pyscf, emt or package.module:Callable")
     ts.add_argument("--fmax", type=float, default=0.01, help="eV/A")
     ts.add_argument("--steps", type=int, default=500, help="Sella steps at most")

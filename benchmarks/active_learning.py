@@ -103,7 +103,8 @@ def kernel_rows(model, frames: list, kernels: list[str], options: dict) -> dict[
     for kernel in kernels:
         if kernel == "ef_ntk" and "force_ntk" in rows:
             continue
-        calc = ase_mlipal.MLIPALCalculator(model, kernel=kernel, kernel_options=options.get(kernel), posterior=None)
+        calc = ase_mlipal.MLIPALCalculator(model, kernel=kernel, kernel_options=options.get(kernel), posterior=None,
+                                           distance_aware=False)
         if kernel not in ("force_ntk", "ef_ntk"):
             rows[kernel] = pool_features(calc, frames, progress=True)
             continue
@@ -315,7 +316,8 @@ def calibration(cfg: dict, data: dict, state_dict: dict, labelled: list) -> dict
     for kernel in CALIBRATED:
         for origin, model in (("pretrained", pretrained), ("random_init", ase_mlipal.random_like(pretrained, 0))):
             calc = ase_mlipal.MLIPALCalculator(model, kernel=kernel, kernel_options=cfg["kernel_options"].get(kernel),
-                                               posterior=None, regularization=cfg["regularization"])
+                                               posterior=None, regularization=cfg["regularization"],
+                                               distance_aware=False)
             calc.condition(labelled, progress=False)
             _, batches = calc.predict(test, progress=True, rows=False)
             features = per_structure(batches)
@@ -335,7 +337,7 @@ def calibration(cfg: dict, data: dict, state_dict: dict, labelled: list) -> dict
 
 def _residuals(model, frames: list) -> dict:
     """Per-atom energy residual (eV/atom) of each frame and each force component (eV/A)."""
-    calc = ase_mlipal.MLIPALCalculator(model, posterior=None)
+    calc = ase_mlipal.MLIPALCalculator(model, posterior=None, distance_aware=False)
     energy, forces = [], []
     for atoms in frames:
         e_ref, f_ref = ase_mlipal.read_labels(atoms)

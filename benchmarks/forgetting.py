@@ -49,7 +49,7 @@ def rmse(model, frames: list) -> dict:
 
 
 def run_reaction(reaction: str, reactive: list, valid: list) -> dict:
-    shipped = ase_mlipal.MLIPALCalculator()
+    shipped = ase_mlipal.MLIPALCalculator(distance_aware=False)  # the plain posterior this benchmark measured
     mine = [a for a in reactive if a.info["reaction"] == reaction]
     pool = [a for a in mine if a.info["split"] == "pool"]
     test = [a for a in mine if a.info["split"] == "test"]

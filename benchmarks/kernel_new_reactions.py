@@ -42,7 +42,7 @@ def main():
     args = parser.parse_args()
     start = time.perf_counter()
     pretrain = read_frames(DATA / "pretrain.xyz.gz")
-    calc = ase_mlipal.MLIPALCalculator(kernel=args.kernel, posterior=None)
+    calc = ase_mlipal.MLIPALCalculator(kernel=args.kernel, posterior=None, distance_aware=False)
     calc.condition([a for a in pretrain if a.info["split"] == "train"], progress=False)
     frames, groups = calibration_frames([a for a in pretrain if a.info["split"] == "valid"],
                                         read_frames(DATA / "reactive.xyz.gz"))

@@ -330,9 +330,9 @@ def unconfirmed(part: dict) -> str:
 
 HEADING = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endpoints, default model, xTB labels)",
            "",
-           "On the default `MLIPALCalculator()` (the plain σ); the `--distance-aware` runs "
-           "(`MLIPALCalculator(distance_aware=True)`) are in their own section below."]
-DISTANCE_HEADING = ["# The same on `MLIPALCalculator(distance_aware=True)` (distance-aware σ, `--distance-aware`)"]
+           "On `MLIPALCalculator(distance_aware=False)` (the plain σ), the default σ when these records began; "
+           "`--distance-aware` runs on the default `MLIPALCalculator()` are in their own section below."]
+DISTANCE_HEADING = ["# The same on the default `MLIPALCalculator()` (distance-aware σ, `--distance-aware`)"]
 
 
 def markdown(summary: dict, heading: list[str] = HEADING) -> str:
@@ -485,7 +485,7 @@ def main() -> None:
                         help="take the direct xTB NEB from the reaction's earlier part when it ran from the same "
                              "band (same images and fmax: the IDPP band is deterministic) instead of rerunning it")
     parser.add_argument("--distance-aware", action="store_true",
-                        help="on MLIPALCalculator(distance_aware=True): "
+                        help="on the default MLIPALCalculator() (distance-aware; without: distance_aware=False): "
                              "parts in learning_loop/distance_aware/, merged into their own section")
     parser.add_argument("--seed", type=int, default=0,
                         help="the MD learner's thermostat seed (another seed: another trajectory, file "

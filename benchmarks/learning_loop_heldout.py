@@ -23,10 +23,12 @@ pacing (flags leave only the next band's three checks), for the side-by-side::
     python benchmarks/learning_loop_heldout.py --md formaldehyde_to_hydroxycarbene   # the MD learner
     python benchmarks/learning_loop_heldout.py --merge   # results/learning_loop_heldout.md
 
-``--distance-aware`` runs the learner on ``MLIPALCalculator(distance_aware=True)``
-(the opt-in force uncertainty that also measures the distance to the
-posterior's atoms) and writes ``<reaction>_distance_paced.json`` /
-``md_<reaction>_distance.json``: the same run beside the default's. ``--seed N``
+Without ``--distance-aware`` the learner runs on
+``MLIPALCalculator(distance_aware=False)`` (the plain posterior variance,
+the default when these records began); ``--distance-aware`` runs it on the
+default's force uncertainty, which also measures the distance to the
+posterior's atoms, and writes ``<reaction>_distance_paced.json`` /
+``md_<reaction>_distance.json``: the same run beside the plain one. ``--seed N``
 (MD only) runs another thermostat seed than the default's 0, and writes
 ``md_<reaction>[_distance]_seedN.json``: how much of a difference between two
 runs is the trajectory's.
@@ -198,8 +200,8 @@ def merge() -> str:
     rows = sorted((json.loads(p.read_text()) for p in PARTS.glob("*paced.json")),  # paced and unpaced
                   key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0, r.get("distance_aware", False)))
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
-             "Rows marked 'distance-aware σ' ran on `MLIPALCalculator(distance_aware=True)`, the others on "
-             "the default `MLIPALCalculator()`. "
+             "Rows marked 'distance-aware σ' ran on the default `MLIPALCalculator()`, the others on "
+             "`MLIPALCalculator(distance_aware=False)` (the plain σ). "
              "The reported interval is `NEBReport.barrier_interval`: one-sided where xTB does not confirm the final "
              "band's top as a saddle.", "",
              "| reaction | budget | xTB NEB barrier | before | after (predicted 1σ; reported) | confident | labels "
@@ -237,7 +239,7 @@ def main() -> None:
                         help="the energy guard's limit (eV above the lower endpoint; default PhysicalGuard's)")
     parser.add_argument("--md", choices=REACTIONS + LEARNER_ONLY, help="the MD learner from this reaction's reactant")
     parser.add_argument("--distance-aware", action="store_true",
-                        help="on MLIPALCalculator(distance_aware=True) (the opt-in force uncertainty)")
+                        help="on the default MLIPALCalculator() (distance-aware; without: distance_aware=False)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the MD learner's thermostat seed (another seed: another trajectory, file md_<r>_seed<N>)")
     parser.add_argument("--merge", action="store_true")

@@ -74,7 +74,8 @@ def peak_mb() -> float:
 def run_ours(kernel: str, size: int, n: int) -> dict:
     import ase_mlipal
 
-    calc = ase_mlipal.MLIPALCalculator("default", kernel=kernel, posterior=None, regularization=REGULARIZATION)
+    calc = ase_mlipal.MLIPALCalculator("default", kernel=kernel, posterior=None, regularization=REGULARIZATION,
+                                       distance_aware=False)
     base = reactive_pool()  # not timed: the same for every size
     start, cpu = time.perf_counter(), time.process_time()
     picks = ase_mlipal.select(calc, replicas(base, size), n, method="maxdet", shortlist=SHORTLIST, chunk_size=256,
@@ -99,7 +100,8 @@ def run_exact(kernel: str, size: int, n: int, compare: list) -> dict:
     import ase_mlipal
     from ase_mlipal.selection import greedy_maxdet, pool_features
 
-    calc = ase_mlipal.MLIPALCalculator("default", kernel=kernel, posterior=None, regularization=REGULARIZATION)
+    calc = ase_mlipal.MLIPALCalculator("default", kernel=kernel, posterior=None, regularization=REGULARIZATION,
+                                       distance_aware=False)
     base = reactive_pool()
     start, cpu = time.perf_counter(), time.process_time()
     phi = pool_features(calc, replicas(base, size), progress=False)[:, 0]

@@ -1,9 +1,9 @@
-"""Build the shipped default posterior: condition on the training split, calibrate the way that transfers.
+"""Build the shipped posteriors: condition on the training split, calibrate the way that transfers.
 
-    python scripts/build_posterior.py [--out ase_mlipal/data/default_posterior.npz]
-    python scripts/build_posterior.py --distance-aware   # default_posterior_distance.npz
+    python scripts/build_posterior.py [--out ase_mlipal/data/default_posterior.npz]  # distance_aware=False
+    python scripts/build_posterior.py --distance-aware   # default_posterior_distance.npz: the default's
 
-``--distance-aware`` builds the posterior of ``MLIPALCalculator(distance_aware=True)``:
+``--distance-aware`` builds the posterior of the default ``MLIPALCalculator()`` (distance-aware):
 the same conditioning and calibration frames, its atoms' features kept
 as 1024 farthest-point samples per element, and a power law for the
 forces (``benchmarks/calibration.py``, row ``distance, power``), recorded
@@ -81,7 +81,8 @@ def build_posterior(model, splits: dict[str, list], reactive: list, distance_awa
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="default: the shipped file of the posterior built")
-    parser.add_argument("--distance-aware", action="store_true", help="the posterior of distance_aware=True")
+    parser.add_argument("--distance-aware", action="store_true",
+                        help="the posterior of the distance-aware default (without: distance_aware=False's)")
     args = parser.parse_args()
     out = args.out or (DEFAULT_DISTANCE_POSTERIOR_PATH if args.distance_aware else DEFAULT_POSTERIOR_PATH)
     pretrain = read_frames(DATA / "pretrain.xyz.gz")

@@ -133,7 +133,8 @@ def test_one_forward_pass_per_call(calc, ethanol):
     assert len(calls) == 1
 
 
-def test_variance_drops_for_added_structure_and_barely_moves_far_away(calc):
+def test_variance_drops_for_added_structure_and_barely_moves_far_away(tiny_model):
+    calc = MLIPALCalculator(model=tiny_model, distance_aware=False)  # the posterior's own variance
     water, far = molecule("H2O"), molecule("N2")  # N2 shares no element with water
     before = {name: results(calc, a) for name, a in [("water", water), ("far", far)]}
     calc.condition([water])

@@ -324,7 +324,7 @@ def test_score_writes_csv_and_into_an_ase_db(model_file, tmp_path, capsys):
         main(["score", str(tmp_path / "pool.xyz"), "--model", model_file])
 
 
-@pytest.mark.parametrize("flag, aware", [([], False), (["--distance-aware"], True)])
+@pytest.mark.parametrize("flag, aware", [([], True), (["--distance-aware"], True), (["--no-distance-aware"], False)])
 def test_md_flags_with_the_uncertainty_its_flag_asks_for(tmp_path, flag, aware):
     write(tmp_path / "start.xyz", molecule("CH3OH"))
     db = tmp_path / "d.db"
@@ -337,7 +337,7 @@ def test_md_flags_with_the_uncertainty_its_flag_asks_for(tmp_path, flag, aware):
         frame.calc = ase_mlipal.MLIPALCalculator(distance_aware=distance_aware)
         frame.get_forces()
         values[distance_aware] = frame.calc.results["uncertainty"]
-    assert row.uncertainty == pytest.approx(values[aware], rel=1e-6)  # the shipped posterior of that choice
+    assert row.uncertainty == pytest.approx(values[aware], rel=1e-6)  # the default: the distance-aware posterior
     assert values[True] != pytest.approx(values[False], rel=1e-3)
 
 

@@ -107,7 +107,7 @@ def select(
     else:
         device = str(next(calc.parameters()).device) if isinstance(calc, torch.nn.Module) else "cpu"
         calc = MLIPALCalculator(calc, kernel=kernel or "activation", kernel_options=kernel_options, posterior=None,
-                                device=device)
+                                device=device, distance_aware=False)  # selection reads the posterior alone
     if isinstance(labelled, (list, tuple)) and not labelled:
         labelled = None
     known = None if labelled is None else pool_features(calc, labelled, chunk_size)

@@ -30,7 +30,14 @@ twelve parameters moving with the reaction left out, covers one held-out
 reaction at 0.75 where the plain scale's worst is 0.85); for energies
 a power law with an error floor per atom wins, because molecules the
 model never saw carry an energy error per atom that no feature direction
-sees.
+sees. All of that is on the posterior variance alone. The shipped default
+also grows each atom's raw force variance with its distance in feature
+space from the data (:mod:`ase_mlipal.uncertainty.distance`); on such
+variances a power law for the forces fitted the held-out reactions and
+the pretraining test best, and it is the only candidate that met every
+target of held-out calibration, on five reactions nothing was fitted on
+too (force 2-sigma coverage near their saddles 0.87, against 0.78 for
+the plain scale on the plain variance).
 """
 
 from __future__ import annotations

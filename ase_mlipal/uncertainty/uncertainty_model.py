@@ -45,7 +45,8 @@ class UncertaintyModel:
             ``1 + (d / d0)^2``, ``d`` the distance of its feature row to the
             nearest one the posterior holds
             (:class:`~ase_mlipal.NearestNeighbours`);
-            for kernels with atom feature rows (the activation kernels).
+            for kernels with atom feature rows (activation, fixed).
+            ``None`` (default): on for those kernels, off for the others.
 
     Attributes:
         energy_posterior: posterior on structure features (``energy_uncertainty``).
@@ -59,9 +60,9 @@ class UncertaintyModel:
     """
 
     def __init__(self, model: torch.nn.Module, kernel: str = "activation", kernel_options: Optional[dict] = None,
-                 regularization: float = 1e-2, head: Optional[str] = None, distance_aware: bool = False):
+                 regularization: float = 1e-2, head: Optional[str] = None, distance_aware: Optional[bool] = None):
         self.kernel = kernel
-        self.distance_aware = bool(distance_aware)
+        self._distance_aware = distance_aware
         self.kernel_options = dict(kernel_options or {})
         self.regularization = regularization
         self._changes = 0
@@ -75,6 +76,8 @@ class UncertaintyModel:
             parameter.requires_grad_(False)
         self._hash, self._hash_version = "", -1
         self.feature_map = get_feature_map(self.kernel, self.model, self.kernel_options)
+        self.distance_aware = (self.feature_map.atoms_in_energy_space if self._distance_aware is None
+                               else bool(self._distance_aware))
         self.batch_maker = BatchMaker(self.model, head=head)
         regularization = self.feature_map.prior_precision or self.regularization
         self.energy_posterior = FeaturePosterior(self.feature_map.dim, regularization)

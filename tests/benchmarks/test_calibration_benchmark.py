@@ -29,7 +29,8 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
             report = shipped[split][quantity]
             assert 0 <= report["coverage_1sigma"] <= report["coverage_2sigma"] <= 1
             assert report["sharpness"] > 0
-    assert shipped["fit_all"]["forces"]["exponent"] == 1.0  # the shipped recipe: a plain scale for forces
+    assert result["shipped"] == "distance, power"  # the default: distance-aware, a power law for the forces
+    assert result["methods"]["plain"]["fit_all"]["forces"]["exponent"] == 1.0  # distance_aware=False: a scale
     per_element = result["methods"]["element scales"]["fit_all"]["forces"]
     assert set(per_element) == {"1", "6", "7", "8"} and all(f["exponent"] == 1.0 for f in per_element.values())
     assert len({f["scale"] for f in per_element.values()}) == 4  # each element its own scale
@@ -38,8 +39,7 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert set(power_laws) == {"1", "6", "7", "8"} and len({f["exponent"] for f in power_laws.values()}) == 4
     worst = min(r["forces"]["coverage_2sigma"] for r in shipped["per_reaction"].values())
     assert f"| {result['shipped']} | {worst:.2f} (" in (tmp_path / "calibration.md").read_text()  # worst reaction
-    distance = result["methods"]["distance, power"]["fit_all"]["forces"]  # what distance_aware=True ships
-    assert distance["exponent"] != 1.0 and distance["scale"] > 0
+    assert shipped["fit_all"]["forces"]["exponent"] != 1.0 and shipped["fit_all"]["forces"]["scale"] > 0
     assert "| distance, power | new: their TS region |" in (tmp_path / "calibration.md").read_text()
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
     assert "held-out reactions" in (tmp_path / "calibration.md").read_text()

@@ -52,15 +52,17 @@ def test_test_split_force_mae_is_the_recorded_one(record, pretrain):
     assert got["energy_mae_per_atom"] == pytest.approx(record["metrics"]["test"]["energy_mae_per_atom"], rel=1e-6)
 
 
-def test_default_calculator_is_calibrated_on_the_shipped_posterior(record):
-    calc = ase_mlipal.MLIPALCalculator()
-    assert calc.calibrated
+@pytest.mark.parametrize("distance_aware, key", [(None, "posterior_distance"), (True, "posterior_distance"),
+                                                   (False, "posterior")])
+def test_default_calculator_is_calibrated_on_the_shipped_posterior(record, distance_aware, key):
+    calc = ase_mlipal.MLIPALCalculator(distance_aware=distance_aware)  # None, the default: distance-aware
+    assert calc.calibrated and calc.uncertainty_model.distance_aware is (key == "posterior_distance")
     assert calc.energy_posterior.n_added == record["data"]["n_train"]
     assert calc.model_hash == record["model_hash"]
-    shipped = record["posterior"]
-    assert calc.energy_posterior.calibration.as_dict() == shipped["energy"]
-    assert calc.atom_posterior.calibration.as_dict() == shipped["forces"]
-    assert calc.typical == shipped["typical"]
+    shipped = record[key]
+    assert calc.energy_posterior.calibration.as_dict() == pytest.approx(shipped["energy"], rel=1e-12)
+    assert calc.atom_posterior.calibration.as_dict() == pytest.approx(shipped["forces"], rel=1e-12)
+    assert calc.typical == pytest.approx(shipped["typical"], rel=1e-12)
     assert "pretraining valid" in shipped["groups"] and len(shipped["groups"]) == 9  # and the 8 reactions
 
 

@@ -137,7 +137,7 @@ def test_posterior_file_keeps_the_neighbours_and_refuses_a_plain_calculator(dist
     atoms.get_forces()
     np.testing.assert_allclose(loaded.results["forces_uncertainty"], sigma[:, 0], rtol=1e-12)  # a resumed run repeats
     with pytest.raises(ValueError, match="distance_aware=True"):
-        ase_mlipal.MLIPALCalculator(model=tiny_model, posterior=path)
+        ase_mlipal.MLIPALCalculator(model=tiny_model, posterior=path, distance_aware=False)
 
 
 def test_shipped_distance_aware_posterior_is_calibrated_and_thinned():
@@ -175,3 +175,13 @@ def test_set_model_rebuilds_the_neighbours_on_the_new_model(distance_calc, tiny_
     assert len(model.neighbours) == sum(len(a) for a in frames) and model.neighbours.scale > 0
     features = distance_calc.features(frames[:1])[0]
     assert np.all(model.neighbours.distance(features.atom) < 1e-6)  # the new model's rows, not the old one's
+
+
+def test_distance_aware_is_the_default_where_the_kernel_has_atom_rows(tiny_model):
+    assert ase_mlipal.MLIPALCalculator(model=tiny_model, posterior=None).uncertainty_model.distance_aware is True
+    ntk = ase_mlipal.MLIPALCalculator(model=tiny_model, kernel="ntk", posterior=None)
+    assert ntk.uncertainty_model.distance_aware is False and ntk.uncertainty_model.neighbours is None
+    with pytest.raises(ValueError, match="atom feature rows"):
+        ase_mlipal.MLIPALCalculator(model=tiny_model, kernel="ntk", posterior=None, distance_aware=True)
+    plain = ase_mlipal.MLIPALCalculator(model=tiny_model, posterior=None, distance_aware=False)
+    assert plain.uncertainty_model.neighbours is None
