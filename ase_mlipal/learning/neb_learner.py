@@ -406,7 +406,6 @@ class NEBLearner(LearningRun):
         barrier_tolerance: float = 0.1,
         fmax: float = 0.05,
         steps: int = 300,
-        saddle_fmax: float = SADDLE_FMAX,
         interval: int = 5,
         store: Union[FrameStore, str, None] = None,
         conditioning: Optional[Sequence[Atoms]] = None,
@@ -420,6 +419,7 @@ class NEBLearner(LearningRun):
         run_id: str = "neb",
         progress: Optional[bool] = None,
         max_labels: Optional[int] = None,
+        saddle_fmax: float = SADDLE_FMAX,
         **deprecated,
     ):
         check_band(images, at_least=3)

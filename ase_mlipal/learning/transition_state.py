@@ -112,10 +112,10 @@ def refine_ts(
     steps: int = 500,
     vibrations: bool = True,
     tolerance: Optional[float] = None,
-    saddle_fmax: float = SADDLE_FMAX,
     store: Optional[FrameStore] = None,
     number: int = 0,
     trajectory: Optional[str] = None,
+    saddle_fmax: float = SADDLE_FMAX,
 ) -> TransitionState:
     """Refine a saddle point of the model with Sella and check it against a reference.
 
@@ -136,12 +136,12 @@ def refine_ts(
             differences (``ase.vibrations``, 6N model calls).
         tolerance: the largest energy (or barrier) error in eV the check accepts,
             on top of its 2-sigma test.
-        saddle_fmax: the largest per-atom force (eV/A) of the reference, with the
-            component along the imaginary mode reversed, at a saddle it confirms
-            (:data:`~ase_mlipal.learning.verification.SADDLE_FMAX`).
         store: where a saddle whose check failed is stored, labelled, for training.
         number: the learning round recorded in the check (0: pretrained model).
         trajectory: a file for Sella's trajectory.
+        saddle_fmax: the largest per-atom force (eV/A) of the reference, with the
+            component along the imaginary mode reversed, at a saddle it confirms
+            (:data:`~ase_mlipal.learning.verification.SADDLE_FMAX`).
 
     Raises:
         ImportError: Sella is not installed (``pip install "ase-mlipal[ts]"``).
