@@ -26,9 +26,9 @@ def formaldehyde_band(n_images=5):
     return band(reactant, product, n_images)
 
 
-def formaldehyde_calc(model) -> MLIPALCalculator:
+def formaldehyde_calc(model, distance_aware=None) -> MLIPALCalculator:
     """A calculator of ``model`` conditioned on rattled formaldehyde (the band's start is known)."""
-    calc = MLIPALCalculator(model=model)
+    calc = MLIPALCalculator(model=model, distance_aware=distance_aware)
     calc.condition(rattled(molecule("H2CO"), 10, stdev=0.02, seed=0))
     return calc
 
