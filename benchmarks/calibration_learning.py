@@ -69,7 +69,7 @@ from ase_mlipal.learning.store import FrameStore
 from ase_mlipal.learning.trigger import UncertaintyTrigger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from build_posterior import calibration_frames  # noqa: E402
+from build_posterior import calibration_frames, shipped_forces_method  # noqa: E402
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def run_reaction(reaction: str, valid: list, others: list, mine: list, band: lis
     as ``scripts/build_posterior.py --distance-aware`` ships it)."""
     frames, groups = calibration_frames(valid, others)
     calc = ase_mlipal.MLIPALCalculator(distance_aware=distance_aware)
-    calc.calibrate(frames, groups=groups, forces_method="power" if distance_aware else "linear", progress=False)
+    calc.calibrate(frames, groups=groups, forces_method=shipped_forces_method(distance_aware), progress=False)
     typical = calc.typical
     pretrained = ase_mlipal.load_model("default")
     conditioning = default_conditioning()

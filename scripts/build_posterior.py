@@ -52,6 +52,11 @@ def calibration_frames(pretrain_valid: list, reactive: list) -> tuple[list, list
     return frames, [VALID_GROUP] * len(pretrain_valid) + [a.info["reaction"] for a in reactive]
 
 
+def shipped_forces_method(distance_aware: bool) -> str:
+    """The force calibration map the shipped posterior uses: a power law on the distance-aware σ, else a scale."""
+    return "power" if distance_aware else "linear"
+
+
 def write_conditioning(frames: list, path: Path = DEFAULT_CONDITIONING_PATH) -> Path:
     """Store the structures of ``frames`` (numbers, positions, cell; no labels) in ``path`` (extxyz)."""
     from ase import Atoms
@@ -68,7 +73,7 @@ def build_posterior(model, splits: dict[str, list], reactive: list, distance_awa
     calc = ase_mlipal.MLIPALCalculator(model=model, posterior=None, distance_aware=distance_aware)
     calc.condition(splits["train"])
     frames, groups = calibration_frames(splits["valid"], reactive)
-    report = calc.calibrate(frames, groups=groups, forces_method="power" if distance_aware else "linear")
+    report = calc.calibrate(frames, groups=groups, forces_method=shipped_forces_method(distance_aware))
     typical = calc.fit_typical(splits["valid"])
     return calc, {
         "kernel": calc.kernel, "dim": calc.feature_map.dim, "conditioned_on": len(splits["train"]),
