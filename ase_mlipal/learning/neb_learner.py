@@ -42,7 +42,7 @@ from .labelling import LabelReport, Reference
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
-from .verification import SADDLE_FMAX, Check
+from .verification import SADDLE_FMAX, Check, allowed_outside, force_components_beyond
 
 #: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
 CHECKS_PER_BAND = 3
@@ -697,47 +697,61 @@ class NEBLearner(LearningRun):
         energy of the image is compared with the guard's own limit, above
         the lower endpoint (:meth:`PhysicalGuard.check_band`). Confirmed: the
         reference too puts the image above that limit and the model is right
-        there (its energy within 2 sigma and its forces within 2 sigma as the
-        check counts them, :func:`~ase_mlipal.learning.verification.allowed_outside`; :meth:`_judge_guard_stop`
-        asks these and ``barrier_tolerance`` too, which an image many eV up
-        is not held to): the band itself
-        climbs, a model that learned the image would only learn what it
-        knows, and the frame is stored as ``unphysical``. A model off by
-        more, in its energy or in the forces that moved the band, is at
-        fault: it drove the band into a region it prices wrong, and learning
-        the reference there is what moves the next band away (the failed
-        check is trained on next). A reference that fails on the image
-        stops the run too (its row stays ``failed``): the runaway cannot be
-        judged. A row already ``unphysical`` (a run killed after the verdict)
-        keeps its verdict, also one an earlier version of this rule gave (a
-        new ``workdir`` judges the band anew).
+        there: its energy within 2 sigma, and its forces, which moved the band
+        there, within 2 sigma as the check counts them
+        (:func:`~ase_mlipal.learning.verification.allowed_outside`) *and*
+        within ``2 * threshold`` of the reference's, counted the same way
+        (the errors of a frame the trigger leaves unflagged, were its sigma
+        calibrated). The last bound does not read the model's sigma: a wide
+        sigma far from the data covered forces 15 eV/A off at the round-0
+        runaway of held-out acetonitrile -> methyl isocyanide, where the
+        reference NEB climbs no higher than 3.8 eV. (:meth:`_judge_guard_stop`
+        asks ``barrier_tolerance`` too, which an image many eV up is not held
+        to.) Then the band itself climbs, a model that learned the image
+        would only learn what it knows, and the frame is stored as
+        ``unphysical``. A model off by more, in its energy or in the forces
+        that moved the band, is at fault: it drove the band into a region it
+        prices wrong, and learning the reference there is what moves the next
+        band away (the failed check is trained on next). A reference that
+        fails on the image stops the run too (its row stays ``failed``): the
+        runaway cannot be judged. A row already ``unphysical`` (a run killed
+        after the verdict) keeps its verdict, also one an earlier version of
+        this rule gave (a new ``workdir`` judges the band anew).
         """
         row = self.store.db.get(id=check.store_id)
         if row.status == "unphysical":  # judged before a kill: the verdict stands
             self.state["stopped"] = row.get("error", str(error))
             return self.state["stopped"]
         reference = energy - check.energy_error + self._first_endpoint_above_lower()
+        if not np.isfinite(reference):
+            self.state["stopped"] = f"{error} (the reference gave no label for the image: the runaway cannot be judged)"
+            return self.state["stopped"]
         limit = max(self.guard.max_energy, self.guard.initial_top if self.guard.initial_top is not None else -np.inf)
-        energy_off = not abs(check.energy_error) <= 2.0 * check.energy_std  # nan sigma: not within
-        forces_off = not check.forces_agree
-        if np.isfinite(reference) and (reference <= limit or energy_off or forces_off):
-            wrong = (["the model is wrong about this climb"] if energy_off else []) + (
-                [f"the model's forces there are wrong ({1 - check.force_coverage:.0%} of components outside 2 sigma, "
-                 f"mean error {check.force_mae:.2f} eV/A): they drove the band into the climb"] if forces_off else [])
+        wrong = self._wrong_about_climb(check)
+        if reference <= limit or wrong:
             why = "not a runaway of the chemistry" if reference <= limit else ", and ".join(wrong)
             return (f"{error.where}: the model put the image {error.energy:.1f} eV above the lower endpoint, the "
                     f"reference {reference:.2f} eV (model error {check.energy_error:+.2f} eV, "
                     f"1 sigma {check.energy_std:.2f}): {why}"
                     + ("; its check passed" if check.passed else "; its check failed and is trained on next"))
-        if not np.isfinite(reference):
-            self.state["stopped"] = f"{error} (the reference gave no label for the image: the runaway cannot be judged)"
-            return self.state["stopped"]
         self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the model's "
-                                 "energy and forces within its 2 sigma: the band itself climbs; start from a band "
+                                 f"energy within its 2 sigma and its forces within its 2 sigma and within "
+                                 f"{2 * self.threshold:.2f} eV/A: the band itself climbs; start from a band "
                                  "nearer the reaction path, e.g. through an intermediate image)")
         check.passed, check.reason = False, "an energy runaway the reference confirms"
         self.store.mark_unphysical(check.store_id, self.state["stopped"])
         return self.state["stopped"]
+
+    def _wrong_about_climb(self, check: Check) -> list[str]:
+        """What the model gets wrong at a runaway image (``check``: its labelled check); empty if nothing."""
+        wrong = [] if abs(check.energy_error) <= 2.0 * check.energy_std else ["the model is wrong about this climb"]
+        bound = 2.0 * self.threshold
+        beyond, components = force_components_beyond(self.calc, self.store.frame(check.store_id), bound)
+        if not check.forces_agree or beyond > allowed_outside(components):
+            wrong.append(f"the model's forces there are wrong ({1 - check.force_coverage:.0%} of components outside "
+                         f"2 sigma, {beyond} of {components} off by more than {bound:.2f} eV/A, mean error "
+                         f"{check.force_mae:.2f} eV/A): they drove the band into the climb")
+        return wrong
 
     def _first_endpoint_above_lower(self) -> float:
         """How far the reference puts the first endpoint above the lower one (eV; 0 if unknown)."""

@@ -203,6 +203,21 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
                  forces_agree=forces_agree, forces_outside=outside, force_components=int(inside.size))
 
 
+def force_components_beyond(calc: MLIPALCalculator, frame: Atoms, bound: float) -> tuple[int, int]:
+    """How many of ``calc``'s force components on the labelled ``frame`` are off by more than ``bound`` (eV/A).
+
+    Returns (components beyond the bound, all components). Unlike a check's
+    2-sigma test, this does not read the model's sigma, so a wider sigma
+    cannot make a model's forces right (compare the count with
+    :func:`allowed_outside`).
+    """
+    _, forces = read_labels(frame)
+    probe = frame.copy()
+    probe.calc = calc
+    beyond = np.abs(probe.get_forces() - forces) > bound
+    return int(beyond.sum()), int(beyond.size)
+
+
 def forces_agree_together(checks: Sequence[Check]) -> bool:
     """Do the force components of ``checks``, pooled, lie outside 2 sigma no more often than a calibrated model's?
 

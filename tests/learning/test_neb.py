@@ -553,6 +553,36 @@ def test_an_energy_runaway_asks_the_reference_before_it_stops(tiny_model, tmp_pa
     assert [r.runaway for r in resumed.rounds] == [r.runaway for r in report.rounds]
 
 
+@pytest.mark.parametrize("force_shift, stops", [(5.0, False), (0.2, True)])
+def test_a_wide_sigma_does_not_confirm_a_runaway_the_model_forces_drove(tiny_model, tmp_path, monkeypatch,
+                                                                        force_shift, stops):
+    """With every sigma a million times wider, the model's forces 5 eV/A off still fail the runaway judge's
+    bound of 2 x threshold (1 eV/A): the run learns from the image. Forces 0.2 eV/A off pass it, and the
+    reference's confirmed climb stops the run."""
+    calc = MLIPALCalculator(model=tiny_model, distance_aware=False)
+    calculate = type(calc).calculate
+
+    def widened(self, *args, **kwargs):
+        calculate(self, *args, **kwargs)
+        self.results["forces_uncertainty"] = 1e6 * self.results["forces_uncertainty"]
+
+    monkeypatch.setattr(type(calc), "calculate", widened)
+    images = formaldehyde_band(5)
+    guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=-1e3)
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], 1e-3, force_shift),
+                         tmp_path / "run", images, threshold=0.5, max_rounds=1, steps=4, guard=guard,
+                         conditioning=[], progress=False, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    climbing = next(c for c in learner.checks if c.kind == "climbing_image")
+    assert climbing.forces_agree  # the widened 2 sigma covers the reference's forces
+    if stops:
+        assert "within 1.00 eV/A: the band itself climbs" in report.stopped and report.rounds == []
+    else:
+        assert report.stopped == "" and len(report.rounds) == 2
+        assert "12 of 12 off by more than 1.00 eV/A" in report.rounds[0].runaway
+        assert climbing.store_id in learner.state["trained_ids"]
+
+
 def test_a_runaway_verdict_survives_a_kill_before_the_state_is_written(tiny_model, calc, tmp_path):
     """Killed after the store marked the runaway image unphysical but before state.json said stopped: the
     resumed run reruns the band, finds the row judged and stops with the stored verdict."""
