@@ -201,7 +201,7 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
         max_rounds=settings["max_rounds"], audit_interval=settings["audit_interval"],
         dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"],
                                         seed=settings.get("seed")),
-        finetune_options=settings["finetune"], progress=False)
+        finetune_options=settings["finetune"], progress=False, force_tolerance=settings.get("force_tolerance"))
     report = learner.run()
     audits = [c.as_dict() for c in report.checks if c.kind == "audit"]
     thirds = {}
@@ -437,9 +437,16 @@ def md_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def md_tag(seed: int, force_tolerance: float | None) -> str:
+    """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults."""
+    return (f"_seed{seed}" if seed else "") + (f"_ftol{force_tolerance:g}" if force_tolerance is not None else "")
+
+
 def run_label(run: dict) -> str:
     """An MD run's molecule, with its σ and its seed where they are not the table's."""
     notes = ["distance-aware σ"] * bool(run.get("distance_aware"))
+    tolerance = run["settings"].get("force_tolerance")
+    notes += [f"force_tolerance {tolerance:g} eV/A"] * (tolerance is not None)
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")
@@ -490,6 +497,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="the MD learner's thermostat seed (another seed: another trajectory, file "
                              "md_<name>_seed<N>.json)")
+    parser.add_argument("--force-tolerance", type=float, default=None,
+                        help="the MD learner's force_tolerance (eV/A; file md_<name>[_seed<N>]_ftol<X>.json)")
     args = parser.parse_args()
     out = args.out or RESULTS
     default_parts = out / "learning_loop"
@@ -505,12 +514,13 @@ def main() -> None:
         for name in ([args.md] if args.md else MD_MOLECULES[:1] if args.smoke else MD_MOLECULES):
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_md_{name}_"))
             try:
-                result = run_md(name, {**(MD_SMOKE if args.smoke else MD_SETTINGS), "seed": args.seed}, workdir,
-                                distance_aware=args.distance_aware)
+                md_settings = {**(MD_SMOKE if args.smoke else MD_SETTINGS), "seed": args.seed,
+                               "force_tolerance": args.force_tolerance}
+                result = run_md(name, md_settings, workdir, distance_aware=args.distance_aware)
                 result["distance_aware"] = args.distance_aware
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            tag = f"_seed{args.seed}" if args.seed else ""
+            tag = md_tag(args.seed, args.force_tolerance)
             (parts / f"md_{name}{tag}.json").write_text(json.dumps(result, indent=1, default=float))
             print(f"MD {name}: audits {len(result['audits'])}, last-third force MAE "
                   f"{result['last_third']['force_mae']}, confident {result['confident']}", flush=True)

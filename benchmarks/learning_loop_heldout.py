@@ -61,7 +61,8 @@ from ase_mlipal.references.xtb import RobustXTB
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_data  # noqa: E402
-from learning_loop import MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, md_table, run_md  # noqa: E402
+from learning_loop import (MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, md_table, md_tag,  # noqa: E402
+                           run_md)
 
 PARTS = Path(__file__).resolve().parent / "results" / "learning_loop_heldout"
 
@@ -223,7 +224,8 @@ def merge() -> str:
               + (f"stopped: {r['stopped']}" if r["stopped"] else f"ended: {r['ended'] if 'ended' in r else 'not recorded (max_rounds reached)'}")
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
-                key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False)))
+                key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False),
+                               r["settings"].get("force_tolerance") or 0))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     text = "\n".join(lines) + "\n"
@@ -242,15 +244,18 @@ def main() -> None:
                         help="on the default MLIPALCalculator() (distance-aware; without: distance_aware=False)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the MD learner's thermostat seed (another seed: another trajectory, file md_<r>_seed<N>)")
+    parser.add_argument("--force-tolerance", type=float, default=None,
+                        help="the MD learner's force_tolerance (eV/A; file name ..._ftol<X>)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
-    tag = ("_distance" if args.distance_aware else "") + (f"_seed{args.seed}" if args.seed else "")
+    tag = ("_distance" if args.distance_aware else "") + md_tag(args.seed, args.force_tolerance)
     if args.merge:
         print(merge())
         return
     if args.md:
         with tempfile.TemporaryDirectory() as workdir:
-            result = run_md(args.md, {**MD_SETTINGS, "seed": args.seed}, Path(workdir), start_atoms=endpoints(args.md)[0],
+            settings = {**MD_SETTINGS, "seed": args.seed, "force_tolerance": args.force_tolerance}
+            result = run_md(args.md, settings, Path(workdir), start_atoms=endpoints(args.md)[0],
                             distance_aware=args.distance_aware)
         PARTS.mkdir(parents=True, exist_ok=True)
         result["distance_aware"] = args.distance_aware

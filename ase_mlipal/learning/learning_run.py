@@ -213,7 +213,7 @@ class LearningRun:
         """Check the labelled ``frame`` (a store row) against the model in use; record it.
 
         A frame the model in use trained on is no check: it fails with that
-        reason. ``check_options`` (``tangent``, ``saddle_fmax``, ``ceiling``) go to
+        reason. ``check_options`` (``tangent``, ``saddle_fmax``, ``ceiling``, ``force_tolerance``) go to
         :func:`check_frame`. A passed check is marked ``verified`` (kept out
         of training).
         """

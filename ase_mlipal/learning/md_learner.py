@@ -141,6 +141,10 @@ class OnTheFlyLearner(LearningRun):
         seed: seeds the audit draws (by step, so a resumed run draws the same).
         store, conditioning, executor, finetune_options, run_id, progress, max_labels: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
+        force_tolerance: eV/A; an audit whose force error (mean absolute, per
+            component) is larger fails, as one outside 2 sigma does, and is
+            trained on (``None``: the 2-sigma test alone). A sigma honest
+            about a large error passes the 2-sigma test; this asks for accuracy.
     """
 
     kind = "md"
@@ -170,6 +174,7 @@ class OnTheFlyLearner(LearningRun):
         seed: int = 0,
         progress: Optional[bool] = None,
         max_labels: Optional[int] = None,
+        force_tolerance: Optional[float] = None,
         **deprecated,
     ):
         labels_per_round = renamed_argument(None, deprecated, "batch_size", "labels_per_round",
@@ -178,6 +183,8 @@ class OnTheFlyLearner(LearningRun):
                                           "OnTheFlyLearner")
         if steps < 0 or interval < 1 or labels_per_round < 1:
             raise ValueError("steps must be >= 0, interval and labels_per_round >= 1")
+        if force_tolerance is not None and not force_tolerance > 0:
+            raise ValueError(f"force_tolerance must be positive (eV/A) or None, not {force_tolerance!r}")
         if audit_interval is not None and audit_interval < interval:
             raise ValueError(f"audit_interval ({audit_interval}) must be at least interval ({interval})")
         check_overlap(atoms, "the start structure", "fix the start structure before the MD")
@@ -188,6 +195,7 @@ class OnTheFlyLearner(LearningRun):
         self.atoms = atoms.copy()
         self.steps, self.interval, self.labels_per_round, self.max_rounds = steps, interval, labels_per_round, max_rounds
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
+        self.force_tolerance = force_tolerance
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
                                           typical_frames=typical_frames, source="md", run_id=run_id)
@@ -361,7 +369,7 @@ class OnTheFlyLearner(LearningRun):
             info = frame.info
             if info.get("source") == "audit" and info["store_id"] not in done \
                     and info.get("model_hash") == self.calc.model_hash:
-                self.check(frame, self.choice.round, "audit")
+                self.check(frame, self.choice.round, "audit", force_tolerance=self.force_tolerance)
 
     def _label_last_audits(self) -> None:
         """Label the audits drawn since the last round, and the flags left within the budget.

@@ -135,7 +135,8 @@ class Check:
 
 def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, anchor: Optional[Atoms] = None,
                 tolerance: Optional[float] = None, tangent: Optional[np.ndarray] = None,
-                saddle_fmax: float = SADDLE_FMAX, ceiling: Optional[float] = None) -> Check:
+                saddle_fmax: float = SADDLE_FMAX, ceiling: Optional[float] = None,
+                force_tolerance: Optional[float] = None) -> Check:
     """Compare ``calc``'s prediction on the labelled ``frame`` with its labels.
 
     With ``anchor`` (a labelled frame, e.g. a band's first endpoint) the
@@ -145,7 +146,9 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     (eV) bounds the energy error on top of the 2-sigma test. ``ceiling``
     (eV, with ``anchor``) bounds the *reference* difference instead: an
     image below a band's top may err by more than the tolerance without
-    changing the barrier, but not rise above it.
+    changing the barrier, but not rise above it. ``force_tolerance`` (eV/A)
+    bounds the force error (mean absolute, per component) on top of the
+    2-sigma test: the accuracy a user asks of the forces that drive MD.
 
     With the band's unit ``tangent`` (shape (N, 3)) at a climbing image the
     frame must also be a saddle *of the reference*: a band can agree with
@@ -183,6 +186,9 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
         reasons.append(f"energy error {error:+.3f} eV beyond the tolerance {tolerance} eV")
     if ceiling is not None and reference > ceiling:
         reasons.append(f"the reference puts it {reference:.3f} eV above the anchor, above the ceiling {ceiling:.3f} eV")
+    if force_tolerance is not None and force_error.mean() > force_tolerance:
+        reasons.append(f"force error {force_error.mean():.3f} eV/A (mean per component) beyond the tolerance "
+                       f"{force_tolerance} eV/A")
     if not forces_agree:
         reasons.append(f"{outside} of {inside.size} force components outside 2 sigma "
                        f"(a calibrated model: at most {allowed})")

@@ -102,3 +102,35 @@ def test_a_failed_audit_starts_a_round_at_once(tiny_model, tmp_path):
     assert not report.confident  # the step-10 audit fails too, with no round left to learn from it
     right = learner(tmp_path / "right", offset=0.0).run()
     assert not right.rounds and all(c.passed for c in right.checks) and right.confident
+
+
+@pytest.mark.parametrize("force_tolerance", [None, 0.1])
+def test_force_tolerance_fails_an_audit_whose_error_sigma_covers(tiny_model, tmp_path, monkeypatch, force_tolerance):
+    """Every force sigma a million times wider: forces 0.5 eV/A off pass the 2-sigma test. Without a tolerance the
+    run is verified; with ``force_tolerance=0.1`` (eV/A) the first audit fails, says why and starts a round."""
+    start, calc = molecule("H2CO"), plain_calc(tiny_model)
+    calculate = type(calc).calculate
+
+    def widened(self, *args, **kwargs):
+        calculate(self, *args, **kwargs)
+        self.results["forces_uncertainty"] = 1e6 * self.results["forces_uncertainty"]
+
+    monkeypatch.setattr(type(calc), "calculate", widened)
+    report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=0.5), tmp_path / "run",
+                             threshold=1e9, steps=10, interval=5, labels_per_round=8, audit_interval=5,
+                             max_rounds=1, conditioning=[], progress=False, force_tolerance=force_tolerance,
+                             finetune_options={"epochs": 1, "replay_ratio": 1}).run()
+    first = next(c for c in report.checks if c.kind == "audit")
+    assert first.step == 5 and first.forces_agree and first.force_mae == pytest.approx(0.5, abs=1e-6)
+    if force_tolerance is None:
+        assert first.passed and not report.rounds and report.confident
+    else:
+        assert not first.passed and len(report.rounds) == 1 and not report.confident
+        assert first.reason == "force error 0.500 eV/A (mean per component) beyond the tolerance 0.1 eV/A"
+
+
+def test_force_tolerance_must_be_positive(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="force_tolerance must be positive"):
+        OnTheFlyLearner(molecule("H2CO"), plain_calc(tiny_model), None, tmp_path / "run", threshold=1.0,
+                        force_tolerance=0.0)
+    assert not (tmp_path / "run").exists()
