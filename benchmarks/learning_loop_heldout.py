@@ -187,6 +187,10 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
             "runaways": [r.runaway for r in report.rounds],  # why a guard stop was learned from ("" for none)
+            "round_bands": [{"round": r.round, "barrier": r.profile.barrier, "reported_std": r.reported_std,
+                             "top_unconfirmed": r.top_unconfirmed} for r in report.rounds],
+            "lower_crossing": None if not report.rounds or report.lower_crossing is None
+            else report.lower_crossing.round,
             "checks": [c.as_dict() for r in report.rounds for c in r.checks],
             "stopped": report.stopped, "ended": report.ended, "seconds": time.perf_counter() - start}
 
@@ -213,7 +217,9 @@ def merge() -> str:
         interval = r.get("barrier_interval")
         if interval is not None and r["after"] is not None:
             after += (f"; barrier's 2σ interval [{interval[0]:.2f}, {interval[1]:.2f}]"
-                      + (", top not an xTB saddle" if r.get("top_unconfirmed") else ""))
+                      + (", top not an xTB saddle" if r.get("top_unconfirmed") else "")
+                      + (f", down to round {r['lower_crossing']}'s lower crossing"
+                         if r.get("lower_crossing") is not None else ""))
         before = "-" if r["before"] is None else f"{r['before']:+.2f}"
         lines.append(f"| {r['reaction']} | {setting(r)} | {r['direct_barrier']:.2f} | "
                      f"{before} | {after} | {'yes' if r['confident'] else 'no'} | {r['labels']} | "

@@ -358,6 +358,37 @@ def test_an_unconfirmed_top_bounds_the_barrier_from_above_only(product):
             assert f"[{band.lowest_barrier:.2f}, {1.0 + 2 * std:.2f}] eV" in report.table()
 
 
+@pytest.mark.parametrize("lower_barrier, reaches", [(3.8, True), (5.4, False)])
+def test_an_earlier_band_crossing_lower_widens_the_final_interval_down_to_it(lower_barrier, reaches):
+    """A final band at a saddle of the reference, 5.76 eV, and an earlier band whose checks agree at
+    ``lower_barrier``: the barrier is the lowest pass, so the interval reaches down to the earlier band's when
+    that band's whole 2-sigma interval lies below the final one's; a band cut short by a guard never counts."""
+    from ase_mlipal.learning.neb_learner import NEBReport, NEBRound
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    def checked_band(number, barrier, runaway=""):
+        profile = PathProfile(f"r{number}", np.arange(3.0), np.array([0.0, barrier, 0.2]), np.full(3, 0.1),
+                              np.zeros(3), barrier=barrier, barrier_std=0.1)
+        top = Check(number, "climbing_image", number + 1, energy_error=0.1, energy_std=0.1, force_mae=0.0,
+                    force_coverage=1.0, passed=False, image=1, reference_saddle=True)
+        return NEBRound(number, profile, True, 10, 0, top, runaway=runaway)
+
+    std = np.hypot(0.1, 0.1)
+    earlier, final = checked_band(0, lower_barrier), checked_band(1, 5.76)
+    report = NEBReport([earlier, final], final_round=1)
+    assert report.barrier == pytest.approx((5.76, std))  # the estimate stays the final band's
+    if reaches:
+        assert report.lower_crossing is earlier
+        assert report.barrier_interval == pytest.approx((lower_barrier - 2 * std, 5.76 + 2 * std))
+        assert "the band of round 0 crossed lower (3.80 ± 0.14 eV" in report.table()
+    else:  # 5.4 + 2 sigma reaches into the final band's interval: no evidence of a lower pass
+        assert report.lower_crossing is None
+        assert report.barrier_interval == pytest.approx((5.76 - 2 * std, 5.76 + 2 * std))
+    cut_short = NEBReport([checked_band(0, lower_barrier, runaway="a guard stopped it"), final], final_round=1)
+    assert cut_short.lower_crossing is None
+
+
 def test_a_band_at_a_saddle_of_the_reference_is_preferred_to_one_whose_checks_agree_over_another_pass(calc,
                                                                                                       tmp_path):
     """Formic acid -> CO2 + H2 in the benchmark: a band at an xTB saddle 0.18 eV off, a later one whose top is no
