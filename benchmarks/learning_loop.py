@@ -446,7 +446,7 @@ def run_label(run: dict) -> str:
     """An MD run's molecule, with its σ and its seed where they are not the table's."""
     notes = ["distance-aware σ"] * bool(run.get("distance_aware"))
     tolerance = run["settings"].get("force_tolerance")
-    notes += [f"force_tolerance {tolerance:g} eV/A"] * (tolerance is not None)
+    notes += [] if tolerance is None else [f"force_tolerance {tolerance:g} eV/A"]
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")
