@@ -249,7 +249,7 @@ class NEBReport:
         """The 2-sigma interval of the reported barrier (eV), never below 0: ``barrier`` ± 2 sigma, or, when the
         reference does not confirm the final band's top as a saddle (``final.top_unconfirmed``), down to
         ``final.lowest_barrier``: such a band estimates the barrier from above, and the reference's own pass
-        may lie anywhere below (:attr:`NEBRound.possible_error`); and down to the interval of an earlier band
+        may lie anywhere below (:attr:`NEBRound.possible_error`); and down to the interval of another band
         that crossed wholly below it (:attr:`lower_crossing`). Its upper end is as good as the band's
         checks: the reference's maximum may lie between the images they saw.
 
@@ -273,9 +273,9 @@ class NEBReport:
         top the reference confirms as a saddle may still cross a higher pass
         than the reference's lowest: on held-out acetonitrile -> methyl
         isocyanide a round's band crossed at a saddle of xTB 1.9 eV above the
-        barrier of the xTB NEB, after an earlier band whose checks agreed
-        with the model within 0.11 eV had crossed 0.04 eV from it. Such an
-        earlier band's own interval (:attr:`NEBRound.reported_std`) is where
+        barrier of the xTB NEB, where another band, its checks within 0.11 eV
+        of the model, had crossed 0.04 eV from that barrier. Such a band's
+        own interval (:attr:`NEBRound.reported_std`) is where
         the barrier may lie too, so :attr:`barrier_interval` reaches down to
         the lowest such band's. Bands a guard cut short are left out (no
         barrier), and so are bands whose checks have no reference label.
