@@ -55,6 +55,18 @@ def labelled_by(model, frames: list[Atoms]) -> list[Atoms]:
     return out
 
 
+def widen_force_sigma(monkeypatch, calc, factor: float) -> None:
+    """Multiply the force sigma every calculator of ``calc``'s class reports by ``factor`` (for a bound that must
+    not read sigma: a wider one must not loosen it)."""
+    calculate = type(calc).calculate
+
+    def widened(self, *args, **kwargs):
+        calculate(self, *args, **kwargs)
+        self.results["forces_uncertainty"] = factor * self.results["forces_uncertainty"]
+
+    monkeypatch.setattr(type(calc), "calculate", widened)
+
+
 class LoggedXTB(Calculator):
     """GFN2-xTB that appends the fingerprint of every finished calculation to ``LoggedXTB.log``.
 

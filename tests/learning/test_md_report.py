@@ -8,6 +8,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ase_mlipal import MLIPALCalculator, OnTheFlyLearner
 
+from ..conftest import widen_force_sigma
 from .test_neb import formaldehyde_calc
 
 
@@ -109,13 +110,7 @@ def test_force_tolerance_fails_an_audit_whose_error_sigma_covers(tiny_model, tmp
     """Every force sigma a million times wider: forces 0.5 eV/A off pass the 2-sigma test. Without a tolerance the
     run is verified; with ``force_tolerance=0.1`` (eV/A) the first audit fails, says why and starts a round."""
     start, calc = molecule("H2CO"), plain_calc(tiny_model)
-    calculate = type(calc).calculate
-
-    def widened(self, *args, **kwargs):
-        calculate(self, *args, **kwargs)
-        self.results["forces_uncertainty"] = 1e6 * self.results["forces_uncertainty"]
-
-    monkeypatch.setattr(type(calc), "calculate", widened)
+    widen_force_sigma(monkeypatch, calc, 1e6)
     report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=0.5), tmp_path / "run",
                              threshold=1e9, steps=10, interval=5, labels_per_round=8, audit_interval=5,
                              max_rounds=1, conditioning=[], progress=False, force_tolerance=force_tolerance,

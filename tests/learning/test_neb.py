@@ -15,7 +15,7 @@ from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.learning.neb_learner import band
 from ase_mlipal.learning.trigger import UncertaintyTrigger
 
-from ..conftest import assert_no_label_repeated, rattled
+from ..conftest import assert_no_label_repeated, rattled, widen_force_sigma
 
 
 def formaldehyde_band(n_images=5):
@@ -591,13 +591,7 @@ def test_a_wide_sigma_does_not_confirm_a_runaway_the_model_forces_drove(tiny_mod
     bound of 2 x threshold (1 eV/A): the run learns from the image. Forces 0.2 eV/A off pass it, and the
     reference's confirmed climb stops the run."""
     calc = MLIPALCalculator(model=tiny_model, distance_aware=False)
-    calculate = type(calc).calculate
-
-    def widened(self, *args, **kwargs):
-        calculate(self, *args, **kwargs)
-        self.results["forces_uncertainty"] = 1e6 * self.results["forces_uncertainty"]
-
-    monkeypatch.setattr(type(calc), "calculate", widened)
+    widen_force_sigma(monkeypatch, calc, 1e6)
     images = formaldehyde_band(5)
     guard = RunsAwayInRoundZero([images[0], images[-1]], max_energy=-1e3)
     learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], 1e-3, force_shift),

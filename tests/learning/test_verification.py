@@ -9,7 +9,7 @@ import ase_mlipal
 from ase_mlipal.learning.verification import (SADDLE_FMAX, Check, ModelChoice, allowed_outside, check_frame,
                                               forces_agree_together, verification_error)
 
-from ..conftest import rattled
+from ..conftest import rattled, widen_force_sigma
 
 
 def labelled_by(model, frames, energy_shift=0.0):
@@ -189,13 +189,7 @@ def test_the_saddle_test_does_not_widen_with_sigma(calc, tiny_model, monkeypatch
     forces[1, 0] = 1.2 * SADDLE_FMAX
     sloped.calc = SinglePointCalculator(sloped, energy=frame.get_potential_energy(), forces=forces)
     narrow = check_frame(calc, sloped, 0, "climbing_image", tangent=tangent)
-    calculate = type(calc).calculate
-
-    def widened(self, *args, **kwargs):
-        calculate(self, *args, **kwargs)
-        self.results["forces_uncertainty"] = 10.0 * self.results["forces_uncertainty"]
-
-    monkeypatch.setattr(type(calc), "calculate", widened)
+    widen_force_sigma(monkeypatch, calc, 10.0)
     calc.reset()
     wide = check_frame(calc, sloped, 0, "climbing_image", tangent=tangent)
     assert 0.05 + 2.0 * np.sqrt(3.0) * calc.results["forces_uncertainty"][1] > forces[1, 0]  # the old bound: passed
