@@ -180,7 +180,8 @@ def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
 
 MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "threshold": 0.5, "interval": 5,
                "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": LEARNER_FINETUNE,
-               "seed": 0}  # the thermostat's random forces: a rerun repeats the run
+               "seed": 0,  # the thermostat's random forces: a rerun repeats the run
+               "recalibrate": True}  # audits rescale sigma (records without the key ran before they did)
 MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
             "finetune": {"epochs": 1, "replay_ratio": 1}}
 MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
@@ -201,7 +202,8 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
         max_rounds=settings["max_rounds"], audit_interval=settings["audit_interval"],
         dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"],
                                         seed=settings.get("seed")),
-        finetune_options=settings["finetune"], progress=False, force_tolerance=settings.get("force_tolerance"))
+        finetune_options=settings["finetune"], progress=False, force_tolerance=settings.get("force_tolerance"),
+        recalibrate=settings.get("recalibrate", False))
     report = learner.run()
     audits = [c.as_dict() for c in report.checks if c.kind == "audit"]
     thirds = {}
@@ -437,9 +439,11 @@ def md_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def md_tag(seed: int, force_tolerance: float | None) -> str:
-    """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults."""
-    return (f"_seed{seed}" if seed else "") + (f"_ftol{force_tolerance:g}" if force_tolerance is not None else "")
+def md_tag(seed: int, force_tolerance: float | None, recalibrate: bool) -> str:
+    """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults, and
+    ``_recal`` where audits rescale sigma (the parts before they did have no tail)."""
+    return ((f"_seed{seed}" if seed else "") + (f"_ftol{force_tolerance:g}" if force_tolerance is not None else "")
+            + ("_recal" if recalibrate else ""))
 
 
 def run_label(run: dict) -> str:
@@ -447,6 +451,7 @@ def run_label(run: dict) -> str:
     notes = ["distance-aware σ"] * bool(run.get("distance_aware"))
     tolerance = run["settings"].get("force_tolerance")
     notes += [] if tolerance is None else [f"force_tolerance {tolerance:g} eV/A"]
+    notes += ["audits rescale σ"] * bool(run["settings"].get("recalibrate"))
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")
@@ -499,6 +504,9 @@ def main() -> None:
                              "md_<name>_seed<N>.json)")
     parser.add_argument("--force-tolerance", type=float, default=None,
                         help="the MD learner's force_tolerance (eV/A; file md_<name>[_seed<N>]_ftol<X>.json)")
+    parser.add_argument("--no-recalibrate", action="store_true",
+                        help="the MD learner's sigma moves only at a swap, as before audits rescaled it (file "
+                             "name without the _recal tail)")
     args = parser.parse_args()
     out = args.out or RESULTS
     default_parts = out / "learning_loop"
@@ -515,12 +523,12 @@ def main() -> None:
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_md_{name}_"))
             try:
                 md_settings = {**(MD_SMOKE if args.smoke else MD_SETTINGS), "seed": args.seed,
-                               "force_tolerance": args.force_tolerance}
+                               "force_tolerance": args.force_tolerance, "recalibrate": not args.no_recalibrate}
                 result = run_md(name, md_settings, workdir, distance_aware=args.distance_aware)
                 result["distance_aware"] = args.distance_aware
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            tag = md_tag(args.seed, args.force_tolerance)
+            tag = md_tag(args.seed, args.force_tolerance, not args.no_recalibrate)
             (parts / f"md_{name}{tag}.json").write_text(json.dumps(result, indent=1, default=float))
             print(f"MD {name}: audits {len(result['audits'])}, last-third force MAE "
                   f"{result['last_third']['force_mae']}, confident {result['confident']}", flush=True)

@@ -231,7 +231,7 @@ def merge() -> str:
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
                 key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False),
-                               r["settings"].get("force_tolerance") or 0))
+                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False)))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     text = "\n".join(lines) + "\n"
@@ -252,15 +252,20 @@ def main() -> None:
                         help="the MD learner's thermostat seed (another seed: another trajectory, file md_<r>_seed<N>)")
     parser.add_argument("--force-tolerance", type=float, default=None,
                         help="the MD learner's force_tolerance (eV/A; file name ..._ftol<X>)")
+    parser.add_argument("--no-recalibrate", action="store_true",
+                        help="the MD learner's sigma moves only at a swap, as before audits rescaled it (file "
+                             "name without the _recal tail)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
-    tag = ("_distance" if args.distance_aware else "") + md_tag(args.seed, args.force_tolerance)
+    tag = ("_distance" if args.distance_aware else "") + md_tag(args.seed, args.force_tolerance,
+                                                                not args.no_recalibrate)
     if args.merge:
         print(merge())
         return
     if args.md:
         with tempfile.TemporaryDirectory() as workdir:
-            settings = {**MD_SETTINGS, "seed": args.seed, "force_tolerance": args.force_tolerance}
+            settings = {**MD_SETTINGS, "seed": args.seed, "force_tolerance": args.force_tolerance,
+                        "recalibrate": not args.no_recalibrate}
             result = run_md(args.md, settings, Path(workdir), start_atoms=endpoints(args.md)[0],
                             distance_aware=args.distance_aware)
         PARTS.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,11 @@ class OnTheFlyLearner(LearningRun):
             component) is larger fails, as one outside 2 sigma does, and is
             trained on (``None``: the 2-sigma test alone). A sigma honest
             about a large error passes the 2-sigma test; this asks for accuracy.
+        recalibrate: after each audit, rescale sigma on every audit of the
+            model in use so far (:meth:`MLIPALCalculator.rescale`, from the
+            calibration the model was swapped in with); each audit is checked
+            on the sigma the audits before it justify. ``False``: sigma moves
+            only when a round swaps a model in.
     """
 
     kind = "md"
@@ -175,6 +180,7 @@ class OnTheFlyLearner(LearningRun):
         progress: Optional[bool] = None,
         max_labels: Optional[int] = None,
         force_tolerance: Optional[float] = None,
+        recalibrate: bool = True,
         **deprecated,
     ):
         labels_per_round = renamed_argument(None, deprecated, "batch_size", "labels_per_round",
@@ -195,7 +201,9 @@ class OnTheFlyLearner(LearningRun):
         self.atoms = atoms.copy()
         self.steps, self.interval, self.labels_per_round, self.max_rounds = steps, interval, labels_per_round, max_rounds
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
-        self.force_tolerance = force_tolerance
+        self.force_tolerance, self.recalibrate = force_tolerance, recalibrate
+        #: the calibrations (energy, forces) the model in use was swapped in with; audits rescale from them
+        self.swap_calibration = (calc.energy_posterior.calibration, calc.atom_posterior.calibration)
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
                                           typical_frames=typical_frames, source="md", run_id=run_id)
@@ -215,10 +223,13 @@ class OnTheFlyLearner(LearningRun):
         saved = read(self._path("md.traj"))
         self.atoms.set_positions(saved.positions)
         self.atoms.set_momenta(saved.get_momenta())
-        # frames flagged after the last round's posterior was saved
+        # frames flagged after the last round's posterior was saved; audits wait for the next swap, as in a
+        # run that was not stopped
         new = [a for s in ("flagged", "skipped", "labelled", "verified", "failed") for a in self.store.frames(s)
-               if a.info["store_id"] > self.state["absorbed_row"]]
+               if a.info["store_id"] > self.state["absorbed_row"] and a.info.get("source") != "audit"]
         self.trigger.absorb(new)
+        self.swap_calibration = (self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration)
+        self._rescale_on_audits()
         return True
 
     # -- the loop ----------------------------------------------------------
@@ -363,13 +374,36 @@ class OnTheFlyLearner(LearningRun):
                                uncertainty=self.trigger.last_value, model_hash=self.calc.model_hash)
 
     def _check_audits(self) -> None:
-        """Check every labelled audit drawn under the model in use and not checked yet."""
+        """Check every labelled audit drawn under the model in use and not checked yet, then rescale sigma."""
         done = {c.store_id for c in self.checks}
+        checked = False
         for frame in self.store.frames("labelled") + self.store.frames("failed"):
             info = frame.info
             if info.get("source") == "audit" and info["store_id"] not in done \
                     and info.get("model_hash") == self.calc.model_hash:
                 self.check(frame, self.choice.round, "audit", force_tolerance=self.force_tolerance)
+                checked = True
+        if checked:
+            self._rescale_on_audits()
+
+    def _rescale_on_audits(self) -> None:
+        """Rescale sigma, from the calibration the model in use was swapped in with, on all its audits so far.
+
+        Its audits are frames neither it nor its posterior holds (the next
+        swap takes them in), passed and failed alike: the errors an
+        unflagged frame shows. The swap's own rescale could read only the
+        checks earlier models passed, as the failed ones are trained on.
+        Without ``recalibrate``, an uncalibrated calculator or an audit,
+        nothing changes.
+        """
+        if not self.recalibrate or not self.calc.calibrated:
+            return
+        ids = {c.store_id for c in self.checks
+               if c.kind == "audit" and c.round == self.choice.round and np.isfinite(c.energy_error)}
+        audits = [a for s in ("verified", "labelled") for a in self.store.frames(s) if a.info["store_id"] in ids]
+        if audits:
+            self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration = self.swap_calibration
+            self.calc.rescale(audits, progress=False)
 
     def _label_last_audits(self) -> None:
         """Label the audits drawn since the last round, and the flags left within the budget.
@@ -407,6 +441,8 @@ class OnTheFlyLearner(LearningRun):
             self.write_state()
             return
         self._check_audits()  # before training: a passed audit stays out of it
+        # a round rebuilds (or, rejected, saves) the posterior on the calibration the model was swapped in with
+        self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration = self.swap_calibration
         record = self.learn(number, self.trigger)
         report.rounds.append(record)
         last_row = max((row.id for row in self.store.rows()), default=0)
@@ -415,4 +451,6 @@ class OnTheFlyLearner(LearningRun):
             self.state["posterior"] = f"posterior_round{number}.npz"
         self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames)
         self.write_state()
+        self.swap_calibration = (self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration)
+        self._rescale_on_audits()  # a rejected model leaves the model in use, and its audits
         self.atoms.calc = self.calc  # results of the old model are gone

@@ -1,0 +1,63 @@
+"""The MD learner's audits rescale sigma as they come: each audit is checked on the sigma the ones before it justify."""
+
+import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+
+from ase_mlipal import OnTheFlyLearner
+from ase_mlipal.learning.md_learner import langevin
+
+from .test_md_report import plain_calc
+from .test_swap import labelled
+from ..conftest import rattled
+
+
+def calibrated_calc(model):
+    """The plain-sigma tiny calculator, calibrated on EMT labels of rattled formaldehyde (the same every call)."""
+    calc = plain_calc(model)
+    calc.calibrate(labelled(rattled(molecule("H2CO"), 6, stdev=0.05, seed=2)), progress=False)
+    return calc
+
+
+def calibrations(calc):
+    return calc.energy_posterior.calibration, calc.atom_posterior.calibration
+
+
+def audit_run(model, workdir, recalibrate: bool) -> OnTheFlyLearner:
+    """No flag, no round: 40 seeded steps audited against EMT."""
+    return OnTheFlyLearner(molecule("H2CO"), calibrated_calc(model), EMT,
+                           workdir, threshold=1e9, steps=40, interval=5, audit_interval=5, max_rounds=0,
+                           dynamics=lambda atoms: langevin(atoms, seed=0), conditioning=[], progress=False,
+                           recalibrate=recalibrate)
+
+
+def audit_frames(learner):
+    ids = {c.store_id for c in learner.checks if c.kind == "audit"}
+    return [a for s in ("verified", "labelled") for a in learner.store.frames(s) if a.info["store_id"] in ids]
+
+
+def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_path):
+    """After the run sigma is the start's rescaled on every audit (the calculator's own ``rescale``); audit k
+    was checked before it counted: the first on the start's sigma, the later ones not; without ``recalibrate``
+    sigma never moves. A resume of the finished run rebuilds the same calibration."""
+    on, off = audit_run(tiny_model, tmp_path / "on", True), audit_run(tiny_model, tmp_path / "off", False)
+    start = calibrations(on.calc)
+    report, fixed = on.run(), off.run()
+    audits = [c for c in report.checks if c.kind == "audit"]
+    unscaled = [c for c in fixed.checks if c.kind == "audit"]
+    assert len(audits) >= 3 and [c.step for c in audits] == [c.step for c in unscaled]  # the same frames
+    assert calibrations(off.calc) == start
+
+    expected = calibrated_calc(tiny_model)
+    expected.rescale(audit_frames(on), progress=False)
+    for got, want, unchanged in zip(calibrations(on.calc), calibrations(expected), start):
+        assert got.scale == pytest.approx(want.scale, rel=1e-9) and got.floor == pytest.approx(want.floor, rel=1e-9)
+        assert got.scale != pytest.approx(unchanged.scale, rel=1e-9)
+    assert audits[0].energy_std == pytest.approx(unscaled[0].energy_std, rel=1e-9)
+    assert all(c.energy_std != pytest.approx(u.energy_std, rel=1e-9) for c, u in zip(audits[1:], unscaled[1:]))
+
+    resumed = audit_run(tiny_model, tmp_path / "on", True)
+    resumed.run()
+    assert [c.store_id for c in resumed.checks] == [c.store_id for c in audits]  # nothing checked twice
+    for got, want in zip(calibrations(resumed.calc), calibrations(on.calc)):
+        assert got.scale == pytest.approx(want.scale, rel=1e-9)
