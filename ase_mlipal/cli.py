@@ -217,6 +217,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
             max_rounds=config.get("max_rounds"), finetune_options=finetune_options,
             max_labels=config.get("max_labels"),
             audit_interval=md.get("audit_interval", 200), force_tolerance=md.get("force_tolerance"),
+            recalibrate=md.get("recalibrate", True),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]
@@ -262,7 +263,8 @@ LEARN_KEYS = {
             "max_labels", "finetune", "initial", "final", "neb"},
 }
 LEARN_REQUIRED = {"md": ("threshold", "structure"), "neb": ("threshold", "initial", "final")}
-LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "force_tolerance", "temperature", "timestep"},
+LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "force_tolerance", "recalibrate", "temperature",
+                           "timestep"},
                     "neb": {"images", "fmax", "barrier_tolerance", "saddle_fmax", "steps", "band_start"}}
 
 
@@ -368,6 +370,7 @@ LEARN_HELP = """TOML file, e.g. for MD:
     temperature = 600
     audit_interval = 200   # one unflagged frame per ~200 steps checked against the reference
     force_tolerance = 0.15 # eV/A: an audit's mean force error must stay below (leave out: the 2-sigma test alone)
+    recalibrate = true     # each audit rescales sigma (false: sigma moves only when a round swaps a model in)
     [finetune]             # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
     epochs = 150
 
