@@ -12,7 +12,8 @@ it is drawn and checked against the model that drove the dynamics there
 draw audited is audited on the frame the MD ended at. A failed audit starts
 a round at once (the model is wrong where the trigger was sure, so the
 dynamics must not go on waiting for flags) and is trained on like a flag;
-a passed one is kept out of training. The run ends
+a passed one is kept out of training. Each checked audit also rescales
+sigma for the ones after it (``recalibrate``). The run ends
 ``confident`` only if the final model had audits and passed them all, one by
 one and, for the forces, pooled (:func:`~ase_mlipal.learning.verification.forces_agree_together`).
 
