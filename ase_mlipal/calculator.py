@@ -24,6 +24,7 @@ from .progress import progress_bar
 from .storage import atomic_write
 from .uncertainty.calibration import (
     CalibrationReport,
+    Recalibration,
     calibration_report,
     fit_recalibration,
     forgetting_floor,
@@ -210,6 +211,15 @@ class MLIPALCalculator(Calculator):
         return None
 
     @property
+    def calibrations(self) -> tuple[Recalibration, Recalibration]:
+        """The calibrations of the energy and the force posterior, in that order; set both at once."""
+        return self.energy_posterior.calibration, self.atom_posterior.calibration
+
+    @calibrations.setter
+    def calibrations(self, pair: tuple[Recalibration, Recalibration]) -> None:
+        self.energy_posterior.calibration, self.atom_posterior.calibration = pair
+
+    @property
     def model_hash(self) -> str:
         """sha256 of the model's parameters and buffers (:attr:`UncertaintyModel.model_hash`).
 
@@ -279,7 +289,7 @@ class MLIPALCalculator(Calculator):
             raise TypeError("set_model needs the conditioning frames (an empty list for none)")
         device = next(self.model.parameters()).device
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        shapes = (self.energy_posterior.calibration, self.atom_posterior.calibration)
+        shapes = self.calibrations
         held, calibrated = self.n_conditioning, self.calibrated
         forgetting_frames = list(forgetting_frames or []) if calibrated else []  # a floor in eV needs eV variances
         before = self.residuals(forgetting_frames, progress=progress) if forgetting_frames else None
@@ -295,7 +305,7 @@ class MLIPALCalculator(Calculator):
             after = self.residuals(forgetting_frames, progress=progress)
             shapes = (forgetting_floor(shapes[0], before.energy, after.energy, before.n_atoms),
                       forgetting_floor(shapes[1], before.forces, after.forces))
-        self.energy_posterior.calibration, self.atom_posterior.calibration = shapes
+        self.calibrations = shapes
         self.calibrated = calibrated
         if not calibration:
             return None

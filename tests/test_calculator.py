@@ -314,12 +314,12 @@ def test_set_model_keeps_the_calibration_and_moves_its_floors_by_what_was_forgot
     conditioning = rattled(ethanol, 4, seed=1)
     calc.condition(conditioning)
     shapes = Recalibration(2.0, 0.8, 1e-4), Recalibration(3.0, 1.0, 0.0)
-    calc.energy_posterior.calibration, calc.atom_posterior.calibration = shapes
+    calc.calibrations = shapes
     calc.calibrated = True
     old, other = calc.model, ase_mlipal.random_like(calc.model, seed=7)
     trained_on = labelled_by(old, rattled(ethanol, 5, seed=4))  # frames the old model fits exactly
     calc.set_model(copy.deepcopy(old), conditioning)  # no frames to refit on: the calibration stays
-    assert calc.calibrated and (calc.energy_posterior.calibration, calc.atom_posterior.calibration) == shapes
+    assert calc.calibrated and calc.calibrations == shapes
     calc.set_model(other, conditioning, forgetting_frames=trained_on)
     energy_sq, forces_sq = [], []
     for atoms in trained_on:  # the new model's errors, by MACECalculator, where the old one had none
@@ -342,14 +342,14 @@ def test_a_refit_on_residuals_below_the_floor_moves_every_variance_by_one_bounde
     conditioning = rattled(ethanol, 4, seed=1)
     calc.condition(conditioning)
     shapes = Recalibration(2.0, 1.5, 0.5), Recalibration(3.0, 1.0, 0.2)
-    calc.energy_posterior.calibration, calc.atom_posterior.calibration = shapes
+    calc.calibrations = shapes
     calc.calibrated = True
     other = ase_mlipal.random_like(calc.model, seed=7)
     frame = labelled_by(other, rattled(ethanol, 1, seed=5))[0]
     frame.calc.results["energy"] += 0.01  # 0.01 eV and 0.01 eV/A off: far inside the floors
     frame.calc.results["forces"] = frame.calc.results["forces"] + 0.01
     calc.set_model(other, conditioning, calibration=[frame])
-    for new, old in zip((calc.energy_posterior.calibration, calc.atom_posterior.calibration), shapes):
+    for new, old in zip(calc.calibrations, shapes):
         factor = new.scale / old.scale
         assert new.floor / old.floor == pytest.approx(factor) and new.exponent == old.exponent
         assert 0.5 < factor < 1.0  # lower (the residuals are small), by at most ratio ** (1 / 21)

@@ -167,7 +167,7 @@ class LearningRun:
         self.run_id, self.progress, self.max_labels = run_id, progress, max_labels
         self.pretrained = load_model(calc.model, device=str(next(calc.model.parameters()).device))
         #: the calibrations (energy, forces) of the pretrained model's posterior, which every swap starts from
-        self.start_calibration = (calc.energy_posterior.calibration, calc.atom_posterior.calibration)
+        self.start_calibration = calc.calibrations
         self.choice = ModelChoice()
         self.checks: list[Check] = []
         self.state: dict = {"kind": self.kind, "round": 0, "model": None, "posterior": None,
@@ -404,7 +404,7 @@ class LearningRun:
             after = self.calc.residuals(forgotten, progress=self.progress)
             energy = forgetting_floor(energy, energy_before, after.energy, after.n_atoms)
             forces = forgetting_floor(forces, np.concatenate(forces_before), after.forces)
-        self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration = energy, forces
+        self.calc.calibrations = energy, forces
         checks = {atoms.info["store_id"] for atoms in passed}
         self._absorb_store(trigger, lambda atoms: atoms.info["store_id"] not in checks)
         report = self.calc.rescale(passed, progress=self.progress) if passed and self.calc.calibrated else None

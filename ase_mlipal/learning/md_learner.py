@@ -204,7 +204,7 @@ class OnTheFlyLearner(LearningRun):
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
         self.force_tolerance, self.recalibrate = force_tolerance, recalibrate
         #: the calibrations (energy, forces) the model in use was swapped in with; audits rescale from them
-        self.swap_calibration = (calc.energy_posterior.calibration, calc.atom_posterior.calibration)
+        self.swap_calibration = calc.calibrations
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
                                           typical_frames=typical_frames, source="md", run_id=run_id)
@@ -229,7 +229,7 @@ class OnTheFlyLearner(LearningRun):
         new = [a for s in ("flagged", "skipped", "labelled", "verified", "failed") for a in self.store.frames(s)
                if a.info["store_id"] > self.state["absorbed_row"] and a.info.get("source") != "audit"]
         self.trigger.absorb(new)
-        self.swap_calibration = (self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration)
+        self.swap_calibration = self.calc.calibrations
         self._rescale_on_audits()
         return True
 
@@ -403,7 +403,7 @@ class OnTheFlyLearner(LearningRun):
                if c.kind == "audit" and c.round == self.choice.round and np.isfinite(c.energy_error)}
         audits = [a for s in ("verified", "labelled") for a in self.store.frames(s) if a.info["store_id"] in ids]
         if audits:
-            self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration = self.swap_calibration
+            self.calc.calibrations = self.swap_calibration
             self.calc.rescale(audits, progress=False)
 
     def _label_last_audits(self) -> None:
@@ -443,7 +443,7 @@ class OnTheFlyLearner(LearningRun):
             return
         self._check_audits()  # before training: a passed audit stays out of it
         # a round rebuilds (or, rejected, saves) the posterior on the calibration the model was swapped in with
-        self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration = self.swap_calibration
+        self.calc.calibrations = self.swap_calibration
         record = self.learn(number, self.trigger)
         report.rounds.append(record)
         last_row = max((row.id for row in self.store.rows()), default=0)
@@ -452,6 +452,6 @@ class OnTheFlyLearner(LearningRun):
             self.state["posterior"] = f"posterior_round{number}.npz"
         self.state.update(round=number, absorbed_row=last_row, n_trained=record.n_train_frames)
         self.write_state()
-        self.swap_calibration = (self.calc.energy_posterior.calibration, self.calc.atom_posterior.calibration)
+        self.swap_calibration = self.calc.calibrations
         self._rescale_on_audits()  # a rejected model leaves the model in use, and its audits
         self.atoms.calc = self.calc  # results of the old model are gone

@@ -19,10 +19,6 @@ def calibrated_calc(model):
     return calc
 
 
-def calibrations(calc):
-    return calc.energy_posterior.calibration, calc.atom_posterior.calibration
-
-
 def audit_run(model, workdir, recalibrate: bool) -> OnTheFlyLearner:
     """No flag, no round: 40 seeded steps audited against EMT."""
     return OnTheFlyLearner(molecule("H2CO"), calibrated_calc(model), EMT,
@@ -41,16 +37,16 @@ def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_pa
     was checked before it counted: the first on the start's sigma, the later ones not; without ``recalibrate``
     sigma never moves. A resume of the finished run rebuilds the same calibration."""
     on, off = audit_run(tiny_model, tmp_path / "on", True), audit_run(tiny_model, tmp_path / "off", False)
-    start = calibrations(on.calc)
+    start = on.calc.calibrations
     report, fixed = on.run(), off.run()
     audits = [c for c in report.checks if c.kind == "audit"]
     unscaled = [c for c in fixed.checks if c.kind == "audit"]
     assert len(audits) >= 3 and [c.step for c in audits] == [c.step for c in unscaled]  # the same frames
-    assert calibrations(off.calc) == start
+    assert off.calc.calibrations == start
 
     expected = calibrated_calc(tiny_model)
     expected.rescale(audit_frames(on), progress=False)
-    for got, want, unchanged in zip(calibrations(on.calc), calibrations(expected), start):
+    for got, want, unchanged in zip(on.calc.calibrations, expected.calibrations, start):
         assert got.scale == pytest.approx(want.scale, rel=1e-9) and got.floor == pytest.approx(want.floor, rel=1e-9)
         assert got.scale != pytest.approx(unchanged.scale, rel=1e-9)
     assert audits[0].energy_std == pytest.approx(unscaled[0].energy_std, rel=1e-9)
@@ -59,5 +55,5 @@ def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_pa
     resumed = audit_run(tiny_model, tmp_path / "on", True)
     resumed.run()
     assert [c.store_id for c in resumed.checks] == [c.store_id for c in audits]  # nothing checked twice
-    for got, want in zip(calibrations(resumed.calc), calibrations(on.calc)):
+    for got, want in zip(resumed.calc.calibrations, on.calc.calibrations):
         assert got.scale == pytest.approx(want.scale, rel=1e-9)

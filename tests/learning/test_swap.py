@@ -46,10 +46,6 @@ def run(tiny_model, tmp_path):
     return run
 
 
-def calibrations(calc):
-    return calc.energy_posterior.calibration, calc.atom_posterior.calibration
-
-
 def test_the_factor_is_fitted_on_the_posterior_the_run_goes_on_with(run, monkeypatch):
     """At the refit the posterior holds every stored frame but the checks; then the checks join it."""
     calc, seen = run.calc, {}
@@ -78,11 +74,11 @@ def test_a_swap_starts_from_the_runs_calibration_not_the_last_rounds(run):
     forgotten = labelled(rattled(molecule("CH3OH"), 4, stdev=0.04, seed=6))
     passed = run.store.frames("verified")
     run._swap_in(model, forgotten, passed, trigger)
-    first = calibrations(calc)
+    first = calc.calibrations
     assert first != run.start_calibration
     run._swap_in(model, forgotten, passed, trigger)
-    for got, want in zip(calibrations(calc), first):
+    for got, want in zip(calc.calibrations, first):
         np.testing.assert_allclose([got.scale, got.exponent, got.floor], [want.scale, want.exponent, want.floor],
                                    rtol=1e-9)
     run._swap_in(model, [], [], trigger)
-    assert calibrations(calc) == run.start_calibration
+    assert calc.calibrations == run.start_calibration
