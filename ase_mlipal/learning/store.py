@@ -163,6 +163,11 @@ class FrameStore:
         with self._transaction():
             self.db.update(row_id, status="verified")
 
+    def mark_labelled_again(self, row_id: int) -> None:
+        """A verified check a later judgement failed (status back to ``labelled``): trained on next."""
+        with self._transaction():
+            self.db.update(row_id, status="labelled")
+
     def mark_unphysical(self, row_id: int, reason: str) -> None:
         """A labelled frame the reference confirmed as unphysical (e.g. a runaway energy): never trained on."""
         with self._transaction():

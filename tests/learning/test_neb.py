@@ -694,6 +694,32 @@ def test_a_guard_stop_the_model_moved_into_asks_the_reference_where_the_band_was
         assert climbing[0].store_id in learner.state["trained_ids"]
 
 
+@pytest.mark.parametrize("force_shift, stops", [(5.0, False), (0.2, True)])
+def test_a_wide_sigma_does_not_pass_a_guard_stop_the_model_forces_drove(tiny_model, tmp_path, monkeypatch,
+                                                                        force_shift, stops):
+    """Every sigma a million times wider and no saddle test (``saddle_fmax`` huge): the check where the trigger
+    last judged the band passes outright. Forces 5 eV/A off still fail the guard judge's bound of 2 x threshold
+    (1 eV/A): the check fails after all, is trained on and the run goes on. Forces 0.2 eV/A off pass the bound,
+    and the run stops with the model right there."""
+    calc = MLIPALCalculator(model=tiny_model, distance_aware=False)
+    widen_force_sigma(monkeypatch, calc, 1e6)
+    images = formaldehyde_band(5)
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0], 1e-3, force_shift), tmp_path / "run",
+                         images, threshold=0.5, max_rounds=1, steps=6, interval=2, saddle_fmax=1e6,
+                         guard=OverlapsInRoundZero([images[0], images[-1]]), conditioning=[], progress=False,
+                         finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    climbing = next(c for c in learner.checks if c.kind == "climbing_image")
+    assert climbing.forces_agree  # the widened 2 sigma covers the reference's forces
+    if stops:
+        assert climbing.passed and "within 2 sigma and within 1.00 eV/A)" in report.stopped and report.rounds == []
+    else:
+        assert not climbing.passed and climbing.reason == "force components 12 of 12 off by more than 1.00 eV/A"
+        assert report.stopped == "" and len(report.rounds) == 2
+        assert "12 of 12 off by more than 1.00 eV/A" in report.rounds[0].runaway
+        assert climbing.store_id in learner.state["trained_ids"]
+
+
 class EndpointRunsAway(PhysicalGuard):
     """A guard that reports the last endpoint 50 eV above the first at the first NEB step."""
 
