@@ -399,9 +399,9 @@ class OnTheFlyLearner(LearningRun):
         """
         if not self.recalibrate or not self.calc.calibrated:
             return
-        ids = {c.store_id for c in self.checks
-               if c.kind == "audit" and c.round == self.choice.round and np.isfinite(c.energy_error)}
-        audits = [a for s in ("verified", "labelled") for a in self.store.frames(s) if a.info["store_id"] in ids]
+        ids = sorted(c.store_id for c in self.checks
+                     if c.kind == "audit" and c.round == self.choice.round and np.isfinite(c.energy_error))
+        audits = [self.store.frame(row_id) for row_id in ids]  # these rows alone, not the whole store per audit
         if audits:
             self.calc.calibrations = self.swap_calibration
             self.calc.rescale(audits, progress=False)

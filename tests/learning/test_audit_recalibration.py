@@ -27,11 +27,6 @@ def audit_run(model, workdir, recalibrate: bool) -> OnTheFlyLearner:
                            recalibrate=recalibrate)
 
 
-def audit_frames(learner):
-    ids = {c.store_id for c in learner.checks if c.kind == "audit"}
-    return [a for s in ("verified", "labelled") for a in learner.store.frames(s) if a.info["store_id"] in ids]
-
-
 def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_path):
     """After the run sigma is the start's rescaled on every audit (the calculator's own ``rescale``); audit k
     was checked before it counted: the first on the start's sigma, the later ones not; without ``recalibrate``
@@ -45,7 +40,7 @@ def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_pa
     assert off.calc.calibrations == start
 
     expected = calibrated_calc(tiny_model)
-    expected.rescale(audit_frames(on), progress=False)
+    expected.rescale(on.check_frames(), progress=False)  # every check here is an audit
     for got, want, unchanged in zip(on.calc.calibrations, expected.calibrations, start):
         assert got.scale == pytest.approx(want.scale, rel=1e-9) and got.floor == pytest.approx(want.floor, rel=1e-9)
         assert got.scale != pytest.approx(unchanged.scale, rel=1e-9)
