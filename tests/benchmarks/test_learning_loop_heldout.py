@@ -18,6 +18,9 @@ def bonded(atoms, i, j) -> bool:
     ("HCN_to_HNC", (0, 2), (1, 2)),  # H leaves C for N
     ("acetonitrile_to_methyl_isocyanide", (0, 1), (0, 2)),  # the methyl C leaves the nitrile C for N
     ("nitromethane_to_aci_nitromethane", None, None),  # a methyl H onto the O (indices found below)
+    ("acetone_to_propen_2_ol", (2, 4), (0, 4)),  # a methyl H onto the O
+    ("acetic_acid_to_ethenediol", (4, 5), (1, 5)),  # a methyl H onto the carbonyl O
+    ("formic_acid_to_dihydroxycarbene", (1, 4), (2, 4)),  # the H on C onto the carbonyl O
 ])
 def test_product_differs_from_the_reactant_by_the_reaction_bonds_only(name, broken, formed):
     module = load_benchmark("learning_loop_heldout")
