@@ -1,6 +1,7 @@
 """xTB frames of five reactions no calibration or model was fitted on (the held-out learning benchmark's).
 
     python scripts/make_heldout_data.py            # writes benchmarks/data/heldout_*.xyz.gz
+    python scripts/make_heldout_data.py --fresh    # the three fresh reactions: benchmarks/data/fresh_*
 
 The five reactions of ``benchmarks/learning_loop_heldout.py`` (two 1,3-H
 shifts, a 1,2-H shift, HCN -> HNC and acetonitrile -> methyl isocyanide;
@@ -20,6 +21,13 @@ benchmark's (9 images, fmax 0.1 eV/A), coarser than the reactive set's
 (11-17 images, 0.05 eV/A).
 ``benchmarks/calibration.py`` scores the shipped calibration on the test
 frames; ``benchmarks/calibration_learning.py --new`` learns from the pool.
+
+``--fresh`` does the same for the three reactions added to the held-out
+learning benchmark after every choice of the project was made
+(``learning_loop_heldout.FRESH``: acetone -> propen-2-ol, acetic acid ->
+ethene-1,1-diol, formic acid -> dihydroxycarbene) and writes
+``fresh_reactions.xyz.gz``, ``fresh_bands.xyz.gz`` and ``fresh_summary.json``;
+``benchmarks/calibration.py --fresh`` scores on them.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_data  # noqa: E402
 from learning_loop import SETTINGS, reference_neb  # noqa: E402
-from learning_loop_heldout import REACTIONS, endpoints  # noqa: E402
+from learning_loop_heldout import FRESH, REACTIONS, endpoints  # noqa: E402
 
 from ase_mlipal.paths import band  # noqa: E402
 from ase_mlipal.references.xtb import LabelStats, xtb_label  # noqa: E402
@@ -78,14 +86,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--fresh", action="store_true", help="the fresh reactions, into fresh_*")
     args = parser.parse_args()
+    reactions, prefix = (FRESH, "fresh") if args.fresh else (REACTIONS, "heldout")
     with ProcessPoolExecutor(args.workers) as pool:
-        results = dict(zip(REACTIONS, tqdm(pool.map(reaction_frames, REACTIONS), total=len(REACTIONS),
+        results = dict(zip(reactions, tqdm(pool.map(reaction_frames, reactions), total=len(reactions),
                                            desc="xTB NEBs and frames")))
-    write(args.out / "heldout_reactions.xyz.gz", [f for name in REACTIONS for f in results[name][0]], format="extxyz")
-    write(args.out / "heldout_bands.xyz.gz", [f for name in REACTIONS for f in results[name][1]], format="extxyz")
-    summary = {name: results[name][2] for name in REACTIONS}
-    (args.out / "heldout_summary.json").write_text(json.dumps(summary, indent=1))
+    write(args.out / f"{prefix}_reactions.xyz.gz", [f for name in reactions for f in results[name][0]],
+          format="extxyz")
+    write(args.out / f"{prefix}_bands.xyz.gz", [f for name in reactions for f in results[name][1]], format="extxyz")
+    summary = {name: results[name][2] for name in reactions}
+    (args.out / f"{prefix}_summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 

@@ -43,3 +43,20 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert "| distance, power | new: their TS region |" in (tmp_path / "calibration.md").read_text()
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
     assert "held-out reactions" in (tmp_path / "calibration.md").read_text()
+
+
+def test_fresh_run_scores_the_fresh_reactions_in_place_of_the_new_ones(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--fresh", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not (tmp_path / "calibration.json").exists()  # the main record is not overwritten
+    result = json.loads((tmp_path / "calibration_fresh.json").read_text())
+    made = json.loads((SCRIPT.parent / "data" / "fresh_summary.json").read_text())
+    shipped = result["methods"][result["shipped"]]
+    assert result["fresh"] and set(result["new_reactions"]) == set(shipped["new_barriers"]) == set(made)
+    heldout = json.loads((SCRIPT.parent / "data" / "heldout_summary.json").read_text())
+    assert not set(made) & set(heldout)  # none of the five the shipped choice was checked on
+    for reaction, check in shipped["new_barriers"].items():
+        assert abs(check["reference"] - made[reaction]["barrier_eV"]) < 1e-6 and check["std"] > 0
+    text = (tmp_path / "calibration_fresh.md").read_text()
+    assert "--fresh" in text and "the 3 fresh ones" in text
