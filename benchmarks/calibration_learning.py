@@ -5,6 +5,7 @@
     python benchmarks/calibration_learning.py --merge PART.json ... --out benchmarks/results/calibration_learning.json
     python benchmarks/calibration_learning.py --new --out benchmarks/results/calibration_learning_new.json
     python benchmarks/calibration_learning.py --distance-aware [--new]   # on MLIPALCalculator(distance_aware=True)
+    python benchmarks/calibration_learning.py --distance-aware --fresh   # the three fresh reactions
 
 For each NEB reaction r of the reactive set (held out of the calibration,
 as in ``benchmarks/calibration.py``):
@@ -36,7 +37,10 @@ of r's band is inside ``path_profile``'s barrier +- 2 sigma.
 ``--new``: the five reactions of ``benchmarks/data/heldout_reactions.xyz.gz``
 (``scripts/make_heldout_data.py``) instead, which no calibration, model or
 learner constant was fitted on; round 0 is the shipped recipe's calibration
-(validation split plus all 8 reactions), which never saw them.
+(validation split plus all 8 reactions), which never saw them. ``--fresh``:
+the same on the three reactions of ``benchmarks/data/fresh_reactions.xyz.gz``
+(``scripts/make_heldout_data.py --fresh``), added after every choice was
+made (output name ``calibration_learning_fresh[_distance]``).
 
 One reaction, two rounds: about 3 minutes on 2 cores. Run reactions in
 parts and merge.
@@ -202,6 +206,8 @@ def main():
     parser.add_argument("--merge", nargs="*", type=Path, help="merge these part files instead of running")
     parser.add_argument("--new", action="store_true",
                         help="the five reactions of heldout_reactions.xyz.gz (calibrated on all 8 of the reactive set)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="as --new on the three reactions of fresh_reactions.xyz.gz (output name gains _fresh)")
     parser.add_argument("--distance-aware", action="store_true",
                         help="on MLIPALCalculator(distance_aware=True), its forces calibrated by a power law "
                              "(output name gains _distance)")
@@ -210,23 +216,26 @@ def main():
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads(path.read_text()) for path in args.merge]
-        modes = {(part["settings"].get("new_reactions", False), part["settings"].get("distance_aware", False))
-                 for part in parts}
+        modes = {(part["settings"].get("new_reactions", False), part["settings"].get("distance_aware", False),
+                  part["settings"].get("fresh", False)) for part in parts}
         if len(modes) > 1:
-            raise SystemExit("the parts mix --new or --distance-aware runs with others: merge each kind on its own")
-        args.new, args.distance_aware = modes.pop()
+            raise SystemExit("the parts mix --new, --fresh or --distance-aware runs with others: merge each kind on "
+                             "its own")
+        args.new, args.distance_aware, args.fresh = modes.pop()
         records = [r for part in parts for r in part["reactions"]]
         names = [r["reaction"] for r in records]
         if len(set(names)) != len(names):
             raise SystemExit(f"parts share reactions: {sorted(n for n in set(names) if names.count(n) > 1)}")
     else:
+        args.new = args.new or args.fresh
+        new_data = "fresh" if args.fresh else "heldout"
         pretrain = read_frames(DATA / "pretrain.xyz.gz")
         valid = [a for a in pretrain if a.info["split"] == "valid"]
         test_molecules = random.Random(0).sample([a for a in pretrain if a.info["split"] == "test"], 150)
         reactive = [a for a in read_frames(DATA / "reactive.xyz.gz") if physical(a)]
-        learnt = [a for a in read_frames(DATA / "heldout_reactions.xyz.gz") if physical(a)] if args.new else reactive
+        learnt = [a for a in read_frames(DATA / f"{new_data}_reactions.xyz.gz") if physical(a)] if args.new else reactive
         bands = {}
-        for atoms in read_frames(DATA / ("heldout_bands.xyz.gz" if args.new else "reactive_bands.xyz.gz")):
+        for atoms in read_frames(DATA / (f"{new_data}_bands.xyz.gz" if args.new else "reactive_bands.xyz.gz")):
             bands.setdefault(atoms.info["reaction"], []).append(atoms)
         args.cache.mkdir(parents=True, exist_ok=True)
         records = []
@@ -238,9 +247,9 @@ def main():
                 records.append(run_reaction(reaction, valid, others, mine, bands[reaction], args.rounds, args.labels,
                                             Path(stores), args.cache, test_molecules, args.distance_aware))
     result = {"settings": {"rounds": args.rounds, "labels": args.labels, "relative_threshold": RELATIVE_THRESHOLD,
-                           "new_reactions": args.new, "distance_aware": args.distance_aware},
+                           "new_reactions": args.new, "fresh": args.fresh, "distance_aware": args.distance_aware},
               "reactions": records, "summary": summary(records)}
-    suffix = ("_new" if args.new else "") + ("_distance" if args.distance_aware else "")
+    suffix = ("_fresh" if args.fresh else "_new" if args.new else "") + ("_distance" if args.distance_aware else "")
     out = args.out or ROOT / "benchmarks" / "results" / f"calibration_learning{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

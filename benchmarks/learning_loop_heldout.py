@@ -313,8 +313,7 @@ def main() -> None:
                              "name without the _recal tail)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
-    tag = ("_distance" if args.distance_aware else "") + md_tag(args.seed, args.force_tolerance,
-                                                                not args.no_recalibrate)
+    tag = "_distance" if args.distance_aware else ""
     if args.merge:
         print(merge())
         return
@@ -326,6 +325,7 @@ def main() -> None:
                             distance_aware=args.distance_aware)
         PARTS.mkdir(parents=True, exist_ok=True)
         result["distance_aware"] = args.distance_aware
+        tag += md_tag(args.seed, args.force_tolerance, not args.no_recalibrate)
         (PARTS / f"md_{args.md}{tag}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps({k: v for k, v in result.items() if k not in ("audits", "settings")}, indent=1))
         return
