@@ -266,10 +266,10 @@ def merge() -> str:
 
 def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     """Markdown lines: the issue's targets on the :data:`FRESH` reactions, default settings only (distance-aware
-    σ, paced budget, default guard; MD: seed 0, audits rescale σ, no force tolerance)."""
+    σ, paced budget, default guard; MD: every seed, audits rescale σ, no force tolerance)."""
     neb = [r for r in rows if r["reaction"] in FRESH and r["paced"] and r.get("distance_aware")
            and r.get("max_energy") is None and r["after"] is not None]
-    runs = [m for m in md if m["molecule"] in FRESH and m.get("distance_aware") and not m["settings"].get("seed")
+    runs = [m for m in md if m["molecule"] in FRESH and m.get("distance_aware")
             and m["settings"].get("recalibrate") and m["settings"].get("force_tolerance") is None]
     if not neb and not runs:
         return []
@@ -287,7 +287,8 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
                      f"{sum(abs(r['after']) <= tolerance for r in confident)} of them within {tolerance:g} eV; "
                      f"most labels {max(r['labels'] for r in neb)} (target <= 40)")
     if runs:
-        lines.append(f"- MD ({len(runs)}): last-third force MAE <= 0.15 eV/A in "
+        seeds = sorted({m["settings"].get("seed", 0) for m in runs})
+        lines.append(f"- MD ({len(runs)} runs, seeds {', '.join(map(str, seeds))}): last-third force MAE <= 0.15 eV/A in "
                      f"{sum(m['last_third']['force_mae'] <= 0.15 for m in runs)}/{len(runs)}, audited 2σ coverage "
                      f">= 0.90 in {sum(m['coverage_2sigma'] >= 0.90 for m in runs)}/{len(runs)}, confident "
                      f"{sum(m['confident'] for m in runs)}/{len(runs)}")
