@@ -288,6 +288,16 @@ class NEBReport:
                  and r.profile.barrier + 2.0 * r.reported_std < low]
         return min(below, key=lambda r: r.profile.barrier - 2.0 * r.reported_std, default=None)
 
+    def _unconfident_despite_checks(self) -> list[str]:
+        """A line saying why a final band that passed every check is not called confident (none otherwise)."""
+        final = self.final
+        why = [reason for reason, holds in (("the trigger flagged images on it", not final.quiet),
+                                            ("its NEB did not converge", not final.converged)) if holds]
+        if not final.checks or not all(c.passed for c in final.checks) or not why:
+            return []
+        return [f"the final band (round {final.round}) passed every check, but {' and '.join(why)}: not "
+                "confident; its barrier is verified at the checked images only"]
+
     @property
     def verified_barrier_error(self) -> Optional[float]:
         """Model - reference barrier at the final band's climbing image (eV); ``None`` if it was not checked or
@@ -322,6 +332,8 @@ class NEBReport:
             lines.append(f"ended: {self.ended}")
         if self.final_round is not None and self.final_round != len(self.rounds) - 1:
             lines.append(f"final: the band of round {self.final.round} (its checks allow it the least error)")
+        if self.rounds and not self.confident:
+            lines += self._unconfident_despite_checks()
         if self.rounds and self.final.top_unconfirmed:
             low, high = self.barrier_interval
             lines.append("the final band's climbing image is not a saddle of the reference: its barrier is unverified,"

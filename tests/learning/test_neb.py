@@ -826,3 +826,28 @@ def test_a_report_without_a_band_says_why_instead_of_an_index_error(why):
         with pytest.raises(NoBandError, match=f"no band was run: {reason}"):
             read_out()
     assert reason in report.table()  # the table prints without a band
+
+
+@pytest.mark.parametrize("quiet, converged", [(False, True), (True, False), (True, True)])
+def test_the_report_says_why_a_final_band_that_passed_its_checks_is_not_confident(quiet, converged):
+    """A run that ends on a band whose checks all passed, but not confident (its flags, an unconverged NEB):
+    the table says which; a failed check needs no such line."""
+    from ase_mlipal.learning.neb_learner import NEBReport, NEBRound
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    profile = PathProfile("r0", np.arange(3.0), np.array([0.0, 1.0, 0.2]), np.full(3, 0.1), np.zeros(3),
+                          barrier=1.0, barrier_std=0.1)
+    lines = {}
+    for passed in (True, False):
+        top = Check(5, "climbing_image", 1, energy_error=0.02, energy_std=0.1, force_mae=0.0, force_coverage=1.0,
+                    passed=passed, image=1, reference_saddle=True)
+        band = NEBRound(5, profile, converged, 10, 3, top, quiet=quiet)
+        lines[passed] = NEBReport([band], confident=False, stopped="the label budget is spent", final_round=0).table()
+    expected = {(False, True): "but the trigger flagged images on it: not confident",
+                (True, False): "but its NEB did not converge: not confident"}.get((quiet, converged))
+    if expected is None:  # quiet and converged: nothing to explain beside the stop
+        assert "passed every check" not in lines[True]
+    else:
+        assert f"the final band (round 5) passed every check, {expected}" in lines[True]
+    assert "passed every check" not in lines[False]
