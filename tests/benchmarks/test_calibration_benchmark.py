@@ -43,6 +43,9 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert "| distance, power | new: their TS region |" in (tmp_path / "calibration.md").read_text()
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
     assert "held-out reactions" in (tmp_path / "calibration.md").read_text()
+    energy_distance = result["methods"]["distance energy"]["fit_all"]  # the distance in the energy sigma only
+    assert energy_distance["forces"] == shipped["fit_all"]["forces"]
+    assert energy_distance["energy"] != shipped["fit_all"]["energy"]
 
 
 def test_fresh_run_scores_the_fresh_reactions_in_place_of_the_new_ones(tmp_path):
