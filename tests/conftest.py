@@ -123,3 +123,12 @@ def store_url(request, tmp_path):
     yield server.rsplit("/", 1)[0] + "/" + name
     admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
     admin.close()
+
+
+def seeded_langevin(atoms):
+    """The MD learner's default Langevin (300 K) with seeded velocities and random forces, for tests whose MD
+    must not stop: unseeded, the tiny model's MD brought two atoms within the guard's distance in about one run
+    in eight."""
+    from ase_mlipal.learning.md_learner import langevin
+
+    return langevin(atoms, seed=0)

@@ -8,6 +8,7 @@ from ase.calculators.emt import EMT
 from ase_mlipal import NEBLearner, OnTheFlyLearner
 from ase_mlipal.learning.learning_run import LearningRun
 
+from ..conftest import seeded_langevin
 from .test_neb import CountingReference, ModelAsReference, formaldehyde_band, formaldehyde_calc
 
 
@@ -105,7 +106,7 @@ def test_an_md_run_stops_when_its_budget_is_spent(tiny_model, calc, tmp_path):
     learner = OnTheFlyLearner(start, calc, lambda: CountedModelReference(tiny_model, start, 0.0), tmp_path / "run",
                               threshold=1e-6, steps=40, interval=2, labels_per_round=3, audit_interval=None,
                               conditioning=[], progress=False, max_labels=4,
-                              finetune_options={"epochs": 2, "replay": None})
+                              finetune_options={"epochs": 2, "replay": None}, dynamics=seeded_langevin)
     report = learner.run()
     assert CountedModelReference.calls == learner.labels_used() <= 4
     assert report.stopped.startswith("the label budget is spent (max_labels=4") and report.steps < 40
@@ -119,7 +120,7 @@ def test_an_md_run_that_spends_its_budget_in_its_last_round_finishes_unstopped(t
     learner = OnTheFlyLearner(start, calc, lambda: CountedModelReference(tiny_model, start, 0.0), tmp_path / "run",
                               threshold=1e-6, steps=20, interval=2, labels_per_round=3, max_rounds=1,
                               audit_interval=None, conditioning=[], progress=False, max_labels=3,
-                              finetune_options={"epochs": 2, "replay": None})
+                              finetune_options={"epochs": 2, "replay": None}, dynamics=seeded_langevin)
     report = learner.run()
     assert report.stopped == "" and report.steps == 20 and len(report.rounds) == 1
     assert CountedModelReference.calls == learner.labels_used() == 3

@@ -8,7 +8,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ase_mlipal import MLIPALCalculator, OnTheFlyLearner
 
-from ..conftest import widen_force_sigma
+from ..conftest import seeded_langevin, widen_force_sigma
 from .test_neb import formaldehyde_calc
 
 
@@ -45,7 +45,7 @@ def test_an_unverified_md_run_says_why_it_ended(tiny_model, tmp_path, audit_inte
     start, calc = molecule("H2CO"), plain_calc(tiny_model)
     report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model), tmp_path / "run", threshold=1e9,
                              steps=20, interval=5, audit_interval=audit_interval, max_rounds=0, conditioning=[],
-                             progress=False).run()
+                             progress=False, dynamics=seeded_langevin).run()
     assert not report.confident and report.stopped == ""
     tail = "; they are labelled: a longer run with more rounds \\(max_rounds=0\\) trains on them"
     assert re.fullmatch(why + (tail if audit_interval else ""), report.ended)
@@ -57,7 +57,7 @@ def test_audits_the_budget_cannot_pay_for_stop_the_run_and_stopped_says_why(tiny
     start, calc = molecule("H2CO"), plain_calc(tiny_model)
     report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model), tmp_path / "run", threshold=1e9,
                              steps=20, interval=5, audit_interval=5, max_rounds=0, max_labels=1, conditioning=[],
-                             progress=False).run()
+                             progress=False, dynamics=seeded_langevin).run()
     assert report.stopped.startswith("the label budget is spent (max_labels=1")
     assert "the last audits" in report.stopped and report.ended == "" and not report.confident
 
@@ -70,7 +70,7 @@ def test_a_final_model_no_draw_audited_is_audited_where_the_md_ended(tiny_model,
     def learner(workdir, threshold=1e9):
         return OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=0.0), workdir,
                                threshold=threshold, steps=20, interval=5, audit_interval=10**9, max_rounds=0,
-                               conditioning=[], progress=False)
+                               conditioning=[], progress=False, dynamics=seeded_langevin)
 
     run = learner(tmp_path / "run")
     report = run.run()
@@ -92,7 +92,7 @@ def test_a_failed_audit_starts_a_round_at_once(tiny_model, tmp_path):
     def learner(workdir, offset):
         return OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=offset), workdir,
                                threshold=1e9, steps=10, interval=5, labels_per_round=8, audit_interval=5,
-                               max_rounds=1, conditioning=[], progress=False,
+                               max_rounds=1, conditioning=[], progress=False, dynamics=seeded_langevin,
                                finetune_options={"epochs": 1, "replay_ratio": 1})
 
     wrong = learner(tmp_path / "wrong", offset=10.0)
@@ -114,7 +114,7 @@ def test_force_tolerance_fails_an_audit_whose_error_sigma_covers(tiny_model, tmp
     report = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=0.5), tmp_path / "run",
                              threshold=1e9, steps=10, interval=5, labels_per_round=8, audit_interval=5,
                              max_rounds=1, conditioning=[], progress=False, force_tolerance=force_tolerance,
-                             finetune_options={"epochs": 1, "replay_ratio": 1}).run()
+                             dynamics=seeded_langevin, finetune_options={"epochs": 1, "replay_ratio": 1}).run()
     first = next(c for c in report.checks if c.kind == "audit")
     assert first.step == 5 and first.forces_agree and first.force_mae == pytest.approx(0.5, abs=1e-6)
     if force_tolerance is None:
