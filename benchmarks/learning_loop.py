@@ -59,6 +59,7 @@ from ase.optimize import FIRE
 import ase_mlipal
 from ase_mlipal.frames import read_labels
 from ase_mlipal.learning.learning_run import LEARNER_FINETUNE
+from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES
 from ase_mlipal.learning.neb_learner import NEBRound
 from ase_mlipal.learning.verification import Check
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
@@ -181,7 +182,9 @@ def direct_reference_neb(images, fmax: float, max_steps: int = 1500) -> dict:
 MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "threshold": 0.5, "interval": 5,
                "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": LEARNER_FINETUNE,
                "seed": 0,  # the thermostat's random forces: a rerun repeats the run
-               "recalibrate": True}  # audits rescale sigma (records without the key ran before they did)
+               "recalibrate": True,  # audits rescale sigma (records without the key ran before they did)
+               "prior_frames": AUDIT_PRIOR_FRAMES}  # their prior weight (records without the key: 20)
+OLD_PRIOR_FRAMES = 20.0  # the audits' prior weight before benchmarks/audit_rescale.py chose AUDIT_PRIOR_FRAMES
 MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
             "finetune": {"epochs": 1, "replay_ratio": 1}}
 MD_MOLECULES = ["formic_acid_to_CO2_H2", "methanol_to_formaldehyde_H2"]
@@ -203,7 +206,7 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
         dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"],
                                         seed=settings.get("seed")),
         finetune_options=settings["finetune"], progress=False, force_tolerance=settings.get("force_tolerance"),
-        recalibrate=settings.get("recalibrate", False))
+        recalibrate=settings.get("recalibrate", False), prior_frames=settings["prior_frames"])
     report = learner.run()
     audits = [c.as_dict() for c in report.checks if c.kind == "audit"]
     thirds = {}
@@ -439,11 +442,19 @@ def md_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def md_tag(seed: int, force_tolerance: float | None, recalibrate: bool) -> str:
-    """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults, and
-    ``_recal`` where audits rescale sigma (the parts before they did have no tail)."""
-    return ((f"_seed{seed}" if seed else "") + (f"_ftol{force_tolerance:g}" if force_tolerance is not None else "")
-            + ("_recal" if recalibrate else ""))
+def md_tag(settings: dict) -> str:
+    """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults,
+    ``_recal`` where audits rescale sigma (the parts before they did have no tail) and ``_prior<P>`` where
+    their prior weight is not the old 20 frames."""
+    seed, tolerance, prior = settings["seed"], settings["force_tolerance"], settings["prior_frames"]
+    return ((f"_seed{seed}" if seed else "") + (f"_ftol{tolerance:g}" if tolerance is not None else "")
+            + ("_recal" if settings["recalibrate"] else "")
+            + (f"_prior{prior:g}" if settings["recalibrate"] and prior != OLD_PRIOR_FRAMES else ""))
+
+
+def prior_frames(run: dict) -> float:
+    """The audits' prior weight an MD record ran with."""
+    return run["settings"].get("prior_frames", OLD_PRIOR_FRAMES)
 
 
 def run_label(run: dict) -> str:
@@ -451,7 +462,9 @@ def run_label(run: dict) -> str:
     notes = ["distance-aware σ"] * bool(run.get("distance_aware"))
     tolerance = run["settings"].get("force_tolerance")
     notes += [] if tolerance is None else [f"force_tolerance {tolerance:g} eV/A"]
-    notes += ["audits rescale σ"] * bool(run["settings"].get("recalibrate"))
+    if run["settings"].get("recalibrate"):
+        prior = prior_frames(run)
+        notes.append("audits rescale σ" + (f" (prior {prior:g} frames)" if prior != OLD_PRIOR_FRAMES else ""))
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")
@@ -528,7 +541,7 @@ def main() -> None:
                 result["distance_aware"] = args.distance_aware
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            tag = md_tag(args.seed, args.force_tolerance, not args.no_recalibrate)
+            tag = md_tag(md_settings)
             (parts / f"md_{name}{tag}.json").write_text(json.dumps(result, indent=1, default=float))
             print(f"MD {name}: audits {len(result['audits'])}, last-third force MAE "
                   f"{result['last_third']['force_mae']}, confident {result['confident']}", flush=True)

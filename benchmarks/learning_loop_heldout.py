@@ -69,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_data  # noqa: E402
 from learning_loop import (MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, md_table, md_tag,  # noqa: E402
-                           run_md)
+                           prior_frames, run_md)
+from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES  # noqa: E402
 
 PARTS = Path(__file__).resolve().parent / "results" / "learning_loop_heldout"
 
@@ -255,7 +256,7 @@ def merge() -> str:
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
                 key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False),
-                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False)))
+                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False), -prior_frames(r)))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     lines += fresh_summary(rows, md)
@@ -270,7 +271,8 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     neb = [r for r in rows if r["reaction"] in FRESH and r["paced"] and r.get("distance_aware")
            and r.get("max_energy") is None and r["after"] is not None]
     runs = [m for m in md if m["molecule"] in FRESH and m.get("distance_aware")
-            and m["settings"].get("recalibrate") and m["settings"].get("force_tolerance") is None]
+            and m["settings"].get("recalibrate") and m["settings"].get("force_tolerance") is None
+            and prior_frames(m) == AUDIT_PRIOR_FRAMES]
     if not neb and not runs:
         return []
     lines = ["", f"Fresh reactions ({', '.join(FRESH)}; added after every choice, default settings):", ""]
@@ -326,7 +328,7 @@ def main() -> None:
                             distance_aware=args.distance_aware)
         PARTS.mkdir(parents=True, exist_ok=True)
         result["distance_aware"] = args.distance_aware
-        tag += md_tag(args.seed, args.force_tolerance, not args.no_recalibrate)
+        tag += md_tag(settings)
         (PARTS / f"md_{args.md}{tag}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps({k: v for k, v in result.items() if k not in ("audits", "settings")}, indent=1))
         return

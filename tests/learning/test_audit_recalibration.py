@@ -1,5 +1,6 @@
 """The MD learner's audits rescale sigma as they come: each audit is checked on the sigma the ones before it justify."""
 
+import numpy as np
 import pytest
 from ase.build import molecule
 from ase.calculators.emt import EMT
@@ -19,12 +20,12 @@ def calibrated_calc(model):
     return calc
 
 
-def audit_run(model, workdir, recalibrate: bool) -> OnTheFlyLearner:
+def audit_run(model, workdir, recalibrate: bool, prior_frames: float = 2.0) -> OnTheFlyLearner:
     """No flag, no round: 40 seeded steps audited against EMT."""
     return OnTheFlyLearner(molecule("H2CO"), calibrated_calc(model), EMT,
                            workdir, threshold=1e9, steps=40, interval=5, audit_interval=5, max_rounds=0,
                            dynamics=lambda atoms: langevin(atoms, seed=0), conditioning=[], progress=False,
-                           recalibrate=recalibrate)
+                           recalibrate=recalibrate, prior_frames=prior_frames)
 
 
 def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_path):
@@ -40,7 +41,7 @@ def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_pa
     assert off.calc.calibrations == start
 
     expected = calibrated_calc(tiny_model)
-    expected.rescale(on.check_frames(), progress=False)  # every check here is an audit
+    expected.rescale(on.check_frames(), prior_frames=2.0, progress=False)  # every check here is an audit
     for got, want, unchanged in zip(on.calc.calibrations, expected.calibrations, start):
         assert got.scale == pytest.approx(want.scale, rel=1e-9) and got.floor == pytest.approx(want.floor, rel=1e-9)
         assert got.scale != pytest.approx(unchanged.scale, rel=1e-9)
@@ -52,3 +53,24 @@ def test_audits_rescale_sigma_each_checked_on_the_ones_before(tiny_model, tmp_pa
     assert [c.store_id for c in resumed.checks] == [c.store_id for c in audits]  # nothing checked twice
     for got, want in zip(resumed.calc.calibrations, on.calc.calibrations):
         assert got.scale == pytest.approx(want.scale, rel=1e-9)
+
+
+def test_prior_frames_sets_how_far_the_audits_move_sigma(tiny_model, tmp_path):
+    """The audits' factor on sigma^2 is the calculator's shrunk one: with no prior weight the audits' own
+    maximum-likelihood factor, with more weight less of it, with a heavy one almost none; a negative weight is
+    refused."""
+    start = calibrated_calc(tiny_model).calibrations
+    factors = {}
+    for prior in (0.0, 2.0, 1e6):
+        learner = audit_run(tiny_model, tmp_path / f"prior{prior:g}", True, prior_frames=prior)
+        learner.run()
+        factors[prior] = [got.scale / kept.scale for got, kept in zip(learner.calc.calibrations, start)]
+        expected = calibrated_calc(tiny_model)
+        expected.rescale(learner.check_frames(), prior_frames=prior, progress=False)
+        assert factors[prior] == pytest.approx([e.scale / k.scale for e, k in zip(expected.calibrations, start)],
+                                               rel=1e-9)
+    assert all(abs(f - 1.0) < 1e-3 for f in factors[1e6])  # the calibration weighs as a million audits
+    forces = [abs(np.log(factors[prior][1])) for prior in (0.0, 2.0, 1e6)]
+    assert forces[0] > forces[1] > forces[2] and forces[0] > 0.1  # the tiny model's force sigma moves
+    with pytest.raises(ValueError, match="prior_frames must be >= 0"):
+        audit_run(tiny_model, tmp_path / "bad", True, prior_frames=-1.0)
