@@ -196,7 +196,7 @@ def cmd_ts(args: argparse.Namespace) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
-    from .learning.md_learner import OnTheFlyLearner, langevin
+    from .learning.md_learner import AUDIT_PRIOR_FRAMES, OnTheFlyLearner, langevin
     from .learning.neb_learner import NEBLearner, NoBandError
     from .learning.verification import SADDLE_FMAX
     from .paths import band
@@ -217,7 +217,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
             max_rounds=config.get("max_rounds"), finetune_options=finetune_options,
             max_labels=config.get("max_labels"),
             audit_interval=md.get("audit_interval", 200), force_tolerance=md.get("force_tolerance"),
-            recalibrate=md.get("recalibrate", True),
+            recalibrate=md.get("recalibrate", True), prior_frames=md.get("prior_frames", AUDIT_PRIOR_FRAMES),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]
@@ -263,8 +263,8 @@ LEARN_KEYS = {
             "max_labels", "finetune", "initial", "final", "neb"},
 }
 LEARN_REQUIRED = {"md": ("threshold", "structure"), "neb": ("threshold", "initial", "final")}
-LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "force_tolerance", "recalibrate", "temperature",
-                           "timestep"},
+LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "force_tolerance", "recalibrate", "prior_frames",
+                           "temperature", "timestep"},
                     "neb": {"images", "fmax", "barrier_tolerance", "saddle_fmax", "steps", "band_start"}}
 
 
@@ -371,6 +371,7 @@ LEARN_HELP = """TOML file, e.g. for MD:
     audit_interval = 200   # one unflagged frame per ~200 steps checked against the reference
     force_tolerance = 0.15 # eV/A: an audit's mean force error must stay below (leave out: the 2-sigma test alone)
     recalibrate = true     # each audit rescales sigma (false: sigma moves only when a round swaps a model in)
+    prior_frames = 2       # how many audits the calibration weighs as when they rescale sigma
     [finetune]             # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
     epochs = 150
 

@@ -1,0 +1,233 @@
+"""How far a handful of audits should move sigma: the MD learner's prior weight, chosen with groups held out.
+
+    python benchmarks/audit_rescale.py [--out benchmarks/results] [--smoke]
+
+The MD learner checks unflagged frames (audits) against the reference one by
+one, and after each rescales sigma (:meth:`ase_mlipal.MLIPALCalculator.rescale`):
+``n`` audits move every calibrated variance ``n / (n + p)`` of the way, in log
+space, to the factor they justify (the mean of ``residual^2 / variance``),
+as if the calibration in use had been fitted on ``p`` frames. A large ``p``
+trusts the calibration; a small one the audits, and with it their noise.
+
+This replays that sequence on labelled frames nothing was fitted on, with
+the shipped default (distance-aware sigma, pretrained model, its own
+calibration): in each group, 15 frames in a random order (100 orders), each
+frame checked on the sigma the frames before it justify, for ``p`` in
+:data:`PRIORS`. Groups:
+
+* the test frames of the eight reactions outside the calibration's data (the
+  five of ``scripts/make_heldout_data.py`` and the three fresh ones), 40 frames
+  spread along each xTB path;
+* the pretraining test split by molecule (up to 40 frames each): near
+  equilibrium, where the calibration is about right and the audits' noise
+  is all a small ``p`` adds.
+
+Scores per checked frame, averaged over frames, orders and then groups: the
+share of force components within 2 sigma, the Gaussian negative log
+likelihood per force component, and the same for the energy. ``p`` is chosen
+leave-one-group-out: for each group, the ``p`` with the lowest summed force and
+energy likelihood over the *other* groups (reactions and molecules weighing
+half each), scored on the group left out. :data:`ase_mlipal.learning.md_learner.AUDIT_PRIOR_FRAMES`
+is the choice.
+
+Writes ``audit_rescale.json``, ``audit_rescale.md`` and ``audit_rescale.png``
+(coverage and likelihood against ``p``). About 2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import ase_mlipal  # first: imports mace before e3nn
+
+import numpy as np
+from ase import Atoms
+
+from ase_mlipal.frames import read_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data"
+PRIORS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, np.inf)  # inf: the calibration alone (no rescale)
+AUDITS, ORDERS, FRAMES_PER_GROUP = 15, 100, 40
+
+
+def groups_of_frames(step: int = 1) -> dict[str, list[Atoms]]:
+    """Labelled frames by group: ``reaction:<name>`` (new and fresh reactions' test frames) and
+    ``molecule:<name>`` (the pretraining test split); at most :data:`FRAMES_PER_GROUP`, evenly spread."""
+    from reactive import physical
+
+    groups: dict[str, list[Atoms]] = {}
+    for name in ("heldout_reactions", "fresh_reactions"):
+        for atoms in read_frames(DATA / f"{name}.xyz.gz"):
+            if atoms.info["split"] == "test" and physical(atoms):
+                groups.setdefault("reaction:" + atoms.info["reaction"], []).append(atoms)
+    for atoms in read_frames(DATA / "pretrain.xyz.gz"):
+        if atoms.info["split"] == "test":
+            groups.setdefault("molecule:" + atoms.info["molecule"], []).append(atoms)
+    limit = FRAMES_PER_GROUP // step
+    return {g: frames[::max(1, len(frames) // limit)][:limit] for g, frames in groups.items()}
+
+
+def standardised(calc: ase_mlipal.MLIPALCalculator, frames: list[Atoms]) -> dict:
+    """Per frame: squared residual over calibrated variance of each force component and of the energy,
+    and the calibrated variances (for the likelihood)."""
+    res = calc.residuals(frames, progress=False)
+    energy_var = calc.energy_posterior.calibration.variance(res.energy_raw, res.n_atoms)
+    force_var = np.repeat(calc.atom_posterior.calibration.variance(res.forces_raw), 3)
+    rows = np.concatenate([[0], np.cumsum(3 * res.n_atoms)])
+    forces = res.forces.ravel()
+    return {"energy_z2": res.energy ** 2 / energy_var, "energy_var": energy_var,
+            "force_z2": [forces[a:b] ** 2 / force_var[a:b] for a, b in zip(rows[:-1], rows[1:])],
+            "force_var": [force_var[a:b] for a, b in zip(rows[:-1], rows[1:])]}
+
+
+def shrunk(z2_mean: float, n: int, prior: float) -> float:
+    """The factor ``n`` audits with mean ``z2_mean`` give on the variance, with prior weight ``prior``
+    (:func:`ase_mlipal.uncertainty.calibration.shrunk_factor`; ``inf``: none)."""
+    return 1.0 if n == 0 or np.isinf(prior) else float(z2_mean ** (n / (n + prior)))
+
+
+def replay(group: dict, prior: float, audits: int, orders: int, seed: int = 0) -> dict:
+    """Mean scores of ``audits`` frames checked one by one, each on the variance the ones before rescale."""
+    rng = np.random.default_rng(seed)
+    n_frames = len(group["energy_z2"])
+    scores = []
+    for _ in range(orders):
+        order = rng.permutation(n_frames)[:audits]
+        force_sum, force_count, energy_sum = 0.0, 0, 0.0
+        per_frame = []
+        for t, k in enumerate(order):
+            force_factor = shrunk(force_sum / force_count if force_count else 1.0, t, prior)
+            energy_factor = shrunk(energy_sum / t if t else 1.0, t, prior)
+            z2 = group["force_z2"][k] / force_factor
+            energy = group["energy_z2"][k] / energy_factor
+            per_frame.append((np.mean(z2 < 4.0), gaussian_nll(z2, group["force_var"][k] * force_factor),
+                              float(energy < 4.0), gaussian_nll(energy, group["energy_var"][k] * energy_factor)))
+            force_sum, force_count, energy_sum = force_sum + group["force_z2"][k].sum(), force_count + z2.size, \
+                energy_sum + group["energy_z2"][k]
+        scores.append(np.mean(per_frame, axis=0))
+    force_coverage, force_nll, energy_coverage, energy_nll = np.mean(scores, axis=0)
+    return {"force_coverage_2sigma": force_coverage, "force_nll": force_nll,
+            "energy_coverage_2sigma": energy_coverage, "energy_nll": energy_nll}
+
+
+def gaussian_nll(z2: np.ndarray, variance: np.ndarray) -> float:
+    """Mean negative log likelihood of residuals with squared z-scores ``z2`` under ``N(0, variance)``."""
+    return float(np.mean(0.5 * (z2 + np.log(2 * np.pi * variance))))
+
+
+def objective(scores: dict, groups: list[str], prior: float) -> float:
+    """Force plus energy likelihood over ``groups``, reactions and molecules weighing half each."""
+    halves = [[g for g in groups if g.startswith(kind)] for kind in ("reaction:", "molecule:")]
+    return float(np.mean([np.mean([scores[g][str(prior)]["force_nll"] + scores[g][str(prior)]["energy_nll"]
+                                   for g in half]) for half in halves if half]))
+
+
+def leave_one_group_out(scores: dict) -> dict:
+    """For each group: the prior chosen on the others, and the held-out group's scores with it."""
+    chosen = {}
+    for group in scores:
+        others = [g for g in scores if g != group]
+        best = min(PRIORS, key=lambda p: objective(scores, others, p))
+        chosen[group] = {"prior": best, **scores[group][str(best)]}
+    return chosen
+
+
+def table(scores: dict, chosen: dict) -> list[str]:
+    header = "| group | " + " | ".join(f"p = {p:g}" for p in PRIORS) + " | chosen on the others |"
+    lines = [header, "|---|" + "---:|" * (len(PRIORS) + 1)]
+    for group, by_prior in scores.items():
+        cells = [f"{by_prior[str(p)]['force_coverage_2sigma']:.3f} / {by_prior[str(p)]['force_nll']:+.2f}"
+                 for p in PRIORS]
+        lines.append(f"| {group} | " + " | ".join(cells) + f" | {chosen[group]['prior']:g} |")
+    return lines
+
+
+def summary(scores: dict, groups: list[str]) -> dict:
+    """Per prior: mean and worst force coverage, mean force and energy likelihood and energy coverage."""
+    return {str(p): {"force_coverage_2sigma": float(np.mean([scores[g][str(p)]["force_coverage_2sigma"]
+                                                            for g in groups])),
+                     "worst_force_coverage_2sigma": float(min(scores[g][str(p)]["force_coverage_2sigma"]
+                                                              for g in groups)),
+                     "force_nll": float(np.mean([scores[g][str(p)]["force_nll"] for g in groups])),
+                     "energy_coverage_2sigma": float(np.mean([scores[g][str(p)]["energy_coverage_2sigma"]
+                                                             for g in groups])),
+                     "energy_nll": float(np.mean([scores[g][str(p)]["energy_nll"] for g in groups]))}
+            for p in PRIORS}
+
+
+def plot(summaries: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (cov, nll) = plt.subplots(1, 2, figsize=(9, 3.6))
+    x = np.arange(len(PRIORS))
+    for kind, style in (("reactions", "o-"), ("molecules", "s--")):
+        s = summaries[kind]
+        cov.plot(x, [s[str(p)]["force_coverage_2sigma"] for p in PRIORS], style, label=f"{kind}: mean")
+        cov.plot(x, [s[str(p)]["worst_force_coverage_2sigma"] for p in PRIORS], style, alpha=0.5,
+                 label=f"{kind}: worst group")
+        nll.plot(x, [s[str(p)]["force_nll"] for p in PRIORS], style, label=f"{kind}: forces")
+        nll.plot(x, [s[str(p)]["energy_nll"] for p in PRIORS], style, alpha=0.5, label=f"{kind}: energy")
+    finite = [s[str(p)][key] for s in summaries.values() for p in PRIORS[1:] for key in ("force_nll", "energy_nll")]
+    spread = max(finite) - min(finite)
+    nll.set_ylim(min(finite) - 0.1 * spread, max(finite) + 0.1 * spread)  # p = 0 can lie far above: off the plot
+    cov.axhline(0.95, color="k", lw=0.8, ls=":")
+    for ax in (cov, nll):
+        ax.set_xticks(x, [f"{p:g}" for p in PRIORS])
+        ax.set_xlabel("prior weight p (frames)")
+        ax.legend(fontsize=7)
+    cov.set_ylabel("force 2σ coverage of the audits")
+    nll.set_ylabel("negative log likelihood (mean)")
+    fig.suptitle("15 audits, each checked on σ rescaled on the ones before")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--smoke", action="store_true", help="a quarter of the frames, 5 orders (for the tests)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    step, orders = (4, 5) if args.smoke else (1, ORDERS)
+    calc = ase_mlipal.MLIPALCalculator()
+    groups = groups_of_frames(step)
+    scores = {}
+    for name, frames in groups.items():
+        group = standardised(calc, frames)
+        scores[name] = {str(p): replay(group, p, min(AUDITS, len(frames)), orders) for p in PRIORS}
+    chosen = leave_one_group_out(scores)
+    reactions = [g for g in scores if g.startswith("reaction:")]
+    molecules = [g for g in scores if g.startswith("molecule:")]
+    summaries = {"reactions": summary(scores, reactions), "molecules": summary(scores, molecules)}
+    result = {"priors": [str(p) for p in PRIORS], "audits": AUDITS, "orders": orders,
+              "frames": {g: len(f) for g, f in groups.items()}, "scores": scores, "chosen": chosen,
+              "summary": summaries, "seconds": time.perf_counter() - start}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "audit_rescale.json").write_text(json.dumps(result, indent=1))
+    counts = {p: sum(c["prior"] == p for c in chosen.values()) for p in PRIORS}
+    lines = ["# `python benchmarks/audit_rescale.py`", "",
+             f"{AUDITS} audits per group, each checked on σ rescaled on the ones before with prior weight p "
+             f"(frames), {orders} random orders; the shipped default's σ. Cells: force 2σ coverage / force NLL "
+             "(per component). Last column: p chosen with the group held out (force + energy NLL on the others, "
+             "reactions and molecules weighing half each).", ""] + table(scores, chosen)
+    lines += ["", "| groups | p | force 2σ coverage (mean; worst group) | force NLL | energy 2σ coverage | energy NLL |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for kind, s in summaries.items():
+        lines += [f"| {kind} | {p:g} | {s[str(p)]['force_coverage_2sigma']:.3f}; "
+                  f"{s[str(p)]['worst_force_coverage_2sigma']:.3f} | {s[str(p)]['force_nll']:+.2f} | "
+                  f"{s[str(p)]['energy_coverage_2sigma']:.3f} | {s[str(p)]['energy_nll']:+.2f} |" for p in PRIORS]
+    lines += ["", "Chosen with the group held out: " + ", ".join(f"p = {p:g} in {n}" for p, n in counts.items() if n)
+              + f" of {len(chosen)} groups."]
+    (args.out / "audit_rescale.md").write_text("\n".join(lines) + "\n")
+    plot(summaries, args.out / "audit_rescale.png")
+    print("\n".join(lines))
+    print(f"{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
