@@ -464,7 +464,7 @@ def run_label(run: dict) -> str:
     notes += [] if tolerance is None else [f"force_tolerance {tolerance:g} eV/A"]
     if run["settings"].get("recalibrate"):
         prior = prior_frames(run)
-        notes.append("audits rescale σ" + (f" (prior {prior:g} frames)" if prior != OLD_PRIOR_FRAMES else ""))
+        notes.append("audits rescale σ" + (f", prior {prior:g} frames" if prior != OLD_PRIOR_FRAMES else ""))
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")

@@ -265,17 +265,32 @@ def merge() -> str:
     return text
 
 
+def default_md(md: list[dict]) -> list[dict]:
+    """The MD records at the default settings: distance-aware σ, audits rescale σ with the learner's prior
+    weight, no force tolerance."""
+    return [m for m in md if m.get("distance_aware") and m["settings"].get("recalibrate")
+            and m["settings"].get("force_tolerance") is None and prior_frames(m) == AUDIT_PRIOR_FRAMES]
+
+
+def md_targets(runs: list[dict]) -> str:
+    """The issue's MD targets over ``runs``, one line."""
+    seeds = sorted({m["settings"].get("seed", 0) for m in runs})
+    return (f"MD ({len(runs)} runs, seeds {', '.join(map(str, seeds))}): last-third force MAE <= 0.15 eV/A in "
+            f"{sum(m['last_third']['force_mae'] <= 0.15 for m in runs)}/{len(runs)}, audited 2σ coverage "
+            f">= 0.90 in {sum(m['coverage_2sigma'] >= 0.90 for m in runs)}/{len(runs)}, confident "
+            f"{sum(m['confident'] for m in runs)}/{len(runs)}")
+
+
 def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
-    """Markdown lines: the issue's targets on the :data:`FRESH` reactions, default settings only (distance-aware
-    σ, paced budget, default guard; MD: every seed, audits rescale σ, no force tolerance)."""
+    """Markdown lines: the issue's targets at the default settings (distance-aware σ, paced budget, default
+    guard; MD: every seed, :func:`default_md`) on the :data:`FRESH` reactions, then the MD targets on every
+    reaction here."""
     neb = [r for r in rows if r["reaction"] in FRESH and r["paced"] and r.get("distance_aware")
            and r.get("max_energy") is None and r["after"] is not None]
-    runs = [m for m in md if m["molecule"] in FRESH and m.get("distance_aware")
-            and m["settings"].get("recalibrate") and m["settings"].get("force_tolerance") is None
-            and prior_frames(m) == AUDIT_PRIOR_FRAMES]
-    if not neb and not runs:
-        return []
-    lines = ["", f"Fresh reactions ({', '.join(FRESH)}; added after every choice, default settings):", ""]
+    runs = [m for m in default_md(md) if m["molecule"] in FRESH]
+    lines = []
+    if neb or runs:
+        lines += ["", f"Fresh reactions ({', '.join(FRESH)}; added after every choice, default settings):", ""]
     if neb:
         tolerance = SETTINGS["barrier_tolerance"]
         inside = sum(abs(r["after"]) <= 2 * r["after_std_predicted"] for r in neb)
@@ -289,11 +304,11 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
                      f"{sum(abs(r['after']) <= tolerance for r in confident)} of them within {tolerance:g} eV; "
                      f"most labels {max(r['labels'] for r in neb)} (target <= 40)")
     if runs:
-        seeds = sorted({m["settings"].get("seed", 0) for m in runs})
-        lines.append(f"- MD ({len(runs)} runs, seeds {', '.join(map(str, seeds))}): last-third force MAE <= 0.15 eV/A in "
-                     f"{sum(m['last_third']['force_mae'] <= 0.15 for m in runs)}/{len(runs)}, audited 2σ coverage "
-                     f">= 0.90 in {sum(m['coverage_2sigma'] >= 0.90 for m in runs)}/{len(runs)}, confident "
-                     f"{sum(m['confident'] for m in runs)}/{len(runs)}")
+        lines.append("- " + md_targets(runs))
+    every = default_md(md)
+    if every:
+        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames), every reaction "
+                  "here: " + md_targets(every)]
     return lines
 
 
