@@ -47,6 +47,7 @@ import numpy as np
 from ase import Atoms
 
 from ase_mlipal.frames import read_frames
+from ase_mlipal.uncertainty.calibration import shrunk_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
@@ -71,43 +72,36 @@ def groups_of_frames(step: int = 1) -> dict[str, list[Atoms]]:
     return {g: frames[::max(1, len(frames) // limit)][:limit] for g, frames in groups.items()}
 
 
-def standardised(calc: ase_mlipal.MLIPALCalculator, frames: list[Atoms]) -> dict:
-    """Per frame: squared residual over calibrated variance of each force component and of the energy,
-    and the calibrated variances (for the likelihood)."""
+def calibrated_residuals(calc: ase_mlipal.MLIPALCalculator, frames: list[Atoms]) -> dict:
+    """Per frame: the residuals of its force components and of its energy, and their calibrated variances."""
     res = calc.residuals(frames, progress=False)
-    energy_var = calc.energy_posterior.calibration.variance(res.energy_raw, res.n_atoms)
     force_var = np.repeat(calc.atom_posterior.calibration.variance(res.forces_raw), 3)
     rows = np.concatenate([[0], np.cumsum(3 * res.n_atoms)])
     forces = res.forces.ravel()
-    return {"energy_z2": res.energy ** 2 / energy_var, "energy_var": energy_var,
-            "force_z2": [forces[a:b] ** 2 / force_var[a:b] for a, b in zip(rows[:-1], rows[1:])],
+    return {"energy": res.energy, "energy_var": calc.energy_posterior.calibration.variance(res.energy_raw, res.n_atoms),
+            "forces": [forces[a:b] for a, b in zip(rows[:-1], rows[1:])],
             "force_var": [force_var[a:b] for a, b in zip(rows[:-1], rows[1:])]}
 
 
-def shrunk(z2_mean: float, n: int, prior: float) -> float:
-    """The factor ``n`` audits with mean ``z2_mean`` give on the variance, with prior weight ``prior``
-    (:func:`ase_mlipal.uncertainty.calibration.shrunk_factor`; ``inf``: none)."""
-    return 1.0 if n == 0 or np.isinf(prior) else float(z2_mean ** (n / (n + prior)))
-
-
 def replay(group: dict, prior: float, audits: int, orders: int, seed: int = 0) -> dict:
-    """Mean scores of ``audits`` frames checked one by one, each on the variance the ones before rescale."""
+    """Mean scores of ``audits`` frames checked one by one, each on the variances the ones before rescale
+    (:func:`~ase_mlipal.uncertainty.calibration.shrunk_factor`, as the learner's rescale; ``prior = inf``: none)."""
     rng = np.random.default_rng(seed)
-    n_frames = len(group["energy_z2"])
+    n_frames = len(group["energy"])
     scores = []
     for _ in range(orders):
         order = rng.permutation(n_frames)[:audits]
-        force_sum, force_count, energy_sum = 0.0, 0, 0.0
         per_frame = []
         for t, k in enumerate(order):
-            force_factor = shrunk(force_sum / force_count if force_count else 1.0, t, prior)
-            energy_factor = shrunk(energy_sum / t if t else 1.0, t, prior)
-            z2 = group["force_z2"][k] / force_factor
-            energy = group["energy_z2"][k] / energy_factor
-            per_frame.append((np.mean(z2 < 4.0), gaussian_nll(z2, group["force_var"][k] * force_factor),
-                              float(energy < 4.0), gaussian_nll(energy, group["energy_var"][k] * energy_factor)))
-            force_sum, force_count, energy_sum = force_sum + group["force_z2"][k].sum(), force_count + z2.size, \
-                energy_sum + group["energy_z2"][k]
+            before = order[:t]
+            force_factor, energy_factor = (1.0, 1.0) if t == 0 else (
+                shrunk_factor(np.concatenate([group["forces"][j] for j in before]),
+                              np.concatenate([group["force_var"][j] for j in before]), prior, t),
+                shrunk_factor(group["energy"][before], group["energy_var"][before], prior, t))
+            force_var, energy_var = group["force_var"][k] * force_factor, group["energy_var"][k] * energy_factor
+            z2, energy_z2 = group["forces"][k] ** 2 / force_var, group["energy"][k] ** 2 / energy_var
+            per_frame.append((np.mean(z2 < 4.0), gaussian_nll(z2, force_var),
+                              float(energy_z2 < 4.0), gaussian_nll(energy_z2, energy_var)))
         scores.append(np.mean(per_frame, axis=0))
     force_coverage, force_nll, energy_coverage, energy_nll = np.mean(scores, axis=0)
     return {"force_coverage_2sigma": force_coverage, "force_nll": force_nll,
@@ -198,7 +192,7 @@ def main() -> None:
     groups = groups_of_frames(step)
     scores = {}
     for name, frames in groups.items():
-        group = standardised(calc, frames)
+        group = calibrated_residuals(calc, frames)
         scores[name] = {str(p): replay(group, p, min(AUDITS, len(frames)), orders) for p in PRIORS}
     chosen = leave_one_group_out(scores)
     reactions = [g for g in scores if g.startswith("reaction:")]

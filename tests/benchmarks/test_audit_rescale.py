@@ -15,8 +15,8 @@ def synthetic_group(true_factor: float, frames: int = 40, components: int = 27, 
     rng = np.random.default_rng(seed)
     force_var = [rng.uniform(0.01, 0.1, components) for _ in range(frames)]
     energy_var = rng.uniform(0.01, 0.1, frames)
-    return {"force_z2": [true_factor * rng.standard_normal(components) ** 2 for _ in range(frames)],
-            "force_var": force_var, "energy_z2": true_factor * rng.standard_normal(frames) ** 2,
+    return {"forces": [np.sqrt(true_factor * v) * rng.standard_normal(components) for v in force_var],
+            "force_var": force_var, "energy": np.sqrt(true_factor * energy_var) * rng.standard_normal(frames),
             "energy_var": energy_var}
 
 
