@@ -59,7 +59,7 @@ from ase.optimize import FIRE
 import ase_mlipal
 from ase_mlipal.frames import read_labels
 from ase_mlipal.learning.learning_run import LEARNER_FINETUNE
-from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES
+from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES, REWIND_TOLERANCE
 from ase_mlipal.learning.neb_learner import NEBRound
 from ase_mlipal.learning.verification import Check
 from ase_mlipal.paths import PathProfile, band, reaction_coordinate
@@ -183,7 +183,8 @@ MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "thre
                "batch_size": 8, "audit_interval": 100, "max_rounds": 6, "finetune": LEARNER_FINETUNE,
                "seed": 0,  # the thermostat's random forces: a rerun repeats the run
                "recalibrate": True,  # audits rescale sigma (records without the key ran before they did)
-               "prior_frames": AUDIT_PRIOR_FRAMES}  # their prior weight (records without the key: 20)
+               "prior_frames": AUDIT_PRIOR_FRAMES,  # their prior weight (records without the key: 20)
+               "rewind_tolerance": REWIND_TOLERANCE}  # a hole sends the MD back (records without the key: never)
 OLD_PRIOR_FRAMES = 20.0  # the audits' prior weight before benchmarks/audit_rescale.py chose AUDIT_PRIOR_FRAMES
 MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
             "finetune": {"epochs": 1, "replay_ratio": 1}}
@@ -206,12 +207,14 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
         dynamics=lambda atoms: langevin(atoms, settings["temperature_K"], settings["timestep_fs"],
                                         seed=settings.get("seed")),
         finetune_options=settings["finetune"], progress=False, force_tolerance=settings.get("force_tolerance"),
-        recalibrate=settings.get("recalibrate", False), prior_frames=settings["prior_frames"])
+        recalibrate=settings.get("recalibrate", False), prior_frames=settings["prior_frames"],
+        rewind_tolerance=settings.get("rewind_tolerance"))
     report = learner.run()
     audits = [c.as_dict() for c in report.checks if c.kind == "audit"]
-    thirds = {}
+    thirds = {}  # on the trajectory the run kept; the coverage below counts the rewound audits too
+    kept = [a for a in audits if not a.get("rewound")]
     for label, low, high in (("first_third", 0, 1 / 3), ("last_third", 2 / 3, 1.01)):
-        chosen = [a for a in audits if low * settings["steps"] <= a["step"] < high * settings["steps"]]
+        chosen = [a for a in kept if low * settings["steps"] <= a["step"] < high * settings["steps"]]
         thirds[label] = {"n": len(chosen),
                          "force_mae": float(np.mean([a["force_mae"] for a in chosen])) if chosen else None,
                          "coverage_2sigma": float(np.mean([a["force_coverage"] for a in chosen])) if chosen else None}
@@ -221,6 +224,7 @@ def run_md(name: str, settings: dict, workdir: Path, start_atoms: Atoms | None =
             "labels": counts["labelled"] + counts["verified"], "rounds": len(report.rounds),
             "rejected": sum(not c["accepted"] for c in report.model_choice), "confident": report.confident,
             "stopped": report.stopped, "ended": report.ended, "flags": len(report.flagged_steps),
+            "rewinds": report.rewinds,
             "seconds": time.perf_counter() - start,
             "settings": settings}
 
@@ -444,12 +448,14 @@ def md_table(runs: list[dict]) -> list[str]:
 
 def md_tag(settings: dict) -> str:
     """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults,
-    ``_recal`` where audits rescale sigma (the parts before they did have no tail) and ``_prior<P>`` where
-    their prior weight is not the old 20 frames."""
+    ``_recal`` where audits rescale sigma (the parts before they did have no tail), ``_prior<P>`` where
+    their prior weight is not the old 20 frames and ``_rewind<T>`` where holes send the MD back."""
     seed, tolerance, prior = settings["seed"], settings["force_tolerance"], settings["prior_frames"]
+    rewind = settings.get("rewind_tolerance")
     return ((f"_seed{seed}" if seed else "") + (f"_ftol{tolerance:g}" if tolerance is not None else "")
             + ("_recal" if settings["recalibrate"] else "")
-            + (f"_prior{prior:g}" if settings["recalibrate"] and prior != OLD_PRIOR_FRAMES else ""))
+            + (f"_prior{prior:g}" if settings["recalibrate"] and prior != OLD_PRIOR_FRAMES else "")
+            + (f"_rewind{rewind:g}" if rewind is not None else ""))
 
 
 def prior_frames(run: dict) -> float:
@@ -465,6 +471,10 @@ def run_label(run: dict) -> str:
     if run["settings"].get("recalibrate"):
         prior = prior_frames(run)
         notes.append("audits rescale σ" + (f", prior {prior:g} frames" if prior != OLD_PRIOR_FRAMES else ""))
+    rewind = run["settings"].get("rewind_tolerance")
+    if rewind is not None:
+        rewinds = len(run.get("rewinds", []))
+        notes.append(f"holes > {rewind:g} eV rewind" + (f": {rewinds} rewind{'s' * (rewinds != 1)}" if rewinds else ""))
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")

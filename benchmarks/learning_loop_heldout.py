@@ -70,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_data  # noqa: E402
 from learning_loop import (MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, md_table, md_tag,  # noqa: E402
                            prior_frames, run_md)
-from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES  # noqa: E402
+from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES, REWIND_TOLERANCE  # noqa: E402
 
 PARTS = Path(__file__).resolve().parent / "results" / "learning_loop_heldout"
 
@@ -256,7 +256,8 @@ def merge() -> str:
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
                 key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False),
-                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False), -prior_frames(r)))
+                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False), -prior_frames(r),
+                               r["settings"].get("rewind_tolerance") or 0))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     lines += fresh_summary(rows, md)
@@ -267,9 +268,10 @@ def merge() -> str:
 
 def default_md(md: list[dict]) -> list[dict]:
     """The MD records at the default settings: distance-aware σ, audits rescale σ with the learner's prior
-    weight, no force tolerance."""
+    weight, no force tolerance, holes rewind at the learner's tolerance."""
     return [m for m in md if m.get("distance_aware") and m["settings"].get("recalibrate")
-            and m["settings"].get("force_tolerance") is None and prior_frames(m) == AUDIT_PRIOR_FRAMES]
+            and m["settings"].get("force_tolerance") is None and prior_frames(m) == AUDIT_PRIOR_FRAMES
+            and m["settings"].get("rewind_tolerance") == REWIND_TOLERANCE]
 
 
 def md_targets(runs: list[dict]) -> str:
@@ -307,7 +309,8 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
         lines.append("- " + md_targets(runs))
     every = default_md(md)
     if every:
-        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames), every reaction "
+        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames, holes over "
+                  f"{REWIND_TOLERANCE:g} eV rewind the MD), every reaction "
                   "here: " + md_targets(every)]
     return lines
 

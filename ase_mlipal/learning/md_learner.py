@@ -13,12 +13,17 @@ draw audited is audited on the frame the MD ended at. A failed audit starts
 a round at once (the model is wrong where the trigger was sure, so the
 dynamics must not go on waiting for flags) and is trained on like a flag;
 a passed one is kept out of training. Each checked audit also rescales
-sigma for the ones after it (``recalibrate``). The run ends
+sigma for the ones after it (``recalibrate``). A failed audit off by more
+than ``rewind_tolerance`` in energy marks a hole in the model's surface that the
+dynamics ran into: after the round it starts, the MD goes back to the last
+frame an audit passed (or the start) and runs on from there with the new
+model; the audits past that frame are marked ``rewound``. The run ends
 ``confident`` only if the final model had audits and passed them all, one by
 one and, for the forces, pooled (:func:`~ase_mlipal.learning.verification.forces_agree_together`).
 
 Files in ``workdir`` beyond :class:`~ase_mlipal.learning.learning_run.LearningRun`'s:
-``md.traj`` (positions and momenta at the last checkpoint). Only the
+``md.traj`` (positions and momenta at the last checkpoint) and
+``md_verified.traj`` (those of the last frame an audit passed). Only the
 thermostat's random numbers differ after a resume.
 """
 
@@ -60,6 +65,14 @@ FRICTION = 0.01 / units.fs  # a 100 fs relaxation time (ASE's documented choice 
 #: :meth:`MLIPALCalculator.rescale`): chosen with whole reactions and molecules held out by
 #: ``benchmarks/audit_rescale.py`` (sequences of 15 audits; 2 won on 33 of 34 held-out groups, 1 on the other).
 AUDIT_PRIOR_FRAMES = 2.0
+
+#: eV; an audit whose energy is off by more than this marks a hole the MD ran into (``rewind_tolerance``). Of the
+#: 1594 audits of every MD record in ``benchmarks/results`` (22 molecules and reactions, all seeds and settings),
+#: the failed ones that were no hole were off by 0.45 eV at most; the four in holes (a bridged H of
+#: acetaldehyde -> vinyl alcohol, H2 leaving methanol) by 2.7-5.0 eV, with sigma 0.06-0.15 eV. Any value
+#: between 0.45 and 2.7 eV makes the same decisions on all of them; 1 eV is some 10 kT at the 1200 K runs.
+REWIND_TOLERANCE = 1.0
+VERIFIED_FILE = "md_verified.traj"
 
 
 def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = FRICTION,
@@ -106,6 +119,9 @@ class LearnReport:
         model_choice: one line per fine-tuned model, accepted or not and why.
         ended: why a run that is neither confident nor stopped ended unverified
             (no audit of the final model, or audits it failed); "" otherwise.
+        rewinds: each time a hole sent the MD back: ``hole_step`` (the audit's
+            step), ``store_id``, ``energy_error`` (eV), ``from_step``, ``to_step``
+            (the last frame an audit passed, 0: the start) and ``round`` (the model it goes on with).
     """
 
     steps: int = 0
@@ -119,6 +135,7 @@ class LearnReport:
     stopped: str = ""
     model_choice: list = field(default_factory=list)
     ended: str = ""
+    rewinds: list = field(default_factory=list)
 
 
 class OnTheFlyLearner(LearningRun):
@@ -160,6 +177,16 @@ class OnTheFlyLearner(LearningRun):
             weighs as (:meth:`MLIPALCalculator.rescale`): ``n`` audits move sigma
             ``n / (n + prior_frames)`` of the way to their maximum-likelihood
             factor (default :data:`AUDIT_PRIOR_FRAMES`; the audits used the calculator's 20 before).
+        rewind_tolerance: eV; a failed audit whose energy error is larger marks a
+            hole in the model's surface the dynamics ran into: after the round
+            it starts (the new model trained on it), the MD goes back to the last
+            frame an audit passed, or to the start, and runs on from there. The
+            steps past that frame are run again; their stored frames and checks
+            stay (checks marked ``rewound``). ``None``: never (default
+            :data:`REWIND_TOLERANCE`; for a large system whose total energy may
+            err by an eV without a hole, raise it).
+        max_rewinds: the most times the MD goes back (a hole the rounds do not
+            close is then run through, and its audits keep the run unverified).
     """
 
     kind = "md"
@@ -192,6 +219,8 @@ class OnTheFlyLearner(LearningRun):
         force_tolerance: Optional[float] = None,
         recalibrate: bool = True,
         prior_frames: float = AUDIT_PRIOR_FRAMES,
+        rewind_tolerance: Optional[float] = REWIND_TOLERANCE,
+        max_rewinds: int = 3,
         **deprecated,
     ):
         labels_per_round = renamed_argument(None, deprecated, "batch_size", "labels_per_round",
@@ -202,6 +231,10 @@ class OnTheFlyLearner(LearningRun):
             raise ValueError("steps must be >= 0, interval and labels_per_round >= 1")
         if force_tolerance is not None and not force_tolerance > 0:
             raise ValueError(f"force_tolerance must be positive (eV/A) or None, not {force_tolerance!r}")
+        if rewind_tolerance is not None and not rewind_tolerance > 0:
+            raise ValueError(f"rewind_tolerance must be positive (eV) or None, not {rewind_tolerance!r}")
+        if max_rewinds < 0:
+            raise ValueError(f"max_rewinds must be >= 0, not {max_rewinds!r}")
         if not prior_frames >= 0:
             raise ValueError(f"prior_frames must be >= 0 (a weight in frames), not {prior_frames!r}")
         if audit_interval is not None and audit_interval < interval:
@@ -215,12 +248,13 @@ class OnTheFlyLearner(LearningRun):
         self.steps, self.interval, self.labels_per_round, self.max_rounds = steps, interval, labels_per_round, max_rounds
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
         self.force_tolerance, self.recalibrate, self.prior_frames = force_tolerance, recalibrate, prior_frames
+        self.rewind_tolerance, self.max_rewinds = rewind_tolerance, max_rewinds
         #: the calibrations (energy, forces) the model in use was swapped in with; audits rescale from them
         self.swap_calibration = calc.calibrations
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
                                           typical_frames=typical_frames, source="md", run_id=run_id)
-        self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="")
+        self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="", verified_step=0, rewinds=[])
 
     # -- persistence -------------------------------------------------------
 
@@ -254,6 +288,7 @@ class OnTheFlyLearner(LearningRun):
             report.resumed_from = self.state["step"]
         else:
             self.atoms.calc = None
+            self._keep_verified(0)  # the start is where a hole found before any audit passed sends the MD
             self._checkpoint_md(0)
         self.atoms.calc = self.calc
         dyn = self.dynamics(self.atoms)
@@ -269,6 +304,9 @@ class OnTheFlyLearner(LearningRun):
                     break
                 if self._round_due():
                     self._learn(report)
+                back_to = self._leave_hole(step)
+                if back_to != step:
+                    step = bar.n = back_to
                 self._checkpoint_md(step)
         self._closing_audit(step)
         self._label_last_audits()
@@ -279,6 +317,7 @@ class OnTheFlyLearner(LearningRun):
                             and not self.state["stopped"])
         report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
         report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
+        report.rewinds = list(self.state.get("rewinds", []))
         report.ended = "" if report.confident or report.stopped else self._why_unverified(final, step)
         return report
 
@@ -355,7 +394,47 @@ class OnTheFlyLearner(LearningRun):
             return
         label(self.store, self.reference, executor=self.executor, progress=False, row_ids={row_id})
         self._check_audits()
+        if any(c.store_id == row_id and c.passed for c in self.checks):
+            self._keep_verified(step)
         self.write_state()
+
+    def _keep_verified(self, step: int) -> None:
+        """Keep this frame (positions, momenta) as the last one an audit passed: where a hole sends the MD."""
+        atomic_write(self._path(VERIFIED_FILE), lambda tmp: write(tmp, self.atoms, format="traj"))
+        self.state["verified_step"] = step
+
+    def _hole_to_leave(self) -> Optional[Check]:
+        """The latest failed audit off by more than ``rewind_tolerance`` that a round has learned from since, on
+        the kept trajectory; None if there is none or the rewinds are spent."""
+        rewinds = self.state.get("rewinds", [])
+        if self.rewind_tolerance is None or len(rewinds) >= self.max_rewinds or not self._path(VERIFIED_FILE).exists():
+            return None
+        learned = self.state["absorbed_row"]  # the last store row when a round ended
+        holes = [c for c in self.checks if c.kind == "audit" and not c.passed and not c.rewound
+                 and c.store_id <= learned and abs(c.energy_error) > self.rewind_tolerance]
+        return holes[-1] if holes else None
+
+    def _leave_hole(self, step: int) -> int:
+        """After a round learned from a hole, send the MD from ``step`` back to the last frame an audit passed;
+        returns the step the MD goes on from (``step`` itself when there is no hole to leave).
+
+        The audits past that frame are marked ``rewound`` (they stay checks of their
+        models, and count for the run's coverage, but lie off the trajectory the run keeps).
+        """
+        hole = self._hole_to_leave()
+        if hole is None:
+            return step
+        saved = read(self._path(VERIFIED_FILE))
+        self.atoms.set_positions(saved.positions)
+        self.atoms.set_momenta(saved.get_momenta())
+        back_to = self.state["verified_step"]
+        for check in self.checks:
+            if check.kind == "audit" and check.step is not None and check.step > back_to:
+                check.rewound = True
+        self.state["rewinds"] = self.state.get("rewinds", []) + [
+            {"hole_step": hole.step, "store_id": hole.store_id, "energy_error": hole.energy_error,
+             "from_step": step, "to_step": back_to, "round": self.state["round"]}]
+        return back_to
 
     def _audit_due(self, step: int) -> bool:
         """Draw (by step, reproducibly) whether this unflagged check becomes an audit."""

@@ -106,6 +106,8 @@ class Check:
             it as a saddle (``None`` for other kinds). When it does not, the
             band crosses a pass the reference does not have, and its energy
             error at the top says little about the barrier's.
+        rewound: an MD audit past the frame a later hole sent the MD back to
+            (off the trajectory the run keeps; :class:`~ase_mlipal.OnTheFlyLearner`).
     """
 
     round: int
@@ -124,6 +126,7 @@ class Check:
     forces_agree: Optional[bool] = None
     forces_outside: Optional[int] = None
     force_components: Optional[int] = None
+    rewound: bool = False
 
     def __post_init__(self):
         if self.forces_agree is None:  # a check an earlier version stored: its rule, the share alone

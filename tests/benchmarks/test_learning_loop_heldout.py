@@ -38,17 +38,20 @@ def test_product_differs_from_the_reactant_by_the_reaction_bonds_only(name, brok
 
 
 def test_md_records_keep_their_prior_weight_apart():
-    """A record at the audits' new prior weight gets its own file and counts at the default settings; one
-    without the key ran at the old 20 frames and keeps its old name."""
+    """A record at the audits' new prior weight and with rewinds gets its own file and counts at the default
+    settings; one without the prior key ran at the old 20 frames, one without the rewind key never rewound, and
+    both keep their old names."""
     heldout = load_benchmark("learning_loop_heldout")
     loop = load_benchmark("learning_loop")
     new = {**loop.MD_SETTINGS, "force_tolerance": None}
-    old = {k: v for k, v in new.items() if k != "prior_frames"}
-    assert loop.md_tag(new) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}"
-    assert loop.md_tag({**new, "prior_frames": loop.OLD_PRIOR_FRAMES}) == "_recal"
-    assert loop.md_tag({**new, "seed": 1, "recalibrate": False}) == "_seed1"
+    old = {k: v for k, v in new.items() if k not in ("prior_frames", "rewind_tolerance")}
+    no_rewind = {k: v for k, v in new.items() if k != "rewind_tolerance"}
+    assert loop.md_tag(new) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}_rewind{heldout.REWIND_TOLERANCE:g}"
+    assert loop.md_tag(no_rewind) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}"
+    assert loop.md_tag({**no_rewind, "prior_frames": loop.OLD_PRIOR_FRAMES}) == "_recal"
+    assert loop.md_tag({**no_rewind, "seed": 1, "recalibrate": False}) == "_seed1"
     record = {"distance_aware": True, "last_third": {"force_mae": 0.2}, "coverage_2sigma": 0.95, "confident": True}
-    runs = [{**record, "settings": new}, {**record, "settings": old}]
+    runs = [{**record, "settings": new}, {**record, "settings": old}, {**record, "settings": no_rewind}]
     assert heldout.default_md(runs) == runs[:1]
     assert heldout.md_targets(runs[:1]) == ("MD (1 runs, seeds 0): last-third force MAE <= 0.15 eV/A in 0/1, "
                                             "audited 2σ coverage >= 0.90 in 1/1, confident 1/1")

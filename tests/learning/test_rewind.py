@@ -1,0 +1,83 @@
+"""A hole in the model's surface sends the MD back to the last frame an audit passed (tiny model, no xTB)."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
+from ase.io import read
+
+from ase_mlipal import OnTheFlyLearner
+
+from ..conftest import seeded_langevin
+from .test_md_report import plain_calc
+
+HOLE = 5.0  # eV the reference lies above the model from the hole on
+HOLE_FORCES = 10.0  # eV/A on every force component: outside the tiny model's raw 2 sigma (see plain_calc)
+
+
+class HoleAfter(Calculator):
+    """The model itself as the reference (its audits pass) for the first ``clean`` labels, then ``HOLE`` eV
+    higher and every force component ``HOLE_FORCES`` larger: the model's surface has a hole the trigger cannot see. ``calls`` counts the
+    labels of every instance (the learner makes one per label)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, model, clean: int, calls: list):
+        super().__init__()
+        self.calc, self.clean, self.calls = plain_calc(model), clean, calls
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        probe = self.atoms.copy()
+        probe.calc = self.calc
+        self.calls.append(1)
+        shift = HOLE if len(self.calls) > self.clean else 0.0
+        self.results = {"energy": probe.get_potential_energy() + shift,
+                        "forces": probe.get_forces() + (HOLE_FORCES if shift else 0.0)}
+
+
+def hole_run(model, workdir, **options) -> OnTheFlyLearner:
+    """Every check an audit (no flags): the audits at steps 5, 10 and 15 pass, every later one is 5 eV off."""
+    calls = []
+    return OnTheFlyLearner(molecule("H2CO"), plain_calc(model), lambda: HoleAfter(model, 3, calls), workdir, threshold=1e9,
+                           steps=40, interval=5, audit_interval=5, max_rounds=3, conditioning=[], progress=False,
+                           dynamics=seeded_langevin, recalibrate=False,
+                           finetune_options={"epochs": 1, "replay": None, "patience": 10}, **options)
+
+
+def test_a_hole_sends_the_md_back_to_the_last_audit_passed_at_most_max_rewinds_times(tiny_model, tmp_path):
+    """The step-20 audit is 5 eV off: after the round it starts, the MD goes back to step 15 (the last audit
+    passed, positions and momenta kept there) and runs step 20 again; the second hole does too; the third,
+    with ``max_rewinds=2`` spent, is run through to the end. The rewound audits stay checks, marked. A resume
+    of the finished run goes back nowhere."""
+    learner = hole_run(tiny_model, tmp_path / "run", max_rewinds=2)
+    report = learner.run()
+    audits = [c for c in report.checks if c.kind == "audit"]
+    assert [c.step for c in audits[:3]] == [5, 10, 15] and all(c.passed for c in audits[:3])
+    assert [(r["hole_step"], r["from_step"], r["to_step"]) for r in report.rewinds] == [(20, 20, 15)] * 2
+    assert all(abs(r["energy_error"]) > 1.0 and r["round"] == k + 1 for k, r in enumerate(report.rewinds))
+    at_20 = [c for c in audits if c.step == 20]
+    assert [c.rewound for c in at_20] == [True, True, False] and not any(c.passed for c in at_20)
+    assert report.steps == 40 and [c.step for c in audits if not c.rewound] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert not report.confident
+
+    verified = read(tmp_path / "run" / "md_verified.traj")
+    at_15 = learner.store.frame(audits[2].store_id)
+    assert np.allclose(verified.positions, at_15.positions) and np.any(verified.get_momenta())
+    first, again = (learner.store.frame(c.store_id) for c in at_20[:2])
+    assert not np.allclose(first.positions, again.positions)  # the thermostat drew new forces after the rewind
+
+    resumed = hole_run(tiny_model, tmp_path / "run", max_rewinds=2).run()
+    assert resumed.rewinds == report.rewinds and len(resumed.checks) == len(report.checks)
+
+
+def test_without_rewind_tolerance_a_hole_is_run_through(tiny_model, tmp_path):
+    """``rewind_tolerance=None``: the same holes, the MD never goes back; bad settings are refused."""
+    report = hole_run(tiny_model, tmp_path / "run", rewind_tolerance=None).run()
+    audits = [c for c in report.checks if c.kind == "audit"]
+    assert report.rewinds == [] and [c.step for c in audits] == list(range(5, 45, 5))
+    assert not any(c.rewound for c in audits)
+    with pytest.raises(ValueError, match="rewind_tolerance must be positive"):
+        hole_run(tiny_model, tmp_path / "bad", rewind_tolerance=0.0)
+    with pytest.raises(ValueError, match="max_rewinds must be >= 0"):
+        hole_run(tiny_model, tmp_path / "bad", max_rewinds=-1)
