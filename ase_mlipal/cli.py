@@ -196,7 +196,7 @@ def cmd_ts(args: argparse.Namespace) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
-    from .learning.md_learner import AUDIT_PRIOR_FRAMES, OnTheFlyLearner, langevin
+    from .learning.md_learner import AUDIT_PRIOR_FRAMES, REWIND_TOLERANCE, OnTheFlyLearner, langevin
     from .learning.neb_learner import NEBLearner, NoBandError
     from .learning.verification import SADDLE_FMAX
     from .paths import band
@@ -218,12 +218,15 @@ def cmd_learn(args: argparse.Namespace) -> None:
             max_labels=config.get("max_labels"),
             audit_interval=md.get("audit_interval", 200), force_tolerance=md.get("force_tolerance"),
             recalibrate=md.get("recalibrate", True), prior_frames=md.get("prior_frames", AUDIT_PRIOR_FRAMES),
+            rewind_tolerance=md.get("rewind_tolerance", REWIND_TOLERANCE), max_rewinds=md.get("max_rewinds", 3),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]
         rounds = len(report.rounds)
         print(f"{report.steps} MD steps, {rounds} learning round{'' if rounds == 1 else 's'}; store: {report.counts}")
         print(f"{len(audits)} audits, {sum(c.passed for c in audits)} passed; verified: {report.confident}"
+              + "".join(f"; hole at step {r['hole_step']} ({r['energy_error']:+.2f} eV): back to step {r['to_step']}"
+                        for r in report.rewinds)
               + (f"; stopped: {report.stopped}" if report.stopped else "")
               + (f"; ended: {report.ended}" if report.ended else ""))
         steps, values = zip(*report.trace) if report.trace else ((), ())
@@ -264,7 +267,7 @@ LEARN_KEYS = {
 }
 LEARN_REQUIRED = {"md": ("threshold", "structure"), "neb": ("threshold", "initial", "final")}
 LEARN_TABLE_KEYS = {"md": {"steps", "interval", "audit_interval", "force_tolerance", "recalibrate", "prior_frames",
-                           "temperature", "timestep"},
+                           "rewind_tolerance", "max_rewinds", "temperature", "timestep"},
                     "neb": {"images", "fmax", "barrier_tolerance", "saddle_fmax", "steps", "band_start"}}
 
 
@@ -372,6 +375,8 @@ LEARN_HELP = """TOML file, e.g. for MD:
     force_tolerance = 0.15 # eV/A: an audit's mean force error must stay below (leave out: the 2-sigma test alone)
     recalibrate = true     # each audit rescales sigma (false: sigma moves only when a round swaps a model in)
     prior_frames = 2       # how many audits the calibration weighs as when they rescale sigma
+    rewind_tolerance = 1.0 # eV: a failed audit off by more is a hole; the MD goes back to the last audit passed
+    max_rewinds = 3        # the most times it goes back (0: never)
     [finetune]             # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
     epochs = 150
 
