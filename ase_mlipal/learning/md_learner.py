@@ -254,7 +254,7 @@ class OnTheFlyLearner(LearningRun):
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
         self.trigger = UncertaintyTrigger(calc, self.store, threshold, quantity=quantity, mode=mode,
                                           typical_frames=typical_frames, source="md", run_id=run_id)
-        self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="", verified_step=0, rewinds=[])
+        self.state.update(step=0, absorbed_row=0, n_trained=0, stopped="", rewinds=[])
 
     # -- persistence -------------------------------------------------------
 
@@ -399,9 +399,11 @@ class OnTheFlyLearner(LearningRun):
         self.write_state()
 
     def _keep_verified(self, step: int) -> None:
-        """Keep this frame (positions, momenta) as the last one an audit passed: where a hole sends the MD."""
-        atomic_write(self._path(VERIFIED_FILE), lambda tmp: write(tmp, self.atoms, format="traj"))
-        self.state["verified_step"] = step
+        """Keep this frame (positions, momenta, ``info["step"]``) as the last one an audit passed: where a
+        hole sends the MD."""
+        frame = self.atoms.copy()
+        frame.info = {"step": step}
+        atomic_write(self._path(VERIFIED_FILE), lambda tmp: write(tmp, frame, format="traj"))
 
     def _hole_to_leave(self) -> Optional[Check]:
         """The latest failed audit off by more than ``rewind_tolerance`` that a round has learned from since, on
@@ -427,7 +429,7 @@ class OnTheFlyLearner(LearningRun):
         saved = read(self._path(VERIFIED_FILE))
         self.atoms.set_positions(saved.positions)
         self.atoms.set_momenta(saved.get_momenta())
-        back_to = self.state["verified_step"]
+        back_to = saved.info["step"]
         for check in self.checks:
             if check.kind == "audit" and check.step is not None and check.step > back_to:
                 check.rewound = True
