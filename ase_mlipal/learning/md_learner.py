@@ -249,6 +249,7 @@ class OnTheFlyLearner(LearningRun):
         self.audit_interval, self.dynamics, self.seed = audit_interval, dynamics, seed
         self.force_tolerance, self.recalibrate, self.prior_frames = force_tolerance, recalibrate, prior_frames
         self.rewind_tolerance, self.max_rewinds = rewind_tolerance, max_rewinds
+        self.verified_step: Optional[int] = None  # the step of md_verified.traj (None: no such frame)
         #: the calibrations (energy, forces) the model in use was swapped in with; audits rescale from them
         self.swap_calibration = calc.calibrations
         self.guard = guard if guard is not None else PhysicalGuard([atoms])
@@ -275,6 +276,8 @@ class OnTheFlyLearner(LearningRun):
         new = [a for s in ("flagged", "skipped", "labelled", "verified", "failed") for a in self.store.frames(s)
                if a.info["store_id"] > self.state["absorbed_row"] and a.info.get("source") != "audit"]
         self.trigger.absorb(new)
+        if self._path(VERIFIED_FILE).exists():  # a run from before rewinds has none
+            self.verified_step = read(self._path(VERIFIED_FILE)).info["step"]
         self.swap_calibration = self.calc.calibrations
         self._rescale_on_audits()
         return True
@@ -404,16 +407,18 @@ class OnTheFlyLearner(LearningRun):
         frame = self.atoms.copy()
         frame.info = {"step": step}
         atomic_write(self._path(VERIFIED_FILE), lambda tmp: write(tmp, frame, format="traj"))
+        self.verified_step = step
 
     def _hole_to_leave(self) -> Optional[Check]:
         """The latest failed audit off by more than ``rewind_tolerance`` that a round has learned from since, on
         the kept trajectory; None if there is none or the rewinds are spent."""
         rewinds = self.state.get("rewinds", [])
-        if self.rewind_tolerance is None or len(rewinds) >= self.max_rewinds or not self._path(VERIFIED_FILE).exists():
+        if self.rewind_tolerance is None or len(rewinds) >= self.max_rewinds or self.verified_step is None:
             return None
         learned = self.state["absorbed_row"]  # the last store row when a round ended
         holes = [c for c in self.checks if c.kind == "audit" and not c.passed and not c.rewound
-                 and c.store_id <= learned and abs(c.energy_error) > self.rewind_tolerance]
+                 and c.store_id <= learned and abs(c.energy_error) > self.rewind_tolerance
+                 and c.step > self.verified_step]  # a hole before the last audit passed: the MD left it
         return holes[-1] if holes else None
 
     def _leave_hole(self, step: int) -> int:
@@ -429,7 +434,7 @@ class OnTheFlyLearner(LearningRun):
         saved = read(self._path(VERIFIED_FILE))
         self.atoms.set_positions(saved.positions)
         self.atoms.set_momenta(saved.get_momenta())
-        back_to = saved.info["step"]
+        back_to = self.verified_step
         for check in self.checks:
             if check.kind == "audit" and check.step is not None and check.step > back_to:
                 check.rewound = True
