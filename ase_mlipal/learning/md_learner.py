@@ -67,8 +67,8 @@ FRICTION = 0.01 / units.fs  # a 100 fs relaxation time (ASE's documented choice 
 AUDIT_PRIOR_FRAMES = 2.0
 
 #: eV; a failed audit whose energy is off by more than this marks a hole the MD ran into (``rewind_tolerance``).
-#: Over every MD audit on record (``python benchmarks/audit_holes.py``: 1611 in 93 records, all seeds and settings)
-#: the failed audits fall in two groups: off by 0.45 eV at most, and the holes (a bridged H of acetaldehyde ->
+#: Over every MD audit on record when it was chosen (``python benchmarks/audit_holes.py``: 1611 in 93 records, all
+#: seeds and settings; 1990 in 115 with the reruns that rewind, the same gap) the failed audits fall in two groups: off by 0.45 eV at most, and the holes (a bridged H of acetaldehyde ->
 #: vinyl alcohol, H2 leaving methanol) by 2.7-5.9 eV at an energy sigma of 0.06-0.15 eV. Any value in that
 #: gap makes the same decisions on all of them; 1 eV is about 10 kT at the benchmark's 1200 K.
 REWIND_TOLERANCE = 1.0
