@@ -196,7 +196,8 @@ def cmd_ts(args: argparse.Namespace) -> None:
 
 def cmd_learn(args: argparse.Namespace) -> None:
     """Run an on-the-fly learner described by a TOML file (see ``learn --help``)."""
-    from .learning.md_learner import AUDIT_PRIOR_FRAMES, REWIND_TOLERANCE, OnTheFlyLearner, langevin
+    from .learning.md_learner import (AUDIT_PRIOR_FRAMES, MAX_REWINDS, REWIND_TOLERANCE, OnTheFlyLearner,
+                                      langevin)
     from .learning.neb_learner import NEBLearner, NoBandError
     from .learning.verification import SADDLE_FMAX
     from .paths import band
@@ -218,7 +219,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
             max_labels=config.get("max_labels"),
             audit_interval=md.get("audit_interval", 200), force_tolerance=md.get("force_tolerance"),
             recalibrate=md.get("recalibrate", True), prior_frames=md.get("prior_frames", AUDIT_PRIOR_FRAMES),
-            rewind_tolerance=md.get("rewind_tolerance", REWIND_TOLERANCE), max_rewinds=md.get("max_rewinds", 3),
+            rewind_tolerance=md.get("rewind_tolerance", REWIND_TOLERANCE), max_rewinds=md.get("max_rewinds", MAX_REWINDS),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]

@@ -72,6 +72,7 @@ AUDIT_PRIOR_FRAMES = 2.0
 #: vinyl alcohol, H2 leaving methanol) by 2.7-5.9 eV at an energy sigma of 0.06-0.15 eV. Any value in that
 #: gap makes the same decisions on all of them; 1 eV is about 10 kT at the benchmark's 1200 K.
 REWIND_TOLERANCE = 1.0
+MAX_REWINDS = 3  # the most times a run goes back (``max_rewinds``)
 VERIFIED_FILE = "md_verified.traj"
 
 
@@ -185,8 +186,8 @@ class OnTheFlyLearner(LearningRun):
             stay (checks marked ``rewound``). ``None``: never (default
             :data:`REWIND_TOLERANCE`; for a large system whose total energy may
             err by an eV without a hole, raise it).
-        max_rewinds: the most times the MD goes back (a hole the rounds do not
-            close is then run through, and its audits keep the run unverified).
+        max_rewinds: the most times the MD goes back (default :data:`MAX_REWINDS`; a hole the rounds
+            do not close is then run through, and its audits keep the run unverified).
     """
 
     kind = "md"
@@ -220,7 +221,7 @@ class OnTheFlyLearner(LearningRun):
         recalibrate: bool = True,
         prior_frames: float = AUDIT_PRIOR_FRAMES,
         rewind_tolerance: Optional[float] = REWIND_TOLERANCE,
-        max_rewinds: int = 3,
+        max_rewinds: int = MAX_REWINDS,
         **deprecated,
     ):
         labels_per_round = renamed_argument(None, deprecated, "batch_size", "labels_per_round",
