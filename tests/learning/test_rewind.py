@@ -1,5 +1,7 @@
 """A hole in the model's surface sends the MD back to the last frame an audit passed (tiny model, no xTB)."""
 
+import json
+
 import numpy as np
 import pytest
 from ase.build import molecule
@@ -82,3 +84,29 @@ def test_without_rewind_tolerance_a_hole_is_run_through(tiny_model, tmp_path):
         hole_run(tiny_model, tmp_path / "bad", rewind_tolerance=0.0)
     with pytest.raises(ValueError, match="max_rewinds must be >= 0"):
         hole_run(tiny_model, tmp_path / "bad", max_rewinds=-1)
+
+
+def test_a_run_killed_as_it_rewinds_resumes_without_losing_or_repeating_a_label(tiny_model, tmp_path, monkeypatch):
+    """Killed after the MD went back but before that was written: the resumed run finds the hole again and
+    goes back to the same frame; every reference call is one stored label, none lost or repeated."""
+    real_checkpoint = OnTheFlyLearner._checkpoint_md
+
+    def killed_after_a_rewind(self, step):
+        if self.state["rewinds"]:
+            raise KeyboardInterrupt("killed")
+        real_checkpoint(self, step)
+
+    monkeypatch.setattr(OnTheFlyLearner, "_checkpoint_md", killed_after_a_rewind)
+    first = hole_run(tiny_model, tmp_path / "run", max_rewinds=2)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    monkeypatch.setattr(OnTheFlyLearner, "_checkpoint_md", real_checkpoint)
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["rewinds"] == []  # the rewind was lost
+    calls = first.reference().calls  # the labels of the killed run, shared with the resumed one's reference
+    resumed = hole_run(tiny_model, tmp_path / "run", max_rewinds=2)
+    resumed.reference = first.reference
+    report = resumed.run()
+    assert report.resumed_from > 0 and report.steps == 40
+    assert [r["to_step"] for r in report.rewinds] == [15, 15]
+    stored = [row for row in resumed.store.rows() if row.get("energy") is not None]
+    assert len(calls) == len(stored) == len({row.id for row in stored})
