@@ -40,6 +40,10 @@ def plot_uncertainty_trace(
             or a ``(step, value)`` pair, drawn at that value.
         ylabel, title: axis label and optional title.
 
+    A trace whose step goes back (an MD learner sent back by a hole,
+    :class:`~ase_mlipal.OnTheFlyLearner`) draws the stretches it left in grey
+    (:func:`rewound_points`).
+
     Returns the path written. Raises ``ValueError`` on empty input,
     mismatched lengths, or a bare flagged step that is not in ``steps``.
     """
@@ -53,7 +57,14 @@ def plot_uncertainty_trace(
 
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    ax.plot(steps_arr, values_arr, color="tab:blue", linewidth=1.2, label="uncertainty")
+    rewound = rewound_points(steps_arr)
+    ax.plot(steps_arr[~rewound], values_arr[~rewound], color="tab:blue", linewidth=1.2, label="uncertainty")
+    breaks = np.flatnonzero(np.diff(steps_arr) < 0) + 1  # where the trace goes back
+    label = "left after a hole (rewound)"
+    for step, value, left in zip(*(np.split(a, breaks) for a in (steps_arr, values_arr, rewound))):
+        if left.any():
+            ax.plot(step[left], value[left], color="tab:gray", linewidth=1.0, label=label)
+            label = None  # one legend entry
     ax.axhline(threshold, color="black", linestyle="--", linewidth=1.0, label=f"threshold ({threshold:g})")
     if flagged.size:
         ax.plot(flagged[:, 0], flagged[:, 1], linestyle="none", marker="o", color="red",
@@ -64,6 +75,15 @@ def plot_uncertainty_trace(
         ax.set_title(title)
     ax.legend(loc="best")
     return _save(fig, path)
+
+
+def rewound_points(steps: np.ndarray) -> np.ndarray:
+    """Boolean mask of the points of a trace that a later step going back left behind: each point at or past
+    the step the trace goes on from after it went back (shape of ``steps``)."""
+    rewound = np.zeros(steps.shape, dtype=bool)
+    for end in np.flatnonzero(np.diff(steps) < 0):
+        rewound[: end + 1] |= steps[: end + 1] >= steps[end + 1]
+    return rewound
 
 
 def plot_neb_profiles(profiles: Sequence[Any], path: PathLike, title: Optional[str] = None) -> pathlib.Path:

@@ -4,7 +4,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from ase_mlipal.plots import plot_neb_profiles, plot_uncertainty_trace
+from ase_mlipal.plots import plot_neb_profiles, plot_uncertainty_trace, rewound_points
 
 
 @dataclass
@@ -41,6 +41,17 @@ def test_uncertainty_trace_writes_a_png(tmp_path):
                                  flagged_steps=[(10, 0.2), (60, 0.3)])
     assert_png(out)
     assert_png(plot_uncertainty_trace([0], [0.1], 0.2, tmp_path / "single.png"))
+
+
+def test_a_trace_that_goes_back_marks_the_stretches_it_left(tmp_path):
+    """Steps 5-25, back to 15 (next point 20), on to 30, back to 15 again, on to 40: the points at or past each
+    restart before it are left behind; a trace that never goes back leaves nothing."""
+    steps = np.array([5, 10, 15, 20, 25, 20, 25, 30, 20, 25, 30, 35, 40])
+    expected = [False, False, False, True, True, True, True, True, False, False, False, False, False]
+    assert rewound_points(steps).tolist() == expected
+    assert not rewound_points(np.arange(0, 50, 5)).any()
+    assert_png(plot_uncertainty_trace(steps, np.linspace(0.1, 0.3, steps.size), 0.2, tmp_path / "rewound.png",
+                                      flagged_steps=[(25, 0.25)]))
 
 
 def test_uncertainty_trace_rejects_bad_input(tmp_path):
