@@ -219,7 +219,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
             max_labels=config.get("max_labels"),
             audit_interval=md.get("audit_interval", 200), force_tolerance=md.get("force_tolerance"),
             recalibrate=md.get("recalibrate", True), prior_frames=md.get("prior_frames", AUDIT_PRIOR_FRAMES),
-            rewind_tolerance=md.get("rewind_tolerance", REWIND_TOLERANCE), max_rewinds=md.get("max_rewinds", MAX_REWINDS),
+            rewind_tolerance=md.get("rewind_tolerance", REWIND_TOLERANCE),
+            max_rewinds=md.get("max_rewinds", MAX_REWINDS),
             dynamics=lambda atoms: langevin(atoms, md.get("temperature", 300.0), md.get("timestep", 0.5)))
         report = learner.run()
         audits = [c for c in report.checks if c.kind == "audit"]

@@ -256,8 +256,8 @@ def merge() -> str:
               for r in rows if not r["confident"]]
     md = sorted((json.loads(p.read_text()) for p in PARTS.glob("md_*.json")),
                 key=lambda r: (r["molecule"], r["settings"].get("seed", 0), r.get("distance_aware", False),
-                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False), -prior_frames(r),
-                               r["settings"].get("rewind_tolerance") or 0))
+                               r["settings"].get("force_tolerance") or 0, r["settings"].get("recalibrate", False),
+                               -prior_frames(r), r["settings"].get("rewind_tolerance") or 0))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
     lines += fresh_summary(rows, md)

@@ -67,10 +67,11 @@ FRICTION = 0.01 / units.fs  # a 100 fs relaxation time (ASE's documented choice 
 AUDIT_PRIOR_FRAMES = 2.0
 
 #: eV; a failed audit whose energy is off by more than this marks a hole the MD ran into (``rewind_tolerance``).
-#: Over every MD audit on record when it was chosen (``python benchmarks/audit_holes.py``: 1611 in 93 records, all
-#: seeds and settings; 1990 in 115 with the reruns that rewind, the same gap) the failed audits fall in two groups: off by 0.45 eV at most, and the holes (a bridged H of acetaldehyde ->
-#: vinyl alcohol, H2 leaving methanol) by 2.7-5.9 eV at an energy sigma of 0.06-0.15 eV. Any value in that
-#: gap makes the same decisions on all of them; 1 eV is about 10 kT at the benchmark's 1200 K.
+#: Over every MD audit on record when it was chosen (``python benchmarks/audit_holes.py``: 1611 in 93 records,
+#: all seeds and settings; 1990 in 115 with the reruns that rewind, the same gap) the failed audits fall in two
+#: groups: off by 0.45 eV at most, and the holes (a bridged H of acetaldehyde -> vinyl alcohol, H2 leaving
+#: methanol) by 2.7-5.9 eV at an energy sigma of 0.06-0.15 eV. Any value in that gap makes the same decisions
+#: on all of them; 1 eV is about 10 kT at the benchmark's 1200 K.
 REWIND_TOLERANCE = 1.0
 MAX_REWINDS = 3  # the most times a run goes back (``max_rewinds``)
 VERIFIED_FILE = "md_verified.traj"
@@ -277,7 +278,8 @@ class OnTheFlyLearner(LearningRun):
         new = [a for s in ("flagged", "skipped", "labelled", "verified", "failed") for a in self.store.frames(s)
                if a.info["store_id"] > self.state["absorbed_row"] and a.info.get("source") != "audit"]
         self.trigger.absorb(new)
-        if self._path(VERIFIED_FILE).exists():  # a run from before rewinds has none
+        self.state.setdefault("rewinds", [])  # a run from before rewinds has none, nor a verified frame
+        if self._path(VERIFIED_FILE).exists():
             self.verified_step = read(self._path(VERIFIED_FILE)).info["step"]
         self.swap_calibration = self.calc.calibrations
         self._rescale_on_audits()
@@ -321,7 +323,7 @@ class OnTheFlyLearner(LearningRun):
                             and not self.state["stopped"])
         report.steps, report.counts, report.checks = step, self.store.counts(), list(self.checks)
         report.stopped, report.model_choice = self.state["stopped"], list(self.choice.history)
-        report.rewinds = list(self.state.get("rewinds", []))
+        report.rewinds = list(self.state["rewinds"])
         report.ended = "" if report.confident or report.stopped else self._why_unverified(final, step)
         return report
 
@@ -413,8 +415,8 @@ class OnTheFlyLearner(LearningRun):
     def _hole_to_leave(self) -> Optional[Check]:
         """The latest failed audit off by more than ``rewind_tolerance`` that a round has learned from since, on
         the kept trajectory; None if there is none or the rewinds are spent."""
-        rewinds = self.state.get("rewinds", [])
-        if self.rewind_tolerance is None or len(rewinds) >= self.max_rewinds or self.verified_step is None:
+        if (self.rewind_tolerance is None or len(self.state["rewinds"]) >= self.max_rewinds
+                or self.verified_step is None):
             return None
         learned = self.state["absorbed_row"]  # the last store row when a round ended
         holes = [c for c in self.checks if c.kind == "audit" and not c.passed and not c.rewound
@@ -439,9 +441,9 @@ class OnTheFlyLearner(LearningRun):
         for check in self.checks:
             if check.kind == "audit" and check.step is not None and check.step > back_to:
                 check.rewound = True
-        self.state["rewinds"] = self.state.get("rewinds", []) + [
+        self.state["rewinds"].append(
             {"hole_step": hole.step, "store_id": hole.store_id, "energy_error": hole.energy_error,
-             "from_step": step, "to_step": back_to, "round": self.state["round"]}]
+             "from_step": step, "to_step": back_to, "round": self.state["round"]})
         return back_to
 
     def _audit_due(self, step: int) -> bool:

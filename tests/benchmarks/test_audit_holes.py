@@ -14,8 +14,8 @@ def test_the_widest_gap_of_the_failed_audits_and_records_read_from_a_folder(tmp_
     skipped; the gap is the widest ratio between failed errors above 0.1 eV."""
     holes = load_benchmark("audit_holes")
     (tmp_path / "archive").mkdir()
-    (tmp_path / "md_a.json").write_text(json.dumps(
-        {"kind": "md", "audits": [audit(-0.2, False), audit(0.3, False), audit(9.0, True), audit(float("nan"), False)]}))
+    audits = [audit(-0.2, False), audit(0.3, False), audit(9.0, True), audit(float("nan"), False)]
+    (tmp_path / "md_a.json").write_text(json.dumps({"kind": "md", "audits": audits}))
     (tmp_path / "archive" / "md_b.json").write_text(json.dumps({"kind": "md", "audits": [audit(-4.0, False, 10)]}))
     (tmp_path / "neb.json").write_text(json.dumps({"kind": "neb", "audits": [audit(50.0, False)]}))
     (tmp_path / "broken.json").write_text("{")

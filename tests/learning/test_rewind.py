@@ -5,45 +5,41 @@ import json
 import numpy as np
 import pytest
 from ase.build import molecule
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import all_changes
 from ase.io import read
 
 from ase_mlipal import OnTheFlyLearner
 
 from ..conftest import seeded_langevin
-from .test_md_report import plain_calc
+from .test_md_report import ForcesOffReference, plain_calc
 
 HOLE = 5.0  # eV the reference lies above the model from the hole on
 HOLE_FORCES = 10.0  # eV/A on every force component: outside the tiny model's raw 2 sigma (see plain_calc)
 
 
-class HoleAfter(Calculator):
+class HoleAfter(ForcesOffReference):
     """The model itself as the reference (its audits pass) for the first ``clean`` labels, then ``HOLE`` eV
-    higher and every force component ``HOLE_FORCES`` larger: the model's surface has a hole the trigger cannot see. ``calls`` counts the
-    labels of every instance (the learner makes one per label)."""
-
-    implemented_properties = ["energy", "forces"]
+    higher and every force component ``HOLE_FORCES`` larger: the model's surface has a hole the trigger
+    cannot see. ``calls`` counts the labels of every instance (the learner makes one per label)."""
 
     def __init__(self, model, clean: int, calls: list):
-        super().__init__()
-        self.calc, self.clean, self.calls = plain_calc(model), clean, calls
+        super().__init__(model, offset=0.0)
+        self.clean, self.calls = clean, calls
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        probe = self.atoms.copy()
-        probe.calc = self.calc
         self.calls.append(1)
-        shift = HOLE if len(self.calls) > self.clean else 0.0
-        self.results = {"energy": probe.get_potential_energy() + shift,
-                        "forces": probe.get_forces() + (HOLE_FORCES if shift else 0.0)}
+        hole = len(self.calls) > self.clean
+        self.offset = HOLE_FORCES if hole else 0.0
+        super().calculate(atoms, properties, system_changes)
+        self.results["energy"] += HOLE if hole else 0.0
 
 
 def hole_run(model, workdir, **options) -> OnTheFlyLearner:
     """Every check an audit (no flags): the audits at steps 5, 10 and 15 pass, every later one is 5 eV off."""
     calls = []
-    return OnTheFlyLearner(molecule("H2CO"), plain_calc(model), lambda: HoleAfter(model, 3, calls), workdir, threshold=1e9,
-                           steps=40, interval=5, audit_interval=5, max_rounds=3, conditioning=[], progress=False,
-                           dynamics=seeded_langevin, recalibrate=False,
+    return OnTheFlyLearner(molecule("H2CO"), plain_calc(model), lambda: HoleAfter(model, 3, calls), workdir,
+                           threshold=1e9, steps=40, interval=5, audit_interval=5, max_rounds=3, conditioning=[],
+                           progress=False, dynamics=seeded_langevin, recalibrate=False,
                            finetune_options={"epochs": 1, "replay": None, "patience": 10}, **options)
 
 
