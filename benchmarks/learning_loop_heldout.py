@@ -103,6 +103,9 @@ H_SHIFTS = {
     "acetone_to_propen_2_ol": HShift("CH3COCH3", acceptor=0, neighbour=1, donor=2),
     "acetic_acid_to_ethenediol": HShift("CH3COOH", acceptor=1, neighbour=0, donor=4),
     "formic_acid_to_dihydroxycarbene": HShift("HCOOH", acceptor=2, neighbour=1, donor=1),
+    # added later still (see SECOND_FRESH)
+    "glyoxal_to_hydroxyketene": HShift("OCHCHO", acceptor=4, neighbour=1, donor=0),
+    "methyl_formate_to_carbene": HShift("HCOOCH3", acceptor=1, neighbour=0, donor=0),
 }
 
 
@@ -117,8 +120,8 @@ def endpoints(name: str) -> tuple[Atoms, Atoms]:
     twisted. HCN -> HNC: the H put on the N end of the line.
     Acetonitrile -> methyl isocyanide: the nitrile C and the N swap places.
     """
-    if name in LINEAR:
-        return LINEAR[name]()
+    if name in BUILDERS:
+        return BUILDERS[name]()
     if name not in H_SHIFTS:
         raise SystemExit(f"unknown reaction {name!r}")
     shift = H_SHIFTS[name]
@@ -155,12 +158,30 @@ def acetonitrile_to_methyl_isocyanide() -> tuple[Atoms, Atoms]:
     return relaxed(reactant), relaxed(product)
 
 
+def pyrrole_to_2h_pyrrole() -> tuple[Atoms, Atoms]:
+    """The N's H onto the next C (an sp3 CH2 of 2H-pyrrole), out of the ring's plane."""
+    reactant = molecule("C4H4NH")  # H, N, C (next to N), ...
+    positions = reactant.positions
+    normal = np.cross(positions[2] - positions[1], positions[3] - positions[1])
+    outward = positions[2] - positions[1:6].mean(axis=0)
+    direction = 0.8 * normal / np.linalg.norm(normal) + 0.6 * outward / np.linalg.norm(outward)
+    product = reactant.copy()
+    product.positions[0] = positions[2] + 1.09 * direction / np.linalg.norm(direction)
+    return relaxed(reactant), relaxed(product)
+
+
 LINEAR = {"HCN_to_HNC": hcn_to_hnc, "acetonitrile_to_methyl_isocyanide": acetonitrile_to_methyl_isocyanide}
+BUILDERS = {**LINEAR, "pyrrole_to_2H_pyrrole": pyrrole_to_2h_pyrrole}  # reactions not built as an HShift
 REACTIONS = ["formaldehyde_to_hydroxycarbene", "acetaldehyde_to_vinyl_alcohol", "nitromethane_to_aci_nitromethane",
              *LINEAR]
 LEARNER_ONLY = ["acetamide_to_imidic_acid"]  # added after every choice was made; no calibration frames
 # added on 2026-12-06, after every choice the six above were used for: a test of how those choices generalise
 FRESH = ["acetone_to_propen_2_ol", "acetic_acid_to_ethenediol", "formic_acid_to_dihydroxycarbene"]
+# added on 2026-12-06 (a later session), after the audits' prior weight and the MD rewind were chosen, with
+# FRESH among the records they were read from: molecules in no record before (glyoxal -> hydroxyketene, a
+# 1,3-H shift from C to O; methyl formate -> methoxy(hydroxy)carbene, a 1,2-H shift; pyrrole -> 2H-pyrrole,
+# a 1,2-H shift from N to C off an aromatic ring)
+SECOND_FRESH = ["glyoxal_to_hydroxyketene", "methyl_formate_to_carbene", "pyrrole_to_2H_pyrrole"]
 
 
 def unpaced_reserve(self, room: int) -> int:
@@ -317,11 +338,11 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reaction", choices=REACTIONS + LEARNER_ONLY + FRESH)
+    parser.add_argument("--reaction", choices=REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH)
     parser.add_argument("--unpaced", action="store_true", help="the budget rule before the pacing")
     parser.add_argument("--max-energy", type=float, default=None,
                         help="the energy guard's limit (eV above the lower endpoint; default PhysicalGuard's)")
-    parser.add_argument("--md", choices=REACTIONS + LEARNER_ONLY + FRESH,
+    parser.add_argument("--md", choices=REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH,
                         help="the MD learner from this reaction's reactant")
     parser.add_argument("--distance-aware", action="store_true",
                         help="on the default MLIPALCalculator() (distance-aware; without: distance_aware=False)")
