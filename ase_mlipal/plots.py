@@ -36,8 +36,10 @@ def plot_uncertainty_trace(
         threshold: drawn as a horizontal dashed line.
         path: where the PNG is written (parent folders are created).
         flagged_steps: steps whose frames were flagged, marked in red. Each
-            item is a step (its value is looked up in ``steps``/``values``)
-            or a ``(step, value)`` pair, drawn at that value.
+            item is a step (its value is looked up in ``steps``/``values``;
+            a step the trace passed twice, before and after going back, at
+            its last pass, the one the trace kept) or a ``(step, value)``
+            pair, drawn at that value.
         ylabel, title: axis label and optional title.
 
     A trace whose step goes back (an MD learner sent back by a hole,
@@ -131,14 +133,14 @@ def plot_neb_profiles(profiles: Sequence[Any], path: PathLike, title: Optional[s
 
 
 def _flagged_points(flagged: Flagged, steps: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(n, 2) array of (step, value) for each flagged item (a step or a pair)."""
+    """(n, 2) array of (step, value) for each flagged item (a step, at its last pass, or a pair)."""
     points = []
     for item in flagged:
         if np.ndim(item) == 0:
             matches = np.flatnonzero(steps == float(item))
             if matches.size == 0:
                 raise ValueError(f"flagged step {item} is not in steps; give it as a (step, value) pair")
-            points.append((float(item), values[matches[0]]))
+            points.append((float(item), values[matches[-1]]))
         elif np.shape(item) == (2,):
             points.append((float(item[0]), float(item[1])))
         else:

@@ -306,14 +306,28 @@ def md_targets(runs: list[dict]) -> str:
 
 def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     """Markdown lines: the issue's targets at the default settings (distance-aware σ, paced budget, default
-    guard; MD: every seed, :func:`default_md`) on the :data:`FRESH` reactions, then the MD targets on every
-    reaction here."""
-    neb = [r for r in rows if r["reaction"] in FRESH and r["paced"] and r.get("distance_aware")
+    guard; MD: every seed, :func:`default_md`) on the :data:`FRESH` reactions and on the :data:`SECOND_FRESH`
+    ones, then the MD targets on every reaction here."""
+    lines = []
+    for names, when in ((FRESH, "added after every choice"),
+                        (SECOND_FRESH, "added after the audits' prior weight and the rewind were chosen")):
+        lines += fresh_set_summary(rows, md, names, when)
+    every = default_md(md)
+    if every:
+        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames, holes over "
+                  f"{REWIND_TOLERANCE:g} eV rewind the MD), every reaction "
+                  "here: " + md_targets(every)]
+    return lines
+
+
+def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: str) -> list[str]:
+    """Markdown lines: the issue's NEB and MD targets at the default settings on the reactions ``names``."""
+    neb = [r for r in rows if r["reaction"] in names and r["paced"] and r.get("distance_aware")
            and r.get("max_energy") is None and r["after"] is not None]
-    runs = [m for m in default_md(md) if m["molecule"] in FRESH]
+    runs = [m for m in default_md(md) if m["molecule"] in names]
     lines = []
     if neb or runs:
-        lines += ["", f"Fresh reactions ({', '.join(FRESH)}; added after every choice, default settings):", ""]
+        lines += ["", f"Fresh reactions ({', '.join(names)}; {when}, default settings):", ""]
     if neb:
         tolerance = SETTINGS["barrier_tolerance"]
         inside = sum(abs(r["after"]) <= 2 * r["after_std_predicted"] for r in neb)
@@ -328,11 +342,6 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
                      f"most labels {max(r['labels'] for r in neb)} (target <= 40)")
     if runs:
         lines.append("- " + md_targets(runs))
-    every = default_md(md)
-    if every:
-        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames, holes over "
-                  f"{REWIND_TOLERANCE:g} eV rewind the MD), every reaction "
-                  "here: " + md_targets(every)]
     return lines
 
 

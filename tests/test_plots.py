@@ -4,7 +4,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from ase_mlipal.plots import plot_neb_profiles, plot_uncertainty_trace, rewound_points
+from ase_mlipal.plots import _flagged_points, plot_neb_profiles, plot_uncertainty_trace, rewound_points
 
 
 @dataclass
@@ -52,6 +52,9 @@ def test_a_trace_that_goes_back_marks_the_stretches_it_left(tmp_path):
     assert not rewound_points(np.arange(0, 50, 5)).any()
     assert_png(plot_uncertainty_trace(steps, np.linspace(0.1, 0.3, steps.size), 0.2, tmp_path / "rewound.png",
                                       flagged_steps=[(25, 0.25)]))
+    # a bare flagged step the trace passed three times is drawn on the pass it kept, the last
+    values = np.arange(steps.size) / 10
+    assert _flagged_points([25, 5], steps, values).tolist() == [[25, 0.9], [5, 0.0]]
 
 
 def test_uncertainty_trace_rejects_bad_input(tmp_path):
