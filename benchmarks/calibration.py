@@ -350,7 +350,8 @@ def barrier_check(calc, bands: dict, energy: Recalibration, reaction: str, metho
     if method.energy_distance:  # the top image's energy sigma with its largest distance factor, over without it
         top = int(np.argmax(profile.energy))
         _, batches = calc.predict([images[0], images[top]], progress=False, force_variance=False)
-        delta = per_structure(batches)[1].structure - per_structure(batches)[0].structure
+        first, highest = per_structure(batches)
+        delta = highest.structure - first.structure
         raw = float(calc.energy_posterior.quadratic_form(delta)[0])
         factor = largest_inflation(calc, [images[top]])[0]
         calibration = calc.energy_posterior.calibration

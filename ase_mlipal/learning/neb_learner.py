@@ -88,8 +88,8 @@ class NEBRound:
             had reached, its top image checked), or a geometric guard stopped
             a band the model had moved and the model is off where the band
             was last judged (the band is that one, the guarded image
-            checked). The check is a climbing-image check and, failing, is
-            trained on.
+            checked as its climbing image, beside the band's other checks;
+            any of them off is enough). A failed check is trained on.
     """
 
     round: int
@@ -690,7 +690,7 @@ class NEBLearner(LearningRun):
         if isinstance(cut, EnergyRunaway):
             neb_round.runaway = self._judge_runaway(cut, check, profile.energy[top])
         elif cut is not None:
-            neb_round.runaway = self._judge_guard_stop(cut, check)
+            neb_round.runaway = self._judge_guard_stop(cut, [c for c in (check, band_check, audit_check) if c])
         if self.state["stopped"]:
             return None
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
@@ -707,25 +707,32 @@ class NEBLearner(LearningRun):
         return (bool(error.step) and error.last_band is not None and error.image is not None
                 and 0 < error.image < len(self.images) - 1)
 
-    def _judge_guard_stop(self, error: UnphysicalFrame, check: Check) -> str:
-        """Stop the run if the model is right where the band was last judged; else say why the loop goes on.
+    def _judge_guard_stop(self, error: UnphysicalFrame, checks: list[Check]) -> str:
+        """Stop the run if the model is right about the band where it was last judged; else say why the loop
+        goes on.
 
-        ``check``: the climbing-image check of the guarded image on the last
-        band the trigger judged (``error.last_band``; the guard passed it).
+        ``checks``: the band's checks on the last band the trigger judged
+        (``error.last_band``; the guard passed it), first the climbing-image
+        check of the guarded image, then the band's other checked images.
         The model moved the band from there into the unphysical frame: a
-        model that fails the check there (energy outside 2 sigma or beyond
+        model that fails any of them (energy outside 2 sigma or beyond
         ``barrier_tolerance``, forces outside 2 sigma: every criterion but
         the saddle test), or whose forces fail the sigma-free bound of
         :meth:`_force_bound` (a passed check then fails after all), is at
-        fault, a hole in it pulled the band in, and
-        learning the reference there is what keeps the next band out. A
-        model right there is followed into the unphysical frame by the
-        chemistry itself: the run stops as any guard stops it (its checks
-        and the round's flags are labelled by then, and ``images`` hold the
-        band the trigger last judged). A reference that fails there, or a
-        check frame the model in use trained on already (the band stopped
-        again where it learned: nothing new), stops the run too.
+        fault, a hole in it pulled the band in, and learning the reference
+        there is what keeps the next band out. The guarded image alone does
+        not settle it: held-out glyoxal -> hydroxyketene's round-0 band grew
+        to 3x its length while the model was right about the image beside
+        the longest step and 4 eV too low in the middle of the band. A model
+        right about every checked image is followed into the unphysical frame
+        by the chemistry itself: the run stops as any guard stops it (its
+        checks and the round's flags are labelled by then, and ``images``
+        hold the band the trigger last judged). A reference that fails at the
+        guarded image, or a guarded image the model in use trained on already
+        (the band stopped again where it learned: nothing new), stops the run
+        too.
         """
+        check = checks[0]
         step, problem = error.last_band[0], re.split(r"; (the run is )?stopped", str(error))[0]
         if not np.isfinite(check.energy_error):
             self.state["stopped"] = f"{error} (the reference gave no label at NEB step {step}: it cannot be judged)"
@@ -734,18 +741,26 @@ class NEBLearner(LearningRun):
             self.state["stopped"] = (f"{error} (the band stopped again after NEB step {step}, where the model in use "
                                      f"was trained already; it is off by {check.energy_error:+.2f} eV there)")
             return self.state["stopped"]
-        off = [why for why in check.reason.split("; ") if why and not why.startswith("not a saddle")]
-        exceeded, count = self._force_bound(check)
-        if not off and not exceeded:  # every criterion of the check but the saddle test passed: the model is right
+        failures = []
+        for judged in (c for c in checks if np.isfinite(c.energy_error)):
+            off = [why for why in judged.reason.split("; ") if why and not why.startswith("not a saddle")]
+            exceeded, count = self._force_bound(judged)
+            if exceeded:
+                off.append(f"force components {count}")
+                self._train_on(judged, count)
+            if off:
+                failures.append(f"image {judged.image} fails its check ({'; '.join(off)})")
+        if not failures:  # every criterion of every check but the saddle test passed: the model is right
+            others = ", ".join(str(c.image) for c in checks[1:])
             self.state["stopped"] = (f"{error} (at NEB step {step} the model is right about image {error.image}: "
                                      f"off by {check.energy_error:+.2f} eV, 1 sigma {check.energy_std:.2f}, its "
-                                     f"forces within 2 sigma and within {2 * self.threshold:.2f} eV/A)")
+                                     f"forces within 2 sigma and within {2 * self.threshold:.2f} eV/A"
+                                     + (f"; and about the band's other checked images ({others})" if others else "")
+                                     + ")")
             return self.state["stopped"]
-        if exceeded:
-            off.append(f"force components {count}")
-            self._train_on(check, count)
-        return (f"{problem}: the model drove the band there; at NEB step {step} image {error.image} fails its check "
-                f"({'; '.join(off)}), so that check is trained on next and the frame is stored as 'unphysical'")
+        return (f"{problem}: the model drove the band there; at NEB step {step} {'; '.join(failures)}, so "
+                f"{'that check is' if len(failures) == 1 else 'those checks are'} trained on next and the frame "
+                "is stored as 'unphysical'")
 
     def _judge_runaway(self, error: EnergyRunaway, check: Check, energy: float) -> str:
         """Stop the run if the reference confirms the runaway; else say why the loop goes on.

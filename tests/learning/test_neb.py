@@ -694,6 +694,39 @@ def test_a_guard_stop_the_model_moved_into_asks_the_reference_where_the_band_was
         assert climbing[0].store_id in learner.state["trained_ids"]
 
 
+class RightOnlyAtTheGuardedImage(ModelAsReference):
+    """:class:`ModelAsReference` off by ``shift`` everywhere but at image 2 of the band ``guard`` kept (where the
+    guard stop is judged)."""
+
+    def __init__(self, model, first, guard, shift):
+        super().__init__(model, first, shift)
+        self.guard = guard
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if np.allclose(self.atoms.positions, self.guard.step_two[2]):
+            self.results["energy"] -= self.shift
+
+
+def test_a_guard_stop_is_judged_on_every_check_of_the_band(tiny_model, calc, tmp_path):
+    """The model right at the guarded image (2) but 50 eV off at the band's other checked images: the model is at
+    fault somewhere on the band it drove, so the run learns from those checks and goes on."""
+    images = formaldehyde_band(5)
+    guard = OverlapsInRoundZero([images[0], images[-1]])
+    learner = NEBLearner(calc, lambda: RightOnlyAtTheGuardedImage(tiny_model, images[0], guard, 50.0),
+                         tmp_path / "run", images, threshold=1e3, max_rounds=1, steps=6, interval=2, guard=guard,
+                         conditioning=[], progress=False, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    first = [c for c in learner.checks if c.round == 0]
+    guarded, others = first[0], first[1:]
+    assert (guarded.kind, guarded.image) == ("climbing_image", 2) and abs(guarded.energy_error) < 1e-3
+    assert others and all(not c.passed and c.energy_error == pytest.approx(-50.0, abs=1e-3) for c in others)
+    assert report.stopped == "" and len(report.rounds) == 2
+    assert "the model drove the band there; at NEB step 2 image 2 fails" not in report.rounds[0].runaway
+    assert f"image {others[0].image} fails its check (energy error -50.000 eV" in report.rounds[0].runaway
+    assert all(c.store_id in learner.state["trained_ids"] for c in others)
+
+
 @pytest.mark.parametrize("force_shift, stops", [(5.0, False), (0.2, True)])
 def test_a_wide_sigma_does_not_pass_a_guard_stop_the_model_forces_drove(tiny_model, tmp_path, monkeypatch,
                                                                         force_shift, stops):
@@ -712,7 +745,8 @@ def test_a_wide_sigma_does_not_pass_a_guard_stop_the_model_forces_drove(tiny_mod
     climbing = next(c for c in learner.checks if c.kind == "climbing_image")
     assert climbing.forces_agree  # the widened 2 sigma covers the reference's forces
     if stops:
-        assert climbing.passed and "within 2 sigma and within 1.00 eV/A)" in report.stopped and report.rounds == []
+        assert climbing.passed and report.rounds == []
+        assert "within 1.00 eV/A; and about the band's other checked images (3, 1))" in report.stopped
     else:
         assert not climbing.passed and climbing.reason == "force components 12 of 12 off by more than 1.00 eV/A"
         assert report.stopped == "" and len(report.rounds) == 2
