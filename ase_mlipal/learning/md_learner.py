@@ -17,7 +17,12 @@ sigma for the ones after it (``recalibrate``). A failed audit off by more
 than ``rewind_tolerance`` in energy marks a hole in the model's surface that the
 dynamics ran into: after the round it starts, the MD goes back to the last
 frame an audit passed (or the start) and runs on from there with the new
-model; the audits past that frame are marked ``rewound``. The run ends
+model; the audits past that frame are marked ``rewound``. A physical guard
+stop is judged the same way: the last frame checked before it is labelled
+(a ``"guard"`` check); a model off there by more than ``rewind_tolerance``
+drove the dynamics out of physics through a hole, so the round learns from
+it and the MD goes back; a model right there lets the stop stand (the
+chemistry itself leads there). The run ends
 ``confident`` only if the final model had audits and passed them all, one by
 one and, for the forces, pooled (:func:`~ase_mlipal.learning.verification.forces_agree_together`).
 
@@ -75,6 +80,7 @@ AUDIT_PRIOR_FRAMES = 2.0
 REWIND_TOLERANCE = 1.0
 MAX_REWINDS = 3  # the most times a run goes back (``max_rewinds``)
 VERIFIED_FILE = "md_verified.traj"
+MD_CHECKS = ("audit", "guard")  # the kinds of check an MD run makes: drawn at random, and before a guard stop
 
 
 def langevin(atoms: Atoms, temperature_K: float = 300.0, timestep_fs: float = 0.5, friction: float = FRICTION,
@@ -123,7 +129,8 @@ class LearnReport:
             (no audit of the final model, or audits it failed); "" otherwise.
         rewinds: each time a hole sent the MD back: ``hole_step`` (the audit's
             step), ``store_id``, ``energy_error`` (eV), ``from_step``, ``to_step``
-            (the last frame an audit passed, 0: the start) and ``round`` (the model it goes on with).
+            (the last frame an audit passed, 0: the start), ``round`` (the model it goes on with)
+            and ``guard_stop`` (the physical guard's stop that led to the hole, "" for a failed audit).
     """
 
     steps: int = 0
@@ -186,7 +193,9 @@ class OnTheFlyLearner(LearningRun):
             steps past that frame are run again; their stored frames and checks
             stay (checks marked ``rewound``). ``None``: never (default
             :data:`REWIND_TOLERANCE`; for a large system whose total energy may
-            err by an eV without a hole, raise it).
+            err by an eV without a hole, raise it). A physical guard stop goes
+            back too when the model is off by more at the last frame checked
+            before it (labelled for that).
         max_rewinds: the most times the MD goes back (default :data:`MAX_REWINDS`; a hole the rounds
             do not close is then run through, and its audits keep the run unverified).
     """
@@ -302,15 +311,19 @@ class OnTheFlyLearner(LearningRun):
         with progress_bar(progress=self.progress, total=self.steps, initial=step, desc="MD") as bar:
             while step < self.steps and not self.state["stopped"]:
                 advance = min(self.interval, self.steps - step)
-                if not self._advance(dyn, advance, step):
-                    break
-                step += advance
-                bar.update(advance)
-                if not self._check(step, report):
-                    break
-                if self._round_due():
-                    self._learn(report)
-                back_to = self._leave_hole(step)
+                stop = self._advance(dyn, advance, step)
+                if not stop:
+                    step += advance
+                    bar.update(advance)
+                    stop = self._check(step, report)
+                if stop:
+                    back_to = self._judge_guard_stop(stop, step, report)
+                    if back_to is None:
+                        break
+                else:
+                    if self._round_due():
+                        self._learn(report)
+                    back_to = self._leave_hole(step)
                 if back_to != step:
                     step = bar.n = back_to
                 self._checkpoint_md(step)
@@ -346,13 +359,14 @@ class OnTheFlyLearner(LearningRun):
             return f"no audit checked {model}: audit_interval=None audits nothing"
         return f"no audit checked {model} before the MD ended at step {step}"
 
-    def _advance(self, dyn: Dynamics, advance: int, step: int) -> bool:
-        """Run ``advance`` MD steps from ``step``; False if the dynamics put atoms on top of each other.
+    def _advance(self, dyn: Dynamics, advance: int, step: int) -> str:
+        """Run ``advance`` MD steps from ``step``; why the frame is unphysical if the dynamics put atoms on top of
+        each other ("" otherwise).
 
         The model cannot evaluate overlapping atoms (closer than
         :data:`~ase_mlipal.models.graphs.OVERLAP_DISTANCE`); that frame is a
-        guard stop between two checks: stored ``unphysical`` and the run
-        stopped, ``md.traj`` keeps the last checked frame.
+        guard stop between two checks, stored ``unphysical``
+        (:meth:`_judge_guard_stop` judges it); ``md.traj`` keeps the last checked frame.
         """
         first = dyn.nsteps
         try:
@@ -364,27 +378,68 @@ class OnTheFlyLearner(LearningRun):
                       "(PhysicalGuard(min_distance_ratio=...)) stops such a run earlier")
             reason = overlap_message(self.atoms, error.pairs, f"MD step {at}: the structure", advice)
             self.store.add_unphysical(self.atoms, source="md", reason=reason, step=at, run_id=self.run_id)
-            self.state["stopped"] = reason
-            self.write_state()  # stopped before the last audits are labelled: a resume does not run on
-            return False
-        return True
+            return reason
+        return ""
 
-    def _check(self, step: int, report: LearnReport) -> bool:
-        """Guard, trigger and audit draw at ``step``; False if the guard stopped the run."""
+    def _check(self, step: int, report: LearnReport) -> str:
+        """Guard, trigger and audit draw at ``step``; why the guard stopped the frame ("" if it did not)."""
         try:
             self.guard.check(self.atoms, f"MD step {step}")
         except UnphysicalFrame as error:
             self.store.add_unphysical(self.atoms, source="md", reason=str(error), step=step, run_id=self.run_id)
-            self.state["stopped"] = str(error)
-            self.write_state()
-            return False
+            return str(error)
         flagged = self.trigger(self.atoms, step=step)
         report.trace.append((step, self.trigger.last_value))
         if flagged:
             report.flagged_steps.append((step, self.trigger.last_value))
         elif self._audit_due(step):
             self._audit(step)
-        return True
+        return ""
+
+    def _judge_guard_stop(self, stop: str, step: int, report: LearnReport) -> Optional[int]:
+        """After a physical guard stopped the frame past ``step`` (``stop``: why): the step the MD goes back to,
+        or ``None`` when the run stops.
+
+        The last frame checked before the stop (``md.traj``) is labelled and
+        checked against the model in use (kind ``"guard"``). Off there by
+        more than ``rewind_tolerance`` in energy, the model drove the
+        dynamics out of physics through a hole: a round learns from the check
+        and the MD goes back to the last frame an audit passed, as for a
+        failed audit (:meth:`_leave_hole`). A model right there, no rewind,
+        round or label left, or a reference that fails: the stop stands (as
+        far as the run can tell, the chemistry itself leads there).
+        """
+        why = self._why_the_stop_stands()
+        if why is None:  # a hole: learn from it and go back
+            self._learn(report)
+            back_to = self._leave_hole(step)
+            if back_to != step:
+                self.state["rewinds"][-1]["guard_stop"] = stop
+                return back_to
+            why = "the hole found there was not learned from: no round ran"
+        self.state["stopped"] = f"{stop} ({why})" if why else stop
+        self.write_state()  # stopped before the last audits are labelled: a resume does not run on
+        return None
+
+    def _why_the_stop_stands(self) -> Optional[str]:
+        """Label and check the last frame checked before a guard stop; ``None`` if the model is off there by more
+        than ``rewind_tolerance`` (a hole to leave), else why the stop stands ("": nothing was asked)."""
+        last_step = self.state["step"]  # md.traj: the frame checked before the stop
+        if (self.rewind_tolerance is None or len(self.state["rewinds"]) >= self.max_rewinds
+                or self.verified_step is None or last_step <= self.verified_step or self.labels_spent()
+                or (self.max_rounds is not None and self.state["round"] >= self.max_rounds)):
+            return ""
+        row_id, _ = self.store.add_flagged(read(self._path("md.traj")), source="guard", step=last_step,
+                                           run_id=self.run_id, model_hash=self.calc.model_hash)
+        label(self.store, self.reference, executor=self.executor, progress=False, row_ids={row_id})
+        check = self.check(self.store.frame(row_id), self.choice.round, "guard")
+        if not np.isfinite(check.energy_error):
+            return f"the reference gave no label at MD step {last_step}: the stop cannot be judged"
+        if check.passed or abs(check.energy_error) <= self.rewind_tolerance:
+            return (f"at MD step {last_step}, the last frame checked before it, the model is off by "
+                    f"{check.energy_error:+.2f} eV, within rewind_tolerance={self.rewind_tolerance} eV: "
+                    "no hole of the model drove the dynamics there")
+        return None
 
     def _audit(self, step: int) -> None:
         """Store this frame as an audit, label it and check it now (a failed check makes a round due).
@@ -413,13 +468,13 @@ class OnTheFlyLearner(LearningRun):
         self.verified_step = step
 
     def _hole_to_leave(self) -> Optional[Check]:
-        """The latest failed audit off by more than ``rewind_tolerance`` that a round has learned from since, on
-        the kept trajectory; None if there is none or the rewinds are spent."""
+        """The latest failed audit or guard check off by more than ``rewind_tolerance`` that a round has learned
+        from since, on the kept trajectory; None if there is none or the rewinds are spent."""
         if (self.rewind_tolerance is None or len(self.state["rewinds"]) >= self.max_rewinds
                 or self.verified_step is None):
             return None
         learned = self.state["absorbed_row"]  # the last store row when a round ended
-        holes = [c for c in self.checks if c.kind == "audit" and not c.passed and not c.rewound
+        holes = [c for c in self.checks if c.kind in MD_CHECKS and not c.passed and not c.rewound
                  and c.store_id <= learned and abs(c.energy_error) > self.rewind_tolerance
                  and c.step > self.verified_step]  # a hole before the last audit passed: the MD left it
         return holes[-1] if holes else None
@@ -439,11 +494,11 @@ class OnTheFlyLearner(LearningRun):
         self.atoms.set_momenta(saved.get_momenta())
         back_to = self.verified_step
         for check in self.checks:
-            if check.kind == "audit" and check.step is not None and check.step > back_to:
+            if check.kind in MD_CHECKS and check.step is not None and check.step > back_to:
                 check.rewound = True
         self.state["rewinds"].append(
             {"hole_step": hole.step, "store_id": hole.store_id, "energy_error": hole.energy_error,
-             "from_step": step, "to_step": back_to, "round": self.state["round"]})
+             "from_step": step, "to_step": back_to, "round": self.state["round"], "guard_stop": ""})
         return back_to
 
     def _audit_due(self, step: int) -> bool:
@@ -530,7 +585,7 @@ class OnTheFlyLearner(LearningRun):
         audits were labelled at the round)."""
         if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
             return False
-        audits = [c for c in self.checks if c.kind == "audit" and c.store_id > self.state["absorbed_row"]]
+        audits = [c for c in self.checks if c.kind in MD_CHECKS and c.store_id > self.state["absorbed_row"]]
         if any(not c.passed and np.isfinite(c.energy_error) for c in audits):  # failed, and not for want of a label
             return True
         counts = self.store.counts()

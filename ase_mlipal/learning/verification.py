@@ -82,7 +82,8 @@ class Check:
         round: learning round of the model checked (0: pretrained).
         kind: ``"climbing_image"``, ``"band_max"`` (a band's other possible
             maximum), ``"audit"`` (an unflagged MD frame, or a band's least
-            certain image) or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
+            certain image), ``"guard"`` (the MD frame checked last before a
+            physical guard's stop) or ``"saddle"`` (:func:`~ase_mlipal.refine_ts`).
         store_id: the frame's row in the store.
         energy_error: eV, model - reference; for a climbing image the error
             of the barrier (the energy difference to the first endpoint), for

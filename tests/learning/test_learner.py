@@ -19,6 +19,7 @@ from ase_mlipal import FrameStore, OnTheFlyLearner, PhysicalGuard, save_model
 from ase_mlipal.models.graphs import OverlappingAtoms
 
 from ..conftest import assert_no_label_repeated
+from .test_md_report import ForcesOffReference
 from .test_neb import formaldehyde_calc
 
 pytest.importorskip("tblite")
@@ -109,9 +110,11 @@ class Collapse(VelocityVerlet):
 
 
 def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
-    """Atoms driven within 0.1 A between the guard's checks at steps 5 and 10: the frame is stored unphysical, the run stops, nothing raises."""
+    """Atoms driven within 0.1 A between the guard's checks at steps 5 and 10: the frame is stored unphysical,
+    the run stops, nothing raises. The frame checked before (step 5) is labelled to judge the stop: the model
+    (the reference here) is right there, so the stop stands."""
     start, calc = molecule("H2CO"), formaldehyde_calc(tiny_model)
-    learner = OnTheFlyLearner(start, calc, lambda: pytest.fail("nothing may be labelled"), tmp_path / "run",
+    learner = OnTheFlyLearner(start, calc, lambda: ForcesOffReference(tiny_model, offset=0.0), tmp_path / "run",
                               threshold=1e9, steps=40, interval=5, audit_interval=None, conditioning=[],
                               guard=PhysicalGuard([start], min_distance_ratio=0.01),  # passes step 5's 0.16 A
                               dynamics=lambda atoms: Collapse(atoms, 0.5 * units.fs), progress=False)
@@ -120,6 +123,8 @@ def test_an_md_run_onto_overlapping_atoms_stops_cleanly(tiny_model, tmp_path):
     collapsed_at = next(n for n in range(1, 40) if first * (2 / 3) ** n < 0.1)  # the step that overlapped: 7
     assert report.stopped.startswith(f"MD step {collapsed_at}: the structure has atoms 0 (O) and 1 (C)")
     assert report.steps == 5 and "md.traj" in report.stopped and "(step 5)" in report.stopped
+    assert "(at MD step 5, the last frame checked before it, the model is off by +0.00 eV" in report.stopped
+    assert learner.labels_used() == 1 and [c.kind for c in learner.checks] == ["guard"]
     (row,) = learner.store.rows("unphysical")
     assert row.get("step") == collapsed_at and row.toatoms().get_distance(0, 1) < 0.1
     resumed = OnTheFlyLearner(start, calc, lambda: pytest.fail("nothing may be labelled"), tmp_path / "run",

@@ -9,6 +9,7 @@ from ase.calculators.calculator import all_changes
 from ase.io import read
 
 from ase_mlipal import OnTheFlyLearner
+from ase_mlipal.guards import PhysicalGuard, UnphysicalFrame
 
 from ..conftest import seeded_langevin
 from .test_md_report import ForcesOffReference, plain_calc
@@ -106,3 +107,59 @@ def test_a_run_killed_as_it_rewinds_resumes_without_losing_or_repeating_a_label(
     assert [r["to_step"] for r in report.rewinds] == [15, 15]
     stored = [row for row in resumed.store.rows() if row.get("energy") is not None]
     assert len(calls) == len(stored) == len({row.id for row in stored})
+
+
+class StopsOnceAt(PhysicalGuard):
+    """A guard that finds the frame at MD step ``at`` unphysical the first time the MD gets there."""
+
+    def __init__(self, at: int):
+        super().__init__([molecule("H2CO")])
+        self.at, self.stopped = at, 0
+
+    def check(self, atoms, where):
+        if where == f"MD step {self.at}" and not self.stopped:
+            self.stopped += 1
+            raise UnphysicalFrame(f"{where}: atom 2 (H) has left; the run is stopped and the frame is stored as "
+                                  "'unphysical', not labelled", atoms=atoms, where=where)
+        super().check(atoms, where)
+
+
+def guard_run(model, workdir, clean: int, **options) -> OnTheFlyLearner:
+    """No flags, no audits (the start is the verified frame); the guard stops step 20 once; the reference is
+    the model for ``clean`` labels, then 5 eV off (a hole)."""
+    calls = []
+    return OnTheFlyLearner(molecule("H2CO"), plain_calc(model), lambda: HoleAfter(model, clean, calls), workdir,
+                           threshold=1e9, steps=40, interval=5, audit_interval=None, max_rounds=3, conditioning=[],
+                           progress=False, dynamics=seeded_langevin, recalibrate=False, guard=StopsOnceAt(20),
+                           finetune_options={"epochs": 1, "replay": None, "patience": 10}, **options)
+
+
+@pytest.mark.parametrize("clean, rewinds", [(0, True), (10, False)])
+def test_a_guard_stop_the_model_drove_through_a_hole_sends_the_md_back(tiny_model, tmp_path, clean, rewinds):
+    """The guard stops step 20: the frame checked before it (step 15) is labelled and checked. 5 eV off there,
+    the model drove the dynamics out through a hole: a round learns from it, the MD goes back to the start (no
+    audit passed) and runs to the end. Right there, the stop stands and says so. The stopped frame is stored
+    'unphysical' and never labelled either way."""
+    learner = guard_run(tiny_model, tmp_path / "run", clean)
+    report = learner.run()
+    guard_checks = [c for c in report.checks if c.kind == "guard"]
+    assert [c.step for c in guard_checks] == [15] and guard_checks[0].passed is not rewinds
+    unphysical = list(learner.store.rows("unphysical"))
+    assert len(unphysical) == 1 and unphysical[0].step == 20 and unphysical[0].get("energy") is None
+    if rewinds:
+        assert report.stopped == "" and report.steps == 40 and len(report.rounds) == 1
+        assert [(r["hole_step"], r["from_step"], r["to_step"]) for r in report.rewinds] == [(15, 20, 0)]
+        assert report.rewinds[0]["guard_stop"].startswith("MD step 20: atom 2 (H) has left")
+        assert guard_checks[0].rewound and guard_checks[0].store_id in learner.state["trained_ids"]
+    else:
+        assert report.rewinds == [] and report.steps == 20 and report.rounds == []
+        assert report.stopped.startswith("MD step 20: atom 2 (H) has left")
+        assert "at MD step 15, the last frame checked before it, the model is off by +0.00 eV" in report.stopped
+
+
+def test_a_guard_stop_asks_nothing_without_rewinds(tiny_model, tmp_path):
+    """``rewind_tolerance=None``: the guard's stop stands as it is, and no label is asked."""
+    learner = guard_run(tiny_model, tmp_path / "run", 0, rewind_tolerance=None)
+    report = learner.run()
+    assert report.stopped.startswith("MD step 20: atom 2 (H) has left") and report.stopped.endswith("not labelled")
+    assert learner.labels_used() == 0 and report.steps == 20
