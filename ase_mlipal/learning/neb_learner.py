@@ -46,6 +46,11 @@ from .verification import SADDLE_FMAX, Check, allowed_outside, force_components_
 
 #: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
 CHECKS_PER_BAND = 3
+#: Fine-tunes in a row the model choice may reject on the same labels before a run ends (``max_rejections``).
+#: A budget, not a fit: over every NEB record when it was set (``benchmarks/results/learning_loop*``), an
+#: accepted fine-tune came after 0 rejected ones 62 times, after 1 five times, 2 twice, 3 and 4 once each,
+#: never after more; held-out pyrrole -> 2H-pyrrole then spent 35 of its 47 minutes on 11 rejected ones.
+MAX_REJECTIONS = 5
 
 
 @dataclass
@@ -419,6 +424,9 @@ class NEBLearner(LearningRun):
         images: the initial band, endpoints included (e.g. :func:`band`).
         threshold: trigger threshold (eV/A, largest per-atom force uncertainty).
         max_rounds: learning rounds at most (bands run: up to ``max_rounds + 1``).
+        max_rejections: the run ends after this many fine-tunes in a row on
+            the same labels are rejected by the model choice (each round
+            trains with its own seed; default :data:`MAX_REJECTIONS`).
         barrier_tolerance: largest barrier error (eV) a passing check may have.
         saddle_fmax: largest per-atom climbing force (eV/A) of the reference at
             a climbing image it confirms as a saddle (see
@@ -456,6 +464,7 @@ class NEBLearner(LearningRun):
         threshold: float,
         max_rounds: int = 4,
         barrier_tolerance: float = 0.1,
+        max_rejections: int = MAX_REJECTIONS,
         fmax: float = 0.05,
         steps: int = 300,
         interval: int = 5,
@@ -480,8 +489,9 @@ class NEBLearner(LearningRun):
                 check_atoms(image, calc.batch_maker.elements)
             except ValueError as error:
                 raise ValueError(f"image {k}: {error}") from None
-        if max_rounds < 0 or not barrier_tolerance > 0 or not saddle_fmax > 0:
-            raise ValueError("max_rounds must be >= 0, barrier_tolerance and saddle_fmax positive")
+        if max_rounds < 0 or not barrier_tolerance > 0 or not saddle_fmax > 0 or max_rejections < 1:
+            raise ValueError("max_rounds must be >= 0, max_rejections >= 1, barrier_tolerance and saddle_fmax "
+                             "positive")
         if band_start not in ("initial", "previous"):
             raise ValueError(f"band_start must be 'initial' or 'previous', not {band_start!r}")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
@@ -491,6 +501,7 @@ class NEBLearner(LearningRun):
         self.initial_band = [image.positions.copy() for image in images]
         self.band_start = band_start
         self.threshold, self.max_rounds, self.barrier_tolerance = threshold, max_rounds, barrier_tolerance
+        self.max_rejections = max_rejections
         self.fmax, self.steps, self.interval, self.saddle_fmax = fmax, steps, interval, saddle_fmax
         self.guard = guard if guard is not None else PhysicalGuard([self.images[0], self.images[-1]])
         if self.guard.initial_length is None:
@@ -510,7 +521,8 @@ class NEBLearner(LearningRun):
             self.write_state()
         rounds = [NEBRound.from_dict(r) for r in self.state["rounds"]]
         number = self.state["round"]
-        while not (self.state["confident"] or self.state["stopped"]) and number <= self.max_rounds:
+        while (not (self.state["confident"] or self.state["stopped"] or self.state.get("rejections_spent"))
+               and number <= self.max_rounds):
             neb_round = self._band_round(number)
             if neb_round is None:
                 self.write_state()
@@ -527,6 +539,9 @@ class NEBLearner(LearningRun):
                 neb_round.learning = self.learn(number, self._trigger(number),
                                                 anchor=self.store.frame(self.state["anchor_id"]))
                 if neb_round.learning.accepted:
+                    break
+                if number - neb_round.round >= self.max_rejections:  # rejected max_rejections times in a row
+                    self.state["rejections_spent"] = True
                     break
             else:
                 number += 1
@@ -547,8 +562,11 @@ class NEBLearner(LearningRun):
         """Why a run neither confident nor stopped ended ("" for those): the rounds ran out."""
         if self.state["confident"] or self.state["stopped"]:
             return ""
-        why = f"max_rounds={self.max_rounds} reached before a band was verified"
         last = rounds[-1].learning if rounds else None
+        if self.state.get("rejections_spent"):
+            return (f"the model choice rejected max_rejections={self.max_rejections} fine-tunes in a row on the "
+                    f"labels of round {rounds[-1].round}, see model_choice: no new model was left to run a band on")
+        why = f"max_rounds={self.max_rounds} reached before a band was verified"
         if last is not None and not last.accepted:
             why += (f" (the fine-tunes on the labels of round {rounds[-1].round} were rejected by the model "
                     "choice, see model_choice: no new model was left to run a band on)")

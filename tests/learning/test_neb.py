@@ -14,6 +14,8 @@ from ase_mlipal import (EnergyRunaway, FrameStore, MLIPALCalculator, NEBLearner,
 from ase_mlipal.uncertainty.features import per_structure
 from ase_mlipal.learning.neb_learner import band
 from ase_mlipal.learning.trigger import UncertaintyTrigger
+from ase_mlipal.learning.labelling import LabelReport
+from ase_mlipal.learning.learning_run import RoundRecord
 
 from ..conftest import assert_no_label_repeated, rattled, widen_force_sigma
 
@@ -692,6 +694,30 @@ def test_a_guard_stop_the_model_moved_into_asks_the_reference_where_the_band_was
         assert "at NEB step 2 image 2 fails its check (energy error -50.000 eV outside" in report.rounds[0].runaway
         assert not report.rounds[0].converged and report.rounds[0].steps == 2
         assert climbing[0].store_id in learner.state["trained_ids"]
+
+
+def test_a_run_ends_after_max_rejections_fine_tunes_in_a_row_are_rejected(tiny_model, calc, tmp_path,
+                                                                          monkeypatch):
+    """Every check 50 eV off and every fine-tune rejected: after ``max_rejections`` of them on round 0's labels
+    the run ends and says why, well before ``max_rounds``; a resume trains nothing more."""
+    images = formaldehyde_band(5)
+    tried = []
+
+    def rejected(self, number, trigger, anchor=None):
+        tried.append(number)
+        return RoundRecord(number, LabelReport(), 0, accepted=False, reason="rejected by the test")
+
+    monkeypatch.setattr(NEBLearner, "learn", rejected)
+    options = dict(threshold=1e3, max_rounds=13, max_rejections=3, steps=2, conditioning=[], progress=False)
+    reference = lambda: ModelAsReference(tiny_model, images[0], 50.0)  # noqa: E731
+    report = NEBLearner(calc, reference, tmp_path / "run", images, **options).run()
+    assert tried == [1, 2, 3] and len(report.rounds) == 1 and not report.confident and report.stopped == ""
+    assert report.ended.startswith("the model choice rejected max_rejections=3 fine-tunes in a row on the labels "
+                                   "of round 0")
+    again = NEBLearner(calc, reference, tmp_path / "run", images, **options).run()
+    assert tried == [1, 2, 3] and again.ended == report.ended
+    with pytest.raises(ValueError, match="max_rejections >= 1"):
+        NEBLearner(calc, reference, tmp_path / "bad", images, **{**options, "max_rejections": 0})
 
 
 class RightOnlyAtTheGuardedImage(ModelAsReference):
