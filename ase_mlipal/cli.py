@@ -227,8 +227,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
         rounds = len(report.rounds)
         print(f"{report.steps} MD steps, {rounds} learning round{'' if rounds == 1 else 's'}; store: {report.counts}")
         print(f"{len(audits)} audits, {sum(c.passed for c in audits)} passed; verified: {report.confident}"
-              + "".join(f"; hole at step {r['hole_step']} ({r['energy_error']:+.2f} eV): back to step {r['to_step']}"
-                        for r in report.rewinds)
+              + "".join(f"; hole at step {r['hole_step']} ({r['energy_error']:+.2f} eV"
+                        + (f", before the guard stopped step {r['from_step']}" if r.get("guard_stop") else "")
+                        + f"): back to step {r['to_step']}" for r in report.rewinds)
               + (f"; stopped: {report.stopped}" if report.stopped else "")
               + (f"; ended: {report.ended}" if report.ended else ""))
         steps, values = zip(*report.trace) if report.trace else ((), ())
