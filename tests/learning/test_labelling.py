@@ -172,14 +172,15 @@ def test_a_setup_error_of_the_reference_is_raised_once_and_leaves_the_frames_fla
 
 
 class Recording(Calculator):
-    """Records which instance computed; a calculator that is not safe to share."""
+    """Records which instance computed (the instance itself: kept alive, its ``id`` cannot be reused by a later
+    copy); a calculator that is not safe to share."""
 
     implemented_properties = ["energy", "forces"]
     used = []
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        Recording.used.append(id(self))
+        Recording.used.append(self)
         self.results = {"energy": float(self.atoms.positions.sum()), "forces": np.zeros((len(self.atoms), 3))}
 
 
@@ -189,7 +190,8 @@ def test_a_calculator_instance_is_copied_for_each_task(tmp_path):
     Recording.used = []
     with ThreadPoolExecutor(2) as pool:
         report = label(store, shared, executor=pool, progress=False)
-    assert report.labelled == 5 and len(set(Recording.used)) == 5 and id(shared) not in Recording.used
+    used = {id(calc) for calc in Recording.used}
+    assert report.labelled == 5 and len(used) == 5 and id(shared) not in used
     for atoms in store.frames("labelled"):
         assert read_labels(atoms)[0] == pytest.approx(atoms.positions.sum())
 
