@@ -425,8 +425,7 @@ class OnTheFlyLearner(LearningRun):
         """Label and check the last frame checked before a guard stop; ``None`` if the model is off there by more
         than ``rewind_tolerance`` (a hole to leave), else why the stop stands ("": nothing was asked)."""
         last_step = self.state["step"]  # md.traj: the frame checked before the stop
-        if (self.rewind_tolerance is None or len(self.state["rewinds"]) >= self.max_rewinds
-                or self.verified_step is None or last_step <= self.verified_step or self.labels_spent()
+        if (not self._rewinds_left() or last_step <= self.verified_step or self.labels_spent()
                 or (self.max_rounds is not None and self.state["round"] >= self.max_rounds)):
             return ""
         row_id, _ = self.store.add_flagged(read(self._path("md.traj")), source="guard", step=last_step,
@@ -467,11 +466,15 @@ class OnTheFlyLearner(LearningRun):
         atomic_write(self._path(VERIFIED_FILE), lambda tmp: write(tmp, frame, format="traj"))
         self.verified_step = step
 
+    def _rewinds_left(self) -> bool:
+        """May the MD still go back: rewinds on, not all ``max_rewinds`` spent, and a frame to go back to."""
+        return (self.rewind_tolerance is not None and len(self.state["rewinds"]) < self.max_rewinds
+                and self.verified_step is not None)
+
     def _hole_to_leave(self) -> Optional[Check]:
         """The latest failed audit or guard check off by more than ``rewind_tolerance`` that a round has learned
         from since, on the kept trajectory; None if there is none or the rewinds are spent."""
-        if (self.rewind_tolerance is None or len(self.state["rewinds"]) >= self.max_rewinds
-                or self.verified_step is None):
+        if not self._rewinds_left():
             return None
         learned = self.state["absorbed_row"]  # the last store row when a round ended
         holes = [c for c in self.checks if c.kind in MD_CHECKS and not c.passed and not c.rewound
