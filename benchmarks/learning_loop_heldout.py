@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.build import molecule
+from ase.build import minimize_rotation_and_translation, molecule
 from ase.data import covalent_radii
 
 import ase_mlipal
@@ -170,8 +170,56 @@ def pyrrole_to_2h_pyrrole() -> tuple[Atoms, Atoms]:
     return relaxed(reactant), relaxed(product)
 
 
+def aligned(reactant: Atoms, product: Atoms) -> tuple[Atoms, Atoms]:
+    """Both relaxed, the product turned and moved onto the reactant (least squares): no rigid rotation in the band."""
+    reactant, product = relaxed(reactant), relaxed(product)
+    minimize_rotation_and_translation(reactant, product)
+    return reactant, product
+
+
+def oxirane_to_acetaldehyde() -> tuple[Atoms, Atoms]:
+    """Ring opening with a 1,2-H shift: the C-O bond of one CH2 breaks, an H of the other C moves onto it."""
+    reactant = molecule("CH2OCH2")  # C, O, C, H, H (on C0), H, H (on C2)
+    product = reactant.copy()
+    product.positions = molecule("CH3CHO").positions[[1, 0, 3, 2, 4, 5, 6]]  # C0 the carbonyl C, C2 the methyl
+    return aligned(reactant, product)
+
+
+def methyl_nitrite_cis_to_trans() -> tuple[Atoms, Atoms]:
+    """A torsion: the terminal O of methyl nitrite turned 180 degrees about the O-N bond."""
+    reactant = molecule("CH3ONO")  # C, O, H, H, H, N, O
+    product = reactant.copy()
+    product.set_dihedral(0, 1, 5, 6, reactant.get_dihedral(0, 1, 5, 6) + 180.0, indices=[6])
+    return aligned(reactant, product)
+
+
+def cyclobutene_to_butadiene() -> tuple[Atoms, Atoms]:
+    """Electrocyclic ring opening: the single C-C bond opposite the double bond breaks (to s-cis butadiene).
+
+    Butadiene's atoms are put in cyclobutene's order; of the ways to pair each
+    end's two H atoms, the one nearest the reactant after alignment is kept.
+    """
+    reactant = molecule("cyclobutene")  # C=C (0, 1), CH2 (2: H 6, 7), CH2 (3: H 8, 9); 2-3 the bond that breaks
+    diene = molecule("butadiene")  # C0 (H 4, 5) - C1 (H 6) = ... - C2 (H 7) - C3 (H 8, 9), s-trans
+    diene.set_dihedral(0, 1, 2, 3, 10.0, indices=[3, 7, 8, 9])  # s-cis, near the ring's shape
+    reactant, diene = relaxed(reactant), relaxed(diene)
+    best = None
+    for first in ([4, 5], [5, 4]):
+        for last in ([8, 9], [9, 8]):
+            product = reactant.copy()
+            product.positions = diene.positions[[1, 2, 0, 3, 6, 7, *first, *last]]
+            minimize_rotation_and_translation(reactant, product)
+            motion = np.linalg.norm(product.positions - reactant.positions)
+            if best is None or motion < best[0]:
+                best = motion, product
+    return reactant, best[1]
+
+
 LINEAR = {"HCN_to_HNC": hcn_to_hnc, "acetonitrile_to_methyl_isocyanide": acetonitrile_to_methyl_isocyanide}
-BUILDERS = {**LINEAR, "pyrrole_to_2H_pyrrole": pyrrole_to_2h_pyrrole}  # reactions not built as an HShift
+BUILDERS = {**LINEAR, "pyrrole_to_2H_pyrrole": pyrrole_to_2h_pyrrole,  # reactions not built as an HShift
+            "oxirane_to_acetaldehyde": oxirane_to_acetaldehyde,
+            "methyl_nitrite_cis_to_trans": methyl_nitrite_cis_to_trans,
+            "cyclobutene_to_butadiene": cyclobutene_to_butadiene}
 REACTIONS = ["formaldehyde_to_hydroxycarbene", "acetaldehyde_to_vinyl_alcohol", "nitromethane_to_aci_nitromethane",
              *LINEAR]
 LEARNER_ONLY = ["acetamide_to_imidic_acid"]  # added after every choice was made; no calibration frames
@@ -182,6 +230,10 @@ FRESH = ["acetone_to_propen_2_ol", "acetic_acid_to_ethenediol", "formic_acid_to_
 # 1,3-H shift from C to O; methyl formate -> methoxy(hydroxy)carbene, a 1,2-H shift; pyrrole -> 2H-pyrrole,
 # a 1,2-H shift from N to C off an aromatic ring)
 SECOND_FRESH = ["glyoxal_to_hydroxyketene", "methyl_formate_to_carbene", "pyrrole_to_2H_pyrrole"]
+# added on 2026-12-06 (a later session still), after every choice above, and of other kinds of reaction than
+# the H shifts most of the sets above are: a ring opening with an H shift, a torsion and an electrocyclic
+# ring opening, from molecules in no record before
+THIRD_FRESH = ["oxirane_to_acetaldehyde", "methyl_nitrite_cis_to_trans", "cyclobutene_to_butadiene"]
 
 
 def unpaced_reserve(self, room: int) -> int:
@@ -347,11 +399,11 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reaction", choices=REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH)
+    parser.add_argument("--reaction", choices=REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH + THIRD_FRESH)
     parser.add_argument("--unpaced", action="store_true", help="the budget rule before the pacing")
     parser.add_argument("--max-energy", type=float, default=None,
                         help="the energy guard's limit (eV above the lower endpoint; default PhysicalGuard's)")
-    parser.add_argument("--md", choices=REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH,
+    parser.add_argument("--md", choices=REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH + THIRD_FRESH,
                         help="the MD learner from this reaction's reactant")
     parser.add_argument("--distance-aware", action="store_true",
                         help="on the default MLIPALCalculator() (distance-aware; without: distance_aware=False)")
