@@ -350,9 +350,8 @@ class OnTheFlyLearner(LearningRun):
                     "too small there); a longer run flags and audits more")
         if final:
             failed = sum(not c.passed for c in final)
-            rounds_left = self.max_rounds is None or self.state["round"] < self.max_rounds
             return (f"{failed} of {len(final)} audits of {model} failed when the MD ended at step {step}; "
-                    "they are labelled: " + ("a longer run trains on them" if rounds_left else
+                    "they are labelled: " + ("a longer run trains on them" if self._rounds_left() else
                                              f"a longer run with more rounds (max_rounds={self.max_rounds}) "
                                              "trains on them"))
         if self.audit_interval is None:
@@ -426,7 +425,7 @@ class OnTheFlyLearner(LearningRun):
         than ``rewind_tolerance`` (a hole to leave), else why the stop stands ("": nothing was asked)."""
         last_step = self.state["step"]  # md.traj: the frame checked before the stop
         if (not self._rewinds_left() or last_step <= self.verified_step or self.labels_spent()
-                or (self.max_rounds is not None and self.state["round"] >= self.max_rounds)):
+                or not self._rounds_left()):
             return ""
         row_id, _ = self.store.add_flagged(read(self._path("md.traj")), source="guard", step=last_step,
                                            run_id=self.run_id, model_hash=self.calc.model_hash)
@@ -465,6 +464,10 @@ class OnTheFlyLearner(LearningRun):
         frame.info = {"step": step}
         atomic_write(self._path(VERIFIED_FILE), lambda tmp: write(tmp, frame, format="traj"))
         self.verified_step = step
+
+    def _rounds_left(self) -> bool:
+        """May another round still run (``max_rounds`` not reached)."""
+        return self.max_rounds is None or self.state["round"] < self.max_rounds
 
     def _rewinds_left(self) -> bool:
         """May the MD still go back: rewinds on, not all ``max_rewinds`` spent, and a frame to go back to."""
@@ -586,7 +589,7 @@ class OnTheFlyLearner(LearningRun):
         """An audit failed since the last round, or a batch was drawn: flagged frames, labelled ones no model
         was trained on yet and the audits passed since the last round (labels the round paces, as when
         audits were labelled at the round)."""
-        if self.max_rounds is not None and self.state["round"] >= self.max_rounds:
+        if not self._rounds_left():
             return False
         audits = [c for c in self.checks if c.kind in MD_CHECKS and c.store_id > self.state["absorbed_row"]]
         if any(not c.passed and np.isfinite(c.energy_error) for c in audits):  # failed, and not for want of a label
