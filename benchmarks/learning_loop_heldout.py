@@ -17,7 +17,9 @@ ethene-1,1-diol, 1,3-H shifts from C to O; formic acid -> dihydroxycarbene,
 a 1,2-H shift) were added after every choice those six were used for: the
 test of how the choices generalise (``--merge`` sums them up against the
 issue's targets; ``scripts/make_heldout_data.py --fresh`` makes their frames
-for ``benchmarks/calibration.py --fresh``).
+for ``benchmarks/calibration.py --fresh``). Two later sets tested the choices made since, each from molecules in
+no record before: :data:`SECOND_FRESH` (H shifts) and :data:`THIRD_FRESH` (a ring opening with an H shift, a
+torsion and an electrocyclic ring opening: other kinds of reaction than the H shifts most sets are).
 Endpoints are built by moving atoms and relaxing with GFN2-xTB
 (:func:`endpoints`); the target is a direct xTB climbing-image NEB
 from the learner's own 9-image IDPP band; the learner has the settings of
@@ -358,11 +360,13 @@ def md_targets(runs: list[dict]) -> str:
 
 def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     """Markdown lines: the issue's targets at the default settings (distance-aware σ, paced budget, default
-    guard; MD: every seed, :func:`default_md`) on the :data:`FRESH` reactions and on the :data:`SECOND_FRESH`
-    ones, then the MD targets on every reaction here."""
+    guard; MD: every seed, :func:`default_md`) on the :data:`FRESH`, :data:`SECOND_FRESH` and
+    :data:`THIRD_FRESH` reactions, then the MD targets on every reaction here."""
     lines = []
     for names, when in ((FRESH, "added after every choice"),
-                        (SECOND_FRESH, "added after the audits' prior weight and the rewind were chosen")):
+                        (SECOND_FRESH, "added after the audits' prior weight and the rewind were chosen"),
+                        (THIRD_FRESH, "added after every choice of the sets above; a ring opening, a torsion and "
+                                      "an electrocyclic ring opening")):
         lines += fresh_set_summary(rows, md, names, when)
     every = default_md(md)
     if every:
