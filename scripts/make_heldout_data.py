@@ -2,6 +2,7 @@
 
     python scripts/make_heldout_data.py            # writes benchmarks/data/heldout_*.xyz.gz
     python scripts/make_heldout_data.py --fresh    # the three fresh reactions: benchmarks/data/fresh_*
+    python scripts/make_heldout_data.py --later    # the second and third fresh sets: benchmarks/data/later_*
 
 The five reactions of ``benchmarks/learning_loop_heldout.py`` (two 1,3-H
 shifts, a 1,2-H shift, HCN -> HNC and acetonitrile -> methyl isocyanide;
@@ -28,6 +29,13 @@ learning benchmark after every choice of the project was made
 ethene-1,1-diol, formic acid -> dihydroxycarbene) and writes
 ``fresh_reactions.xyz.gz``, ``fresh_bands.xyz.gz`` and ``fresh_summary.json``;
 ``benchmarks/calibration.py --fresh`` scores on them.
+
+``--later`` does the same for the six reactions of the two fresh sets added
+after that (``learning_loop_heldout.SECOND_FRESH`` and ``THIRD_FRESH``:
+glyoxal, methyl formate, pyrrole, oxirane, methyl nitrite and cyclobutene,
+molecules in no earlier record; the third set's reactions are a ring
+opening with an H shift, a torsion and an electrocyclic ring opening) and
+writes ``later_*``; ``benchmarks/calibration.py --later`` scores on them.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_data  # noqa: E402
 from learning_loop import SETTINGS, reference_neb  # noqa: E402
-from learning_loop_heldout import FRESH, REACTIONS, endpoints  # noqa: E402
+from learning_loop_heldout import FRESH, REACTIONS, SECOND_FRESH, THIRD_FRESH, endpoints  # noqa: E402
 
 from ase_mlipal.paths import band  # noqa: E402
 from ase_mlipal.references.xtb import LabelStats, xtb_label  # noqa: E402
@@ -86,9 +94,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--fresh", action="store_true", help="the fresh reactions, into fresh_*")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--fresh", action="store_true", help="the fresh reactions, into fresh_*")
+    which.add_argument("--later", action="store_true", help="the second and third fresh sets, into later_*")
     args = parser.parse_args()
-    reactions, prefix = (FRESH, "fresh") if args.fresh else (REACTIONS, "heldout")
+    reactions, prefix = ((FRESH, "fresh") if args.fresh else (SECOND_FRESH + THIRD_FRESH, "later") if args.later
+                         else (REACTIONS, "heldout"))
     with ProcessPoolExecutor(args.workers) as pool:
         results = dict(zip(reactions, tqdm(pool.map(reaction_frames, reactions), total=len(reactions),
                                            desc="xTB NEBs and frames")))
