@@ -1,6 +1,6 @@
 """How far a handful of audits should move sigma: the MD learner's prior weight, chosen with groups held out.
 
-    python benchmarks/audit_rescale.py [--out benchmarks/results] [--smoke]
+    python benchmarks/audit_rescale.py [--out benchmarks/results] [--smoke] [--later]
 
 The MD learner checks unflagged frames (audits) against the reference one by
 one, and after each rescales sigma (:meth:`ase_mlipal.MLIPALCalculator.rescale`):
@@ -32,6 +32,15 @@ is the choice.
 
 Writes ``audit_rescale.json``, ``audit_rescale.md`` and ``audit_rescale.png``
 (coverage and likelihood against ``p``). About 2 minutes on 2 cores.
+
+``--later`` scores ``p`` on the six reactions of the fresh sets built after
+the choice (``benchmarks/data/later_reactions.xyz.gz``, ``python
+scripts/make_heldout_data.py --later``: reactants in no earlier reactive
+record, among them an elimination, an inversion and an electrocyclic ring
+opening),
+beside the ``p`` all the groups above choose, and writes
+``audit_rescale_later.json`` and ``audit_rescale_later.md``: whether the
+choice holds where nobody looked when making it.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import numpy as np
 from ase import Atoms
 
 from ase_mlipal.frames import read_frames
+from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES
 from ase_mlipal.uncertainty.calibration import shrunk_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +65,18 @@ PRIORS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, np.inf)  # inf: the calibration 
 AUDITS, ORDERS, FRAMES_PER_GROUP = 15, 100, 40
 
 
-def groups_of_frames(step: int = 1) -> dict[str, list[Atoms]]:
+def groups_of_frames(step: int = 1, later: bool = False) -> dict[str, list[Atoms]]:
     """Labelled frames by group: ``reaction:<name>`` (new and fresh reactions' test frames) and
-    ``molecule:<name>`` (the pretraining test split); at most :data:`FRAMES_PER_GROUP`, evenly spread."""
+    ``molecule:<name>`` (the pretraining test split); at most :data:`FRAMES_PER_GROUP`, evenly spread.
+    ``later``: the later fresh sets' reactions alone (``later_reactions.xyz.gz``)."""
     from reactive import physical
 
     groups: dict[str, list[Atoms]] = {}
-    for name in ("heldout_reactions", "fresh_reactions"):
+    for name in ("later_reactions",) if later else ("heldout_reactions", "fresh_reactions"):
         for atoms in read_frames(DATA / f"{name}.xyz.gz"):
             if atoms.info["split"] == "test" and physical(atoms):
                 groups.setdefault("reaction:" + atoms.info["reaction"], []).append(atoms)
-    for atoms in read_frames(DATA / "pretrain.xyz.gz"):
+    for atoms in [] if later else read_frames(DATA / "pretrain.xyz.gz"):
         if atoms.info["split"] == "test":
             groups.setdefault("molecule:" + atoms.info["molecule"], []).append(atoms)
     limit = FRAMES_PER_GROUP // step
@@ -181,19 +192,67 @@ def plot(summaries: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def score_groups(calc: ase_mlipal.MLIPALCalculator, groups: dict[str, list[Atoms]], orders: int) -> dict:
+    """Per group and prior: :func:`replay`'s scores of the group's frames."""
+    scores = {}
+    for name, frames in groups.items():
+        group = calibrated_residuals(calc, frames)
+        scores[name] = {str(p): replay(group, p, min(AUDITS, len(frames)), orders) for p in PRIORS}
+    return scores
+
+
+def later_choice(earlier: dict, new: dict) -> dict:
+    """The prior all the ``earlier`` groups choose (force + energy likelihood, reactions and molecules weighing
+    half each), the best on the ``new`` ones, and the ``new`` ones' scores and summary."""
+    return {"chosen_on_earlier_groups": min(PRIORS, key=lambda p: objective(earlier, list(earlier), p)),
+            "best_on_later": min(PRIORS, key=lambda p: objective(new, list(new), p)),
+            "scores": new, "summary": summary(new, list(new))}
+
+
+def later(calc: ase_mlipal.MLIPALCalculator, scores: dict, orders: int, step: int, out: Path) -> None:
+    """Score every prior on the later fresh sets' reactions beside the one all the earlier groups choose;
+    write ``audit_rescale_later.*``."""
+    new = score_groups(calc, groups_of_frames(step, later=True), orders)
+    result = {"priors": [str(p) for p in PRIORS], "audits": AUDITS, "orders": orders, **later_choice(scores, new)}
+    chosen, best = result["chosen_on_earlier_groups"], result["best_on_later"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit_rescale_later.json").write_text(json.dumps(result, indent=1))
+    lines = ["# `python benchmarks/audit_rescale.py --later`", "",
+             f"The later fresh sets' reactions (built after p was chosen), {AUDITS} audits per reaction, "
+             f"{orders} random orders; the shipped default's σ. Cells: force 2σ coverage / force NLL "
+             "(per component).", "", "| reaction | " + " | ".join(f"p = {p:g}" for p in PRIORS) + " |",
+             "|---|" + "---:|" * len(PRIORS)]
+    for group, by_prior in new.items():
+        lines.append(f"| {group} | " + " | ".join(f"{by_prior[str(p)]['force_coverage_2sigma']:.3f} / "
+                                                  f"{by_prior[str(p)]['force_nll']:+.2f}" for p in PRIORS) + " |")
+    s = result["summary"]
+    lines += ["", "| p | force 2σ coverage (mean; worst reaction) | force NLL | energy 2σ coverage | energy NLL |",
+              "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p:g} | {s[str(p)]['force_coverage_2sigma']:.3f}; {s[str(p)]['worst_force_coverage_2sigma']:.3f} "
+              f"| {s[str(p)]['force_nll']:+.2f} | {s[str(p)]['energy_coverage_2sigma']:.3f} | "
+              f"{s[str(p)]['energy_nll']:+.2f} |" for p in PRIORS]
+    lines += ["", f"Chosen on every earlier group: p = {chosen:g} (the learner's AUDIT_PRIOR_FRAMES: "
+              f"{AUDIT_PRIOR_FRAMES:g}); the best on these reactions (force + energy NLL): p = {best:g}."]
+    (out / "audit_rescale_later.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="a quarter of the frames, 5 orders (for the tests)")
+    parser.add_argument("--later", action="store_true",
+                        help="score p on the later fresh sets' reactions too (data/later_*); audit_rescale_later.*")
     args = parser.parse_args()
     start = time.perf_counter()
     step, orders = (4, 5) if args.smoke else (1, ORDERS)
     calc = ase_mlipal.MLIPALCalculator()
     groups = groups_of_frames(step)
-    scores = {}
-    for name, frames in groups.items():
-        group = calibrated_residuals(calc, frames)
-        scores[name] = {str(p): replay(group, p, min(AUDITS, len(frames)), orders) for p in PRIORS}
+    scores = score_groups(calc, groups, orders)
+    if args.later:
+        later(calc, scores, orders, step, args.out)
+        print(f"{time.perf_counter() - start:.0f} s")
+        return
     chosen = leave_one_group_out(scores)
     reactions = [g for g in scores if g.startswith("reaction:")]
     molecules = [g for g in scores if g.startswith("molecule:")]

@@ -86,8 +86,9 @@ acid -> dihydroxycarbene), and writes ``calibration_fresh.*``: whether the
 choice made on the five holds on reactions nobody looked at when making it.
 ``--later`` does the same on the six reactions of the two fresh sets added
 after that (``benchmarks/data/later_*``, ``scripts/make_heldout_data.py
---later``: molecules in no earlier record, among them a ring opening, a
-torsion and an electrocyclic ring opening) and writes ``calibration_later.*``.
+--later``: reactants in no earlier reactive record, among them an
+elimination, an inversion and an electrocyclic ring opening) and writes
+``calibration_later.*``.
 
 An isotonic map was not tried: it is flat beyond the largest raw variance
 it was fitted on, which is where the held-out reactions' errors are.
@@ -497,7 +498,7 @@ def tables(results: dict) -> str:
     which = (f"the {len(new)} fresh ones of `scripts/make_heldout_data.py --fresh` ({', '.join(new)}; added after "
              "every choice was made)" if results.get("fresh") else
              f"the {len(new)} of `scripts/make_heldout_data.py --later` ({', '.join(new)}; the two fresh sets added "
-             "after those, molecules in no earlier record)" if results.get("later") else
+             "after those, reactants in no earlier reactive record)" if results.get("later") else
              f"the {len(new) or 5} of `scripts/make_heldout_data.py`")
     lines = ["Held-out reactions: pooled over the 8 reactions, each scored by the fit made without it. New "
              f"reactions: {which}, scored by each method's full fit (which never saw "

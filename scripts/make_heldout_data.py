@@ -32,10 +32,10 @@ ethene-1,1-diol, formic acid -> dihydroxycarbene) and writes
 
 ``--later`` does the same for the six reactions of the two fresh sets added
 after that (``learning_loop_heldout.SECOND_FRESH`` and ``THIRD_FRESH``:
-glyoxal, methyl formate, pyrrole, oxirane, methyl nitrite and cyclobutene,
-molecules in no earlier record; the third set's reactions are a ring
-opening with an H shift, a torsion and an electrocyclic ring opening) and
-writes ``later_*``; ``benchmarks/calibration.py --later`` scores on them.
+glyoxal, methyl formate, pyrrole, ethylamine, aziridine and cyclobutene,
+reactants in no earlier reactive record; the third set's reactions are an
+elimination to two molecules, an inversion at N and an electrocyclic ring
+opening) and writes ``later_*``; ``benchmarks/calibration.py --later`` scores on them.
 """
 
 from __future__ import annotations

@@ -51,3 +51,21 @@ def test_smoke_run_chooses_the_prior_with_each_group_held_out(tmp_path):
         assert float(result["chosen"][group]["prior"]) in [float(p) for p in result["priors"]]
     assert (tmp_path / "audit_rescale.png").stat().st_size > 0
     assert "Chosen with the group held out" in (tmp_path / "audit_rescale.md").read_text()
+
+
+def test_later_choice_compares_the_prior_chosen_before_with_the_best_on_new_groups():
+    """Earlier groups calibrated: they choose a large prior (trust the calibration); new groups with sigma 2x too
+    small do best with a small one (trust the audits: 5 at most); both are reported, with the new groups' summary."""
+    bench = load_benchmark("audit_rescale")
+
+    def scored(true_factor: float, seeds: range) -> dict:
+        return {f"reaction:r{seed}": {str(p): bench.replay(synthetic_group(true_factor, seed=seed), p, audits=15,
+                                                           orders=20) for p in bench.PRIORS} for seed in seeds}
+
+    result = bench.later_choice(scored(1.0, range(2)), scored(4.0, range(2, 4)))
+    assert result["chosen_on_earlier_groups"] >= 20.0
+    assert result["best_on_later"] <= 5.0 < result["chosen_on_earlier_groups"]
+    assert set(result["scores"]) == {"reaction:r2", "reaction:r3"}
+    inf = result["summary"][str(np.inf)]["force_coverage_2sigma"]
+    assert inf == pytest.approx(0.683, abs=0.05)  # unrescaled, sigma 2x too small: P(|z| < 1)
+    assert result["summary"]["0.0"]["force_coverage_2sigma"] > inf
