@@ -112,6 +112,13 @@ def band(initial: Atoms, final: Atoms, n_images: int, seed: int = 0) -> list[Ato
     within 0.1 A of its length at the ends, where the straight line
     stretches it to 3 A and random 0.1 A displacements of every atom to
     2.3 A.
+
+    IDPP also keeps a plane of symmetry the two endpoints share: a cis -> trans
+    isomerisation of a planar molecule (methyl nitrite about its O-N bond) is
+    interpolated in the plane, through an inversion, not round the torsion
+    the chemistry takes, and a NEB from that band can converge there. Build
+    such a band yourself (``Atoms.set_dihedral`` on copies of the reactant)
+    and pass it to the learner as ``images``.
     """
     if n_images < 3:
         raise ValueError("a band needs at least 3 images (two endpoints and one to move)")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
 
 
@@ -48,18 +50,21 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert energy_distance["energy"] != shipped["fit_all"]["energy"]
 
 
-def test_fresh_run_scores_the_fresh_reactions_in_place_of_the_new_ones(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--fresh", "--out", str(tmp_path)],
+@pytest.mark.parametrize("which, named", [("fresh", "the 3 fresh ones"), ("later", "the 6 of")])
+def test_a_later_set_is_scored_in_place_of_the_new_ones(tmp_path, which, named):
+    """``--fresh`` and ``--later`` score the sets built after the choice, each in its own record."""
+    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", f"--{which}", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
     assert run.returncode == 0, run.stderr[-3000:]
     assert not (tmp_path / "calibration.json").exists()  # the main record is not overwritten
-    result = json.loads((tmp_path / "calibration_fresh.json").read_text())
-    made = json.loads((SCRIPT.parent / "data" / "fresh_summary.json").read_text())
+    result = json.loads((tmp_path / f"calibration_{which}.json").read_text())
+    made = json.loads((SCRIPT.parent / "data" / f"{which}_summary.json").read_text())
     shipped = result["methods"][result["shipped"]]
-    assert result["fresh"] and set(result["new_reactions"]) == set(shipped["new_barriers"]) == set(made)
-    heldout = json.loads((SCRIPT.parent / "data" / "heldout_summary.json").read_text())
-    assert not set(made) & set(heldout)  # none of the five the shipped choice was checked on
+    assert result[which] and set(result["new_reactions"]) == set(shipped["new_barriers"]) == set(made)
+    earlier = {r for data in ("heldout", "fresh") if data != which
+               for r in json.loads((SCRIPT.parent / "data" / f"{data}_summary.json").read_text())}
+    assert not set(made) & earlier  # none of the reactions the shipped choice was checked on before
     for reaction, check in shipped["new_barriers"].items():
         assert abs(check["reference"] - made[reaction]["barrier_eV"]) < 1e-6 and check["std"] > 0
-    text = (tmp_path / "calibration_fresh.md").read_text()
-    assert "--fresh" in text and "the 3 fresh ones" in text
+    text = (tmp_path / f"calibration_{which}.md").read_text()
+    assert f"--{which}" in text and named in text
