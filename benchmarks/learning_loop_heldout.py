@@ -123,6 +123,7 @@ def endpoints(name: str) -> tuple[Atoms, Atoms]:
     the 1,3-shifts are rattled by 0.05 A, since a mirror plane would keep them
     twisted. HCN -> HNC: the H put on the N end of the line.
     Acetonitrile -> methyl isocyanide: the nitrile C and the N swap places.
+    The third fresh set (:data:`THIRD_FRESH`): each builder's docstring.
     """
     if name in BUILDERS:
         return BUILDERS[name]()
@@ -174,6 +175,13 @@ def pyrrole_to_2h_pyrrole() -> tuple[Atoms, Atoms]:
     return relaxed(reactant), relaxed(product)
 
 
+def relaxed_and_aligned(reactant: Atoms, product: Atoms) -> tuple[Atoms, Atoms]:
+    """Both relaxed (:func:`relaxed`), the product turned and moved onto the reactant: no rigid motion in the band."""
+    reactant, product = relaxed(reactant), relaxed(product)
+    minimize_rotation_and_translation(reactant, product)
+    return reactant, product
+
+
 def mapped(reactant: Atoms, template: Atoms, order: list[int], groups: list[list[int]]) -> Atoms:
     """``template``'s positions in ``reactant``'s atom order (atom ``k`` at template atom ``order[k]``), turned and
     moved onto ``reactant``; of the ways to permute each of ``groups`` (template atoms alike), the one that moves
@@ -199,9 +207,7 @@ def ethylamine_to_ethylene_ammonia() -> tuple[Atoms, Atoms]:
     product.positions[h] = positions[2] + 1.02 * (positions[h] - positions[2]) / reactant.get_distance(h, 2)
     leaving = [2, 8, 9, h]
     product.positions[leaving] += 1.5 * (positions[2] - positions[1]) / reactant.get_distance(1, 2)
-    reactant, product = relaxed(reactant), relaxed(product)
-    minimize_rotation_and_translation(reactant, product)
-    return reactant, product
+    return relaxed_and_aligned(reactant, product)
 
 
 def aziridine_n_inversion() -> tuple[Atoms, Atoms]:
@@ -212,9 +218,7 @@ def aziridine_n_inversion() -> tuple[Atoms, Atoms]:
     normal /= np.linalg.norm(normal)
     product = reactant.copy()
     product.positions[3] -= 2 * np.dot(reactant.positions[3] - ring[1], normal) * normal
-    reactant, product = relaxed(reactant), relaxed(product)
-    minimize_rotation_and_translation(reactant, product)
-    return reactant, product
+    return relaxed_and_aligned(reactant, product)
 
 
 def cyclobutene_to_butadiene() -> tuple[Atoms, Atoms]:
