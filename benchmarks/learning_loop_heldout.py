@@ -296,6 +296,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             "after_std_reported": report.barrier[1] if final else None,
             "barrier_interval": list(report.barrier_interval) if final else None,
             "top_unconfirmed": report.final.top_unconfirmed if final else None,
+            "sweep": [vars(s) for s in report.final.sweep] if final else None,  # records before the sweep: none
             "confident": report.confident, "labels": labels, "bands": len(report.rounds),
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],

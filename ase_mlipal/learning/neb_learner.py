@@ -25,6 +25,7 @@ from ase.optimize import FIRE
 from ase.optimize.optimize import Optimizer
 
 from ..calculator import MLIPALCalculator
+from ..frames import read_labels
 from ..guards import EnergyRunaway, PhysicalGuard, UnphysicalFrame
 from ..models.graphs import check_atoms
 from ..paths import (  # noqa: F401
@@ -38,7 +39,7 @@ from ..paths import (  # noqa: F401
 from ..progress import progress_bar
 from ..storage import atomic_write
 from ..uncertainty.features import per_structure
-from .labelling import LabelReport, Reference
+from .labelling import LabelReport, Reference, label
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
@@ -51,6 +52,21 @@ CHECKS_PER_BAND = 3
 #: accepted fine-tune came after 0 rejected ones 62 times, after 1 five times, 2 twice, 3 and 4 once each,
 #: never after more; held-out pyrrole -> 2H-pyrrole then spent 35 of its 47 minutes on 11 rejected ones.
 MAX_REJECTIONS = 5
+
+
+@dataclass
+class SweptImage:
+    """An interior image of a band that no check of its round saw, labelled by :meth:`NEBLearner._sweep`.
+
+    Attributes:
+        image: its index in the band.
+        reference, model: its energy relative to the band's first endpoint on the reference and on the
+            model that ran the band (eV; ``reference`` is nan when the reference gave no label).
+    """
+
+    image: int
+    reference: float
+    model: float
 
 
 @dataclass
@@ -95,6 +111,11 @@ class NEBRound:
             was last judged (the band is that one, the guarded image
             checked as its climbing image, beside the band's other checks;
             any of them off is enough). A failed check is trained on.
+        sweep: the band's other interior images, labelled when the band
+            would end the run (confident, or the run's last): the barrier is
+            the band's maximum, and an image the model prices far too low
+            is no candidate for any check, so only a label shows it
+            (:class:`SweptImage`; empty when none was, or the budget left none).
     """
 
     round: int
@@ -109,6 +130,7 @@ class NEBRound:
     audit: Optional[Check] = None
     quiet: bool = False
     runaway: str = ""
+    sweep: list[SweptImage] = field(default_factory=list)
 
     @property
     def checks(self) -> list[Check]:
@@ -118,12 +140,14 @@ class NEBRound:
     @property
     def verified_error(self) -> float:
         """How far the checks show the round's barrier to be off (eV): the largest |barrier error| of the
-        climbing image's and band maximum's checks, and how far the reference puts the audited image above
-        the barrier (an audit below the top may err more without changing the barrier)."""
+        climbing image's and band maximum's checks, and how far the reference puts the audited image and the
+        swept ones (:attr:`sweep`, those with a label) above the barrier (an image below the top may err more
+        without changing the barrier)."""
         errors = [abs(c.energy_error) for c in (self.check, self.band_check) if c is not None]
         if self.audit is not None:  # nan (no reference label) stays nan: unverified
             reference = self.profile.energy[self.audit.image] - self.audit.energy_error
             errors.append(float(np.maximum(0.0, reference - self.profile.barrier)))
+        errors += [max(0.0, s.reference - self.profile.barrier) for s in self.sweep if np.isfinite(s.reference)]
         return max(errors) if errors and all(np.isfinite(errors)) else float("nan")
 
     @property
@@ -169,7 +193,7 @@ class NEBRound:
                 "model_round": self.model_round,
                 "band_check": None if self.band_check is None else self.band_check.as_dict(),
                 "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet,
-                "runaway": self.runaway}
+                "runaway": self.runaway, "sweep": [vars(s) for s in self.sweep]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
@@ -180,7 +204,8 @@ class NEBRound:
         return cls(data["round"], PathProfile.from_dict(data["profile"]), data["converged"], data["steps"],
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
                    data.get("model_round", 0), None if band_check is None else Check(**band_check),
-                   None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""))
+                   None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""),
+                   [SweptImage(**s) for s in data.get("sweep", [])])
 
 
 class NoBandError(RuntimeError):
@@ -298,6 +323,8 @@ class NEBReport:
         final = self.final
         why = [reason for reason, holds in (("the trigger flagged images on it", not final.quiet),
                                             ("its NEB did not converge", not final.converged)) if holds]
+        why += [f"the reference puts image {s.image}, which no check saw, {s.reference - final.profile.barrier:.2f} "
+                "eV above its barrier" for s in final.sweep if s.reference - final.profile.barrier > 0]
         if not final.checks or not all(c.passed for c in final.checks) or not why:
             return []
         return [f"the final band (round {final.round}) passed every check, but {' and '.join(why)}: not "
@@ -554,6 +581,10 @@ class NEBLearner(LearningRun):
             if rejected:
                 break  # the last fine-tunes were all rejected: nothing new to run
         best = self._best_verified(rounds)
+        if best is not None and not rounds[best].sweep and not rounds[best].runaway:
+            self._sweep(rounds[best], read(self._path(f"band_round{rounds[best].round}.traj"), ":"))
+            self.state["rounds"] = [r.as_dict() for r in rounds]
+            self.write_state()
         return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
                          self.state["stopped"], list(self.choice.history), final_round=best,
                          ended=self._why_ended(rounds))
@@ -712,7 +743,42 @@ class NEBLearner(LearningRun):
         if self.state["stopped"]:
             return None
         self.state["confident"] = all(c.passed for c in neb_round.checks) and quiet and converged
+        if self.state["confident"]:  # the band would end the run: look where no check did
+            self._sweep(neb_round, self.images)
         return neb_round
+
+    def _sweep(self, neb_round: NEBRound, images: Sequence[Atoms]) -> None:
+        """Label the interior images of ``neb_round``'s band (``images``) that none of its checks saw, the
+        highest energy + 2 sigma first, as many as the label budget leaves (:attr:`NEBRound.sweep`).
+
+        The barrier is the band's maximum, and an image the model prices far
+        too low is no candidate for a check: on cyclobutene -> butadiene a
+        band's checks all sat near the product, within 0.25 eV, while the
+        xTB NEB from the same start tops out 1.4 eV above the band's barrier
+        nearer the reactant. An image the reference puts more than
+        ``barrier_tolerance`` above the barrier leaves the run unconfident
+        (the loop goes on where rounds and labels are left, its label
+        training the next model), and it widens the reported interval
+        (:attr:`NEBRound.verified_error`) either way.
+        """
+        profile = neb_round.profile
+        seen = {c.image for c in neb_round.checks}
+        left = sorted((k for k in range(1, len(images) - 1) if k not in seen),
+                      key=lambda k: profile.energy[k] + 2.0 * profile.energy_std[k], reverse=True)
+        if self.max_labels is not None:
+            left = left[:max(0, self.max_labels - self.labels_used())]
+        if not left:
+            return
+        rows = {k: self.store.add_flagged(images[k], source="sweep", image=k, run_id=self.run_id)[0] for k in left}
+        label(self.store, self.reference, executor=self.executor, progress=self.progress, row_ids=set(rows.values()))
+        first = read_labels(self.store.frame(self.state["anchor_id"]))[0]
+        for k, row_id in sorted(rows.items()):
+            frame = self.store.frame(row_id)
+            labelled = frame.info["status"] in ("labelled", "verified")
+            reference = read_labels(frame)[0] - first if labelled else float("nan")
+            neb_round.sweep.append(SweptImage(k, float(reference), float(profile.energy[k])))
+        if any(s.reference - profile.barrier > self.barrier_tolerance for s in neb_round.sweep):
+            self.state["confident"] = False
 
     def _stop_unphysical(self, error: UnphysicalFrame, run_id: str) -> None:
         """Store the frame a guard stopped as ``unphysical`` (never labelled) and stop the run."""

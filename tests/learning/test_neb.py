@@ -911,3 +911,80 @@ def test_the_report_says_why_a_final_band_that_passed_its_checks_is_not_confiden
     else:
         assert f"the final band (round 5) passed every check, {expected}" in lines[True]
     assert "passed every check" not in lines[False]
+
+
+def test_swept_images_the_reference_puts_above_the_barrier_count_in_the_verified_error():
+    """The band's barrier is its maximum: a swept image (no check saw it) the reference puts 2.5 eV up makes a
+    band with a right top 1.5 eV off, and the reported interval reaches it; a swept image without a label or
+    below the barrier adds nothing. The sweep survives the state file."""
+    from ase_mlipal.learning.neb_learner import NEBReport, NEBRound, SweptImage
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    profile = PathProfile("r0", np.arange(5.0), np.array([0.0, 0.3, 0.5, 1.0, 0.2]), np.full(5, 0.1), np.zeros(5),
+                          barrier=1.0, barrier_std=0.1)
+    top = Check(0, "climbing_image", 1, energy_error=0.02, energy_std=0.1, force_mae=0.0, force_coverage=1.0,
+                passed=True, image=3, reference_saddle=True)
+    band = NEBRound(0, profile, True, 10, 0, top, sweep=[SweptImage(1, 2.5, 0.3), SweptImage(2, float("nan"), 0.5),
+                                                         SweptImage(4, 0.1, 0.2)])
+    assert band.verified_error == pytest.approx(1.5)
+    low, high = NEBReport([band], final_round=0).barrier_interval
+    assert low <= 2.5 <= high
+    again = NEBRound.from_dict(json.loads(json.dumps(band.as_dict())))
+    assert [vars(s) for s in again.sweep[::2]] == [vars(s) for s in band.sweep[::2]]
+    assert np.isnan(again.sweep[1].reference) and again.verified_error == pytest.approx(1.5)
+    table = NEBReport([band], confident=False, final_round=0).table()
+    assert "the reference puts image 1, which no check saw, 1.50 eV above its barrier" in table
+
+
+class OffAt(ModelAsReference):
+    """The model itself as the reference but ``shift`` eV higher at the positions ``hole``."""
+
+    def __init__(self, model, first, hole, shift):
+        super().__init__(model, first)
+        self.hole, self.hole_shift = hole, shift
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if np.allclose(self.atoms.positions, self.hole):
+            self.results["energy"] += self.hole_shift
+
+
+def test_a_band_passing_its_checks_is_not_confident_while_an_unchecked_image_tops_it(tiny_model, calc, tmp_path,
+                                                                                      monkeypatch):
+    """Only the climbing image is checked (no rival, no audit) and it is right; the reference is 50 eV higher at
+    another image. The sweep before confidence labels every other interior image, finds it, and the run goes on:
+    the next round trains on that label."""
+    monkeypatch.setattr(NEBLearner, "_band_rival", lambda self, profile, top: None)
+    monkeypatch.setattr(NEBLearner, "_band_audit", staticmethod(lambda profile, checked: None))
+    images = formaldehyde_band(7)
+    top = 1 + int(np.argmax(path_profile(calc, images).energy[1:-1]))
+    hole = 1 if top != 1 else 2
+    learner = NEBLearner(calc, lambda: OffAt(tiny_model, images[0], images[hole].positions.copy(), 50.0),
+                         tmp_path / "run", images, threshold=1e3, max_rounds=1, fmax=1e3, conditioning=[],
+                         progress=False, finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    first = report.rounds[0]
+    assert first.check.passed and first.band_check is None and first.audit is None
+    assert sorted(s.image for s in first.sweep) == [k for k in range(1, 6) if k != top]
+    off = {s.image: s.reference - s.model for s in first.sweep}
+    assert off[hole] == pytest.approx(50.0, abs=1e-3) and all(abs(v) < 1e-3 for k, v in off.items() if k != hole)
+    assert first.verified_error > 40 and not report.confident
+    assert len(report.rounds) == 2 and first.learning is not None  # the loop went on and learned
+    swept = {row.image: row.id for row in learner.store.rows() if row.source == "sweep"}
+    assert swept[hole] in learner.state["trained_ids"]
+
+
+def test_the_sweep_takes_no_label_beyond_the_budget(tiny_model, calc, tmp_path, monkeypatch):
+    """With one label left after the checks, the sweep labels the one image most likely to top the band."""
+    monkeypatch.setattr(NEBLearner, "_band_rival", lambda self, profile, top: None)
+    monkeypatch.setattr(NEBLearner, "_band_audit", staticmethod(lambda profile, checked: None))
+    images = formaldehyde_band(7)
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0]), tmp_path / "run", images,
+                         threshold=1e3, max_rounds=0, fmax=1e3, conditioning=[], progress=False, max_labels=4)
+    report = learner.run()
+    profile = report.rounds[0].profile
+    bound = profile.energy + 2 * profile.energy_std
+    left = [k for k in range(1, 6) if k != report.rounds[0].check.image]
+    assert [s.image for s in report.rounds[0].sweep] == [max(left, key=lambda k: bound[k])]
+    assert learner.labels_used() == 4 and report.confident  # two endpoints, the climbing image, one swept
