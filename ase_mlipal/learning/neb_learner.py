@@ -752,10 +752,10 @@ class NEBLearner(LearningRun):
         highest energy + 2 sigma first, as many as the label budget leaves (:attr:`NEBRound.sweep`).
 
         The barrier is the band's maximum, and an image the model prices far
-        too low is no candidate for a check: on cyclobutene -> butadiene a
-        band's checks all sat near the product, within 0.25 eV, while the
-        xTB NEB from the same start tops out 1.4 eV above the band's barrier
-        nearer the reactant. An image the reference puts more than
+        too low is no candidate for a check (the climbing image and the band
+        maximum are the model's highest, the audit its least certain): the
+        well the audit found on formic acid -> CO2 + H2, where no audit
+        looked. An image the reference puts more than
         ``barrier_tolerance`` above the barrier leaves the run unconfident
         (the loop goes on where rounds and labels are left, its label
         training the next model), and it widens the reported interval
