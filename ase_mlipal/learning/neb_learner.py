@@ -753,9 +753,9 @@ class NEBLearner(LearningRun):
 
         The barrier is the band's maximum, and an image the model prices far
         too low is no candidate for a check (the climbing image and the band
-        maximum are the model's highest, the audit its least certain): the
-        well the audit found on formic acid -> CO2 + H2, where no audit
-        looked. An image the reference puts more than
+        maximum are the model's highest, the audit its least certain), as
+        the well the audit found on formic acid -> CO2 + H2 would be at an
+        image the audit did not pick. An image the reference puts more than
         ``barrier_tolerance`` above the barrier leaves the run unconfident
         (the loop goes on where rounds and labels are left, its label
         training the next model), and it widens the reported interval
