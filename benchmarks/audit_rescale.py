@@ -164,6 +164,13 @@ def summary(scores: dict, groups: list[str]) -> dict:
             for p in PRIORS}
 
 
+def summary_cells(row: dict) -> str:
+    """One prior's :func:`summary` as table cells: force 2σ coverage (mean; worst group), force NLL, energy 2σ
+    coverage, energy NLL."""
+    return (f"{row['force_coverage_2sigma']:.3f}; {row['worst_force_coverage_2sigma']:.3f} | {row['force_nll']:+.2f} | "
+            f"{row['energy_coverage_2sigma']:.3f} | {row['energy_nll']:+.2f}")
+
+
 def plot(summaries: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -225,12 +232,9 @@ def later(calc: ase_mlipal.MLIPALCalculator, scores: dict, orders: int, step: in
     for group, by_prior in new.items():
         lines.append(f"| {group} | " + " | ".join(f"{by_prior[str(p)]['force_coverage_2sigma']:.3f} / "
                                                   f"{by_prior[str(p)]['force_nll']:+.2f}" for p in PRIORS) + " |")
-    s = result["summary"]
     lines += ["", "| p | force 2σ coverage (mean; worst reaction) | force NLL | energy 2σ coverage | energy NLL |",
               "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {p:g} | {s[str(p)]['force_coverage_2sigma']:.3f}; {s[str(p)]['worst_force_coverage_2sigma']:.3f} "
-              f"| {s[str(p)]['force_nll']:+.2f} | {s[str(p)]['energy_coverage_2sigma']:.3f} | "
-              f"{s[str(p)]['energy_nll']:+.2f} |" for p in PRIORS]
+    lines += [f"| {p:g} | {summary_cells(result['summary'][str(p)])} |" for p in PRIORS]
     lines += ["", f"Chosen on every earlier group: p = {chosen:g} (the learner's AUDIT_PRIOR_FRAMES: "
               f"{AUDIT_PRIOR_FRAMES:g}); the best on these reactions (force + energy NLL): p = {best:g}."]
     (out / "audit_rescale_later.md").write_text("\n".join(lines) + "\n")
@@ -271,9 +275,7 @@ def main() -> None:
     lines += ["", "| groups | p | force 2σ coverage (mean; worst group) | force NLL | energy 2σ coverage | energy NLL |",
               "|---|---:|---:|---:|---:|---:|"]
     for kind, s in summaries.items():
-        lines += [f"| {kind} | {p:g} | {s[str(p)]['force_coverage_2sigma']:.3f}; "
-                  f"{s[str(p)]['worst_force_coverage_2sigma']:.3f} | {s[str(p)]['force_nll']:+.2f} | "
-                  f"{s[str(p)]['energy_coverage_2sigma']:.3f} | {s[str(p)]['energy_nll']:+.2f} |" for p in PRIORS]
+        lines += [f"| {kind} | {p:g} | {summary_cells(s[str(p)])} |" for p in PRIORS]
     lines += ["", "Chosen with the group held out: " + ", ".join(f"p = {p:g} in {n}" for p, n in counts.items() if n)
               + f" of {len(chosen)} groups."]
     (args.out / "audit_rescale.md").write_text("\n".join(lines) + "\n")
