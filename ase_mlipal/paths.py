@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from ase import Atoms
 from ase.mep import NEB, idpp_interpolate
+from scipy.interpolate import CubicHermiteSpline
 from ase.mep.neb import IDPP  # the IDPP objective idpp_interpolate minimises (ase >= 3.23)
 
 from .calculator import MLIPALCalculator
@@ -217,6 +218,34 @@ def path_profile(calc: MLIPALCalculator, images: Sequence[Atoms], label: str = "
     return PathProfile(label, reaction_coordinate(images), relative, energy_std, uncertainty,
                        barrier=float(relative[top]),
                        barrier_std=_std_of_maximum(posterior, delta, relative, raw, energy_std, draws, seed))
+
+
+def line_maximum(start: np.ndarray, end: np.ndarray, energies: tuple[float, float],
+                 forces: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """Highest energy on the straight line between two labelled structures, as their forces along it imply.
+
+    The energy along the line is interpolated by the cubic that matches both
+    ends' energies and their slopes ``-F . u`` (``u``: the unit vector from
+    ``start`` to ``end``), exact for any cubic energy along the line.
+
+    Args:
+        start, end: positions (A), shape ``(n_atoms, 3)``.
+        energies: the two ends' energies (eV).
+        forces: the two ends' forces (eV/A), each of shape ``(n_atoms, 3)``.
+
+    Returns:
+        The cubic's maximum on the line (eV) and where: the fraction of the
+        way from ``start`` to ``end`` (0 or 1 when an end is highest).
+    """
+    step = np.asarray(end, float) - np.asarray(start, float)
+    length = float(np.linalg.norm(step))
+    if length == 0.0:
+        return float(max(energies)), 0.0
+    slopes = [-float(np.sum(np.asarray(f) * step)) / length for f in forces]
+    cubic = CubicHermiteSpline([0.0, length], list(energies), slopes)
+    candidates = [(float(energies[0]), 0.0), (float(energies[1]), 1.0)]
+    candidates += [(float(cubic(x)), float(x) / length) for x in cubic.derivative().roots() if 0.0 < x < length]
+    return max(candidates)
 
 
 def _std_of_maximum(posterior, delta: np.ndarray, mean: np.ndarray, raw: np.ndarray, std: np.ndarray,

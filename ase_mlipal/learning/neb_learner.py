@@ -33,6 +33,7 @@ from ..paths import (  # noqa: F401
     PathProfile,
     band,
     check_band,
+    line_maximum,
     path_profile,
     reaction_coordinate,
 )
@@ -56,17 +57,26 @@ MAX_REJECTIONS = 5
 
 @dataclass
 class SweptImage:
-    """An interior image of a band that no check of its round saw, labelled by :meth:`NEBLearner._sweep`.
+    """A place on a band that no check of its round saw, labelled by :meth:`NEBLearner._sweep`.
 
     Attributes:
-        image: its index in the band.
+        image: where on the band: an interior image's index, or ``k + t`` for the point a fraction ``t`` of
+            the straight line from image ``k`` to image ``k + 1`` (the reference's highest between images).
         reference, model: its energy relative to the band's first endpoint on the reference and on the
             model that ran the band (eV; ``reference`` is nan when the reference gave no label).
     """
 
-    image: int
+    image: float
     reference: float
     model: float
+
+    @property
+    def where(self) -> str:
+        """The place in words: "image 3", or "the point 0.40 of the way from image 3 to 4"."""
+        k = int(np.floor(self.image))
+        if k == self.image:
+            return f"image {k}"
+        return f"the point {self.image - k:.2f} of the way from image {k} to {k + 1}"
 
 
 @dataclass
@@ -323,7 +333,7 @@ class NEBReport:
         final = self.final
         why = [reason for reason, holds in (("the trigger flagged images on it", not final.quiet),
                                             ("its NEB did not converge", not final.converged)) if holds]
-        why += [f"the reference puts image {s.image}, which no check saw, {s.reference - final.profile.barrier:.2f} "
+        why += [f"the reference puts {s.where}, which no check saw, {s.reference - final.profile.barrier:.2f} "
                 "eV above its barrier" for s in final.sweep if s.reference - final.profile.barrier > 0]
         if not final.checks or not all(c.passed for c in final.checks) or not why:
             return []
@@ -749,36 +759,79 @@ class NEBLearner(LearningRun):
 
     def _sweep(self, neb_round: NEBRound, images: Sequence[Atoms]) -> None:
         """Label the interior images of ``neb_round``'s band (``images``) that none of its checks saw, the
-        highest energy + 2 sigma first, as many as the label budget leaves (:attr:`NEBRound.sweep`).
+        highest energy + 2 sigma first, as many as the label budget leaves, then the reference's highest point
+        between images if it tops them (:meth:`_between_images`): :attr:`NEBRound.sweep`.
 
         The barrier is the band's maximum, and an image the model prices far
         too low is no candidate for a check (the climbing image and the band
         maximum are the model's highest, the audit its least certain), as
         the well the audit found on formic acid -> CO2 + H2 would be at an
-        image the audit did not pick. An image the reference puts more than
+        image the audit did not pick. A place the reference puts more than
         ``barrier_tolerance`` above the barrier leaves the run unconfident
         (the loop goes on where rounds and labels are left, its label
         training the next model), and it widens the reported interval
         (:attr:`NEBRound.verified_error`) either way.
         """
         profile = neb_round.profile
-        seen = {c.image for c in neb_round.checks}
+        seen = {c.image: c.store_id for c in neb_round.checks}
         left = sorted((k for k in range(1, len(images) - 1) if k not in seen),
                       key=lambda k: profile.energy[k] + 2.0 * profile.energy_std[k], reverse=True)
-        if self.max_labels is not None:
-            left = left[:max(0, self.max_labels - self.labels_used())]
-        if not left:
-            return
-        rows = {k: self.store.add_flagged(images[k], source="sweep", image=k, run_id=self.run_id)[0] for k in left}
-        label(self.store, self.reference, executor=self.executor, progress=self.progress, row_ids=set(rows.values()))
+        rows = {k: self.store.add_flagged(images[k], source="sweep", image=k, run_id=self.run_id)[0]
+                for k in left[:self._labels_left()]}
+        if rows:
+            label(self.store, self.reference, executor=self.executor, progress=self.progress, row_ids=set(rows.values()))
         first = read_labels(self.store.frame(self.state["anchor_id"]))[0]
         for k, row_id in sorted(rows.items()):
             frame = self.store.frame(row_id)
             labelled = frame.info["status"] in ("labelled", "verified")
             reference = read_labels(frame)[0] - first if labelled else float("nan")
             neb_round.sweep.append(SweptImage(k, float(reference), float(profile.energy[k])))
+        ends = dict(zip((0, len(images) - 1), self.state.get("endpoint_ids", [self.state["anchor_id"]])))
+        self._between_images(neb_round, images, {**ends, **seen, **rows}, first)
         if any(s.reference - profile.barrier > self.barrier_tolerance for s in neb_round.sweep):
             self.state["confident"] = False
+
+    def _between_images(self, neb_round: NEBRound, images: Sequence[Atoms], rows: dict[int, int],
+                        first: float) -> None:
+        """Label the point between two neighbouring labelled images (store ``rows`` by image) where the
+        reference's energy along the band peaks, if that peak tops both the band's barrier and every labelled
+        image by more than ``barrier_tolerance`` (one label, within the budget; ``first``: the reference energy
+        of the first endpoint, eV).
+
+        A pass can lie between images, where no image label looks: the
+        reference's energies and forces at two neighbouring images imply the
+        highest point on the straight line between them
+        (:func:`~ase_mlipal.paths.line_maximum`). A peak within the
+        tolerance of what the labels show already would not change the
+        verdict. A point a physical guard rejects is not labelled.
+        """
+        labels = {k: read_labels(frame) for k, frame in ((k, self.store.frame(i)) for k, i in rows.items())
+                  if frame.info["status"] in ("labelled", "verified")}
+        if not labels or self._labels_left() == 0:
+            return
+        highest = max(max(energy for energy, _ in labels.values()), first + neb_round.profile.barrier)
+        peaks = [(*line_maximum(images[k].positions, images[k + 1].positions, (labels[k][0], labels[k + 1][0]),
+                                (labels[k][1], labels[k + 1][1])), k)
+                 for k in range(len(images) - 1) if k in labels and k + 1 in labels]
+        energy, fraction, k = max(peaks, default=(-np.inf, 0.0, 0))
+        if not energy > highest + self.barrier_tolerance:
+            return
+        point = images[k].copy()
+        point.calc = None
+        point.positions = (1.0 - fraction) * images[k].positions + fraction * images[k + 1].positions
+        if self.guard.problem(point):
+            return
+        row_id = self.store.add_flagged(point, source="between", image=k, run_id=self.run_id)[0]
+        label(self.store, self.reference, executor=self.executor, progress=self.progress, row_ids={row_id})
+        frame = self.store.frame(row_id)
+        labelled = frame.info["status"] in ("labelled", "verified")
+        reference = read_labels(frame)[0] - first if labelled else float("nan")
+        model = self.calc.predict([images[0], point], force_variance=False, rows=False)[0]
+        neb_round.sweep.append(SweptImage(k + fraction, float(reference), float(model[1] - model[0])))
+
+    def _labels_left(self) -> Optional[int]:
+        """Labels the budget leaves (``None`` without ``max_labels``)."""
+        return None if self.max_labels is None else max(0, self.max_labels - self.labels_used())
 
     def _stop_unphysical(self, error: UnphysicalFrame, run_id: str) -> None:
         """Store the frame a guard stopped as ``unphysical`` (never labelled) and stop the run."""

@@ -988,3 +988,80 @@ def test_the_sweep_takes_no_label_beyond_the_budget(tiny_model, calc, tmp_path, 
     left = [k for k in range(1, 6) if k != report.rounds[0].check.image]
     assert [s.image for s in report.rounds[0].sweep] == [max(left, key=lambda k: bound[k])]
     assert learner.labels_used() == 4 and report.confident  # two endpoints, the climbing image, one swept
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_line_maximum_is_the_highest_point_of_a_cubic_energy_along_the_line(reverse):
+    """E = a cubic in the distance x along the line + a term linear across it: the highest point the ends'
+    energies and forces imply is the cubic's maximum, where it is; forces across the line do not move it."""
+    from ase_mlipal.paths import line_maximum
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(4, 3))
+    end = start + rng.normal(size=(4, 3))
+    length = np.linalg.norm(end - start)
+    along = (end - start) / length
+    across = rng.normal(size=(4, 3))
+    across -= np.sum(across * along) * along
+
+    def cubic(x):
+        return 0.3 + 4.0 * x * (length - x) * (x + length) / length ** 3
+
+    def labels(positions):
+        x = np.sum((positions - start) * along)
+        slope = (cubic(x + 1e-6) - cubic(x - 1e-6)) / 2e-6
+        return cubic(x) + 2.0 * np.sum((positions - start) * across), -(slope * along + 2.0 * across)
+
+    ends = (end, start) if reverse else (start, end)
+    (e0, f0), (e1, f1) = labels(ends[0]), labels(ends[1])
+    energy, fraction = line_maximum(*ends, (e0, e1), (f0, f1))
+    grid = np.linspace(0.0, length, 100001)
+    expected = grid[np.argmax(cubic(grid))] / length
+    assert energy == pytest.approx(cubic(grid).max(), abs=1e-6)
+    assert fraction == pytest.approx(1.0 - expected if reverse else expected, abs=1e-4)
+    assert line_maximum(start, end, (1.0, 0.2), (np.zeros((4, 3)), np.zeros((4, 3)))) == (1.0, 0.0)
+
+
+class PassBetween(ModelAsReference):
+    """The model itself as the reference at the band's images, but ``height`` eV higher anywhere else; at images
+    ``a`` and ``a + 1`` its forces along the line between them point at each other (``kick`` eV/A)."""
+
+    def __init__(self, model, images, a, kick=100.0, height=50.0):
+        super().__init__(model, images[0])
+        self.images, self.a, self.kick, self.height = [i.positions.copy() for i in images], a, kick, height
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        at = [k for k, positions in enumerate(self.images) if np.allclose(self.atoms.positions, positions)]
+        step = self.images[self.a + 1] - self.images[self.a]
+        along = step / np.linalg.norm(step)
+        if not at:
+            self.results["energy"] += self.height
+        elif at[0] in (self.a, self.a + 1):
+            self.results["forces"] = self.results["forces"] + (self.kick if at[0] == self.a + 1 else -self.kick) * along
+
+
+def test_a_pass_between_images_that_passed_their_checks_is_found_and_learned(tiny_model, calc, tmp_path,
+                                                                              monkeypatch):
+    """Every image is right on the reference, but its forces at two neighbouring images say the energy rises
+    between them: the highest point the line between them implies is labelled, it is 50 eV up, the run is not
+    confident and the next round trains on it."""
+    monkeypatch.setattr(NEBLearner, "_band_rival", lambda self, profile, top: None)
+    monkeypatch.setattr(NEBLearner, "_band_audit", staticmethod(lambda profile, checked: None))
+    images = formaldehyde_band(7)
+    top = 1 + int(np.argmax(path_profile(calc, images).energy[1:-1]))
+    a = 1 if top > 2 else 4
+    learner = NEBLearner(calc, lambda: PassBetween(tiny_model, images, a), tmp_path / "run", images,
+                         threshold=1e3, max_rounds=1, fmax=1e3, conditioning=[], progress=False,
+                         finetune_options={"epochs": 2, "replay": None})
+    report = learner.run()
+    first = report.rounds[0]
+    assert first.check.passed
+    between = [s for s in first.sweep if s.image != int(s.image)]
+    assert len(between) == 1 and a < between[0].image < a + 1
+    assert between[0].reference - between[0].model == pytest.approx(50.0, abs=1e-3)
+    assert all(abs(s.reference - s.model) < 1e-3 for s in first.sweep if s.image == int(s.image))
+    assert first.verified_error > 40 and not report.confident and first.learning is not None
+    row = [r for r in learner.store.rows() if r.source == "between"]
+    assert len(row) == 1 and row[0].id in learner.state["trained_ids"]
+    assert f"the point {between[0].image - a:.2f} of the way from image {a} to {a + 1}" in report.table()
