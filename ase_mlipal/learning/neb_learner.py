@@ -590,11 +590,7 @@ class NEBLearner(LearningRun):
             self.write_state()
             if rejected:
                 break  # the last fine-tunes were all rejected: nothing new to run
-        best = self._best_verified(rounds)
-        if best is not None and not rounds[best].sweep and not rounds[best].runaway:
-            self._sweep(rounds[best], read(self._path(f"band_round{rounds[best].round}.traj"), ":"))
-            self.state["rounds"] = [r.as_dict() for r in rounds]
-            self.write_state()
+        best = self._final_band(rounds)
         return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
                          self.state["stopped"], list(self.choice.history), final_round=best,
                          ended=self._why_ended(rounds))
@@ -613,8 +609,24 @@ class NEBLearner(LearningRun):
                     "choice, see model_choice: no new model was left to run a band on)")
         return why
 
-    def _best_verified(self, rounds: list[NEBRound]) -> Optional[int]:
-        """Index of the band whose checks allow it the least error; its model and band are restored.
+    def _final_band(self, rounds: list[NEBRound]) -> Optional[int]:
+        """Index of the band the run ends on (:meth:`_best_verified`), swept first (:meth:`_sweep`): a sweep that
+        shows the chosen band off may hand the choice to another band, which is swept in turn. A confident run
+        ends on its last band, swept before it was called confident."""
+        held = None if self.state["stopped"] else len(rounds) - 1  # the band the calculator and images hold
+        best, swept = self._best_verified(rounds, held), set()
+        while (best is not None and best not in swept and not self.state["confident"] and not rounds[best].sweep
+               and not rounds[best].runaway):
+            swept.add(best)
+            self._sweep(rounds[best], read(self._path(f"band_round{rounds[best].round}.traj"), ":"))
+            self.state["rounds"] = [r.as_dict() for r in rounds]
+            self.write_state()
+            best = self._best_verified(rounds, held=best)
+        return best
+
+    def _best_verified(self, rounds: list[NEBRound], held: Optional[int] = None) -> Optional[int]:
+        """Index of the band whose checks allow it the least error; its model and band are restored unless it is
+        the one the calculator and images hold (index ``held``; ``None``: none of them).
 
         The last band is not always the best: a fine-tune that passed the
         model choice can still give a band whose fresh check is worse (or a
@@ -646,7 +658,7 @@ class NEBLearner(LearningRun):
         pool = saddles or others
         least = min(rounds[k].verified_error for k in pool)
         best = max(k for k in pool if rounds[k].verified_error <= least + self.barrier_tolerance)
-        if best != len(rounds) - 1 or self.state["stopped"]:
+        if best != held:
             model_round = rounds[best].model_round
             model = self.pretrained if model_round == 0 else self._path(f"model_round{model_round}.pt")
             self.calc.set_model(model, conditioning=[])

@@ -1065,3 +1065,38 @@ def test_a_pass_between_images_that_passed_their_checks_is_found_and_learned(tin
     row = [r for r in learner.store.rows() if r.source == "between"]
     assert len(row) == 1 and row[0].id in learner.state["trained_ids"]
     assert f"the point {between[0].image - a:.2f} of the way from image {a} to {a + 1}" in report.table()
+
+
+@pytest.mark.parametrize("errors, widened, final", [((0.05, 0.02), 1, 0), ((0.02, 0.5), 0, 1)])
+def test_a_sweep_that_shows_the_chosen_band_off_hands_the_choice_to_another(calc, tmp_path, monkeypatch, errors,
+                                                                             widened, final):
+    """The band the checks allow the least error is swept; the sweep puts a place of it 2 eV above its barrier,
+    so the run ends on the other band, whose model and band are restored (swept in turn)."""
+    from ase_mlipal.learning.neb_learner import NEBRound, SweptImage
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", formaldehyde_band(5), threshold=1e3,
+                         conditioning=[], progress=False)
+    learner.state.update(confident=False, stopped="", rounds=[])
+    restored = []
+    learner.calc.set_model = learner.calc.load_posterior = lambda *a, **k: None
+    learner._restore_band = restored.append
+    for k in (0, 1):
+        learner._save_band(f"band_round{k}.traj")
+
+    def sweep(neb_round, images):
+        if neb_round.round == widened:
+            neb_round.sweep.append(SweptImage(1.5, neb_round.profile.barrier + 2.0, neb_round.profile.barrier))
+
+    monkeypatch.setattr(learner, "_sweep", sweep)
+    rounds = []
+    for number, error in enumerate(errors):
+        profile = PathProfile("r", np.arange(3.0), np.array([0.0, 1.0, 0.1]), np.full(3, 0.05), np.zeros(3),
+                              barrier=1.0, barrier_std=0.1)
+        top = Check(number, "climbing_image", 1, energy_error=error, energy_std=0.1, force_mae=0.0,
+                    force_coverage=1.0, passed=False, image=1, reference_saddle=True)
+        rounds.append(NEBRound(number, profile, True, 10, 0, top, model_round=number))
+    assert learner._final_band(rounds) == final
+    assert rounds[widened].verified_error == pytest.approx(2.0)
+    assert restored == (["band_round0.traj"] if final == 0 else ["band_round0.traj", "band_round1.traj"])
