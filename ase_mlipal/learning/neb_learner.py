@@ -791,7 +791,8 @@ class NEBLearner(LearningRun):
         rows = {k: self.store.add_flagged(images[k], source="sweep", image=k, run_id=self.run_id)[0]
                 for k in left[:self._labels_left()]}
         if rows:
-            label(self.store, self.reference, executor=self.executor, progress=self.progress, row_ids=set(rows.values()))
+            label(self.store, self.reference, executor=self.executor, progress=self.progress,
+                  row_ids=set(rows.values()))
         first = read_labels(self.store.frame(self.state["anchor_id"]))[0]
         for k, row_id in sorted(rows.items()):
             frame = self.store.frame(row_id)
