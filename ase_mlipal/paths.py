@@ -248,6 +248,28 @@ def line_maximum(start: np.ndarray, end: np.ndarray, energies: tuple[float, floa
     return max(candidates)
 
 
+def highest_between_images(positions: Sequence[np.ndarray],
+                           labels: dict[int, tuple[float, np.ndarray]]) -> Optional[tuple[float, int, float]]:
+    """The highest point between two neighbouring labelled images of a band, as their labels imply.
+
+    Args:
+        positions: the band's positions (A), one ``(n_atoms, 3)`` array per image.
+        labels: ``{image: (energy (eV), forces (eV/A))}`` for the labelled images.
+
+    Returns:
+        ``(energy, k, fraction)``: the highest :func:`line_maximum` over the
+        lines from image ``k`` to ``k + 1`` whose ends are both labelled,
+        ``fraction`` of the way; ``None`` if no two neighbours are labelled.
+    """
+    peaks = [(*line_maximum(positions[k], positions[k + 1], (labels[k][0], labels[k + 1][0]),
+                            (labels[k][1], labels[k + 1][1])), k)
+             for k in range(len(positions) - 1) if k in labels and k + 1 in labels]
+    if not peaks:
+        return None
+    energy, fraction, k = max(peaks)
+    return energy, k, fraction
+
+
 def _std_of_maximum(posterior, delta: np.ndarray, mean: np.ndarray, raw: np.ndarray, std: np.ndarray,
                     draws: int, seed: int) -> float:
     """Std of ``max_i E_i`` over joint draws ``E_i = mean_i + c_i delta_i . z``, ``z ~ N(0, A^-1)``.

@@ -33,7 +33,7 @@ from ..paths import (  # noqa: F401
     PathProfile,
     band,
     check_band,
-    line_maximum,
+    highest_between_images,
     path_profile,
     reaction_coordinate,
 )
@@ -814,7 +814,7 @@ class NEBLearner(LearningRun):
         A pass can lie between images, where no image label looks: the
         reference's energies and forces at two neighbouring images imply the
         highest point on the straight line between them
-        (:func:`~ase_mlipal.paths.line_maximum`). A peak within the
+        (:func:`~ase_mlipal.paths.highest_between_images`). A peak within the
         tolerance of what the labels show already would not change the
         verdict. A point a physical guard rejects is not labelled.
         """
@@ -823,12 +823,10 @@ class NEBLearner(LearningRun):
         if not labels or self._labels_left() == 0:
             return
         highest = max(max(energy for energy, _ in labels.values()), first + neb_round.profile.barrier)
-        peaks = [(*line_maximum(images[k].positions, images[k + 1].positions, (labels[k][0], labels[k + 1][0]),
-                                (labels[k][1], labels[k + 1][1])), k)
-                 for k in range(len(images) - 1) if k in labels and k + 1 in labels]
-        energy, fraction, k = max(peaks, default=(-np.inf, 0.0, 0))
-        if not energy > highest + self.barrier_tolerance:
+        peak = highest_between_images([image.positions for image in images], labels)
+        if peak is None or not peak[0] > highest + self.barrier_tolerance:
             return
+        _, k, fraction = peak
         point = images[k].copy()
         point.calc = None
         point.positions = (1.0 - fraction) * images[k].positions + fraction * images[k + 1].positions
