@@ -124,7 +124,8 @@ class NEBRound:
         sweep: the band's other interior images, labelled when the band
             would end the run (confident, or the run's last): the barrier is
             the band's maximum, and an image the model prices far too low
-            is no candidate for any check, so only a label shows it
+            is no candidate for any check, so only a label shows it; then the
+            reference's highest point between two images, if it tops them
             (:class:`SweptImage`; empty when none was, or the budget left none).
     """
 
