@@ -341,6 +341,15 @@ class NEBReport:
         return [f"the final band (round {final.round}) passed every check, but {' and '.join(why)}: not "
                 "confident; its barrier is verified at the checked images only"]
 
+    def _unresolved_passes(self) -> list[str]:
+        """A line per place between images of the final band that the model itself puts above the barrier:
+        the band's images do not resolve the pass it crosses (none otherwise)."""
+        final = self.final
+        return [f"the model itself puts {s.where} {s.model - final.profile.barrier:.2f} eV above the final band's "
+                f"barrier (the reference {s.reference - final.profile.barrier:.2f} eV): the band's images do not "
+                "resolve the pass it crosses; a band with more images would"
+                for s in final.sweep if s.image != int(s.image) and s.model > final.profile.barrier]
+
     @property
     def verified_barrier_error(self) -> Optional[float]:
         """Model - reference barrier at the final band's climbing image (eV); ``None`` if it was not checked or
@@ -377,6 +386,7 @@ class NEBReport:
             lines.append(f"final: the band of round {self.final.round} (its checks allow it the least error)")
         if self.rounds and not self.confident:
             lines += self._unconfident_despite_checks()
+            lines += self._unresolved_passes()
         if self.rounds and self.final.top_unconfirmed:
             low, high = self.barrier_interval
             lines.append("the final band's climbing image is not a saddle of the reference: its barrier is unverified,"
@@ -960,8 +970,8 @@ class NEBLearner(LearningRun):
                     f"reference {reference:.2f} eV (model error {check.energy_error:+.2f} eV, "
                     f"1 sigma {check.energy_std:.2f}): {why}"
                     + ("; its check passed" if check.passed else "; its check failed and is trained on next"))
-        self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the model's "
-                                 f"energy within its 2 sigma and its forces within its 2 sigma and within "
+        self.state["stopped"] = (f"{error} (the reference: {reference:.1f} eV above the lower endpoint too, the "
+                                 f"model's energy within its 2 sigma and its forces within its 2 sigma and within "
                                  f"{2 * self.threshold:.2f} eV/A: the band itself climbs; start from a band "
                                  "nearer the reaction path, e.g. through an intermediate image)")
         check.passed, check.reason = False, "an energy runaway the reference confirms"

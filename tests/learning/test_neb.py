@@ -1100,3 +1100,22 @@ def test_a_sweep_that_shows_the_chosen_band_off_hands_the_choice_to_another(calc
     assert learner._final_band(rounds) == final
     assert rounds[widened].verified_error == pytest.approx(2.0)
     assert restored == (["band_round0.traj"] if final == 0 else ["band_round0.traj", "band_round1.traj"])
+
+
+@pytest.mark.parametrize("model, says", [(1.8, True), (0.9, False)])
+def test_the_report_says_when_the_model_itself_puts_a_point_between_images_above_the_barrier(model, says):
+    """A point between images 2 and 3 the reference puts 1 eV above the barrier: where the model too puts it above,
+    the band's images do not resolve its own pass, and the table says so; where the model is wrong there, not."""
+    from ase_mlipal.learning.neb_learner import NEBReport, NEBRound, SweptImage
+    from ase_mlipal.learning.verification import Check
+    from ase_mlipal.paths import PathProfile
+
+    profile = PathProfile("r0", np.arange(5.0), np.array([0.0, 0.3, 1.0, 0.5, 0.2]), np.full(5, 0.1), np.zeros(5),
+                          barrier=1.0, barrier_std=0.1)
+    top = Check(0, "climbing_image", 1, energy_error=0.02, energy_std=0.1, force_mae=0.0, force_coverage=1.0,
+                passed=True, image=2, reference_saddle=True)
+    band = NEBRound(0, profile, True, 10, 0, top, sweep=[SweptImage(2.4, 2.0, model)])
+    table = NEBReport([band], confident=False, final_round=0).table()
+    line = "the model itself puts the point 0.40 of the way from image 2 to 3 0.80 eV above the final band's barrier"
+    assert (line in table) == says
+    assert "the reference puts the point 0.40 of the way from image 2 to 3, which no check saw, 1.00 eV" in table
