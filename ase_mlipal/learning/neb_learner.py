@@ -806,10 +806,7 @@ class NEBLearner(LearningRun):
                   row_ids=set(rows.values()))
         first = read_labels(self.store.frame(self.state["anchor_id"]))[0]
         for k, row_id in sorted(rows.items()):
-            frame = self.store.frame(row_id)
-            labelled = frame.info["status"] in ("labelled", "verified")
-            reference = read_labels(frame)[0] - first if labelled else float("nan")
-            neb_round.sweep.append(SweptImage(k, float(reference), float(profile.energy[k])))
+            neb_round.sweep.append(SweptImage(k, self._reference_above(first, row_id), float(profile.energy[k])))
         ends = dict(zip((0, len(images) - 1), self.state.get("endpoint_ids", [self.state["anchor_id"]])))
         self._between_images(neb_round, images, {**ends, **seen, **rows}, first)
         if any(s.reference - profile.barrier > self.barrier_tolerance for s in neb_round.sweep):
@@ -845,11 +842,15 @@ class NEBLearner(LearningRun):
             return
         row_id = self.store.add_flagged(point, source="between", image=k, run_id=self.run_id)[0]
         label(self.store, self.reference, executor=self.executor, progress=self.progress, row_ids={row_id})
+        model = self.calc.predict([images[0], point], force_variance=False, rows=False)[0]
+        neb_round.sweep.append(SweptImage(k + fraction, self._reference_above(first, row_id),
+                                          float(model[1] - model[0])))
+
+    def _reference_above(self, first: float, row_id: int) -> float:
+        """The reference energy of store row ``row_id`` less ``first`` (eV); nan where the reference gave no label."""
         frame = self.store.frame(row_id)
         labelled = frame.info["status"] in ("labelled", "verified")
-        reference = read_labels(frame)[0] - first if labelled else float("nan")
-        model = self.calc.predict([images[0], point], force_variance=False, rows=False)[0]
-        neb_round.sweep.append(SweptImage(k + fraction, float(reference), float(model[1] - model[0])))
+        return float(read_labels(frame)[0] - first) if labelled else float("nan")
 
     def _labels_left(self) -> Optional[int]:
         """Labels the budget leaves (``None`` without ``max_labels``)."""
