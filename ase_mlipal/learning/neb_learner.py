@@ -127,6 +127,10 @@ class NEBRound:
             is no candidate for any check, so only a label shows it; then the
             reference's highest point between two images, if it tops them
             (:class:`SweptImage`; empty when none was, or the budget left none).
+        onto_pass: when the relaxed band stepped over a pass of the model's
+            own between two images and an image was moved onto it and the
+            band relaxed again (:meth:`NEBLearner._onto_the_pass`), what was
+            done ("" otherwise).
     """
 
     round: int
@@ -142,6 +146,7 @@ class NEBRound:
     quiet: bool = False
     runaway: str = ""
     sweep: list[SweptImage] = field(default_factory=list)
+    onto_pass: str = ""
 
     @property
     def checks(self) -> list[Check]:
@@ -204,7 +209,7 @@ class NEBRound:
                 "model_round": self.model_round,
                 "band_check": None if self.band_check is None else self.band_check.as_dict(),
                 "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet,
-                "runaway": self.runaway, "sweep": [vars(s) for s in self.sweep]}
+                "runaway": self.runaway, "sweep": [vars(s) for s in self.sweep], "onto_pass": self.onto_pass}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
@@ -216,7 +221,7 @@ class NEBRound:
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
                    data.get("model_round", 0), None if band_check is None else Check(**band_check),
                    None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""),
-                   [SweptImage(**s) for s in data.get("sweep", [])])
+                   [SweptImage(**s) for s in data.get("sweep", [])], data.get("onto_pass", ""))
 
 
 class NoBandError(RuntimeError):
@@ -711,11 +716,14 @@ class NEBLearner(LearningRun):
                 image.positions = positions
         before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
         cut = None  # the guard stop the relaxation was cut short by, if the reference is asked about it
+        onto_pass = ""
         try:
-            converged, steps = relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps,
-                                          interval=self.interval, optimizer=self.optimizer, climb=self.climb,
-                                          method=self.method, guard=self.guard, where=f"round {number}",
-                                          progress=self.progress)
+            converged, steps = self._relax(trigger, f"round {number}")
+            onto_pass = self._onto_the_pass()
+            if onto_pass:  # the band stepped over the model's own pass: relax again with an image on it
+                self.guard.new_relaxation()
+                converged, more = self._relax(trigger, f"round {number}, after moving an image onto the pass")
+                steps += more
         except EnergyRunaway as error:  # the geometry passed the guard: ask the reference (below) before stopping
             if not 0 < error.image < len(self.images) - 1:  # an endpoint far above the other: nothing to relax
                 return self._stop_unphysical(error, trigger.run_id)
@@ -733,7 +741,54 @@ class NEBLearner(LearningRun):
         # flagging one event again and again, not a label); judged after its flags, the barrier sigma of two of
         # the benchmark's round-0 bands was 3.7x and 2.1x smaller
         with self.calc.uncertainty_model.posteriors_of(before):
-            return self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
+            neb_round = self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
+        if neb_round is not None:
+            neb_round.onto_pass = onto_pass
+        return neb_round
+
+    def _relax(self, trigger: UncertaintyTrigger, where: str) -> tuple[bool, int]:
+        """:func:`relax_band` on the learner's band, model and settings: ``(converged, steps)``."""
+        return relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps, interval=self.interval,
+                          optimizer=self.optimizer, climb=self.climb, method=self.method, guard=self.guard,
+                          where=where, progress=self.progress)
+
+    def _onto_the_pass(self) -> str:
+        """Move an image onto the model's own pass between two images of the relaxed band, if the band steps
+        over one; what was done, or "" if nothing.
+
+        The model's energies and forces at two neighbouring images imply its
+        highest point on the line between them
+        (:func:`~ase_mlipal.paths.highest_between_images`). Where that tops
+        every image by more than ``barrier_tolerance``, the climbing-image
+        NEB has stepped over a pass its images do not resolve, and its
+        climbing image sits on a lower one: on held-out cyclobutene ->
+        butadiene the model put a point between two images of a final band
+        1.6 eV above that band's climbing image (the reference 1.4 eV). The
+        interior image whose neighbours are nearest each other, where the
+        band has images to spare, is moved there (the band keeps its number of
+        images) and the band is relaxed again, its climbing image now on the
+        pass. A point a physical guard rejects is left alone.
+        """
+        energies = [image.get_potential_energy() for image in self.images]
+        labels = {k: (energy, image.get_forces()) for k, (energy, image) in enumerate(zip(energies, self.images))}
+        positions = [image.positions.copy() for image in self.images]
+        peak = highest_between_images(positions, labels)
+        if peak is None or not peak[0] > max(energies) + self.barrier_tolerance:
+            return ""
+        energy, k, fraction = peak
+        probe = self.images[k].copy()
+        probe.positions = (1.0 - fraction) * positions[k] + fraction * positions[k + 1]
+        spare = [i for i in range(1, len(positions) - 1) if i not in (k, k + 1)]
+        if not spare or self.guard.problem(probe):
+            return ""
+        drop = min(spare, key=lambda i: float(np.linalg.norm(positions[i + 1] - positions[i - 1])))
+        positions.insert(k + 1, probe.positions)
+        del positions[drop if drop < k else drop + 1]
+        for image, moved in zip(self.images, positions):
+            image.positions = moved
+        return (f"the model put the point {fraction:.2f} of the way from image {k} to {k + 1} "
+                f"{energy - max(energies):.2f} eV above the band's highest image: image {drop} was moved there and "
+                "the band relaxed again")
 
     def _judge_band(self, number: int, trigger: UncertaintyTrigger, converged: bool, steps: int,
                     cut: Optional[UnphysicalFrame], quiet: bool) -> Optional[NEBRound]:

@@ -1119,3 +1119,67 @@ def test_the_report_says_when_the_model_itself_puts_a_point_between_images_above
     line = "the model itself puts the point 0.40 of the way from image 2 to 3 0.80 eV above the final band's barrier"
     assert (line in table) == says
     assert "the reference puts the point 0.40 of the way from image 2 to 3, which no check saw, 1.00 eV" in table
+
+
+class PassAlongX(Calculator):
+    """A Gaussian pass of 2 eV in atom 0's x at ``centre`` (width 0.05 A), nothing else."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, centre):
+        super().__init__()
+        self.centre = centre
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        x = self.atoms.positions[0, 0] - self.centre
+        energy = 2.0 * np.exp(-x ** 2 / (2 * 0.05 ** 2))
+        forces = np.zeros((len(self.atoms), 3))
+        forces[0, 0] = energy * x / 0.05 ** 2
+        self.results = {"energy": energy, "forces": forces}
+
+
+@pytest.mark.parametrize("centre, moved", [(0.5, True), (0.4, False)])
+def test_an_image_is_moved_onto_a_pass_the_band_steps_over(calc, tmp_path, centre, moved):
+    """A band translating formaldehyde along x, images at x = 0, .1, .2, .4, .6, .8, 1.2 A, on a 2 eV pass at x = 0.5:
+    the images beside it see 0.27 eV, their forces say it rises between them; image 1, whose neighbours are nearest,
+    is moved onto the pass. A pass at an image (x = 0.4) is resolved already: nothing moves."""
+    shifts = [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.2]
+    base = molecule("H2CO")
+    images = []
+    for x in shifts:
+        image = base.copy()
+        image.positions += [x, 0.0, 0.0]
+        images.append(image)
+    learner = NEBLearner(calc, CountingReference(), tmp_path / "run", images, threshold=1e3, conditioning=[],
+                         progress=False)
+    for image in learner.images:
+        image.calc = PassAlongX(centre)
+    done = learner._onto_the_pass()
+    now = [image.positions[0, 0] - base.positions[0, 0] for image in learner.images]
+    if moved:
+        assert now == pytest.approx([0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.2], abs=1e-6)
+        assert "the point 0.50 of the way from image 3 to 4" in done and "image 1 was moved there" in done
+    else:
+        assert done == "" and now == pytest.approx(shifts, abs=1e-12)
+
+
+def test_a_band_with_an_image_moved_onto_its_pass_is_relaxed_again_and_says_so(tiny_model, calc, tmp_path,
+                                                                                 monkeypatch):
+    """The round relaxes the band a second time after an image was moved onto the pass, records what was done, and
+    the record survives the state file."""
+    from ase_mlipal.learning.neb_learner import NEBRound
+
+    relaxations, moves = [], iter(["moved image 2 onto the pass"])
+    real_relax = NEBLearner._relax
+    monkeypatch.setattr(NEBLearner, "_onto_the_pass", lambda self: next(moves, ""))
+    monkeypatch.setattr(NEBLearner, "_relax", lambda self, trigger, where: (relaxations.append(where),
+                                                                           real_relax(self, trigger, where))[1])
+    images = formaldehyde_band(5)
+    learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0]), tmp_path / "run", images,
+                         threshold=1e3, max_rounds=0, fmax=1e3, conditioning=[], progress=False)
+    report = learner.run()
+    assert relaxations == ["round 0", "round 0, after moving an image onto the pass"]
+    assert report.rounds[0].onto_pass == "moved image 2 onto the pass"
+    again = NEBRound.from_dict(json.loads(json.dumps(report.rounds[0].as_dict())))
+    assert again.onto_pass == report.rounds[0].onto_pass
