@@ -302,7 +302,8 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             "round_errors": [r.profile.barrier - target for r in report.rounds],
             "runaways": [r.runaway for r in report.rounds],  # why a guard stop was learned from ("" for none)
             "round_bands": [{"round": r.round, "barrier": r.profile.barrier, "reported_std": r.reported_std,
-                             "top_unconfirmed": r.top_unconfirmed} for r in report.rounds],
+                             "top_unconfirmed": r.top_unconfirmed, "onto_pass": r.onto_pass,
+                             "sweep": [vars(s) for s in r.sweep]} for r in report.rounds],
             "lower_crossing": None if not report.rounds or report.lower_crossing is None
             else report.lower_crossing.round,
             "checks": [c.as_dict() for r in report.rounds for c in r.checks],
