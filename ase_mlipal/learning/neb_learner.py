@@ -414,7 +414,9 @@ class NEBLearner(LearningRun):
     band (climbing image) on the model of round ``k`` (0: pretrained) from
     where the last round left it, with an :class:`UncertaintyTrigger`
     watching every ``interval`` steps and a
-    :class:`~ase_mlipal.guards.PhysicalGuard` every step. Then the
+    :class:`~ase_mlipal.guards.PhysicalGuard` every step; a band that
+    steps over a pass of the model's own between two images gets an image
+    moved onto it and relaxes again (:meth:`_onto_the_pass`). Then the
     highest interior image is labelled and checked: its barrier (the
     difference to the first endpoint, labelled in round 0 with the other
     endpoint) must agree with the reference within 2 sigma and within
