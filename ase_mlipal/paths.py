@@ -270,6 +270,12 @@ def highest_between_images(positions: Sequence[np.ndarray],
     return energy, k, fraction
 
 
+def point_between(positions: Sequence[np.ndarray], k: int, fraction: float) -> np.ndarray:
+    """Positions (A) ``fraction`` of the way along the straight line from image ``k`` to image ``k + 1``
+    (``positions``: one ``(n_atoms, 3)`` array per image), where :func:`highest_between_images` puts a peak."""
+    return (1.0 - fraction) * np.asarray(positions[k], float) + fraction * np.asarray(positions[k + 1], float)
+
+
 def _std_of_maximum(posterior, delta: np.ndarray, mean: np.ndarray, raw: np.ndarray, std: np.ndarray,
                     draws: int, seed: int) -> float:
     """Std of ``max_i E_i`` over joint draws ``E_i = mean_i + c_i delta_i . z``, ``z ~ N(0, A^-1)``.

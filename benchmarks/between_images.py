@@ -38,12 +38,13 @@ import numpy as np
 from ase import Atoms
 from ase.io import read
 
-from ase_mlipal.paths import highest_between_images
+from ase_mlipal.learning.neb_learner import BARRIER_TOLERANCE
+from ase_mlipal.paths import highest_between_images, point_between
 from ase_mlipal.references.xtb import RobustXTB
 
 DATA = Path(__file__).resolve().parent / "data"
 BAND_FILES = ("reactive_bands", "heldout_bands", "fresh_bands", "later_bands")
-TOLERANCE = 0.1  # NEBLearner's default barrier_tolerance (eV)
+TOLERANCE = BARRIER_TOLERANCE  # NEBLearner's default (eV)
 
 
 def bands() -> dict[str, list[Atoms]]:
@@ -67,7 +68,7 @@ def judge(images: list[Atoms], top: float, first: float, reference) -> dict:
            "asks": bool(energy > shown + TOLERANCE)}
     if row["asks"]:
         point = images[k].copy()
-        point.positions = (1.0 - fraction) * images[k].positions + fraction * images[k + 1].positions
+        point.positions = point_between([a.positions for a in images], k, fraction)
         point.calc = reference
         row.update(between=k + fraction, labelled=point.get_potential_energy() - first)
         row["still_missed"] = top - max(shown, point.get_potential_energy())

@@ -35,6 +35,7 @@ from ..paths import (  # noqa: F401
     check_band,
     highest_between_images,
     path_profile,
+    point_between,
     reaction_coordinate,
 )
 from ..progress import progress_bar
@@ -53,6 +54,8 @@ CHECKS_PER_BAND = 3
 #: accepted fine-tune came after 0 rejected ones 62 times, after 1 five times, 2 twice, 3 and 4 once each,
 #: never after more; held-out pyrrole -> 2H-pyrrole then spent 35 of its 47 minutes on 11 rejected ones.
 MAX_REJECTIONS = 5
+#: The default ``barrier_tolerance`` (eV): the barrier error a run accepts before it is confident.
+BARRIER_TOLERANCE = 0.1
 
 
 @dataclass
@@ -518,7 +521,7 @@ class NEBLearner(LearningRun):
         images: Sequence[Atoms],
         threshold: float,
         max_rounds: int = 4,
-        barrier_tolerance: float = 0.1,
+        barrier_tolerance: float = BARRIER_TOLERANCE,
         max_rejections: int = MAX_REJECTIONS,
         fmax: float = 0.05,
         steps: int = 300,
@@ -779,7 +782,7 @@ class NEBLearner(LearningRun):
             return ""
         energy, k, fraction = peak
         probe = self.images[k].copy()
-        probe.positions = (1.0 - fraction) * positions[k] + fraction * positions[k + 1]
+        probe.positions = point_between(positions, k, fraction)
         spare = [i for i in range(1, len(positions) - 1) if i not in (k, k + 1)]
         if not spare or self.guard.problem(probe):
             return ""
@@ -894,7 +897,7 @@ class NEBLearner(LearningRun):
         _, k, fraction = peak
         point = images[k].copy()
         point.calc = None
-        point.positions = (1.0 - fraction) * images[k].positions + fraction * images[k + 1].positions
+        point.positions = point_between([image.positions for image in images], k, fraction)
         if self.guard.problem(point):
             return
         row_id = self.store.add_flagged(point, source="between", image=k, run_id=self.run_id)[0]

@@ -995,7 +995,7 @@ def test_the_sweep_takes_no_label_beyond_the_budget(tiny_model, calc, tmp_path, 
 def test_line_maximum_is_the_highest_point_of_a_cubic_energy_along_the_line(reverse):
     """E = a cubic in the distance x along the line + a term linear across it: the highest point the ends'
     energies and forces imply is the cubic's maximum, where it is; forces across the line do not move it."""
-    from ase_mlipal.paths import line_maximum
+    from ase_mlipal.paths import line_maximum, point_between
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=(4, 3))
@@ -1020,6 +1020,9 @@ def test_line_maximum_is_the_highest_point_of_a_cubic_energy_along_the_line(reve
     expected = grid[np.argmax(cubic(grid))] / length
     assert energy == pytest.approx(cubic(grid).max(), abs=1e-6)
     assert fraction == pytest.approx(1.0 - expected if reverse else expected, abs=1e-4)
+    peak = point_between(ends, 0, fraction)  # the structure there: on the line, at the cubic's maximum
+    assert np.sum((peak - start) * along) == pytest.approx(expected * length, abs=1e-3)
+    assert np.allclose(peak - start, np.sum((peak - start) * along) * along)
     assert line_maximum(start, end, (1.0, 0.2), (np.zeros((4, 3)), np.zeros((4, 3)))) == (1.0, 0.0)
 
 
