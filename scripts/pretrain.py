@@ -13,7 +13,7 @@ energy-and-forces loss, and writes into ``ase_mlipal/data/``:
 * ``default.json``: hyperparameters, data statistics, training record and
   the validation/test errors measured here;
 * ``default_posterior.npz``: the activation-kernel posterior of the
-  training frames, calibrated on the validation split and the reactive set
+  training frames, calibrated on the validation split and 22 reactions
   (``scripts/build_posterior.py``, which rebuilds it alone);
 * ``default_conditioning.xyz.gz``: the training split's structures (no
   labels), on which a model swap rebuilds the posterior;
@@ -36,7 +36,7 @@ from ase.io import write
 import ase_mlipal
 from ase_mlipal.frames import read_frames
 from ase_mlipal.training.trainer import dataset_statistics, evaluate, train
-from build_posterior import build_posterior, write_conditioning  # scripts/ is on sys.path when run as a script
+from build_posterior import build_posterior, later_reactions, write_conditioning  # scripts/ is on sys.path when run as a script
 
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
 
@@ -83,7 +83,7 @@ def main():
     metrics = {s: evaluate(model, splits[s]) for s in ("valid", "test")}
     print(json.dumps(metrics, indent=1))
 
-    calc, posterior_record = build_posterior(model, splits, read_frames(REACTIVE))
+    calc, posterior_record = build_posterior(model, splits, read_frames(REACTIVE) + later_reactions())
     report = calc.calibrate(splits["valid"], fit=False)
     calc.save_posterior(args.out / "default_posterior.npz")
     write_conditioning(splits["train"], args.out / "default_conditioning.xyz.gz")
