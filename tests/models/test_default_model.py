@@ -63,7 +63,7 @@ def test_default_calculator_is_calibrated_on_the_shipped_posterior(record, dista
     assert calc.energy_posterior.calibration.as_dict() == pytest.approx(shipped["energy"], rel=1e-12)
     assert calc.atom_posterior.calibration.as_dict() == pytest.approx(shipped["forces"], rel=1e-12)
     assert calc.typical == pytest.approx(shipped["typical"], rel=1e-12)
-    assert "pretraining valid" in shipped["groups"] and len(shipped["groups"]) == 9  # and the 8 reactions
+    assert "pretraining valid" in shipped["groups"] and len(shipped["groups"]) == 23  # and the 22 reactions
 
 
 def test_pretraining_splits_do_not_overlap(pretrain, record):
