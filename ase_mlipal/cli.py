@@ -365,7 +365,7 @@ LEARN_HELP = """TOML file, e.g. for MD:
     model = "default"
     distance_aware = true  # false: the plain posterior variance, without the distance in feature space
     reference = "xtb"      # xtb, emt or package.module:Factory
-    threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.1 near equilibrium)
+    threshold = 0.5        # eV/A, largest per-atom force uncertainty (the default model: about 0.15 near equilibrium)
     structure = "ethanol.xyz"
     workdir = "run1"       # default: the file's name without .toml, beside it
     labels_per_round = 8   # md: frames waiting for a label that make a round
@@ -521,7 +521,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--trust", action="store_true", help="allow loading pickled model files")
         p.add_argument("--distance-aware", action=argparse.BooleanOptionalAction, default=None, help=DISTANCE_HELP)
         p.add_argument("--threshold", type=float, default=0.5,
-                       help="trigger threshold, eV/A (default 0.5: the default model is about 0.1 near equilibrium)")
+                       help="trigger threshold, eV/A (default 0.5: the default model is about 0.15 near equilibrium)")
         p.add_argument("--db", default="frames.db", help="frame store (.db file or postgresql:// URL)")
         p.add_argument("--interval", type=int, default=5, help="trigger every N steps")
         p.add_argument("--steps", type=int, default=1000)
