@@ -255,6 +255,8 @@ class NEBReport:
         final_round: index in ``rounds`` of the band the run ends on: the one
             the checks allow the least error (:meth:`NEBLearner._best_verified`; ``images`` is that band, the
             calculator holds its model); ``None`` if no band was checked.
+        barrier_tolerance: the run's ``barrier_tolerance`` (eV): a place between or at unchecked images above
+            the final band's barrier by more is named in :meth:`table`.
     """
 
     rounds: list[NEBRound] = field(default_factory=list)
@@ -264,6 +266,7 @@ class NEBReport:
     model_choice: list = field(default_factory=list)
     final_round: Optional[int] = None
     ended: str = ""
+    barrier_tolerance: float = BARRIER_TOLERANCE
 
     @property
     def final(self) -> NEBRound:
@@ -343,20 +346,23 @@ class NEBReport:
         why = [reason for reason, holds in (("the trigger flagged images on it", not final.quiet),
                                             ("its NEB did not converge", not final.converged)) if holds]
         why += [f"the reference puts {s.where}, which no check saw, {s.reference - final.profile.barrier:.2f} "
-                "eV above its barrier" for s in final.sweep if s.reference - final.profile.barrier > 0]
+                "eV above its barrier" for s in final.sweep
+                if s.reference - final.profile.barrier > self.barrier_tolerance]
         if not final.checks or not all(c.passed for c in final.checks) or not why:
             return []
         return [f"the final band (round {final.round}) passed every check, but {' and '.join(why)}: not "
                 "confident; its barrier is verified at the checked images only"]
 
     def _unresolved_passes(self) -> list[str]:
-        """A line per place between images of the final band that the model itself puts above the barrier:
-        the band's images do not resolve the pass it crosses (none otherwise)."""
+        """A line per place between images of the final band that the model itself puts more than
+        ``barrier_tolerance`` above the barrier: the band's images do not resolve the pass it crosses (none
+        otherwise)."""
         final = self.final
         return [f"the model itself puts {s.where} {s.model - final.profile.barrier:.2f} eV above the final band's "
                 f"barrier (the reference {s.reference - final.profile.barrier:.2f} eV): the band's images do not "
                 "resolve the pass it crosses; a band with more images would"
-                for s in final.sweep if s.image != int(s.image) and s.model > final.profile.barrier]
+                for s in final.sweep
+                if s.image != int(s.image) and s.model > final.profile.barrier + self.barrier_tolerance]
 
     @property
     def verified_barrier_error(self) -> Optional[float]:
@@ -614,7 +620,7 @@ class NEBLearner(LearningRun):
         best = self._final_band(rounds)
         return NEBReport(rounds, [image.copy() for image in self.images], self.state["confident"],
                          self.state["stopped"], list(self.choice.history), final_round=best,
-                         ended=self._why_ended(rounds))
+                         ended=self._why_ended(rounds), barrier_tolerance=self.barrier_tolerance)
 
     def _why_ended(self, rounds: list[NEBRound]) -> str:
         """Why a run neither confident nor stopped ended ("" for those): the rounds ran out."""

@@ -936,6 +936,9 @@ def test_swept_images_the_reference_puts_above_the_barrier_count_in_the_verified
     assert np.isnan(again.sweep[1].reference) and again.verified_error == pytest.approx(1.5)
     table = NEBReport([band], confident=False, final_round=0).table()
     assert "the reference puts image 1, which no check saw, 1.50 eV above its barrier" in table
+    band.sweep[0].reference = 1.05  # above the barrier within barrier_tolerance: no reason to doubt the band
+    table = NEBReport([band], confident=False, final_round=0).table()
+    assert "which no check saw" not in table and "the trigger flagged images on it" in table
 
 
 class OffAt(ModelAsReference):
@@ -1106,10 +1109,11 @@ def test_a_sweep_that_shows_the_chosen_band_off_hands_the_choice_to_another(calc
     assert restored == (["band_round0.traj"] if final == 0 else ["band_round0.traj", "band_round1.traj"])
 
 
-@pytest.mark.parametrize("model, says", [(1.8, True), (0.9, False)])
+@pytest.mark.parametrize("model, says", [(1.8, True), (0.9, False), (1.05, False)])
 def test_the_report_says_when_the_model_itself_puts_a_point_between_images_above_the_barrier(model, says):
-    """A point between images 2 and 3 the reference puts 1 eV above the barrier: where the model too puts it above,
-    the band's images do not resolve its own pass, and the table says so; where the model is wrong there, not."""
+    """A point between images 2 and 3 the reference puts 1 eV above the barrier: where the model too puts it above
+    (by more than barrier_tolerance), the band's images do not resolve its own pass, and the table says so; where the
+    model is wrong there, or within the tolerance, not."""
     from ase_mlipal.learning.neb_learner import NEBReport, NEBRound, SweptImage
     from ase_mlipal.learning.verification import Check
     from ase_mlipal.paths import PathProfile
