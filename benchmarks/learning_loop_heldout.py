@@ -423,8 +423,10 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
 
 def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: str) -> list[str]:
     """Markdown lines: the issue's NEB and MD targets at the default settings on the reactions ``names``."""
-    neb = [r for r in rows if r["reaction"] in names and r["paced"] and r.get("distance_aware")
+    ran = [r for r in rows if r["reaction"] in names and r["paced"] and r.get("distance_aware")
            and r.get("max_energy") is None and r["after"] is not None]
+    neb = [r for r in ran if np.isfinite(r["direct_barrier"])]  # the others have no xTB barrier to score against
+    unscored = sorted(r["reaction"] for r in ran if r not in neb)
     runs = [m for m in default_md(md) if m["molecule"] in names]
     lines = []
     if neb or runs:
@@ -441,6 +443,8 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
                      f"{sum(abs(r['after']) > abs(r['before']) + 0.05 for r in neb)}; confident {len(confident)}, "
                      f"{sum(abs(r['after']) <= tolerance for r in confident)} of them within {tolerance:g} eV; "
                      f"most labels {max(r['labels'] for r in neb)} (target <= 40)")
+    if unscored:
+        lines.append(f"- Not scored: {', '.join(unscored)} (the direct xTB NEB did not converge: no reference barrier)")
     if runs:
         lines.append("- " + md_targets(runs))
     return lines

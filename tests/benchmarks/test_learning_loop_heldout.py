@@ -21,6 +21,7 @@ def bonded(atoms, i, j) -> bool:
     ("acetone_to_propen_2_ol", (2, 4), (0, 4)),  # a methyl H onto the O
     ("acetic_acid_to_ethenediol", (4, 5), (1, 5)),  # a methyl H onto the carbonyl O
     ("formic_acid_to_dihydroxycarbene", (1, 4), (2, 4)),  # the H on C onto the carbonyl O
+    ("propyne_to_allene", (2, 4), (1, 4)),  # a methyl H onto the far C
 ])
 def test_product_differs_from_the_reactant_by_the_reaction_bonds_only(name, broken, formed):
     module = load_benchmark("learning_loop_heldout")
