@@ -92,8 +92,8 @@ def markdown(results: dict) -> str:
              "fit.", ""]
     for method in SHIPPED_METHODS:
         for quantity in ("forces", "energy"):
-            lines += [f"`{method}`, {quantity}:", "", "| recipe | split | cov 1σ | cov 2σ | NLL | miscal | sharpness |",
-                      "|---|---|---:|---:|---:|---:|---:|"]
+            header = "| recipe | split | cov 1σ | cov 2σ | NLL | miscal | sharpness |"
+            lines += [f"`{method}`, {quantity}:", "", header, "|---|---|---:|---:|---:|---:|---:|"]
             for recipe in RECIPES:
                 for key, label in SPLITS:
                     r = results[method][recipe]["pooled"].get(key, {}).get(quantity)

@@ -20,8 +20,9 @@ law with an error floor per atom for the energy, a plain scale for the
 forces; ``benchmarks/calibration.py`` measures why, with each reaction held
 out in turn). More kinds of chemistry transfer better to a reaction none of
 them is: ``benchmarks/calibration_wider.py``, each of the 22 left out in
-turn, against a fit on the reactive set alone. Then stores the typical uncertainty of the validation split,
-so a relative trigger threshold works without reference frames, and
+turn, against a fit on the reactive set alone. Then stores the typical
+uncertainty of the validation split, so a relative trigger threshold
+works without reference frames, and
 records the fit in ``default.json``. The training split's structures go to
 ``default_conditioning.xyz.gz``: a model swap rebuilds the posterior on
 them, so a fine-tuned model's uncertainty is measured against the same
@@ -56,12 +57,12 @@ def later_reactions() -> list:
     return [a for name in LATER_SETS for a in read_frames(DATA / f"{name}_reactions.xyz.gz")]
 
 
-def calibration_frames(pretrain_valid: list, reactive: list) -> tuple[list, list[str]]:
-    """The validation split and the physical frames of the reactions ``reactive``, with a group label each
-    (the reaction's name)."""
-    reactive = [a for a in reactive if physical(a)]
-    frames = list(pretrain_valid) + reactive
-    return frames, [VALID_GROUP] * len(pretrain_valid) + [a.info["reaction"] for a in reactive]
+def calibration_frames(pretrain_valid: list, reactions: list) -> tuple[list, list[str]]:
+    """The validation split and the physical frames of ``reactions``, with a group label each (the reaction's
+    name)."""
+    reactions = [a for a in reactions if physical(a)]
+    frames = list(pretrain_valid) + reactions
+    return frames, [VALID_GROUP] * len(pretrain_valid) + [a.info["reaction"] for a in reactions]
 
 
 def shipped_forces_method(distance_aware: bool) -> str:
@@ -79,13 +80,13 @@ def write_conditioning(frames: list, path: Path = DEFAULT_CONDITIONING_PATH) -> 
     return path
 
 
-def build_posterior(model, splits: dict[str, list], reactive: list, distance_aware: bool = False
+def build_posterior(model, splits: dict[str, list], reactions: list, distance_aware: bool = False
                     ) -> tuple[ase_mlipal.MLIPALCalculator, dict]:
     """A calculator on ``model`` conditioned on ``splits["train"]`` and calibrated on ``splits["valid"]`` and the
-    reactions' frames ``reactive``; and what to record."""
+    frames of ``reactions``; and what to record."""
     calc = ase_mlipal.MLIPALCalculator(model=model, posterior=None, distance_aware=distance_aware)
     calc.condition(splits["train"])
-    frames, groups = calibration_frames(splits["valid"], reactive)
+    frames, groups = calibration_frames(splits["valid"], reactions)
     report = calc.calibrate(frames, groups=groups, forces_method=shipped_forces_method(distance_aware))
     typical = calc.fit_typical(splits["valid"])
     return calc, {
