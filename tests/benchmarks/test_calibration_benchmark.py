@@ -1,19 +1,14 @@
 """The calibration benchmark end to end on every tenth frame (its bookkeeping, not its numbers)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
+from .conftest import BENCHMARKS, smoke_run
 
 
 def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
-    assert run.returncode == 0, run.stderr[-3000:]
+    smoke_run("calibration", tmp_path)
     result = json.loads((tmp_path / "calibration.json").read_text())
     shipped = result["methods"][result["shipped"]]
     assert len(result["reactions"]) == 8
@@ -21,7 +16,7 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
     assert set(shipped["fit_per_held_out_reaction"]) == set(result["reactions"])
     assert len(shipped["barriers"]) == 7 and 0 <= shipped["barriers_covered"] <= 7  # 6 held out, 1 never seen
     assert "acetaldehyde_to_CH4_CO" in shipped["barriers"] and "acetaldehyde_to_CH4_CO" not in result["reactions"]
-    made = json.loads((SCRIPT.parent / "data" / "heldout_summary.json").read_text())  # the new reactions' xTB NEBs
+    made = json.loads((BENCHMARKS / "data" / "heldout_summary.json").read_text())  # the new reactions' xTB NEBs
     assert set(shipped["new_barriers"]) == set(made)
     for reaction, check in shipped["new_barriers"].items():  # each scored on its own band, with a real sigma
         assert abs(check["reference"] - made[reaction]["barrier_eV"]) < 1e-6 and check["std"] > 0
@@ -53,16 +48,14 @@ def test_smoke_run_holds_out_every_reaction_and_scores_the_new_ones(tmp_path):
 @pytest.mark.parametrize("which, named", [("fresh", "the 3 fresh ones"), ("later", "the 6 of")])
 def test_a_later_set_is_scored_in_place_of_the_new_ones(tmp_path, which, named):
     """``--fresh`` and ``--later`` score the sets built after the choice, each in its own record."""
-    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", f"--{which}", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
-    assert run.returncode == 0, run.stderr[-3000:]
+    smoke_run("calibration", tmp_path, f"--{which}")
     assert not (tmp_path / "calibration.json").exists()  # the main record is not overwritten
     result = json.loads((tmp_path / f"calibration_{which}.json").read_text())
-    made = json.loads((SCRIPT.parent / "data" / f"{which}_summary.json").read_text())
+    made = json.loads((BENCHMARKS / "data" / f"{which}_summary.json").read_text())
     shipped = result["methods"][result["shipped"]]
     assert result[which] and set(result["new_reactions"]) == set(shipped["new_barriers"]) == set(made)
     earlier = {r for data in ("heldout", "fresh") if data != which
-               for r in json.loads((SCRIPT.parent / "data" / f"{data}_summary.json").read_text())}
+               for r in json.loads((BENCHMARKS / "data" / f"{data}_summary.json").read_text())}
     assert not set(made) & earlier  # none of the reactions the shipped choice was checked on before
     for reaction, check in shipped["new_barriers"].items():
         assert abs(check["reference"] - made[reaction]["barrier_eV"]) < 1e-6 and check["std"] > 0

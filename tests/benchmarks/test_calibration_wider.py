@@ -1,17 +1,12 @@
 """``benchmarks/calibration_wider.py`` end to end on every tenth frame (its bookkeeping, not its numbers)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration_wider.py"
+from .conftest import smoke_run
 
 
 def test_smoke_run_scores_every_reaction_with_both_recipes_and_both_posteriors(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900, cwd=SCRIPT.parent)
-    assert run.returncode == 0, run.stderr[-3000:]
+    smoke_run("calibration_wider", tmp_path)
     result = json.loads((tmp_path / "calibration_wider_smoke.json").read_text())
     assert len(result["reactive_reactions"]) == 8 and len(result["later_reactions"]) == 14
     assert not set(result["reactive_reactions"]) & set(result["later_reactions"])
