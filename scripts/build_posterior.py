@@ -57,6 +57,12 @@ def later_reactions() -> list:
     return [a for name in LATER_SETS for a in read_frames(DATA / f"{name}_reactions.xyz.gz")]
 
 
+def calibration_reactions() -> list:
+    """The frames of the 22 reactions the shipped calibration is fitted on: the reactive set's, then
+    :func:`later_reactions`."""
+    return read_frames(DATA / "reactive.xyz.gz") + later_reactions()
+
+
 def calibration_frames(pretrain_valid: list, reactions: list) -> tuple[list, list[str]]:
     """The validation split and the physical frames of ``reactions``, with a group label each (the reaction's
     name)."""
@@ -106,8 +112,8 @@ def main():
     out = args.out or (DEFAULT_DISTANCE_POSTERIOR_PATH if args.distance_aware else DEFAULT_POSTERIOR_PATH)
     pretrain = read_frames(DATA / "pretrain.xyz.gz")
     splits = {s: [a for a in pretrain if a.info["split"] == s] for s in ("train", "valid")}
-    reactions = read_frames(DATA / "reactive.xyz.gz") + later_reactions()
-    calc, entry = build_posterior(ase_mlipal.load_model("default"), splits, reactions, args.distance_aware)
+    calc, entry = build_posterior(ase_mlipal.load_model("default"), splits, calibration_reactions(),
+                                  args.distance_aware)
     calc.save_posterior(out)
     if args.distance_aware:
         entry["neighbour_rows"], entry["neighbour_scale"] = len(calc.uncertainty_model.neighbours), \

@@ -36,12 +36,11 @@ from ase.io import write
 import ase_mlipal
 from ase_mlipal.frames import read_frames
 from ase_mlipal.training.trainer import dataset_statistics, evaluate, train
-from build_posterior import build_posterior, later_reactions, write_conditioning  # scripts/ is on sys.path when run as a script
+from build_posterior import build_posterior, calibration_reactions, write_conditioning  # scripts/ is on sys.path
 
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
 
 ROOT = Path(__file__).resolve().parent.parent
-REACTIVE = ROOT / "benchmarks" / "data" / "reactive.xyz.gz"
 ELEMENTS = [1, 6, 7, 8]
 HYPERPARAMETERS = dict(r_max=5.0, channels=32, max_ell=1, num_interactions=2, correlation=2,
                        num_bessel=8, num_polynomial_cutoff=5, mlp_channels=16, radial_mlp=(32, 32, 32))
@@ -83,7 +82,7 @@ def main():
     metrics = {s: evaluate(model, splits[s]) for s in ("valid", "test")}
     print(json.dumps(metrics, indent=1))
 
-    calc, posterior_record = build_posterior(model, splits, read_frames(REACTIVE) + later_reactions())
+    calc, posterior_record = build_posterior(model, splits, calibration_reactions())
     report = calc.calibrate(splits["valid"], fit=False)
     calc.save_posterior(args.out / "default_posterior.npz")
     write_conditioning(splits["train"], args.out / "default_conditioning.xyz.gz")

@@ -897,13 +897,14 @@ class NEBLearner(LearningRun):
         if not labels or self._labels_left() == 0:
             return
         highest = max(max(energy for energy, _ in labels.values()), first + neb_round.profile.barrier)
-        peak = highest_between_images([image.positions for image in images], labels)
+        positions = [image.positions for image in images]
+        peak = highest_between_images(positions, labels)
         if peak is None or not peak[0] > highest + self.barrier_tolerance:
             return
         _, k, fraction = peak
         point = images[k].copy()
         point.calc = None
-        point.positions = point_between([image.positions for image in images], k, fraction)
+        point.positions = point_between(positions, k, fraction)
         if self.guard.problem(point):
             return
         row_id = self.store.add_flagged(point, source="between", image=k, run_id=self.run_id)[0]
