@@ -130,7 +130,7 @@ class Method(NamedTuple):
     neighbourhood: bool = False  # each atom's raw force variance summed over its neighbourhood
     scale_per_element: bool = False  # one force map per element
     energy_per_atom: bool = False  # the energy's map fitted per atom (size-consistent)
-    energy_distance: bool = False  # the energy's raw variance times the structure's largest distance factor
+    energy_distance: str = ""  # the energy's raw variance times the structure's "largest" or "mean" distance factor
 
 
 METHODS = {
@@ -146,7 +146,7 @@ METHODS = {
     "per-atom energy": Method("by element", ("power", "linear"), True, energy_per_atom=True),
     "distance": Method("by element, distance", ("power", "linear"), True),
     "distance, power": Method("by element, distance", ("power", "power"), True),
-    "distance energy": Method("by element, distance", ("power", "power"), True, energy_distance=True),
+    "distance energy": Method("by element, distance", ("power", "power"), True, energy_distance="largest"),
 }
 SHIPPED = "distance, power"  # the default's calibration (MLIPALCalculator(), distance-aware)
 PAIRED = ("plain", "element scales", "element power laws", "per-atom energy", SHIPPED, "distance energy")  # compared with today's Spearman reaction by reaction
@@ -164,14 +164,15 @@ def neighbourhood_variance(frames, forces_raw: np.ndarray, n_atoms: np.ndarray) 
     return out
 
 
-def largest_inflation(calc, frames) -> np.ndarray:
-    """Per frame, the largest distance factor ``1 + (d / d0)^2`` of its atoms (ones on a plain calculator)."""
+def frame_inflations(calc, frames) -> dict[str, np.ndarray]:
+    """Per frame, the ``"largest"`` and the ``"mean"`` distance factor ``1 + (d / d0)^2`` of its atoms (ones on a
+    plain calculator)."""
     neighbours = calc.uncertainty_model.neighbours
     if neighbours is None:
-        return np.ones(len(frames))
+        return {"largest": np.ones(len(frames)), "mean": np.ones(len(frames))}
     _, batches = calc.predict(frames, progress=False, force_variance=False)
-    return np.concatenate([[g[a:b].max() for a, b in zip(f.ptr[:-1], f.ptr[1:])]
-                           for f in batches for g in [neighbours.inflation(f.atom)]])
+    factors = [g[a:b] for f in batches for g in [neighbours.inflation(f.atom)] for a, b in zip(f.ptr[:-1], f.ptr[1:])]
+    return {"largest": np.array([g.max() for g in factors]), "mean": np.array([g.mean() for g in factors])}
 
 
 class Split:
@@ -183,16 +184,16 @@ class Split:
         self.ts = np.array([bool(a.info.get("ts_region", False)) for a in frames])
         self.test = np.array([a.info.get("split") == "test" for a in frames])
         self.e_res, self.e_raw, self.n = res.energy, res.energy_raw, res.n_atoms
-        self.e_inflation = largest_inflation(calc, frames)
+        self.e_inflation = frame_inflations(calc, frames)
         self.f_res, self.f_raw = res.forces, res.forces_raw
         self.f_nbhd = neighbourhood_variance(frames, res.forces_raw, res.n_atoms)
         self.atom_frame = np.repeat(np.arange(len(frames)), res.n_atoms)
         self.elements = np.concatenate([atoms.numbers for atoms in frames])
 
-    def energy(self, mask, distance: bool = False):
-        """Energy residuals, raw variances (``distance``: times each structure's largest distance factor),
-        atom counts and groups."""
-        raw = self.e_raw * self.e_inflation if distance else self.e_raw
+    def energy(self, mask, distance: str = ""):
+        """Energy residuals, raw variances (``distance``: times each structure's ``"largest"`` or ``"mean"``
+        distance factor), atom counts and groups."""
+        raw = self.e_raw * self.e_inflation[distance] if distance else self.e_raw
         return self.e_res[mask], raw[mask], self.n[mask], self.groups[mask]
 
     def forces(self, mask, neighbourhood: bool = False):
@@ -352,13 +353,13 @@ def barrier_check(calc, bands: dict, energy: Recalibration, reaction: str, metho
     calc.energy_posterior.calibration = at_size(energy, len(images[0]), method)
     profile = ase_mlipal.path_profile(calc, images)
     std = profile.barrier_std
-    if method.energy_distance:  # the top image's energy sigma with its largest distance factor, over without it
+    if method.energy_distance:  # the top image's energy sigma with its distance factor, over without it
         top = int(np.argmax(profile.energy))
         _, batches = calc.predict([images[0], images[top]], progress=False, force_variance=False)
         first, highest = per_structure(batches)
         delta = highest.structure - first.structure
         raw = float(calc.energy_posterior.quadratic_form(delta)[0])
-        factor = largest_inflation(calc, [images[top]])[0]
+        factor = frame_inflations(calc, [images[top]])[method.energy_distance][0]
         calibration = calc.energy_posterior.calibration
         std *= float(np.sqrt(calibration.variance(np.array([raw * factor]), len(images[0]))
                              / calibration.variance(np.array([raw]), len(images[0])))[0])
