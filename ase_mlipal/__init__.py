@@ -44,7 +44,7 @@ with torch_load_override(), without_cuequivariance_notice(), warnings.catch_warn
     from .uncertainty.ntk import EnergyForceNTKFeatures, ForceNTKFeatures, NTKFeatures
     from .guards import EnergyRunaway, PhysicalGuard, UnphysicalFrame
     from .learning.neb_learner import NEBLearner, NEBReport, NoBandError
-    from .paths import PathProfile, band, path_profile
+    from .paths import PathProfile, band, band_residuals, fit_band_calibration, path_profile
     from .learning.transition_state import TransitionState, refine_ts
     from .uncertainty.posterior import FeaturePosterior
     from .uncertainty.distance import NearestNeighbours
@@ -113,7 +113,9 @@ __all__ = [
     "TrainedModel",
     "TrainResult",
     "default_conditioning",
+    "band_residuals",
     "finetune",
+    "fit_band_calibration",
     "fit_recalibration",
     "forgetting_floor",
     "fit_scale",

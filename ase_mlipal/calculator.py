@@ -152,6 +152,8 @@ class MLIPALCalculator(Calculator):
     energy_posterior = _delegated("energy_posterior", "Posterior on structure features.", settable=True)
     atom_posterior = _delegated("atom_posterior", "Posterior on atomic features.", settable=True)
     calibrated = _delegated("calibrated", "Whether the uncertainties are calibrated (eV, eV/A).", settable=True)
+    band_calibration = _delegated("band_calibration", "Energy calibration of bands relaxed on the model, or None "
+                                  "(:func:`~ase_mlipal.fit_band_calibration`).", settable=True)
     typical = _delegated("typical", "Median uncertainties of in-distribution frames (see :meth:`fit_typical`).",
                          settable=True)
     n_conditioning = _delegated("n_conditioning",
@@ -614,6 +616,8 @@ class MLIPALCalculator(Calculator):
             arrays.update({prefix + key: value for key, value in posterior.state().items()})
         if self.uncertainty_model.neighbours is not None:
             arrays.update(self.uncertainty_model.neighbours.arrays())
+        if self.band_calibration is not None:
+            arrays.update({f"band_{key}": np.array(value) for key, value in self.band_calibration.as_dict().items()})
         atomic_write(path, lambda tmp: _savez(tmp, arrays))
 
     def _scalar_options(self) -> str:
@@ -663,6 +667,8 @@ class MLIPALCalculator(Calculator):
         self.n_conditioning = int(arrays.get("n_conditioning", self.energy_posterior.n_added))
         typical = {key[len("typical_"):]: float(value) for key, value in arrays.items() if key.startswith("typical_")}
         self.typical = typical or None
+        band = {key[len("band_"):]: float(value) for key, value in arrays.items() if key.startswith("band_")}
+        self.band_calibration = Recalibration(**band) if band else None  # a file written before it: None
         self.reset()
         return self
 

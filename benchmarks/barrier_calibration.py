@@ -64,7 +64,7 @@ def barrier(calc, images: list, calibration) -> dict:
     posterior = calc.uncertainty_model.energy_posterior
     shipped, posterior.calibration = posterior.calibration, calibration
     try:
-        profile = ase_mlipal.path_profile(calc, images)
+        profile = ase_mlipal.path_profile(calc, images, relaxed_on_model=False)  # an xTB band
     finally:
         posterior.calibration = shipped
     reference = np.array([read_labels(a)[0] for a in images])

@@ -351,7 +351,7 @@ def barrier_check(calc, bands: dict, energy: Recalibration, reaction: str, metho
     """xTB barrier against ``path_profile``'s barrier +- 2 sigma on the xTB band of ``reaction``."""
     images = bands[reaction]
     calc.energy_posterior.calibration = at_size(energy, len(images[0]), method)
-    profile = ase_mlipal.path_profile(calc, images)
+    profile = ase_mlipal.path_profile(calc, images, relaxed_on_model=False)  # an xTB band
     std = profile.barrier_std
     if method.energy_distance:  # the top image's energy sigma with its distance factor, over without it
         top = int(np.argmax(profile.energy))

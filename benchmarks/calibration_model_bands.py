@@ -1,36 +1,45 @@
-"""The energy sigma where a model-driven NEB goes: calibrated on the model's own bands, with a distance term?
+"""The energy sigma of a band relaxed on the model: calibrated on such bands, each reaction left out.
 
     python benchmarks/calibration_model_bands.py [--out benchmarks/results] [--smoke]
 
 Every calibration frame until now lay along a reference path (xTB's band,
 with thermal noise). A NEB on the model leaves that path where the model is
-wrong, and there the shipped energy sigma was several times too small: on
-the learners' round-0 checks (images of the pretrained model's own bands),
-38% of the energy errors lay inside 2 sigma, the median error was 5 sigma.
+wrong, into the model's own errors, and there the shipped energy sigma was
+several times too small: on the learners' round-0 checks (images of the
+pretrained model's own bands), 38% of the energy errors lay inside 2 sigma.
 ``scripts/make_model_band_data.py`` labels those bands with xTB (the
-learner's round-0 relaxation on the pretrained model, interior images at
-three points of it: ``benchmarks/data/model_bands.xyz.gz``).
+learner's round-0 relaxation on the shipped model, 24 reactions, interior
+images at three points of it and the endpoints:
+``benchmarks/data/model_bands.xyz.gz``). Two questions, on the default
+``MLIPALCalculator()`` (its energy posterior is the plain one's too):
 
-This compares, on the default ``MLIPALCalculator()`` (distance-aware, a
-power law for the forces), two calibration data and three energy sigmas,
-every reaction scored by a fit that never saw it (each of the calibration's
-22 reactions left out in turn, with its path frames *and* its band frames):
+**1. A calibration of its own for such bands** (:func:`ase_mlipal.fit_band_calibration`,
+what :func:`ase_mlipal.path_profile` uses on a band relaxed on the model).
+Scored on the differences ``E_i - E_0`` to each band's first endpoint (what
+a barrier is), every one of the 20 calibration reactions with a band by a
+fit without it, and the 4 reactions outside the calibration
+(acetaldehyde -> CH4 + CO, acetamide -> imidic acid, propyne -> allene,
+dimethyl ether -> CH4 + H2CO) by the fit on all 20:
 
-* data ``paths``: the shipped recipe (pretraining validation split + the
-  path frames of 22 reactions, each reaction weighing as much as the split);
-  ``paths + bands``: the same plus each reaction's model-band frames as a
-  group of their own (weighing as much again);
-* energy ``plain``: the posterior variance of the structure's features (the
-  shipped one); ``largest``: times the largest distance factor
-  ``1 + (d / d0)^2`` of its atoms (the force sigma's factor, the atom least
-  like the data); ``mean``: times the mean factor over its atoms.
+* ``posterior's``: the energy posterior's own calibration (fitted near
+  reference paths; what ``path_profile`` used until now);
+* ``band, linear``: a plain scale on the raw variance, fitted on the bands;
+* ``band, power``: a power law with a floor per atom, fitted on the bands;
+* ``band, linear, distance``: a plain scale on the raw variance times the
+  image's largest distance factor ``1 + (d / d0)^2`` (the force sigma's).
 
-Scored: the reference-path test frames (all, TS region), the model-band
-frames (all, the band's highest image), the pretraining test split; and,
-with the full fits, frames no fit saw: the model bands of the four reactions
-outside the calibration (acetaldehyde -> CH4 + CO, acetamide -> imidic acid,
-propyne -> allene, dimethyl ether -> CH4 + H2CO) and the fourth fresh set's
-path frames. Every constant is fitted by maximum likelihood
+Then the user's question: the xTB barrier (a direct xTB NEB from the same
+band, where it found a pass) against the barrier +- 2 sigma that
+``path_profile`` reads on the model's final round-0 band.
+
+**2. One calibration for both** (why a separate map): the shipped recipe's
+data (validation split + the path frames of 22 reactions) with and without
+the band frames as groups of their own, and with the energy's raw variance
+times the structure's ``largest`` or ``mean`` distance factor; scored on the
+path frames (left out), the band frames' total energies (left out), the
+pretraining test and the fourth fresh set.
+
+Every constant is fitted by maximum likelihood
 (:func:`~ase_mlipal.uncertainty.calibration.fit_recalibration`); nothing is
 tuned. Writes ``calibration_model_bands.json`` and ``.md``.
 """
@@ -49,11 +58,120 @@ import numpy as np
 from calibration import DATA, METHODS, SHIPPED, Split, fit_pair, report, scored
 from reactive import physical
 
+from learning_loop import found_a_pass
+from learning_loop_heldout import PARTS as HELDOUT_PARTS
+
 from ase_mlipal.frames import read_frames
+from ase_mlipal.paths import band_residuals
+from ase_mlipal.uncertainty.calibration import Recalibration, calibration_report, fit_recalibration
+from ase_mlipal.uncertainty.features import per_structure
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from build_posterior import calibration_reactions  # noqa: E402
+from build_posterior import calibration_reactions, model_bands  # noqa: E402
+
+BAND_VARIANTS = {"posterior's": None, "band, linear": ("linear", False), "band, power": ("power", False),
+                 "band, linear, distance": ("linear", True)}  # variant: (fit method, times the distance factor)
+BAND_SPLITS = (("left_out", "bands of the 20 (each left out)"), ("left_out_top", "  each band's highest image"),
+               ("unseen", "bands of the 4 outside"), ("unseen_top", "  each band's highest image"))
+
+
+class BandData:
+    """Residuals of the energy differences of every band image to its band's first endpoint, with what scores
+    them: raw variance, distance factor, atoms, reaction, whether the image is its band's highest."""
+
+    def __init__(self, calc, bands: dict[str, list]):
+        names = list(bands)
+        self.residuals, self.raw, self.n, band = band_residuals(calc, [bands[r] for r in names])
+        self.reaction = np.asarray(names)[band]
+        self.top = np.concatenate([[bool(a.info["band_top"]) for a in bands[r][1:]] for r in names])
+        neighbours = calc.uncertainty_model.neighbours
+        _, batches = calc.predict([a for r in names for a in bands[r][1:]], progress=False, force_variance=False)
+        self.factor = np.array([neighbours.inflation(f.atom).max() for f in per_structure(batches)])
+
+    def raw_of(self, distance: bool) -> np.ndarray:
+        return self.raw * self.factor if distance else self.raw
+
+    def fit(self, variant: str, mask, posterior: Recalibration) -> Recalibration:
+        if BAND_VARIANTS[variant] is None:
+            return posterior
+        method, distance = BAND_VARIANTS[variant]
+        return fit_recalibration(self.residuals[mask], self.raw_of(distance)[mask], self.n[mask],
+                                 self.reaction[mask], method)
+
+    def std(self, variant: str, calibration: Recalibration, mask) -> np.ndarray:
+        distance = BAND_VARIANTS[variant] is not None and BAND_VARIANTS[variant][1]
+        return np.sqrt(calibration.variance(self.raw_of(distance)[mask], self.n[mask]))
+
+
+def direct_barriers() -> dict[str, float]:
+    """The barrier of the direct xTB NEB from each reaction's learner band, where it found a pass."""
+    out = {}
+    for path in sorted((ROOT / "benchmarks" / "results" / "learning_loop").glob("[!m]*.json")):
+        direct = json.loads(path.read_text()).get("direct_neb")
+        if direct and found_a_pass(direct):
+            out[path.stem] = direct["barrier"]
+    for path in sorted(HELDOUT_PARTS.glob("*_direct.json")):
+        direct = json.loads(path.read_text())
+        if found_a_pass(direct):
+            out[path.name.removesuffix("_direct.json")] = direct["barrier"]
+    return out
+
+
+def final_band(reaction: str, frames: list) -> list:
+    """The model's final round-0 band of ``reaction``: endpoints and the interior images of its last snapshot."""
+    mine = [a for a in frames if a.info["reaction"] == reaction]
+    last = max(a.info["neb_step"] for a in mine if a.info["model_band"])
+    images = [a for a in mine if not a.info["model_band"] or a.info["neb_step"] == last]
+    return sorted(images, key=lambda a: a.info["image"])
+
+
+def band_calibration_scores(calc, frames: list, calibration_names: set) -> dict:
+    """Part 1: each band variant, LORO over the calibration reactions, the full fit on the others; barriers."""
+    bands = model_bands()
+    data = BandData(calc, bands)
+    inside = np.isin(data.reaction, sorted(calibration_names))
+    posterior = calc.energy_posterior.calibration
+    barriers, out = direct_barriers(), {}
+    for variant in BAND_VARIANTS:
+        pieces = {key: [] for key, _ in BAND_SPLITS}
+        per_reaction, fits = {}, {}
+        for reaction in sorted(set(data.reaction[inside])):
+            fits[reaction] = fit = data.fit(variant, inside & (data.reaction != reaction), posterior)
+            mine = data.reaction == reaction
+            piece = (data.residuals[mine], data.std(variant, fit, mine))
+            pieces["left_out"].append(piece)
+            pieces["left_out_top"].append((data.residuals[mine & data.top], data.std(variant, fit, mine & data.top)))
+            per_reaction[reaction] = float(np.mean(np.abs(piece[0]) < 2 * piece[1]))
+        full = data.fit(variant, inside, posterior)
+        for reaction in sorted(set(data.reaction[~inside])):
+            fits[reaction] = full
+            mine = data.reaction == reaction
+            pieces["unseen"].append((data.residuals[mine], data.std(variant, full, mine)))
+            pieces["unseen_top"].append((data.residuals[mine & data.top], data.std(variant, full, mine & data.top)))
+            per_reaction[reaction] = float(np.mean(np.abs(pieces["unseen"][-1][0]) < 2 * pieces["unseen"][-1][1]))
+        out[variant] = {"pooled": {key: calibration_report(np.concatenate([p[0] for p in v]),
+                                                           np.concatenate([p[1] for p in v])).as_dict()
+                                   for key, v in pieces.items()},
+                        "energy_2sigma_per_reaction": per_reaction, "fit_all": full.as_dict(),
+                        "barriers": {} if BAND_VARIANTS[variant] and BAND_VARIANTS[variant][1] else
+                        {r: barrier_check(calc, final_band(r, frames), fits[r], barriers[r], variant)
+                         for r in sorted(fits) if r in barriers}}
+    out["below_reference"] = float(np.mean(data.residuals < 0))
+    return out
+
+
+def barrier_check(calc, images: list, calibration: Recalibration, reference: float, variant: str) -> dict:
+    """The xTB barrier against ``path_profile``'s barrier +- 2 sigma on the model's band, with ``calibration``."""
+    kept = calc.band_calibration
+    calc.band_calibration = calibration
+    try:
+        profile = ase_mlipal.path_profile(calc, images, relaxed_on_model=BAND_VARIANTS[variant] is not None)
+    finally:
+        calc.band_calibration = kept
+    error = profile.barrier - reference
+    return {"reference": reference, "predicted": profile.barrier, "std": profile.barrier_std, "error": error,
+            "covered_2sigma": bool(abs(error) < 2 * profile.barrier_std)}
 
 ENERGY = {"plain": SHIPPED, "largest": "distance energy", "mean": "distance mean energy"}  # variant: METHODS key
 METHODS["distance mean energy"] = METHODS["distance energy"]._replace(energy_distance="mean")
@@ -113,12 +231,51 @@ class BandSplit(Split):
         self.top = np.array([bool(a.info.get("band_top", False)) for a in frames])
 
 
+def band_markdown(results: dict) -> list[str]:
+    """Part 1's tables."""
+    part = results["band_calibration"]
+    lines = ["## 1. A calibration of its own for bands relaxed on the model", "",
+             f"Energy differences to each band's first endpoint; {part['below_reference'] * 100:.0f}% of the "
+             "model's band images lie below the reference. 20 calibration reactions each scored by the fit without "
+             f"it; the 4 outside ({', '.join(results['unseen_reactions'])}) by the fit on all 20.", "",
+             "| energy σ | split | cov 1σ | cov 2σ | NLL | miscal | sharpness (eV) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for variant in BAND_VARIANTS:
+        for key, label in BAND_SPLITS:
+            r = part[variant]["pooled"][key]
+            lines.append(f"| {variant} | {label} | {r['coverage_1sigma']:.2f} | {r['coverage_2sigma']:.2f} | "
+                         f"{r['nll']:.2f} | {r['miscalibration_area']:.3f} | {r['sharpness']:.2f} |")
+    barred = [v for v in BAND_VARIANTS if part[v]["barriers"]]
+    lines += ["", "The xTB barrier (direct NEB from the same band) against `path_profile`'s barrier ± 2σ on the "
+              "model's final round-0 band (eV; the band's fit without its reaction):", "",
+              "| reaction | xTB | model | " + " | ".join(f"σ, {v} (in 2σ)" for v in barred) + " |",
+              "|---|---:|---:|" + "---:|" * len(barred)]
+    for reaction in sorted(part[barred[0]]["barriers"]):
+        checks = [part[v]["barriers"][reaction] for v in barred]
+        cells = [f"{c['std']:.2f} ({'yes' if c['covered_2sigma'] else 'no'})" for c in checks]
+        lines.append(f"| {reaction} | {checks[0]['reference']:.2f} | {checks[0]['predicted']:.2f} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    for v in barred:
+        rows = part[v]["barriers"].values()
+        lines.append(f"- {v}: xTB barrier inside 2σ on {sum(r['covered_2sigma'] for r in rows)} of {len(rows)}; "
+                     f"median σ {np.median([r['std'] for r in rows]):.2f} eV; full fit {part[v]['fit_all']}")
+    lines += ["", "Energy 2σ coverage per reaction (bands):", "", "| reaction | " + " | ".join(BAND_VARIANTS) + " |",
+              "|---|" + "---:|" * len(BAND_VARIANTS)]
+    for reaction in sorted(part["posterior's"]["energy_2sigma_per_reaction"]):
+        lines.append(f"| {reaction} | " + " | ".join(f"{part[v]['energy_2sigma_per_reaction'][reaction]:.2f}"
+                                                  for v in BAND_VARIANTS) + " |")
+    return lines + [""]
+
+
 def markdown(results: dict) -> str:
     lines = [f"# The energy σ on the model's own bands (`python benchmarks/calibration_model_bands.py`, "
-             f"{results['seconds']:.0f} s)", "",
-             "Default `MLIPALCalculator()` (distance-aware). Each of the calibration's reactions scored by the fit "
-             "without it (its path and band frames); the pretraining test, the 4 reactions outside the fit "
-             f"({', '.join(results['unseen_reactions'])}) and the fourth fresh set by the full fit.", ""]
+             f"{results['seconds']:.0f} s)", "", "Default `MLIPALCalculator()` (distance-aware).", ""]
+    lines += band_markdown(results)
+    lines += ["## 2. One calibration for both?", "",
+              "Each of the calibration's reactions scored by the fit without it (its path and band frames; total "
+              "energies); the pretraining test, the 4 reactions outside the fit and the fourth fresh set by the "
+              "full fit.", ""]
     for quantity in ("energy", "forces"):
         lines += [f"{quantity}:", "", "| data | energy σ | split | cov 1σ | cov 2σ | NLL | miscal | sharpness |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -150,7 +307,8 @@ def main() -> None:
     pretrain = read_frames(DATA / "pretrain.xyz.gz")[::step]
     calibration = [a for a in calibration_reactions()[::step] if physical(a)]
     reactions = {a.info["reaction"] for a in calibration}
-    bands = read_frames(DATA / "model_bands.xyz.gz")[::max(1, step // 5)]
+    every_band_frame = read_frames(DATA / "model_bands.xyz.gz")
+    bands = [a for a in every_band_frame if a.info["model_band"]][::max(1, step // 5)]
     valid = [a for a in pretrain if a.info["split"] == "valid"]
     frames = {"test": [a for a in pretrain if a.info["split"] == "test"],
               "bands": [a for a in bands if a.info["reaction"] in reactions],
@@ -169,7 +327,9 @@ def main() -> None:
     data = {"paths": [(splits["path"], every["path"])],
             "paths + bands": [(splits["path"], every["path"]), (splits["bands"], every["bands"])]}
     results = {"unseen_reactions": sorted({a.info["reaction"] for a in frames["unseen_bands"]}),
-               "band_frames": len(frames["bands"]), "unseen_band_frames": len(frames["unseen_bands"])}
+               "band_frames": len(frames["bands"]), "unseen_band_frames": len(frames["unseen_bands"]),
+               "band_calibration": band_calibration_scores(ase_mlipal.MLIPALCalculator(), every_band_frame, reactions)}
+    print(f"part 1 done ({time.perf_counter() - start:.0f} s)", flush=True)
     for name, parts in data.items():
         results[name] = {variant: score(parts, method, splits) for variant, method in ENERGY.items()}
         print(f"{name} done ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -41,9 +41,9 @@ def compare(name: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         trigger = UncertaintyTrigger(calc, FrameStore(Path(tmp) / "frames.db"), 0.5, source="neb")
         relax_band(images, calc, trigger, fmax=0.1, steps=300, interval=5, progress=False)
-        settled = path_profile(calc, images)
+        settled = path_profile(calc, images, relaxed_on_model=False)  # as recorded: the plain calibration
         with calc.uncertainty_model.posteriors_of(before):
-            fresh = path_profile(calc, images)
+            fresh = path_profile(calc, images, relaxed_on_model=False)
     return (f"{name}: {len(trigger.flagged)} flags; barrier {fresh.barrier:.2f} eV; sigma before the flags "
             f"{fresh.barrier_std:.3f}, after {settled.barrier_std:.3f} eV (ratio {fresh.barrier_std / settled.barrier_std:.1f}x); "
             f"image sigmas before {np.round(fresh.energy_std[1:-1], 2).tolist()}, after "

@@ -20,7 +20,11 @@ law with an error floor per atom for the energy, a plain scale for the
 forces; ``benchmarks/calibration.py`` measures why, with each reaction held
 out in turn). More kinds of chemistry transfer better to a reaction none of
 them is: ``benchmarks/calibration_wider.py``, each of the 22 left out in
-turn, against a fit on the reactive set alone. Then stores the typical
+turn, against a fit on the reactive set alone. The band calibration
+(:func:`ase_mlipal.fit_band_calibration`, what ``path_profile`` uses on a
+band relaxed on the model) is fitted on the same reactions' bands relaxed
+on the shipped model (``benchmarks/data/model_bands.xyz.gz``,
+``scripts/make_model_band_data.py``; the two hot MD runs have none). Then stores the typical
 uncertainty of the validation split, so a relative trigger threshold
 works without reference frames, and
 records the fit in ``default.json``. The training split's structures go to
@@ -36,6 +40,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import ase_mlipal  # first: imports mace before e3nn
 from ase_mlipal.frames import read_frames
@@ -61,6 +66,22 @@ def calibration_reactions() -> list:
     """The frames of the 22 reactions the shipped calibration is fitted on: the reactive set's, then
     :func:`later_reactions`."""
     return read_frames(DATA / "reactive.xyz.gz") + later_reactions()
+
+
+def model_bands(reactions: Optional[set] = None) -> dict[str, list]:
+    """The labelled bands of ``benchmarks/data/model_bands.xyz.gz`` (``scripts/make_model_band_data.py``) by
+    reaction (default: every one), each the first endpoint then the images relaxed on the model: what
+    :func:`ase_mlipal.fit_band_calibration` takes."""
+    bands: dict[str, list] = {}
+    for atoms in read_frames(DATA / "model_bands.xyz.gz"):
+        name = atoms.info["reaction"]
+        if reactions is None or name in reactions:
+            bands.setdefault(name, [])
+            if atoms.info["model_band"]:
+                bands[name].append(atoms)
+            elif atoms.info["image"] == 0:
+                bands[name].insert(0, atoms)
+    return bands
 
 
 def calibration_frames(pretrain_valid: list, reactions: list) -> tuple[list, list[str]]:
@@ -94,12 +115,16 @@ def build_posterior(model, splits: dict[str, list], reactions: list, distance_aw
     calc.condition(splits["train"])
     frames, groups = calibration_frames(splits["valid"], reactions)
     report = calc.calibrate(frames, groups=groups, forces_method=shipped_forces_method(distance_aware))
+    bands = model_bands({a.info["reaction"] for a in reactions})
+    band_report = ase_mlipal.fit_band_calibration(calc, list(bands.values()), groups=list(bands))
     typical = calc.fit_typical(splits["valid"])
     return calc, {
         "kernel": calc.kernel, "dim": calc.feature_map.dim, "conditioned_on": len(splits["train"]),
         "frames": len(frames), "groups": sorted(set(groups)),
         "energy": calc.energy_posterior.calibration.as_dict(), "forces": calc.atom_posterior.calibration.as_dict(),
-        "typical": typical, "report_on_fit_frames": {k: v.as_dict() for k, v in report.items()},
+        "band_calibration": calc.band_calibration.as_dict(), "band_calibration_bands": sorted(bands),
+        "typical": typical,
+        "report_on_fit_frames": {**{k: v.as_dict() for k, v in report.items()}, "bands": band_report.as_dict()},
     }
 
 

@@ -16,9 +16,11 @@ default model exactly as round 0 of ``NEBLearner`` does (climbing image,
 improved tangent, FIRE, fmax 0.1 eV/A, at most 300 steps), and labels
 the interior images with GFN2-xTB at three points of the relaxation
 (after 30 and 100 steps and at its end; a band whose length passes 3x its
-initial one, the learner's guard, ends there). ``info``: ``reaction``,
+initial one, the learner's guard, ends there), and the two endpoints (a
+barrier is an energy difference to the first). ``info``: ``reaction``,
 ``image``, ``neb_step``, ``band_top`` (the band's highest interior image
-on the model at that step), ``split="test"``, ``model_band=True``.
+on the model at that step), ``split="test"``, ``model_band`` (False for
+the endpoints).
 Frames failing :func:`reactive.physical` are dropped.
 
 The NEB depends on the model alone (not on its posterior or calibration),
@@ -99,6 +101,11 @@ def model_band_frames(name: str) -> tuple[list, dict]:
     snapshots.append((optimizer.nsteps, [image.copy() for image in images],
                       [image.get_potential_energy() for image in images]))
     stats, frames = LabelStats(), []
+    for k in (0, len(images) - 1):  # the endpoints: what a barrier (an energy difference) is measured from
+        labelled = xtb_label(images[k], stats)
+        if labelled is not None:
+            labelled.info.update(reaction=name, image=k, neb_step=0, band_top=False, split="test", model_band=False)
+            frames.append(labelled)
     for step, band_images, energies in snapshots:
         top = 1 + int(np.argmax(energies[1:-1]))
         for k, image in enumerate(band_images[1:-1], start=1):
@@ -108,8 +115,9 @@ def model_band_frames(name: str) -> tuple[list, dict]:
             labelled.info.update(reaction=name, image=k, neb_step=step, band_top=k == top, split="test",
                                  model_band=True)
             frames.append(labelled)
+    length = float(reaction_coordinate(images)[-1])
     return frames, {"ended": ended, "neb_steps": optimizer.nsteps, "frames": len(frames),
-                    "skipped_scf": stats.skipped, "length_ratio": float(reaction_coordinate(images)[-1] / initial_length)}
+                    "skipped_scf": stats.skipped, "length_ratio": length / initial_length}
 
 
 def main():

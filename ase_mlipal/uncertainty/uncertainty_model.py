@@ -12,6 +12,7 @@ import torch
 from ..models.graphs import BatchMaker
 from ..models.model import model_hash
 from .distance import NearestNeighbours
+from .calibration import Recalibration
 from .features import Features
 from .kernels import get_feature_map
 from .posterior import FeaturePosterior
@@ -57,6 +58,13 @@ class UncertaintyModel:
             :meth:`MLIPALCalculator.condition` (not those a trigger absorbed).
         neighbours: the atom rows the distance is measured to (``None``
             unless ``distance_aware``).
+        band_calibration: the calibration of the energy differences along a
+            band relaxed on the model itself (a NEB run on it), or ``None``
+            (use the energy posterior's own): such a band bends into the
+            model's errors, which are then several times those of frames near
+            a reference path with the same raw variance
+            (:func:`~ase_mlipal.fit_band_calibration`). A map of the raw
+            variance like the posterior's; a model swap keeps it.
     """
 
     def __init__(self, model: torch.nn.Module, kernel: str = "activation", kernel_options: Optional[dict] = None,
@@ -66,6 +74,7 @@ class UncertaintyModel:
         self.kernel_options = dict(kernel_options or {})
         self.regularization = regularization
         self._changes = 0
+        self.band_calibration: Optional[Recalibration] = None
         self.use(model, head)
 
     def use(self, model: torch.nn.Module, head: Optional[str] = None) -> None:
