@@ -20,13 +20,11 @@ law with an error floor per atom for the energy, a plain scale for the
 forces; ``benchmarks/calibration.py`` measures why, with each reaction held
 out in turn). More kinds of chemistry transfer better to a reaction none of
 them is: ``benchmarks/calibration_wider.py``, each of the 22 left out in
-turn, against a fit on the reactive set alone. The distance-aware
-posterior also gets a band calibration (:func:`ase_mlipal.fit_band_calibration`,
-what ``path_profile`` uses on a band relaxed on the model), fitted on the
-same reactions' bands relaxed on the shipped model
-(``benchmarks/data/model_bands.xyz.gz``, ``scripts/make_model_band_data.py``;
-the two hot MD runs have none); the plain one has none, since without the
-distance its σ would stay as wide after a learner labelled the band. Then stores the typical
+turn, against a fit on the reactive set alone. The band calibration
+(:func:`ase_mlipal.fit_band_calibration`, what ``path_profile`` uses on a
+band relaxed on the model) is fitted on the same reactions' bands relaxed
+on the shipped model (``benchmarks/data/model_bands.xyz.gz``,
+``scripts/make_model_band_data.py``; the two hot MD runs have none). Then stores the typical
 uncertainty of the validation split, so a relative trigger threshold
 works without reference frames, and
 records the fit in ``default.json``. The training split's structures go to
@@ -124,11 +122,10 @@ def build_posterior(model, splits: dict[str, list], reactions: list, distance_aw
         "energy": calc.energy_posterior.calibration.as_dict(), "forces": calc.atom_posterior.calibration.as_dict(),
         "typical": typical, "report_on_fit_frames": {k: v.as_dict() for k, v in report.items()},
     }
-    if distance_aware:  # the band sigma shrinks with the distance once a learner labels the band: none without it
-        bands = model_bands({a.info["reaction"] for a in reactions})
-        band_report = ase_mlipal.fit_band_calibration(calc, list(bands.values()), groups=list(bands))
-        entry.update(band_calibration=calc.band_calibration.as_dict(), band_calibration_bands=sorted(bands))
-        entry["report_on_fit_frames"]["bands"] = band_report.as_dict()
+    bands = model_bands({a.info["reaction"] for a in reactions})
+    band_report = ase_mlipal.fit_band_calibration(calc, list(bands.values()), groups=list(bands))
+    entry.update(band_calibration=calc.band_calibration.as_dict(), band_calibration_bands=sorted(bands))
+    entry["report_on_fit_frames"]["bands"] = band_report.as_dict()
     return calc, entry
 
 

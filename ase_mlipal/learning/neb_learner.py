@@ -475,8 +475,11 @@ class NEBLearner(LearningRun):
 
     After the run the calculator holds the final band's model and posterior,
     that band's flags settled in it (bookkeeping); ``report.final.profile``
-    is judged without them, so a ``path_profile`` of ``report.images`` on the
-    calculator reads a smaller sigma than the report's.
+    is judged without them, so a ``path_profile(..., relaxed_on_model=False)``
+    of ``report.images`` on the calculator reads a smaller sigma than the
+    report's. The bands are read with the posterior's calibration
+    (``relaxed_on_model=False``): the band calibration describes a model
+    that has not learned the reaction, and the checks verify the band.
 
     State lives in ``workdir`` (see :mod:`ase_mlipal.learning.learning_run`, plus
     ``band.traj``): run the same learner again to resume after a crash.
@@ -804,7 +807,9 @@ class NEBLearner(LearningRun):
     def _judge_band(self, number: int, trigger: UncertaintyTrigger, converged: bool, steps: int,
                     cut: Optional[UnphysicalFrame], quiet: bool) -> Optional[NEBRound]:
         """Profile, label and check the band a relaxation left (``cut``: the guard stop it was cut short by)."""
-        profile = path_profile(self.calc, self.images, label=f"round {number}")
+        # the path-fitted sigma, not the band calibration: the checks verify the band, and once labels lie near it
+        # a map of an untrained model's errors is far too wide (benchmarks/calibration_model_bands.py)
+        profile = path_profile(self.calc, self.images, label=f"round {number}", relaxed_on_model=False)
         if self.state["anchor_id"] is None:
             endpoint_ids = [self.store.add_flagged(self.images[k], source="endpoint", image=k,
                                                    run_id=trigger.run_id)[0] for k in (0, len(self.images) - 1)]

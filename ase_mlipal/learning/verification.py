@@ -145,7 +145,9 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
 
     With ``anchor`` (a labelled frame, e.g. a band's first endpoint) the
     energy checked is the difference ``E(frame) - E(anchor)`` and its
-    uncertainty that of the difference (:func:`~ase_mlipal.path_profile`);
+    uncertainty that of the difference (:func:`~ase_mlipal.path_profile`,
+    on the posterior's calibration: a check is how a learner learns whether
+    the model is right, and the learners' bands keep that calibration);
     without, the total energy and ``energy_uncertainty``. ``tolerance``
     (eV) bounds the energy error on top of the 2-sigma test. ``ceiling``
     (eV, with ``anchor``) bounds the *reference* difference instead: an
@@ -172,7 +174,7 @@ def check_frame(calc: MLIPALCalculator, frame: Atoms, number: int, kind: str, an
     predicted_forces = probe.get_forces()
     sigma_f = calc.results["forces_uncertainty"]
     if anchor is not None:
-        profile = path_profile(calc, [anchor, frame], draws=1)
+        profile = path_profile(calc, [anchor, frame], draws=1, relaxed_on_model=False)  # as the learners' bands
         reference = float(energy - read_labels(anchor)[0])
         error = float(profile.energy[1] - reference)
         std = float(profile.energy_std[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -63,9 +63,8 @@ class UncertaintyModel:
             (use the energy posterior's own): such a band bends into the
             model's errors, which are then several times those of frames near
             a reference path with the same raw variance
-            (:func:`~ase_mlipal.fit_band_calibration`). It maps the raw
-            variance of each difference times the image's
-            :meth:`distance_factors`; a model swap keeps it.
+            (:func:`~ase_mlipal.fit_band_calibration`). A map of the raw
+            variance like the posterior's; a model swap keeps it.
     """
 
     def __init__(self, model: torch.nn.Module, kernel: str = "activation", kernel_options: Optional[dict] = None,
@@ -192,13 +191,6 @@ class UncertaintyModel:
         trial = self.snapshot()
         trial.add_features(features, weight)
         return trial
-
-    def distance_factors(self, features: Sequence[Features]) -> np.ndarray:
-        """Per structure, the largest factor ``1 + (d / d0)^2`` of its atoms (:attr:`neighbours`; 1 without them):
-        how far the atom least like the data lies from them."""
-        if self.neighbours is None or not len(self.neighbours):
-            return np.ones(len(features))
-        return np.array([float(self.neighbours.inflation(f.atom).max()) for f in features])
 
     def force_variance(self, features: Features) -> np.ndarray:
         """Raw (unscaled) variance per force component of each atom, ``(n_atoms,)``.

@@ -41,14 +41,9 @@ def test_band_residuals_are_the_errors_of_the_differences_beside_their_posterior
         reference = np.array([a.get_potential_energy() for a in images])
         np.testing.assert_allclose(residuals[number == k], (model[1:] - model[0]) - (reference[1:] - reference[0]),
                                    atol=1e-8)
-        features = per_structure(conditioned.features(images))
-        phi = np.concatenate([f.structure for f in features])
+        phi = np.concatenate([f.structure for f in per_structure(conditioned.features(images))])
         delta = phi[1:] - phi[0]
-        # the distance factor of each image: its atom least like the data
-        factor = [conditioned.uncertainty_model.neighbours.inflation(f.atom).max() for f in features[1:]]
-        assert min(factor) > 1.0
-        np.testing.assert_allclose(raw[number == k], np.einsum("ij,jk,ik->i", delta, inverse, delta) * factor,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(raw[number == k], np.einsum("ij,jk,ik->i", delta, inverse, delta), rtol=1e-6)
 
 
 def test_band_calibration_is_the_maximum_likelihood_scale_each_group_weighing_the_same(conditioned):
@@ -74,9 +69,8 @@ def test_path_profile_reads_the_band_calibration_only_for_a_band_relaxed_on_the_
     np.testing.assert_allclose(path_profile(conditioned, images, relaxed_on_model=False).energy_std, plain.energy_std)
     conditioned.band_calibration = conditioned.energy_posterior.calibration.times(9.0)  # a plain scale, 9x
     relaxed = path_profile(conditioned, images)
-    factor = conditioned.uncertainty_model.distance_factors(per_structure(conditioned.features(images)))
-    np.testing.assert_allclose(relaxed.energy_std, 3.0 * plain.energy_std * np.sqrt(factor), rtol=1e-10)
-    assert relaxed.barrier_std > 3.0 * plain.barrier_std  # every image's sigma 3x and more
+    np.testing.assert_allclose(relaxed.energy_std, 3.0 * plain.energy_std, rtol=1e-10)
+    assert relaxed.barrier_std == pytest.approx(3.0 * plain.barrier_std, rel=0.05)  # a maximum: not exactly 3x
     elsewhere = path_profile(conditioned, images, relaxed_on_model=False)  # e.g. a reference band
     np.testing.assert_allclose(elsewhere.energy_std, plain.energy_std)
     probe = images[2].copy()
