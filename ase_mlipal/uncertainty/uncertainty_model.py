@@ -11,8 +11,8 @@ import torch
 
 from ..models.graphs import BatchMaker
 from ..models.model import model_hash
-from .distance import NearestNeighbours
 from .calibration import Recalibration
+from .distance import NearestNeighbours
 from .features import Features
 from .kernels import get_feature_map
 from .posterior import FeaturePosterior
