@@ -152,6 +152,28 @@ SHIPPED = "distance, power"  # the default's calibration (MLIPALCalculator(), di
 PAIRED = ("plain", "element scales", "element power laws", "per-atom energy", SHIPPED, "distance energy")  # compared with today's Spearman reaction by reaction
 
 
+def smoke_parser(description: str) -> argparse.ArgumentParser:
+    """The calibration benchmarks' command line: ``--out`` (the results folder) and ``--smoke`` (every 10th frame,
+    for the tests)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--smoke", action="store_true", help="every 10th frame (for the tests)")
+    return parser
+
+
+def pretraining_splits(step: int = 1) -> dict[str, list]:
+    """Every ``step``-th frame of the pretraining data, its validation and its test split."""
+    pretrain = read_frames(DATA / "pretrain.xyz.gz")[::step]
+    return {split: [a for a in pretrain if a.info["split"] == split] for split in ("valid", "test")}
+
+
+def write_results(out: Path, stem: str, results: dict, text: str) -> None:
+    """``<stem>.json`` (every number of ``results``) and ``<stem>.md`` (``text``) in the folder ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.md").write_text(text)
+
+
 def neighbourhood_variance(frames, forces_raw: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
     """``sum_j fc(r_ij) q_j`` per atom (``fc`` the cosine cutoff, ``fc(0) = 1``)."""
     out, start = np.empty_like(forces_raw), 0
@@ -380,9 +402,7 @@ def coverage_curve(pieces: list[dict], quantity: str, levels: np.ndarray) -> np.
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--smoke", action="store_true", help="every 10th frame (for the tests)")
+    parser = smoke_parser(__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--fresh", action="store_true",
                        help="the fresh reactions (data/fresh_*) as the new ones; writes calibration_fresh.*")

@@ -49,7 +49,6 @@ barriers with their 2σ bars).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -58,7 +57,8 @@ from pathlib import Path
 import ase_mlipal  # noqa: F401  (first: imports mace before e3nn)
 
 import numpy as np
-from calibration import DATA, METHODS, SHIPPED, Split, fit_pair, report, scored
+from calibration import (DATA, METHODS, SHIPPED, Split, fit_pair, pretraining_splits, report, scored, smoke_parser,
+                         write_results)
 from reactive import physical
 
 from learning_loop import found_a_pass
@@ -141,20 +141,16 @@ def band_calibration_scores(calc, frames: list, calibration_names: set) -> dict:
     for variant in BAND_VARIANTS:
         pieces = {key: [] for key, _ in BAND_SPLITS}
         per_reaction, fits = {}, {}
-        for reaction in sorted(set(data.reaction[inside])):
-            fits[reaction] = fit = data.fit(variant, inside & (data.reaction != reaction), posterior)
-            mine = data.reaction == reaction
-            piece = (data.residuals[mine], data.std(variant, fit, mine))
-            pieces["left_out"].append(piece)
-            pieces["left_out_top"].append((data.residuals[mine & data.top], data.std(variant, fit, mine & data.top)))
-            per_reaction[reaction] = float(np.mean(np.abs(piece[0]) < 2 * piece[1]))
         full = data.fit(variant, inside, posterior)
-        for reaction in sorted(set(data.reaction[~inside])):
-            fits[reaction] = full
-            mine = data.reaction == reaction
-            pieces["unseen"].append((data.residuals[mine], data.std(variant, full, mine)))
-            pieces["unseen_top"].append((data.residuals[mine & data.top], data.std(variant, full, mine & data.top)))
-            per_reaction[reaction] = float(np.mean(np.abs(pieces["unseen"][-1][0]) < 2 * pieces["unseen"][-1][1]))
+        for reaction in sorted(set(data.reaction)):
+            held_out = reaction in calibration_names  # scored by the fit without it; the others by the full fit
+            fits[reaction] = fit = data.fit(variant, inside & (data.reaction != reaction), posterior) if held_out \
+                else full
+            mine, key = data.reaction == reaction, "left_out" if held_out else "unseen"
+            piece = (data.residuals[mine], data.std(variant, fit, mine))
+            pieces[key].append(piece)
+            pieces[key + "_top"].append((data.residuals[mine & data.top], data.std(variant, fit, mine & data.top)))
+            per_reaction[reaction] = float(np.mean(np.abs(piece[0]) < 2 * piece[1]))
         out[variant] = {"pooled": {key: calibration_report(np.concatenate([p[0] for p in v]),
                                                            np.concatenate([p[1] for p in v])).as_dict()
                                    for key, v in pieces.items()},
@@ -327,18 +323,15 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--smoke", action="store_true", help="every 10th frame (for the tests)")
-    args = parser.parse_args()
+    args = smoke_parser(__doc__.splitlines()[0]).parse_args()
     start, step = time.perf_counter(), 10 if args.smoke else 1
-    pretrain = read_frames(DATA / "pretrain.xyz.gz")[::step]
+    pretrain = pretraining_splits(step)
     calibration = [a for a in calibration_reactions()[::step] if physical(a)]
     reactions = {a.info["reaction"] for a in calibration}
     every_band_frame = read_frames(DATA / "model_bands.xyz.gz")
     bands = [a for a in every_band_frame if a.info["model_band"]][::max(1, step // 5)]
-    valid = [a for a in pretrain if a.info["split"] == "valid"]
-    frames = {"test": [a for a in pretrain if a.info["split"] == "test"],
+    valid = pretrain["valid"]
+    frames = {"test": pretrain["test"],
               "bands": [a for a in bands if a.info["reaction"] in reactions],
               "unseen_bands": [a for a in bands if a.info["reaction"] not in reactions]}
     fourth = DATA / "fourth_reactions.xyz.gz"
@@ -362,11 +355,9 @@ def main() -> None:
         results[name] = {variant: score(parts, method, splits) for variant, method in ENERGY.items()}
         print(f"{name} done ({time.perf_counter() - start:.0f} s)", flush=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_smoke" if args.smoke else ""
-    (args.out / f"calibration_model_bands{suffix}.json").write_text(json.dumps(results, indent=1))
-    (args.out / f"calibration_model_bands{suffix}.md").write_text(markdown(results))
-    plot(results, args.out / f"calibration_model_bands{suffix}.png")
+    stem = "calibration_model_bands" + ("_smoke" if args.smoke else "")
+    write_results(args.out, stem, results, markdown(results))
+    plot(results, args.out / f"{stem}.png")
     print(markdown(results))
 
 

@@ -34,8 +34,6 @@ reactions it sees differ. Writes ``calibration_wider.json`` and
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -43,7 +41,8 @@ from pathlib import Path
 import ase_mlipal  # noqa: F401  (first: imports mace before e3nn)
 
 import numpy as np
-from calibration import DATA, METHODS, SHIPPED, Split, fit_pair, report, score_reaction
+from calibration import (DATA, METHODS, SHIPPED, Split, fit_pair, pretraining_splits, report, score_reaction,
+                         smoke_parser, write_results)
 from reactive import physical
 
 from ase_mlipal.frames import read_frames
@@ -117,14 +116,9 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--smoke", action="store_true", help="every 10th frame (for the tests)")
-    args = parser.parse_args()
+    args = smoke_parser(__doc__.splitlines()[0]).parse_args()
     start, step = time.perf_counter(), 10 if args.smoke else 1
-    pretrain = read_frames(DATA / "pretrain.xyz.gz")[::step]
-    frames = {"valid": [a for a in pretrain if a.info["split"] == "valid"],
-              "test": [a for a in pretrain if a.info["split"] == "test"],
+    frames = {**pretraining_splits(step),
               "reactive": [a for a in read_frames(DATA / "reactive.xyz.gz")[::step] if physical(a)],
               "later": [a for a in later_reactions()[::step] if physical(a)]}
     if (DATA / "fourth_reactions.xyz.gz").exists():
@@ -145,10 +139,7 @@ def main() -> None:
                            "22 reactions": score(wider, method, splits, {"reactive": True, "later": True})}
         print(f"{method} done ({time.perf_counter() - start:.0f} s)", flush=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_smoke" if args.smoke else ""
-    (args.out / f"calibration_wider{suffix}.json").write_text(json.dumps(results, indent=1))
-    (args.out / f"calibration_wider{suffix}.md").write_text(markdown(results))
+    write_results(args.out, "calibration_wider" + ("_smoke" if args.smoke else ""), results, markdown(results))
     print(markdown(results))
 
 

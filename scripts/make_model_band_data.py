@@ -85,10 +85,13 @@ def model_band_frames(name: str) -> tuple[list, dict]:
     optimizer = FIRE(neb, logfile=None)
     snapshots = []
 
+    def take_snapshot():  # the band now: its step, images and energies on the model
+        snapshots.append((optimizer.nsteps, [image.copy() for image in images],
+                          [image.get_potential_energy() for image in images]))
+
     def snapshot():
         if optimizer.nsteps in SNAPSHOT_STEPS:
-            snapshots.append((optimizer.nsteps, [image.copy() for image in images],
-                              [image.get_potential_energy() for image in images]))
+            take_snapshot()
         if reaction_coordinate(images)[-1] > MAX_LENGTH * initial_length:
             raise _TooLong
 
@@ -98,8 +101,7 @@ def model_band_frames(name: str) -> tuple[list, dict]:
         ended = "converged" if converged else "steps"
     except _TooLong:
         ended = "length guard"
-    snapshots.append((optimizer.nsteps, [image.copy() for image in images],
-                      [image.get_potential_energy() for image in images]))
+    take_snapshot()
     stats, frames = LabelStats(), []
     for k in (0, len(images) - 1):  # the endpoints: what a barrier (an energy difference) is measured from
         labelled = xtb_label(images[k], stats)
