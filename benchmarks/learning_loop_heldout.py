@@ -66,7 +66,7 @@ from ase.data import covalent_radii
 
 import ase_mlipal
 from ase_mlipal.learning import neb_learner
-from ase_mlipal.paths import band
+from ase_mlipal.paths import band, reaction_coordinate
 from ase_mlipal.references.xtb import RobustXTB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -291,9 +291,11 @@ def band_digest(images) -> str:
     return hashlib.sha1(positions.tobytes()).hexdigest()[:12]
 
 
-def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_aware: bool = False) -> dict:
+def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_aware: bool = False,
+        trust: bool = False) -> dict:
     """One learner run on reaction ``name`` (``max_energy``: the energy guard's limit, eV; None: the default;
-    ``distance_aware``: on ``MLIPALCalculator(distance_aware=True)``)."""
+    ``distance_aware``: on ``MLIPALCalculator(distance_aware=True)``; ``trust``: with a trust radius of the
+    initial band's spacing between images)."""
     reactant, product = endpoints(name)
     images = band(reactant, product, SETTINGS["images"])
     direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
@@ -304,6 +306,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
         direct_file.write_text(json.dumps(direct))
     if not paced:
         neb_learner.NEBLearner.label_reserve = unpaced_reserve
+    trust_radius = float(reaction_coordinate(images)[-1]) / (len(images) - 1) if trust else None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         learner = ase_mlipal.NEBLearner(
@@ -312,13 +315,14 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             max_rounds=SETTINGS["max_rounds"], steps=SETTINGS["steps"], fmax=SETTINGS["fmax"],
             barrier_tolerance=SETTINGS["barrier_tolerance"], band_start=SETTINGS["band_start"],
             finetune_options=SETTINGS["finetune"], max_labels=SETTINGS["max_labels"], progress=False,
-            guard=None if max_energy is None else ase_mlipal.PhysicalGuard([reactant, product], max_energy=max_energy))
+            guard=None if max_energy is None else ase_mlipal.PhysicalGuard([reactant, product], max_energy=max_energy),
+            trust_radius=trust_radius)
         report = learner.run()
         labels = learner.labels_used()
     target = direct["barrier"] if found_a_pass(direct) else float("nan")
     final = report.final.profile if report.rounds else None
     return {"reaction": name, "paced": paced, "max_energy": max_energy, "distance_aware": distance_aware,
-            "direct_barrier": target, "direct_calls": direct["calls"],
+            "trust_radius": trust_radius, "direct_barrier": target, "direct_calls": direct["calls"],
             "before": report.rounds[0].profile.barrier - target if report.rounds else None,
             "after": final.barrier - target if final else None,
             "after_std_predicted": final.barrier_std if final else None,
@@ -330,6 +334,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             "final_round": report.final.round if report.rounds else None,
             "round_errors": [r.profile.barrier - target for r in report.rounds],
             "runaways": [r.runaway for r in report.rounds],  # why a guard stop was learned from ("" for none)
+            "paused": [r.paused for r in report.rounds],  # where the trust region stopped a band ("" for none)
             "round_bands": [{"round": r.round, "barrier": r.profile.barrier, "reported_std": r.reported_std,
                              "top_unconfirmed": r.top_unconfirmed, "onto_pass": r.onto_pass,
                              "sweep": [vars(s) for s in r.sweep]} for r in report.rounds],
@@ -342,12 +347,14 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
 def setting(row: dict) -> str:
     """The budget rule of a run, and the energy guard's limit where it is not the default."""
     rule = ("paced" if row["paced"] else "unpaced") + (", distance-aware σ" if row.get("distance_aware") else "")
+    rule += f", trust radius {row['trust_radius']:.2f} A" if row.get("trust_radius") else ""
     return rule if row.get("max_energy") is None else f"{rule}, max_energy {row['max_energy']:g} eV"
 
 
 def merge() -> str:
     rows = sorted((json.loads(p.read_text()) for p in PARTS.glob("*paced.json")),  # paced and unpaced
-                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0, r.get("distance_aware", False)))
+                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0, r.get("distance_aware", False),
+                                 r.get("trust_radius") or 0))
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
              "Rows marked 'distance-aware σ' ran on the default `MLIPALCalculator()`, the others on "
              "`MLIPALCalculator(distance_aware=False)` (the plain σ). "
@@ -425,7 +432,7 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
 def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: str) -> list[str]:
     """Markdown lines: the issue's NEB and MD targets at the default settings on the reactions ``names``."""
     ran = [r for r in rows if r["reaction"] in names and r["paced"] and r.get("distance_aware")
-           and r.get("max_energy") is None and r["after"] is not None]
+           and r.get("max_energy") is None and not r.get("trust_radius") and r["after"] is not None]
     neb = [r for r in ran if np.isfinite(r["direct_barrier"])]  # the others have no xTB barrier to score against
     unscored = sorted(r["reaction"] for r in ran if not np.isfinite(r["direct_barrier"]))
     runs = [m for m in default_md(md) if m["molecule"] in names]
@@ -469,6 +476,9 @@ def main() -> None:
     parser.add_argument("--no-recalibrate", action="store_true",
                         help="the MD learner's sigma moves only at a swap, as before audits rescaled it (file "
                              "name without the _recal tail)")
+    parser.add_argument("--trust-region", action="store_true",
+                        help="NEBLearner(trust_radius=) of the initial band's spacing between images (file name "
+                             "..._trust_...)")
     parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
     tag = "_distance" if args.distance_aware else ""
@@ -489,7 +499,9 @@ def main() -> None:
         return
     if not args.reaction:
         parser.error("--reaction, --md or --merge")
-    result = run(args.reaction, paced=not args.unpaced, max_energy=args.max_energy, distance_aware=args.distance_aware)
+    result = run(args.reaction, paced=not args.unpaced, max_energy=args.max_energy, distance_aware=args.distance_aware,
+                 trust=args.trust_region)
+    tag += "_trust" if args.trust_region else ""
     PARTS.mkdir(parents=True, exist_ok=True)
     guard = "" if args.max_energy is None else f"_max_energy{args.max_energy:g}"
     out = PARTS / f"{args.reaction}{guard}{tag}_{'paced' if result['paced'] else 'unpaced'}.json"

@@ -45,6 +45,7 @@ from .labelling import LabelReport, Reference, label
 from .learning_run import LearningRun, RoundRecord
 from .store import FrameStore
 from .trigger import UncertaintyTrigger
+from .trust_region import LeftTrustRegion, TrustRegion
 from .verification import SADDLE_FMAX, Check, allowed_outside, force_components_beyond
 
 #: Reference checks a band takes at most: its climbing image, its band maximum, its audit.
@@ -134,6 +135,10 @@ class NEBRound:
             own between two images and an image was moved onto it and the
             band relaxed again (:meth:`NEBLearner._onto_the_pass`), what was
             done ("" otherwise).
+        paused: when the learner's trust region (``trust_radius``) stopped
+            the relaxation, where an image left it ("" otherwise): the band
+            is judged and learned from where it stopped, and the next round
+            starts from it.
     """
 
     round: int
@@ -150,6 +155,12 @@ class NEBRound:
     runaway: str = ""
     sweep: list[SweptImage] = field(default_factory=list)
     onto_pass: str = ""
+    paused: str = ""
+
+    @property
+    def cut_short(self) -> bool:
+        """A guard (:attr:`runaway`) or the trust region (:attr:`paused`) stopped the relaxation: no barrier."""
+        return bool(self.runaway or self.paused)
 
     @property
     def checks(self) -> list[Check]:
@@ -212,7 +223,8 @@ class NEBRound:
                 "model_round": self.model_round,
                 "band_check": None if self.band_check is None else self.band_check.as_dict(),
                 "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet,
-                "runaway": self.runaway, "sweep": [vars(s) for s in self.sweep], "onto_pass": self.onto_pass}
+                "runaway": self.runaway, "sweep": [vars(s) for s in self.sweep], "onto_pass": self.onto_pass,
+                "paused": self.paused}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
@@ -224,7 +236,7 @@ class NEBRound:
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
                    data.get("model_round", 0), None if band_check is None else Check(**band_check),
                    None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""),
-                   [SweptImage(**s) for s in data.get("sweep", [])], data.get("onto_pass", ""))
+                   [SweptImage(**s) for s in data.get("sweep", [])], data.get("onto_pass", ""), data.get("paused", ""))
 
 
 class NoBandError(RuntimeError):
@@ -336,7 +348,7 @@ class NEBReport:
             return None
         _, std = self.barrier
         low = self.final.profile.barrier - 2.0 * std
-        below = [r for r in self.rounds if r is not self.final and not r.runaway and np.isfinite(r.verified_error)
+        below = [r for r in self.rounds if r is not self.final and not r.cut_short and np.isfinite(r.verified_error)
                  and r.profile.barrier + 2.0 * r.reported_std < low]
         return min(below, key=lambda r: r.profile.barrier - 2.0 * r.reported_std, default=None)
 
@@ -392,6 +404,7 @@ class NEBReport:
             lines.append(f"{r.round:5d}  {p.barrier:6.3f} ± {p.barrier_std:5.3f}  {checked}  {r.n_flagged:7d}"
                          f"  {str(r.converged):>13}  {nxt}")
         lines += [r.runaway for r in self.rounds if r.runaway]
+        lines += [f"round {r.round} paused: {r.paused}" for r in self.rounds if r.paused]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.ended:
@@ -511,6 +524,15 @@ class NEBLearner(LearningRun):
             bent can carry into another, higher pass; on the benchmark's
             formic acid -> CO2 + H2 it ended on a saddle 1.8 eV above the one a
             reference NEB from the same start finds).
+        trust_radius: with a value (A), each round's images stay within it of
+            the band the round started from or of a frame this run labelled
+            (:class:`~ase_mlipal.learning.trust_region.TrustRegion`, distances
+            as the band's length measures them); a relaxation an image leaves
+            it by is stopped there (``NEBRound.paused``), the band judged,
+            checked and learned from where it stopped, and the next round
+            starts from it. ``None`` (default): no bound but the guard's. The
+            initial band's spacing between images is a natural value
+            (:meth:`initial_spacing`).
         store, conditioning, executor, finetune_options, run_id, progress, max_labels: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
@@ -548,6 +570,7 @@ class NEBLearner(LearningRun):
         progress: Optional[bool] = None,
         max_labels: Optional[int] = None,
         saddle_fmax: float = SADDLE_FMAX,
+        trust_radius: Optional[float] = None,
         **deprecated,
     ):
         check_band(images, at_least=3)
@@ -559,6 +582,8 @@ class NEBLearner(LearningRun):
         if max_rounds < 0 or not barrier_tolerance > 0 or not saddle_fmax > 0 or max_rejections < 1:
             raise ValueError("max_rounds must be >= 0, max_rejections >= 1, barrier_tolerance and saddle_fmax "
                              "positive")
+        if trust_radius is not None and not trust_radius > 0:
+            raise ValueError(f"trust_radius must be positive (A) or None, not {trust_radius!r}")
         if band_start not in ("initial", "previous"):
             raise ValueError(f"band_start must be 'initial' or 'previous', not {band_start!r}")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
@@ -574,6 +599,12 @@ class NEBLearner(LearningRun):
         if self.guard.initial_length is None:
             self.guard.initial_length = float(reaction_coordinate(self.images)[-1])
         self.optimizer, self.climb, self.method = optimizer, climb, method
+        self.trust_radius = trust_radius
+        self._trust: Optional[TrustRegion] = None
+
+    def initial_spacing(self) -> float:
+        """The mean distance between neighbouring images of the initial band (A)."""
+        return float(self.guard.initial_length) / (len(self.images) - 1)
 
     def run(self) -> NEBReport:
         """Run (or resume) bands until one is verified, a guard stops it or ``max_rounds``."""
@@ -646,7 +677,7 @@ class NEBLearner(LearningRun):
         held = None if self.state["stopped"] else len(rounds) - 1  # the band the calculator and images hold
         best, swept = self._best_verified(rounds, held), set()
         while (best is not None and best not in swept and not self.state["confident"] and not rounds[best].sweep
-               and not rounds[best].runaway):
+               and not rounds[best].cut_short):
             swept.add(best)
             self._sweep(rounds[best], read(self._path(f"band_round{rounds[best].round}.traj"), ":"))
             self.state["rounds"] = [r.as_dict() for r in rounds]
@@ -665,7 +696,7 @@ class NEBLearner(LearningRun):
         tolerance the model choice takes a fine-tune within): of those bands
         the latest is chosen, its model having learned from every label
         before it. A band whose relaxation a guard cut short
-        (``NEBRound.runaway``) is no barrier: it is chosen only when no other band was checked.
+        (``NEBRound.runaway``) or the trust region paused (``NEBRound.paused``) is no barrier: it is chosen only when no other band was checked.
         A band whose top the reference does not confirm as a saddle estimates
         the barrier from above only, however well its checks agree
         (:attr:`NEBRound.possible_error`): the bands that reached a saddle of
@@ -675,7 +706,7 @@ class NEBLearner(LearningRun):
         never ends worse than its checks allow.
         """
         checked = [k for k, r in enumerate(rounds) if np.isfinite(r.verified_error)]
-        checked = [k for k in checked if not rounds[k].runaway] or checked  # a band cut short has no barrier
+        checked = [k for k in checked if not rounds[k].cut_short] or checked  # a band cut short has no barrier
         if not checked:
             return None
         if self.state["confident"]:
@@ -725,15 +756,17 @@ class NEBLearner(LearningRun):
         # each model judges its own start: a new model that prices the (physical) initial band high is wrong, not it
         self.guard.new_relaxation()
         previous = self.state["rounds"][-1] if self.state["rounds"] else {}
-        if self.band_start == "initial" or previous.get("runaway"):  # a band cut short is no start
+        paused = previous.get("paused") and not previous.get("runaway")  # the band goes on from where it stopped
+        if (self.band_start == "initial" and not paused) or previous.get("runaway"):  # a band cut short is no start
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
+        self._trust = self._trust_region()
         before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
         cut = None  # the guard stop the relaxation was cut short by, if the reference is asked about it
         onto_pass = ""
         try:
             converged, steps = self._relax(trigger, f"round {number}")
-            onto_pass = self._onto_the_pass()
+            onto_pass = "" if self._paused() else self._onto_the_pass()
             if onto_pass:  # the band stepped over the model's own pass: relax again with an image on it
                 self.guard.new_relaxation()
                 converged, more = self._relax(trigger, f"round {number}, after moving an image onto the pass")
@@ -757,14 +790,28 @@ class NEBLearner(LearningRun):
         with self.calc.uncertainty_model.posteriors_of(before):
             neb_round = self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
         if neb_round is not None:
-            neb_round.onto_pass = onto_pass
+            neb_round.onto_pass, neb_round.paused = onto_pass, self._paused()
         return neb_round
+
+    def _trust_region(self) -> Optional[TrustRegion]:
+        """The round's trust region: the band as it starts and the frames this run labelled (``None`` without
+        ``trust_radius``)."""
+        if self.trust_radius is None:
+            return None
+        known = [image.positions.copy() for image in self.images]
+        known += [row.positions for status in ("labelled", "verified") for row in self.store.rows(status)
+                  if self._owns(row) and len(row.positions) == len(self.images[0])]
+        return TrustRegion(self.trust_radius, known)
+
+    def _paused(self) -> str:
+        """Where the last relaxation left the trust region ("" if it did not)."""
+        return "" if self._trust is None or self._trust.left is None else str(self._trust.left)
 
     def _relax(self, trigger: UncertaintyTrigger, where: str) -> tuple[bool, int]:
         """:func:`relax_band` on the learner's band, model and settings: ``(converged, steps)``."""
         return relax_band(self.images, self.calc, trigger, fmax=self.fmax, steps=self.steps, interval=self.interval,
                           optimizer=self.optimizer, climb=self.climb, method=self.method, guard=self.guard,
-                          where=where, progress=self.progress)
+                          where=where, progress=self.progress, trust=self._trust)
 
     def _onto_the_pass(self) -> str:
         """Move an image onto the model's own pass between two images of the relaxed band, if the band steps
@@ -1152,6 +1199,7 @@ def relax_band(
     guard: Optional[PhysicalGuard] = None,
     where: str = "",
     progress: Optional[bool] = None,
+    trust: Optional[TrustRegion] = None,
 ) -> tuple[bool, int]:
     """Relax ``images`` in place by NEB on ``calc`` with ``trigger`` watching; ``(converged, steps)``.
 
@@ -1162,6 +1210,9 @@ def relax_band(
     step and the image) when it leaves chemistry; its ``step`` is set, and
     its ``last_band`` to the last band the trigger judged (every
     ``interval`` steps, after the guard passed it; at first the band given).
+    A ``trust`` region is checked every ``interval`` steps after the
+    trigger: the first image outside it ends the relaxation there
+    (unconverged; ``trust.left`` says where and when).
     """
     for image in images:
         image.calc = calc.share()
@@ -1179,6 +1230,8 @@ def relax_band(
                                             energies=getattr(neb, "energies", None)))
     dyn.attach(remember_judged, interval=interval)
     dyn.attach(trigger, interval=interval)
+    if trust is not None:
+        dyn.attach(lambda: trust.check(neb.images), interval=interval)
     with progress_bar(progress=progress, total=steps, desc=f"NEB {trigger.run_id or ''}".strip()) as bar:
         dyn.attach(lambda: bar.update(1) if dyn.nsteps else None)
         try:
@@ -1186,6 +1239,9 @@ def relax_band(
         except UnphysicalFrame as error:
             error.step, error.last_band = int(dyn.nsteps), judged
             raise
+        except LeftTrustRegion as error:  # the trigger judged this band already
+            error.step = int(dyn.nsteps)
+            return False, int(dyn.nsteps)
     if dyn.nsteps % interval:  # the final band is always checked
         trigger(neb, step=dyn.nsteps)
     return converged, int(dyn.nsteps)
