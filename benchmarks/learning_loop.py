@@ -70,6 +70,7 @@ BANDS = HERE / "data" / "reactive_bands.xyz.gz"
 RESULTS = HERE / "results"
 PARTS = RESULTS / "learning_loop"
 DISTANCE_PARTS = "distance_aware"  # the runs on MLIPALCalculator(distance_aware=True), a subfolder of the parts
+TRUST_PARTS = "trust_region"  # the same with NEBLearner(trust_radius=) the initial band's spacing, another subfolder
 MAX_LABELS = 40  # the issue's label budget
 # Rounds are bounded by the label budget, not by a count of their own: each band's checks take up to three
 # labels (climbing image, band maximum, audit), so the budget pays for at most MAX_LABELS // 3 bands.
@@ -101,7 +102,8 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
                                     max_rounds=settings["max_rounds"], steps=settings["steps"],
                                     fmax=settings["fmax"], barrier_tolerance=settings["barrier_tolerance"],
                                     band_start=settings["band_start"], finetune_options=settings["finetune"],
-                                    max_labels=settings.get("max_labels"), progress=False)
+                                    max_labels=settings.get("max_labels"), progress=False,
+                                    trust_radius="spacing" if settings.get("trust_region") else None)
     report = learner.run()
     seconds = time.perf_counter() - start
     counts = learner.store.counts()
@@ -115,7 +117,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
                "band_check": None if r.band_check is None else r.band_check.as_dict(),
                "audit": None if r.audit is None else r.audit.as_dict(), "quiet": r.quiet,
                "next_model": None if r.learning is None else ("accepted" if r.learning.accepted else "rejected"),
-               "model_round": r.model_round, "runaway": r.runaway,
+               "model_round": r.model_round, "runaway": r.runaway, "paused": r.paused,
                "profile": r.profile.as_dict()} for r in report.rounds]
     first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     after_std = report.barrier[1]  # the predicted sigma with what the checks found
@@ -342,6 +344,8 @@ HEADING = ["# `python benchmarks/learning_loop.py` (NEBLearner from the xTB endp
            "On `MLIPALCalculator(distance_aware=False)` (the plain σ), the default σ when these records began; "
            "`--distance-aware` runs on the default `MLIPALCalculator()` are in their own section below."]
 DISTANCE_HEADING = ["# The same on the default `MLIPALCalculator()` (distance-aware σ, `--distance-aware`)"]
+TRUST_HEADING = ["# The same with a trust region (`--distance-aware --trust-region`: `NEBLearner(trust_radius=)` the "
+                 "initial band's spacing between images)"]
 
 
 def markdown(summary: dict, heading: list[str] = HEADING) -> str:
@@ -530,17 +534,24 @@ def main() -> None:
     parser.add_argument("--no-recalibrate", action="store_true",
                         help="the MD learner's sigma moves only at a swap, as before audits rescaled it (file "
                              "name without the _recal tail)")
+    parser.add_argument("--trust-region", action="store_true",
+                        help="NEBLearner(trust_radius=) the initial band's spacing between images: parts in "
+                             "learning_loop/trust_region/ (with --distance-aware), merged into their own section")
     args = parser.parse_args()
+    if args.trust_region and not args.distance_aware:
+        parser.error("--trust-region runs on the default calculator: give --distance-aware too")
     out = args.out or RESULTS
     default_parts = out / "learning_loop"
     parts = default_parts / DISTANCE_PARTS if args.distance_aware else default_parts
+    parts = default_parts / TRUST_PARTS if args.trust_region else parts
     parts.mkdir(parents=True, exist_ok=True)
     names = sorted(reference_bands())
     if args.smoke:
         names, settings = ["formaldehyde_to_CO_H2"], SMOKE
     else:
         settings = SETTINGS
-    settings = {**settings, "band_start": args.band_start, "distance_aware": args.distance_aware}
+    settings = {**settings, "band_start": args.band_start, "distance_aware": args.distance_aware,
+                "trust_region": args.trust_region}
     if args.md or (not args.merge and not args.reaction):
         for name in ([args.md] if args.md else MD_MOLECULES[:1] if args.smoke else MD_MOLECULES):
             workdir = Path(tempfile.mkdtemp(prefix=f"mlipal_md_{name}_"))
@@ -583,6 +594,10 @@ def main() -> None:
     if distance_parts:
         summary[DISTANCE_PARTS] = merge(distance_parts)
         text += "\n\n" + markdown(summary[DISTANCE_PARTS], DISTANCE_HEADING)
+    trust_parts = list((default_parts / TRUST_PARTS).glob("*.json"))
+    if trust_parts:
+        summary[TRUST_PARTS] = merge(trust_parts)
+        text += "\n\n" + markdown(summary[TRUST_PARTS], TRUST_HEADING)
     (out / "learning_loop.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "learning_loop.md").write_text(text)
     if summary["parts"]:

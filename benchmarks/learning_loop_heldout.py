@@ -66,7 +66,7 @@ from ase.data import covalent_radii
 
 import ase_mlipal
 from ase_mlipal.learning import neb_learner
-from ase_mlipal.paths import band, reaction_coordinate
+from ase_mlipal.paths import band
 from ase_mlipal.references.xtb import RobustXTB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -306,7 +306,6 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
         direct_file.write_text(json.dumps(direct))
     if not paced:
         neb_learner.NEBLearner.label_reserve = unpaced_reserve
-    trust_radius = float(reaction_coordinate(images)[-1]) / (len(images) - 1) if trust else None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         learner = ase_mlipal.NEBLearner(
@@ -316,13 +315,13 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             barrier_tolerance=SETTINGS["barrier_tolerance"], band_start=SETTINGS["band_start"],
             finetune_options=SETTINGS["finetune"], max_labels=SETTINGS["max_labels"], progress=False,
             guard=None if max_energy is None else ase_mlipal.PhysicalGuard([reactant, product], max_energy=max_energy),
-            trust_radius=trust_radius)
+            trust_radius="spacing" if trust else None)
         report = learner.run()
-        labels = learner.labels_used()
+        labels, radius = learner.labels_used(), learner.trust_radius
     target = direct["barrier"] if found_a_pass(direct) else float("nan")
     final = report.final.profile if report.rounds else None
     return {"reaction": name, "paced": paced, "max_energy": max_energy, "distance_aware": distance_aware,
-            "trust_radius": trust_radius, "direct_barrier": target, "direct_calls": direct["calls"],
+            "trust_radius": radius, "direct_barrier": target, "direct_calls": direct["calls"],
             "before": report.rounds[0].profile.barrier - target if report.rounds else None,
             "after": final.barrier - target if final else None,
             "after_std_predicted": final.barrier_std if final else None,

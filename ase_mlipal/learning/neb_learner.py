@@ -530,9 +530,9 @@ class NEBLearner(LearningRun):
             as the band's length measures them); a relaxation an image leaves
             it by is stopped there (``NEBRound.paused``), the band judged,
             checked and learned from where it stopped, and the next round
-            starts from it. ``None`` (default): no bound but the guard's. The
-            initial band's spacing between images is a natural value
-            (:meth:`initial_spacing`).
+            starts from it. ``"spacing"``: the initial band's mean spacing
+            between neighbouring images. ``None`` (default): no bound but the
+            guard's.
         store, conditioning, executor, finetune_options, run_id, progress, max_labels: see
             :class:`~ase_mlipal.learning.learning_run.LearningRun`.
     """
@@ -570,7 +570,7 @@ class NEBLearner(LearningRun):
         progress: Optional[bool] = None,
         max_labels: Optional[int] = None,
         saddle_fmax: float = SADDLE_FMAX,
-        trust_radius: Optional[float] = None,
+        trust_radius: Union[float, str, None] = None,
         **deprecated,
     ):
         check_band(images, at_least=3)
@@ -582,8 +582,9 @@ class NEBLearner(LearningRun):
         if max_rounds < 0 or not barrier_tolerance > 0 or not saddle_fmax > 0 or max_rejections < 1:
             raise ValueError("max_rounds must be >= 0, max_rejections >= 1, barrier_tolerance and saddle_fmax "
                              "positive")
-        if trust_radius is not None and not trust_radius > 0:
-            raise ValueError(f"trust_radius must be positive (A) or None, not {trust_radius!r}")
+        if not (trust_radius is None or trust_radius == "spacing"
+                or (isinstance(trust_radius, (int, float)) and trust_radius > 0)):
+            raise ValueError(f"trust_radius must be positive (A), 'spacing' or None, not {trust_radius!r}")
         if band_start not in ("initial", "previous"):
             raise ValueError(f"band_start must be 'initial' or 'previous', not {band_start!r}")
         super().__init__(calc, reference, workdir, store=store, conditioning=conditioning, executor=executor,
@@ -599,12 +600,9 @@ class NEBLearner(LearningRun):
         if self.guard.initial_length is None:
             self.guard.initial_length = float(reaction_coordinate(self.images)[-1])
         self.optimizer, self.climb, self.method = optimizer, climb, method
-        self.trust_radius = trust_radius
+        spacing = float(reaction_coordinate(self.images)[-1]) / (len(self.images) - 1)
+        self.trust_radius: Optional[float] = spacing if trust_radius == "spacing" else trust_radius
         self._trust: Optional[TrustRegion] = None
-
-    def initial_spacing(self) -> float:
-        """The mean distance between neighbouring images of the initial band (A)."""
-        return float(self.guard.initial_length) / (len(self.images) - 1)
 
     def run(self) -> NEBReport:
         """Run (or resume) bands until one is verified, a guard stops it or ``max_rounds``."""
@@ -696,7 +694,9 @@ class NEBLearner(LearningRun):
         tolerance the model choice takes a fine-tune within): of those bands
         the latest is chosen, its model having learned from every label
         before it. A band whose relaxation a guard cut short
-        (``NEBRound.runaway``) or the trust region paused (``NEBRound.paused``) is no barrier: it is chosen only when no other band was checked.
+        (``NEBRound.runaway``) or the trust region paused
+        (``NEBRound.paused``) is no barrier: it is chosen only when no other
+        band was checked.
         A band whose top the reference does not confirm as a saddle estimates
         the barrier from above only, however well its checks agree
         (:attr:`NEBRound.possible_error`): the bands that reached a saddle of

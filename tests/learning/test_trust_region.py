@@ -89,8 +89,9 @@ def test_a_paused_band_is_learned_from_and_the_next_round_goes_on_from_it(calc, 
     assert checked and all(np.allclose(guard.starts[1][a.info["image"]], a.positions) for a in checked)
     assert "paused" in report.table() and NEBLearner(calc, EMT, tmp_path / "other", images, threshold=1.0,
                                                      conditioning=[]).trust_radius is None
-    with pytest.raises(ValueError, match="trust_radius"):
-        NEBLearner(calc, EMT, tmp_path / "bad", images, threshold=1.0, trust_radius=0.0)
+    for bad in (0.0, "wide"):
+        with pytest.raises(ValueError, match="trust_radius"):
+            NEBLearner(calc, EMT, tmp_path / "bad", images, threshold=1.0, trust_radius=bad)
 
 
 def test_paused_rounds_survive_the_state_file(calc, tmp_path):
@@ -102,4 +103,6 @@ def test_paused_rounds_survive_the_state_file(calc, tmp_path):
     report = learner.run()
     again = NEBRound.from_dict(report.rounds[0].as_dict())
     assert again.paused == report.rounds[0].paused != ""
-    assert learner.initial_spacing() == pytest.approx(learner.guard.initial_length / 4)
+    spaced = NEBLearner(calc, EMT, tmp_path / "spaced", images, threshold=1.0, conditioning=[],
+                        trust_radius="spacing")
+    assert spaced.trust_radius == pytest.approx(learner.guard.initial_length / 4)  # 5 images: 4 spacings
