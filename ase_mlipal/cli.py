@@ -163,8 +163,7 @@ def cmd_neb(args: argparse.Namespace) -> None:
                                   logfile="-" if args.verbose else None)
     profile = path_profile(calc, images, label="NEB")
     print(f"NEB {'converged' if converged else 'NOT converged'} after {steps} steps; "
-          f"barrier {profile.barrier:.3f} ± {profile.barrier_std:.3f} eV; "
-          f"{len(trigger.flagged)} images flagged into {args.db}")
+          f"{profile.summary()}; {len(trigger.flagged)} images flagged into {args.db}")
     if args.output:
         write(args.output, images)
     if args.plot:

@@ -57,6 +57,20 @@ class PathProfile:
         """Plain lists and floats (JSON)."""
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
 
+    def summary(self) -> str:
+        """The barrier in words: its value, 1 sigma and 2-sigma interval (eV), and what it is when the band's
+        highest image is an endpoint (no pass between the endpoints on the model: the barrier is then the
+        reaction energy, a lower bound of a real barrier, not an estimate of it)."""
+        low, high = max(0.0, self.barrier - 2.0 * self.barrier_std), self.barrier + 2.0 * self.barrier_std
+        text = f"barrier {self.barrier:.3f} ± {self.barrier_std:.3f} eV (2σ interval {low:.2f}-{high:.2f} eV)"
+        top = int(np.argmax(self.energy))
+        if 0 < top < len(self.energy) - 1:
+            return text
+        end = "first" if top == 0 else "last"
+        return (f"{text}; the band's highest image is its {end} endpoint: the model finds no pass between the "
+                "endpoints, so this is the reaction energy, a lower bound of the barrier, not an estimate of it; "
+                "check the band with a reference (NEBLearner, mlipal learn)")
+
     @classmethod
     def from_dict(cls, data: dict) -> "PathProfile":
         arrays = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in data.items()}

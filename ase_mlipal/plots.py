@@ -119,7 +119,8 @@ def plot_neb_profiles(profiles: Sequence[Any], path: PathLike, title: Optional[s
         color = line.get_color()
         if std is not None:
             std = _same_length(std, s, label, "energy_std")
-            ax.fill_between(s, energy - 2 * std, energy + 2 * std, color=color, alpha=0.2, linewidth=0)
+            ax.fill_between(s, energy - 2 * std, energy + 2 * std, color=color, alpha=0.2, linewidth=0,
+                            label=f"{label} ± 2σ")
         if reference is not None:
             reference = _same_length(reference, s, label, "reference_energy")
             ax.plot(s, reference, linestyle="none", marker="o", markersize=8, color=color,

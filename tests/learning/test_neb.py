@@ -1191,3 +1191,20 @@ def test_a_band_with_an_image_moved_onto_its_pass_is_relaxed_again_and_says_so(t
     assert report.rounds[0].onto_pass == "moved image 2 onto the pass"
     again = NEBRound.from_dict(json.loads(json.dumps(report.rounds[0].as_dict())))
     assert again.onto_pass == report.rounds[0].onto_pass
+
+
+@pytest.mark.parametrize("energy, says_endpoint", [([0.0, 1.2, 0.4], None), ([0.0, 0.6, 1.5], "last"),
+                                                   ([0.0, -0.5, -1.0], "first")])
+def test_a_profile_summary_gives_the_interval_and_says_when_the_top_is_an_endpoint(energy, says_endpoint):
+    """A band without an interior maximum has no pass on the model: its 'barrier' is the reaction energy."""
+    from ase_mlipal import PathProfile
+
+    energy = np.array(energy)
+    profile = PathProfile("p", np.arange(3.0), energy, np.full(3, 0.2), np.zeros(3), barrier=float(energy.max()),
+                          barrier_std=0.4)
+    text = profile.summary()
+    low, high = max(0.0, energy.max() - 0.8), energy.max() + 0.8
+    assert f"barrier {energy.max():.3f} ± 0.400 eV (2σ interval {low:.2f}-{high:.2f} eV)" in text
+    assert ("endpoint" in text) == (says_endpoint is not None)
+    if says_endpoint:
+        assert f"highest image is its {says_endpoint} endpoint" in text and "lower bound" in text
