@@ -66,7 +66,7 @@ from ase.data import covalent_radii
 
 import ase_mlipal
 from ase_mlipal.learning import neb_learner
-from ase_mlipal.paths import band
+from ase_mlipal.paths import band, reaction_coordinate
 from ase_mlipal.references.xtb import RobustXTB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -329,6 +329,24 @@ def band_digest(images) -> str:
     return hashlib.sha1(positions.tobytes()).hexdigest()[:12]
 
 
+def reference_run(name: str, images: list[Atoms]) -> dict:
+    """The direct xTB NEB from ``images`` (cached in ``<name>_direct.json`` for that band); where its band ran
+    away (longer than :class:`~ase_mlipal.PhysicalGuard`'s limit for the learner's bands, 3x the initial
+    length: images that far apart do not resolve a pass), the NEB with twice as many images from the same
+    endpoints, cached beside it (``denser``), is the reference: its summary is returned."""
+    direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
+    direct = json.loads(direct_file.read_text()) if direct_file.exists() else None
+    if direct is None or direct.get("band", digest) != digest:  # none yet, or from another band (older: no digest)
+        direct = {**direct_reference_neb(images, SETTINGS["fmax"]), "band": digest}
+    limit = ase_mlipal.PhysicalGuard([images[0], images[-1]]).max_length_ratio * reaction_coordinate(images)[-1]
+    if direct["profile"]["s"][-1] > limit and "denser" not in direct:
+        denser = band(images[0], images[-1], 2 * len(images) - 1)
+        direct["denser"] = direct_reference_neb(denser, SETTINGS["fmax"])
+    PARTS.mkdir(parents=True, exist_ok=True)
+    direct_file.write_text(json.dumps(direct))
+    return direct.get("denser", direct)
+
+
 def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_aware: bool = False,
         trust: bool = False) -> dict:
     """One learner run on reaction ``name`` (``max_energy``: the energy guard's limit, eV; None: the default;
@@ -336,12 +354,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
     initial band's spacing between images)."""
     reactant, product = endpoints(name)
     images = band(reactant, product, SETTINGS["images"])
-    direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
-    direct = json.loads(direct_file.read_text()) if direct_file.exists() else None
-    if direct is None or direct.get("band", digest) != digest:  # none yet, or from another band (older: no digest)
-        direct = {**direct_reference_neb(images, SETTINGS["fmax"]), "band": digest}
-        PARTS.mkdir(parents=True, exist_ok=True)
-        direct_file.write_text(json.dumps(direct))
+    direct = reference_run(name, images)
     if not paced:
         neb_learner.NEBLearner.label_reserve = unpaced_reserve
     start = time.perf_counter()
@@ -356,7 +369,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             trust_radius="spacing" if trust else None)
         report = learner.run()
         labels, radius = learner.labels_used(), learner.trust_radius
-    target = direct["barrier"] if found_a_pass(direct) else float("nan")
+    target = direct["barrier"] if found_a_pass(direct) else float("nan")  # the denser run where it is the reference
     final = report.final.profile if report.rounds else None
     return {"reaction": name, "paced": paced, "max_energy": max_energy, "distance_aware": distance_aware,
             "trust_radius": radius, "direct_barrier": target, "direct_calls": direct["calls"],

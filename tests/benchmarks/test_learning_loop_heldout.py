@@ -56,3 +56,42 @@ def test_md_records_keep_their_prior_weight_apart():
     assert heldout.default_md(runs) == runs[:1]
     assert heldout.md_targets(runs[:1]) == ("MD (1 runs, seeds 0): last-third force MAE <= 0.15 eV/A in 0/1, "
                                             "audited 2σ coverage >= 0.90 in 1/1, confident 1/1")
+
+
+@pytest.mark.parametrize("name, first, second", [("methylamine_to_methanimine_H2", 0, 1),
+                                                 ("hydrazine_to_diazene_H2", 0, 1)])
+def test_an_h2_elimination_takes_one_h_from_each_heavy_atom_and_keeps_every_other_bond(name, first, second):
+    reactant, product = load_benchmark("learning_loop_heldout").endpoints(name)
+    hydrogens = [k for k in range(len(product)) if product.numbers[k] == 1]
+    h2 = [(i, j) for i in hydrogens for j in hydrogens if i < j and product.get_distance(i, j) < 0.9]
+    assert len(h2) == 1 and reactant.get_distance(*h2[0]) > 1.5  # the H2 that formed: xTB's 0.78 A lies just
+    a, b = h2[0]  # beyond 1.25 covalent sums (0.775 A), so it is found by its length
+    changed = [(i, j) for i in range(len(product)) for j in range(i + 1, len(product))
+               if bonded(reactant, i, j) != bonded(product, i, j) and (i, j) != (a, b)]
+    broken = sorted(tuple(sorted(p)) for p in changed)
+    assert len(broken) == 2 and {frozenset(p) & {a, b} for p in broken} == {frozenset({a}), frozenset({b})}
+    heavy = {k for p in broken for k in p} - {a, b}
+    assert heavy == {first, second}  # one H from each end of the bond
+
+
+def test_a_reference_band_that_ran_away_is_redone_with_twice_the_images(tmp_path, monkeypatch):
+    """A direct NEB whose band outgrew the learner's guard limit (3x) resolves no pass: the NEB with twice the
+    images (from the same endpoints) is the reference, both cached; a band within the limit is the reference."""
+    heldout = load_benchmark("learning_loop_heldout")
+    images = heldout.band(*heldout.endpoints("aziridine_N_inversion"), 5)
+    length = heldout.reaction_coordinate(images)[-1]
+    calls = []
+
+    def fake_neb(band, fmax):
+        calls.append(len(band))
+        stretch = 4.0 if len(band) == 5 else 1.5  # the first band runs away, the denser one does not
+        return {"converged": True, "barrier": 1.0 * len(band), "calls": 10 * len(band),
+                "profile": {"s": [0.0, stretch * length], "energy": [0.0, 0.0]}}
+
+    monkeypatch.setattr(heldout, "PARTS", tmp_path)
+    monkeypatch.setattr(heldout, "direct_reference_neb", fake_neb)
+    assert heldout.reference_run("r", images)["barrier"] == 9.0 and calls == [5, 9]
+    assert heldout.reference_run("r", images)["barrier"] == 9.0 and calls == [5, 9]  # cached: no NEB runs again
+    monkeypatch.setattr(heldout, "direct_reference_neb",
+                        lambda band, fmax: {**fake_neb(band, fmax), "profile": {"s": [0.0, length], "energy": [0.0]}})
+    assert heldout.reference_run("other", images)["barrier"] == 5.0  # within the limit: the band itself
