@@ -200,7 +200,7 @@ def test_the_final_band_is_the_latest_whose_checks_are_within_the_tolerance_of_t
 
     def rounds(*errors, cut=()):
         return [SimpleNamespace(verified_error=e, possible_error=e, top_unconfirmed=False,
-                                runaway="cut" if k in cut else "", round=k, model_round=k)
+                                runaway="cut" if k in cut else "", cut_short=k in cut, round=k, model_round=k)
                 for k, e in enumerate(errors)]
 
     assert learner._best_verified(rounds(0.30, 0.12, 0.13)) == 2
