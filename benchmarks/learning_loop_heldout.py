@@ -333,7 +333,8 @@ def reference_run(name: str, images: list[Atoms]) -> dict:
     """The direct xTB NEB from ``images`` (cached in ``<name>_direct.json`` for that band); where its band ran
     away (longer than :class:`~ase_mlipal.PhysicalGuard`'s limit for the learner's bands, 3x the initial
     length: images that far apart do not resolve a pass), the NEB with twice as many images from the same
-    endpoints, cached beside it (``denser``), is the reference: its summary is returned."""
+    endpoints, cached beside it (``denser``), is the reference: its summary is returned, with ``ran_away``
+    set where that band ran away too (then there is no reference barrier)."""
     direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
     direct = json.loads(direct_file.read_text()) if direct_file.exists() else None
     if direct is None or direct.get("band", digest) != digest:  # none yet, or from another band (older: no digest)
@@ -344,7 +345,8 @@ def reference_run(name: str, images: list[Atoms]) -> dict:
         direct["denser"] = direct_reference_neb(denser, SETTINGS["fmax"])
     PARTS.mkdir(parents=True, exist_ok=True)
     direct_file.write_text(json.dumps(direct))
-    return direct.get("denser", direct)
+    scored = direct.get("denser", direct)
+    return {**scored, "ran_away": scored["profile"]["s"][-1] > limit}
 
 
 def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_aware: bool = False,
@@ -369,7 +371,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             trust_radius="spacing" if trust else None)
         report = learner.run()
         labels, radius = learner.labels_used(), learner.trust_radius
-    target = direct["barrier"] if found_a_pass(direct) else float("nan")  # the denser run where it is the reference
+    target = direct["barrier"] if found_a_pass(direct) and not direct["ran_away"] else float("nan")
     final = report.final.profile if report.rounds else None
     return {"reaction": name, "paced": paced, "max_energy": max_energy, "distance_aware": distance_aware,
             "trust_radius": radius, "direct_barrier": target, "direct_calls": direct["calls"],

@@ -76,7 +76,8 @@ def test_an_h2_elimination_takes_one_h_from_each_heavy_atom_and_keeps_every_othe
 
 def test_a_reference_band_that_ran_away_is_redone_with_twice_the_images(tmp_path, monkeypatch):
     """A direct NEB whose band outgrew the learner's guard limit (3x) resolves no pass: the NEB with twice the
-    images (from the same endpoints) is the reference, both cached; a band within the limit is the reference."""
+    images (from the same endpoints) is the reference, both cached, unless it ran away too; a band within the
+    limit is the reference."""
     heldout = load_benchmark("learning_loop_heldout")
     images = heldout.band(*heldout.endpoints("aziridine_N_inversion"), 5)
     length = heldout.reaction_coordinate(images)[-1]
@@ -90,8 +91,12 @@ def test_a_reference_band_that_ran_away_is_redone_with_twice_the_images(tmp_path
 
     monkeypatch.setattr(heldout, "PARTS", tmp_path)
     monkeypatch.setattr(heldout, "direct_reference_neb", fake_neb)
-    assert heldout.reference_run("r", images)["barrier"] == 9.0 and calls == [5, 9]
-    assert heldout.reference_run("r", images)["barrier"] == 9.0 and calls == [5, 9]  # cached: no NEB runs again
+    first = heldout.reference_run("r", images)
+    assert first["barrier"] == 9.0 and not first["ran_away"] and calls == [5, 9]
+    assert heldout.reference_run("r", images) == first and calls == [5, 9]  # cached: no NEB runs again
     monkeypatch.setattr(heldout, "direct_reference_neb",
                         lambda band, fmax: {**fake_neb(band, fmax), "profile": {"s": [0.0, length], "energy": [0.0]}})
     assert heldout.reference_run("other", images)["barrier"] == 5.0  # within the limit: the band itself
+    monkeypatch.setattr(heldout, "direct_reference_neb",
+                        lambda band, fmax: {**fake_neb(band, fmax), "profile": {"s": [0.0, 4 * length], "energy": [0.0]}})
+    assert heldout.reference_run("third", images)["ran_away"]  # the denser band ran away too: no reference
