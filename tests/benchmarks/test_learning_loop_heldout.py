@@ -97,6 +97,6 @@ def test_a_reference_band_that_ran_away_is_redone_with_twice_the_images(tmp_path
     monkeypatch.setattr(heldout, "direct_reference_neb",
                         lambda band, fmax: {**fake_neb(band, fmax), "profile": {"s": [0.0, length], "energy": [0.0]}})
     assert heldout.reference_run("other", images)["barrier"] == 5.0  # within the limit: the band itself
-    monkeypatch.setattr(heldout, "direct_reference_neb",
-                        lambda band, fmax: {**fake_neb(band, fmax), "profile": {"s": [0.0, 4 * length], "energy": [0.0]}})
+    far = {"s": [0.0, 4 * length], "energy": [0.0]}
+    monkeypatch.setattr(heldout, "direct_reference_neb", lambda band, fmax: {**fake_neb(band, fmax), "profile": far})
     assert heldout.reference_run("third", images)["ran_away"]  # the denser band ran away too: no reference
