@@ -506,7 +506,7 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
                      f"{sum(abs(r['after']) <= tolerance for r in confident)} of them within {tolerance:g} eV; "
                      f"most labels {max(r['labels'] for r in neb)} (target <= 40)")
     if unscored:
-        lines.append(f"- Not scored: {', '.join(unscored)} (the direct xTB NEB did not converge: no reference barrier)")
+        lines.append(f"- Not scored: {', '.join(unscored)} (the direct xTB NEB did not converge, or its band ran away: no reference barrier)")
     if runs:
         lines.append("- " + md_targets(runs))
     return lines
