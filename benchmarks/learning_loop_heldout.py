@@ -405,8 +405,8 @@ def setting(row: dict) -> str:
 
 def merge() -> str:
     rows = sorted((json.loads(p.read_text()) for p in PARTS.glob("*paced.json")),  # paced and unpaced
-                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0, r.get("distance_aware", False),
-                                 r.get("trust_radius") or 0))
+                  key=lambda r: (r["reaction"], not r["paced"], r.get("max_energy") or 0,
+                                 r.get("distance_aware", False), r.get("trust_radius") or 0))
     lines = ["# `python benchmarks/learning_loop_heldout.py` (reactions outside the project's set, 40 labels)", "",
              "Rows marked 'distance-aware σ' ran on the default `MLIPALCalculator()`, the others on "
              "`MLIPALCalculator(distance_aware=False)` (the plain σ). "
@@ -506,7 +506,8 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
                      f"{sum(abs(r['after']) <= tolerance for r in confident)} of them within {tolerance:g} eV; "
                      f"most labels {max(r['labels'] for r in neb)} (target <= 40)")
     if unscored:
-        lines.append(f"- Not scored: {', '.join(unscored)} (the direct xTB NEB did not converge, or its band ran away: no reference barrier)")
+        lines.append(f"- Not scored: {', '.join(unscored)} (the direct xTB NEB did not converge, or its band ran "
+                     "away: no reference barrier)")
     if runs:
         lines.append("- " + md_targets(runs))
     return lines
