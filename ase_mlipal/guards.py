@@ -44,6 +44,7 @@ from scipy.sparse.csgraph import connected_components
 from .legacy import refuse_unknown, renamed_argument
 
 CHEMICAL_BOND_RATIO = 1.25  # a chemical bond: within 1.25 covalent sums (fragments of the defining structures)
+MAX_LENGTH_RATIO = 3.0  # the default band length allowed, relative to the first band checked (max_length_ratio)
 
 
 class UnphysicalFrame(RuntimeError):
@@ -109,7 +110,8 @@ class PhysicalGuard:
     """
 
     def __init__(self, structures: Optional[Sequence[Atoms]] = None, min_distance_ratio: float = 0.5,
-                 bond_ratio: float = 2.5, max_length_ratio: float = 3.0, max_energy: float = 10.0, **deprecated):
+                 bond_ratio: float = 2.5, max_length_ratio: float = MAX_LENGTH_RATIO, max_energy: float = 10.0,
+                 **deprecated):
         structures = renamed_argument(structures, deprecated, "references", "structures", "PhysicalGuard")
         refuse_unknown(deprecated, "PhysicalGuard")
         if not structures:

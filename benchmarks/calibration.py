@@ -584,11 +584,10 @@ def write(results: dict, out: Path, smoke: bool = False) -> None:
     plt.close(fig)
     for entry in results["methods"].values():
         entry.pop("_curves")
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     text = ("# Calibration benchmark\n\n`python benchmarks/calibration.py" + (" --smoke" if smoke else "")
             + data_tail(results, " --")
             + f"` ({results['seconds']:.0f} s)\n" + tables(results) + "\n")
-    (out / f"{stem}.md").write_text(text)
+    write_results(out, stem, results, text)
     print(text)
 
 

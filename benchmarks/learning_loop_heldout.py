@@ -65,6 +65,7 @@ from ase.build import minimize_rotation_and_translation, molecule
 from ase.data import covalent_radii
 
 import ase_mlipal
+from ase_mlipal.guards import MAX_LENGTH_RATIO
 from ase_mlipal.learning import neb_learner
 from ase_mlipal.paths import band, reaction_coordinate
 from ase_mlipal.references.xtb import RobustXTB
@@ -331,20 +332,22 @@ def band_digest(images) -> str:
 
 def reference_run(name: str, images: list[Atoms]) -> dict:
     """The direct xTB NEB from ``images`` (cached in ``<name>_direct.json`` for that band); where its band ran
-    away (longer than :class:`~ase_mlipal.PhysicalGuard`'s limit for the learner's bands, 3x the initial
-    length: images that far apart do not resolve a pass), the NEB with twice as many images from the same
-    endpoints, cached beside it (``denser``), is the reference: its summary is returned, with ``ran_away``
-    set where that band ran away too (then there is no reference barrier)."""
+    away (longer than :class:`~ase_mlipal.PhysicalGuard`'s default limit for the learner's bands,
+    ``MAX_LENGTH_RATIO`` = 3x the initial length: images that far apart do not resolve a pass), the NEB with
+    twice as many images from the same endpoints, cached beside it (``denser``), is the reference: its summary
+    is returned, with ``ran_away`` set where that band ran away too (then there is no reference barrier)."""
     direct_file, digest = PARTS / f"{name}_direct.json", band_digest(images)
     direct = json.loads(direct_file.read_text()) if direct_file.exists() else None
-    if direct is None or direct.get("band", digest) != digest:  # none yet, or from another band (older: no digest)
+    cached = direct is not None and direct.get("band", digest) == digest  # older files: no digest
+    if not cached:  # none yet, or from another band
         direct = {**direct_reference_neb(images, SETTINGS["fmax"]), "band": digest}
-    limit = ase_mlipal.PhysicalGuard([images[0], images[-1]]).max_length_ratio * reaction_coordinate(images)[-1]
+    limit = MAX_LENGTH_RATIO * reaction_coordinate(images)[-1]
     if direct["profile"]["s"][-1] > limit and "denser" not in direct:
         denser = band(images[0], images[-1], 2 * len(images) - 1)
-        direct["denser"] = direct_reference_neb(denser, SETTINGS["fmax"])
-    PARTS.mkdir(parents=True, exist_ok=True)
-    direct_file.write_text(json.dumps(direct))
+        direct["denser"], cached = direct_reference_neb(denser, SETTINGS["fmax"]), False
+    if not cached:
+        PARTS.mkdir(parents=True, exist_ok=True)
+        direct_file.write_text(json.dumps(direct))
     scored = direct.get("denser", direct)
     return {**scored, "ran_away": scored["profile"]["s"][-1] > limit}
 

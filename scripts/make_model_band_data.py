@@ -52,11 +52,11 @@ from learning_loop_heldout import (FOURTH_FRESH, FRESH, LEARNER_ONLY, REACTIONS,
                                    THIRD_FRESH, endpoints)
 from reactive import physical  # noqa: E402
 
+from ase_mlipal.guards import MAX_LENGTH_RATIO  # noqa: E402
 from ase_mlipal.paths import band, reaction_coordinate  # noqa: E402
 from ase_mlipal.references.xtb import LabelStats, xtb_label  # noqa: E402
 
 SNAPSHOT_STEPS = (30, 100)  # NEB steps labelled besides the relaxation's end
-MAX_LENGTH = 3.0  # the learner's length guard (PhysicalGuard's max_length): the relaxation ends beyond it
 OWN = sorted(reference_bands())
 HELDOUT = REACTIONS + LEARNER_ONLY + FRESH + SECOND_FRESH + THIRD_FRESH
 
@@ -92,7 +92,7 @@ def model_band_frames(name: str) -> tuple[list, dict]:
     def snapshot():
         if optimizer.nsteps in SNAPSHOT_STEPS:
             take_snapshot()
-        if reaction_coordinate(images)[-1] > MAX_LENGTH * initial_length:
+        if reaction_coordinate(images)[-1] > MAX_LENGTH_RATIO * initial_length:  # the learner's guard stops there
             raise _TooLong
 
     optimizer.attach(snapshot, interval=1)

@@ -756,7 +756,7 @@ class NEBLearner(LearningRun):
         # each model judges its own start: a new model that prices the (physical) initial band high is wrong, not it
         self.guard.new_relaxation()
         previous = self.state["rounds"][-1] if self.state["rounds"] else {}
-        paused = previous.get("paused") and not previous.get("runaway")  # the band goes on from where it stopped
+        paused = previous.get("paused")  # the band goes on from where the trust region stopped it
         if (self.band_start == "initial" and not paused) or previous.get("runaway"):  # a band cut short is no start
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
