@@ -606,7 +606,8 @@ class MLIPALCalculator(Calculator):
     # -- persistence -------------------------------------------------------
 
     def save_posterior(self, path: Union[str, os.PathLike]) -> None:
-        """Write both posteriors, their scales and the model's identity to ``.npz`` (atomically)."""
+        """Write both posteriors, their scales, the frames seen but not learned (a trigger's flags) and the model's
+        identity to ``.npz`` (atomically)."""
         arrays = {"model_hash": np.array(self.model_hash), "kernel": np.array(self.kernel),
                   "kernel_options": np.array(self._scalar_options()), "calibrated": np.array(self.calibrated),
                   "n_conditioning": np.array(self.n_conditioning)}
@@ -616,6 +617,7 @@ class MLIPALCalculator(Calculator):
             arrays.update({prefix + key: value for key, value in posterior.state().items()})
         if self.uncertainty_model.neighbours is not None:
             arrays.update(self.uncertainty_model.neighbours.arrays())
+        arrays.update(self.uncertainty_model.seen_arrays())
         if self.band_calibration is not None:
             arrays.update({f"band_{key}": np.array(value) for key, value in self.band_calibration.as_dict().items()})
         atomic_write(path, lambda tmp: _savez(tmp, arrays))
@@ -662,6 +664,7 @@ class MLIPALCalculator(Calculator):
         self.energy_posterior = FeaturePosterior.from_state(split["energy_"])
         self.atom_posterior = FeaturePosterior.from_state(split["atom_"])
         self.uncertainty_model.neighbours = neighbours
+        self.uncertainty_model.load_seen(arrays)
         self.calibrated = bool(arrays["calibrated"])
         # a file written before the count was stored: every structure row it holds counts
         self.n_conditioning = int(arrays.get("n_conditioning", self.energy_posterior.n_added))

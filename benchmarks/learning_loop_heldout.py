@@ -447,12 +447,14 @@ def merge() -> str:
     return text
 
 
-def default_md(md: list[dict]) -> list[dict]:
+def default_md(md: list[dict], flags_apart: bool = True) -> list[dict]:
     """The MD records at the default settings: distance-aware σ, audits rescale σ with the learner's prior
-    weight, no force tolerance, holes rewind at the learner's tolerance."""
+    weight, no force tolerance, holes rewind at the learner's tolerance, flags out of the reported σ
+    (``flags_apart=False``: the same settings when flags entered it)."""
     return [m for m in md if m.get("distance_aware") and m["settings"].get("recalibrate")
             and m["settings"].get("force_tolerance") is None and prior_frames(m) == AUDIT_PRIOR_FRAMES
-            and m["settings"].get("rewind_tolerance") == REWIND_TOLERANCE]
+            and m["settings"].get("rewind_tolerance") == REWIND_TOLERANCE
+            and bool(m["settings"].get("flags_apart")) == flags_apart]
 
 
 def md_targets(runs: list[dict]) -> str:
@@ -478,11 +480,14 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
                         (FIFTH_FRESH, "added after the band calibration and every choice above; two 1,2-eliminations "
                                       "of H2")):
         lines += fresh_set_summary(rows, md, names, when)
-    every = default_md(md)
+    every, before = default_md(md), default_md(md, flags_apart=False)
     if every:
         lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames, holes over "
-                  f"{REWIND_TOLERANCE:g} eV rewind the MD), every reaction "
+                  f"{REWIND_TOLERANCE:g} eV rewind the MD, flags out of the reported σ), every reaction "
                   "here: " + md_targets(every)]
+    if before:
+        lines += ["", "The same settings when flags entered the reported σ (the records before; rerun above where "
+                  "the same reaction and seed appear): " + md_targets(before)]
     return lines
 
 
@@ -493,8 +498,9 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
     neb = [r for r in ran if np.isfinite(r["direct_barrier"])]  # the others have no xTB barrier to score against
     unscored = sorted(r["reaction"] for r in ran if not np.isfinite(r["direct_barrier"]))
     runs = [m for m in default_md(md) if m["molecule"] in names]
+    before = [m for m in default_md(md, flags_apart=False) if m["molecule"] in names]
     lines = []
-    if neb or runs:
+    if neb or runs or before:
         lines += ["", f"Fresh reactions ({', '.join(names)}; {when}, default settings):", ""]
     if neb:
         tolerance = SETTINGS["barrier_tolerance"]
@@ -513,6 +519,8 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
                      "away: no reference barrier)")
     if runs:
         lines.append("- " + md_targets(runs))
+    if before:
+        lines.append("- When flags entered the reported σ (the records before): " + md_targets(before))
     return lines
 
 

@@ -382,9 +382,11 @@ class LearningRun:
            frames: not what the floor's rule assumes. (The floor may fall:
            the fine-tunes fit energies better than the pretrained model,
            even on replay frames they left out.)
-        3. Every stored frame but the passed checks enters the posterior
-           through ``trigger``, a labelled one settling no lower than the new
-           model's errors on it (:meth:`UncertaintyTrigger.residual_floors`).
+        3. Every stored frame but the passed checks enters through
+           ``trigger``: a labelled one into the posterior, settling no lower
+           than the new model's errors on it
+           (:meth:`UncertaintyTrigger.residual_floors`); one without a label
+           is seen, not learned (:meth:`UncertaintyModel.seen`).
         4. Every calibrated variance is multiplied by the factor the new
            model's errors on the ``passed`` checks justify, shrunk towards 1
            (:meth:`MLIPALCalculator.rescale`): frames neither model trained

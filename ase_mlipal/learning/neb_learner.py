@@ -90,9 +90,9 @@ class NEBRound:
     Attributes:
         round: the round of the model that ran the band (0: pretrained).
         profile: the band's energy profile on that model, its sigma on the
-            posterior the relaxation started with (the trigger's flags
-            settle their own frames at once, bookkeeping, not labels); the
-            checks are judged on that posterior too.
+            posterior the calculator reports from, which the trigger's flags
+            do not enter (they are seen, not learned); the checks are judged
+            on that posterior too.
         converged, steps: the NEB optimiser's outcome (for a band a guard cut
             short and the loop learned from, ``steps`` is the step of the
             band kept: the one the trigger last judged).
@@ -108,10 +108,10 @@ class NEBRound:
             ``barrier_tolerance`` (``None`` when every interior image was
             checked already).
         quiet: every interior image of the band the relaxation ended on is
-            below the threshold on the posterior the relaxation started
-            with (flags settle their own frames below the threshold at once,
-            so the trigger's last call cannot say it; frames flagged on the
-            way are labelled all the same).
+            below the threshold on the posterior the calculator reports from
+            (the trigger's own settles flagged frames below the threshold at
+            once, so its last call cannot say it; frames flagged on the way
+            are labelled all the same).
         learning: the learning that followed (``None`` after the last band; after a
             rejected fine-tune, the last of the retries).
         model_round: the round whose model ran the band (0: pretrained; it
@@ -761,7 +761,6 @@ class NEBLearner(LearningRun):
             for image, positions in zip(self.images, self.initial_band):
                 image.positions = positions
         self._trust = self._trust_region()
-        before = self.calc.uncertainty_model.snapshot()  # the posterior without this relaxation's flags
         cut = None  # the guard stop the relaxation was cut short by, if the reference is asked about it
         onto_pass = ""
         try:
@@ -784,11 +783,8 @@ class NEBLearner(LearningRun):
             cut, converged, (steps, positions) = error, False, error.last_band
             for image, judged in zip(self.images, positions):
                 image.positions = judged
-        # the band is judged on what the model knew: a flag settles its own frame at once (bookkeeping against
-        # flagging one event again and again, not a label); judged after its flags, the barrier sigma of two of
-        # the benchmark's round-0 bands was 3.7x and 2.1x smaller
-        with self.calc.uncertainty_model.posteriors_of(before):
-            neb_round = self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
+        # judged on what the model learned: the flags are seen, not learned (UncertaintyModel.seen)
+        neb_round = self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
         if neb_round is not None:
             neb_round.onto_pass, neb_round.paused = onto_pass, self._paused()
         return neb_round
@@ -1140,12 +1136,10 @@ class NEBLearner(LearningRun):
     def _band_is_quiet(self, trigger: UncertaintyTrigger) -> bool:
         """Is every interior image of the band below the trigger's threshold on the calculator's posterior?
 
-        Called on the posterior the relaxation started with
-        (:meth:`~ase_mlipal.UncertaintyModel.posteriors_of`): a flag enters
-        the posterior at once with the weight that settles it below the
+        The posterior the calculator reports from, not the trigger's: a
+        flag is seen at once with the weight that settles it below the
         threshold (bookkeeping against flagging one event again and again,
-        not a label). The features are computed on that posterior too (a
-        force kernel's variances come with them).
+        not a label).
         """
         interior = self.images[1:-1]
         _, batches = self.calc.predict(interior, rows=False)

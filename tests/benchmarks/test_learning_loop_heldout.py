@@ -39,21 +39,25 @@ def test_product_differs_from_the_reactant_by_the_reaction_bonds_only(name, brok
 
 
 def test_md_records_keep_their_prior_weight_apart():
-    """A record at the audits' new prior weight and with rewinds gets its own file and counts at the default
-    settings; one without the prior key ran at the old 20 frames, one without the rewind key never rewound, and
-    both keep their old names."""
+    """A record at the audits' new prior weight, with rewinds and flags out of the reported sigma gets its own
+    file and counts at the default settings; one without the prior key ran at the old 20 frames, one without the
+    rewind key never rewound, one without the flags key ran when flags entered sigma, and all keep their names."""
     heldout = load_benchmark("learning_loop_heldout")
     loop = load_benchmark("learning_loop")
     new = {**loop.MD_SETTINGS, "force_tolerance": None}
-    old = {k: v for k, v in new.items() if k not in ("prior_frames", "rewind_tolerance")}
-    no_rewind = {k: v for k, v in new.items() if k != "rewind_tolerance"}
-    assert loop.md_tag(new) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}_rewind{heldout.REWIND_TOLERANCE:g}"
+    old = {k: v for k, v in new.items() if k not in ("prior_frames", "rewind_tolerance", "flags_apart")}
+    no_rewind = {k: v for k, v in new.items() if k not in ("rewind_tolerance", "flags_apart")}
+    flags_in = {k: v for k, v in new.items() if k != "flags_apart"}
+    assert loop.md_tag(new) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}_rewind{heldout.REWIND_TOLERANCE:g}_apart"
+    assert loop.md_tag(flags_in) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}_rewind{heldout.REWIND_TOLERANCE:g}"
     assert loop.md_tag(no_rewind) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}"
     assert loop.md_tag({**no_rewind, "prior_frames": loop.OLD_PRIOR_FRAMES}) == "_recal"
     assert loop.md_tag({**no_rewind, "seed": 1, "recalibrate": False}) == "_seed1"
     record = {"distance_aware": True, "last_third": {"force_mae": 0.2}, "coverage_2sigma": 0.95, "confident": True}
-    runs = [{**record, "settings": new}, {**record, "settings": old}, {**record, "settings": no_rewind}]
+    runs = [{**record, "settings": new}, {**record, "settings": old}, {**record, "settings": no_rewind},
+            {**record, "settings": flags_in}]
     assert heldout.default_md(runs) == runs[:1]
+    assert heldout.default_md(runs, flags_apart=False) == runs[3:]  # the same settings when flags entered sigma
     assert heldout.md_targets(runs[:1]) == ("MD (1 runs, seeds 0): last-third force MAE <= 0.15 eV/A in 0/1, "
                                             "audited 2σ coverage >= 0.90 in 1/1, confident 1/1")
 

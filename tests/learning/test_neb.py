@@ -149,8 +149,9 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert np.isfinite(barrier) and std > 0
 
 
-def test_a_band_is_judged_on_the_posterior_its_relaxation_started_with(tiny_model, calc, tmp_path):
-    """The trigger's flags settle their frames at once; the round's profile and checks do not see them."""
+def test_a_band_is_judged_on_the_posterior_the_flags_do_not_enter(tiny_model, calc, tmp_path):
+    """The trigger's flags settle their frames at once in what it has seen; the round's profile and checks, and
+    the calculator, do not count them."""
     images = formaldehyde_band(5)
     learner = NEBLearner(calc, lambda: ModelAsReference(tiny_model, images[0]), tmp_path / "run", images,
                          threshold=1e-6, max_rounds=0, steps=4, interval=1, conditioning=[], progress=False)
@@ -159,7 +160,11 @@ def test_a_band_is_judged_on_the_posterior_its_relaxation_started_with(tiny_mode
     assert first.n_flagged > 0
     fresh = path_profile(formaldehyde_calc(tiny_model), report.images)  # the posterior before any flag
     np.testing.assert_allclose(first.profile.energy_std, fresh.energy_std, rtol=1e-6)
-    settled = path_profile(learner.calc, report.images)  # the calculator keeps the flags
+    reported = path_profile(learner.calc, report.images)
+    np.testing.assert_allclose(reported.energy_std, fresh.energy_std, rtol=1e-6)
+    model = learner.calc.uncertainty_model
+    with model.posteriors_of(model.seen()):  # the flags read as knowledge
+        settled = path_profile(learner.calc, report.images)
     assert np.all(settled.energy_std[1:-1] < fresh.energy_std[1:-1])
     assert first.check.energy_std == pytest.approx(fresh.energy_std[first.check.image], rel=1e-6)
 

@@ -100,13 +100,20 @@ def test_an_absolute_threshold_on_raw_variances_warns(setup, tmp_path):
         UncertaintyTrigger(calibrated, FrameStore(tmp_path / "other.db"), threshold=0.1)
 
 
-def test_a_flagged_frame_keeps_its_results_until_the_next_request(setup):
+def test_a_flagged_frame_is_seen_not_learned(setup, tmp_path):
+    """A flag leaves the uncertainty the calculator reports as it was (the model learned nothing there) and
+    settles the frame in the posterior the trigger scores on; a saved posterior keeps both."""
     calc, novel, before, trigger = novel_frame_and_trigger(setup)
-    forces = novel.get_forces().copy()
+    energy_before = calc.get_property("energy_uncertainty", novel)
     assert trigger(novel)
-    assert calc.results["uncertainty"] == pytest.approx(before)  # the numbers of the flagged step
-    np.testing.assert_allclose(calc.results["forces"], forces)
-    assert calc.get_property("uncertainty") < before  # recomputed on the conditioned posterior, without atoms too
+    assert calc.get_property("uncertainty", novel.copy()) == before
+    assert calc.get_property("energy_uncertainty", novel.copy()) == energy_before
+    assert trigger.score(novel) < trigger.threshold
+    calc.save_posterior(tmp_path / "posterior.npz")
+    loaded = MLIPALCalculator(model=calc.model).load_posterior(tmp_path / "posterior.npz")
+    assert loaded.get_property("uncertainty", novel.copy()) == pytest.approx(before, rel=1e-12)
+    again = UncertaintyTrigger(loaded, FrameStore(tmp_path / "other.db"), threshold=trigger.threshold)
+    assert again.score(novel.copy()) == pytest.approx(trigger.score(novel), rel=1e-9)
 
 
 def test_a_flagged_frame_settles_below_the_threshold(setup):
@@ -116,8 +123,7 @@ def test_a_flagged_frame_settles_below_the_threshold(setup):
     assert trigger(novel)
     assert len(calls) == 1  # flagging runs one pass for the conditioning rows (the force kernels' probes)
     hook.remove()
-    after = calc.get_property("uncertainty", novel)
-    assert after <= 0.5 * trigger.threshold * 1.0001
+    assert trigger.score(novel) <= 0.5 * trigger.threshold * 1.0001
 
 
 @pytest.mark.parametrize("quantity", ["forces", "energy"])
