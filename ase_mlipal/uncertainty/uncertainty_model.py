@@ -108,8 +108,9 @@ class UncertaintyModel:
         self.typical: Optional[dict[str, float]] = None
         self.n_conditioning = 0
         self._seen: list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = []  # weighted rows, atom rows
-        self._seen_model: Optional[UncertaintyModel] = None
+        self._seen_model: Optional[UncertaintyModel] = None  # the copy seen() gives, holding _seen[:_seen_applied]
         self._seen_key: tuple = ()
+        self._seen_applied = 0
         self.changed()
 
     def _new_neighbours(self) -> Optional[NearestNeighbours]:
@@ -186,13 +187,12 @@ class UncertaintyModel:
         if not self._seen:
             return self
         if self._seen_model is None or self._seen_key != self.version:
-            self._seen_model, self._seen_key = self.snapshot(), self.version
-            self._seen_model._seen, self._seen_model._applied = [], 0
-        copy_ = self._seen_model
-        for rows in self._seen[copy_._applied:]:
-            copy_._add_rows(*rows)
-        copy_._applied = len(self._seen)
-        return copy_
+            self._seen_model, self._seen_key, self._seen_applied = self.snapshot(), self.version, 0
+            self._seen_model._seen = []
+        for rows in self._seen[self._seen_applied:]:
+            self._seen_model._add_rows(*rows)
+        self._seen_applied = len(self._seen)
+        return self._seen_model
 
     def seen_arrays(self) -> dict[str, np.ndarray]:
         """The rows of the frames seen but not learned, for a posterior file (:meth:`load_seen`)."""
