@@ -104,3 +104,21 @@ def test_a_reference_band_that_ran_away_is_redone_with_twice_the_images(tmp_path
     far = {"s": [0.0, 4 * length], "energy": [0.0]}
     monkeypatch.setattr(heldout, "direct_reference_neb", lambda band, fmax: {**fake_neb(band, fmax), "profile": far})
     assert heldout.reference_run("third", images)["ran_away"]  # the denser band ran away too: no reference
+
+
+def test_an_md_run_rerun_with_flags_apart_is_shown_beside_its_record():
+    heldout = load_benchmark("learning_loop_heldout")
+    loop = load_benchmark("learning_loop")
+    new = {**loop.MD_SETTINGS, "force_tolerance": None}
+    old = {k: v for k, v in new.items() if k != "flags_apart"}
+
+    def record(settings, mae, coverage, labels, confident, molecule="m"):
+        return {"molecule": molecule, "distance_aware": True, "settings": settings, "last_third": {"force_mae": mae},
+                "coverage_2sigma": coverage, "labels": labels, "confident": confident}
+
+    runs = [record(old, 2.126, 0.776, 187, False), record(new, 0.1, 0.95, 60, True),
+            record(old, 0.2, 0.9, 30, True, molecule="not rerun")]
+    table = heldout.flags_apart_table(runs)
+    assert table[-1] == "| m | 0 | 2.126 → 0.100 | 0.776 → 0.950 | 187 → 60 | no → yes |"
+    assert not any("not rerun" in line for line in table)
+    assert heldout.flags_apart_table(runs[:1]) == []
