@@ -183,3 +183,22 @@ def test_residual_floors_are_half_the_largest_errors(setup):
     floors = trigger.residual_floors(labelled)
     assert floors["forces"] == pytest.approx(0.3, abs=1e-9)
     assert floors["energy"] == pytest.approx(0.6 / len(known), abs=1e-9)
+
+
+def test_a_force_kernel_flag_is_seen_in_the_force_variance_it_draws(tiny_model, tmp_path):
+    """force_ntk draws its force variance with the features: the trigger draws it again on what it has seen, as
+    a calculator that learned the flagged frame with the same weight draws it."""
+    def conditioned_calc():
+        calc = MLIPALCalculator(model=tiny_model, kernel="force_ntk", kernel_options={"dim": 64, "probes": 2})
+        return calc.condition(rattled(molecule("CH3OH"), 3, stdev=0.02, seed=0))
+
+    calc, learned = conditioned_calc(), conditioned_calc()
+    novel = molecule("CH3CH2OH")
+    novel.calc = calc
+    before = calc.get_property("uncertainty", novel)
+    trigger = UncertaintyTrigger(calc, FrameStore(tmp_path / "frames.db"), threshold=0.3 * before)
+    assert trigger(novel)
+    assert calc.get_property("uncertainty", novel.copy()) == pytest.approx(before, rel=1e-12)  # reported: as before
+    learned.condition(novel.copy(), weight=trigger._weight(before, len(novel)))
+    assert trigger.score(novel) == pytest.approx(learned.get_property("uncertainty", novel.copy()), rel=1e-9)
+    assert trigger.score(novel) != pytest.approx(before, rel=1e-3)
