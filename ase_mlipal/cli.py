@@ -376,7 +376,7 @@ LEARN_HELP = """TOML file, e.g. for MD:
     audit_interval = 200   # one unflagged frame per ~200 steps checked against the reference
     force_tolerance = 0.15 # eV/A: an audit's mean force error must stay below (leave out: the 2-sigma test alone)
     recalibrate = true     # each audit rescales sigma (false: sigma moves only when a round swaps a model in)
-    prior_frames = 2       # how many audits the calibration weighs as when they rescale sigma
+    prior_frames = 1       # how many audits the calibration weighs as when they rescale sigma
     rewind_tolerance = 1.0 # eV: a failed audit off by more is a hole; the MD goes back to the last audit passed
     max_rewinds = 3        # the most times it goes back (0: never)
     [finetune]             # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)

@@ -4,9 +4,12 @@
 
 The MD learner checks unflagged frames (audits) against the reference one by
 one, and after each rescales sigma (:meth:`ase_mlipal.MLIPALCalculator.rescale`):
-``n`` audits move every calibrated variance ``n / (n + p)`` of the way, in log
-space, to the factor they justify (the mean of ``residual^2 / variance``),
-as if the calibration in use had been fitted on ``p`` frames. A large ``p``
+``n`` audits move every calibrated variance ``n / (n + p)`` of the way to the
+factor they justify (the mean of ``residual^2 / variance``), as if the
+calibration in use had been fitted on ``p`` frames: the forces' in log
+space, the energy's linearly (since 2026-12-07: with one residual a frame
+log space shrinks a right sigma on average; the tables keep the energy's
+scores in log space beside, the "log space" columns). A large ``p``
 trusts the calibration; a small one the audits, and with it their noise.
 
 This replays that sequence on labelled frames nothing was fitted on, with
@@ -96,7 +99,9 @@ def calibrated_residuals(calc: ase_mlipal.MLIPALCalculator, frames: list[Atoms])
 
 def replay(group: dict, prior: float, audits: int, orders: int, seed: int = 0) -> dict:
     """Mean scores of ``audits`` frames checked one by one, each on the variances the ones before rescale
-    (:func:`~ase_mlipal.uncertainty.calibration.shrunk_factor`, as the learner's rescale; ``prior = inf``: none)."""
+    (:func:`~ase_mlipal.uncertainty.calibration.shrunk_factor` as the learner's rescale: forces in log space,
+    the energy linearly; ``prior = inf``: none). The energy's scores in log space too (``..._log``: the
+    rescale before 2026-12-07)."""
     rng = np.random.default_rng(seed)
     n_frames = len(group["energy"])
     scores = []
@@ -105,18 +110,22 @@ def replay(group: dict, prior: float, audits: int, orders: int, seed: int = 0) -
         per_frame = []
         for t, k in enumerate(order):
             before = order[:t]
-            force_factor, energy_factor = (1.0, 1.0) if t == 0 else (
+            factors = (1.0, 1.0, 1.0) if t == 0 else (
                 shrunk_factor(np.concatenate([group["forces"][j] for j in before]),
-                              np.concatenate([group["force_var"][j] for j in before]), prior, t),
-                shrunk_factor(group["energy"][before], group["energy_var"][before], prior, t))
-            force_var, energy_var = group["force_var"][k] * force_factor, group["energy_var"][k] * energy_factor
-            z2, energy_z2 = group["forces"][k] ** 2 / force_var, group["energy"][k] ** 2 / energy_var
-            per_frame.append((np.mean(z2 < 4.0), gaussian_nll(z2, force_var),
-                              float(energy_z2 < 4.0), gaussian_nll(energy_z2, energy_var)))
+                              np.concatenate([group["force_var"][j] for j in before]), prior, t, "log"),
+                shrunk_factor(group["energy"][before], group["energy_var"][before], prior, t, "linear"),
+                shrunk_factor(group["energy"][before], group["energy_var"][before], prior, t, "log"))
+            force_var = group["force_var"][k] * factors[0]
+            z2 = group["forces"][k] ** 2 / force_var
+            scored = [np.mean(z2 < 4.0), gaussian_nll(z2, force_var)]
+            for factor in factors[1:]:
+                energy_var = group["energy_var"][k] * factor
+                energy_z2 = group["energy"][k] ** 2 / energy_var
+                scored += [float(energy_z2 < 4.0), gaussian_nll(energy_z2, energy_var)]
+            per_frame.append(scored)
         scores.append(np.mean(per_frame, axis=0))
-    force_coverage, force_nll, energy_coverage, energy_nll = np.mean(scores, axis=0)
-    return {"force_coverage_2sigma": force_coverage, "force_nll": force_nll,
-            "energy_coverage_2sigma": energy_coverage, "energy_nll": energy_nll}
+    return dict(zip(("force_coverage_2sigma", "force_nll", "energy_coverage_2sigma", "energy_nll",
+                     "energy_coverage_2sigma_log", "energy_nll_log"), map(float, np.mean(scores, axis=0))))
 
 
 def gaussian_nll(z2: np.ndarray, variance: np.ndarray) -> float:
@@ -152,23 +161,26 @@ def table(scores: dict, chosen: dict) -> list[str]:
 
 
 def summary(scores: dict, groups: list[str]) -> dict:
-    """Per prior: mean and worst force coverage, mean force and energy likelihood and energy coverage."""
-    return {str(p): {"force_coverage_2sigma": float(np.mean([scores[g][str(p)]["force_coverage_2sigma"]
-                                                            for g in groups])),
-                     "worst_force_coverage_2sigma": float(min(scores[g][str(p)]["force_coverage_2sigma"]
+    """Per prior: mean and worst force coverage, and the mean of every other score of :func:`replay`."""
+    def mean(p, key):
+        return float(np.mean([scores[g][str(p)][key] for g in groups]))
+
+    return {str(p): {"worst_force_coverage_2sigma": float(min(scores[g][str(p)]["force_coverage_2sigma"]
                                                               for g in groups)),
-                     "force_nll": float(np.mean([scores[g][str(p)]["force_nll"] for g in groups])),
-                     "energy_coverage_2sigma": float(np.mean([scores[g][str(p)]["energy_coverage_2sigma"]
-                                                             for g in groups])),
-                     "energy_nll": float(np.mean([scores[g][str(p)]["energy_nll"] for g in groups]))}
+                     **{key: mean(p, key) for key in scores[groups[0]][str(p)]}}
             for p in PRIORS}
 
 
 def summary_cells(row: dict) -> str:
     """One prior's :func:`summary` as table cells: force 2σ coverage (mean; worst group), force NLL, energy 2σ
-    coverage, energy NLL."""
+    coverage, energy NLL, and the last two with the energy rescaled in log space."""
     return (f"{row['force_coverage_2sigma']:.3f}; {row['worst_force_coverage_2sigma']:.3f} | {row['force_nll']:+.2f} | "
-            f"{row['energy_coverage_2sigma']:.3f} | {row['energy_nll']:+.2f}")
+            f"{row['energy_coverage_2sigma']:.3f} | {row['energy_nll']:+.2f} | "
+            f"{row['energy_coverage_2sigma_log']:.3f} | {row['energy_nll_log']:+.2f}")
+
+
+SUMMARY_HEADER = ("force 2σ coverage (mean; worst group) | force NLL | energy 2σ coverage | energy NLL | "
+                  "energy 2σ coverage, log space | energy NLL, log space |")
 
 
 def plot(summaries: dict, path: Path) -> None:
@@ -232,8 +244,7 @@ def later(calc: ase_mlipal.MLIPALCalculator, scores: dict, orders: int, step: in
     for group, by_prior in new.items():
         lines.append(f"| {group} | " + " | ".join(f"{by_prior[str(p)]['force_coverage_2sigma']:.3f} / "
                                                   f"{by_prior[str(p)]['force_nll']:+.2f}" for p in PRIORS) + " |")
-    lines += ["", "| p | force 2σ coverage (mean; worst reaction) | force NLL | energy 2σ coverage | energy NLL |",
-              "|---:|---:|---:|---:|---:|"]
+    lines += ["", "| p | " + SUMMARY_HEADER, "|---:|" + "---:|" * 6]
     lines += [f"| {p:g} | {summary_cells(result['summary'][str(p)])} |" for p in PRIORS]
     lines += ["", f"Chosen on every earlier group: p = {chosen:g} (the learner's AUDIT_PRIOR_FRAMES: "
               f"{AUDIT_PRIOR_FRAMES:g}); the best on these reactions (force + energy NLL): p = {best:g}."]
@@ -272,8 +283,7 @@ def main() -> None:
              f"(frames), {orders} random orders; the shipped default's σ. Cells: force 2σ coverage / force NLL "
              "(per component). Last column: p chosen with the group held out (force + energy NLL on the others, "
              "reactions and molecules weighing half each).", ""] + table(scores, chosen)
-    lines += ["", "| groups | p | force 2σ coverage (mean; worst group) | force NLL | energy 2σ coverage | energy NLL |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| groups | p | " + SUMMARY_HEADER, "|---|---:|" + "---:|" * 6]
     for kind, s in summaries.items():
         lines += [f"| {kind} | {p:g} | {summary_cells(s[str(p)])} |" for p in PRIORS]
     lines += ["", "Chosen with the group held out: " + ", ".join(f"p = {p:g} in {n}" for p, n in counts.items() if n)

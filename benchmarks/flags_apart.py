@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 import ase_mlipal
-from ase_mlipal.frames import read_labels
 from ase_mlipal.learning.store import FrameStore
 from ase_mlipal.learning.trigger import UncertaintyTrigger
+from ase_mlipal.learning.verification import check_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_loop import AUDIT_PRIOR_FRAMES, MD_SETTINGS, run_md  # noqa: E402
@@ -47,14 +47,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def scored(calc: ase_mlipal.MLIPALCalculator, frame) -> dict:
     """Energy error and sigma (eV), mean force sigma (eV/A) and 2-sigma force coverage of a labelled frame."""
-    atoms = frame.copy()
-    atoms.calc = calc
-    energy, forces = read_labels(frame)
-    error = atoms.get_forces() - forces
-    sigma = calc.results["forces_uncertainty"][:, None]
-    return {"energy_error": atoms.get_potential_energy() - energy, "energy_std": calc.results["energy_uncertainty"],
-            "force_mae": float(np.abs(error).mean()), "force_std": float(sigma.mean()),
-            "force_coverage": float(np.mean(np.abs(error) <= 2 * sigma))}
+    check = check_frame(calc, frame, 0, "audit")
+    return {"energy_error": check.energy_error, "energy_std": check.energy_std, "force_mae": check.force_mae,
+            "force_std": float(calc.results["forces_uncertainty"].mean()), "force_coverage": check.force_coverage}
 
 
 def worst_failed_audit(state: dict) -> dict:

@@ -189,7 +189,10 @@ MD_SETTINGS = {"temperature_K": 1200.0, "steps": 2000, "timestep_fs": 0.5, "thre
                "rewind_tolerance": REWIND_TOLERANCE,  # a hole sends the MD back (records without the key: never)
                # flags are seen, not learned: they stay out of the reported sigma (records without the key ran
                # when they entered it)
-               "flags_apart": True}
+               "flags_apart": True,
+               # the audits move the energy's sigma linearly, the forces' in log space (records without the key:
+               # both in log space)
+               "energy_rescale": "linear"}
 OLD_PRIOR_FRAMES = 20.0  # the audits' prior weight before benchmarks/audit_rescale.py chose AUDIT_PRIOR_FRAMES
 MD_SMOKE = {**MD_SETTINGS, "steps": 20, "audit_interval": 5, "batch_size": 2, "max_rounds": 1,
             "finetune": {"epochs": 1, "replay_ratio": 1}}
@@ -456,14 +459,21 @@ def md_table(runs: list[dict]) -> list[str]:
 def md_tag(settings: dict) -> str:
     """The file-name tail of an MD part: its seed and force tolerance where they are not the defaults,
     ``_recal`` where audits rescale sigma (the parts before they did have no tail), ``_prior<P>`` where
-    their prior weight is not the old 20 frames, ``_rewind<T>`` where holes send the MD back and ``_apart``
-    where flags stayed out of the reported sigma."""
+    their prior weight is not the old 20 frames, ``_rewind<T>`` where holes send the MD back, ``_apart``
+    where flags stayed out of the reported sigma and ``_elin`` where the audits moved the energy's sigma
+    linearly."""
     seed, tolerance, prior = settings["seed"], settings["force_tolerance"], settings["prior_frames"]
     rewind = settings.get("rewind_tolerance")
     return ((f"_seed{seed}" if seed else "") + (f"_ftol{tolerance:g}" if tolerance is not None else "")
             + ("_recal" if settings["recalibrate"] else "")
             + (f"_prior{prior:g}" if settings["recalibrate"] and prior != OLD_PRIOR_FRAMES else "")
-            + (f"_rewind{rewind:g}" if rewind is not None else "") + ("_apart" if settings.get("flags_apart") else ""))
+            + (f"_rewind{rewind:g}" if rewind is not None else "") + ("_apart" if settings.get("flags_apart") else "")
+            + ("_elin" if energy_rescale(settings) == "linear" else ""))
+
+
+def energy_rescale(settings: dict) -> str:
+    """How the audits moved the energy's sigma in an MD record: ``"linear"`` or ``"log"`` (records before the key)."""
+    return settings.get("energy_rescale", "log")
 
 
 def prior_frames(run: dict) -> float:
@@ -484,6 +494,7 @@ def run_label(run: dict) -> str:
         rewinds = len(run.get("rewinds", []))
         notes.append(f"holes > {rewind:g} eV rewind" + (f": {rewinds} rewind{'s' * (rewinds != 1)}" if rewinds else ""))
     notes += ["flags in σ"] * (not run["settings"].get("flags_apart"))
+    notes += ["energy σ rescaled linearly"] * (energy_rescale(run["settings"]) == "linear")
     seed = run["settings"].get("seed", 0)
     notes += [f"seed {seed}"] * (seed != 0)
     return run["molecule"] + (f" ({', '.join(notes)})" if notes else "")

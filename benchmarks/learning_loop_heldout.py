@@ -73,8 +73,8 @@ from ase_mlipal.references.xtb import RobustXTB
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_data  # noqa: E402
-from learning_loop import (MD_SETTINGS, SETTINGS, direct_reference_neb, found_a_pass, md_table, md_tag,  # noqa: E402
-                           prior_frames, run_md)
+from learning_loop import (MD_SETTINGS, SETTINGS, direct_reference_neb, energy_rescale, found_a_pass,  # noqa: E402
+                           md_table, md_tag, prior_frames, run_md)
 from ase_mlipal.learning.md_learner import AUDIT_PRIOR_FRAMES, REWIND_TOLERANCE  # noqa: E402
 
 PARTS = Path(__file__).resolve().parent / "results" / "learning_loop_heldout"
@@ -441,39 +441,55 @@ def merge() -> str:
                                -prior_frames(r), r["settings"].get("rewind_tolerance") or 0))
     if md:
         lines += ["", "From each reaction's reactant (`--md`):", ""] + md_table(md)
-    lines += flags_apart_table(md) + fresh_summary(rows, md)
+    names = list(MD_DEFAULTS)
+    for old, new in zip(names[:-1], names[1:]):
+        lines += rerun_table(md, old, new)
+    lines += fresh_summary(rows, md)
     text = "\n".join(lines) + "\n"
     (PARTS.parent / "learning_loop_heldout.md").write_text(text)
     return text
 
 
-def flags_apart_table(md: list[dict]) -> list[str]:
-    """Markdown lines: each MD run at the default settings rerun with flags out of the reported σ, beside its
-    record from when they entered it (same reaction and seed)."""
-    before = {(m["molecule"], m["settings"].get("seed", 0)): m for m in default_md(md, flags_apart=False)}
-    pairs = [(before[key], m) for m in default_md(md)
+#: The MD learner's default settings where they changed, oldest first; the last is the default now.
+MD_DEFAULTS = {
+    "flags in σ": {"flags_apart": False, "energy_rescale": "log", "prior_frames": 2.0},
+    "flags apart": {"flags_apart": True, "energy_rescale": "log", "prior_frames": 2.0},
+    "energy σ rescaled linearly, prior 1": {"flags_apart": True, "energy_rescale": "linear",
+                                            "prior_frames": AUDIT_PRIOR_FRAMES},
+}
+CURRENT_MD = list(MD_DEFAULTS)[-1]
+
+
+def rerun_table(md: list[dict], old: str, new: str) -> list[str]:
+    """Markdown lines: each MD run at the default settings ``new`` (a key of :data:`MD_DEFAULTS`) beside its
+    record at ``old`` (same reaction and seed)."""
+    before = {(m["molecule"], m["settings"].get("seed", 0)): m for m in default_md(md, old)}
+    pairs = [(before[key], m) for m in default_md(md, new)
              if (key := (m["molecule"], m["settings"].get("seed", 0))) in before]
     if not pairs:
         return []
-    lines = ["", "The same MD runs when flags entered the reported σ → with flags apart (last-third force MAE eV/A, "
+    lines = ["", f"The same MD runs at the default settings, {old} → {new} (last-third force MAE eV/A, "
              "audited 2σ force coverage, labels, confident):", "",
              "| molecule | seed | last third | coverage | labels | confident |", "|---|---:|---:|---:|---:|:-:|"]
     columns = ((lambda r: r["last_third"]["force_mae"], ".3f"), (lambda r: r["coverage_2sigma"], ".3f"),
                (lambda r: r["labels"], "d"), (lambda r: "yes" if r["confident"] else "no", "s"))
-    for old, new in sorted(pairs, key=lambda p: (p[1]["molecule"], p[1]["settings"].get("seed", 0))):
-        cells = [" → ".join("-" if get(r) is None else format(get(r), form) for r in (old, new)) for get, form in columns]
-        lines.append(f"| {new['molecule']} | {new['settings'].get('seed', 0)} | {' | '.join(cells)} |")
+    for old_run, new_run in sorted(pairs, key=lambda p: (p[1]["molecule"], p[1]["settings"].get("seed", 0))):
+        cells = [" → ".join("-" if get(r) is None else format(get(r), form) for r in (old_run, new_run))
+                 for get, form in columns]
+        lines.append(f"| {new_run['molecule']} | {new_run['settings'].get('seed', 0)} | {' | '.join(cells)} |")
     return lines
 
 
-def default_md(md: list[dict], flags_apart: bool = True) -> list[dict]:
-    """The MD records at the default settings: distance-aware σ, audits rescale σ with the learner's prior
-    weight, no force tolerance, holes rewind at the learner's tolerance, flags out of the reported σ
-    (``flags_apart=False``: the same settings when flags entered it)."""
+def default_md(md: list[dict], which: str = CURRENT_MD) -> list[dict]:
+    """The MD records at the default settings ``which`` (a key of :data:`MD_DEFAULTS`): distance-aware σ,
+    audits rescale σ, no force tolerance, holes rewind at the learner's tolerance, and the flags, energy
+    rescale and prior weight of ``which``."""
+    want = MD_DEFAULTS[which]
     return [m for m in md if m.get("distance_aware") and m["settings"].get("recalibrate")
-            and m["settings"].get("force_tolerance") is None and prior_frames(m) == AUDIT_PRIOR_FRAMES
+            and m["settings"].get("force_tolerance") is None and prior_frames(m) == want["prior_frames"]
             and m["settings"].get("rewind_tolerance") == REWIND_TOLERANCE
-            and bool(m["settings"].get("flags_apart")) == flags_apart]
+            and bool(m["settings"].get("flags_apart")) == want["flags_apart"]
+            and energy_rescale(m["settings"]) == want["energy_rescale"]]
 
 
 def md_targets(runs: list[dict]) -> str:
@@ -499,14 +515,15 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
                         (FIFTH_FRESH, "added after the band calibration and every choice above; two 1,2-eliminations "
                                       "of H2")):
         lines += fresh_set_summary(rows, md, names, when)
-    every, before = default_md(md), default_md(md, flags_apart=False)
+    every = default_md(md)
     if every:
-        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frames, holes over "
-                  f"{REWIND_TOLERANCE:g} eV rewind the MD, flags out of the reported σ), every reaction "
-                  "here: " + md_targets(every)]
-    if before:
-        lines += ["", "The same settings when flags entered the reported σ (the records before; rerun above where "
-                  "the same reaction and seed appear): " + md_targets(before)]
+        lines += ["", f"At the default settings (audits' prior weight {AUDIT_PRIOR_FRAMES:g} frame, the energy's σ "
+                  f"rescaled linearly, holes over {REWIND_TOLERANCE:g} eV rewind the MD, flags out of the reported "
+                  "σ), every reaction here: " + md_targets(every)]
+    for which in reversed(list(MD_DEFAULTS)[:-1]):
+        if earlier := default_md(md, which):
+            lines += ["", f"The default settings before, {which} (the records before; rerun above where the same "
+                      "reaction and seed appear): " + md_targets(earlier)]
     return lines
 
 
@@ -517,9 +534,10 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
     neb = [r for r in ran if np.isfinite(r["direct_barrier"])]  # the others have no xTB barrier to score against
     unscored = sorted(r["reaction"] for r in ran if not np.isfinite(r["direct_barrier"]))
     runs = [m for m in default_md(md) if m["molecule"] in names]
-    before = [m for m in default_md(md, flags_apart=False) if m["molecule"] in names]
+    earlier = {which: [m for m in default_md(md, which) if m["molecule"] in names]
+               for which in reversed(list(MD_DEFAULTS)[:-1])}
     lines = []
-    if neb or runs or before:
+    if neb or runs or any(earlier.values()):
         lines += ["", f"Fresh reactions ({', '.join(names)}; {when}, default settings):", ""]
     if neb:
         tolerance = SETTINGS["barrier_tolerance"]
@@ -538,8 +556,8 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
                      "away: no reference barrier)")
     if runs:
         lines.append("- " + md_targets(runs))
-    if before:
-        lines.append("- When flags entered the reported σ (the records before): " + md_targets(before))
+    lines += [f"- At the default settings before, {which} (the records before): " + md_targets(before)
+              for which, before in earlier.items() if before]
     return lines
 
 

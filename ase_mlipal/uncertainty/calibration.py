@@ -105,20 +105,42 @@ def fit_scale(residuals: np.ndarray, raw_variances: np.ndarray) -> float:
     return float(np.mean(r**2 / v))
 
 
-def shrunk_factor(residuals: np.ndarray, variances: np.ndarray, prior_frames: float, n_frames: int) -> float:
+def shrunk_factor(residuals: np.ndarray, variances: np.ndarray, prior_frames: float, n_frames: int,
+                  space: str = "log") -> float:
     """The factor on calibrated ``variances`` that ``residuals`` of ``n_frames`` frames justify, shrunk.
 
-    The maximum-likelihood factor is the mean of ``residual^2 / variance``
-    (:func:`fit_scale` on the calibrated variances); it moves the variances
-    ``n / (n + prior_frames)`` of the way in log space, as if the calibration
-    in use had been fitted on ``prior_frames`` frames. One factor on the whole
-    variance (scale and floor) stays defined when the residuals lie below a
-    floor, where refitting the scale alone runs to zero.
+    The maximum-likelihood factor ``r`` is the mean of ``residual^2 /
+    variance`` (:func:`fit_scale` on the calibrated variances); the factor
+    returned moves the variances ``w = n / (n + prior_frames)`` of the way
+    to it, as if the calibration in use had been fitted on ``prior_frames``
+    frames:
+
+    * ``space="log"``: ``r ** w``. Robust to a few large residuals, but
+      biased low on few residuals: for ``k`` residuals of a calibrated
+      model ``E[log r] = digamma(k/2) + log(2/k)``, -1.27 for one, so a
+      single energy check shrinks a right sigma by ``exp(-1.27 w / 2)`` on
+      average. Use it where each frame gives many residuals (forces).
+    * ``space="linear"``: ``(prior_frames + n r) / (prior_frames + n)``,
+      the calibration's factor 1 and ``r`` averaged by their weights in
+      frames (the posterior mean of a variance factor under a conjugate
+      prior worth ``prior_frames`` frames): 1 on average for a calibrated
+      model however few the residuals. Use it where each frame gives one
+      (energies).
+
+    One factor on the whole variance (scale and floor) stays defined when
+    the residuals lie below a floor, where refitting the scale alone runs
+    to zero.
     """
     if prior_frames < 0 or n_frames < 1:
         raise ValueError(f"need prior_frames >= 0 and n_frames >= 1, got {prior_frames} and {n_frames}")
+    if space not in ("log", "linear"):
+        raise ValueError(f"space must be 'log' or 'linear', not {space!r}")
     _require_nonzero(np.asarray(residuals))
     ratio = fit_scale(residuals, variances)
+    if np.isinf(prior_frames):
+        return 1.0
+    if space == "linear":
+        return float((prior_frames + n_frames * ratio) / (prior_frames + n_frames))
     return float(ratio ** (n_frames / (n_frames + prior_frames)))
 
 

@@ -39,25 +39,30 @@ def test_product_differs_from_the_reactant_by_the_reaction_bonds_only(name, brok
 
 
 def test_md_records_keep_their_prior_weight_apart():
-    """A record at the audits' new prior weight, with rewinds and flags out of the reported sigma gets its own
-    file and counts at the default settings; one without the prior key ran at the old 20 frames, one without the
-    rewind key never rewound, one without the flags key ran when flags entered sigma, and all keep their names."""
+    """A record at the audits' new prior weight, with rewinds, flags out of the reported sigma and the energy
+    rescaled linearly gets its own file and counts at the default settings; one without the prior key ran at the
+    old 20 frames, one without the rewind key never rewound, one without the flags key ran when flags entered
+    sigma, one without the energy key rescaled the energy in log space, and all keep their names."""
     heldout = load_benchmark("learning_loop_heldout")
     loop = load_benchmark("learning_loop")
     new = {**loop.MD_SETTINGS, "force_tolerance": None}
-    old = {k: v for k, v in new.items() if k not in ("prior_frames", "rewind_tolerance", "flags_apart")}
-    no_rewind = {k: v for k, v in new.items() if k not in ("rewind_tolerance", "flags_apart")}
-    flags_in = {k: v for k, v in new.items() if k != "flags_apart"}
-    assert loop.md_tag(new) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}_rewind{heldout.REWIND_TOLERANCE:g}_apart"
-    assert loop.md_tag(flags_in) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}_rewind{heldout.REWIND_TOLERANCE:g}"
-    assert loop.md_tag(no_rewind) == f"_recal_prior{heldout.AUDIT_PRIOR_FRAMES:g}"
+    old = {k: v for k, v in new.items() if k not in ("prior_frames", "rewind_tolerance", "flags_apart",
+                                                     "energy_rescale")}
+    no_rewind = {k: v for k, v in new.items() if k not in ("rewind_tolerance", "flags_apart", "energy_rescale")}
+    apart = {**{k: v for k, v in new.items() if k != "energy_rescale"}, "prior_frames": 2.0}
+    flags_in = {k: v for k, v in apart.items() if k != "flags_apart"}
+    prior, rewind = f"{heldout.AUDIT_PRIOR_FRAMES:g}", f"{heldout.REWIND_TOLERANCE:g}"
+    assert loop.md_tag(new) == f"_recal_prior{prior}_rewind{rewind}_apart_elin"
+    assert loop.md_tag(apart) == f"_recal_prior2_rewind{rewind}_apart"
+    assert loop.md_tag(flags_in) == f"_recal_prior2_rewind{rewind}"
+    assert loop.md_tag(no_rewind) == f"_recal_prior{prior}"
     assert loop.md_tag({**no_rewind, "prior_frames": loop.OLD_PRIOR_FRAMES}) == "_recal"
     assert loop.md_tag({**no_rewind, "seed": 1, "recalibrate": False}) == "_seed1"
     record = {"distance_aware": True, "last_third": {"force_mae": 0.2}, "coverage_2sigma": 0.95, "confident": True}
-    runs = [{**record, "settings": new}, {**record, "settings": old}, {**record, "settings": no_rewind},
-            {**record, "settings": flags_in}]
+    runs = [{**record, "settings": settings} for settings in (new, old, no_rewind, flags_in, apart)]
     assert heldout.default_md(runs) == runs[:1]
-    assert heldout.default_md(runs, flags_apart=False) == runs[3:]  # the same settings when flags entered sigma
+    assert heldout.default_md(runs, "flags in σ") == [runs[3]]  # the defaults when flags entered sigma
+    assert heldout.default_md(runs, "flags apart") == [runs[4]]  # ... and before the energy moved linearly
     assert heldout.md_targets(runs[:1]) == ("MD (1 runs, seeds 0): last-third force MAE <= 0.15 eV/A in 0/1, "
                                             "audited 2σ coverage >= 0.90 in 1/1, confident 1/1")
 
@@ -106,19 +111,22 @@ def test_a_reference_band_that_ran_away_is_redone_with_twice_the_images(tmp_path
     assert heldout.reference_run("third", images)["ran_away"]  # the denser band ran away too: no reference
 
 
-def test_an_md_run_rerun_with_flags_apart_is_shown_beside_its_record():
+def test_an_md_run_rerun_at_new_defaults_is_shown_beside_its_record():
     heldout = load_benchmark("learning_loop_heldout")
     loop = load_benchmark("learning_loop")
-    new = {**loop.MD_SETTINGS, "force_tolerance": None}
-    old = {k: v for k, v in new.items() if k != "flags_apart"}
+    apart = {**{k: v for k, v in loop.MD_SETTINGS.items() if k != "energy_rescale"}, "force_tolerance": None,
+             "prior_frames": 2.0}
+    old = {k: v for k, v in apart.items() if k != "flags_apart"}
 
     def record(settings, mae, coverage, labels, confident, molecule="m"):
         return {"molecule": molecule, "distance_aware": True, "settings": settings, "last_third": {"force_mae": mae},
                 "coverage_2sigma": coverage, "labels": labels, "confident": confident}
 
-    runs = [record(old, 2.126, 0.776, 187, False), record(new, 0.1, 0.95, 60, True),
+    runs = [record(old, 2.126, 0.776, 187, False), record(apart, 0.1, 0.95, 60, True),
             record(old, 0.2, 0.9, 30, True, molecule="not rerun")]
-    table = heldout.flags_apart_table(runs)
+    table = heldout.rerun_table(runs, "flags in σ", "flags apart")
     assert table[-1] == "| m | 0 | 2.126 → 0.100 | 0.776 → 0.950 | 187 → 60 | no → yes |"
+    assert "flags in σ → flags apart" in table[1]
     assert not any("not rerun" in line for line in table)
-    assert heldout.flags_apart_table(runs[:1]) == []
+    assert heldout.rerun_table(runs[:1], "flags in σ", "flags apart") == []
+    assert heldout.rerun_table(runs, "flags apart", heldout.CURRENT_MD) == []  # nothing rerun at the new defaults

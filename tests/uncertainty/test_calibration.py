@@ -161,10 +161,31 @@ def test_shrunk_factor_is_the_likelihood_factor_moved_by_the_frames_share():
     ratio = np.mean(residuals**2 / variances)
     assert shrunk_factor(residuals, variances, 20, 5) == pytest.approx(ratio ** (5 / 25))
     assert 1 < shrunk_factor(residuals, variances, 20, 1) < shrunk_factor(residuals, variances, 20, 50) < ratio
+    assert shrunk_factor(residuals, variances, 20, 5, "linear") == pytest.approx((20 + 5 * ratio) / 25)
+    assert shrunk_factor(residuals, variances, np.inf, 5, "linear") == 1.0
     with pytest.raises(ValueError, match="exactly 0"):
         shrunk_factor(np.zeros(3), np.ones(3), 20, 1)
+    with pytest.raises(ValueError, match="'log' or 'linear'"):
+        shrunk_factor(residuals, variances, 20, 1, "geometric")
     with pytest.raises(ValueError, match="prior_frames >= 0"):
         shrunk_factor(residuals, variances, -1, 1)
+
+
+def test_one_residual_a_frame_keeps_a_calibrated_sigma_on_average_only_when_shrunk_linearly():
+    """A calibrated model's single energy residual per check: ``z^2`` is chi-squared with one degree of freedom.
+    Shrunk linearly the factor averages 1 (sigma kept); in log space ``E[log z^2] = -1.27`` pulls it below 1 on
+    average, and the more so the fewer the frames. With 3N residuals a frame (forces) log space is nearly unbiased."""
+    from ase_mlipal.uncertainty.calibration import shrunk_factor
+
+    rng = np.random.default_rng(5)
+    one = rng.standard_normal(20000)
+    linear = [shrunk_factor(one[k:k + 1], np.ones(1), 1.0, 1, "linear") for k in range(len(one))]
+    in_log = [shrunk_factor(one[k:k + 1], np.ones(1), 1.0, 1, "log") for k in range(len(one))]
+    assert np.mean(linear) == pytest.approx(1.0, abs=0.03)
+    assert np.mean(np.log(in_log)) == pytest.approx(-1.27 / 2, abs=0.05)  # half the way: w = 1 / (1 + 1)
+    many = rng.standard_normal((2000, 27))
+    forces = [shrunk_factor(row, np.ones(27), 1.0, 1, "log") for row in many]
+    assert np.mean(np.log(forces)) == pytest.approx(0.0, abs=0.04)
 
 
 def test_times_scales_the_whole_calibrated_variance():
