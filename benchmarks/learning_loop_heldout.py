@@ -469,15 +469,35 @@ def rerun_table(md: list[dict], old: str, new: str) -> list[str]:
     if not pairs:
         return []
     lines = ["", f"The same MD runs at the default settings, {old} → {new} (last-third force MAE eV/A, "
-             "audited 2σ force coverage, labels, confident):", "",
-             "| molecule | seed | last third | coverage | labels | confident |", "|---|---:|---:|---:|---:|:-:|"]
+             "audited 2σ force coverage, audited 2σ energy coverage, labels, confident):", "",
+             "| molecule | seed | last third | coverage | energy coverage | labels | confident |",
+             "|---|---:|---:|---:|---:|---:|:-:|"]
     columns = ((lambda r: r["last_third"]["force_mae"], ".3f"), (lambda r: r["coverage_2sigma"], ".3f"),
-               (lambda r: r["labels"], "d"), (lambda r: "yes" if r["confident"] else "no", "s"))
+               (lambda r: np.mean(energy_z(r) <= 2.0), ".2f"), (lambda r: r["labels"], "d"),
+               (lambda r: "yes" if r["confident"] else "no", "s"))
     for old_run, new_run in sorted(pairs, key=lambda p: (p[1]["molecule"], p[1]["settings"].get("seed", 0))):
         cells = [" → ".join("-" if get(r) is None else format(get(r), form) for r in (old_run, new_run))
                  for get, form in columns]
         lines.append(f"| {new_run['molecule']} | {new_run['settings'].get('seed', 0)} | {' | '.join(cells)} |")
+    old_runs, new_runs = zip(*pairs)
+    lines += ["", f"Over these {len(pairs)}: mean force coverage "
+              + " → ".join(f"{np.mean([r['coverage_2sigma'] for r in runs]):.3f}" for runs in (old_runs, new_runs))
+              + "; the audits' energy errors pooled: within 2σ "
+              + " → ".join(f"{np.mean(z <= 2.0):.3f} of {z.size}" for z in map(pooled_energy_z, (old_runs, new_runs)))
+              + ", largest |error| / σ "
+              + " → ".join(f"{pooled_energy_z(runs).max():.1f}" for runs in (old_runs, new_runs))]
     return lines
+
+
+def energy_z(run: dict) -> np.ndarray:
+    """|energy error| / energy σ of an MD run's checked audits (those the MD did not go back past)."""
+    return np.array([abs(c["energy_error"]) / c["energy_std"] for c in run["audits"]
+                     if np.isfinite(c["energy_error"]) and not c.get("rewound")])
+
+
+def pooled_energy_z(runs) -> np.ndarray:
+    """:func:`energy_z` of every run in ``runs``, in one array."""
+    return np.concatenate([energy_z(r) for r in runs])
 
 
 def default_md(md: list[dict], which: str = CURRENT_MD) -> list[dict]:

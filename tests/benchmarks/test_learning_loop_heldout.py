@@ -118,14 +118,18 @@ def test_an_md_run_rerun_at_new_defaults_is_shown_beside_its_record():
              "prior_frames": 2.0}
     old = {k: v for k, v in apart.items() if k != "flags_apart"}
 
-    def record(settings, mae, coverage, labels, confident, molecule="m"):
+    def record(settings, mae, coverage, labels, confident, molecule="m", z=(0.5, 3.0)):
+        audits = [{"energy_error": -0.1 * k, "energy_std": 0.1} for k in z]
+        audits.append({"energy_error": 9.0, "energy_std": 0.1, "rewound": True})  # gone back past: not counted
         return {"molecule": molecule, "distance_aware": True, "settings": settings, "last_third": {"force_mae": mae},
-                "coverage_2sigma": coverage, "labels": labels, "confident": confident}
+                "coverage_2sigma": coverage, "labels": labels, "confident": confident, "audits": audits}
 
-    runs = [record(old, 2.126, 0.776, 187, False), record(apart, 0.1, 0.95, 60, True),
+    runs = [record(old, 2.126, 0.776, 187, False), record(apart, 0.1, 0.95, 60, True, z=(0.5, 1.0, 1.5, 2.5)),
             record(old, 0.2, 0.9, 30, True, molecule="not rerun")]
     table = heldout.rerun_table(runs, "flags in σ", "flags apart")
-    assert table[-1] == "| m | 0 | 2.126 → 0.100 | 0.776 → 0.950 | 187 → 60 | no → yes |"
+    assert table[-3] == "| m | 0 | 2.126 → 0.100 | 0.776 → 0.950 | 0.50 → 0.75 | 187 → 60 | no → yes |"
+    assert table[-1] == ("Over these 1: mean force coverage 0.776 → 0.950; the audits' energy errors pooled: within "
+                         "2σ 0.500 of 2 → 0.750 of 4, largest |error| / σ 3.0 → 2.5")
     assert "flags in σ → flags apart" in table[1]
     assert not any("not rerun" in line for line in table)
     assert heldout.rerun_table(runs[:1], "flags in σ", "flags apart") == []
