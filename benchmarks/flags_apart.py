@@ -13,15 +13,16 @@ the model of the round that drew it, on three posteriors:
    knowledge (``UncertaintyModel.seen``), the posterior that code before
    2026-12-07 reported from;
 3. (2) with the audits' rescale of sigma, on the audits of that model
-   drawn before this one, as the learner did.
+   drawn before this one, as the learner did (at ``--prior-frames``, the
+   prior weight the traced run used; the rescale is this checkout's).
 
 Prints the energy error and sigma, the mean force sigma and the 2-sigma
 force coverage on each; writes ``benchmarks/results/flags_apart.json``.
 The directory of the record in the docs came from a run at commit 3ae5499
-(the code before flags were kept apart; this file copied into that
-checkout runs it there):
+(the code before flags were kept apart, prior weight 2, both factors
+moved in log space; this file copied into that checkout runs it there):
 
-    python benchmarks/flags_apart.py --workdir DIR [--molecule NAME] [--seed S] [--audit ID]
+    python benchmarks/flags_apart.py --workdir DIR [--molecule NAME] [--seed S] [--audit ID] [--prior-frames P]
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def worst_failed_audit(state: dict) -> dict:
     return max(failed, key=lambda c: abs(c["energy_error"]) / c["energy_std"])
 
 
-def explain(workdir: Path, audit_id: int | None = None) -> dict:
-    """The three posteriors' scores of the audit (see the module docstring)."""
+def explain(workdir: Path, audit_id: int | None = None, prior_frames: float = AUDIT_PRIOR_FRAMES) -> dict:
+    """The three posteriors' scores of the audit (see the module docstring); ``prior_frames``: the traced run's."""
     state = json.loads((workdir / "state.json").read_text())
     check = (worst_failed_audit(state) if audit_id is None
              else next(c for c in state["checks"] if c["store_id"] == audit_id))
@@ -74,13 +75,14 @@ def explain(workdir: Path, audit_id: int | None = None) -> dict:
               if row.get("source") == "audit" and row.status in ("labelled", "verified")]
     frame = store.frame(check["store_id"])
     out = {"workdir": str(workdir), "audit": check["store_id"], "step": check["step"], "round": number,
+           "prior_frames": prior_frames,
            "flags_since_swap": len(flags), "earlier_audits": len(audits), "learned": scored(calc, frame)}
     UncertaintyTrigger(calc, store, MD_SETTINGS["threshold"], source="md").absorb(flags)
     model = calc.uncertainty_model
     with model.posteriors_of(model.seen()):
         out["flags_as_knowledge"] = scored(calc, frame)
         if audits:
-            calc.rescale(audits, prior_frames=AUDIT_PRIOR_FRAMES, progress=False)
+            calc.rescale(audits, prior_frames=prior_frames, progress=False)
             out["flags_as_knowledge_rescaled"] = scored(calc, frame)
     out["learner_recorded"] = {k: check[k] for k in ("energy_error", "energy_std", "force_mae", "force_coverage")}
     return out
@@ -92,12 +94,14 @@ def main() -> None:
     parser.add_argument("--molecule", default="methylamine_to_methanimine_H2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--audit", type=int, help="the audit's store id (default: the worst failed one)")
+    parser.add_argument("--prior-frames", type=float, default=AUDIT_PRIOR_FRAMES,
+                        help="the audits' prior weight the traced run used (default: the learner's now; the record: 2)")
     args = parser.parse_args()
     if not (args.workdir / "state.json").exists():
         args.workdir.mkdir(parents=True, exist_ok=True)
-        settings = {**MD_SETTINGS, "seed": args.seed, "force_tolerance": None}
+        settings = {**MD_SETTINGS, "seed": args.seed, "force_tolerance": None, "prior_frames": args.prior_frames}
         run_md(args.molecule, settings, args.workdir, start_atoms=endpoints(args.molecule)[0], distance_aware=True)
-    result = explain(args.workdir, args.audit)
+    result = explain(args.workdir, args.audit, args.prior_frames)
     print(json.dumps(result, indent=1))
     (RESULTS / "flags_apart.json").write_text(json.dumps(result, indent=1))
 

@@ -454,8 +454,8 @@ def merge() -> str:
 MD_DEFAULTS = {
     "flags in σ": {"flags_apart": False, "energy_rescale": "log", "prior_frames": 2.0},
     "flags apart": {"flags_apart": True, "energy_rescale": "log", "prior_frames": 2.0},
-    "energy σ rescaled linearly, prior 1": {"flags_apart": True, "energy_rescale": "linear",
-                                            "prior_frames": AUDIT_PRIOR_FRAMES},
+    f"energy σ rescaled linearly, prior {AUDIT_PRIOR_FRAMES:g}": {"flags_apart": True, "energy_rescale": "linear",
+                                                                  "prior_frames": AUDIT_PRIOR_FRAMES},
 }
 CURRENT_MD = list(MD_DEFAULTS)[-1]
 
@@ -473,7 +473,7 @@ def rerun_table(md: list[dict], old: str, new: str) -> list[str]:
              "| molecule | seed | last third | coverage | energy coverage | labels | confident |",
              "|---|---:|---:|---:|---:|---:|:-:|"]
     columns = ((lambda r: r["last_third"]["force_mae"], ".3f"), (lambda r: r["coverage_2sigma"], ".3f"),
-               (lambda r: np.mean(energy_z(r) <= 2.0), ".2f"), (lambda r: r["labels"], "d"),
+               (energy_coverage, ".2f"), (lambda r: r["labels"], "d"),
                (lambda r: "yes" if r["confident"] else "no", "s"))
     for old_run, new_run in sorted(pairs, key=lambda p: (p[1]["molecule"], p[1]["settings"].get("seed", 0))):
         cells = [" → ".join("-" if get(r) is None else format(get(r), form) for r in (old_run, new_run))
@@ -493,6 +493,12 @@ def energy_z(run: dict) -> np.ndarray:
     """|energy error| / energy σ of an MD run's checked audits (those the MD did not go back past)."""
     return np.array([abs(c["energy_error"]) / c["energy_std"] for c in run["audits"]
                      if np.isfinite(c["energy_error"]) and not c.get("rewound")])
+
+
+def energy_coverage(run: dict) -> Optional[float]:
+    """The fraction of an MD run's checked audits whose energy error lies within 2σ (``None``: none checked)."""
+    z = energy_z(run)
+    return float(np.mean(z <= 2.0)) if z.size else None
 
 
 def pooled_energy_z(runs) -> np.ndarray:

@@ -134,3 +134,5 @@ def test_an_md_run_rerun_at_new_defaults_is_shown_beside_its_record():
     assert not any("not rerun" in line for line in table)
     assert heldout.rerun_table(runs[:1], "flags in σ", "flags apart") == []
     assert heldout.rerun_table(runs, "flags apart", heldout.CURRENT_MD) == []  # nothing rerun at the new defaults
+    assert heldout.energy_coverage(record(apart, 0.1, 0.95, 60, True, z=())) is None  # only a rewound audit
+    assert f"prior {loop.AUDIT_PRIOR_FRAMES:g}" in heldout.CURRENT_MD  # the label names the constant's value
