@@ -23,6 +23,8 @@ class HoleAfter(ForcesOffReference):
     higher and every force component ``HOLE_FORCES`` larger: the model's surface has a hole the trigger
     cannot see. ``calls`` counts the labels of every instance (the learner makes one per label)."""
 
+    hole_forces = HOLE_FORCES
+
     def __init__(self, model, clean: int, calls: list):
         super().__init__(model, offset=0.0)
         self.clean, self.calls = clean, calls
@@ -30,7 +32,7 @@ class HoleAfter(ForcesOffReference):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         self.calls.append(1)
         hole = len(self.calls) > self.clean
-        self.offset = HOLE_FORCES if hole else 0.0
+        self.offset = self.hole_forces if hole else 0.0
         super().calculate(atoms, properties, system_changes)
         self.results["energy"] += HOLE if hole else 0.0
 
@@ -81,6 +83,35 @@ def test_without_rewind_tolerance_a_hole_is_run_through(tiny_model, tmp_path):
         hole_run(tiny_model, tmp_path / "bad", rewind_tolerance=0.0)
     with pytest.raises(ValueError, match="max_rewinds must be >= 0"):
         hole_run(tiny_model, tmp_path / "bad", max_rewinds=-1)
+
+
+class EnergyHoleAfter(HoleAfter):
+    """:class:`HoleAfter` with the forces right in the hole: only the energy is ``HOLE`` eV off."""
+
+    hole_forces = 0.0
+
+
+@pytest.mark.parametrize("tolerance", [1.0, None])
+def test_an_audit_off_by_more_than_rewind_tolerance_fails_however_wide_its_sigma(tiny_model, tmp_path, tolerance):
+    """From step 20 on the audits are 5 eV off in energy alone, on an energy sigma inflated 100x (2 sigma holds
+    the error): at ``rewind_tolerance=1`` each fails on the tolerance and the run is not confident; with
+    ``None`` (the 2-sigma test alone) each passes and the run ends confident 5 eV off."""
+    calc, calls = plain_calc(tiny_model), []
+    calc.energy_posterior.calibration = calc.energy_posterior.calibration.times(1e4)
+    report = OnTheFlyLearner(molecule("H2CO"), calc, lambda: EnergyHoleAfter(tiny_model, 3, calls), tmp_path / "run",
+                             threshold=1e9, steps=30, interval=5, audit_interval=5, max_rounds=0, conditioning=[],
+                             progress=False, dynamics=seeded_langevin, recalibrate=False,
+                             rewind_tolerance=tolerance).run()
+    audits = [c for c in report.checks if c.kind == "audit"]
+    late = [c for c in audits if c.step >= 20]
+    assert [c.step for c in audits] == [5, 10, 15, 20, 25, 30] and all(c.passed for c in audits[:3])
+    assert all(HOLE - 0.5 < abs(c.energy_error) < 2 * c.energy_std for c in late)  # inside 2 sigma
+    assert all(c.forces_agree for c in late)
+    if tolerance is None:
+        assert all(c.passed for c in late) and report.confident
+    else:
+        assert not any(c.passed for c in late) and not report.confident
+        assert all(c.reason == f"energy error {c.energy_error:+.3f} eV beyond the tolerance 1.0 eV" for c in late)
 
 
 def test_a_run_killed_as_it_rewinds_resumes_without_losing_or_repeating_a_label(tiny_model, tmp_path, monkeypatch):
