@@ -16,6 +16,7 @@ import argparse
 import csv
 import importlib
 import json
+import math
 import sys
 import tomllib
 import warnings
@@ -235,6 +236,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
         if steps:
             plot_uncertainty_trace(steps, values, learner.trigger.threshold, workdir / "uncertainty.png",
                                    flagged_steps=report.flagged_steps)
+        checks = report.checks
     elif kind == "neb":
         neb = config.get("neb", {})
         images = band(_read(config["initial"]), _read(config["final"]), neb.get("images", 7))
@@ -257,7 +259,18 @@ def cmd_learn(args: argparse.Namespace) -> None:
               f"{report.final.verified_error:.3f} eV)")
         plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")
         write(workdir / "band.xyz", report.images)
+        checks = [check for neb_round in report.rounds for check in neb_round.checks]
+    _plot_checks(checks, workdir / "checks.png")
     print(f"results in {workdir}/")
+
+
+def _plot_checks(checks: list, path: Path) -> None:
+    """The learner's reference checks against their predicted 2 sigma (:func:`~ase_mlipal.plots.plot_checks`),
+    when any has a label."""
+    from .plots import plot_checks
+
+    if any(math.isfinite(c.energy_error) for c in checks):
+        plot_checks(checks, path)
 
 
 #: The keys of a ``mlipal learn`` config: of each kind (top level), and of its tables.
@@ -377,7 +390,7 @@ LEARN_HELP = """TOML file, e.g. for MD:
     force_tolerance = 0.15 # eV/A: an audit's mean force error must stay below (leave out: the 2-sigma test alone)
     recalibrate = true     # each audit rescales sigma (false: sigma moves only when a round swaps a model in)
     prior_frames = 1       # how many audits the calibration weighs as when they rescale sigma
-    rewind_tolerance = 1.0 # eV: a failed audit off by more is a hole; the MD goes back to the last audit passed
+    rewind_tolerance = 1.0 # eV: an audit off by more fails (however wide its sigma): a hole; the MD goes back
     max_rewinds = 3        # the most times it goes back (0: never)
     [finetune]             # on top of the learners' own (ase_mlipal.learning.learning_run.LEARNER_FINETUNE)
     epochs = 150

@@ -1,4 +1,4 @@
-"""Figures for active-learning runs: uncertainty traces and NEB energy profiles.
+"""Figures for active-learning runs: uncertainty traces, NEB energy profiles and the learners' reference checks.
 
 Each function builds its own ``matplotlib.figure.Figure`` and writes a PNG,
 so no pyplot state or interactive backend is involved (safe on headless
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -130,6 +130,80 @@ def plot_neb_profiles(profiles: Sequence[Any], path: PathLike, title: Optional[s
     if title:
         ax.set_title(title)
     ax.legend(loc="best")
+    return _save(fig, path)
+
+
+#: Where each kind of a band's check is drawn beside its round (the MD's checks are drawn at their step).
+_KIND_OFFSET = {"climbing_image": -0.2, "band_max": 0.0, "audit": 0.2}
+
+
+class CheckPoints(NamedTuple):
+    """What :func:`plot_checks` draws, one entry per check with a reference label."""
+
+    x: np.ndarray  # an MD run's: the step; a band's: the round (its kinds side by side)
+    x_label: str  # "MD step" or "round"
+    energy_error: np.ndarray  # eV, model - reference
+    two_sigma: np.ndarray  # eV, the predicted 2 sigma of that error
+    force_coverage: np.ndarray  # share of force components within 2 sigma
+    passed: np.ndarray  # bool
+    rewound: np.ndarray  # bool: an MD audit the run went back past
+
+
+def check_points(checks: Sequence[Any]) -> CheckPoints:
+    """The points :func:`plot_checks` draws from ``checks``
+    (:class:`~ase_mlipal.learning.verification.Check` objects, e.g. a learner report's ``checks``)."""
+    kept = [c for c in checks if np.isfinite(c.energy_error)]
+    by_step = all(c.image is None and c.step is not None for c in kept)  # an MD run's (a band's have an image)
+    return CheckPoints(
+        x=np.array([c.step if by_step else c.round + _KIND_OFFSET.get(c.kind, 0.0) for c in kept], dtype=float),
+        x_label="MD step" if by_step else "round",
+        energy_error=np.array([c.energy_error for c in kept], dtype=float),
+        two_sigma=np.array([2.0 * c.energy_std for c in kept], dtype=float),
+        force_coverage=np.array([c.force_coverage for c in kept], dtype=float),
+        passed=np.array([c.passed for c in kept], dtype=bool),
+        rewound=np.array([bool(getattr(c, "rewound", False)) for c in kept], dtype=bool),
+    )
+
+
+def plot_checks(checks: Sequence[Any], path: PathLike, title: Optional[str] = None) -> pathlib.Path:
+    """Plot a learner's reference checks: each energy error against its predicted 2σ, and the forces' coverage.
+
+    Top: the energy error (model - reference, eV; a band's checks: of the
+    difference to the first endpoint) with a bar of the predicted ±2σ, a
+    filled circle for a passed check, a red cross for a failed one (an
+    error outside its bar is a σ too small). Bottom: the share of force
+    components within 2σ, against the 0.95 of a calibrated model. The x
+    axis is the MD step (MD learner) or the round (NEB learner). Checks
+    without a reference label are left out; an MD audit the run went back
+    past is drawn grey.
+
+    Returns the path written. Raises ``ValueError`` when no check has a label.
+    """
+    points = check_points(checks)
+    if points.x.size == 0:
+        raise ValueError("no check with a reference label to plot")
+    fig = Figure(figsize=(6.4, 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    kept = ~points.rewound
+    for mask, style in ((points.passed & kept, dict(marker="o", color="tab:green", label="passed")),
+                        (~points.passed & kept, dict(marker="x", color="tab:red", label="failed")),
+                        (points.rewound, dict(marker="o", color="tab:gray", label="rewound"))):
+        if mask.any():
+            top.errorbar(points.x[mask], points.energy_error[mask], yerr=points.two_sigma[mask], linestyle="none",
+                         capsize=3, **style)
+            bottom.plot(points.x[mask], points.force_coverage[mask], linestyle="none", marker=style["marker"],
+                        color=style["color"])
+    top.axhline(0.0, color="black", linewidth=0.8)
+    top.set_yscale("symlog", linthresh=0.1)
+    top.set_ylabel("energy error ± 2σ (eV)")
+    top.legend(loc="best")
+    bottom.axhline(0.95, color="black", linestyle="--", linewidth=1.0, label="calibrated (0.95)")
+    bottom.set_ylim(-0.05, 1.05)
+    bottom.set_ylabel("forces within 2σ")
+    bottom.set_xlabel(points.x_label)
+    bottom.legend(loc="lower right")
+    if title:
+        top.set_title(title)
     return _save(fig, path)
 
 

@@ -240,6 +240,19 @@ replay_ratio = 0
     store = FrameStore(tmp_path / "run" / "frames.db")
     assert store.counts()["labelled"] >= 2
     assert (tmp_path / "run" / "model_round1.pt").exists() and is_png(tmp_path / "run" / "uncertainty.png")
+    assert not (tmp_path / "run" / "checks.png").exists()  # every frame flagged: no audit, no check to plot
+
+
+def test_learn_plots_the_audits_of_an_md_learner(tmp_path, model_file):
+    """No flag, an audit every 2 steps: each is labelled and checked, and checks.png shows them."""
+    write(tmp_path / "start.xyz", molecule("CH3OH"))
+    config = tmp_path / "run.toml"
+    config.write_text('kind = "md"\nmodel = "tiny.pt"\nreference = "emt"\nthreshold = 1e9\nstructure = "start.xyz"\n'
+                      'workdir = "run"\nmax_rounds = 0\n[md]\nsteps = 4\ninterval = 2\naudit_interval = 2\n')
+    main(["learn", str(config)])
+    counts = FrameStore(tmp_path / "run" / "frames.db").counts()
+    assert counts.get("verified", 0) + counts.get("labelled", 0) >= 1  # audits, labelled and checked
+    assert is_png(tmp_path / "run" / "checks.png")
 
 
 class FailingReference(Calculator):

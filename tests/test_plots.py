@@ -4,7 +4,9 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from ase_mlipal.plots import _flagged_points, plot_neb_profiles, plot_uncertainty_trace, rewound_points
+from ase_mlipal.learning.verification import Check
+from ase_mlipal.plots import (_flagged_points, check_points, plot_checks, plot_neb_profiles, plot_uncertainty_trace,
+                               rewound_points)
 
 
 @dataclass
@@ -90,3 +92,26 @@ def test_neb_profiles_reject_bad_input(tmp_path):
         plot_neb_profiles([Profile("x", s, np.zeros(5), energy_std=np.zeros(4))], tmp_path / "b.png")
     with pytest.raises(ValueError, match="reference_energy"):
         plot_neb_profiles([Profile("x", s, np.zeros(5), reference_energy=np.zeros(6))], tmp_path / "c.png")
+
+
+def test_checks_plot_draws_each_labelled_check_against_its_two_sigma(tmp_path):
+    """MD audits at their step, with bars of 2σ; a check without a label is left out; a band's checks sit at
+    their round, kinds side by side; nothing labelled is refused."""
+    md = [Check(1, "audit", 1, 0.05, 0.1, 0.1, 1.0, True, step=100),
+          Check(1, "audit", 2, -4.5, 0.4, 2.1, 0.5, False, "energy error", step=300),
+          Check(2, "audit", 3, float("nan"), float("nan"), float("nan"), 0.0, False, "no reference label", step=400),
+          Check(2, "audit", 4, 0.02, 0.05, 0.1, 1.0, True, step=350, rewound=True)]
+    points = check_points(md)
+    assert points.x.tolist() == [100, 300, 350] and points.x_label == "MD step"
+    assert points.two_sigma.tolist() == [0.2, 0.8, 0.1] and points.energy_error.tolist() == [0.05, -4.5, 0.02]
+    assert points.passed.tolist() == [True, False, True] and points.rewound.tolist() == [False, False, True]
+    assert_png(plot_checks(md, tmp_path / "md_checks.png", title="MD"))
+
+    band = [Check(0, "climbing_image", 5, -0.3, 0.2, 0.2, 0.9, False, "tolerance", step=40, image=4),
+            Check(0, "audit", 6, 0.1, 0.2, 0.2, 1.0, True, step=40, image=2),
+            Check(1, "climbing_image", 7, 0.01, 0.05, 0.1, 1.0, True, step=12, image=4)]
+    points = check_points(band)
+    assert np.allclose(points.x, [-0.2, 0.2, 0.8]) and points.x_label == "round"
+    assert_png(plot_checks(band, tmp_path / "band_checks.png"))
+    with pytest.raises(ValueError, match="no check with a reference label"):
+        plot_checks(md[2:3], tmp_path / "none.png")
