@@ -16,7 +16,6 @@ import argparse
 import csv
 import importlib
 import json
-import math
 import sys
 import tomllib
 import warnings
@@ -201,7 +200,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     from .learning.neb_learner import NEBLearner, NoBandError
     from .learning.verification import SADDLE_FMAX
     from .paths import band
-    from .plots import plot_neb_profiles, plot_uncertainty_trace
+    from .plots import plot_checks, plot_neb_profiles, plot_uncertainty_trace
 
     config = learn_config(args.config)
     kind = config.get("kind", "md")
@@ -236,7 +235,6 @@ def cmd_learn(args: argparse.Namespace) -> None:
         if steps:
             plot_uncertainty_trace(steps, values, learner.trigger.threshold, workdir / "uncertainty.png",
                                    flagged_steps=report.flagged_steps)
-        checks = report.checks
     elif kind == "neb":
         neb = config.get("neb", {})
         images = band(_read(config["initial"]), _read(config["final"]), neb.get("images", 7))
@@ -259,18 +257,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
               f"{report.final.verified_error:.3f} eV)")
         plot_neb_profiles([r.profile for r in report.rounds], workdir / "neb.png")
         write(workdir / "band.xyz", report.images)
-        checks = [check for neb_round in report.rounds for check in neb_round.checks]
-    _plot_checks(checks, workdir / "checks.png")
+    plot_checks(report.checks, workdir / "checks.png")
     print(f"results in {workdir}/")
-
-
-def _plot_checks(checks: list, path: Path) -> None:
-    """The learner's reference checks against their predicted 2 sigma (:func:`~ase_mlipal.plots.plot_checks`),
-    when any has a label."""
-    from .plots import plot_checks
-
-    if any(math.isfinite(c.energy_error) for c in checks):
-        plot_checks(checks, path)
 
 
 #: The keys of a ``mlipal learn`` config: of each kind (top level), and of its tables.

@@ -23,7 +23,7 @@ from .calculator import MLIPALCalculator
 from .frames import read_labels
 from .learning.neb_learner import NEBLearner, NoBandError  # noqa: F401  (raised here; importable from here as before)
 from .paths import DEMO_REACTION_PATH, PathProfile, band, reaction_coordinate
-from .plots import plot_neb_profiles
+from .plots import plot_checks, plot_neb_profiles
 from .references.xtb import RobustXTB, xtb_calculator
 from .training.trainer import evaluate
 
@@ -85,6 +85,7 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     reference = PathProfile("xTB", reaction_coordinate(path), xtb_energy - xtb_energy[0], np.zeros(len(path)),
                             np.zeros(len(path)), xtb_barrier, 0.0)
     plot_neb_profiles([reference, first, last], workdir / "neb.png", title="formic acid -> CO2 + H2")
+    checked = plot_checks(report.checks, workdir / "checks.png", title="the learner's xTB checks")
     write(workdir / "band.xyz", report.images)
     print(report.table())
     print(f"\n{'':8s}{'force MAE on xTB path':>24s}{'NEB barrier':>20s}{'barrier error':>16s}"
@@ -98,5 +99,5 @@ def run_demo(workdir: Path, n_images: int = 9, threshold: float = 0.5, max_label
     counts = learner.store.counts()
     print(f"\nlabelled frames: {counts['labelled'] + counts['verified']} ({counts['verified']} passed checks); "
           f"verified: {report.confident}; "
-          f"plot {workdir / 'neb.png'}; {time.perf_counter() - start:.0f} s")
+          f"plots {workdir / 'neb.png'}" + (f", {checked}" if checked else "") + f"; {time.perf_counter() - start:.0f} s")
     return scores

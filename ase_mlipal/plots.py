@@ -165,7 +165,7 @@ def check_points(checks: Sequence[Any]) -> CheckPoints:
     )
 
 
-def plot_checks(checks: Sequence[Any], path: PathLike, title: Optional[str] = None) -> pathlib.Path:
+def plot_checks(checks: Sequence[Any], path: PathLike, title: Optional[str] = None) -> Optional[pathlib.Path]:
     """Plot a learner's reference checks: each energy error against its predicted 2σ, and the forces' coverage.
 
     Top: the energy error (model - reference, eV; a band's checks: of the
@@ -177,11 +177,11 @@ def plot_checks(checks: Sequence[Any], path: PathLike, title: Optional[str] = No
     without a reference label are left out; an MD audit the run went back
     past is drawn grey.
 
-    Returns the path written. Raises ``ValueError`` when no check has a label.
+    Returns the path written, or ``None`` (nothing written) when no check has a label.
     """
     points = check_points(checks)
     if points.x.size == 0:
-        raise ValueError("no check with a reference label to plot")
+        return None
     fig = Figure(figsize=(6.4, 5.2))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     kept = ~points.rewound

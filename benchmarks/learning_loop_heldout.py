@@ -531,7 +531,8 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     """Markdown lines: the issue's targets at the default settings (distance-aware σ, paced budget, default
     guard; MD: every seed, :func:`default_md`) on the :data:`FRESH`, :data:`SECOND_FRESH` and
     :data:`THIRD_FRESH` reactions, then the MD targets on every reaction here."""
-    lines = []
+    lines = fresh_set_summary(rows, md, REACTIONS + LEARNER_ONLY, "seen by every choice made since, so not held "
+                              "out from them", title="The issue's six held-out reactions")
     for names, when in ((FRESH, "added after every choice"),
                         (SECOND_FRESH, "added after the audits' prior weight and the rewind were chosen"),
                         (THIRD_FRESH, "added after every choice of the sets above; an elimination, an inversion and "
@@ -553,7 +554,8 @@ def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     return lines
 
 
-def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: str) -> list[str]:
+def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: str,
+                      title: str = "Fresh reactions") -> list[str]:
     """Markdown lines: the issue's NEB and MD targets at the default settings on the reactions ``names``."""
     ran = [r for r in rows if r["reaction"] in names and r["paced"] and r.get("distance_aware")
            and r.get("max_energy") is None and not r.get("trust_radius") and r["after"] is not None]
@@ -564,7 +566,7 @@ def fresh_set_summary(rows: list[dict], md: list[dict], names: list[str], when: 
                for which in reversed(list(MD_DEFAULTS)[:-1])}
     lines = []
     if neb or runs or any(earlier.values()):
-        lines += ["", f"Fresh reactions ({', '.join(names)}; {when}, default settings):", ""]
+        lines += ["", f"{title} ({', '.join(names)}; {when}, default settings):", ""]
     if neb:
         tolerance = SETTINGS["barrier_tolerance"]
         inside = sum(abs(r["after"]) <= 2 * r["after_std_predicted"] for r in neb)

@@ -18,6 +18,7 @@ def test_demo_runs_the_loop_and_scores_before_and_after(tmp_path, capsys):
     counts = FrameStore(tmp_path / "run" / "frames.db").counts()
     assert counts["labelled"] + counts["verified"] >= 3  # the endpoints and the climbing-image check at least
     assert (tmp_path / "neb.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "checks.png").read_bytes()[:4] == b"\x89PNG"  # the climbing-image checks at least
 
 
 def test_demo_without_xtb_stops_before_doing_anything(tmp_path, monkeypatch):

@@ -281,6 +281,11 @@ class NEBReport:
     barrier_tolerance: float = BARRIER_TOLERANCE
 
     @property
+    def checks(self) -> list[Check]:
+        """Every reference check of the run, round by round (as :attr:`LearnReport.checks` of the MD learner)."""
+        return [check for neb_round in self.rounds for check in neb_round.checks]
+
+    @property
     def final(self) -> NEBRound:
         """The band the run ends on (see ``final_round``).
 

@@ -123,6 +123,8 @@ def test_neb_learner_checks_the_climbing_image_and_never_claims_an_unverified_ba
     assert len(accepted) == 1 and len(report.rounds) == 1 + accepted[0]  # a rejected fine-tune reruns no band
     first = report.rounds[0]
     assert first.check.kind == "climbing_image" and not first.check.passed
+    assert report.checks[:len(first.checks)] == first.checks and first.checks[0] is first.check  # round by round
+    assert len(report.checks) == sum(len(r.checks) for r in report.rounds)
     assert first.check.image == 1 + int(np.argmax(first.profile.energy[1:-1]))
     assert abs(first.check.energy_error) > learner.barrier_tolerance
     sources = sorted(row.source for row in learner.store.rows())
