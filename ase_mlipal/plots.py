@@ -184,9 +184,9 @@ def plot_checks(checks: Sequence[Any], path: PathLike, title: Optional[str] = No
         return None
     fig = Figure(figsize=(6.4, 5.2))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    kept = ~points.rewound
-    for mask, style in ((points.passed & kept, dict(marker="o", color="tab:green", label="passed")),
-                        (~points.passed & kept, dict(marker="x", color="tab:red", label="failed")),
+    kept_path = ~points.rewound
+    for mask, style in ((points.passed & kept_path, dict(marker="o", color="tab:green", label="passed")),
+                        (~points.passed & kept_path, dict(marker="x", color="tab:red", label="failed")),
                         (points.rewound, dict(marker="o", color="tab:gray", label="rewound"))):
         if mask.any():
             top.errorbar(points.x[mask], points.energy_error[mask], yerr=points.two_sigma[mask], linestyle="none",
