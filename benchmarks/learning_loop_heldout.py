@@ -476,7 +476,8 @@ def rerun_table(md: list[dict], old: str, new: str) -> list[str]:
                (energy_coverage, ".2f"), (lambda r: r["labels"], "d"),
                (lambda r: "yes" if r["confident"] else "no", "s"))
     for old_run, new_run in sorted(pairs, key=lambda p: (p[1]["molecule"], p[1]["settings"].get("seed", 0))):
-        cells = [" → ".join("-" if get(r) is None else format(get(r), form) for r in (old_run, new_run))
+        cells = [" → ".join("-" if value is None else format(value, form)
+                            for value in (get(old_run), get(new_run)))
                  for get, form in columns]
         lines.append(f"| {new_run['molecule']} | {new_run['settings'].get('seed', 0)} | {' | '.join(cells)} |")
     old_runs, new_runs = zip(*pairs)
@@ -529,8 +530,9 @@ def md_targets(runs: list[dict]) -> str:
 
 def fresh_summary(rows: list[dict], md: list[dict]) -> list[str]:
     """Markdown lines: the issue's targets at the default settings (distance-aware σ, paced budget, default
-    guard; MD: every seed, :func:`default_md`) on the :data:`FRESH`, :data:`SECOND_FRESH` and
-    :data:`THIRD_FRESH` reactions, then the MD targets on every reaction here."""
+    guard; MD: every seed, :func:`default_md`) on the issue's six reactions (:data:`REACTIONS` and
+    :data:`LEARNER_ONLY`), then on each fresh set in turn (:data:`FRESH` to :data:`FIFTH_FRESH`), then the MD
+    targets on every reaction here."""
     lines = fresh_set_summary(rows, md, REACTIONS + LEARNER_ONLY, "seen by every choice made since, so not held "
                               "out from them", title="The issue's six held-out reactions")
     for names, when in ((FRESH, "added after every choice"),
