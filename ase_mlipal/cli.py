@@ -369,7 +369,7 @@ LEARN_HELP = """TOML file, e.g. for MD:
     structure = "ethanol.xyz"
     workdir = "run1"       # default: the file's name without .toml, beside it
     labels_per_round = 8   # md: frames waiting for a label that make a round
-    max_rounds = 5
+    max_rounds = 5         # md: a hole an audit finds later still makes a round (at most max_rewinds more)
     max_labels = 40        # reference labels at most, checks included (leave out: no bound)
     [md]
     steps = 2000

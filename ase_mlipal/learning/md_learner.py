@@ -164,7 +164,9 @@ class OnTheFlyLearner(LearningRun):
             checkpoint interval.
         labels_per_round: frames drawn for a label since the last round (flags, audits) that
             make a round (``batch_size=`` before 0.2); a failed audit makes one at once.
-        max_rounds: stop learning (MD, flagging and audits go on) after this many rounds.
+        max_rounds: stop learning (MD, flagging and audits go on) after this many rounds; a hole
+            (see ``rewind_tolerance``) found later still makes a round and sends the MD back, as long as
+            rewinds are left (so at most ``max_rewinds`` rounds more).
         audit_interval: on average one unflagged frame per this many steps is
             audited (``None``: no audits, and the run is never ``confident``).
         dynamics: ``dynamics(atoms) -> ASE Dynamics``; Langevin at 300 K by default.
@@ -427,9 +429,8 @@ class OnTheFlyLearner(LearningRun):
         """Label and check the last frame checked before a guard stop; ``None`` if the model is off there by more
         than ``rewind_tolerance`` (a hole to leave), else why the stop stands ("": nothing was asked)."""
         last_step = self.state["step"]  # md.traj: the frame checked before the stop
-        if (not self._rewinds_left() or last_step <= self.verified_step or self.labels_spent()
-                or not self._rounds_left()):
-            return ""
+        if not self._rewinds_left() or last_step <= self.verified_step or self.labels_spent():
+            return ""  # rounds spent or not: a hole makes one while rewinds are left
         row_id, _ = self.store.add_flagged(read(self._path("md.traj")), source="guard", step=last_step,
                                            run_id=self.run_id, model_hash=self.calc.model_hash)
         label(self.store, self.reference, executor=self.executor, progress=False, row_ids={row_id})
@@ -483,10 +484,15 @@ class OnTheFlyLearner(LearningRun):
         if not self._rewinds_left():
             return None
         learned = self.state["absorbed_row"]  # the last store row when a round ended
-        holes = [c for c in self.checks if c.kind in MD_CHECKS and not c.passed and not c.rewound
-                 and c.store_id <= learned and abs(c.energy_error) > self.rewind_tolerance
+        holes = [c for c in self.checks if c.kind in MD_CHECKS and self._is_hole(c) and not c.rewound
+                 and c.store_id <= learned
                  and c.step > self.verified_step]  # a hole before the last audit passed: the MD left it
         return holes[-1] if holes else None
+
+    def _is_hole(self, check: Check) -> bool:
+        """A failed check off in energy by more than ``rewind_tolerance`` (set)."""
+        return (self.rewind_tolerance is not None and not check.passed
+                and abs(check.energy_error) > self.rewind_tolerance)  # False for a NaN error (no label)
 
     def _leave_hole(self, step: int) -> int:
         """After a round learned from a hole, send the MD from ``step`` back to the last frame an audit passed;
@@ -592,10 +598,11 @@ class OnTheFlyLearner(LearningRun):
     def _round_due(self) -> bool:
         """An audit failed since the last round, or a batch was drawn: flagged frames, labelled ones no model
         was trained on yet and the audits passed since the last round (labels the round paces, as when
-        audits were labelled at the round)."""
-        if not self._rounds_left():
-            return False
+        audits were labelled at the round). With ``max_rounds`` spent, only a hole the MD can still be sent
+        back from makes one (the rewinds bound these rounds)."""
         audits = [c for c in self.checks if c.kind in MD_CHECKS and c.store_id > self.state["absorbed_row"]]
+        if not self._rounds_left():
+            return self._rewinds_left() and any(self._is_hole(c) for c in audits)
         if any(not c.passed and np.isfinite(c.energy_error) for c in audits):  # failed, and not for want of a label
             return True
         counts = self.store.counts()

@@ -37,12 +37,12 @@ class HoleAfter(ForcesOffReference):
         self.results["energy"] += HOLE if hole else 0.0
 
 
-def hole_run(model, workdir, **options) -> OnTheFlyLearner:
+def hole_run(model, workdir, max_rounds: int = 3, **options) -> OnTheFlyLearner:
     """Every check an audit (no flags): the audits at steps 5, 10 and 15 pass, every later one is 5 eV off."""
     calls = []
     return OnTheFlyLearner(molecule("H2CO"), plain_calc(model), lambda: HoleAfter(model, 3, calls), workdir,
-                           threshold=1e9, steps=40, interval=5, audit_interval=5, max_rounds=3, conditioning=[],
-                           progress=False, dynamics=seeded_langevin, recalibrate=False,
+                           threshold=1e9, steps=40, interval=5, audit_interval=5, max_rounds=max_rounds,
+                           conditioning=[], progress=False, dynamics=seeded_langevin, recalibrate=False,
                            finetune_options={"epochs": 1, "replay": None, "patience": 10}, **options)
 
 
@@ -73,6 +73,20 @@ def test_a_hole_sends_the_md_back_to_the_last_audit_passed_at_most_max_rewinds_t
     assert resumed.rewinds == report.rewinds and len(resumed.checks) == len(report.checks)
 
 
+def test_a_hole_found_after_max_rounds_still_makes_a_round_while_rewinds_are_left(tiny_model, tmp_path):
+    """``max_rounds=0``: no flag or failed audit makes a round, but each hole does, and the MD goes back from
+    it, until ``max_rewinds=2`` is spent; the third hole is run through. A guard stop the model drove through
+    a hole is learned from the same way."""
+    report = hole_run(tiny_model, tmp_path / "run", max_rounds=0, max_rewinds=2).run()
+    assert len(report.rounds) == 2 and [r.round for r in report.rounds] == [1, 2]
+    assert [(r["hole_step"], r["from_step"], r["to_step"]) for r in report.rewinds] == [(20, 20, 15)] * 2
+    assert report.steps == 40 and not report.confident
+
+    guarded = guard_run(tiny_model, tmp_path / "guarded", 0, max_rounds=0).run()
+    assert len(guarded.rounds) == 1 and guarded.stopped == "" and guarded.steps == 40
+    assert [(r["hole_step"], r["to_step"]) for r in guarded.rewinds] == [(15, 0)]
+
+
 def test_without_rewind_tolerance_a_hole_is_run_through(tiny_model, tmp_path):
     """``rewind_tolerance=None``: the same holes, the MD never goes back; bad settings are refused."""
     report = hole_run(tiny_model, tmp_path / "run", rewind_tolerance=None).run()
@@ -95,13 +109,14 @@ class EnergyHoleAfter(HoleAfter):
 def test_an_audit_off_by_more_than_rewind_tolerance_fails_however_wide_its_sigma(tiny_model, tmp_path, tolerance):
     """From step 20 on the audits are 5 eV off in energy alone, on an energy sigma inflated 100x (2 sigma holds
     the error): at ``rewind_tolerance=1`` each fails on the tolerance and the run is not confident; with
-    ``None`` (the 2-sigma test alone) each passes and the run ends confident 5 eV off."""
+    ``None`` (the 2-sigma test alone) each passes and the run ends confident 5 eV off. (No rewind: a hole
+    would make a round, see the test above.)"""
     calc, calls = plain_calc(tiny_model), []
     calc.energy_posterior.calibration = calc.energy_posterior.calibration.times(1e4)
     report = OnTheFlyLearner(molecule("H2CO"), calc, lambda: EnergyHoleAfter(tiny_model, 3, calls), tmp_path / "run",
                              threshold=1e9, steps=30, interval=5, audit_interval=5, max_rounds=0, conditioning=[],
                              progress=False, dynamics=seeded_langevin, recalibrate=False,
-                             rewind_tolerance=tolerance).run()
+                             rewind_tolerance=tolerance, max_rewinds=0).run()  # the verdicts alone, no rewind
     audits = [c for c in report.checks if c.kind == "audit"]
     late = [c for c in audits if c.step >= 20]
     assert [c.step for c in audits] == [5, 10, 15, 20, 25, 30] and all(c.passed for c in audits[:3])
@@ -155,13 +170,14 @@ class StopsOnceAt(PhysicalGuard):
         super().check(atoms, where)
 
 
-def guard_run(model, workdir, clean: int, **options) -> OnTheFlyLearner:
+def guard_run(model, workdir, clean: int, max_rounds: int = 3, **options) -> OnTheFlyLearner:
     """No flags, no audits (the start is the verified frame); the guard stops step 20 once; the reference is
     the model for ``clean`` labels, then 5 eV off (a hole)."""
     calls = []
     return OnTheFlyLearner(molecule("H2CO"), plain_calc(model), lambda: HoleAfter(model, clean, calls), workdir,
-                           threshold=1e9, steps=40, interval=5, audit_interval=None, max_rounds=3, conditioning=[],
-                           progress=False, dynamics=seeded_langevin, recalibrate=False, guard=StopsOnceAt(20),
+                           threshold=1e9, steps=40, interval=5, audit_interval=None, max_rounds=max_rounds,
+                           conditioning=[], progress=False, dynamics=seeded_langevin, recalibrate=False,
+                           guard=StopsOnceAt(20),
                            finetune_options={"epochs": 1, "replay": None, "patience": 10}, **options)
 
 
