@@ -36,8 +36,8 @@ import ase_mlipal  # noqa: F401  (first: imports mace before e3nn)
 
 import numpy as np
 from ase import Atoms
-from ase.io import read
 
+from ase_mlipal.frames import read_frames
 from ase_mlipal.learning.neb_learner import BARRIER_TOLERANCE
 from ase_mlipal.paths import highest_between_images, point_between
 from ase_mlipal.references.xtb import RobustXTB
@@ -51,7 +51,7 @@ def bands() -> dict[str, list[Atoms]]:
     """Every stored xTB NEB band by reaction, images in order."""
     found = defaultdict(list)
     for name in BAND_FILES:
-        for atoms in read(DATA / f"{name}.xyz.gz", ":"):
+        for atoms in read_frames(DATA / f"{name}.xyz.gz"):
             found[atoms.info["reaction"]].append(atoms)
     return dict(found)
 

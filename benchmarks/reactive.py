@@ -26,11 +26,13 @@ def reactive_splits(limit: dict | None = None) -> dict[str, list]:
     """
     from ase.io import read, write
 
+    from ase_mlipal.frames import read_frames
+
     if limit:
-        frames = read(DATA, "::10")
+        frames = read_frames(DATA, "::10")  # in memory: each seek of ASE's reader in the gzip would cost seconds
     else:
         if not CACHE.exists():
-            write(CACHE, read(DATA, ":"))
+            write(CACHE, read_frames(DATA))
         frames = read(CACHE, ":")
     frames = [a for a in frames if physical(a)]
     splits = {name: [a for a in frames if a.info.get("split") == name] for name in ("pool", "test", "initial")}

@@ -437,7 +437,7 @@ class OnTheFlyLearner(LearningRun):
         check = self.check(self.store.frame(row_id), self.choice.round, "guard", tolerance=self.rewind_tolerance)
         if not np.isfinite(check.energy_error):
             return f"the reference gave no label at MD step {last_step}: the stop cannot be judged"
-        if abs(check.energy_error) <= self.rewind_tolerance:  # beyond it the check fails, however wide sigma
+        if not self._is_hole(check):  # beyond rewind_tolerance the check fails, however wide sigma
             return (f"at MD step {last_step}, the last frame checked before it, the model is off by "
                     f"{check.energy_error:+.2f} eV, within rewind_tolerance={self.rewind_tolerance} eV: "
                     "no hole of the model drove the dynamics there")

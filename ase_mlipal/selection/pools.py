@@ -1,4 +1,5 @@
-"""Candidate pools: a sequence of ``Atoms``, any file ``ase.io.iread`` reads, or an ase.db, streamed in chunks."""
+"""Candidate pools: a sequence of ``Atoms``, any file ``ase.io.iread`` reads (a gzipped extxyz too), or an ase.db,
+streamed in chunks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
 
 from ase import Atoms
-from ase.io import iread
+
+from ..frames import iread_frames
 
 Pool = Union[Sequence[Atoms], str, os.PathLike]
 
@@ -22,7 +24,7 @@ def stream(pool: Pool, chunk_size: int) -> Iterator[list[Atoms]]:
         path = os.fspath(pool)
         if not Path(path).exists() and "://" not in path:
             raise FileNotFoundError(f"candidate pool {path} does not exist")
-        frames: Iterable[Atoms] = _db_rows(path) if is_database(path) else iread(path, ":")
+        frames: Iterable[Atoms] = _db_rows(path) if is_database(path) else iread_frames(path)
     else:
         frames = pool
     frames = iter(frames)

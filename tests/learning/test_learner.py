@@ -43,7 +43,7 @@ learner = OnTheFlyLearner(
     start, calc, LoggedXTB, workdir, threshold=1.3, mode="relative", typical_frames=known,
     steps=int(sys.argv[4]), interval=2, labels_per_round=3, conditioning=known,
     dynamics=lambda atoms: langevin(atoms, temperature_K=800, timestep_fs=0.5, friction=0.05, seed=0),
-    executor=ThreadPoolExecutor(1), audit_interval=40, max_rounds=4,
+    executor=ThreadPoolExecutor(1), audit_interval=40, max_rounds=4, max_rewinds=0,  # rewinds: test_rewind.py
     guard=ase_mlipal.PhysicalGuard([start], min_distance_ratio=0.05, bond_ratio=20.0),
     finetune_options={"epochs": 4, "replay": None, "patience": 10},
     progress=False)
