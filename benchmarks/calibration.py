@@ -163,7 +163,7 @@ def smoke_parser(description: str) -> argparse.ArgumentParser:
 
 def pretraining_splits(step: int = 1) -> dict[str, list]:
     """Every ``step``-th frame of the pretraining data, its validation and its test split."""
-    pretrain = read_frames(DATA / "pretrain.xyz.gz")[::step]
+    pretrain = read_frames(DATA / "pretrain.xyz.gz", f"::{step}")
     return {split: [a for a in pretrain if a.info["split"] == split] for split in ("valid", "test")}
 
 
@@ -413,17 +413,16 @@ def main():
     new_data = "fresh" if args.fresh else "later" if args.later else "heldout"
     start = time.perf_counter()
     step = 10 if args.smoke else 1
-    pretrain_all = read_frames(DATA / "pretrain.xyz.gz")
+    pretrain = read_frames(DATA / "pretrain.xyz.gz", f"::{step}")
     shared = ase_mlipal.MLIPALCalculator(kernel_options={"by_element": False}, posterior=None, distance_aware=False)
-    shared.condition([a for a in pretrain_all if a.info["split"] == "train"][::step], progress=False)
+    shared.condition([a for a in pretrain if a.info["split"] == "train"], progress=False)
     distance = ase_mlipal.MLIPALCalculator(posterior=None, distance_aware=True)
     distance.condition(ase_mlipal.default_conditioning()[::step], progress=False)  # the shipped posterior's frames
     calcs = {"shared": shared, "by element": ase_mlipal.MLIPALCalculator(distance_aware=False),  # the shipped plain one
              "by element, distance": distance}
-    pretrain = pretrain_all[::step]
-    reactive = [a for a in read_frames(DATA / "reactive.xyz.gz")[::step] if physical(a)]
+    reactive = [a for a in read_frames(DATA / "reactive.xyz.gz", f"::{step}") if physical(a)]
     bands, new_bands = read_bands(DATA / "reactive_bands.xyz.gz"), read_bands(DATA / f"{new_data}_bands.xyz.gz")
-    new = [a for a in read_frames(DATA / f"{new_data}_reactions.xyz.gz")[::step]
+    new = [a for a in read_frames(DATA / f"{new_data}_reactions.xyz.gz", f"::{step}")
            if physical(a) and a.info["split"] == "test"]
     valid_frames = [a for a in pretrain if a.info["split"] == "valid"]
     test_frames = [a for a in pretrain if a.info["split"] == "test"]

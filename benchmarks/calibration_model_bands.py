@@ -336,7 +336,7 @@ def main() -> None:
               "unseen_bands": [a for a in bands if a.info["reaction"] not in reactions]}
     fourth = DATA / "fourth_reactions.xyz.gz"
     if fourth.exists():
-        frames["fourth"] = [a for a in read_frames(fourth)[::step] if physical(a) and a.info["split"] == "test"]
+        frames["fourth"] = [a for a in read_frames(fourth, f"::{step}") if physical(a) and a.info["split"] == "test"]
     calc = ase_mlipal.MLIPALCalculator(posterior=None)
     calc.condition(ase_mlipal.default_conditioning()[::step], progress=False)
     splits = {name: (BandSplit if "bands" in name else Split)(

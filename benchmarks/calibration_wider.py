@@ -119,10 +119,10 @@ def main() -> None:
     args = smoke_parser(__doc__.splitlines()[0]).parse_args()
     start, step = time.perf_counter(), 10 if args.smoke else 1
     frames = {**pretraining_splits(step),
-              "reactive": [a for a in read_frames(DATA / "reactive.xyz.gz")[::step] if physical(a)],
+              "reactive": [a for a in read_frames(DATA / "reactive.xyz.gz", f"::{step}") if physical(a)],
               "later": [a for a in later_reactions()[::step] if physical(a)]}
     if (DATA / "fourth_reactions.xyz.gz").exists():
-        frames["fourth"] = [a for a in read_frames(DATA / "fourth_reactions.xyz.gz")[::step] if physical(a)]
+        frames["fourth"] = [a for a in read_frames(DATA / "fourth_reactions.xyz.gz", f"::{step}") if physical(a)]
     results = {"reactive_reactions": sorted({a.info["reaction"] for a in frames["reactive"]}),
                "later_reactions": sorted({a.info["reaction"] for a in frames["later"]}),
                "fourth_reactions": sorted({a.info["reaction"] for a in frames.get("fourth", [])})}
