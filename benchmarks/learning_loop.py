@@ -118,7 +118,7 @@ def run_reaction(name: str, settings: dict, workdir: Path, direct: bool = True,
                "audit": None if r.audit is None else r.audit.as_dict(), "quiet": r.quiet,
                "next_model": None if r.learning is None else ("accepted" if r.learning.accepted else "rejected"),
                "model_round": r.model_round, "runaway": r.runaway, "paused": r.paused,
-               "profile": r.profile.as_dict()} for r in report.rounds]
+               "lower_route": r.lower_route, "profile": r.profile.as_dict()} for r in report.rounds]
     first, last = report.rounds[0].profile, report.final.profile  # final: the best verified band
     after_std = report.barrier[1]  # the predicted sigma with what the checks found
     low, high = report.barrier_interval  # ± 2 after_std, one-sided where the top is no reference saddle

@@ -392,6 +392,7 @@ def run(name: str, paced: bool, max_energy: Optional[float] = None, distance_awa
             "paused": [r.paused for r in report.rounds],  # where the trust region stopped a band ("" for none)
             "round_bands": [{"round": r.round, "barrier": r.profile.barrier, "reported_std": r.reported_std,
                              "top_unconfirmed": r.top_unconfirmed, "onto_pass": r.onto_pass,
+                             "lower_route": r.lower_route,
                              "sweep": [vars(s) for s in r.sweep]} for r in report.rounds],
             "lower_crossing": None if not report.rounds or report.lower_crossing is None
             else report.lower_crossing.round,

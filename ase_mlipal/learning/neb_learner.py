@@ -139,6 +139,9 @@ class NEBRound:
             the relaxation, where an image left it ("" otherwise): the band
             is judged and learned from where it stopped, and the next round
             starts from it.
+        lower_route: when the model put an earlier round's band wholly below
+            this band's barrier, that band was relaxed too and the lower pass
+            kept (:meth:`NEBLearner._lower_route`), what was found ("" otherwise).
     """
 
     round: int
@@ -156,6 +159,7 @@ class NEBRound:
     sweep: list[SweptImage] = field(default_factory=list)
     onto_pass: str = ""
     paused: str = ""
+    lower_route: str = ""
 
     @property
     def cut_short(self) -> bool:
@@ -224,7 +228,7 @@ class NEBRound:
                 "band_check": None if self.band_check is None else self.band_check.as_dict(),
                 "audit": None if self.audit is None else self.audit.as_dict(), "quiet": self.quiet,
                 "runaway": self.runaway, "sweep": [vars(s) for s in self.sweep], "onto_pass": self.onto_pass,
-                "paused": self.paused}
+                "paused": self.paused, "lower_route": self.lower_route}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NEBRound":
@@ -236,7 +240,8 @@ class NEBRound:
                    data["n_flagged"], None if data["check"] is None else Check(**data["check"]), learning,
                    data.get("model_round", 0), None if band_check is None else Check(**band_check),
                    None if audit is None else Check(**audit), data.get("quiet", False), data.get("runaway", ""),
-                   [SweptImage(**s) for s in data.get("sweep", [])], data.get("onto_pass", ""), data.get("paused", ""))
+                   [SweptImage(**s) for s in data.get("sweep", [])], data.get("onto_pass", ""), data.get("paused", ""),
+                   data.get("lower_route", ""))
 
 
 class NoBandError(RuntimeError):
@@ -410,6 +415,7 @@ class NEBReport:
                          f"  {str(r.converged):>13}  {nxt}")
         lines += [r.runaway for r in self.rounds if r.runaway]
         lines += [f"round {r.round} paused: {r.paused}" for r in self.rounds if r.paused]
+        lines += [f"round {r.round}: {r.lower_route}" for r in self.rounds if r.lower_route]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.ended:
@@ -767,13 +773,17 @@ class NEBLearner(LearningRun):
                 image.positions = positions
         self._trust = self._trust_region()
         cut = None  # the guard stop the relaxation was cut short by, if the reference is asked about it
-        onto_pass = ""
+        onto_pass = lower_route = ""
         try:
             converged, steps = self._relax(trigger, f"round {number}")
             onto_pass = "" if self._paused() else self._onto_the_pass()
             if onto_pass:  # the band stepped over the model's own pass: relax again with an image on it
                 self.guard.new_relaxation()
                 converged, more = self._relax(trigger, f"round {number}, after moving an image onto the pass")
+                steps += more
+            lower = None if self._paused() or self._trust is not None else self._lower_route(trigger, number)
+            if lower is not None:  # an earlier band crossed lower on this model: the round goes on with it
+                lower_route, converged, more = lower
                 steps += more
         except EnergyRunaway as error:  # the geometry passed the guard: ask the reference (below) before stopping
             if not 0 < error.image < len(self.images) - 1:  # an endpoint far above the other: nothing to relax
@@ -791,7 +801,7 @@ class NEBLearner(LearningRun):
         # judged on what the model learned: the flags are seen, not learned (UncertaintyModel.seen)
         neb_round = self._judge_band(number, trigger, converged, steps, cut, self._band_is_quiet(trigger))
         if neb_round is not None:
-            neb_round.onto_pass, neb_round.paused = onto_pass, self._paused()
+            neb_round.onto_pass, neb_round.paused, neb_round.lower_route = onto_pass, self._paused(), lower_route
         return neb_round
 
     def _trust_region(self) -> Optional[TrustRegion]:
@@ -851,6 +861,61 @@ class NEBLearner(LearningRun):
         return (f"the model put the point {fraction:.2f} of the way from image {k} to {k + 1} "
                 f"{energy - max(energies):.2f} eV above the band's highest image: image {drop} was moved there and "
                 "the band relaxed again")
+
+    def _lower_route(self, trigger: UncertaintyTrigger, number: int) -> Optional[tuple[str, bool, int]]:
+        """Relax, on the current model, the earlier band the model puts wholly below the relaxed band's barrier
+        by more than ``barrier_tolerance``, and keep it if its pass is lower: ``(what was found, converged,
+        steps)``, or ``None`` (no such band, or its pass is not lower; the band stays as it was).
+
+        The barrier is the lowest pass over all paths, and a climbing-image
+        NEB finds the pass of the route it starts from. A band whose model
+        (after a fine-tune) sends the band from ``band_start`` over a higher
+        pass may still have a route below it that an earlier round's band
+        followed: a path whose every image the model puts below the band's
+        barrier shows the model itself has a lower pass. On a rerun of
+        ``mlipal demo`` the last band crossed a pass the model put at 4.71 eV
+        while the model put xTB's own path no higher than 4.17 eV, and the
+        run reported the higher pass's interval. No reference call of its
+        own: the trigger watches this relaxation as any other (its flags are
+        labelled with the round's), and the round's checks verify the band
+        kept. A relaxation a guard stops is dropped. Not run under a trust
+        region (the band must stay near what was labelled).
+        """
+        barrier, first = self._model_barrier(self.images)
+        candidates = [f"band_round{r['round']}.traj" for r in self.state["rounds"]]
+        if self.band_start == "previous":
+            candidates.append("band_initial.traj")
+        tops = {name: self._model_barrier(read(self._path(name), ":"), first)[0] for name in candidates
+                if self._path(name).exists()}
+        name = min(tops, key=tops.get, default=None)
+        if name is None or not tops[name] < barrier - self.barrier_tolerance:
+            return None
+        kept = [image.positions.copy() for image in self.images]
+        for image, start in zip(self.images, read(self._path(name), ":")):
+            image.positions = start.positions
+        self.guard.new_relaxation()
+        try:
+            converged, steps = self._relax(trigger, f"round {number}, from {name}")
+        except UnphysicalFrame:  # an EnergyRunaway too: the other route is no band to go on with
+            converged, steps = False, None
+        lower = self._model_barrier(self.images, first)[0] if steps is not None else np.inf
+        if not lower < barrier - self.barrier_tolerance:
+            for image, positions in zip(self.images, kept):
+                image.positions = positions
+            return None
+        return (f"the model put every image of {name} below the band's barrier ({tops[name]:.2f} < "
+                f"{barrier:.2f} eV): relaxed from there, the band crosses a lower pass, {lower:.2f} eV", converged,
+                steps)
+
+    def _model_barrier(self, images: Sequence[Atoms], first: Optional[float] = None) -> tuple[float, float]:
+        """The model's highest interior energy of ``images`` above the first endpoint and that endpoint's energy
+        (eV; ``first``: the endpoint's energy, known already)."""
+        for image in images:
+            if not isinstance(image.calc, MLIPALCalculator):  # a band read back from its file
+                image.calc = self.calc.share()
+        if first is None:
+            first = images[0].get_potential_energy()
+        return max(image.get_potential_energy() for image in images[1:-1]) - first, first
 
     def _judge_band(self, number: int, trigger: UncertaintyTrigger, converged: bool, steps: int,
                     cut: Optional[UnphysicalFrame], quiet: bool) -> Optional[NEBRound]:

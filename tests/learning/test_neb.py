@@ -1215,3 +1215,51 @@ def test_a_profile_summary_gives_the_interval_and_says_when_the_top_is_an_endpoi
     assert ("endpoint" in text) == (says_endpoint is not None)
     if says_endpoint:
         assert f"highest image is its {says_endpoint} endpoint" in text and "lower bound" in text
+
+
+@pytest.mark.parametrize("stored", ["lower", "higher", "guard stop"])
+def test_an_earlier_band_the_model_puts_below_the_pass_is_relaxed_and_kept_if_lower(calc, tmp_path, monkeypatch,
+                                                                                   stored):
+    """A climbing-image NEB finds the pass of the route it starts on: an earlier round's band whose every image
+    the current model puts below the relaxed band's barrier (by more than ``barrier_tolerance``) shows a lower
+    route, and is relaxed and kept; one above it is not relaxed, and a relaxation a guard stops is dropped."""
+    from ase.calculators.emt import EMT
+
+    route = formaldehyde_band(5)
+    other = [image.copy() for image in route]
+    for image in other[1:-1]:
+        image.positions[2:] += [0.0, 0.0, 0.4]  # the H atoms take another way
+    probe = NEBLearner(calc, EMT, tmp_path / "probe", route, threshold=1e3, conditioning=[], progress=False)
+    barriers = [probe._model_barrier([image.copy() for image in band])[0] for band in (route, other)]
+    low, high = (route, other) if barriers[0] < barriers[1] else (other, route)
+    gap = abs(barriers[0] - barriers[1])
+    assert gap > 1e-3  # the two routes differ on the model
+    current, earlier = (high, low) if stored != "higher" else (low, high)
+    learner = NEBLearner(calc, EMT, tmp_path / "run", current, threshold=1e3, conditioning=[], progress=False,
+                         barrier_tolerance=gap / 2)
+    learner.state.update(rounds=[{"round": 0}])
+    kept = [image.positions.copy() for image in learner.images]
+    for image, positions in zip(learner.images, earlier):
+        image.positions = positions.positions
+    learner._save_band("band_round0.traj")
+    for image, positions in zip(learner.images, kept):
+        image.positions = positions
+    relaxed = []
+
+    def relax(self, trigger, where):  # the band stays where it starts: its pass is the start's highest image
+        relaxed.append(where)
+        if stored == "guard stop":
+            raise UnphysicalFrame("atoms 1 and 2 overlap")
+        return True, 7
+
+    monkeypatch.setattr(NEBLearner, "_relax", relax)
+    found = learner._lower_route(learner._trigger(1), 1)
+    now = np.array([image.positions for image in learner.images])
+    if stored == "lower":
+        assert relaxed == ["round 1, from band_round0.traj"]
+        text, converged, steps = found
+        assert converged and steps == 7 and "band_round0.traj" in text and f"{min(barriers):.2f} eV" in text
+        np.testing.assert_allclose(now, [image.positions for image in earlier])
+    else:
+        assert found is None and relaxed == ([] if stored == "higher" else ["round 1, from band_round0.traj"])
+        np.testing.assert_allclose(now, kept)  # the band the round relaxed stays
