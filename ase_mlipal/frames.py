@@ -81,7 +81,7 @@ def read_frames(path: Union[str, os.PathLike], index: str = ":") -> list[Atoms]:
 def iread_frames(path: Union[str, os.PathLike]) -> Iterator[Atoms]:
     """The frames of an extxyz (optionally ``.gz``) or any ASE-readable file, one at a time.
 
-    A gzipped extxyz is streamed frame by frame, never seeking: ASE's
+    A gzipped extxyz (``.xyz.gz``, ``.extxyz.gz``) is streamed frame by frame, never seeking: ASE's
     ``iread`` seeks, and each seek re-reads a gzip stream from the start
     (400 frames of a 4,000-frame file: 25 s; a 100k-frame pool: hours).
 
@@ -89,16 +89,17 @@ def iread_frames(path: Union[str, os.PathLike]) -> Iterator[Atoms]:
         ValueError: a frame of the gzipped file is cut short or malformed (its number is named).
     """
     path = Path(path)
-    if path.suffix != ".gz":
+    if path.suffixes[-2:] not in ([".xyz", ".gz"], [".extxyz", ".gz"]):  # other formats, gzipped or not: ASE's
         yield from iread(path, ":")
         return
     with gzip.open(path, "rt") as handle:
         for number, text in enumerate(_extxyz_blocks(handle)):
             try:
-                yield read(io.StringIO(text), format="extxyz")
+                atoms = read(io.StringIO(text), format="extxyz")
             except Exception as error:  # ASE raises many kinds for a malformed frame
                 raise ValueError(f"{path}: frame {number} cannot be read ({error}); the file is cut short or not "
                                  "extxyz") from None
+            yield atoms
 
 
 def _extxyz_blocks(handle: io.TextIOBase) -> Iterator[str]:

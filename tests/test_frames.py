@@ -81,3 +81,17 @@ def test_a_gzipped_file_cut_short_names_its_frame(tmp_path):
     assert len([next(frames), next(frames)]) == 2
     with pytest.raises(ValueError, match=r"cut.xyz.gz: frame 2 cannot be read"):
         next(frames)
+
+
+def test_a_gzipped_file_of_another_format_is_read_by_ase(tmp_path):
+    import gzip
+
+    from ase.build import bulk
+
+    from ase_mlipal.frames import iread_frames
+
+    write(tmp_path / "cu.cif", bulk("Cu"))
+    with open(tmp_path / "cu.cif", "rb") as plain, gzip.open(tmp_path / "cu.cif.gz", "wb") as packed:
+        packed.write(plain.read())
+    (atoms,) = iread_frames(tmp_path / "cu.cif.gz")
+    assert atoms.get_chemical_formula() == "Cu"

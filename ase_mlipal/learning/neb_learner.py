@@ -139,9 +139,10 @@ class NEBRound:
             the relaxation, where an image left it ("" otherwise): the band
             is judged and learned from where it stopped, and the next round
             starts from it.
-        lower_route: when the model put an earlier round's band wholly below
-            this band's barrier, that band was relaxed too and the lower pass
-            kept (:meth:`NEBLearner._lower_route`), what was found ("" otherwise).
+        lower_route: when the earlier band the model put lowest, relaxed on
+            the same model, crossed a lower pass and was kept in place of the
+            band from the round's start (:meth:`NEBLearner._lower_route`), what
+            was found ("" otherwise).
     """
 
     round: int
@@ -781,9 +782,9 @@ class NEBLearner(LearningRun):
                 self.guard.new_relaxation()
                 converged, more = self._relax(trigger, f"round {number}, after moving an image onto the pass")
                 steps += more
-            lower = None if self._paused() or self._trust is not None else self._lower_route(trigger, number)
+            lower = None if self._trust is not None else self._lower_route(trigger, number)
             if lower is not None:  # an earlier band crossed lower on this model: the round goes on with it
-                lower_route, converged, more = lower
+                (lower_route, converged, more), onto_pass = lower, ""  # the band moved onto a pass is dropped
                 steps += more
         except EnergyRunaway as error:  # the geometry passed the guard: ask the reference (below) before stopping
             if not 0 < error.image < len(self.images) - 1:  # an endpoint far above the other: nothing to relax
@@ -863,9 +864,9 @@ class NEBLearner(LearningRun):
                 "the band relaxed again")
 
     def _lower_route(self, trigger: UncertaintyTrigger, number: int) -> Optional[tuple[str, bool, int]]:
-        """Relax, on the current model, the earlier band the model puts lowest, and keep it if its pass is lower
-        than the relaxed band's barrier by more than ``barrier_tolerance``: ``(what was found, converged,
-        steps)``, or ``None`` (no earlier band, or its pass is not lower; the band stays as it was).
+        """Relax, on the current model, the earlier band the model puts lowest, and keep it if it converges to a
+        pass lower than the relaxed band's barrier by more than ``barrier_tolerance``: ``(what was found,
+        converged, steps)``, or ``None`` (no earlier band, or no lower converged pass; the band stays as it was).
 
         The barrier is the lowest pass over all paths, and a climbing-image
         NEB finds the pass of the route it starts on. A fine-tuned model can
@@ -879,15 +880,17 @@ class NEBLearner(LearningRun):
         band kept. A relaxation a guard stops is dropped. Not run under a
         trust region (the band must stay near what was labelled).
         """
-        barrier, first = self._model_barrier(self.images)
-        candidates = [f"band_round{r['round']}.traj" for r in self.state["rounds"]]
-        if self.band_start == "previous":
-            candidates.append("band_initial.traj")
-        tops = {name: self._model_barrier(read(self._path(name), ":"), first)[0] for name in candidates
-                if self._path(name).exists()}
-        name = min(tops, key=tops.get, default=None)
-        if name is None:
+        rounds = self.state["rounds"]
+        started = ("band_initial.traj" if self.band_start == "initial" or not rounds or rounds[-1].get("runaway")
+                   else f"band_round{rounds[-1]['round']}.traj")  # where _band_round started this round
+        candidates = ["band_initial.traj"] + [f"band_round{r['round']}.traj" for r in rounds
+                                             if not r.get("runaway")]  # a band cut short is no start
+        candidates = [name for name in candidates if name != started and self._path(name).exists()]
+        if not candidates:
             return None
+        barrier, first = self._model_barrier(self.images)
+        tops = {name: self._model_barrier(read(self._path(name), ":"), first)[0] for name in candidates}
+        name = min(tops, key=tops.get)
         kept = [image.positions.copy() for image in self.images]
         for image, start in zip(self.images, read(self._path(name), ":")):
             image.positions = start.positions
@@ -897,7 +900,7 @@ class NEBLearner(LearningRun):
             lower = self._model_barrier(self.images, first)[0]
         except UnphysicalFrame:  # an EnergyRunaway too: the other route is no band to go on with
             converged, steps, lower = False, 0, np.inf
-        if not lower < barrier - self.barrier_tolerance:
+        if not (converged and lower < barrier - self.barrier_tolerance):  # unconverged: its pass is not found yet
             for image, positions in zip(self.images, kept):
                 image.positions = positions
             return None

@@ -1265,3 +1265,38 @@ def test_the_earlier_band_the_model_puts_lowest_is_relaxed_and_kept_if_its_pass_
     else:
         assert found is None and relaxed == ["round 1, from band_round0.traj"]
         np.testing.assert_allclose(now, kept)  # the band the round relaxed stays
+
+
+@pytest.mark.parametrize("trust_radius", [None, 10.0])
+def test_a_lower_route_found_is_recorded_with_its_round_and_survives_a_resume(calc, tmp_path, monkeypatch,
+                                                                               trust_radius):
+    """The round records what ``_lower_route`` found and its steps; under a trust region it is not asked."""
+    from ase.calculators.emt import EMT
+
+    from ase_mlipal.learning import neb_learner
+    from ase_mlipal.learning.neb_learner import NEBRound
+
+    asked = []
+
+    def lower_route(self, trigger, number):
+        asked.append(number)
+        return ("relaxed from band_round0.traj: a lower pass", True, 5) if number == 1 else None
+
+    monkeypatch.setattr(neb_learner, "relax_band", lambda images, *args, **kwargs: (False, 1))
+    monkeypatch.setattr(NEBLearner, "_onto_the_pass", lambda self: "")
+    monkeypatch.setattr(NEBLearner, "_lower_route", lower_route)
+    monkeypatch.setattr(NEBLearner, "learn", lambda self, number, trigger, anchor=None:
+                        RoundRecord(number, LabelReport(), 0, accepted=True))
+    learner = NEBLearner(calc, EMT, tmp_path / "run", formaldehyde_band(5), threshold=1e3, max_rounds=1,
+                         conditioning=[], progress=False, trust_radius=trust_radius)
+    report = learner.run()
+    assert len(report.rounds) == 2
+    if trust_radius is not None:
+        assert asked == [] and all(r.lower_route == "" for r in report.rounds)
+        return
+    assert asked == [0, 1]
+    assert [r.lower_route for r in report.rounds] == ["", "relaxed from band_round0.traj: a lower pass"]
+    assert [r.steps for r in report.rounds] == [1, 6]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert NEBRound.from_dict(state["rounds"][1]).lower_route == report.rounds[1].lower_route
+    assert "round 1: relaxed from band_round0.traj: a lower pass" in report.table()
