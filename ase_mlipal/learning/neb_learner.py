@@ -877,14 +877,14 @@ class NEBLearner(LearningRun):
         round 0's band, found a pass at 4.24 eV. No reference call of its
         own: the trigger watches this relaxation as any other (its flags
         are labelled with the round's), and the round's checks verify the
-        band kept. A relaxation a guard stops is dropped. Not run under a
-        trust region (the band must stay near what was labelled).
+        band kept. A relaxation a guard stops is dropped, so a band a guard
+        cut short is a candidate too (a later model may cross it). Not run
+        under a trust region (the band must stay near what was labelled).
         """
         rounds = self.state["rounds"]
         started = ("band_initial.traj" if self.band_start == "initial" or not rounds or rounds[-1].get("runaway")
                    else f"band_round{rounds[-1]['round']}.traj")  # where _band_round started this round
-        candidates = ["band_initial.traj"] + [f"band_round{r['round']}.traj" for r in rounds
-                                             if not r.get("runaway")]  # a band cut short is no start
+        candidates = ["band_initial.traj"] + [f"band_round{r['round']}.traj" for r in rounds]  # cut short too
         candidates = [name for name in candidates if name != started and self._path(name).exists()]
         if not candidates:
             return None
